@@ -1,0 +1,432 @@
+//! An account's money state and the only ways it may change.
+//!
+//! Deciding is pure: each transition takes a snapshot and returns the next one (or a refusal), so
+//! the rules are tested here without a database, and the command side only stores what they say.
+//! Every transition that changes the state adds one to the version.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    money::{MAX_BALANCE, Micros},
+    period::{BillingZone, Period},
+};
+
+/// The stored state of one account. A row exists once a mutating command touched the account;
+/// an account never written is [`AccountSnapshot::fresh`] with version 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountSnapshot {
+    pub balance: Micros,
+    /// The latest period this account was granted; it only moves forward.
+    pub period: Period,
+    pub free_granted: Micros,
+    pub free_used: Micros,
+    /// What each new period grants this account.
+    pub monthly_free: Micros,
+    pub version: i64,
+}
+
+/// How a charge was paid: free quota first, the rest from the balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub free: Micros,
+    pub balance: Micros,
+}
+
+/// Refusals of a transition. Nothing changes when one is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("free quota and balance cannot cover the amount")]
+    InsufficientQuota,
+    #[error("the balance would exceed its limit")]
+    BalanceLimit,
+}
+
+/// The free-first split of `amount`, or `None` when free quota and balance together fall short.
+pub fn split_charge(amount: Micros, free_remaining: Micros, balance: Micros) -> Option<Split> {
+    let free = amount.min(free_remaining.max(Micros::ZERO));
+    let rest = amount.checked_sub(free)?;
+    (rest <= balance).then_some(Split {
+        free,
+        balance: rest,
+    })
+}
+
+/// The period a mutating command applies in: `max(period of now, account's period)`, so a clock
+/// that lags behind another replica's can never reopen last month's quota.
+pub fn command_period(snapshot: &AccountSnapshot, now: Period) -> Period {
+    if snapshot.version == 0 {
+        now
+    } else {
+        now.max(snapshot.period)
+    }
+}
+
+impl AccountSnapshot {
+    /// An account never written: nothing granted yet, nothing on the balance.
+    pub fn fresh(period: Period, monthly_free: Micros) -> Self {
+        AccountSnapshot {
+            balance: Micros::ZERO,
+            period,
+            free_granted: Micros::ZERO,
+            free_used: Micros::ZERO,
+            monthly_free,
+            version: 0,
+        }
+    }
+
+    pub fn free_remaining(&self) -> Micros {
+        self.free_granted
+            .checked_sub(self.free_used)
+            .unwrap_or(Micros::ZERO)
+    }
+
+    /// The state after granting `period` its free quota, when the account lacks that period;
+    /// `None` when it already has it (or a later one), so a grant happens once per period.
+    pub fn open_period(&self, period: Period, amount: Micros) -> Option<AccountSnapshot> {
+        let lacks = self.version == 0 || period > self.period;
+        lacks.then(|| AccountSnapshot {
+            period,
+            free_granted: amount,
+            free_used: Micros::ZERO,
+            version: self.version + 1,
+            ..*self
+        })
+    }
+
+    /// Charges `amount` free quota first. Refused as a whole when it cannot be covered.
+    pub fn charge(&self, amount: Micros) -> Result<(Split, AccountSnapshot), Refusal> {
+        let split = split_charge(amount, self.free_remaining(), self.balance)
+            .ok_or(Refusal::InsufficientQuota)?;
+        let after = AccountSnapshot {
+            balance: self
+                .balance
+                .checked_sub(split.balance)
+                .ok_or(Refusal::InsufficientQuota)?,
+            free_used: self
+                .free_used
+                .checked_add(split.free)
+                .ok_or(Refusal::InsufficientQuota)?,
+            version: self.version + 1,
+            ..*self
+        };
+        Ok((split, after))
+    }
+
+    /// Adds `amount` to the balance (recharge, credit adjustment), up to [`MAX_BALANCE`].
+    pub fn credit(&self, amount: Micros) -> Result<AccountSnapshot, Refusal> {
+        let balance = self
+            .balance
+            .checked_add(amount)
+            .filter(|balance| *balance <= MAX_BALANCE)
+            .ok_or(Refusal::BalanceLimit)?;
+        Ok(AccountSnapshot {
+            balance,
+            version: self.version + 1,
+            ..*self
+        })
+    }
+
+    /// Takes `amount` from the balance only (debit adjustment); free quota is never debited.
+    pub fn debit(&self, amount: Micros) -> Result<AccountSnapshot, Refusal> {
+        let balance = self
+            .balance
+            .checked_sub(amount)
+            .filter(|balance| *balance >= Micros::ZERO)
+            .ok_or(Refusal::InsufficientQuota)?;
+        Ok(AccountSnapshot {
+            balance,
+            version: self.version + 1,
+            ..*self
+        })
+    }
+
+    /// Applies a signed adjustment: positive credits, negative debits.
+    pub fn adjust(&self, signed: Micros) -> Result<AccountSnapshot, Refusal> {
+        if signed.is_positive() {
+            self.credit(signed)
+        } else {
+            self.debit(signed.checked_neg().ok_or(Refusal::InsufficientQuota)?)
+        }
+    }
+}
+
+/// An account as every reader presents it at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountView {
+    pub balance: Micros,
+    pub period: Period,
+    pub free_granted: Micros,
+    pub free_used: Micros,
+    pub free_remaining: Micros,
+    pub available: Micros,
+    pub monthly_free: Micros,
+    pub version: i64,
+    /// When this view's period ends and the next free quota applies.
+    pub resets_at: DateTime<Utc>,
+}
+
+/// The one view function. A snapshot from an earlier period (or never written) is shown rolled
+/// forward to the period of `now`: granted = the monthly free amount, nothing used. So on the
+/// 1st every reader is right at 00:00, before the reset or a charge reaches the account. A snapshot
+/// already in a later period than `now` (a lagging clock) is shown as it is.
+pub fn view_at(snapshot: &AccountSnapshot, now: DateTime<Utc>, zone: BillingZone) -> AccountView {
+    let now_period = zone.period_of(now);
+    let rolled = snapshot.version == 0 || snapshot.period < now_period;
+    let (period, free_granted, free_used) = if rolled {
+        (now_period, snapshot.monthly_free, Micros::ZERO)
+    } else {
+        (snapshot.period, snapshot.free_granted, snapshot.free_used)
+    };
+    let free_remaining = free_granted.checked_sub(free_used).unwrap_or(Micros::ZERO);
+    AccountView {
+        balance: snapshot.balance,
+        period,
+        free_granted,
+        free_used,
+        free_remaining,
+        available: free_remaining
+            .checked_add(snapshot.balance)
+            .unwrap_or(MAX_BALANCE),
+        monthly_free: snapshot.monthly_free,
+        version: snapshot.version,
+        resets_at: zone.period_start(period.next()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TEN: Micros = Micros::new(10_000_000);
+
+    fn period(text: &str) -> Period {
+        text.parse().unwrap()
+    }
+
+    fn account(balance: i64, granted: i64, used: i64) -> AccountSnapshot {
+        AccountSnapshot {
+            balance: Micros::new(balance),
+            period: period("2026-11"),
+            free_granted: Micros::new(granted),
+            free_used: Micros::new(used),
+            monthly_free: TEN,
+            version: 7,
+        }
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn charge_uses_free_quota_only_while_it_lasts() {
+        let (split, after) = account(100, 50, 0).charge(Micros::new(30)).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                free: Micros::new(30),
+                balance: Micros::ZERO
+            }
+        );
+        assert_eq!(
+            (after.balance, after.free_used, after.version),
+            (Micros::new(100), Micros::new(30), 8)
+        );
+    }
+
+    #[test]
+    fn charge_uses_balance_when_free_quota_is_gone() {
+        let (split, after) = account(100, 50, 50).charge(Micros::new(30)).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                free: Micros::ZERO,
+                balance: Micros::new(30)
+            }
+        );
+        assert_eq!(after.balance, Micros::new(70));
+    }
+
+    #[test]
+    fn charge_mixes_free_and_balance() {
+        let (split, after) = account(100, 50, 40).charge(Micros::new(30)).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                free: Micros::new(10),
+                balance: Micros::new(20)
+            }
+        );
+        assert_eq!(
+            (after.balance, after.free_used),
+            (Micros::new(80), Micros::new(50))
+        );
+    }
+
+    #[test]
+    fn charge_may_take_everything_to_exactly_zero() {
+        let (split, after) = account(20, 50, 40).charge(Micros::new(30)).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                free: Micros::new(10),
+                balance: Micros::new(20)
+            }
+        );
+        assert_eq!(
+            (after.balance, after.free_remaining()),
+            (Micros::ZERO, Micros::ZERO)
+        );
+    }
+
+    #[test]
+    fn charge_beyond_free_and_balance_is_refused_whole() {
+        assert_eq!(
+            account(19, 50, 40).charge(Micros::new(30)),
+            Err(Refusal::InsufficientQuota)
+        );
+    }
+
+    #[test]
+    fn credit_stops_at_the_balance_limit() {
+        let near = account(MAX_BALANCE.get() - 5, 0, 0);
+        assert_eq!(near.credit(Micros::new(5)).unwrap().balance, MAX_BALANCE);
+        assert_eq!(near.credit(Micros::new(6)), Err(Refusal::BalanceLimit));
+    }
+
+    #[test]
+    fn debit_takes_balance_only() {
+        let a = account(10, 50, 0);
+        assert_eq!(a.adjust(Micros::new(-10)).unwrap().balance, Micros::ZERO);
+        assert_eq!(a.adjust(Micros::new(-11)), Err(Refusal::InsufficientQuota));
+        assert_eq!(a.adjust(Micros::new(5)).unwrap().balance, Micros::new(15));
+    }
+
+    #[test]
+    fn a_period_is_opened_once_and_only_forward() {
+        let a = account(0, 50, 50);
+        let opened = a.open_period(period("2026-12"), TEN).unwrap();
+        assert_eq!(
+            (
+                opened.period,
+                opened.free_granted,
+                opened.free_used,
+                opened.version
+            ),
+            (period("2026-12"), TEN, Micros::ZERO, 8)
+        );
+        assert_eq!(opened.open_period(period("2026-12"), TEN), None);
+        assert_eq!(opened.open_period(period("2026-11"), TEN), None);
+    }
+
+    #[test]
+    fn a_fresh_account_opens_its_first_period() {
+        let fresh = AccountSnapshot::fresh(period("2026-11"), TEN);
+        let opened = fresh.open_period(period("2026-11"), TEN).unwrap();
+        assert_eq!((opened.version, opened.free_granted), (1, TEN));
+    }
+
+    #[test]
+    fn command_period_never_goes_back() {
+        let a = account(0, 0, 0);
+        assert_eq!(command_period(&a, period("2026-10")), period("2026-11"));
+        assert_eq!(command_period(&a, period("2026-12")), period("2026-12"));
+        let fresh = AccountSnapshot::fresh(period("2026-11"), TEN);
+        assert_eq!(command_period(&fresh, period("2026-10")), period("2026-10"));
+    }
+
+    #[test]
+    fn the_view_rolls_an_older_period_forward() {
+        let zone = BillingZone::default();
+        let a = account(100, 50, 50);
+        let before = view_at(&a, utc("2026-11-30T15:59:59.999Z"), zone);
+        assert_eq!(
+            (before.period, before.free_remaining, before.available),
+            (period("2026-11"), Micros::ZERO, Micros::new(100))
+        );
+        assert_eq!(before.resets_at, utc("2026-11-30T16:00:00Z"));
+
+        let after = view_at(&a, utc("2026-11-30T16:00:00Z"), zone);
+        assert_eq!(
+            (after.period, after.free_granted, after.free_used),
+            (period("2026-12"), TEN, Micros::ZERO)
+        );
+        assert_eq!(after.available, Micros::new(100 + TEN.get()));
+        assert_eq!(after.version, 7);
+    }
+
+    #[test]
+    fn the_view_of_an_account_never_written_shows_this_months_quota() {
+        let zone = BillingZone::default();
+        let view = view_at(
+            &AccountSnapshot::fresh(period("2020-01"), TEN),
+            utc("2026-11-25T00:00:00Z"),
+            zone,
+        );
+        assert_eq!(
+            (view.period, view.free_granted, view.available, view.version),
+            (period("2026-11"), TEN, TEN, 0)
+        );
+    }
+
+    #[test]
+    fn the_view_keeps_a_later_period_than_a_lagging_clock() {
+        let zone = BillingZone::default();
+        let ahead = AccountSnapshot {
+            period: period("2026-12"),
+            ..account(0, 50, 20)
+        };
+        let view = view_at(&ahead, utc("2026-11-30T15:59:59Z"), zone);
+        assert_eq!(
+            (view.period, view.free_remaining),
+            (period("2026-12"), Micros::new(30))
+        );
+    }
+
+    fn arb_account() -> impl Strategy<Value = AccountSnapshot> {
+        (0..=MAX_BALANCE.get(), 0..=10_000_000_000_i64, 0..=100_i64).prop_map(
+            |(balance, granted, used_pct)| account(balance, granted, granted / 100 * used_pct),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn a_charge_is_free_first_and_all_or_nothing(a in arb_account(), amount in 1..=1_000_000_000_000_i64) {
+            let amount = Micros::new(amount);
+            match a.charge(amount) {
+                Ok((split, after)) => {
+                    prop_assert_eq!(split.free.checked_add(split.balance), Some(amount));
+                    prop_assert_eq!(split.free, amount.min(a.free_remaining()));
+                    prop_assert!(after.balance >= Micros::ZERO);
+                    prop_assert!(after.free_used <= after.free_granted);
+                    prop_assert_eq!(after.balance, a.balance.checked_sub(split.balance).unwrap());
+                    prop_assert_eq!(after.version, a.version + 1);
+                }
+                Err(refusal) => {
+                    prop_assert_eq!(refusal, Refusal::InsufficientQuota);
+                    prop_assert!(amount > a.free_remaining().checked_add(a.balance).unwrap());
+                }
+            }
+        }
+
+        #[test]
+        fn adjustments_keep_the_balance_in_bounds(a in arb_account(), signed in -1_000_000_000_000_i64..=1_000_000_000_000) {
+            if let Ok(after) = a.adjust(Micros::new(signed)) {
+                prop_assert!(after.balance >= Micros::ZERO && after.balance <= MAX_BALANCE);
+                prop_assert_eq!(after.balance.get(), a.balance.get() + signed);
+            }
+        }
+
+        #[test]
+        fn the_view_never_shows_more_used_than_granted(a in arb_account(), secs in 1_700_000_000_i64..1_900_000_000) {
+            let now = DateTime::<Utc>::from_timestamp(secs, 0).unwrap();
+            let view = view_at(&a, now, BillingZone::default());
+            prop_assert!(view.free_used <= view.free_granted);
+            prop_assert_eq!(view.available, view.free_remaining.checked_add(view.balance).unwrap());
+            prop_assert!(view.period >= BillingZone::default().period_of(now).min(a.period));
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Settings of all three services, layered: built-in defaults, then `configs/config.yaml` (or the
+//! file given with `-conf`/`--config`), then environment variables `BILLING__<KEY>__<PATH>`, e.g.
+//! `BILLING__AUTH__JWT_SECRET` or `BILLING__DATABASE__URL`. Lists of plain values are written
+//! comma-separated (`BILLING__AUTH__JWT_PREVIOUS_SECRETS=old1,old2`).
+
+use std::{collections::HashMap, fmt, path::Path};
+
+use serde::Deserialize;
+
+use crate::{money::Micros, period::BillingZone};
+
+/// The default configuration file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "configs/config.yaml";
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub command: CommandSettings,
+    pub query: QuerySettings,
+    pub scheduler: SchedulerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub nats: NatsSettings,
+    pub billing: BillingSettings,
+    pub auth: AuthSettings,
+    pub payment: PaymentSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CommandSettings {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// How long a draining server waits for open calls at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct QuerySettings {
+    pub http_addr: String,
+    /// Where query-svc reaches command-svc to forward recharge orders.
+    pub command_endpoint: String,
+    /// The caller token query-svc presents to command-svc (scope `orders`).
+    pub command_token: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchedulerSettings {
+    pub http_addr: String,
+    /// Six fields, seconds first: `0 0 0 1 * *` is midnight on the 1st.
+    pub cron: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    /// How long a command waits for a connection before it answers UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+    pub migrate_on_start: bool,
+    /// How often a transaction that hit a deadlock or lock timeout is tried again.
+    pub max_retries: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RedisSettings {
+    pub url: Secret,
+    /// Prefix of every key, so several deployments (or tests) can share one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NatsSettings {
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct BillingSettings {
+    pub currency: String,
+    pub default_monthly_free_micros: i64,
+    pub time_zone: String,
+    /// How long a recharge order waits for its payment before it shows as EXPIRED.
+    pub order_ttl_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Check, charge and read accounts: the gateway.
+    Quota,
+    /// Create and read recharge orders, read accounts: query-svc.
+    Orders,
+    /// Payment notifications: the payment service.
+    Payment,
+    /// Everything, including adjustments: operators.
+    Admin,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CallerSettings {
+    pub name: String,
+    pub token: Secret,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuthSettings {
+    pub callers: Vec<CallerSettings>,
+    pub jwt_secret: Secret,
+    #[serde(default)]
+    pub jwt_previous_secrets: Vec<Secret>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PaymentSettings {
+    pub webhook_secret: Secret,
+    #[serde(default)]
+    pub webhook_previous_secrets: Vec<Secret>,
+    /// A signature's timestamp may be this far from now, either way.
+    pub signature_tolerance_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TelemetrySettings {
+    /// A `tracing` filter such as `info,sqlx=warn`; `RUST_LOG` wins when set.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+/// A configured secret: usable, but never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+impl Settings {
+    /// Loads the file at `path` (which must exist) over the defaults, then the process
+    /// environment's `BILLING__` variables.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`Settings::load`], with `env` standing in for the process environment (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let mut environment = config::Environment::with_prefix("BILLING")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("auth.jwt_previous_secrets")
+            .with_list_parse_key("payment.webhook_previous_secrets");
+        if let Some(env) = env {
+            environment = environment.source(Some(env));
+        }
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+            .add_source(environment)
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The path named by `-conf PATH` or `--config PATH` on the command line, else the default.
+    pub fn path_from_args(args: impl IntoIterator<Item = String>) -> String {
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "-conf" || arg == "--config" {
+                if let Some(path) = args.next() {
+                    return path;
+                }
+            } else if let Some(path) = arg.strip_prefix("--config=") {
+                return path.to_owned();
+            }
+        }
+        DEFAULT_CONFIG_PATH.to_owned()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.billing.zone()?;
+        self.billing.default_monthly_free()?;
+        if self.billing.currency.len() != 3
+            || !self
+                .billing
+                .currency
+                .bytes()
+                .all(|b| b.is_ascii_uppercase())
+        {
+            return Err(ConfigError::Invalid {
+                key: "billing.currency",
+                why: "must be a three-letter ISO 4217 code such as CNY".into(),
+            });
+        }
+        if self
+            .auth
+            .callers
+            .iter()
+            .any(|caller| caller.token.expose().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.callers",
+                why: "every caller needs a token".into(),
+            });
+        }
+        if self.payment.webhook_secret.expose().is_empty()
+            || self.auth.jwt_secret.expose().is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "payment.webhook_secret / auth.jwt_secret",
+                why: "secrets must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BillingSettings {
+    pub fn zone(&self) -> Result<BillingZone, ConfigError> {
+        self.time_zone
+            .parse()
+            .map_err(|e: crate::period::PeriodError| ConfigError::Invalid {
+                key: "billing.time_zone",
+                why: e.to_string(),
+            })
+    }
+
+    pub fn default_monthly_free(&self) -> Result<Micros, ConfigError> {
+        let amount = self.default_monthly_free_micros;
+        if (0..=crate::money::MAX_AMOUNT.get()).contains(&amount) {
+            Ok(Micros::new(amount))
+        } else {
+            Err(ConfigError::Invalid {
+                key: "billing.default_monthly_free_micros",
+                why: "must be 0 ..= 10^12 micros".into(),
+            })
+        }
+    }
+}
+
+/// Every key has a default, so a configuration file only says what differs.
+const DEFAULTS: &str = r#"
+command:
+  grpc_addr: 127.0.0.1:50051
+  http_addr: 127.0.0.1:8081
+  shutdown_grace_ms: 10000
+query:
+  http_addr: 127.0.0.1:8080
+  command_endpoint: http://127.0.0.1:50051
+  command_token: dev-query-svc-token
+scheduler:
+  http_addr: 127.0.0.1:8082
+  cron: "0 0 0 1 * *"
+database:
+  url: mysql://billing:billing@127.0.0.1:3306/billing
+  max_connections: 32
+  acquire_timeout_ms: 5000
+  migrate_on_start: true
+  max_retries: 8
+redis:
+  url: redis://127.0.0.1:6379
+  key_prefix: "billing:"
+nats:
+  url: nats://127.0.0.1:4222
+billing:
+  currency: CNY
+  default_monthly_free_micros: 10000000
+  time_zone: Asia/Shanghai
+  order_ttl_secs: 1800
+auth:
+  callers: []
+  jwt_secret: change-me
+  jwt_previous_secrets: []
+payment:
+  webhook_secret: change-me
+  webhook_previous_secrets: []
+  signature_tolerance_secs: 300
+telemetry:
+  filter: info
+  format: pretty
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_config(text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("billing-config-{}.yaml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        let path = write_config("billing:\n  time_zone: UTC\nauth:\n  jwt_secret: from-file\n");
+        let env = HashMap::from([
+            (
+                "BILLING__AUTH__JWT_SECRET".to_owned(),
+                "from-env".to_owned(),
+            ),
+            (
+                "BILLING__AUTH__JWT_PREVIOUS_SECRETS".to_owned(),
+                "old1,old2".to_owned(),
+            ),
+            (
+                "BILLING__DATABASE__MAX_CONNECTIONS".to_owned(),
+                "7".to_owned(),
+            ),
+        ]);
+        let settings = Settings::load_with_env(&path, Some(env)).unwrap();
+        assert_eq!(settings.billing.time_zone, "UTC");
+        assert_eq!(settings.auth.jwt_secret.expose(), "from-env");
+        assert_eq!(
+            settings.auth.jwt_previous_secrets,
+            vec![Secret::new("old1"), Secret::new("old2")]
+        );
+        assert_eq!(settings.database.max_connections, 7);
+        assert_eq!(settings.command.grpc_addr, "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn a_bad_time_zone_is_refused_at_load() {
+        let path = write_config("billing:\n  time_zone: Nowhere/Land\n");
+        let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+        assert!(error.to_string().contains("billing.time_zone"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(..)");
+    }
+
+    #[test]
+    fn the_config_path_comes_from_the_command_line() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Settings::path_from_args(args(&["bin", "-conf", "a.yaml"])),
+            "a.yaml"
+        );
+        assert_eq!(
+            Settings::path_from_args(args(&["bin", "--config=b.yaml"])),
+            "b.yaml"
+        );
+        assert_eq!(
+            Settings::path_from_args(args(&["bin"])),
+            DEFAULT_CONFIG_PATH
+        );
+    }
+
+    #[test]
+    fn the_repository_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+        let settings = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert!(
+            settings
+                .auth
+                .callers
+                .iter()
+                .any(|c| c.name == "gateway" && c.scopes == vec![Scope::Quota])
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Identifiers and free texts of the contract, each a newtype that can only hold a valid value.
+//!
+//! Parse at the edge (gRPC, webhook, REST), trust inside. A refusal names the field and says what
+//! the field accepts, so it can go straight into a `BadRequest` field violation.
+
+use std::fmt;
+
+/// One refused field: which one and why, in words a caller can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        FieldViolation {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+/// Which characters a kind of text accepts.
+#[derive(Clone, Copy)]
+enum Charset {
+    /// `[A-Za-z0-9._:-]`
+    UserId,
+    /// Printable ASCII, space included (0x20 ..= 0x7E).
+    PrintableAscii,
+    /// Any Unicode text without control characters.
+    Text,
+}
+
+impl Charset {
+    fn accepts(self, c: char) -> bool {
+        match self {
+            Charset::UserId => c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'),
+            Charset::PrintableAscii => (' '..='~').contains(&c),
+            Charset::Text => !c.is_control(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Charset::UserId => "letters, digits and . _ : -",
+            Charset::PrintableAscii => "printable ASCII",
+            Charset::Text => "text without control characters",
+        }
+    }
+}
+
+fn check(
+    field: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+    charset: Charset,
+) -> Result<(), FieldViolation> {
+    let length = value.chars().count();
+    let ok = (min..=max).contains(&length) && value.chars().all(|c| charset.accepts(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!("must be {min}..{max} characters of {}", charset.describe()),
+        ))
+    }
+}
+
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr, $charset:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MAX_CHARS: usize = $max;
+
+            /// Checks `value` as the contract's field `field`.
+            pub fn parse(field: &'static str, value: &str) -> Result<Self, FieldViolation> {
+                check(field, value, $min, $max, $charset).map(|()| $name(value.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_type!(
+    /// A developer's id: 1..64 of `[A-Za-z0-9._:-]`.
+    UserId, 1, 64, Charset::UserId
+);
+text_type!(
+    /// The gateway's key of one charge; idempotent per user.
+    RequestId, 1, 128, Charset::PrintableAscii
+);
+text_type!(
+    /// A recharge order's number, given out by command-svc.
+    OrderNo, 1, 128, Charset::PrintableAscii
+);
+text_type!(
+    /// The payment provider's transaction id; one credits at most once.
+    ProviderTxnId, 1, 128, Charset::PrintableAscii
+);
+text_type!(
+    /// An operator's key of one adjustment; idempotent per user.
+    AdjustmentId, 1, 128, Charset::PrintableAscii
+);
+text_type!(
+    /// The optional key that makes order creation idempotent per user (empty = none).
+    IdempotencyKey, 0, 128, Charset::PrintableAscii
+);
+text_type!(
+    /// Which API a charge paid for (may be empty).
+    ApiId, 0, 128, Charset::Text
+);
+text_type!(
+    /// The payment channel of an order, e.g. `alipay` (may be empty).
+    Channel, 0, 32, Charset::Text
+);
+text_type!(
+    /// Free text stored with a charge.
+    Description, 0, 512, Charset::Text
+);
+text_type!(
+    /// Why an operator adjusted a balance (required).
+    Reason, 1, 512, Charset::Text
+);
+text_type!(
+    /// Who adjusted a balance (required).
+    Actor, 1, 64, Charset::Text
+);
+
+/// Collects the violations of several fields, so one reply lists every mistake at once.
+#[derive(Default, Debug)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the parsed value, or records the violation and returns `None`.
+    pub fn take<T>(&mut self, parsed: Result<T, FieldViolation>) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(violation) => {
+                self.0.push(violation);
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, violation: FieldViolation) {
+        self.0.push(violation);
+    }
+
+    /// `Ok(())` when nothing was refused.
+    pub fn finish(self) -> Result<(), Vec<FieldViolation>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn user_ids_accept_the_contract_alphabet_only() {
+        assert!(UserId::parse("user_id", "dev-42.team:eu_1").is_ok());
+        for bad in ["", "a b", "ü", "x/y", "a\n", "'; DROP TABLE accounts; --"] {
+            assert!(UserId::parse("user_id", bad).is_err(), "{bad:?}");
+        }
+        assert!(UserId::parse("user_id", &"a".repeat(64)).is_ok());
+        assert!(UserId::parse("user_id", &"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn keys_are_printable_ascii_up_to_128() {
+        assert!(RequestId::parse("request_id", "req 1/~!").is_ok());
+        assert!(RequestId::parse("request_id", "").is_err());
+        assert!(RequestId::parse("request_id", "tab\there").is_err());
+        assert!(RequestId::parse("request_id", "é").is_err());
+        assert!(RequestId::parse("request_id", &"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("idempotency_key", "").is_ok());
+    }
+
+    #[test]
+    fn texts_count_characters_not_bytes() {
+        assert!(Description::parse("description", &"é".repeat(512)).is_ok());
+        assert!(Description::parse("description", &"é".repeat(513)).is_err());
+        assert!(Description::parse("description", "line\nbreak").is_err());
+        assert!(Reason::parse("reason", "").is_err());
+    }
+
+    #[test]
+    fn a_violation_names_its_field() {
+        let violation = Actor::parse("actor", "").unwrap_err();
+        assert_eq!(violation.field, "actor");
+        assert!(violation.description.contains("1..64"));
+    }
+
+    proptest! {
+        #[test]
+        fn parsed_user_ids_obey_the_contract(raw in ".{0,80}") {
+            if let Ok(id) = UserId::parse("user_id", &raw) {
+                prop_assert!((1..=64).contains(&id.as_str().len()));
+                prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b)));
+            }
+        }
+    }
+}

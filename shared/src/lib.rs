@@ -7,7 +7,7 @@
 //!   view function, [`account::view_at`], through which every reader presents an account.
 //! - [`clock`]: the time source, settable in tests.
 //! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides.
-//! - [`telemetry`]: logging set up in one place.
+//! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
 
 pub mod account;
@@ -17,4 +17,5 @@ pub mod ids;
 pub mod money;
 pub mod period;
 pub mod proto;
+pub mod shutdown;
 pub mod telemetry;

@@ -20,6 +20,9 @@ pub const MAX_AMOUNT: Micros = Micros(1_000_000_000_000);
 /// A balance never exceeds 10^15 micros; checked when an order is created and when money arrives.
 pub const MAX_BALANCE: Micros = Micros(1_000_000_000_000_000);
 
+// Every balance must be exact as a JavaScript number.
+const _: () = assert!(MAX_BALANCE.0 < (1_i64 << 53));
+
 /// Micros in one unit of currency.
 pub const MICROS_PER_UNIT: i64 = 1_000_000;
 
@@ -133,11 +136,6 @@ mod tests {
         assert_eq!(Micros(-1_500_000).to_string(), "-1.500000");
         assert_eq!(MAX_BALANCE.to_string(), "1000000000.000000");
         assert_eq!(Micros(i64::MIN).to_string(), "-9223372036854.775808");
-    }
-
-    #[test]
-    fn max_balance_is_exact_in_javascript() {
-        assert!(MAX_BALANCE.0 < (1_i64 << 53));
     }
 
     proptest! {

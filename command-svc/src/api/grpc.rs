@@ -1,0 +1,134 @@
+//! `billing.v1.BillingCommandService`: the scope check, then the parse, then the command.
+
+use shared::{
+    config::Scope,
+    proto::v1::{self as pb, billing_command_service_server::BillingCommandService},
+};
+use tonic::{Request, Response, Status};
+
+use super::{auth::require, parse};
+use crate::commands::{CallbackOutcome, Commands};
+
+pub struct GrpcApi {
+    commands: Commands,
+}
+
+impl GrpcApi {
+    pub fn new(commands: Commands) -> Self {
+        GrpcApi { commands }
+    }
+}
+
+fn outcome_message(outcome: CallbackOutcome) -> pb::CallbackOutcome {
+    match outcome {
+        CallbackOutcome::Credited => pb::CallbackOutcome::Credited,
+        CallbackOutcome::Replayed => pb::CallbackOutcome::Replayed,
+        CallbackOutcome::MarkedFailed => pb::CallbackOutcome::MarkedFailed,
+        CallbackOutcome::Unmatched => pb::CallbackOutcome::Unmatched,
+    }
+}
+
+#[tonic::async_trait]
+impl BillingCommandService for GrpcApi {
+    async fn check_quota(
+        &self,
+        request: Request<pb::CheckQuotaRequest>,
+    ) -> Result<Response<pb::CheckQuotaResponse>, Status> {
+        require(&request, &[Scope::Quota])?;
+        let command = parse::check_quota(request.get_ref())?;
+        let checked = self.commands.check_quota(&command).await?;
+        Ok(Response::new(pb::CheckQuotaResponse {
+            allowed: checked.allowed,
+            account: Some(checked.account.message()),
+        }))
+    }
+
+    async fn deduct_quota(
+        &self,
+        request: Request<pb::DeductQuotaRequest>,
+    ) -> Result<Response<pb::DeductQuotaResponse>, Status> {
+        require(&request, &[Scope::Quota])?;
+        let command = parse::deduct_quota(request.get_ref())?;
+        let charged = self.commands.deduct_quota(&command).await?;
+        Ok(Response::new(pb::DeductQuotaResponse {
+            record_id: charged.record_id,
+            free_deducted_micros: charged.split.free.get(),
+            balance_deducted_micros: charged.split.balance.get(),
+            account: Some(charged.account.message()),
+            replayed: charged.replayed,
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        require(&request, &[Scope::Quota, Scope::Orders])?;
+        let user_id = parse::user_id(&request.get_ref().user_id)?;
+        let account = self.commands.get_account(user_id.as_str()).await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account.message()),
+        }))
+    }
+
+    async fn create_recharge_order(
+        &self,
+        request: Request<pb::CreateRechargeOrderRequest>,
+    ) -> Result<Response<pb::CreateRechargeOrderResponse>, Status> {
+        require(&request, &[Scope::Orders])?;
+        let command = parse::create_recharge_order(request.get_ref())?;
+        let created = self.commands.create_recharge_order(&command).await?;
+        Ok(Response::new(pb::CreateRechargeOrderResponse {
+            order: Some(created.order.message()),
+            replayed: created.replayed,
+        }))
+    }
+
+    async fn get_recharge_order(
+        &self,
+        request: Request<pb::GetRechargeOrderRequest>,
+    ) -> Result<Response<pb::GetRechargeOrderResponse>, Status> {
+        require(&request, &[Scope::Orders])?;
+        let query = parse::get_recharge_order(request.get_ref())?;
+        let order = self.commands.get_recharge_order(&query).await?;
+        Ok(Response::new(pb::GetRechargeOrderResponse {
+            order: Some(order.message()),
+        }))
+    }
+
+    async fn recharge_callback(
+        &self,
+        request: Request<pb::RechargeCallbackRequest>,
+    ) -> Result<Response<pb::RechargeCallbackResponse>, Status> {
+        require(&request, &[Scope::Payment])?;
+        let body = request.get_ref();
+        let callback = parse::recharge_callback(
+            &body.order_no,
+            &body.provider_txn_id,
+            body.paid_amount_micros,
+            body.success,
+        )?;
+        let result = self.commands.recharge_callback(&callback).await?;
+        Ok(Response::new(pb::RechargeCallbackResponse {
+            order: result.order.as_ref().map(|order| order.message()),
+            account: result.account.as_ref().map(|account| account.message()),
+            replayed: result.replayed,
+            outcome: outcome_message(result.outcome) as i32,
+            unmatched_id: result.unmatched_id.unwrap_or_default(),
+        }))
+    }
+
+    async fn adjust_balance(
+        &self,
+        request: Request<pb::AdjustBalanceRequest>,
+    ) -> Result<Response<pb::AdjustBalanceResponse>, Status> {
+        require(&request, &[Scope::Admin])?;
+        let command = parse::adjust_balance(request.get_ref())?;
+        let adjusted = self.commands.adjust_balance(&command).await?;
+        Ok(Response::new(pb::AdjustBalanceResponse {
+            record_id: adjusted.record_id,
+            account: Some(adjusted.account.message()),
+            replayed: adjusted.replayed,
+        }))
+    }
+}

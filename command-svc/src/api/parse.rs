@@ -1,0 +1,181 @@
+//! Requests from the wire into validated commands. Every field is checked, every violation is
+//! reported at once, and nothing reaches a handler unless all of it is valid.
+
+use shared::{
+    ids::{
+        Actor, AdjustmentId, ApiId, Channel, Description, FieldViolation, IdempotencyKey, OrderNo,
+        ProviderTxnId, Reason, RequestId, UserId, Violations,
+    },
+    money::{self, MAX_AMOUNT, Micros},
+    proto::v1 as pb,
+};
+
+use crate::{
+    commands::CommandError,
+    domain::{
+        AdjustBalance, CheckQuota, CreateRechargeOrder, DeductQuota, GetRechargeOrder,
+        RechargeCallback,
+    },
+};
+
+fn amount(field: &'static str, raw: i64) -> Result<Micros, FieldViolation> {
+    money::parse_amount(raw).map_err(|e| FieldViolation::new(field, e.to_string()))
+}
+
+/// Collects the parsed fields; fails with every violation when any field was refused.
+macro_rules! parse_all {
+    ($violations:ident => $build:expr) => {{
+        let result = (|| Some($build))();
+        match ($violations.finish(), result) {
+            (Ok(()), Some(command)) => Ok(command),
+            (Err(violations), _) => Err(CommandError::Invalid(violations)),
+            (Ok(()), None) => unreachable!("a missing field always records a violation"),
+        }
+    }};
+}
+
+pub fn user_id(raw: &str) -> Result<UserId, CommandError> {
+    UserId::parse("user_id", raw).map_err(|v| CommandError::Invalid(vec![v]))
+}
+
+pub fn check_quota(request: &pb::CheckQuotaRequest) -> Result<CheckQuota, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let amount = v.take(amount("amount_micros", request.amount_micros));
+    parse_all!(v => CheckQuota { user_id: user_id?, amount: amount? })
+}
+
+pub fn deduct_quota(request: &pb::DeductQuotaRequest) -> Result<DeductQuota, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let amount = v.take(amount("amount_micros", request.amount_micros));
+    let request_id = v.take(RequestId::parse("request_id", &request.request_id));
+    let api_id = v.take(ApiId::parse("api_id", &request.api_id));
+    let description = v.take(Description::parse("description", &request.description));
+    parse_all!(v => DeductQuota {
+        user_id: user_id?,
+        amount: amount?,
+        request_id: request_id?,
+        api_id: api_id?,
+        description: description?,
+    })
+}
+
+pub fn create_recharge_order(
+    request: &pb::CreateRechargeOrderRequest,
+) -> Result<CreateRechargeOrder, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let amount = v.take(amount("amount_micros", request.amount_micros));
+    let channel = v.take(Channel::parse("channel", &request.channel));
+    let key = v.take(IdempotencyKey::parse(
+        "idempotency_key",
+        &request.idempotency_key,
+    ));
+    parse_all!(v => CreateRechargeOrder {
+        user_id: user_id?,
+        amount: amount?,
+        channel: channel?,
+        idempotency_key: key.filter(|key| !key.as_str().is_empty()),
+    })
+}
+
+pub fn get_recharge_order(
+    request: &pb::GetRechargeOrderRequest,
+) -> Result<GetRechargeOrder, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let order_no = v.take(OrderNo::parse("order_no", &request.order_no));
+    parse_all!(v => GetRechargeOrder { user_id: user_id?, order_no: order_no? })
+}
+
+/// A success must carry the paid amount; a failure may carry 0.
+pub fn recharge_callback(
+    order_no: &str,
+    provider_txn_id: &str,
+    paid_amount_micros: i64,
+    success: bool,
+) -> Result<RechargeCallback, CommandError> {
+    let mut v = Violations::new();
+    let order_no = v.take(OrderNo::parse("order_no", order_no));
+    let provider_txn_id = v.take(ProviderTxnId::parse("provider_txn_id", provider_txn_id));
+    let paid = if success || paid_amount_micros != 0 {
+        v.take(amount("paid_amount_micros", paid_amount_micros))
+    } else {
+        Some(Micros::ZERO)
+    };
+    parse_all!(v => RechargeCallback {
+        order_no: order_no?,
+        provider_txn_id: provider_txn_id?,
+        paid_amount: paid?,
+        success,
+    })
+}
+
+pub fn adjust_balance(request: &pb::AdjustBalanceRequest) -> Result<AdjustBalance, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let adjustment_id = v.take(AdjustmentId::parse("adjustment_id", &request.adjustment_id));
+    let amount = v.take(
+        money::parse_signed_amount(request.amount_micros).map_err(|_| {
+            FieldViolation::new(
+                "amount_micros",
+                format!(
+                    "must be non-zero and at most {} micros either way",
+                    MAX_AMOUNT.get()
+                ),
+            )
+        }),
+    );
+    let reason = v.take(Reason::parse("reason", &request.reason));
+    let actor = v.take(Actor::parse("actor", &request.actor));
+    parse_all!(v => AdjustBalance {
+        user_id: user_id?,
+        adjustment_id: adjustment_id?,
+        amount: amount?,
+        reason: reason?,
+        actor: actor?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let request = pb::DeductQuotaRequest {
+            user_id: "bad user".into(),
+            amount_micros: 0,
+            request_id: String::new(),
+            api_id: "x".repeat(129),
+            description: "fine".into(),
+        };
+        let Err(CommandError::Invalid(violations)) = deduct_quota(&request) else {
+            panic!("must be refused");
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
+        assert_eq!(fields, ["user_id", "amount_micros", "request_id", "api_id"]);
+    }
+
+    #[test]
+    fn a_failed_payment_may_carry_zero_but_a_success_may_not() {
+        assert!(recharge_callback("RO1", "t1", 0, false).is_ok());
+        assert!(recharge_callback("RO1", "t1", 0, true).is_err());
+        assert!(recharge_callback("RO1", "t1", -5, false).is_err());
+    }
+
+    #[test]
+    fn adjustments_are_signed_but_never_zero() {
+        let request = |amount| pb::AdjustBalanceRequest {
+            user_id: "u".into(),
+            adjustment_id: "a".into(),
+            amount_micros: amount,
+            reason: "goodwill".into(),
+            actor: "ops@example.com".into(),
+        };
+        assert!(adjust_balance(&request(-5)).is_ok());
+        assert!(adjust_balance(&request(0)).is_err());
+        assert!(adjust_balance(&request(MAX_AMOUNT.get() + 1)).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! Builds command-svc from its settings: binds both listeners (port 0 in tests), prepares the
+//! store, and serves gRPC and HTTP until the shutdown signal, then drains within a bounded time.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use shared::{clock::Clock, config::Settings, proto::v1 as pb};
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    api::{auth::Callers, grpc::GrpcApi, http, webhook::WebhookKeys},
+    commands::{Commands, Rules},
+    store::Store,
+};
+
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    commands: Commands,
+    callers: Callers,
+    webhook: WebhookKeys,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Binds the configured addresses and migrates the database when `migrate_on_start` is set,
+    /// waiting up to a minute for MySQL to answer.
+    pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
+        let store = Store::connect_lazy(&settings.database)?;
+        if settings.database.migrate_on_start {
+            store.migrate(Duration::from_secs(60)).await?;
+        }
+        let rules = Rules::from_settings(settings)?;
+        let grpc_listener = TcpListener::bind(&settings.command.grpc_addr).await?;
+        let http_listener = TcpListener::bind(&settings.command.http_addr).await?;
+        let mut secrets = vec![settings.payment.webhook_secret.clone()];
+        secrets.extend(settings.payment.webhook_previous_secrets.iter().cloned());
+        Ok(Application {
+            grpc_listener,
+            http_listener,
+            commands: Commands::new(store, clock, rules),
+            callers: Callers::new(&settings.auth.callers),
+            webhook: WebhookKeys {
+                secrets,
+                tolerance_secs: i64::try_from(settings.payment.signature_tolerance_secs)
+                    .unwrap_or(i64::MAX),
+            },
+            shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn commands(&self) -> &Commands {
+        &self.commands
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting and gives open calls the grace
+    /// period to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::billing_command_service_server::BillingCommandServiceServer<GrpcApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let callers = self.callers.clone();
+        let billing =
+            pb::billing_command_service_server::BillingCommandServiceServer::with_interceptor(
+                GrpcApi::new(self.commands.clone()),
+                move |request| callers.authenticate(request),
+            );
+        let grpc = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(billing)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.grpc_listener),
+                stopped(stop_rx.clone()),
+            );
+
+        let router = http::router(http::HttpState {
+            commands: self.commands.clone(),
+            webhook: self.webhook,
+        });
+        let http = axum::serve(self.http_listener, router)
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        tracing::info!("command-svc serving");
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(async move { http.await });
+        shutdown.await;
+        tracing::info!("command-svc shutting down");
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            let (grpc, http) = tokio::join!(grpc, http);
+            grpc??;
+            http??;
+            anyhow::Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("open calls did not finish within the grace period");
+                Ok(())
+            }
+        }
+    }
+}

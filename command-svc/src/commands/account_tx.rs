@@ -1,0 +1,215 @@
+//! One command's transaction on one account: the row locked first, the period opened when the
+//! command is the account's first of a new period, then each change appended as a ledger row with
+//! its outbox event, and the final state written once at commit.
+
+use chrono::{DateTime, Utc};
+use shared::{
+    account::{AccountSnapshot, command_period},
+    money::Micros,
+    proto::{
+        subjects,
+        v1::{FreeQuotaGranted, billing_event::Kind},
+    },
+};
+
+use super::Rules;
+use crate::{
+    events::{self, AccountOut},
+    store::{self, LedgerEntry, RecordKind, Refs, StoreError, Tx},
+};
+
+pub(super) struct AccountTx<'c> {
+    tx: Tx,
+    rules: &'c Rules,
+    user_id: &'c str,
+    currency: String,
+    /// The version stored in MySQL right now (0: no row yet).
+    stored_version: i64,
+    /// The state as the command has decided it so far.
+    state: AccountSnapshot,
+    /// A period grant decided but not yet written, with the state before it.
+    pending_grant: Option<AccountSnapshot>,
+    now: DateTime<Utc>,
+}
+
+impl<'c> AccountTx<'c> {
+    /// Begins the transaction and locks the account row (which may not exist yet).
+    pub async fn lock(
+        store: &store::Store,
+        rules: &'c Rules,
+        user_id: &'c str,
+        now: DateTime<Utc>,
+    ) -> Result<AccountTx<'c>, StoreError> {
+        let mut tx = store.begin().await?;
+        let row = store::lock_account(&mut tx, user_id).await?;
+        let (stored_version, state, currency) = match row {
+            Some(row) => (row.version, row.snapshot()?, row.currency),
+            None => (
+                0,
+                AccountSnapshot::fresh(rules.zone.period_of(now), rules.default_monthly_free),
+                rules.currency.clone(),
+            ),
+        };
+        Ok(AccountTx {
+            tx,
+            rules,
+            user_id,
+            currency,
+            stored_version,
+            state,
+            pending_grant: None,
+            now,
+        })
+    }
+
+    pub fn tx(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+
+    pub fn state(&self) -> &AccountSnapshot {
+        &self.state
+    }
+
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
+    pub fn exists(&self) -> bool {
+        self.stored_version > 0
+    }
+
+    pub fn out(&self) -> AccountOut {
+        self.rules.present(
+            self.user_id,
+            Some(&self.currency),
+            Some(&self.state),
+            self.now,
+        )
+    }
+
+    /// Decides, in memory, the grant of the command's period when the account lacks it: the
+    /// first mutating command of a period grants it, exactly as the monthly reset would. Written
+    /// with the first change, so a refused command writes nothing.
+    pub fn open_period(&mut self) {
+        let period = command_period(&self.state, self.rules.zone.period_of(self.now));
+        if let Some(granted) = self.state.open_period(period, self.state.monthly_free) {
+            self.pending_grant = Some(self.state);
+            self.state = granted;
+        }
+    }
+
+    async fn flush_grant(&mut self) -> Result<(), StoreError> {
+        let Some(before) = self.pending_grant.take() else {
+            return Ok(());
+        };
+        let granted = self.state;
+        if self.stored_version == 0 {
+            store::create_account(
+                &mut self.tx,
+                self.user_id,
+                &self.currency,
+                &granted,
+                self.now,
+            )
+            .await?;
+            self.stored_version = granted.version;
+        }
+        let record_id = events::new_id();
+        sqlx::query(
+            "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(self.user_id)
+        .bind(granted.period.to_string())
+        .bind(granted.free_granted.get())
+        .bind(&record_id)
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        let entry = LedgerEntry {
+            record_id: &record_id,
+            user_id: self.user_id,
+            kind: RecordKind::FreeGrant,
+            amount: granted.free_granted,
+            free: granted.free_granted,
+            balance: Micros::ZERO,
+            before,
+            after: granted,
+            refs: Refs::default(),
+            created_at: self.now,
+        };
+        store::insert_entry(&mut self.tx, &entry).await?;
+        let kind = Kind::FreeQuotaGranted(FreeQuotaGranted {
+            record_id: record_id.clone(),
+            period: granted.period.to_string(),
+            amount_micros: granted.free_granted.get(),
+        });
+        self.write_event(kind).await
+    }
+
+    /// Appends one change: its ledger row (state before = the current state) and its event.
+    pub async fn append(
+        &mut self,
+        record_id: &str,
+        kind: RecordKind,
+        after: AccountSnapshot,
+        amounts: (Micros, Micros, Micros),
+        refs: Refs<'_>,
+        event: Kind,
+    ) -> Result<(), StoreError> {
+        self.flush_grant().await?;
+        let (amount, free, balance) = amounts;
+        let entry = LedgerEntry {
+            record_id,
+            user_id: self.user_id,
+            kind,
+            amount,
+            free,
+            balance,
+            before: self.state,
+            after,
+            refs,
+            created_at: self.now,
+        };
+        store::insert_entry(&mut self.tx, &entry).await?;
+        self.state = after;
+        self.write_event(event).await
+    }
+
+    /// Writes an event about the account as it is now (events that change no state repeat the
+    /// current version).
+    pub async fn publish(&mut self, kind: Kind) -> Result<(), StoreError> {
+        self.flush_grant().await?;
+        self.write_event(kind).await
+    }
+
+    async fn write_event(&mut self, kind: Kind) -> Result<(), StoreError> {
+        let subject = subjects::event_subject(&kind);
+        let event = events::event(Some(&self.out()), self.user_id, kind, self.now);
+        store::insert_event(&mut self.tx, &event, &subject, None, self.now).await
+    }
+
+    /// Writes the decided state and commits. Returns the account as committed.
+    pub async fn commit(mut self) -> Result<AccountOut, StoreError> {
+        self.flush_grant().await?;
+        if self.state.version != self.stored_version {
+            store::save_account(
+                &mut self.tx,
+                self.user_id,
+                self.stored_version,
+                &self.state,
+                self.now,
+            )
+            .await?;
+        }
+        let out = self.out();
+        self.tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Ends a transaction that decided to change nothing.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Operators' balance adjustments: signed, idempotent, never below zero or past the limit.
+
+use shared::{
+    money::Micros,
+    proto::v1::{BalanceAdjusted, billing_event::Kind},
+};
+
+use super::{CommandError, Commands, account_tx::AccountTx};
+use crate::{
+    domain::AdjustBalance,
+    events::{self, AccountOut},
+    store::{self, RecordKind, Refs},
+};
+
+#[derive(Clone, Debug)]
+pub struct Adjusted {
+    pub record_id: String,
+    pub account: AccountOut,
+    pub replayed: bool,
+}
+
+impl Commands {
+    /// Applies once per `(user_id, adjustment_id)`. A debit takes balance only, never free quota.
+    pub async fn adjust_balance(&self, command: &AdjustBalance) -> Result<Adjusted, CommandError> {
+        self.store.retrying(|| self.adjust_once(command)).await
+    }
+
+    async fn adjust_once(&self, command: &AdjustBalance) -> Result<Adjusted, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+
+        if account.exists() {
+            let earlier =
+                store::find_adjustment(account.tx(), user_id, command.adjustment_id.as_str())
+                    .await?;
+            if let Some(record) = earlier {
+                let (monthly_free, currency) =
+                    (account.state().monthly_free, account.currency().to_owned());
+                account.rollback().await?;
+                if record.amount_micros != command.amount.get() {
+                    return Err(CommandError::KeyReused {
+                        key: "adjustment_id",
+                    });
+                }
+                let state = record.state_after(monthly_free)?;
+                return Ok(Adjusted {
+                    account: self
+                        .rules
+                        .present(user_id, Some(&currency), Some(&state), now),
+                    record_id: record.record_id,
+                    replayed: true,
+                });
+            }
+        }
+
+        account.open_period();
+        let after = match account.state().adjust(command.amount) {
+            Ok(after) => after,
+            Err(refusal) => {
+                account.rollback().await?;
+                return Err(refusal.into());
+            }
+        };
+        let record_id = events::new_id();
+        let event = Kind::BalanceAdjusted(BalanceAdjusted {
+            record_id: record_id.clone(),
+            adjustment_id: command.adjustment_id.to_string(),
+            amount_micros: command.amount.get(),
+            reason: command.reason.to_string(),
+            actor: command.actor.to_string(),
+        });
+        let refs = Refs {
+            adjustment_id: Some(command.adjustment_id.as_str()),
+            reason: Some(command.reason.as_str()),
+            actor: Some(command.actor.as_str()),
+            ..Refs::default()
+        };
+        let amounts = (command.amount, Micros::ZERO, command.amount);
+        account
+            .append(&record_id, RecordKind::Adjust, after, amounts, refs, event)
+            .await?;
+        let account = account.commit().await?;
+        Ok(Adjusted {
+            record_id,
+            account,
+            replayed: false,
+        })
+    }
+}

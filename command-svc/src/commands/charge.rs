@@ -1,0 +1,130 @@
+//! Quota checks, charges and account reads: the gateway's hot path.
+
+use shared::{
+    account::Split,
+    money::Micros,
+    proto::v1::{QuotaDeducted, billing_event::Kind},
+};
+
+use super::{CommandError, Commands, account_tx::AccountTx};
+use crate::{
+    domain::{CheckQuota, DeductQuota},
+    events::{self, AccountOut},
+    store::{self, RecordKind, Refs},
+};
+
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub allowed: bool,
+    pub account: AccountOut,
+}
+
+#[derive(Clone, Debug)]
+pub struct Charged {
+    pub record_id: String,
+    pub split: Split,
+    pub account: AccountOut,
+    pub replayed: bool,
+}
+
+impl Commands {
+    /// The authoritative account view from MySQL; an account never written reads as fresh.
+    /// Reads never write, not even the period's grant.
+    pub async fn get_account(&self, user_id: &str) -> Result<AccountOut, CommandError> {
+        let row = store::load_account(self.store.pool(), user_id).await?;
+        let now = self.now();
+        let snapshot = row.as_ref().map(store::AccountRow::snapshot).transpose()?;
+        let currency = row.as_ref().map(|row| row.currency.as_str());
+        Ok(self
+            .rules
+            .present(user_id, currency, snapshot.as_ref(), now))
+    }
+
+    /// Would a charge of this amount be allowed now?
+    pub async fn check_quota(&self, command: &CheckQuota) -> Result<Checked, CommandError> {
+        let account = self.get_account(command.user_id.as_str()).await?;
+        Ok(Checked {
+            allowed: command.amount <= account.view.available,
+            account,
+        })
+    }
+
+    /// Charges once per `(user_id, request_id)`; a retry of a refused charge is decided afresh.
+    pub async fn deduct_quota(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
+        self.store.retrying(|| self.deduct_once(command)).await
+    }
+
+    async fn deduct_once(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+
+        if account.exists() {
+            let earlier =
+                store::find_charge(account.tx(), user_id, command.request_id.as_str()).await?;
+            if let Some(record) = earlier {
+                let (monthly_free, currency) =
+                    (account.state().monthly_free, account.currency().to_owned());
+                account.rollback().await?;
+                let same = record.amount_micros == command.amount.get()
+                    && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
+                if !same {
+                    return Err(CommandError::KeyReused { key: "request_id" });
+                }
+                let state = record.state_after(monthly_free)?;
+                return Ok(Charged {
+                    split: Split {
+                        free: Micros::new(record.free_micros),
+                        balance: Micros::new(record.balance_micros),
+                    },
+                    account: self
+                        .rules
+                        .present(user_id, Some(&currency), Some(&state), now),
+                    record_id: record.record_id,
+                    replayed: true,
+                });
+            }
+        }
+
+        account.open_period();
+        let (split, after) = match account.state().charge(command.amount) {
+            Ok(decided) => decided,
+            Err(refusal) => {
+                account.rollback().await?;
+                return Err(refusal.into());
+            }
+        };
+        let record_id = events::new_id();
+        let event = Kind::QuotaDeducted(QuotaDeducted {
+            record_id: record_id.clone(),
+            request_id: command.request_id.to_string(),
+            api_id: command.api_id.to_string(),
+            amount_micros: command.amount.get(),
+            free_micros: split.free.get(),
+            balance_micros: split.balance.get(),
+        });
+        let refs = Refs {
+            request_id: Some(command.request_id.as_str()),
+            api_id: Some(command.api_id.as_str()),
+            description: Some(command.description.as_str()),
+            ..Refs::default()
+        };
+        account
+            .append(
+                &record_id,
+                RecordKind::Deduct,
+                after,
+                (command.amount, split.free, split.balance),
+                refs,
+                event,
+            )
+            .await?;
+        let account = account.commit().await?;
+        Ok(Charged {
+            record_id,
+            split,
+            account,
+            replayed: false,
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! The command handlers: each one validated command becomes one MySQL transaction that locks the
+//! account, decides with the pure rules of `shared` and `domain`, and writes the new state, its
+//! ledger rows and their outbox events together — or nothing at all.
+
+mod account_tx;
+mod adjust;
+mod charge;
+mod orders;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shared::{
+    account::{AccountSnapshot, view_at},
+    clock::Clock,
+    config::{ConfigError, Settings},
+    ids::FieldViolation,
+    money::Micros,
+    period::BillingZone,
+};
+
+pub use adjust::Adjusted;
+pub use charge::{Charged, Checked};
+pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
+
+use crate::{
+    events::AccountOut,
+    store::{AsStoreError, Store, StoreError},
+};
+
+/// The rules of this deployment, from configuration.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub zone: BillingZone,
+    pub currency: String,
+    pub default_monthly_free: Micros,
+    pub order_ttl: Duration,
+}
+
+impl Rules {
+    pub fn from_settings(settings: &Settings) -> Result<Rules, ConfigError> {
+        Ok(Rules {
+            zone: settings.billing.zone()?,
+            currency: settings.billing.currency.clone(),
+            default_monthly_free: settings.billing.default_monthly_free()?,
+            order_ttl: Duration::from_secs(settings.billing.order_ttl_secs),
+        })
+    }
+
+    /// How an account (or one never written) is presented at `now`.
+    pub fn present(
+        &self,
+        user_id: &str,
+        currency: Option<&str>,
+        snapshot: Option<&AccountSnapshot>,
+        now: DateTime<Utc>,
+    ) -> AccountOut {
+        let fresh = AccountSnapshot::fresh(self.zone.period_of(now), self.default_monthly_free);
+        AccountOut {
+            user_id: user_id.to_owned(),
+            currency: currency.unwrap_or(&self.currency).to_owned(),
+            view: view_at(snapshot.unwrap_or(&fresh), now, self.zone),
+        }
+    }
+}
+
+/// Why a command did not apply. Every variant leaves the stored state as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("invalid argument: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldViolation>),
+    #[error("free quota and balance cannot cover the amount")]
+    InsufficientQuota,
+    #[error("the balance would exceed its limit of 10^15 micros")]
+    BalanceLimit,
+    #[error("{key} was already used with other parameters")]
+    KeyReused { key: &'static str },
+    #[error("no such recharge order")]
+    OrderNotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AsStoreError for CommandError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, CommandError::Store(error) if error.is_conflict())
+    }
+}
+
+impl From<shared::account::Refusal> for CommandError {
+    fn from(refusal: shared::account::Refusal) -> Self {
+        match refusal {
+            shared::account::Refusal::InsufficientQuota => CommandError::InsufficientQuota,
+            shared::account::Refusal::BalanceLimit => CommandError::BalanceLimit,
+        }
+    }
+}
+
+/// Everything a command handler needs: storage, time and the rules.
+#[derive(Clone)]
+pub struct Commands {
+    store: Store,
+    clock: Clock,
+    rules: Rules,
+}
+
+impl Commands {
+    pub fn new(store: Store, clock: Clock, rules: Rules) -> Self {
+        Commands {
+            store,
+            clock,
+            rules,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}

@@ -1,0 +1,372 @@
+//! Recharge orders and the payment provider's notifications about them.
+
+use chrono::Duration;
+use shared::{
+    money::{MAX_BALANCE, Micros},
+    proto::{
+        subjects,
+        v1::{
+            BalanceRecharged, PaymentUnmatched, RechargeOrderCreated, RechargeOrderFailed,
+            billing_event::Kind,
+        },
+    },
+};
+
+use super::{CommandError, Commands, account_tx::AccountTx};
+use crate::{
+    domain::{
+        CreateRechargeOrder, GetRechargeOrder, RechargeCallback,
+        payment::{CallbackDecision, OrderFacts, OrderStatus, Unmatched, decide_callback},
+    },
+    events::{self, AccountOut, OrderOut},
+    store::{self, OrderRow, RecordKind, Refs, StoreError, UnmatchedRow},
+};
+
+#[derive(Clone, Debug)]
+pub struct OrderCreated {
+    pub order: OrderOut,
+    pub replayed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    Credited,
+    Replayed,
+    MarkedFailed,
+    Unmatched,
+}
+
+impl CallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackOutcome::Credited => "CREDITED",
+            CallbackOutcome::Replayed => "REPLAYED",
+            CallbackOutcome::MarkedFailed => "MARKED_FAILED",
+            CallbackOutcome::Unmatched => "UNMATCHED",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CallbackResult {
+    pub outcome: CallbackOutcome,
+    pub order: Option<OrderOut>,
+    pub account: Option<AccountOut>,
+    pub replayed: bool,
+    pub unmatched_id: Option<String>,
+}
+
+impl Commands {
+    /// Opens a PENDING order. With an idempotency key, the same key returns the same order.
+    pub async fn create_recharge_order(
+        &self,
+        command: &CreateRechargeOrder,
+    ) -> Result<OrderCreated, CommandError> {
+        self.store
+            .retrying(|| self.create_order_once(command))
+            .await
+    }
+
+    async fn create_order_once(
+        &self,
+        command: &CreateRechargeOrder,
+    ) -> Result<OrderCreated, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        let key = command
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.as_str())
+            .filter(|key| !key.is_empty());
+
+        if let Some(key) = key
+            && account.exists()
+            && let Some(order) = store::find_order_by_key(account.tx(), user_id, key).await?
+        {
+            account.rollback().await?;
+            if order.amount_micros != command.amount.get() {
+                return Err(CommandError::KeyReused {
+                    key: "idempotency_key",
+                });
+            }
+            return Ok(OrderCreated {
+                order: OrderOut::new(order, now)?,
+                replayed: true,
+            });
+        }
+
+        let within_limit = account
+            .state()
+            .balance
+            .checked_add(command.amount)
+            .is_some_and(|balance| balance <= MAX_BALANCE);
+        if !within_limit {
+            account.rollback().await?;
+            return Err(CommandError::BalanceLimit);
+        }
+
+        account.open_period();
+        let ttl = Duration::from_std(self.rules.order_ttl).unwrap_or(Duration::MAX);
+        let row = OrderRow {
+            order_no: events::new_order_no(),
+            user_id: user_id.to_owned(),
+            amount_micros: command.amount.get(),
+            channel: command.channel.to_string(),
+            status: OrderStatus::Pending.as_str().to_owned(),
+            idempotency_key: key.map(str::to_owned),
+            provider_txn_id: None,
+            created_at: now,
+            expires_at: now.checked_add_signed(ttl).unwrap_or(now),
+            paid_at: None,
+        };
+        store::insert_order(account.tx(), &row).await?;
+        let order = OrderOut::new(row, now)?;
+        account
+            .publish(Kind::RechargeOrderCreated(RechargeOrderCreated {
+                order: Some(order.message()),
+            }))
+            .await?;
+        account.commit().await?;
+        Ok(OrderCreated {
+            order,
+            replayed: false,
+        })
+    }
+
+    /// A user's own order; another user's order is as unknown as a missing one.
+    pub async fn get_recharge_order(
+        &self,
+        query: &GetRechargeOrder,
+    ) -> Result<OrderOut, CommandError> {
+        let row = store::find_order(self.store.pool(), query.order_no.as_str()).await?;
+        match row {
+            Some(row) if row.user_id == query.user_id.as_str() => {
+                Ok(OrderOut::new(row, self.now())?)
+            }
+            _ => Err(CommandError::OrderNotFound),
+        }
+    }
+
+    /// Applies a payment notification. Never refused for a business reason: a payment that
+    /// cannot be applied is stored as unmatched, and a repeated one is a replay.
+    pub async fn recharge_callback(
+        &self,
+        callback: &RechargeCallback,
+    ) -> Result<CallbackResult, CommandError> {
+        self.store.retrying(|| self.callback_once(callback)).await
+    }
+
+    async fn callback_once(
+        &self,
+        callback: &RechargeCallback,
+    ) -> Result<CallbackResult, CommandError> {
+        let now = self.now();
+        let order_no = callback.order_no.as_str();
+        let txn = callback.provider_txn_id.as_str();
+        // Unlocked, only to learn whose account to lock first; re-read under the lock below.
+        let Some(found) = store::find_order(self.store.pool(), order_no).await? else {
+            return self.callback_without_order(callback).await;
+        };
+
+        let mut account = AccountTx::lock(&self.store, &self.rules, &found.user_id, now).await?;
+        let order = store::lock_order(account.tx(), order_no)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Internal(sqlx::Error::Protocol(format!("order {order_no} vanished")))
+            })?;
+
+        if let Some(replay) = self.replay_of(account.tx(), callback).await? {
+            account.rollback().await?;
+            return Ok(CallbackResult {
+                account: Some(self.get_account(&found.user_id).await?),
+                ..replay
+            });
+        }
+
+        let facts = OrderFacts {
+            status: order.status()?,
+            amount: Micros::new(order.amount_micros),
+            provider_txn_id: order.provider_txn_id.as_deref(),
+        };
+        let decision = decide_callback(
+            Some(facts),
+            account.state(),
+            txn,
+            callback.paid_amount,
+            callback.success,
+        );
+        let outcome = match decision {
+            CallbackDecision::Credit(_) => {
+                account.open_period();
+                let after = account.state().credit(callback.paid_amount)?;
+                let record_id = events::new_id();
+                let event = Kind::BalanceRecharged(BalanceRecharged {
+                    record_id: record_id.clone(),
+                    order_no: order_no.to_owned(),
+                    provider_txn_id: txn.to_owned(),
+                    amount_micros: callback.paid_amount.get(),
+                });
+                let refs = Refs {
+                    order_no: Some(order_no),
+                    provider_txn_id: Some(txn),
+                    ..Refs::default()
+                };
+                let amounts = (callback.paid_amount, Micros::ZERO, callback.paid_amount);
+                account
+                    .append(
+                        &record_id,
+                        RecordKind::Recharge,
+                        after,
+                        amounts,
+                        refs,
+                        event,
+                    )
+                    .await?;
+                store::update_order_status(
+                    account.tx(),
+                    order_no,
+                    OrderStatus::Paid,
+                    txn,
+                    Some(now),
+                    now,
+                )
+                .await?;
+                CallbackOutcome::Credited
+            }
+            CallbackDecision::MarkFailed => {
+                store::update_order_status(
+                    account.tx(),
+                    order_no,
+                    OrderStatus::Failed,
+                    txn,
+                    None,
+                    now,
+                )
+                .await?;
+                let failed = store::find_order(&mut **account.tx(), order_no)
+                    .await?
+                    .expect("locked above");
+                let message = OrderOut::new(failed, now)?.message();
+                account
+                    .publish(Kind::RechargeOrderFailed(RechargeOrderFailed {
+                        order: Some(message),
+                    }))
+                    .await?;
+                CallbackOutcome::MarkedFailed
+            }
+            CallbackDecision::Replayed => CallbackOutcome::Replayed,
+            CallbackDecision::Unmatched(why) => {
+                let row = unmatched_row(callback, Some(&found.user_id), why, now);
+                store::insert_unmatched(account.tx(), &row).await?;
+                account.publish(unmatched_event(&row)).await?;
+                let account = account.commit().await?;
+                let order = store::find_order(self.store.pool(), order_no).await?;
+                return Ok(CallbackResult {
+                    outcome: CallbackOutcome::Unmatched,
+                    order: order.map(|row| OrderOut::new(row, now)).transpose()?,
+                    account: Some(account),
+                    replayed: false,
+                    unmatched_id: Some(row.unmatched_id),
+                });
+            }
+        };
+        let account = account.commit().await?;
+        let order = store::find_order(self.store.pool(), order_no).await?;
+        Ok(CallbackResult {
+            outcome,
+            order: order.map(|row| OrderOut::new(row, now)).transpose()?,
+            account: Some(account),
+            replayed: outcome == CallbackOutcome::Replayed,
+            unmatched_id: None,
+        })
+    }
+
+    /// A notification naming an order that does not exist: stored for operators, once.
+    async fn callback_without_order(
+        &self,
+        callback: &RechargeCallback,
+    ) -> Result<CallbackResult, CommandError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(replay) = self.replay_of(&mut tx, callback).await? {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(replay);
+        }
+        let row = unmatched_row(callback, None, Unmatched::UnknownOrder, now);
+        store::insert_unmatched(&mut tx, &row).await?;
+        let event = events::event(None, "", unmatched_event(&row), now);
+        let subject = subjects::event_subject(event.kind.as_ref().expect("set above"));
+        store::insert_event(&mut tx, &event, &subject, None, now).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(CallbackResult {
+            outcome: CallbackOutcome::Unmatched,
+            order: None,
+            account: None,
+            replayed: false,
+            unmatched_id: Some(row.unmatched_id),
+        })
+    }
+
+    /// The earlier outcome of this very notification (same provider transaction, same success
+    /// flag), if it was already applied or stored.
+    async fn replay_of(
+        &self,
+        tx: &mut store::Tx,
+        callback: &RechargeCallback,
+    ) -> Result<Option<CallbackResult>, CommandError> {
+        let now = self.now();
+        let txn = callback.provider_txn_id.as_str();
+        let replay =
+            |order: Option<OrderRow>, unmatched_id: Option<String>| -> Result<_, CommandError> {
+                Ok(Some(CallbackResult {
+                    outcome: CallbackOutcome::Replayed,
+                    order: order.map(|row| OrderOut::new(row, now)).transpose()?,
+                    account: None,
+                    replayed: true,
+                    unmatched_id,
+                }))
+            };
+        if callback.success
+            && let Some(credit) = store::find_credit_by_txn(&mut **tx, txn).await?
+        {
+            let order_no = credit.order_no.unwrap_or_default();
+            return replay(store::find_order(&mut **tx, &order_no).await?, None);
+        }
+        if let Some(unmatched) =
+            store::find_unmatched_by_txn(&mut **tx, txn, callback.success).await?
+        {
+            let order = store::find_order(&mut **tx, &unmatched.order_no).await?;
+            return replay(order, Some(unmatched.unmatched_id));
+        }
+        Ok(None)
+    }
+}
+
+fn unmatched_row(
+    callback: &RechargeCallback,
+    user_id: Option<&str>,
+    why: Unmatched,
+    now: chrono::DateTime<chrono::Utc>,
+) -> UnmatchedRow {
+    UnmatchedRow {
+        unmatched_id: events::new_id(),
+        order_no: callback.order_no.to_string(),
+        user_id: user_id.map(str::to_owned),
+        provider_txn_id: callback.provider_txn_id.to_string(),
+        success: callback.success,
+        paid_amount_micros: callback.paid_amount.get(),
+        why: why.as_str().to_owned(),
+        created_at: now,
+    }
+}
+
+fn unmatched_event(row: &UnmatchedRow) -> Kind {
+    Kind::PaymentUnmatched(PaymentUnmatched {
+        unmatched_id: row.unmatched_id.clone(),
+        order_no: row.order_no.clone(),
+        provider_txn_id: row.provider_txn_id.clone(),
+        paid_amount_micros: row.paid_amount_micros,
+        why: row.why.clone(),
+    })
+}

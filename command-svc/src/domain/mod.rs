@@ -1,0 +1,64 @@
+//! The commands command-svc accepts, already validated, and the pure decisions it makes about
+//! them. Money arithmetic itself lives in the `shared` crate; nothing here touches I/O.
+
+pub mod payment;
+
+use shared::{
+    ids::{
+        Actor, AdjustmentId, ApiId, Channel, Description, IdempotencyKey, OrderNo, ProviderTxnId,
+        Reason, RequestId, UserId,
+    },
+    money::Micros,
+};
+
+/// May this call go ahead? Never writes.
+#[derive(Clone, Debug)]
+pub struct CheckQuota {
+    pub user_id: UserId,
+    pub amount: Micros,
+}
+
+/// Charge one API call, free quota first; idempotent by `(user_id, request_id)`.
+#[derive(Clone, Debug)]
+pub struct DeductQuota {
+    pub user_id: UserId,
+    pub amount: Micros,
+    pub request_id: RequestId,
+    pub api_id: ApiId,
+    pub description: Description,
+}
+
+/// Open a recharge order; idempotent by `(user_id, idempotency_key)` when a key is given.
+#[derive(Clone, Debug)]
+pub struct CreateRechargeOrder {
+    pub user_id: UserId,
+    pub amount: Micros,
+    pub channel: Channel,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GetRechargeOrder {
+    pub user_id: UserId,
+    pub order_no: OrderNo,
+}
+
+/// The payment provider's word on an order; one provider transaction credits at most once.
+#[derive(Clone, Debug)]
+pub struct RechargeCallback {
+    pub order_no: OrderNo,
+    pub provider_txn_id: ProviderTxnId,
+    /// Positive when `success`; a failure may carry 0.
+    pub paid_amount: Micros,
+    pub success: bool,
+}
+
+/// An operator's signed change of the balance; idempotent by `(user_id, adjustment_id)`.
+#[derive(Clone, Debug)]
+pub struct AdjustBalance {
+    pub user_id: UserId,
+    pub adjustment_id: AdjustmentId,
+    pub amount: Micros,
+    pub reason: Reason,
+    pub actor: Actor,
+}

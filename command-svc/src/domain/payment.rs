@@ -1,0 +1,277 @@
+//! What a payment notification does to an order, decided without I/O.
+//!
+//! Money that arrived is never refused (invariant 7): whatever cannot be applied becomes an
+//! unmatched payment for operators rather than an error that would make the provider give up.
+
+use chrono::{DateTime, Utc};
+use shared::{
+    account::{AccountSnapshot, Refusal},
+    money::Micros,
+};
+
+/// The stored status of an order. EXPIRED is not stored: it is a PENDING order past its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Failed,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Paid => "PAID",
+            OrderStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PENDING" => Some(OrderStatus::Pending),
+            "PAID" => Some(OrderStatus::Paid),
+            "FAILED" => Some(OrderStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Why a payment could not be applied to its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    UnknownOrder,
+    AmountMismatch,
+    /// A second provider transaction for an order that is already paid.
+    AlreadyPaid,
+    /// Crediting would take the balance past its limit.
+    BalanceLimit,
+    /// A failure notice for an order that was already paid: operators should look.
+    FailureAfterPaid,
+}
+
+impl Unmatched {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmatched::UnknownOrder => "unknown_order",
+            Unmatched::AmountMismatch => "amount_mismatch",
+            Unmatched::AlreadyPaid => "already_paid",
+            Unmatched::BalanceLimit => "balance_limit",
+            Unmatched::FailureAfterPaid => "failure_after_paid",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackDecision {
+    /// Credit the balance with the state after it; the order becomes PAID.
+    Credit(AccountSnapshot),
+    /// The order becomes FAILED; the balance is untouched.
+    MarkFailed,
+    /// Nothing changes: this was already decided.
+    Replayed,
+    Unmatched(Unmatched),
+}
+
+/// What is known of the order a notification names.
+#[derive(Clone, Copy, Debug)]
+pub struct OrderFacts<'a> {
+    pub status: OrderStatus,
+    pub amount: Micros,
+    pub provider_txn_id: Option<&'a str>,
+}
+
+/// Decides a notification that is not a replay of an earlier one of the same transaction.
+/// A success credits PENDING, FAILED and expired orders alike: the money arrived.
+pub fn decide_callback(
+    order: Option<OrderFacts<'_>>,
+    account: &AccountSnapshot,
+    provider_txn_id: &str,
+    paid_amount: Micros,
+    success: bool,
+) -> CallbackDecision {
+    let Some(order) = order else {
+        return CallbackDecision::Unmatched(Unmatched::UnknownOrder);
+    };
+    let same_txn = order.provider_txn_id == Some(provider_txn_id);
+    match (success, order.status) {
+        (true, OrderStatus::Paid) if same_txn => CallbackDecision::Replayed,
+        (true, OrderStatus::Paid) => CallbackDecision::Unmatched(Unmatched::AlreadyPaid),
+        (true, _) if paid_amount != order.amount => {
+            CallbackDecision::Unmatched(Unmatched::AmountMismatch)
+        }
+        (true, _) => match account.credit(paid_amount) {
+            Ok(after) => CallbackDecision::Credit(after),
+            Err(Refusal::BalanceLimit | Refusal::InsufficientQuota) => {
+                CallbackDecision::Unmatched(Unmatched::BalanceLimit)
+            }
+        },
+        (false, OrderStatus::Pending) => CallbackDecision::MarkFailed,
+        (false, OrderStatus::Failed) => CallbackDecision::Replayed,
+        (false, OrderStatus::Paid) => CallbackDecision::Unmatched(Unmatched::FailureAfterPaid),
+    }
+}
+
+/// The status an order shows: a PENDING order past its expiry is EXPIRED (it can still be paid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShownStatus {
+    Pending,
+    Paid,
+    Failed,
+    Expired,
+}
+
+pub fn shown_status(
+    status: OrderStatus,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> ShownStatus {
+    match status {
+        OrderStatus::Pending if now >= expires_at => ShownStatus::Expired,
+        OrderStatus::Pending => ShownStatus::Pending,
+        OrderStatus::Paid => ShownStatus::Paid,
+        OrderStatus::Failed => ShownStatus::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::money::MAX_BALANCE;
+
+    fn account(balance: i64) -> AccountSnapshot {
+        AccountSnapshot {
+            balance: Micros::new(balance),
+            period: "2026-11".parse().unwrap(),
+            free_granted: Micros::ZERO,
+            free_used: Micros::ZERO,
+            monthly_free: Micros::ZERO,
+            version: 3,
+        }
+    }
+
+    fn order(status: OrderStatus, txn: Option<&str>) -> Option<OrderFacts<'_>> {
+        Some(OrderFacts {
+            status,
+            amount: Micros::new(100),
+            provider_txn_id: txn,
+        })
+    }
+
+    const HUNDRED: Micros = Micros::new(100);
+
+    #[test]
+    fn success_credits_pending_failed_and_expired_orders() {
+        for status in [OrderStatus::Pending, OrderStatus::Failed] {
+            match decide_callback(order(status, Some("t0")), &account(5), "t1", HUNDRED, true) {
+                CallbackDecision::Credit(after) => assert_eq!(after.balance, Micros::new(105)),
+                other => panic!("{status:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_applied_is_unmatched() {
+        let a = account(0);
+        assert_eq!(
+            decide_callback(None, &a, "t", HUNDRED, true),
+            CallbackDecision::Unmatched(Unmatched::UnknownOrder)
+        );
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Pending, None),
+                &a,
+                "t",
+                Micros::new(99),
+                true
+            ),
+            CallbackDecision::Unmatched(Unmatched::AmountMismatch)
+        );
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Paid, Some("t1")),
+                &a,
+                "t2",
+                HUNDRED,
+                true
+            ),
+            CallbackDecision::Unmatched(Unmatched::AlreadyPaid)
+        );
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Pending, None),
+                &account(MAX_BALANCE.get() - 99),
+                "t",
+                HUNDRED,
+                true
+            ),
+            CallbackDecision::Unmatched(Unmatched::BalanceLimit)
+        );
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Paid, Some("t1")),
+                &a,
+                "t2",
+                Micros::ZERO,
+                false
+            ),
+            CallbackDecision::Unmatched(Unmatched::FailureAfterPaid)
+        );
+    }
+
+    #[test]
+    fn failure_marks_only_a_pending_order() {
+        let a = account(0);
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Pending, None),
+                &a,
+                "t",
+                Micros::ZERO,
+                false
+            ),
+            CallbackDecision::MarkFailed
+        );
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Failed, Some("t")),
+                &a,
+                "t",
+                Micros::ZERO,
+                false
+            ),
+            CallbackDecision::Replayed
+        );
+    }
+
+    #[test]
+    fn the_paying_transaction_again_is_a_replay() {
+        assert_eq!(
+            decide_callback(
+                order(OrderStatus::Paid, Some("t1")),
+                &account(0),
+                "t1",
+                HUNDRED,
+                true
+            ),
+            CallbackDecision::Replayed
+        );
+    }
+
+    #[test]
+    fn a_pending_order_expires_but_stays_payable() {
+        let expires = DateTime::from_timestamp(1_000, 0).unwrap();
+        let before = DateTime::from_timestamp(999, 0).unwrap();
+        assert_eq!(
+            shown_status(OrderStatus::Pending, expires, before),
+            ShownStatus::Pending
+        );
+        assert_eq!(
+            shown_status(OrderStatus::Pending, expires, expires),
+            ShownStatus::Expired
+        );
+        assert_eq!(
+            shown_status(OrderStatus::Paid, expires, expires),
+            ShownStatus::Paid
+        );
+    }
+}

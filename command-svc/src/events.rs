@@ -1,0 +1,105 @@
+//! From committed changes to the messages that leave the service: the `AccountState` every reply
+//! and event carries, recharge orders as the contract shows them, and the events themselves.
+
+use chrono::{DateTime, Utc};
+use shared::{
+    account::AccountView,
+    proto::v1::{self as pb, billing_event::Kind},
+};
+use uuid::Uuid;
+
+use crate::{
+    domain::payment::{ShownStatus, shown_status},
+    store::OrderRow,
+};
+
+/// Events of this build; consumers refuse versions they do not know.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// A new time-ordered id for records, events, orders and unmatched payments.
+pub fn new_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+/// Order numbers are handed to payment providers: letters and digits only.
+pub fn new_order_no() -> String {
+    format!("RO{}", Uuid::now_v7().simple())
+}
+
+/// An account as the contract presents it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountOut {
+    pub user_id: String,
+    pub currency: String,
+    pub view: AccountView,
+}
+
+impl AccountOut {
+    pub fn message(&self) -> pb::AccountState {
+        let view = &self.view;
+        pb::AccountState {
+            user_id: self.user_id.clone(),
+            currency: self.currency.clone(),
+            balance_micros: view.balance.get(),
+            period: view.period.to_string(),
+            free_granted_micros: view.free_granted.get(),
+            free_used_micros: view.free_used.get(),
+            free_remaining_micros: view.free_remaining.get(),
+            available_micros: view.available.get(),
+            version: view.version,
+            monthly_free_micros: view.monthly_free.get(),
+        }
+    }
+}
+
+/// A recharge order with the status it shows at one instant.
+#[derive(Clone, Debug)]
+pub struct OrderOut {
+    pub row: OrderRow,
+    pub status: ShownStatus,
+}
+
+impl OrderOut {
+    pub fn new(row: OrderRow, now: DateTime<Utc>) -> Result<Self, crate::store::StoreError> {
+        let status = shown_status(row.status()?, row.expires_at, now);
+        Ok(OrderOut { row, status })
+    }
+
+    pub fn message(&self) -> pb::RechargeOrder {
+        let row = &self.row;
+        pb::RechargeOrder {
+            order_no: row.order_no.clone(),
+            user_id: row.user_id.clone(),
+            amount_micros: row.amount_micros,
+            channel: row.channel.clone(),
+            status: match self.status {
+                ShownStatus::Pending => pb::OrderStatus::Pending,
+                ShownStatus::Paid => pb::OrderStatus::Paid,
+                ShownStatus::Failed => pb::OrderStatus::Failed,
+                ShownStatus::Expired => pb::OrderStatus::Expired,
+            } as i32,
+            provider_txn_id: row.provider_txn_id.clone().unwrap_or_default(),
+            created_at_ms: row.created_at.timestamp_millis(),
+            paid_at_ms: row.paid_at.map_or(0, |at| at.timestamp_millis()),
+            expires_at_ms: row.expires_at.timestamp_millis(),
+        }
+    }
+}
+
+/// One event about `account` (as it is right after the event), stamped now.
+pub fn event(
+    account: Option<&AccountOut>,
+    user_id: &str,
+    kind: Kind,
+    now: DateTime<Utc>,
+) -> pb::BillingEvent {
+    pb::BillingEvent {
+        event_id: new_id(),
+        user_id: user_id.to_owned(),
+        version: account.map_or(0, |a| a.view.version),
+        occurred_at_ms: now.timestamp_millis(),
+        account: account.map(AccountOut::message),
+        schema_version: SCHEMA_VERSION,
+        kind: Some(kind),
+    }
+}

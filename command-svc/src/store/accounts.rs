@@ -1,0 +1,141 @@
+//! The `accounts` table: one row per account ever written, locked first by every command.
+
+use chrono::{DateTime, Utc};
+use shared::{account::AccountSnapshot, money::Micros, period::Period};
+use sqlx::MySqlExecutor;
+
+use super::{StoreError, Tx};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub user_id: String,
+    pub currency: String,
+    pub balance_micros: i64,
+    pub period: String,
+    pub free_granted_micros: i64,
+    pub free_used_micros: i64,
+    pub monthly_free_micros: i64,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    pub fn snapshot(&self) -> Result<AccountSnapshot, StoreError> {
+        Ok(AccountSnapshot {
+            balance: Micros::new(self.balance_micros),
+            period: parse_period(&self.period)?,
+            free_granted: Micros::new(self.free_granted_micros),
+            free_used: Micros::new(self.free_used_micros),
+            monthly_free: Micros::new(self.monthly_free_micros),
+            version: self.version,
+        })
+    }
+}
+
+/// A period column that does not parse is a corrupt row, never the caller's fault.
+pub(super) fn parse_period(text: &str) -> Result<Period, StoreError> {
+    text.parse().map_err(|e: shared::period::PeriodError| {
+        StoreError::Internal(sqlx::Error::Decode(e.into()))
+    })
+}
+
+/// The columns of [`AccountRow`], for every SELECT of this table.
+macro_rules! account_columns {
+    () => {
+        "user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
+         monthly_free_micros, version, updated_at"
+    };
+}
+
+/// Locks the account row for the rest of the transaction; `None` when it does not exist yet
+/// (at READ COMMITTED that takes no gap lock, so a concurrent creation cannot deadlock on it).
+pub async fn lock_account(tx: &mut Tx, user_id: &str) -> Result<Option<AccountRow>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE user_id = ? FOR UPDATE"
+    );
+    Ok(sqlx::query_as(SQL)
+        .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// Reads the committed state without locking: the authoritative read of GetAccount and CheckQuota.
+pub async fn load_account<'e>(
+    executor: impl MySqlExecutor<'e>,
+    user_id: &str,
+) -> Result<Option<AccountRow>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE user_id = ?"
+    );
+    Ok(sqlx::query_as(SQL)
+        .bind(user_id)
+        .fetch_optional(executor)
+        .await?)
+}
+
+/// Inserts a new account already in `state`. A concurrent creation of the same account makes this
+/// fail with a duplicate key, a conflict: the command is run again and finds the row.
+pub async fn create_account(
+    tx: &mut Tx,
+    user_id: &str,
+    currency: &str,
+    state: &AccountSnapshot,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(user_id)
+    .bind(currency)
+    .bind(state.balance.get())
+    .bind(state.period.to_string())
+    .bind(state.free_granted.get())
+    .bind(state.free_used.get())
+    .bind(state.monthly_free.get())
+    .bind(state.version)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the state the command decided. The version guard is a second line of defence behind
+/// the row lock: a write based on a stale read fails instead of overwriting.
+pub async fn save_account(
+    tx: &mut Tx,
+    user_id: &str,
+    from_version: i64,
+    state: &AccountSnapshot,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "UPDATE accounts SET balance_micros = ?, period = ?, free_granted_micros = ?, \
+         free_used_micros = ?, monthly_free_micros = ?, version = ?, updated_at = ? \
+         WHERE user_id = ? AND version = ?",
+    )
+    .bind(state.balance.get())
+    .bind(state.period.to_string())
+    .bind(state.free_granted.get())
+    .bind(state.free_used.get())
+    .bind(state.monthly_free.get())
+    .bind(state.version)
+    .bind(now)
+    .bind(user_id)
+    .bind(from_version)
+    .execute(&mut **tx)
+    .await?;
+    if result.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(sqlx::Error::Protocol(format!(
+            "account {user_id} is no longer at version {from_version}"
+        ))))
+    }
+}

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Makes the services' dependencies reachable on loopback for development and tests:
+#   MariaDB  127.0.0.1:3306  (database `billing`, user `billing` / password `billing`)
+#   Redis    127.0.0.1:6379
+#   NATS     127.0.0.1:4222  (with JetStream)
+#
+# Safe to run any number of times. A dependency whose port already answers is left alone (it may
+# be a system service or a container someone else runs), so this never stops or restarts anything.
+# A missing one is installed from Debian packages when its binary is absent and started in the
+# background, bound to 127.0.0.1 only.
+#
+# Usage: deploy/dev-deps.sh [--clean-test-databases]
+#   --clean-test-databases  also drop test databases and temp dirs left behind by crashed test
+#                           runs (older than 6 hours, so a concurrent run is never disturbed)
+#
+# Environment (all optional):
+#   BILLING_DEPS_REDIS_PORT   Redis port (default 6379)
+#   BILLING_DEPS_NATS_PORT    NATS port (default 4222)
+#   BILLING_DEPS_STATE_DIR    where Redis/NATS started by this script keep data and logs
+#                             (default ${XDG_STATE_HOME:-$HOME/.local/state}/billing)
+set -euo pipefail
+
+readonly HOST=127.0.0.1
+readonly MYSQL_PORT=3306
+readonly REDIS_PORT="${BILLING_DEPS_REDIS_PORT:-6379}"
+readonly NATS_PORT="${BILLING_DEPS_NATS_PORT:-4222}"
+readonly STATE_DIR="${BILLING_DEPS_STATE_DIR:-${XDG_STATE_HOME:-${HOME:-/tmp}/.local/state}/billing}"
+readonly START_TIMEOUT_SECS=30
+# Test databases are named billing_test_<unix seconds>_<hex>; anything older than this is a
+# leftover of a run that crashed before it could clean up after itself.
+readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
+
+clean_test_databases=false
+for arg in "$@"; do
+    case "$arg" in
+        --clean-test-databases) clean_test_databases=true ;;
+        -h | --help)
+            sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+            exit 0
+            ;;
+        *)
+            echo "dev-deps: unknown argument: $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+die() {
+    echo "dev-deps: $*" >&2
+    exit 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo. Package installs, starting
+# MariaDB and the root login to MariaDB (unix_socket authentication on Debian) all need it.
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root for: $* (run as root or install sudo)"
+    fi
+}
+
+# True when something accepts TCP connections on 127.0.0.1:<port>. Uses bash's /dev/tcp so that
+# no extra tool (nc, ss) is needed on a fresh machine.
+port_answers() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
+}
+
+# Waits until <port> answers. Gives up after START_TIMEOUT_SECS, or at once when the optional
+# <pid> (the server just started) has exited, and then shows the end of <log>.
+wait_for_port() {
+    local name=$1 port=$2 log=${3:-} pid=${4:-}
+    local deadline=$((SECONDS + START_TIMEOUT_SECS)) problem=
+    until port_answers "$port"; do
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            problem="exited before answering on $HOST:$port"
+        elif ((SECONDS >= deadline)); then
+            problem="did not answer on $HOST:$port within ${START_TIMEOUT_SECS}s"
+        fi
+        if [[ -n $problem ]]; then
+            echo "dev-deps: $name $problem" >&2
+            if [[ -n $log && -r $log ]]; then
+                echo "--- last lines of $log ---" >&2
+                tail -n 20 "$log" >&2
+            fi
+            exit 1
+        fi
+        sleep 0.5
+    done
+}
+
+# Finds an executable by name on PATH or in the sbin directories, which are not on a normal
+# user's PATH on Debian (mariadbd, nats-server live there).
+find_binary() {
+    local name dir
+    for name in "$@"; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+        for dir in /usr/sbin /usr/local/sbin /sbin; do
+            if [[ -x $dir/$name ]]; then
+                echo "$dir/$name"
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+
+# Installs Debian packages quietly. The package lists of a fresh machine (or a container image)
+# are often missing or stale, so a failed install is retried once after `apt-get update`.
+apt_install() {
+    local log
+    log=$(mktemp "${TMPDIR:-/tmp}/dev-deps-apt.XXXXXX")
+    echo "dev-deps: installing $* (apt-get)" >&2
+    if ! as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "$@" >"$log" 2>&1; then
+        if ! { as_root apt-get update &&
+            as_root env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y --no-install-recommends "$@"; } >>"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            rm -f "$log"
+            die "could not install $*"
+        fi
+    fi
+    rm -f "$log"
+}
+
+# --- MariaDB ---------------------------------------------------------------------------------
+
+mysql_client() {
+    find_binary mariadb mysql
+}
+
+# A service manager can start MariaDB with the distribution's own configuration: systemd when it
+# is PID 1, else the SysV script that `service` falls back to. Containers usually have neither
+# running, hence the start-stop-daemon fallback.
+service_manager_usable() {
+    command -v service >/dev/null 2>&1 &&
+        { [[ -d /run/systemd/system ]] || [[ -x /etc/init.d/mariadb ]]; }
+}
+
+start_mariadb() {
+    local daemon
+    if ! daemon=$(find_binary mariadbd mysqld); then
+        apt_install mariadb-server
+        # The package's post-install script starts the server where a service manager runs.
+        port_answers "$MYSQL_PORT" && return 0
+        daemon=$(find_binary mariadbd mysqld) || die "mariadb-server installed but mariadbd not found"
+    fi
+    if service_manager_usable && as_root service mariadb start >/dev/null 2>&1; then
+        :
+    else
+        # The server writes its socket and pid file there; /run is a tmpfs, so the directory
+        # the package created may be gone after a reboot or in a fresh container.
+        as_root install -d -o mysql -g mysql -m 0755 /run/mysqld
+        as_root start-stop-daemon --start --oknodo --background --exec "$daemon" -- --user=mysql
+    fi
+    wait_for_port mariadb "$MYSQL_PORT" /var/log/mysql/error.log
+}
+
+# Runs SQL (stdin) as MariaDB's root over the local unix socket. A fresh Debian MariaDB lets root
+# in only that way (unix_socket authentication: the OS user must be root).
+root_sql() {
+    local client
+    client=$(mysql_client) || die "no mariadb/mysql client found"
+    as_root "$client" --protocol=socket -uroot --batch --skip-column-names "$@"
+}
+
+# As the application user over TCP, exactly the way the services and tests connect. The password
+# goes through the environment, which spares us the client's warning about -p on the command line.
+billing_sql() {
+    local client
+    client=$(mysql_client) || die "no mariadb/mysql client found"
+    MYSQL_PWD=billing "$client" -ubilling -h"$HOST" -P"$MYSQL_PORT" --batch --skip-column-names "$@"
+}
+
+# True when the billing user can log in over TCP and already holds both grants, so that the usual
+# run needs no root (and no sudo password prompt on every `make test`).
+billing_user_ready() {
+    local grants
+    grants=$(billing_sql --raw -e 'SHOW GRANTS' 2>/dev/null) || return 1
+    # shellcheck disable=SC2016 # backticks are SQL quoting here, not command substitution
+    grep -qF 'ON `billing`.*' <<<"$grants" && grep -qF 'ON `billing\_test\_%`.*' <<<"$grants"
+}
+
+ensure_billing_database() {
+    if ! mysql_client >/dev/null; then
+        apt_install mariadb-client
+    fi
+    if ! billing_user_ready; then
+        # Least privilege: everything on the service's database and on the per-test databases
+        # (billing_test_<unix seconds>_<hex>, created and dropped by the tests), nothing else.
+        # Both hosts: with skip-name-resolve a TCP client from 127.0.0.1 does not match
+        # 'localhost', while a socket client does.
+        root_sql <<'SQL' || die "could not create database/user billing as MariaDB root over the local socket"
+CREATE DATABASE IF NOT EXISTS billing CHARACTER SET utf8mb4;
+CREATE USER IF NOT EXISTS 'billing'@'localhost' IDENTIFIED BY 'billing';
+CREATE USER IF NOT EXISTS 'billing'@'127.0.0.1' IDENTIFIED BY 'billing';
+GRANT ALL PRIVILEGES ON billing.* TO 'billing'@'localhost', 'billing'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON `billing\_test\_%`.* TO 'billing'@'localhost', 'billing'@'127.0.0.1';
+SQL
+    fi
+    billing_sql -e 'SELECT 1' >/dev/null ||
+        die "user billing cannot log in to $HOST:$MYSQL_PORT with password billing (an existing user with another password? fix it or drop the user and run again)"
+}
+
+ensure_mariadb() {
+    local how=reachable
+    if ! port_answers "$MYSQL_PORT"; then
+        start_mariadb
+        how=started
+    fi
+    ensure_billing_database
+    echo "mariadb: $how on $HOST:$MYSQL_PORT (database billing, user billing)"
+}
+
+# --- Redis -----------------------------------------------------------------------------------
+
+ensure_redis() {
+    local how="reachable on $HOST:$REDIS_PORT" server
+    if ! port_answers "$REDIS_PORT"; then
+        if ! server=$(find_binary redis-server); then
+            apt_install redis-server
+            server=$(find_binary redis-server) || die "redis-server installed but not found"
+        fi
+        # The package may have started its own instance on the default port.
+        if ! port_answers "$REDIS_PORT"; then
+            mkdir -p "$STATE_DIR"
+            # A cache for development: no snapshots, no append-only file.
+            "$server" --daemonize yes --bind "$HOST" --port "$REDIS_PORT" \
+                --save "" --appendonly no \
+                --dir "$STATE_DIR" \
+                --pidfile "$STATE_DIR/redis-$REDIS_PORT.pid" \
+                --logfile "$STATE_DIR/redis-$REDIS_PORT.log"
+            wait_for_port redis "$REDIS_PORT" "$STATE_DIR/redis-$REDIS_PORT.log"
+            how="started on $HOST:$REDIS_PORT (log: $STATE_DIR/redis-$REDIS_PORT.log)"
+        fi
+    fi
+    echo "redis: $how"
+}
+
+# --- NATS ------------------------------------------------------------------------------------
+
+ensure_nats() {
+    local how="reachable on $HOST:$NATS_PORT" server data_dir log
+    if ! port_answers "$NATS_PORT"; then
+        if ! server=$(find_binary nats-server); then
+            apt_install nats-server
+            server=$(find_binary nats-server) || die "nats-server installed but not found"
+        fi
+        if ! port_answers "$NATS_PORT"; then
+            # One JetStream store per port, so that a second instance never shares a store.
+            data_dir="$STATE_DIR/nats-$NATS_PORT"
+            log="$STATE_DIR/nats-$NATS_PORT.log"
+            mkdir -p "$data_dir"
+            # setsid: in a session of its own, so that a later Ctrl-C in this terminal (make run)
+            # or closing it does not take the server down with it.
+            setsid "$server" -a "$HOST" -p "$NATS_PORT" -js -sd "$data_dir" \
+                -l "$log" -P "$STATE_DIR/nats-$NATS_PORT.pid" </dev/null >/dev/null 2>&1 &
+            wait_for_port nats "$NATS_PORT" "$log" $!
+            how="started on $HOST:$NATS_PORT with JetStream (log: $log)"
+        fi
+    fi
+    echo "nats: $how"
+}
+
+# --- leftovers of crashed test runs ----------------------------------------------------------
+
+# Uses root over the socket when that needs no password (root, or passwordless sudo); otherwise
+# the billing user, which may drop these databases too thanks to its billing\_test\_% grant.
+leftover_sql() {
+    if [[ $EUID -eq 0 ]] || sudo -n true >/dev/null 2>&1; then
+        root_sql "$@"
+    else
+        billing_sql "$@"
+    fi
+}
+
+clean_test_leftovers() {
+    local now name names stamp dropped=0 dirs=0
+    now=$(date +%s)
+    names=$(leftover_sql -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'billing\\_test\\_%'")
+    while read -r name; do
+        # Only names carrying a timestamp; anything else is not ours to judge.
+        [[ $name =~ ^billing_test_([0-9]+)_[0-9a-fA-F]+$ ]] || continue
+        stamp=${BASH_REMATCH[1]}
+        if ((now - stamp > TEST_LEFTOVER_MAX_AGE_SECS)); then
+            leftover_sql -e "DROP DATABASE IF EXISTS \`$name\`"
+            dropped=$((dropped + 1))
+        fi
+    done <<<"$names"
+
+    local tmp="${TMPDIR:-/tmp}"
+    while IFS= read -r -d '' dir; do
+        rm -rf -- "$dir"
+        dirs=$((dirs + 1))
+    done < <(find "$tmp" -mindepth 1 -maxdepth 1 -type d -name 'billing-test-*' \
+        -user "$(id -u)" -mmin +$((TEST_LEFTOVER_MAX_AGE_SECS / 60)) -print0 2>/dev/null)
+
+    echo "tests: removed $dropped stale test database(s) and $dirs temp dir(s) older than 6h"
+}
+
+ensure_mariadb
+ensure_redis
+ensure_nats
+if $clean_test_databases; then
+    clean_test_leftovers
+fi

@@ -1,0 +1,490 @@
+//! One command-svc per test, on ports of its own, with its own database and a clock the test
+//! controls. Clients for each configured caller, and the invariant checks every test can run.
+
+use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use command_svc::app::Application;
+use prost::Message;
+use shared::{
+    clock::Clock,
+    config::Settings,
+    proto::v1::{self as pb, billing_command_service_client::BillingCommandServiceClient},
+};
+use sqlx::{Connection, MySqlConnection, MySqlPool, Row, mysql::MySqlPoolOptions};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const GATEWAY: &str = "dev-gateway-token";
+pub const ORDERS: &str = "dev-query-svc-token";
+pub const PAYMENT: &str = "dev-payment-token";
+pub const OPS: &str = "dev-ops-token";
+pub const WEBHOOK_SECRET: &str = "dev-webhook-secret-change-me";
+pub const CNY: i64 = 1_000_000;
+
+/// Adds a caller's bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = BillingCommandServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A database of its own, named so that stale ones can be recognised and dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+pub fn admin_url() -> String {
+    std::env::var("BILLING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!(
+            "billing_test_{}_{}",
+            Utc::now().timestamp(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let admin = admin_url();
+        let mut conn = MySqlConnection::connect(&admin)
+            .await
+            .expect("MySQL for tests is reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .execute(&mut conn)
+            .await
+            .expect("the test user may create billing_test_ databases");
+        TestDb {
+            url: format!("{}/{name}", admin.trim_end_matches('/')),
+            name,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+    pub clock: Clock,
+    pub db: MySqlPool,
+    pub db_name: String,
+    pub settings: Settings,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The repository's configuration, pointed at a fresh database and ports chosen by the system.
+pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut env = HashMap::from([
+        ("BILLING__DATABASE__URL".to_owned(), database_url.to_owned()),
+        (
+            "BILLING__COMMAND__GRPC_ADDR".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "BILLING__COMMAND__HTTP_ADDR".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
+    ]);
+    for (key, value) in overrides {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+    Settings::load_with_env(&path, Some(env)).expect("the repository configuration loads")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_at(Utc::now(), &[]).await
+}
+
+/// A service whose clock stands at `now` (tests move it with `app.clock`).
+pub async fn spawn_app_at(now: DateTime<Utc>, overrides: &[(&str, &str)]) -> TestApp {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.url, overrides);
+    spawn_with(settings, Clock::manual(now), db.name).await
+}
+
+pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> TestApp {
+    shared::telemetry::init(&settings.telemetry);
+    let app = Application::build(&settings, clock.clone())
+        .await
+        .expect("the service builds");
+    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let db = MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(settings.database.url.expose())
+        .await
+        .expect("the test database is reachable");
+    TestApp {
+        grpc_addr,
+        http_addr,
+        clock,
+        db,
+        db_name,
+        settings,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub async fn client(&self, token: &str) -> Client {
+        let bearer = Bearer(Some(
+            MetadataValue::from_str(&format!("Bearer {token}")).unwrap(),
+        ));
+        self.client_with(bearer).await
+    }
+
+    pub async fn client_with(&self, bearer: Bearer) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("the gRPC server accepts connections");
+        BillingCommandServiceClient::with_interceptor(channel, bearer)
+    }
+
+    pub async fn anonymous(&self) -> Client {
+        self.client_with(Bearer(None)).await
+    }
+
+    pub async fn gateway(&self) -> Client {
+        self.client(GATEWAY).await
+    }
+
+    pub async fn ops(&self) -> Client {
+        self.client(OPS).await
+    }
+
+    pub async fn payment(&self) -> Client {
+        self.client(PAYMENT).await
+    }
+
+    pub async fn orders(&self) -> Client {
+        self.client(ORDERS).await
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Stops the service and waits for it to drain.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+        }
+    }
+
+    /// Drops the test's database; called at the end of a test that passed.
+    pub async fn cleanup(mut self) {
+        self.stop().await;
+        self.db.close().await;
+        let mut conn = MySqlConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            self.db_name
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+// ---- requests -------------------------------------------------------------------------------
+
+pub fn deduct(user: &str, amount: i64, request_id: &str) -> pb::DeductQuotaRequest {
+    pb::DeductQuotaRequest {
+        user_id: user.into(),
+        amount_micros: amount,
+        request_id: request_id.into(),
+        api_id: "api.test".into(),
+        description: "a test call".into(),
+    }
+}
+
+pub fn adjust(user: &str, amount: i64, adjustment_id: &str) -> pb::AdjustBalanceRequest {
+    pb::AdjustBalanceRequest {
+        user_id: user.into(),
+        adjustment_id: adjustment_id.into(),
+        amount_micros: amount,
+        reason: "test adjustment".into(),
+        actor: "ops@example.com".into(),
+    }
+}
+
+pub fn new_order(user: &str, amount: i64) -> pb::CreateRechargeOrderRequest {
+    pb::CreateRechargeOrderRequest {
+        user_id: user.into(),
+        amount_micros: amount,
+        channel: "alipay".into(),
+        idempotency_key: String::new(),
+    }
+}
+
+pub fn paid(order_no: &str, txn: &str, amount: i64) -> pb::RechargeCallbackRequest {
+    pb::RechargeCallbackRequest {
+        order_no: order_no.into(),
+        provider_txn_id: txn.into(),
+        paid_amount_micros: amount,
+        success: true,
+    }
+}
+
+/// A unique user id for one test.
+pub fn new_user(tag: &str) -> String {
+    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Puts `amount` on a user's balance through an order and its paid callback.
+pub async fn recharge(app: &TestApp, user: &str, amount: i64) -> pb::RechargeCallbackResponse {
+    let order = app
+        .orders()
+        .await
+        .create_recharge_order(new_order(user, amount))
+        .await
+        .unwrap()
+        .into_inner();
+    let order_no = order.order.unwrap().order_no;
+    let txn = format!("txn-{}", uuid::Uuid::new_v4().simple());
+    app.payment()
+        .await
+        .recharge_callback(paid(&order_no, &txn, amount))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn reason(status: &Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
+}
+
+pub async fn account(app: &TestApp, user: &str) -> pb::AccountState {
+    let request = pb::GetAccountRequest {
+        user_id: user.into(),
+    };
+    app.gateway()
+        .await
+        .get_account(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+}
+
+// ---- stored state ---------------------------------------------------------------------------
+
+pub async fn count(pool: &MySqlPool, sql: &'static str, user: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+pub async fn ledger_count(app: &TestApp, user: &str) -> i64 {
+    count(
+        &app.db,
+        "SELECT COUNT(*) FROM ledger WHERE user_id = ?",
+        user,
+    )
+    .await
+}
+
+/// A whole-database fingerprint, to show that a refused command changed nothing.
+pub async fn fingerprint(pool: &MySqlPool) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for sql in [
+        "SELECT COUNT(*) FROM accounts",
+        "SELECT CAST(COALESCE(SUM(balance_micros + free_used_micros + version), 0) AS SIGNED) FROM accounts",
+        "SELECT COUNT(*) FROM ledger",
+        "SELECT COUNT(*) FROM free_quota_grants",
+        "SELECT COUNT(*) FROM recharge_orders",
+        "SELECT COUNT(*) FROM unmatched_payments",
+        "SELECT COUNT(*) FROM outbox",
+    ] {
+        let value: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+        counts.push(value);
+    }
+    counts
+}
+
+/// Invariants 1, 4 and 5 of ARCHITECTURE.md for one account, from what MySQL holds:
+/// the ledger chain, conservation of balance and free quota, every change with its event.
+pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
+    let account = sqlx::query(
+        "SELECT balance_micros, period, free_granted_micros, free_used_micros, version \
+         FROM accounts WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    let rows = sqlx::query(
+        "SELECT record_id, version, kind, amount_micros, free_micros, balance_micros, period, \
+         period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
+         free_granted_after_micros, free_used_before_micros, free_used_after_micros \
+         FROM ledger WHERE user_id = ? ORDER BY version",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let Some(account) = account else {
+        assert!(rows.is_empty(), "{user}: ledger rows without an account");
+        return;
+    };
+
+    let balance: i64 = account.get("balance_micros");
+    let period: String = account.get("period");
+    let (granted, used): (i64, i64) = (
+        account.get("free_granted_micros"),
+        account.get("free_used_micros"),
+    );
+    let version: i64 = account.get("version");
+    assert!(
+        balance >= 0 && 0 <= used && used <= granted,
+        "{user}: invariant 1 broken"
+    );
+
+    // The chain: versions 1..=n, each row's before is the previous row's after.
+    let mut state = (0_i64, String::new(), 0_i64, 0_i64);
+    let (mut credits, mut debits, mut free_in_period, mut granted_in_period) =
+        (0_i64, 0_i64, 0_i64, None);
+    for (index, row) in rows.iter().enumerate() {
+        let v: i64 = row.get("version");
+        assert_eq!(v, index as i64 + 1, "{user}: versions must be consecutive");
+        let before = (
+            row.get::<i64, _>("balance_before_micros"),
+            row.get::<String, _>("period_before"),
+            row.get::<i64, _>("free_granted_before_micros"),
+            row.get::<i64, _>("free_used_before_micros"),
+        );
+        let after = (
+            row.get::<i64, _>("balance_after_micros"),
+            row.get::<String, _>("period"),
+            row.get::<i64, _>("free_granted_after_micros"),
+            row.get::<i64, _>("free_used_after_micros"),
+        );
+        if index == 0 {
+            assert_eq!(
+                (before.0, before.2, before.3),
+                (0, 0, 0),
+                "{user}: the first row starts empty"
+            );
+        } else {
+            assert_eq!(before, state, "{user}: chain broken at version {v}");
+        }
+        let (amount, free, part): (i64, i64, i64) = (
+            row.get("amount_micros"),
+            row.get("free_micros"),
+            row.get("balance_micros"),
+        );
+        match row.get::<String, _>("kind").as_str() {
+            "deduct" => {
+                assert_eq!(free + part, amount, "{user}: split must add up");
+                assert_eq!(after.0, before.0 - part);
+                assert_eq!(after.3, before.3 + free);
+                debits += part;
+                if after.1 == period {
+                    free_in_period += free;
+                }
+            }
+            "recharge" | "adjust" => {
+                assert_eq!(after.0, before.0 + part);
+                assert_eq!((after.2, after.3), (before.2, before.3));
+                credits += part;
+            }
+            "free_grant" => {
+                assert!(
+                    after.1 > before.1 || index == 0,
+                    "{user}: a grant opens a later period"
+                );
+                assert_eq!((after.0, after.2, after.3), (before.0, free, 0));
+                if after.1 == period {
+                    granted_in_period = Some(free);
+                }
+            }
+            other => panic!("{user}: unknown ledger kind {other}"),
+        }
+        assert!(
+            after.0 >= 0 && after.3 <= after.2,
+            "{user}: invariant 1 broken in the ledger"
+        );
+        state = after;
+    }
+    assert_eq!(
+        state,
+        (balance, period.clone(), granted, used),
+        "{user}: the last row must be the account"
+    );
+    assert_eq!(
+        version,
+        rows.len() as i64,
+        "{user}: one ledger row per version"
+    );
+    assert_eq!(balance, credits - debits, "{user}: balance conservation");
+    assert_eq!(used, free_in_period, "{user}: free quota conservation");
+    assert_eq!(
+        Some(granted),
+        granted_in_period,
+        "{user}: the period's grant"
+    );
+
+    // Invariant 4 on the write side: every ledger row has its event in the outbox.
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox WHERE user_id = ?")
+        .bind(user)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut event_records: Vec<String> = payloads
+        .iter()
+        .filter_map(|payload| record_id_of(&pb::BillingEvent::decode(payload.as_slice()).unwrap()))
+        .collect();
+    let mut ledger_records: Vec<String> = rows.iter().map(|row| row.get("record_id")).collect();
+    event_records.sort();
+    ledger_records.sort();
+    assert_eq!(
+        event_records, ledger_records,
+        "{user}: one event per ledger row"
+    );
+}
+
+fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
+    use pb::billing_event::Kind;
+    match event.kind.as_ref()? {
+        Kind::QuotaDeducted(e) => Some(e.record_id.clone()),
+        Kind::BalanceRecharged(e) => Some(e.record_id.clone()),
+        Kind::FreeQuotaGranted(e) => Some(e.record_id.clone()),
+        Kind::BalanceAdjusted(e) => Some(e.record_id.clone()),
+        Kind::RechargeOrderCreated(_)
+        | Kind::RechargeOrderFailed(_)
+        | Kind::PaymentUnmatched(_) => None,
+    }
+}

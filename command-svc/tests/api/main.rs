@@ -1,0 +1,5 @@
+//! command-svc against a real MariaDB: one service and one database per test.
+
+mod helpers;
+
+mod charges;

@@ -2,7 +2,7 @@
 -- quota of the account's current period (the latest period it was granted; it only moves forward).
 -- The CHECK constraints repeat invariant 1 so that even a faulty write cannot store a negative
 -- balance or more free quota used than granted.
-CREATE TABLE accounts (
+CREATE TABLE IF NOT EXISTS accounts (
     user_id             VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     currency            CHAR(3) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     balance_micros      BIGINT NOT NULL,

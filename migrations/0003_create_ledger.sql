@@ -5,7 +5,7 @@
 -- deduct, the granted amount of a free_grant, the balance change of a recharge or adjust.
 -- The unique keys carry the idempotency rules: one charge per (user_id, request_id), one
 -- adjustment per (user_id, adjustment_id), one credit per provider transaction.
-CREATE TABLE ledger (
+CREATE TABLE IF NOT EXISTS ledger (
     id                         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     record_id                  CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     user_id                    VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,

@@ -1,6 +1,6 @@
 -- Recharge orders. status: PENDING | PAID | FAILED (EXPIRED is a PENDING order past expires_at,
 -- computed when read). provider_txn_id is the transaction that last decided the status.
-CREATE TABLE recharge_orders (
+CREATE TABLE IF NOT EXISTS recharge_orders (
     order_no        VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     user_id         VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     amount_micros   BIGINT NOT NULL,

@@ -1,7 +1,7 @@
 -- Payments that arrived but could not be applied (invariant 7): stored for operators, never
 -- refused. why: unknown_order | amount_mismatch | already_paid | balance_limit | failure_after_paid.
 -- One row per provider transaction and outcome flag, so a repeated notification is a replay.
-CREATE TABLE unmatched_payments (
+CREATE TABLE IF NOT EXISTS unmatched_payments (
     unmatched_id       CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     order_no           VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     user_id            VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,

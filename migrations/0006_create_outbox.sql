@@ -1,6 +1,6 @@
 -- The transactional outbox: every committed change's event, written in the same transaction.
 -- The relay publishes rows whose published_at is NULL and purges published ones after retention.
-CREATE TABLE outbox (
+CREATE TABLE IF NOT EXISTS outbox (
     id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     event_id     CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     user_id      VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,

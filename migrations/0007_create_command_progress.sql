@@ -1,6 +1,6 @@
 -- Progress of long-running commands (the monthly reset): a cursor over accounts in primary-key
 -- order, persisted per command so that a crash resumes where it stopped.
-CREATE TABLE command_progress (
+CREATE TABLE IF NOT EXISTS command_progress (
     command_id       VARCHAR(160) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     kind             VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     period           CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,

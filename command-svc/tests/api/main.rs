@@ -3,3 +3,5 @@
 mod helpers;
 
 mod charges;
+mod periods;
+mod schema;

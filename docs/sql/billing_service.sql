@@ -1,0 +1,159 @@
+-- The billing service's schema as one script, for MySQL 8 / MariaDB 10.6 and later:
+--
+--     mysql -u root -p < docs/sql/billing_service.sql
+--
+-- It is the same schema as the migrations in migrations/ (a test applies both and compares the
+-- tables, columns, indexes and constraints). The services apply the migrations themselves at
+-- start (database.migrate_on_start); every statement here is idempotent, so a database created
+-- with this script is also accepted by the migrations.
+--
+-- All instants are UTC (DATETIME(6)); amounts are BIGINT micros (1 CNY = 1000000).
+
+CREATE DATABASE IF NOT EXISTS billing CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+USE billing;
+
+-- 0001_create_accounts.sql
+-- One row per account, created by its first mutating command. It holds the balance and the free
+-- quota of the account's current period (the latest period it was granted; it only moves forward).
+-- The CHECK constraints repeat invariant 1 so that even a faulty write cannot store a negative
+-- balance or more free quota used than granted.
+CREATE TABLE IF NOT EXISTS accounts (
+    user_id             VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    currency            CHAR(3) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    balance_micros      BIGINT NOT NULL,
+    period              CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    free_granted_micros BIGINT NOT NULL,
+    free_used_micros    BIGINT NOT NULL,
+    monthly_free_micros BIGINT NOT NULL,
+    version             BIGINT NOT NULL,
+    created_at          DATETIME(6) NOT NULL,
+    updated_at          DATETIME(6) NOT NULL,
+    PRIMARY KEY (user_id),
+    CONSTRAINT accounts_balance_in_range CHECK (balance_micros BETWEEN 0 AND 1000000000000000),
+    CONSTRAINT accounts_free_used_in_range CHECK (free_used_micros BETWEEN 0 AND free_granted_micros),
+    CONSTRAINT accounts_version_positive CHECK (version >= 1)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0002_create_free_quota_grants.sql
+-- The free quota granted to an account for one period. The primary key makes a grant happen at
+-- most once per account and period, whether it comes from the monthly reset or from the first
+-- mutating command of the period.
+CREATE TABLE IF NOT EXISTS free_quota_grants (
+    user_id        VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    period         CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    granted_micros BIGINT NOT NULL,
+    record_id      CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    created_at     DATETIME(6) NOT NULL,
+    PRIMARY KEY (user_id, period)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0003_create_ledger.sql
+-- The append-only ledger: one row per change of an account's state, with the split and the state
+-- before and after, so each row's state-before equals the previous row's state-after (a chain).
+-- kind: deduct | recharge | free_grant | adjust. amount_micros is a magnitude except for adjust
+-- (signed: + credit, - debit). free_micros / balance_micros: the free and balance parts of a
+-- deduct, the granted amount of a free_grant, the balance change of a recharge or adjust.
+-- The unique keys carry the idempotency rules: one charge per (user_id, request_id), one
+-- adjustment per (user_id, adjustment_id), one credit per provider transaction.
+CREATE TABLE IF NOT EXISTS ledger (
+    id                         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    record_id                  CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id                    VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    version                    BIGINT NOT NULL,
+    kind                       VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    amount_micros              BIGINT NOT NULL,
+    free_micros                BIGINT NOT NULL,
+    balance_micros             BIGINT NOT NULL,
+    period                     CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    period_before              CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    balance_before_micros      BIGINT NOT NULL,
+    balance_after_micros       BIGINT NOT NULL,
+    free_granted_before_micros BIGINT NOT NULL,
+    free_granted_after_micros  BIGINT NOT NULL,
+    free_used_before_micros    BIGINT NOT NULL,
+    free_used_after_micros     BIGINT NOT NULL,
+    request_id                 VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    api_id                     VARCHAR(128) NULL,
+    description                VARCHAR(512) NULL,
+    order_no                   VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    provider_txn_id            VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    adjustment_id              VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    reason                     VARCHAR(512) NULL,
+    actor                      VARCHAR(64) NULL,
+    created_at                 DATETIME(6) NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY ledger_record_id (record_id),
+    UNIQUE KEY ledger_user_version (user_id, version),
+    UNIQUE KEY ledger_user_request (user_id, request_id),
+    UNIQUE KEY ledger_user_adjustment (user_id, adjustment_id),
+    UNIQUE KEY ledger_provider_txn (provider_txn_id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0004_create_recharge_orders.sql
+-- Recharge orders. status: PENDING | PAID | FAILED (EXPIRED is a PENDING order past expires_at,
+-- computed when read). provider_txn_id is the transaction that last decided the status.
+CREATE TABLE IF NOT EXISTS recharge_orders (
+    order_no        VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id         VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    amount_micros   BIGINT NOT NULL,
+    channel         VARCHAR(32) NOT NULL,
+    status          VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    idempotency_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    provider_txn_id VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    created_at      DATETIME(6) NOT NULL,
+    expires_at      DATETIME(6) NOT NULL,
+    paid_at         DATETIME(6) NULL,
+    updated_at      DATETIME(6) NOT NULL,
+    PRIMARY KEY (order_no),
+    UNIQUE KEY recharge_orders_user_key (user_id, idempotency_key),
+    KEY recharge_orders_user_created (user_id, created_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0005_create_unmatched_payments.sql
+-- Payments that arrived but could not be applied (invariant 7): stored for operators, never
+-- refused. why: unknown_order | amount_mismatch | already_paid | balance_limit | failure_after_paid.
+-- One row per provider transaction and outcome flag, so a repeated notification is a replay.
+CREATE TABLE IF NOT EXISTS unmatched_payments (
+    unmatched_id       CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    order_no           VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id            VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    provider_txn_id    VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    success            BOOLEAN NOT NULL,
+    paid_amount_micros BIGINT NOT NULL,
+    why                VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    created_at         DATETIME(6) NOT NULL,
+    PRIMARY KEY (unmatched_id),
+    UNIQUE KEY unmatched_payments_txn (provider_txn_id, success)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0006_create_outbox.sql
+-- The transactional outbox: every committed change's event, written in the same transaction.
+-- The relay publishes rows whose published_at is NULL and purges published ones after retention.
+CREATE TABLE IF NOT EXISTS outbox (
+    id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    event_id     CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id      VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    subject      VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    payload      MEDIUMBLOB NOT NULL,
+    traceparent  VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    created_at   DATETIME(6) NOT NULL,
+    published_at DATETIME(6) NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY outbox_event_id (event_id),
+    KEY outbox_unpublished (published_at, id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0007_create_command_progress.sql
+-- Progress of long-running commands (the monthly reset): a cursor over accounts in primary-key
+-- order, persisted per command so that a crash resumes where it stopped.
+CREATE TABLE IF NOT EXISTS command_progress (
+    command_id       VARCHAR(160) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    kind             VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    period           CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    cursor_user_id   VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    accounts_granted BIGINT NOT NULL,
+    started_at       DATETIME(6) NOT NULL,
+    updated_at       DATETIME(6) NOT NULL,
+    finished_at      DATETIME(6) NULL,
+    PRIMARY KEY (command_id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -3,5 +3,6 @@
 mod helpers;
 
 mod charges;
+mod payments;
 mod periods;
 mod schema;

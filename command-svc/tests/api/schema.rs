@@ -23,7 +23,10 @@ async fn describe(pool: &MySqlPool) -> Vec<String> {
     .unwrap();
     for row in columns {
         let fields: Vec<String> = (0..9)
-            .map(|i| row.try_get::<String, _>(i).unwrap_or_else(|_| row.get::<u64, _>(i).to_string()))
+            .map(|i| {
+                row.try_get::<String, _>(i)
+                    .unwrap_or_else(|_| row.get::<u64, _>(i).to_string())
+            })
             .collect();
         lines.push(format!("column {}", fields.join(" | ")));
     }
@@ -39,7 +42,9 @@ async fn describe(pool: &MySqlPool) -> Vec<String> {
     for row in indexes {
         let (table, index, column): (String, String, String) = (row.get(0), row.get(1), row.get(3));
         let (seq, non_unique): (u64, i64) = (row.get::<u32, _>(2).into(), row.get(4));
-        lines.push(format!("index {table}.{index} #{seq} {column} non_unique={non_unique}"));
+        lines.push(format!(
+            "index {table}.{index} #{seq} {column} non_unique={non_unique}"
+        ));
     }
     let checks = sqlx::query(
         "SELECT TABLE_NAME, CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
@@ -63,7 +68,11 @@ fn script_for_test_database() -> String {
         .lines()
         .filter(|line| !line.starts_with("CREATE DATABASE") && !line.starts_with("USE "))
         .collect();
-    assert_eq!(body.len() + 2, script.lines().count(), "the script creates and selects its database");
+    assert_eq!(
+        body.len() + 2,
+        script.lines().count(),
+        "the script creates and selects its database"
+    );
     body.join("\n")
 }
 
@@ -75,22 +84,48 @@ async fn database(db: &TestDb) -> MySqlPool {
 async fn the_sql_script_and_the_migrations_build_the_same_schema() {
     let (migrated, scripted) = (TestDb::create().await, TestDb::create().await);
     let settings = test_settings(&migrated.url, &[]);
-    Store::connect_lazy(&settings.database).unwrap().migrate(std::time::Duration::from_secs(10)).await.unwrap();
+    Store::connect_lazy(&settings.database)
+        .unwrap()
+        .migrate(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
     let scripted_pool = database(&scripted).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(script_for_test_database())).execute(&scripted_pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script_for_test_database()))
+        .execute(&scripted_pool)
+        .await
+        .unwrap();
 
     let from_migrations = describe(&database(&migrated).await).await;
-    assert!(from_migrations.iter().any(|line| line.starts_with("column ledger | record_id")));
-    assert!(from_migrations.iter().any(|line| line.contains("ledger_user_request")));
+    assert!(
+        from_migrations
+            .iter()
+            .any(|line| line.starts_with("column ledger | record_id"))
+    );
+    assert!(
+        from_migrations
+            .iter()
+            .any(|line| line.contains("ledger_user_request"))
+    );
     assert_eq!(from_migrations, describe(&scripted_pool).await);
 
     // A database made with the script is accepted by the migrations at service start.
     let settings = test_settings(&scripted.url, &[]);
-    Store::connect_lazy(&settings.database).unwrap().migrate(std::time::Duration::from_secs(10)).await.unwrap();
+    Store::connect_lazy(&settings.database)
+        .unwrap()
+        .migrate(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(from_migrations, describe(&scripted_pool).await);
 
     for db in [migrated, scripted] {
-        let admin = database(&TestDb { name: String::new(), url: admin_url() }).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", db.name))).execute(&admin).await.unwrap();
+        let admin = database(&TestDb {
+            name: String::new(),
+            url: admin_url(),
+        })
+        .await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", db.name)))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
 }

@@ -28,7 +28,7 @@ pub const CNY: i64 = 1_000_000;
 
 /// Adds a caller's bearer token to every call.
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(pub Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {

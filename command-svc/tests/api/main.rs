@@ -6,3 +6,6 @@ mod charges;
 mod payments;
 mod periods;
 mod schema;
+mod scopes;
+mod validation;
+mod webhook;

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod charges;
+mod conservation;
 mod payments;
 mod periods;
 mod schema;

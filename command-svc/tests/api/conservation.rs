@@ -74,7 +74,7 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
             ops.clone(),
         );
         async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1) * 0x1000_0001);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((worker as u64 + 1) * 0x1000_0001));
             for op in 0..OPERATIONS / WORKERS {
                 let user = users[rng.below(ACCOUNTS as u64) as usize].clone();
                 match rng.below(100) {

@@ -59,6 +59,9 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// How often a transaction that hit a deadlock or lock timeout is tried again.
     pub max_retries: u32,
+    /// How long a command waits for a row lock before its transaction is retried
+    /// (`innodb_lock_wait_timeout` of the service's sessions).
+    pub lock_wait_timeout_secs: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -289,6 +292,7 @@ database:
   acquire_timeout_ms: 5000
   migrate_on_start: true
   max_retries: 8
+  lock_wait_timeout_secs: 5
 redis:
   url: redis://127.0.0.1:6379
   key_prefix: "billing:"

@@ -413,3 +413,52 @@ async fn a_thousand_concurrent_charges_on_one_account_take_exactly_what_it_has()
     assert_invariants(&app.db, &user).await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_charge_that_times_out_on_a_lock_is_retried_and_applies_once() {
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[("BILLING__DATABASE__LOCK_WAIT_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let user = account_with_balance(&app, "locked", 0).await;
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, CNY, "open"))
+        .await
+        .unwrap();
+
+    // Another session holds the account row for longer than the service's lock wait timeout.
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("SELECT version FROM accounts WHERE user_id = ? FOR UPDATE")
+        .bind(&user)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let mut gateway = app.gateway().await;
+    let request = deduct(&user, CNY, "waits");
+    let charge = tokio::spawn(async move { gateway.deduct_quota(request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert!(
+        !charge.is_finished(),
+        "the first attempt timed out and is being retried"
+    );
+    blocker.commit().await.unwrap();
+
+    let reply = charge
+        .await
+        .unwrap()
+        .expect("the retried charge succeeds")
+        .into_inner();
+    assert!(!reply.replayed);
+    assert_eq!(account(&app, &user).await.free_used_micros, 2 * CNY);
+    let charges = count(
+        &app.db,
+        "SELECT COUNT(*) FROM ledger WHERE user_id = ? AND kind = 'deduct'",
+        &user,
+    )
+    .await;
+    assert_eq!(charges, 2);
+    assert_invariants(&app.db, &user).await;
+    app.cleanup().await;
+}

@@ -178,8 +178,15 @@ impl Commands {
 
         if let Some(replay) = self.replay_of(account.tx(), callback).await? {
             account.rollback().await?;
+            // The account of the order the transaction actually paid, which is not always the
+            // order this notification names.
+            let owner = replay
+                .order
+                .as_ref()
+                .map_or(found.user_id.as_str(), |order| order.row.user_id.as_str());
+            let account = self.get_account(owner).await?;
             return Ok(CallbackResult {
-                account: Some(self.get_account(&found.user_id).await?),
+                account: Some(account),
                 ..replay
             });
         }

@@ -93,13 +93,18 @@ impl Store {
     /// is away, and recovers by itself when it returns.
     pub fn connect_lazy(settings: &DatabaseSettings) -> Result<Store, sqlx::Error> {
         let options: MySqlConnectOptions = settings.url.expose().parse()?;
+        let lock_wait = settings.lock_wait_timeout_secs.max(1);
         let pool = MySqlPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
                 Box::pin(async move {
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         .await?;
+                    // An integer of our own configuration, so it is written into the statement.
+                    let bounded_wait =
+                        format!("SET SESSION innodb_lock_wait_timeout = {lock_wait}");
+                    conn.execute(sqlx::AssertSqlSafe(bounded_wait)).await?;
                     Ok(())
                 })
             })

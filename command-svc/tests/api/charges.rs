@@ -462,3 +462,49 @@ async fn a_charge_that_times_out_on_a_lock_is_retried_and_applies_once() {
     assert_invariants(&app.db, &user).await;
     app.cleanup().await;
 }
+
+/// The counterpart of the test above: without retries the same wait ends the call, so the
+/// success above is the retry's doing, and the bounded wait is really applied.
+#[tokio::test]
+async fn a_lock_held_too_long_ends_in_unavailable_without_a_write() {
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[
+            ("BILLING__DATABASE__LOCK_WAIT_TIMEOUT_SECS", "1"),
+            ("BILLING__DATABASE__MAX_RETRIES", "0"),
+        ],
+    )
+    .await;
+    let user = account_with_balance(&app, "held", 0).await;
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, CNY, "open"))
+        .await
+        .unwrap();
+    let before = fingerprint(&app.db).await;
+
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("SELECT version FROM accounts WHERE user_id = ? FOR UPDATE")
+        .bind(&user)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = app
+        .gateway()
+        .await
+        .deduct_quota(deduct(&user, CNY, "gives-up"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused)),
+        (Code::Unavailable, "STORE_UNAVAILABLE".to_owned())
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the wait is bounded by the setting"
+    );
+    blocker.rollback().await.unwrap();
+    assert_eq!(fingerprint(&app.db).await, before);
+    app.cleanup().await;
+}

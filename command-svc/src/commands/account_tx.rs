@@ -15,7 +15,7 @@ use shared::{
 use super::Rules;
 use crate::{
     events::{self, AccountOut},
-    store::{self, LedgerEntry, RecordKind, Refs, StoreError, Tx},
+    store::{self, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError, Tx},
 };
 
 pub(super) struct AccountTx<'c> {
@@ -68,10 +68,6 @@ impl<'c> AccountTx<'c> {
 
     pub fn state(&self) -> &AccountSnapshot {
         &self.state
-    }
-
-    pub fn currency(&self) -> &str {
-        &self.currency
     }
 
     pub fn exists(&self) -> bool {
@@ -204,6 +200,17 @@ impl<'c> AccountTx<'c> {
         }
         let out = self.out();
         self.tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Ends the transaction of a command that was already applied: nothing is written, and the
+    /// reply shows the account as it was right after the original change.
+    pub async fn end_in_replay(self, original: &LedgerRecord) -> Result<AccountOut, StoreError> {
+        let state = original.state_after(self.state.monthly_free)?;
+        let out = self
+            .rules
+            .present(self.user_id, Some(&self.currency), Some(&state), self.now);
+        self.rollback().await?;
         Ok(out)
     }
 

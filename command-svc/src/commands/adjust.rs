@@ -35,19 +35,15 @@ impl Commands {
                 store::find_adjustment(account.tx(), user_id, command.adjustment_id.as_str())
                     .await?;
             if let Some(record) = earlier {
-                let (monthly_free, currency) =
-                    (account.state().monthly_free, account.currency().to_owned());
-                account.rollback().await?;
-                if record.amount_micros != command.amount.get() {
+                let same = record.amount_micros == command.amount.get();
+                let account = account.end_in_replay(&record).await?;
+                if !same {
                     return Err(CommandError::KeyReused {
                         key: "adjustment_id",
                     });
                 }
-                let state = record.state_after(monthly_free)?;
                 return Ok(Adjusted {
-                    account: self
-                        .rules
-                        .present(user_id, Some(&currency), Some(&state), now),
+                    account,
                     record_id: record.record_id,
                     replayed: true,
                 });

@@ -63,23 +63,18 @@ impl Commands {
             let earlier =
                 store::find_charge(account.tx(), user_id, command.request_id.as_str()).await?;
             if let Some(record) = earlier {
-                let (monthly_free, currency) =
-                    (account.state().monthly_free, account.currency().to_owned());
-                account.rollback().await?;
                 let same = record.amount_micros == command.amount.get()
                     && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
+                let account = account.end_in_replay(&record).await?;
                 if !same {
                     return Err(CommandError::KeyReused { key: "request_id" });
                 }
-                let state = record.state_after(monthly_free)?;
                 return Ok(Charged {
                     split: Split {
                         free: Micros::new(record.free_micros),
                         balance: Micros::new(record.balance_micros),
                     },
-                    account: self
-                        .rules
-                        .present(user_id, Some(&currency), Some(&state), now),
+                    account,
                     record_id: record.record_id,
                     replayed: true,
                 });

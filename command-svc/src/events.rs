@@ -8,10 +8,9 @@ use shared::{
 };
 use uuid::Uuid;
 
-use crate::{
-    domain::payment::{ShownStatus, shown_status},
-    store::OrderRow,
-};
+use shared::order::{ShownStatus, shown_status};
+
+use crate::store::OrderRow;
 
 /// Events of this build; consumers refuse versions they do not know.
 pub const SCHEMA_VERSION: i32 = 1;

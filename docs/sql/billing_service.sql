@@ -157,3 +157,76 @@ CREATE TABLE IF NOT EXISTS command_progress (
     finished_at      DATETIME(6) NULL,
     PRIMARY KEY (command_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0008_create_rm_accounts.sql
+-- Read model (query-svc): one snapshot per account, the newest version seen in an event. A
+-- snapshot is replaced only by a newer version, so redelivered and reordered events are harmless.
+CREATE TABLE IF NOT EXISTS rm_accounts (
+    user_id             VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    currency            CHAR(3) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    balance_micros      BIGINT NOT NULL,
+    period              CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    free_granted_micros BIGINT NOT NULL,
+    free_used_micros    BIGINT NOT NULL,
+    monthly_free_micros BIGINT NOT NULL,
+    version             BIGINT NOT NULL,
+    updated_at          DATETIME(6) NOT NULL,
+    PRIMARY KEY (user_id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0009_create_rm_records.sql
+-- Read model (query-svc): the records a user sees, keyed by record id (inserted only if absent)
+-- and ordered by the account version they produced. type: deduct | recharge | free_grant | adjust.
+CREATE TABLE IF NOT EXISTS rm_records (
+    record_id                   CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id                     VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    version                     BIGINT NOT NULL,
+    type                        VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    amount_micros               BIGINT NOT NULL,
+    free_micros                 BIGINT NOT NULL,
+    balance_micros              BIGINT NOT NULL,
+    balance_after_micros        BIGINT NOT NULL,
+    free_remaining_after_micros BIGINT NOT NULL,
+    api_id                      VARCHAR(128) NULL,
+    request_id                  VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    order_no                    VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    period                      CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    created_at                  DATETIME(6) NOT NULL,
+    PRIMARY KEY (record_id),
+    UNIQUE KEY rm_records_user_version (user_id, version),
+    KEY rm_records_user_type_version (user_id, type, version),
+    KEY rm_records_user_created (user_id, created_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0010_create_rm_daily_usage.sql
+-- Read model (query-svc): charges per user, day (in the billing time zone) and API. Moved in the
+-- transaction that inserts the charge's record, and only when that insert happened, so a
+-- redelivered event never counts twice.
+CREATE TABLE IF NOT EXISTS rm_daily_usage (
+    user_id        VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    day            DATE NOT NULL,
+    api_id         VARCHAR(128) NOT NULL,
+    calls          BIGINT NOT NULL,
+    amount_micros  BIGINT NOT NULL,
+    free_micros    BIGINT NOT NULL,
+    balance_micros BIGINT NOT NULL,
+    PRIMARY KEY (user_id, day, api_id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0011_create_rm_orders.sql
+-- Read model (query-svc): recharge orders as their owners see them. status_rank orders the
+-- statuses (PENDING 0 < FAILED 1 < PAID 2) so an event applied late never moves an order back.
+CREATE TABLE IF NOT EXISTS rm_orders (
+    order_no        VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id         VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    amount_micros   BIGINT NOT NULL,
+    channel         VARCHAR(32) NOT NULL,
+    status          VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    status_rank     TINYINT NOT NULL,
+    provider_txn_id VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    created_at      DATETIME(6) NOT NULL,
+    expires_at      DATETIME(6) NOT NULL,
+    paid_at         DATETIME(6) NULL,
+    PRIMARY KEY (order_no),
+    KEY rm_orders_user_created (user_id, created_at, order_no)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

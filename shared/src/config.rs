@@ -20,6 +20,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub nats: NatsSettings,
+    pub outbox: OutboxSettings,
     pub billing: BillingSettings,
     pub auth: AuthSettings,
     pub payment: PaymentSettings,
@@ -41,6 +42,16 @@ pub struct QuerySettings {
     pub command_endpoint: String,
     /// The caller token query-svc presents to command-svc (scope `orders`).
     pub command_token: Secret,
+    /// The durable JetStream consumer shared by every query-svc replica.
+    pub consumer_name: String,
+    /// Events fetched and projected in one MySQL transaction.
+    pub batch_size: usize,
+    /// Deliveries of an event that cannot be projected before it goes to the dead-letter stream.
+    pub max_deliver: i64,
+    /// How long JetStream waits for an ack before it delivers an event again.
+    pub ack_wait_secs: u64,
+    /// How long an account snapshot stays in Redis without a newer event (MySQL answers after).
+    pub snapshot_ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -74,6 +85,33 @@ pub struct RedisSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct NatsSettings {
     pub url: String,
+    /// Prepended to every stream name: empty gives `BILLING_EVENTS`; tests use their own.
+    pub stream_prefix: String,
+    /// The first token of every subject: `billing` gives `billing.v1.events.<kind>`.
+    pub subject_prefix: String,
+    /// How long the events stream keeps an event (hours).
+    pub events_max_age_hours: u64,
+    /// How long dead letters are kept for operators (hours).
+    pub dlq_max_age_hours: u64,
+    /// How long the commands stream keeps a command (hours).
+    pub commands_max_age_hours: u64,
+    /// JetStream drops a publish whose `Nats-Msg-Id` it saw within this window (seconds).
+    pub duplicate_window_secs: u64,
+}
+
+/// The relay that publishes the outbox to NATS (command-svc).
+#[derive(Clone, Debug, Deserialize)]
+pub struct OutboxSettings {
+    /// Rows claimed and published per round.
+    pub batch_size: u32,
+    /// The relay polls this often besides waking on every commit (milliseconds).
+    pub poll_interval_ms: u64,
+    /// Published rows are kept this long so events can be re-published after a bus failure.
+    pub retention_hours: u64,
+    /// How often published rows past retention are purged (seconds).
+    pub purge_interval_secs: u64,
+    /// How long a publish may wait for JetStream's ack (milliseconds).
+    pub publish_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -283,6 +321,11 @@ query:
   http_addr: 127.0.0.1:8080
   command_endpoint: http://127.0.0.1:50051
   command_token: dev-query-svc-token
+  consumer_name: query-svc
+  batch_size: 256
+  max_deliver: 5
+  ack_wait_secs: 30
+  snapshot_ttl_secs: 604800
 scheduler:
   http_addr: 127.0.0.1:8082
   cron: "0 0 0 1 * *"
@@ -298,6 +341,18 @@ redis:
   key_prefix: "billing:"
 nats:
   url: nats://127.0.0.1:4222
+  stream_prefix: ""
+  subject_prefix: billing
+  events_max_age_hours: 168
+  dlq_max_age_hours: 720
+  commands_max_age_hours: 168
+  duplicate_window_secs: 120
+outbox:
+  batch_size: 256
+  poll_interval_ms: 250
+  retention_hours: 24
+  purge_interval_secs: 60
+  publish_timeout_ms: 5000
 billing:
   currency: CNY
   default_monthly_free_micros: 10000000

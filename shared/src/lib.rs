@@ -5,16 +5,22 @@
 //! - [`ids`]: validated identifiers and texts, parsed once at the edge.
 //! - [`account`]: the account state, its transitions (grant, charge, credit, debit) and the one
 //!   view function, [`account::view_at`], through which every reader presents an account.
+//! - [`bus`]: NATS JetStream stream and subject names, stream settings, connecting.
+//! - [`order`]: how a recharge order's status is shown.
 //! - [`clock`]: the time source, settable in tests.
+//! - [`db`]: MySQL sessions as both services open them, and the migrations.
 //! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides.
 //! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
 
 pub mod account;
+pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod ids;
 pub mod money;
+pub mod order;
 pub mod period;
 pub mod proto;
 pub mod shutdown;

@@ -6,10 +6,7 @@ use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, command_period},
     money::Micros,
-    proto::{
-        subjects,
-        v1::{FreeQuotaGranted, billing_event::Kind},
-    },
+    proto::v1::{FreeQuotaGranted, billing_event::Kind},
 };
 
 use super::Rules;
@@ -180,7 +177,7 @@ impl<'c> AccountTx<'c> {
     }
 
     async fn write_event(&mut self, kind: Kind) -> Result<(), StoreError> {
-        let subject = subjects::event_subject(&kind);
+        let subject = self.rules.bus.event_subject(&kind);
         let event = events::event(Some(&self.out()), self.user_id, kind, self.now);
         store::insert_event(&mut self.tx, &event, &subject, None, self.now).await
     }

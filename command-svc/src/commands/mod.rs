@@ -16,6 +16,7 @@ use shared::{
     config::{ConfigError, Settings},
     ids::FieldViolation,
     money::Micros,
+    bus::BusNames,
     period::BillingZone,
 };
 
@@ -35,6 +36,8 @@ pub struct Rules {
     pub currency: String,
     pub default_monthly_free: Micros,
     pub order_ttl: Duration,
+    /// Where each event is published.
+    pub bus: BusNames,
 }
 
 impl Rules {
@@ -44,6 +47,7 @@ impl Rules {
             currency: settings.billing.currency.clone(),
             default_monthly_free: settings.billing.default_monthly_free()?,
             order_ttl: Duration::from_secs(settings.billing.order_ttl_secs),
+            bus: BusNames::from_settings(&settings.nats),
         })
     }
 

@@ -3,12 +3,9 @@
 use chrono::Duration;
 use shared::{
     money::{MAX_BALANCE, Micros},
-    proto::{
-        subjects,
-        v1::{
-            BalanceRecharged, PaymentUnmatched, RechargeOrderCreated, RechargeOrderFailed,
-            billing_event::Kind,
-        },
+    proto::v1::{
+        BalanceRecharged, PaymentUnmatched, RechargeOrderCreated, RechargeOrderFailed,
+        billing_event::Kind,
     },
 };
 
@@ -207,12 +204,25 @@ impl Commands {
             CallbackDecision::Credit(_) => {
                 account.open_period();
                 let after = account.state().credit(callback.paid_amount)?;
+                store::update_order_status(
+                    account.tx(),
+                    order_no,
+                    OrderStatus::Paid,
+                    txn,
+                    Some(now),
+                    now,
+                )
+                .await?;
+                let paid = store::find_order(&mut **account.tx(), order_no)
+                    .await?
+                    .expect("locked above");
                 let record_id = events::new_id();
                 let event = Kind::BalanceRecharged(BalanceRecharged {
                     record_id: record_id.clone(),
                     order_no: order_no.to_owned(),
                     provider_txn_id: txn.to_owned(),
                     amount_micros: callback.paid_amount.get(),
+                    order: Some(OrderOut::new(paid, now)?.message()),
                 });
                 let refs = Refs {
                     order_no: Some(order_no),
@@ -230,15 +240,6 @@ impl Commands {
                         event,
                     )
                     .await?;
-                store::update_order_status(
-                    account.tx(),
-                    order_no,
-                    OrderStatus::Paid,
-                    txn,
-                    Some(now),
-                    now,
-                )
-                .await?;
                 CallbackOutcome::Credited
             }
             CallbackDecision::MarkFailed => {
@@ -303,7 +304,7 @@ impl Commands {
         let row = unmatched_row(callback, None, Unmatched::UnknownOrder, now);
         store::insert_unmatched(&mut tx, &row).await?;
         let event = events::event(None, "", unmatched_event(&row), now);
-        let subject = subjects::event_subject(event.kind.as_ref().expect("set above"));
+        let subject = self.rules.bus.event_subject(event.kind.as_ref().expect("set above"));
         store::insert_event(&mut tx, &event, &subject, None, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(CallbackResult {

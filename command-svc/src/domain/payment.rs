@@ -3,38 +3,12 @@
 //! Money that arrived is never refused (invariant 7): whatever cannot be applied becomes an
 //! unmatched payment for operators rather than an error that would make the provider give up.
 
-use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, Refusal},
     money::Micros,
 };
 
-/// The stored status of an order. EXPIRED is not stored: it is a PENDING order past its expiry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OrderStatus {
-    Pending,
-    Paid,
-    Failed,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Pending => "PENDING",
-            OrderStatus::Paid => "PAID",
-            OrderStatus::Failed => "FAILED",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "PENDING" => Some(OrderStatus::Pending),
-            "PAID" => Some(OrderStatus::Paid),
-            "FAILED" => Some(OrderStatus::Failed),
-            _ => None,
-        }
-    }
-}
+pub use shared::order::OrderStatus;
 
 /// Why a payment could not be applied to its order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,28 +82,6 @@ pub fn decide_callback(
         (false, OrderStatus::Pending) => CallbackDecision::MarkFailed,
         (false, OrderStatus::Failed) => CallbackDecision::Replayed,
         (false, OrderStatus::Paid) => CallbackDecision::Unmatched(Unmatched::FailureAfterPaid),
-    }
-}
-
-/// The status an order shows: a PENDING order past its expiry is EXPIRED (it can still be paid).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShownStatus {
-    Pending,
-    Paid,
-    Failed,
-    Expired,
-}
-
-pub fn shown_status(
-    status: OrderStatus,
-    expires_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> ShownStatus {
-    match status {
-        OrderStatus::Pending if now >= expires_at => ShownStatus::Expired,
-        OrderStatus::Pending => ShownStatus::Pending,
-        OrderStatus::Paid => ShownStatus::Paid,
-        OrderStatus::Failed => ShownStatus::Failed,
     }
 }
 
@@ -254,24 +206,6 @@ mod tests {
                 true
             ),
             CallbackDecision::Replayed
-        );
-    }
-
-    #[test]
-    fn a_pending_order_expires_but_stays_payable() {
-        let expires = DateTime::from_timestamp(1_000, 0).unwrap();
-        let before = DateTime::from_timestamp(999, 0).unwrap();
-        assert_eq!(
-            shown_status(OrderStatus::Pending, expires, before),
-            ShownStatus::Pending
-        );
-        assert_eq!(
-            shown_status(OrderStatus::Pending, expires, expires),
-            ShownStatus::Expired
-        );
-        assert_eq!(
-            shown_status(OrderStatus::Paid, expires, expires),
-            ShownStatus::Paid
         );
     }
 }

@@ -1,9 +1,8 @@
 //! MySQL, the source of truth. One transaction per command writes the account state, its ledger
 //! rows and their outbox events; unique keys, not memory, make commands idempotent.
 //!
-//! Transactions run at READ COMMITTED and take row locks explicitly (`FOR UPDATE` on the account
-//! first, always), so correctness rests on locks and unique keys rather than on snapshots, and a
-//! missing row never takes a gap lock that could deadlock the insert that follows.
+//! Transactions run at READ COMMITTED (see [`shared::db`]) and take row locks explicitly
+//! (`FOR UPDATE` on the account first, always), so correctness rests on locks and unique keys.
 
 mod accounts;
 mod ledger;
@@ -13,10 +12,7 @@ mod outbox;
 use std::{future::Future, time::Duration};
 
 use shared::config::DatabaseSettings;
-use sqlx::{
-    Executor, MySql, MySqlPool, Transaction,
-    mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions},
-};
+use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 
 pub use accounts::{AccountRow, create_account, load_account, lock_account, save_account};
 pub use ledger::{
@@ -30,8 +26,6 @@ pub use orders::{
 pub use outbox::insert_event;
 
 pub type Tx = Transaction<'static, MySql>;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// How a storage failure should be treated by the caller.
 #[derive(Debug, thiserror::Error)]
@@ -89,28 +83,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// A pool that connects on demand, so the service starts (and reports not ready) while MySQL
-    /// is away, and recovers by itself when it returns.
+    /// A pool that connects on demand (see [`shared::db::connect_lazy`]).
     pub fn connect_lazy(settings: &DatabaseSettings) -> Result<Store, sqlx::Error> {
-        let options: MySqlConnectOptions = settings.url.expose().parse()?;
-        let lock_wait = settings.lock_wait_timeout_secs.max(1);
-        let pool = MySqlPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .await?;
-                    // An integer of our own configuration, so it is written into the statement.
-                    let bounded_wait =
-                        format!("SET SESSION innodb_lock_wait_timeout = {lock_wait}");
-                    conn.execute(sqlx::AssertSqlSafe(bounded_wait)).await?;
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(options.timezone(Some("+00:00".to_owned())));
         Ok(Store {
-            pool,
+            pool: shared::db::connect_lazy(settings)?,
             max_retries: settings.max_retries,
         })
     }
@@ -121,27 +97,12 @@ impl Store {
 
     /// Applies the migrations in `migrations/`, waiting up to `patience` for MySQL to answer.
     pub async fn migrate(&self, patience: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            match MIGRATOR.run(&self.pool).await {
-                Ok(()) => return Ok(()),
-                Err(error) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(%error, "migrations not applied yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        Ok(shared::db::migrate(&self.pool, patience).await?)
     }
 
     /// Ready to take commands: MySQL answers and every migration this build knows is applied.
     pub async fn is_ready(&self) -> bool {
-        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Result<Option<i64>, _> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
-                .fetch_one(&self.pool)
-                .await;
-        matches!(applied, Ok(Some(version)) if version >= latest)
+        shared::db::schema_ready(&self.pool).await
     }
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {

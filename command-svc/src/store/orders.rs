@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx};
-use crate::domain::payment::OrderStatus;
+use shared::order::OrderStatus;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OrderRow {

@@ -1,0 +1,120 @@
+//! Builds query-svc from its settings: binds its listener (port 0 in tests), prepares the read
+//! model's tables, starts the projection, and serves REST until the shutdown signal.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use shared::{bus::BusNames, clock::Clock, config::Settings, money::Micros, period::BillingZone};
+use tokio::net::TcpListener;
+
+use crate::{
+    api::{self, auth::JwtKeys, command::CommandClient},
+    cache::SnapshotCache,
+    projection::Projector,
+    store::ReadStore,
+};
+
+/// How accounts are presented: the same rules as the command side's.
+#[derive(Clone, Debug)]
+pub struct AccountRules {
+    pub zone: BillingZone,
+    pub currency: String,
+    pub default_monthly_free: Micros,
+}
+
+/// Everything a REST handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: ReadStore,
+    pub cache: SnapshotCache,
+    pub clock: Clock,
+    pub accounts: AccountRules,
+    pub jwt: JwtKeys,
+    pub command: CommandClient,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    projector: Projector,
+}
+
+impl Application {
+    /// Binds the configured address, migrates when `migrate_on_start` is set (waiting up to a
+    /// minute for MySQL), and connects lazily to Redis, NATS and command-svc, so that any of
+    /// them being away only degrades the service.
+    pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
+        let store = ReadStore::connect_lazy(&settings.database)?;
+        if settings.database.migrate_on_start {
+            store.migrate(Duration::from_secs(60)).await?;
+        }
+        let cache = SnapshotCache::new(
+            settings.redis.url.expose(),
+            &settings.redis.key_prefix,
+            Duration::from_secs(settings.query.snapshot_ttl_secs),
+        )?;
+        let accounts = AccountRules {
+            zone: settings.billing.zone()?,
+            currency: settings.billing.currency.clone(),
+            default_monthly_free: settings.billing.default_monthly_free()?,
+        };
+        let nats = shared::bus::connect(&settings.nats).await?;
+        let projector = Projector::new(
+            nats,
+            BusNames::from_settings(&settings.nats),
+            settings.nats.clone(),
+            settings.query.clone(),
+            store.clone(),
+            cache.clone(),
+            accounts.zone,
+        );
+        let state = AppState {
+            store,
+            cache,
+            clock,
+            accounts,
+            jwt: JwtKeys::from_settings(&settings.auth),
+            command: CommandClient::new(&settings.query)?,
+        };
+        let listener = TcpListener::bind(&settings.query.http_addr).await?;
+        Ok(Application { listener, state, projector })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves and projects until `shutdown` completes; then stops accepting, lets open requests
+    /// finish, and lets the projection finish (and ack) the batch in hand.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let projection = tokio::spawn(self.projector.run(stop_rx.clone()));
+        let mut http_stop = stop_rx.clone();
+        let http = axum::serve(self.listener, api::router(self.state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            });
+        let http = tokio::spawn(async move { http.await });
+        tracing::info!("query-svc serving");
+        shutdown.await;
+        tracing::info!("query-svc shutting down");
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            let (projection, http) = tokio::join!(projection, http);
+            projection??;
+            http??;
+            anyhow::Ok(())
+        })
+        .await;
+        drained.unwrap_or_else(|_| {
+            tracing::warn!("query-svc did not drain within 10 s");
+            Ok(())
+        })
+    }
+}

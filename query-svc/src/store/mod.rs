@@ -1,0 +1,81 @@
+//! The read model's tables in MySQL (`rm_` prefix), in the same database as the command side's
+//! tables (the rebuild and reconcile read the ledger directly).
+//!
+//! - [`projection`]: the writes of the projection: version-guarded snapshots, records inserted
+//!   only if absent with their usage counters, orders that never move back.
+//! - [`queries`]: what the REST API reads.
+
+pub mod projection;
+pub mod queries;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shared::{account::AccountSnapshot, config::DatabaseSettings, money::Micros};
+use sqlx::{MySqlExecutor, MySqlPool};
+
+#[derive(Clone)]
+pub struct ReadStore {
+    pool: MySqlPool,
+}
+
+/// An account snapshot as the read model holds it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RmAccount {
+    pub user_id: String,
+    pub currency: String,
+    pub balance_micros: i64,
+    pub period: String,
+    pub free_granted_micros: i64,
+    pub free_used_micros: i64,
+    pub monthly_free_micros: i64,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RmAccount {
+    /// The snapshot for [`shared::account::view_at`]; `None` if the stored period is corrupt.
+    pub fn snapshot(&self) -> Option<AccountSnapshot> {
+        Some(AccountSnapshot {
+            balance: Micros::new(self.balance_micros),
+            period: self.period.parse().ok()?,
+            free_granted: Micros::new(self.free_granted_micros),
+            free_used: Micros::new(self.free_used_micros),
+            monthly_free: Micros::new(self.monthly_free_micros),
+            version: self.version,
+        })
+    }
+}
+
+impl ReadStore {
+    pub fn connect_lazy(settings: &DatabaseSettings) -> Result<ReadStore, sqlx::Error> {
+        Ok(ReadStore { pool: shared::db::connect_lazy(settings)? })
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self, patience: Duration) -> anyhow::Result<()> {
+        Ok(shared::db::migrate(&self.pool, patience).await?)
+    }
+
+    /// Ready to serve: MySQL answers and the read model's tables exist at this build's schema.
+    pub async fn is_ready(&self) -> bool {
+        shared::db::schema_ready(&self.pool).await
+    }
+}
+
+/// The read model's snapshot of one account, if any event reached it.
+pub async fn load_account<'e>(
+    executor: impl MySqlExecutor<'e>,
+    user_id: &str,
+) -> Result<Option<RmAccount>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
+         monthly_free_micros, version, updated_at FROM rm_accounts WHERE user_id = ?",
+    )
+    .bind(user_id)
+    .fetch_optional(executor)
+    .await
+}

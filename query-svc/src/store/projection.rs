@@ -1,0 +1,1 @@
+//! The projection's writes. Every one is idempotent and order-insensitive.

@@ -1,0 +1,1 @@
+//! What the REST API reads from the read model.

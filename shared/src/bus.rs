@@ -1,0 +1,157 @@
+//! The message bus: NATS JetStream streams and subjects, named once for every service.
+//!
+//! | stream | subjects | written by | read by |
+//! | --- | --- | --- | --- |
+//! | `BILLING_EVENTS` | `billing.v1.events.>` | command-svc's outbox relay | query-svc (`query-svc`) |
+//! | `BILLING_EVENTS_DLQ` | `billing.v1.dlq.>` | query-svc | operators |
+//! | `BILLING_COMMANDS` | `billing.v1.commands.>` | scheduler-svc, operators | command-svc (`command-svc`) |
+//!
+//! The stream prefix and the subject prefix come from configuration, so tests (and several
+//! deployments on one NATS) never see each other's messages.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::{config::NatsSettings, proto::v1::billing_event::Kind};
+
+/// Header naming the subject a dead letter was first published on.
+pub const ORIGINAL_SUBJECT_HEADER: &str = "Billing-Original-Subject";
+/// Header saying why a message became a dead letter.
+pub const DEAD_LETTER_REASON_HEADER: &str = "Billing-Dead-Letter-Reason";
+/// Header carrying the W3C trace context of the command behind an event.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The names of this deployment's streams and subjects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusNames {
+    stream_prefix: String,
+    subject_prefix: String,
+}
+
+impl BusNames {
+    pub fn new(stream_prefix: &str, subject_prefix: &str) -> Self {
+        BusNames { stream_prefix: stream_prefix.to_owned(), subject_prefix: subject_prefix.to_owned() }
+    }
+
+    pub fn from_settings(settings: &NatsSettings) -> Self {
+        Self::new(&settings.stream_prefix, &settings.subject_prefix)
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}BILLING_EVENTS", self.stream_prefix)
+    }
+
+    pub fn dlq_stream(&self) -> String {
+        format!("{}BILLING_EVENTS_DLQ", self.stream_prefix)
+    }
+
+    pub fn commands_stream(&self) -> String {
+        format!("{}BILLING_COMMANDS", self.stream_prefix)
+    }
+
+    /// `billing.v1.events.<kind>`, kind being the snake_case name of the event's `oneof` field.
+    pub fn event_subject(&self, kind: &Kind) -> String {
+        format!("{}.v1.events.{}", self.subject_prefix, kind_name(kind))
+    }
+
+    pub fn events_filter(&self) -> String {
+        format!("{}.v1.events.>", self.subject_prefix)
+    }
+
+    /// Where a dead letter of `original_subject` goes: its last token under `dlq`.
+    pub fn dlq_subject(&self, original_subject: &str) -> String {
+        let kind = original_subject.rsplit('.').next().filter(|k| !k.is_empty()).unwrap_or("unknown");
+        format!("{}.v1.dlq.{kind}", self.subject_prefix)
+    }
+
+    pub fn dlq_filter(&self) -> String {
+        format!("{}.v1.dlq.>", self.subject_prefix)
+    }
+
+    pub fn reset_free_quota_subject(&self) -> String {
+        format!("{}.v1.commands.reset_free_quota", self.subject_prefix)
+    }
+
+    pub fn commands_filter(&self) -> String {
+        format!("{}.v1.commands.>", self.subject_prefix)
+    }
+}
+
+/// The snake_case name of the `oneof` field set, as used in the subject.
+pub fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::QuotaDeducted(_) => "quota_deducted",
+        Kind::BalanceRecharged(_) => "balance_recharged",
+        Kind::FreeQuotaGranted(_) => "free_quota_granted",
+        Kind::RechargeOrderCreated(_) => "recharge_order_created",
+        Kind::RechargeOrderFailed(_) => "recharge_order_failed",
+        Kind::BalanceAdjusted(_) => "balance_adjusted",
+        Kind::PaymentUnmatched(_) => "payment_unmatched",
+    }
+}
+
+/// Connects to NATS; the first connection is retried in the background, so a service starts
+/// (and answers its probes) while NATS is away.
+pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&settings.url)
+        .await
+}
+
+/// Creates the three streams, or updates them to these settings:
+/// file storage, retention by age (`*_max_age_hours`), deduplication by `Nats-Msg-Id` within
+/// `duplicate_window_secs`.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    names: &BusNames,
+    settings: &NatsSettings,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let window = Duration::from_secs(settings.duplicate_window_secs);
+    let streams = [
+        (names.events_stream(), names.events_filter(), hours(settings.events_max_age_hours)),
+        (names.dlq_stream(), names.dlq_filter(), hours(settings.dlq_max_age_hours)),
+        (names.commands_stream(), names.commands_filter(), hours(settings.commands_max_age_hours)),
+    ];
+    for (name, subject, max_age) in streams {
+        js.create_or_update_stream(stream::Config {
+            name,
+            subjects: vec![subject],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age,
+            // The window may not exceed the age limit.
+            duplicate_window: window.min(max_age),
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::QuotaDeducted;
+
+    #[test]
+    fn default_names_are_the_contract() {
+        let names = BusNames::new("", "billing");
+        assert_eq!(names.events_stream(), "BILLING_EVENTS");
+        assert_eq!(names.dlq_stream(), "BILLING_EVENTS_DLQ");
+        assert_eq!(names.commands_stream(), "BILLING_COMMANDS");
+        assert_eq!(names.event_subject(&Kind::QuotaDeducted(QuotaDeducted::default())), "billing.v1.events.quota_deducted");
+        assert_eq!(names.dlq_subject("billing.v1.events.quota_reserved"), "billing.v1.dlq.quota_reserved");
+        assert_eq!(names.reset_free_quota_subject(), "billing.v1.commands.reset_free_quota");
+    }
+
+    #[test]
+    fn prefixes_keep_deployments_apart() {
+        let names = BusNames::new("T1_", "t1");
+        assert_eq!(names.events_stream(), "T1_BILLING_EVENTS");
+        assert_eq!(names.events_filter(), "t1.v1.events.>");
+    }
+}

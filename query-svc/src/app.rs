@@ -76,11 +76,17 @@ impl Application {
             command: CommandClient::new(&settings.query)?,
         };
         let listener = TcpListener::bind(&settings.query.http_addr).await?;
-        Ok(Application { listener, state, projector })
+        Ok(Application {
+            listener,
+            state,
+            projector,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -96,10 +102,11 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let projection = tokio::spawn(self.projector.run(stop_rx.clone()));
         let mut http_stop = stop_rx.clone();
-        let http = axum::serve(self.listener, api::router(self.state))
-            .with_graceful_shutdown(async move {
+        let http = axum::serve(self.listener, api::router(self.state)).with_graceful_shutdown(
+            async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
-            });
+            },
+        );
         let http = tokio::spawn(async move { http.await });
         tracing::info!("query-svc serving");
         shutdown.await;

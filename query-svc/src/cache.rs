@@ -65,7 +65,11 @@ impl SnapshotCache {
         if let Some(connection) = self.connection.get() {
             return Some(connection.clone());
         }
-        let paused = self.last_failure.lock().expect("not poisoned").is_some_and(|at| at.elapsed() < RECONNECT_PAUSE);
+        let paused = self
+            .last_failure
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE);
         if paused {
             return None;
         }
@@ -89,16 +93,17 @@ impl SnapshotCache {
     /// The stored snapshot, or `None` when absent or when Redis cannot answer.
     pub async fn get(&self, user_id: &str) -> Option<CachedSnapshot> {
         let mut connection = self.connection().await?;
-        let reply: Result<(Option<i64>, Option<Vec<u8>>, Option<i64>), _> =
-            redis::cmd("HMGET")
-                .arg(self.key(user_id))
-                .arg(&["version", "state", "updated_at"])
-                .query_async(&mut connection)
-                .await;
+        let reply: Result<(Option<i64>, Option<Vec<u8>>, Option<i64>), _> = redis::cmd("HMGET")
+            .arg(self.key(user_id))
+            .arg(&["version", "state", "updated_at"])
+            .query_async(&mut connection)
+            .await;
         match reply {
-            Ok((Some(version), Some(state), Some(updated_at_ms))) => {
-                Some(CachedSnapshot { version, state, updated_at_ms })
-            }
+            Ok((Some(version), Some(state), Some(updated_at_ms))) => Some(CachedSnapshot {
+                version,
+                state,
+                updated_at_ms,
+            }),
             Ok(_) => None,
             Err(error) => {
                 tracing::warn!(%error, "Redis read failed; reading from MySQL");
@@ -110,7 +115,9 @@ impl SnapshotCache {
     /// Stores `snapshot` unless one at least as new is there. Returns whether it was written; a
     /// Redis failure is logged and reported as not written.
     pub async fn put_if_newer(&self, user_id: &str, snapshot: &CachedSnapshot) -> bool {
-        let Some(mut connection) = self.connection().await else { return false };
+        let Some(mut connection) = self.connection().await else {
+            return false;
+        };
         let ttl_ms = self.ttl.as_millis().min(i64::MAX as u128) as i64;
         let written: Result<i64, _> = self
             .script
@@ -132,7 +139,9 @@ impl SnapshotCache {
 
     /// Removes a snapshot (reconcile repairs by rewriting it from MySQL).
     pub async fn remove(&self, user_id: &str) -> bool {
-        let Some(mut connection) = self.connection().await else { return false };
+        let Some(mut connection) = self.connection().await else {
+            return false;
+        };
         connection.del::<_, i64>(self.key(user_id)).await.is_ok()
     }
 }

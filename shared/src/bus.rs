@@ -31,7 +31,10 @@ pub struct BusNames {
 
 impl BusNames {
     pub fn new(stream_prefix: &str, subject_prefix: &str) -> Self {
-        BusNames { stream_prefix: stream_prefix.to_owned(), subject_prefix: subject_prefix.to_owned() }
+        BusNames {
+            stream_prefix: stream_prefix.to_owned(),
+            subject_prefix: subject_prefix.to_owned(),
+        }
     }
 
     pub fn from_settings(settings: &NatsSettings) -> Self {
@@ -61,7 +64,11 @@ impl BusNames {
 
     /// Where a dead letter of `original_subject` goes: its last token under `dlq`.
     pub fn dlq_subject(&self, original_subject: &str) -> String {
-        let kind = original_subject.rsplit('.').next().filter(|k| !k.is_empty()).unwrap_or("unknown");
+        let kind = original_subject
+            .rsplit('.')
+            .next()
+            .filter(|k| !k.is_empty())
+            .unwrap_or("unknown");
         format!("{}.v1.dlq.{kind}", self.subject_prefix)
     }
 
@@ -93,7 +100,9 @@ pub fn kind_name(kind: &Kind) -> &'static str {
 
 /// Connects to NATS; the first connection is retried in the background, so a service starts
 /// (and answers its probes) while NATS is away.
-pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(
+    settings: &NatsSettings,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -112,9 +121,21 @@ pub async fn ensure_streams(
     let hours = |h: u64| Duration::from_secs(h * 3600);
     let window = Duration::from_secs(settings.duplicate_window_secs);
     let streams = [
-        (names.events_stream(), names.events_filter(), hours(settings.events_max_age_hours)),
-        (names.dlq_stream(), names.dlq_filter(), hours(settings.dlq_max_age_hours)),
-        (names.commands_stream(), names.commands_filter(), hours(settings.commands_max_age_hours)),
+        (
+            names.events_stream(),
+            names.events_filter(),
+            hours(settings.events_max_age_hours),
+        ),
+        (
+            names.dlq_stream(),
+            names.dlq_filter(),
+            hours(settings.dlq_max_age_hours),
+        ),
+        (
+            names.commands_stream(),
+            names.commands_filter(),
+            hours(settings.commands_max_age_hours),
+        ),
     ];
     for (name, subject, max_age) in streams {
         js.create_or_update_stream(stream::Config {
@@ -143,9 +164,18 @@ mod tests {
         assert_eq!(names.events_stream(), "BILLING_EVENTS");
         assert_eq!(names.dlq_stream(), "BILLING_EVENTS_DLQ");
         assert_eq!(names.commands_stream(), "BILLING_COMMANDS");
-        assert_eq!(names.event_subject(&Kind::QuotaDeducted(QuotaDeducted::default())), "billing.v1.events.quota_deducted");
-        assert_eq!(names.dlq_subject("billing.v1.events.quota_reserved"), "billing.v1.dlq.quota_reserved");
-        assert_eq!(names.reset_free_quota_subject(), "billing.v1.commands.reset_free_quota");
+        assert_eq!(
+            names.event_subject(&Kind::QuotaDeducted(QuotaDeducted::default())),
+            "billing.v1.events.quota_deducted"
+        );
+        assert_eq!(
+            names.dlq_subject("billing.v1.events.quota_reserved"),
+            "billing.v1.dlq.quota_reserved"
+        );
+        assert_eq!(
+            names.reset_free_quota_subject(),
+            "billing.v1.commands.reset_free_quota"
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<MySqlPool, sqlx::Erro
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .await?;
                 // A bound parameter in SET is accepted but not applied by MariaDB; this is an
                 // integer of our own configuration, so it is written into the statement.
                 let bounded_wait = format!("SET SESSION innodb_lock_wait_timeout = {lock_wait}");
@@ -40,7 +41,10 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<MySqlPool, sqlx::Erro
 }
 
 /// Applies the migrations, waiting up to `patience` for MySQL to answer.
-pub async fn migrate(pool: &MySqlPool, patience: Duration) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(
+    pool: &MySqlPool,
+    patience: Duration,
+) -> Result<(), sqlx::migrate::MigrateError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         match MIGRATOR.run(pool).await {

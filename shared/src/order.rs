@@ -60,7 +60,11 @@ impl ShownStatus {
     }
 }
 
-pub fn shown_status(status: OrderStatus, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> ShownStatus {
+pub fn shown_status(
+    status: OrderStatus,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> ShownStatus {
     match status {
         OrderStatus::Pending if now >= expires_at => ShownStatus::Expired,
         OrderStatus::Pending => ShownStatus::Pending,
@@ -77,9 +81,18 @@ mod tests {
     fn a_pending_order_expires_but_stays_payable() {
         let expires = DateTime::from_timestamp(1_000, 0).unwrap();
         let before = DateTime::from_timestamp(999, 0).unwrap();
-        assert_eq!(shown_status(OrderStatus::Pending, expires, before), ShownStatus::Pending);
-        assert_eq!(shown_status(OrderStatus::Pending, expires, expires), ShownStatus::Expired);
-        assert_eq!(shown_status(OrderStatus::Paid, expires, expires), ShownStatus::Paid);
+        assert_eq!(
+            shown_status(OrderStatus::Pending, expires, before),
+            ShownStatus::Pending
+        );
+        assert_eq!(
+            shown_status(OrderStatus::Pending, expires, expires),
+            ShownStatus::Expired
+        );
+        assert_eq!(
+            shown_status(OrderStatus::Paid, expires, expires),
+            ShownStatus::Paid
+        );
     }
 
     #[test]

@@ -8,4 +8,3 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/billing_descriptor.bin"));
 }
-

@@ -12,11 +12,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, view_at},
+    bus::BusNames,
     clock::Clock,
     config::{ConfigError, Settings},
     ids::FieldViolation,
     money::Micros,
-    bus::BusNames,
     period::BillingZone,
 };
 

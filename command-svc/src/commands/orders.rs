@@ -304,7 +304,10 @@ impl Commands {
         let row = unmatched_row(callback, None, Unmatched::UnknownOrder, now);
         store::insert_unmatched(&mut tx, &row).await?;
         let event = events::event(None, "", unmatched_event(&row), now);
-        let subject = self.rules.bus.event_subject(event.kind.as_ref().expect("set above"));
+        let subject = self
+            .rules
+            .bus
+            .event_subject(event.kind.as_ref().expect("set above"));
         store::insert_event(&mut tx, &event, &subject, None, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(CallbackResult {

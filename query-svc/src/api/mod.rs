@@ -9,5 +9,10 @@ use serde_json::json;
 use crate::app::AppState;
 
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/healthz", get(|| async { Json(json!({ "status": "ok" })) })).with_state(state)
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .with_state(state)
 }

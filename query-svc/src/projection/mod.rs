@@ -28,7 +28,15 @@ impl Projector {
         cache: SnapshotCache,
         zone: BillingZone,
     ) -> Self {
-        Projector { nats, names, nats_settings, settings, store, cache, zone }
+        Projector {
+            nats,
+            names,
+            nats_settings,
+            settings,
+            store,
+            cache,
+            zone,
+        }
     }
 
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {

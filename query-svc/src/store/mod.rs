@@ -49,7 +49,9 @@ impl RmAccount {
 
 impl ReadStore {
     pub fn connect_lazy(settings: &DatabaseSettings) -> Result<ReadStore, sqlx::Error> {
-        Ok(ReadStore { pool: shared::db::connect_lazy(settings)? })
+        Ok(ReadStore {
+            pool: shared::db::connect_lazy(settings)?,
+        })
     }
 
     pub fn pool(&self) -> &MySqlPool {

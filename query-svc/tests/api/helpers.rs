@@ -1,0 +1,398 @@
+//! A whole stack per test: command-svc and query-svc in this process, on ports of their own, with
+//! their own database, NATS streams and subjects, and Redis key prefix, sharing one clock.
+
+use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use shared::{
+    bus::BusNames,
+    clock::Clock,
+    config::Settings,
+    proto::v1::{self as pb, billing_command_service_client::BillingCommandServiceClient},
+};
+use sqlx::{Connection, MySqlConnection, MySqlPool};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const GATEWAY: &str = "dev-gateway-token";
+pub const ORDERS: &str = "dev-query-svc-token";
+pub const PAYMENT: &str = "dev-payment-token";
+pub const OPS: &str = "dev-ops-token";
+pub const JWT_SECRET: &str = "dev-jwt-secret-change-me";
+pub const CNY: i64 = 1_000_000;
+
+#[derive(Clone)]
+pub struct Bearer(pub Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = BillingCommandServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub fn admin_url() -> String {
+    std::env::var("BILLING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("BILLING_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("BILLING_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A unique tag for one test's database, streams, subjects and keys.
+pub fn unique_tag() -> String {
+    format!(
+        "{}_{}",
+        Utc::now().timestamp(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+pub async fn create_database(tag: &str) -> (String, String) {
+    let name = format!("billing_test_{tag}");
+    let mut conn = MySqlConnection::connect(&admin_url())
+        .await
+        .expect("MySQL for tests is reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url().trim_end_matches('/'));
+    (name, url)
+}
+
+/// The repository's configuration, isolated for one test: its database, NATS names, Redis prefix,
+/// and ports chosen by the system.
+pub fn test_settings(tag: &str, database_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut env = HashMap::from([
+        ("BILLING__DATABASE__URL".to_owned(), database_url.to_owned()),
+        (
+            "BILLING__COMMAND__GRPC_ADDR".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "BILLING__COMMAND__HTTP_ADDR".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "BILLING__QUERY__HTTP_ADDR".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        ("BILLING__NATS__URL".to_owned(), nats_url()),
+        (
+            "BILLING__NATS__STREAM_PREFIX".to_owned(),
+            format!("T{tag}_"),
+        ),
+        (
+            "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
+            format!("t{tag}"),
+        ),
+        ("BILLING__REDIS__URL".to_owned(), redis_url()),
+        (
+            "BILLING__REDIS__KEY_PREFIX".to_owned(),
+            format!("test:{tag}:"),
+        ),
+        (
+            "BILLING__OUTBOX__POLL_INTERVAL_MS".to_owned(),
+            "50".to_owned(),
+        ),
+        ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
+    ]);
+    for (key, value) in overrides {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+    Settings::load_with_env(&path, Some(env)).expect("the repository configuration loads")
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
+fn run(
+    future: impl FnOnce(
+        tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    Running {
+        stop,
+        task: future(stopped),
+    }
+}
+
+pub struct Stack {
+    pub tag: String,
+    pub settings: Settings,
+    pub clock: Clock,
+    pub db: MySqlPool,
+    pub db_name: String,
+    pub names: BusNames,
+    pub grpc_addr: std::net::SocketAddr,
+    pub command_http: std::net::SocketAddr,
+    pub query_http: std::net::SocketAddr,
+    command: Option<Running>,
+    query: Option<Running>,
+}
+
+pub async fn spawn_stack() -> Stack {
+    spawn_stack_with(Clock::system(), &[]).await
+}
+
+/// Both services on one fresh database, command-svc first so query-svc can forward to it.
+pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack {
+    let tag = unique_tag();
+    let (db_name, url) = create_database(&tag).await;
+    let mut settings = test_settings(&tag, &url, overrides);
+    shared::telemetry::init(&settings.telemetry);
+
+    let command = command_svc::app::Application::build(&settings, clock.clone())
+        .await
+        .expect("command-svc builds");
+    let (grpc_addr, command_http) = (command.grpc_addr(), command.http_addr());
+    let command = run(|stopped| {
+        tokio::spawn(command.run_until_stopped(async move {
+            let _ = stopped.await;
+        }))
+    });
+    settings.query.command_endpoint = format!("http://{grpc_addr}");
+    let query = query_svc::app::Application::build(&settings, clock.clone())
+        .await
+        .expect("query-svc builds");
+    let query_http = query.http_addr();
+    let query = run(|stopped| {
+        tokio::spawn(query.run_until_stopped(async move {
+            let _ = stopped.await;
+        }))
+    });
+    let db = MySqlPool::connect(&url).await.unwrap();
+    Stack {
+        names: BusNames::from_settings(&settings.nats),
+        tag,
+        settings,
+        clock,
+        db,
+        db_name,
+        grpc_addr,
+        command_http,
+        query_http,
+        command: Some(command),
+        query: Some(query),
+    }
+}
+
+impl Stack {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.query_http)
+    }
+
+    /// A JWT for `user`, valid for an hour, signed with the configured secret.
+    pub fn token(&self, user: &str) -> String {
+        token_with(
+            JWT_SECRET,
+            user,
+            self.clock.now() + chrono::Duration::hours(1),
+        )
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        let bearer = Bearer(Some(
+            MetadataValue::from_str(&format!("Bearer {token}")).unwrap(),
+        ));
+        let channel = Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        BillingCommandServiceClient::with_interceptor(channel, bearer)
+    }
+
+    pub async fn gateway(&self) -> Client {
+        self.client(GATEWAY).await
+    }
+
+    pub async fn ops(&self) -> Client {
+        self.client(OPS).await
+    }
+
+    pub async fn payment(&self) -> Client {
+        self.client(PAYMENT).await
+    }
+
+    pub async fn orders(&self) -> Client {
+        self.client(ORDERS).await
+    }
+
+    /// GET with a user's token; the status and the JSON body.
+    pub async fn get(&self, path: &str, token: &str) -> (reqwest::StatusCode, Value) {
+        let response = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.expect("every answer is JSON"))
+    }
+
+    /// Polls `probe` until it returns `Some`, for at most `limit`.
+    pub async fn eventually<T, F, Fut>(&self, limit: Duration, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not reached within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn stop_query(&mut self) {
+        if let Some(query) = self.query.take() {
+            query.stop().await;
+        }
+    }
+
+    pub async fn stop_command(&mut self) {
+        if let Some(command) = self.command.take() {
+            command.stop().await;
+        }
+    }
+
+    /// Stops both services and removes the test's database, streams and Redis keys.
+    pub async fn cleanup(mut self) {
+        self.stop_query().await;
+        self.stop_command().await;
+        if let Ok(nats) = async_nats::connect(nats_url()).await {
+            let js = async_nats::jetstream::new(nats);
+            for stream in [
+                self.names.events_stream(),
+                self.names.dlq_stream(),
+                self.names.commands_stream(),
+            ] {
+                let _ = js.delete_stream(stream).await;
+            }
+        }
+        if let Ok(client) = redis::Client::open(redis_url())
+            && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("test:{}:*", self.tag))
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+            }
+        }
+        self.db.close().await;
+        let mut conn = MySqlConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            self.db_name
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// A JWT for `user` expiring at `exp`, signed HS256 with `secret`.
+pub fn token_with(secret: &str, user: &str, exp: DateTime<Utc>) -> String {
+    let claims = serde_json::json!({ "sub": user, "exp": exp.timestamp() });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A unique user id for one test.
+pub fn new_user(tag: &str) -> String {
+    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+pub fn deduct(user: &str, amount: i64, request_id: &str) -> pb::DeductQuotaRequest {
+    pb::DeductQuotaRequest {
+        user_id: user.into(),
+        amount_micros: amount,
+        request_id: request_id.into(),
+        api_id: "api.test".into(),
+        description: "a test call".into(),
+    }
+}
+
+pub fn adjust(user: &str, amount: i64, adjustment_id: &str) -> pb::AdjustBalanceRequest {
+    pb::AdjustBalanceRequest {
+        user_id: user.into(),
+        adjustment_id: adjustment_id.into(),
+        amount_micros: amount,
+        reason: "test adjustment".into(),
+        actor: "ops@example.com".into(),
+    }
+}
+
+/// Puts `amount` on a user's balance through an order and its paid callback; the order number.
+pub async fn recharge(stack: &Stack, user: &str, amount: i64) -> String {
+    let request = pb::CreateRechargeOrderRequest {
+        user_id: user.into(),
+        amount_micros: amount,
+        channel: "alipay".into(),
+        idempotency_key: String::new(),
+    };
+    let order_no = stack
+        .orders()
+        .await
+        .create_recharge_order(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap()
+        .order_no;
+    let callback = pb::RechargeCallbackRequest {
+        order_no: order_no.clone(),
+        provider_txn_id: format!("txn-{}", uuid::Uuid::new_v4().simple()),
+        paid_amount_micros: amount,
+        success: true,
+    };
+    stack
+        .payment()
+        .await
+        .recharge_callback(callback)
+        .await
+        .unwrap();
+    order_no
+}

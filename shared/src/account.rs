@@ -172,11 +172,38 @@ pub struct AccountView {
 pub fn view_at(snapshot: &AccountSnapshot, now: DateTime<Utc>, zone: BillingZone) -> AccountView {
     let now_period = zone.period_of(now);
     let rolled = snapshot.version == 0 || snapshot.period < now_period;
-    let (period, free_granted, free_used) = if rolled {
-        (now_period, snapshot.monthly_free, Micros::ZERO)
+    if rolled {
+        view(
+            snapshot,
+            now_period,
+            snapshot.monthly_free,
+            Micros::ZERO,
+            zone,
+        )
     } else {
-        (snapshot.period, snapshot.free_granted, snapshot.free_used)
-    };
+        stored_view(snapshot, zone)
+    }
+}
+
+/// The snapshot exactly as stored, never rolled forward: what an event carries, so that every
+/// event of one version describes the same state, whenever it was published.
+pub fn stored_view(snapshot: &AccountSnapshot, zone: BillingZone) -> AccountView {
+    view(
+        snapshot,
+        snapshot.period,
+        snapshot.free_granted,
+        snapshot.free_used,
+        zone,
+    )
+}
+
+fn view(
+    snapshot: &AccountSnapshot,
+    period: Period,
+    free_granted: Micros,
+    free_used: Micros,
+    zone: BillingZone,
+) -> AccountView {
     let free_remaining = free_granted.checked_sub(free_used).unwrap_or(Micros::ZERO);
     AccountView {
         balance: snapshot.balance,
@@ -369,6 +396,16 @@ mod tests {
         assert_eq!(
             (view.period, view.free_granted, view.available, view.version),
             (period("2026-11"), TEN, TEN, 0)
+        );
+    }
+
+    #[test]
+    fn the_stored_view_never_rolls() {
+        let a = account(100, 50, 50);
+        let view = stored_view(&a, BillingZone::default());
+        assert_eq!(
+            (view.period, view.free_used, view.available),
+            (period("2026-11"), Micros::new(50), Micros::new(100))
         );
     }
 

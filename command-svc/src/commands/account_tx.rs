@@ -178,7 +178,10 @@ impl<'c> AccountTx<'c> {
 
     async fn write_event(&mut self, kind: Kind) -> Result<(), StoreError> {
         let subject = self.rules.bus.event_subject(&kind);
-        let event = events::event(Some(&self.out()), self.user_id, kind, self.now);
+        let account = self
+            .rules
+            .present_stored(self.user_id, &self.currency, &self.state);
+        let event = events::event(Some(&account), self.user_id, kind, self.now);
         store::insert_event(&mut self.tx, &event, &subject, None, self.now).await
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shared::{
-    account::{AccountSnapshot, view_at},
+    account::{AccountSnapshot, stored_view, view_at},
     bus::BusNames,
     clock::Clock,
     config::{ConfigError, Settings},
@@ -96,6 +96,22 @@ impl From<shared::account::Refusal> for CommandError {
         match refusal {
             shared::account::Refusal::InsufficientQuota => CommandError::InsufficientQuota,
             shared::account::Refusal::BalanceLimit => CommandError::BalanceLimit,
+        }
+    }
+}
+
+impl Rules {
+    /// An account exactly as stored, for the events that describe it.
+    pub fn present_stored(
+        &self,
+        user_id: &str,
+        currency: &str,
+        snapshot: &AccountSnapshot,
+    ) -> AccountOut {
+        AccountOut {
+            user_id: user_id.to_owned(),
+            currency: currency.to_owned(),
+            view: stored_view(snapshot, self.zone),
         }
     }
 }

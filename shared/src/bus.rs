@@ -19,6 +19,8 @@ use crate::{config::NatsSettings, proto::v1::billing_event::Kind};
 pub const ORIGINAL_SUBJECT_HEADER: &str = "Billing-Original-Subject";
 /// Header saying why a message became a dead letter.
 pub const DEAD_LETTER_REASON_HEADER: &str = "Billing-Dead-Letter-Reason";
+/// Header keeping the `Nats-Msg-Id` a dead letter had on its first subject.
+pub const ORIGINAL_MSG_ID_HEADER: &str = "Billing-Original-Msg-Id";
 /// Header carrying the W3C trace context of the command behind an event.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

@@ -58,6 +58,27 @@ pub async fn migrate(
     }
 }
 
+/// Whether a failed statement or transaction is worth running again as it is: the server was
+/// unreachable or went away, or the transaction lost a deadlock or a lock wait.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match error {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => true,
+        E::Database(db) => matches!(
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|e| e.number()),
+            // lock wait timeout, deadlock, server shutdown, connection killed
+            Some(1205 | 1213 | 1053 | 1927)
+        ),
+        _ => false,
+    }
+}
+
 /// MySQL answers and every migration this build knows is applied.
 pub async fn schema_ready(pool: &MySqlPool) -> bool {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);

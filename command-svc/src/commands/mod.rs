@@ -141,7 +141,10 @@ impl Commands {
         &self.rules
     }
 
+    /// Now, to the millisecond: every stored instant is a whole millisecond, the precision of
+    /// the events' timestamps, so the read model and the ledger agree exactly.
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        let now = self.clock.now();
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 }

@@ -1,1 +1,69 @@
-//! Operations on the read model: rebuild from the ledger, reconcile, dead-letter replay.
+//! Operations on the read model, run from the command line (`query-svc <command>`) while the
+//! service keeps running:
+//! - [`rebuild`]: the read model rebuilt from the ledger into shadow tables, swapped in at once;
+//! - [`reconcile`]: read and write models compared at equal versions, every difference printed,
+//!   and optionally repaired;
+//! - [`dlq`]: the dead-letter stream listed and replayed.
+
+pub mod dlq;
+pub mod rebuild;
+pub mod reconcile;
+
+use chrono::{DateTime, Utc};
+use shared::period::BillingZone;
+use sqlx::FromRow;
+
+use crate::store::projection::{RecordRow, UsageKey};
+
+/// A ledger row as the read model needs it.
+#[derive(Clone, Debug, FromRow)]
+pub struct LedgerRow {
+    pub record_id: String,
+    pub user_id: String,
+    pub version: i64,
+    pub kind: String,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+    pub period: String,
+    pub balance_after_micros: i64,
+    pub free_granted_after_micros: i64,
+    pub free_used_after_micros: i64,
+    pub api_id: Option<String>,
+    pub request_id: Option<String>,
+    pub order_no: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The columns of [`LedgerRow`], for every SELECT of the ledger here.
+pub const LEDGER_COLUMNS: &str = "record_id, user_id, version, kind, amount_micros, free_micros, \
+    balance_micros, period, balance_after_micros, free_granted_after_micros, free_used_after_micros, \
+    api_id, request_id, order_no, created_at";
+
+impl LedgerRow {
+    /// The record the projection writes for the event of this row, with the usage it counts to.
+    pub fn record(&self, zone: BillingZone) -> (RecordRow, Option<UsageKey>) {
+        let record = RecordRow {
+            record_id: self.record_id.clone(),
+            user_id: self.user_id.clone(),
+            version: self.version,
+            kind: self.kind.clone(),
+            amount_micros: self.amount_micros,
+            free_micros: self.free_micros,
+            balance_micros: self.balance_micros,
+            balance_after_micros: self.balance_after_micros,
+            free_remaining_after_micros: self.free_granted_after_micros
+                - self.free_used_after_micros,
+            api_id: self.api_id.clone(),
+            request_id: self.request_id.clone(),
+            order_no: self.order_no.clone(),
+            period: self.period.clone(),
+            created_at: self.created_at,
+        };
+        let usage = (self.kind == "deduct").then(|| UsageKey {
+            day: self.created_at.with_timezone(&zone.tz()).date_naive(),
+            api_id: self.api_id.clone().unwrap_or_default(),
+        });
+        (record, usage)
+    }
+}

@@ -1,12 +1,38 @@
-//! The projection: events from `BILLING_EVENTS` into the read model.
+//! The projection: the durable JetStream consumer that applies `BILLING_EVENTS` to the read model.
+//!
+//! Messages are taken as they arrive and applied in batches: one MySQL transaction per batch,
+//! then the Redis snapshots, then the acks — so an event is acked only once it is projected, and
+//! a crash between the two only means a redelivery, which the idempotent writes absorb.
+//!
+//! An event this build cannot project (undecodable, a newer schema, an unknown kind, or one the
+//! read model refuses) is not lost: it is delivered again a bounded number of times and then
+//! moved to the dead-letter stream, from which operators replay it once a build knows it.
+//! Outages of MySQL are not the event's fault: they are waited out and never dead-letter.
 
+pub mod plan;
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    message::PublishMessage,
+};
+use futures::{FutureExt, StreamExt};
+use prost::Message as _;
 use shared::{
-    bus::BusNames,
+    bus::{self, BusNames},
     config::{NatsSettings, QuerySettings},
     period::BillingZone,
+    proto::v1 as pb,
 };
+use tokio::sync::watch;
 
-use crate::{cache::SnapshotCache, store::ReadStore};
+use crate::{
+    cache::{CachedSnapshot, SnapshotCache},
+    store::{ReadStore, projection as writes},
+};
+use plan::{Plan, Refused};
 
 pub struct Projector {
     nats: async_nats::Client,
@@ -16,6 +42,24 @@ pub struct Projector {
     store: ReadStore,
     cache: SnapshotCache,
     zone: BillingZone,
+}
+
+/// A received message with its decoded event, or why it cannot be projected.
+struct Received {
+    message: jetstream::Message,
+    event: Result<pb::BillingEvent, Refused>,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 2_u64.pow(attempt.min(6))).min(Duration::from_secs(5))
+}
+
+/// Sleeps unless asked to stop first; `false` when asked to stop.
+async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => false,
+        () = tokio::time::sleep(delay) => true,
+    }
 }
 
 impl Projector {
@@ -39,8 +83,270 @@ impl Projector {
         }
     }
 
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-        let _ = stop.wait_for(|stop| *stop).await;
+    /// Consumes until `stop`; the batch in hand is finished (or left unacked) first.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let js = jetstream::new(self.nats.clone());
+        let mut attempt = 0;
+        while !*stop.borrow() {
+            match self.consume(&js, &mut stop).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(%error, "event consumer interrupted; reconnecting");
+                    attempt += 1;
+                    if !pause(&mut stop, backoff(attempt)).await {
+                        break;
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The durable consumer shared by every replica; its settings are brought up to date.
+    async fn consumer(&self, js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
+        bus::ensure_streams(js, &self.names, &self.nats_settings).await?;
+        let stream = js.get_stream(self.names.events_stream()).await?;
+        let config = pull::Config {
+            durable_name: Some(self.settings.consumer_name.clone()),
+            filter_subject: self.names.events_filter(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
+            max_ack_pending: (self.settings.batch_size * 8) as i64,
+            ..Default::default()
+        };
+        Ok(stream.create_consumer(config).await?)
+    }
+
+    async fn consume(
+        &self,
+        js: &jetstream::Context,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let consumer = self.consumer(js).await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await?;
+        loop {
+            let first = tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                next = messages.next() => next,
+            };
+            let first = match first {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "event stream error");
+                    continue;
+                }
+                None => anyhow::bail!("the event stream ended"),
+            };
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            let mut batch = vec![first];
+            while batch.len() < self.settings.batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            self.handle(js, batch, stop).await;
+        }
+    }
+
+    async fn handle(
+        &self,
+        js: &jetstream::Context,
+        batch: Vec<jetstream::Message>,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        let received: Vec<Received> = batch
+            .into_iter()
+            .map(|message| Received {
+                event: plan::decode(&message.payload),
+                message,
+            })
+            .collect();
+        let mut projectable = Vec::new();
+        for item in &received {
+            match &item.event {
+                Ok(event) => match plan::plan(event, self.zone) {
+                    Ok(plan) => projectable.push((plan, item)),
+                    Err(refused) => self.refuse(js, &item.message, &refused).await,
+                },
+                Err(refused) => self.refuse(js, &item.message, refused).await,
+            }
+        }
+        if projectable.is_empty() {
+            return;
+        }
+        // One lock order for every replica: by account, then version.
+        projectable.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)));
+
+        let plans: Vec<&Plan> = projectable.iter().map(|(plan, _)| plan).collect();
+        let mut attempt = 0;
+        loop {
+            match self.apply(&plans).await {
+                Ok(()) => break,
+                Err(error) if shared::db::is_transient(&error) => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "read model unavailable; retrying the batch");
+                    for (_, item) in &projectable {
+                        let _ = item.message.ack_with(AckKind::Progress).await;
+                    }
+                    if !pause(stop, backoff(attempt)).await {
+                        return; // unacked: redelivered after ack_wait
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a batch was refused; projecting its events one by one");
+                    return self.handle_one_by_one(js, &projectable).await;
+                }
+            }
+        }
+        self.refresh_snapshots(&plans, &projectable).await;
+        for (_, item) in &projectable {
+            if let Err(error) = item.message.ack().await {
+                tracing::warn!(%error, "ack lost; the event will be redelivered and absorbed");
+            }
+        }
+    }
+
+    /// Isolates the event that the read model refuses, so the others of its batch go through.
+    async fn handle_one_by_one(
+        &self,
+        js: &jetstream::Context,
+        projectable: &[(Plan<'_>, &Received)],
+    ) {
+        for (plan, item) in projectable {
+            match self.apply(&[plan]).await {
+                Ok(()) => {
+                    self.refresh_snapshots(&[plan], std::slice::from_ref(&(plan.clone(), *item)))
+                        .await;
+                    let _ = item.message.ack().await;
+                }
+                Err(error) if shared::db::is_transient(&error) => {
+                    let _ = item
+                        .message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                Err(error) => {
+                    self.refuse(js, &item.message, &Refused::Invalid(error.to_string()))
+                        .await
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, plans: &[&Plan<'_>]) -> Result<(), sqlx::Error> {
+        let mut tx = self.store.pool().begin().await?;
+        for plan in plans {
+            // The snapshot first: it locks the account's row, the same order as reconcile.
+            if let Some(snapshot) = &plan.snapshot {
+                writes::upsert_account(&mut tx, snapshot).await?;
+            }
+            if let Some((record, usage)) = &plan.record {
+                writes::insert_record(&mut tx, record, usage.as_ref()).await?;
+            }
+            if let Some(order) = &plan.order {
+                writes::upsert_order(&mut tx, order).await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    /// Writes the newest snapshot of each account in the batch to Redis (version-guarded there).
+    async fn refresh_snapshots(&self, plans: &[&Plan<'_>], items: &[(Plan<'_>, &Received)]) {
+        let mut newest: HashMap<&str, (i64, &pb::BillingEvent)> = HashMap::new();
+        for (plan, (_, item)) in plans.iter().zip(items) {
+            let (Some(snapshot), Ok(event)) = (&plan.snapshot, &item.event) else {
+                continue;
+            };
+            let entry = newest
+                .entry(snapshot.user_id)
+                .or_insert((snapshot.version, event));
+            if snapshot.version > entry.0 {
+                *entry = (snapshot.version, event);
+            }
+        }
+        for (user_id, (version, event)) in newest {
+            let Some(account) = &event.account else {
+                continue;
+            };
+            let snapshot = CachedSnapshot {
+                version,
+                state: account.encode_to_vec(),
+                updated_at_ms: event.occurred_at_ms,
+            };
+            self.cache.put_if_newer(user_id, &snapshot).await;
+        }
+    }
+
+    /// Delivers a refused event again later, or, after `max_deliver` deliveries, moves it to the
+    /// dead-letter stream and acknowledges it there.
+    async fn refuse(
+        &self,
+        js: &jetstream::Context,
+        message: &jetstream::Message,
+        refused: &Refused,
+    ) {
+        let delivered = message
+            .info()
+            .map(|info| info.delivered)
+            .unwrap_or(i64::MAX);
+        if delivered < self.settings.max_deliver {
+            let delay = backoff(delivered.clamp(0, 6) as u32);
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        match self.dead_letter(js, message, refused).await {
+            Ok(()) => {
+                tracing::error!(subject = %message.subject, reason = %refused, "event moved to the dead-letter stream");
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dead-letter stream unavailable; the event will come back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        js: &jetstream::Context,
+        message: &jetstream::Message,
+        refused: &Refused,
+    ) -> anyhow::Result<()> {
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let reason: String = refused
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .header(bus::ORIGINAL_SUBJECT_HEADER, message.subject.as_str())
+            .header(bus::DEAD_LETTER_REASON_HEADER, reason.as_str())
+            .message_id(format!("dlq:{}:{}", info.stream, info.stream_sequence));
+        if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+            publish = publish.header(bus::ORIGINAL_MSG_ID_HEADER, id.as_str());
+        }
+        js.send_publish(self.names.dlq_subject(&message.subject), publish)
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+fn key<'a>(plan: &'a Plan<'_>) -> (&'a str, i64) {
+    match (&plan.snapshot, &plan.record, &plan.order) {
+        (Some(snapshot), _, _) => (snapshot.user_id, snapshot.version),
+        (None, Some((record, _)), _) => (record.user_id.as_str(), record.version),
+        (None, None, Some(order)) => (order.user_id, 0),
+        (None, None, None) => ("", 0),
     }
 }

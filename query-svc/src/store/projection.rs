@@ -1,1 +1,211 @@
-//! The projection's writes. Every one is idempotent and order-insensitive.
+//! The projection's writes. Each one is idempotent and order-insensitive, so redelivery,
+//! duplicates, replays after JetStream's dedup window and out-of-order delivery across replicas
+//! all leave the same read model:
+//! - a snapshot is replaced only by a newer version;
+//! - a record is inserted only if absent, and the usage counters move in the same transaction
+//!   only when it was;
+//! - an order's status only moves forward (PENDING → FAILED → PAID).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use shared::order::OrderStatus;
+use sqlx::{MySqlConnection, mysql::MySqlDatabaseError};
+
+/// An account snapshot from an event.
+#[derive(Clone, Debug)]
+pub struct SnapshotRow<'a> {
+    pub user_id: &'a str,
+    pub currency: &'a str,
+    pub balance_micros: i64,
+    pub period: &'a str,
+    pub free_granted_micros: i64,
+    pub free_used_micros: i64,
+    pub monthly_free_micros: i64,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Writes the snapshot unless the stored one is at least as new. `version` is assigned last,
+/// because MySQL evaluates the assignments in order and the guards compare against it.
+pub async fn upsert_account(
+    conn: &mut MySqlConnection,
+    row: &SnapshotRow<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE \
+         currency = IF(VALUES(version) > version, VALUES(currency), currency), \
+         balance_micros = IF(VALUES(version) > version, VALUES(balance_micros), balance_micros), \
+         period = IF(VALUES(version) > version, VALUES(period), period), \
+         free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
+         free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
+         monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
+         updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+         version = GREATEST(version, VALUES(version))",
+    )
+    .bind(row.user_id)
+    .bind(row.currency)
+    .bind(row.balance_micros)
+    .bind(row.period)
+    .bind(row.free_granted_micros)
+    .bind(row.free_used_micros)
+    .bind(row.monthly_free_micros)
+    .bind(row.version)
+    .bind(row.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A record from an event.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecordRow {
+    pub record_id: String,
+    pub user_id: String,
+    pub version: i64,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+    pub balance_after_micros: i64,
+    pub free_remaining_after_micros: i64,
+    pub api_id: Option<String>,
+    pub request_id: Option<String>,
+    pub order_no: Option<String>,
+    pub period: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The day and API a charge counts towards in `rm_daily_usage`.
+#[derive(Clone, Debug)]
+pub struct UsageKey {
+    pub day: NaiveDate,
+    pub api_id: String,
+}
+
+const ER_DUP_ENTRY: u16 = 1062;
+
+/// Inserts the record unless it is already there; a charge's usage counters move only when it
+/// was inserted. Returns whether it was. A different record already holding this account
+/// version is an error: the write model never gives one version to two changes.
+pub async fn insert_record(
+    conn: &mut MySqlConnection,
+    record: &RecordRow,
+    usage: Option<&UsageKey>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO rm_records (record_id, user_id, version, type, amount_micros, free_micros, \
+         balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
+         order_no, period, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&record.record_id)
+    .bind(&record.user_id)
+    .bind(record.version)
+    .bind(&record.kind)
+    .bind(record.amount_micros)
+    .bind(record.free_micros)
+    .bind(record.balance_micros)
+    .bind(record.balance_after_micros)
+    .bind(record.free_remaining_after_micros)
+    .bind(&record.api_id)
+    .bind(&record.request_id)
+    .bind(&record.order_no)
+    .bind(&record.period)
+    .bind(record.created_at)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error))
+            if error
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .map(|e| e.number())
+                == Some(ER_DUP_ENTRY) =>
+        {
+            // A statement's duplicate-key error leaves the transaction usable.
+            let present: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM rm_records WHERE record_id = ?")
+                    .bind(&record.record_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            return match present {
+                Some(_) => Ok(false),
+                None => Err(sqlx::Error::Database(error)),
+            };
+        }
+        Err(error) => return Err(error),
+    }
+    if let Some(usage) = usage {
+        add_usage(conn, &record.user_id, usage, record).await?;
+    }
+    Ok(true)
+}
+
+async fn add_usage(
+    conn: &mut MySqlConnection,
+    user_id: &str,
+    usage: &UsageKey,
+    record: &RecordRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rm_daily_usage (user_id, day, api_id, calls, amount_micros, free_micros, \
+         balance_micros) VALUES (?, ?, ?, 1, ?, ?, ?) ON DUPLICATE KEY UPDATE calls = calls + 1, \
+         amount_micros = amount_micros + VALUES(amount_micros), \
+         free_micros = free_micros + VALUES(free_micros), \
+         balance_micros = balance_micros + VALUES(balance_micros)",
+    )
+    .bind(user_id)
+    .bind(usage.day)
+    .bind(&usage.api_id)
+    .bind(record.amount_micros)
+    .bind(record.free_micros)
+    .bind(record.balance_micros)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An order from an event.
+#[derive(Clone, Debug)]
+pub struct OrderRow<'a> {
+    pub order_no: &'a str,
+    pub user_id: &'a str,
+    pub amount_micros: i64,
+    pub channel: &'a str,
+    pub status: OrderStatus,
+    pub provider_txn_id: Option<&'a str>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts the order or moves its status forward; a status never moves back, so an event
+/// applied late changes nothing. `status_rank` is assigned last (see [`upsert_account`]).
+pub async fn upsert_order(
+    conn: &mut MySqlConnection,
+    row: &OrderRow<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rm_orders (order_no, user_id, amount_micros, channel, status, status_rank, \
+         provider_txn_id, created_at, expires_at, paid_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE \
+         status = IF(VALUES(status_rank) > status_rank, VALUES(status), status), \
+         provider_txn_id = IF(VALUES(status_rank) > status_rank, VALUES(provider_txn_id), provider_txn_id), \
+         paid_at = IF(VALUES(status_rank) > status_rank, VALUES(paid_at), paid_at), \
+         status_rank = GREATEST(status_rank, VALUES(status_rank))",
+    )
+    .bind(row.order_no)
+    .bind(row.user_id)
+    .bind(row.amount_micros)
+    .bind(row.channel)
+    .bind(row.status.as_str())
+    .bind(row.status.rank())
+    .bind(row.provider_txn_id)
+    .bind(row.created_at)
+    .bind(row.expires_at)
+    .bind(row.paid_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

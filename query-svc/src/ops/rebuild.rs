@@ -1,0 +1,248 @@
+//! Rebuild of the read model from the command side's tables, while the consumer keeps running.
+//!
+//! 1. Shadow tables are filled from the ledger (records, usage), `accounts` (snapshots) and
+//!    `recharge_orders` (orders).
+//! 2. They are swapped in with one atomic `RENAME TABLE`; the old tables are dropped.
+//! 3. What was committed since the rebuild began (with a margin for commits in flight) is
+//!    projected again into the new tables with the projection's own idempotent writes, so
+//!    events the consumer applied to the old tables during the rebuild are not lost.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use shared::period::BillingZone;
+use sqlx::{MySqlPool, QueryBuilder};
+
+use super::{LEDGER_COLUMNS, LedgerRow};
+use crate::store::projection::{self as writes, RecordRow};
+
+const TABLES: [&str; 4] = ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"];
+const CHUNK: i64 = 5_000;
+/// Commits in flight when the rebuild starts are caught up too.
+const CATCH_UP_MARGIN: Duration = Duration::minutes(5);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub accounts: u64,
+    pub records: u64,
+    pub usage_rows: u64,
+    pub orders: u64,
+    pub caught_up: u64,
+}
+
+pub async fn rebuild(
+    pool: &MySqlPool,
+    zone: BillingZone,
+    now: DateTime<Utc>,
+) -> anyhow::Result<RebuildReport> {
+    let since = now - CATCH_UP_MARGIN;
+    let mut report = RebuildReport::default();
+    for table in TABLES {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {table}_shadow"
+        )))
+        .execute(pool)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {table}_shadow LIKE {table}"
+        )))
+        .execute(pool)
+        .await?;
+    }
+
+    let mut usage: HashMap<(String, NaiveDate, String), [i64; 4]> = HashMap::new();
+    let mut after_id: u64 = 0;
+    loop {
+        let sql =
+            format!("SELECT id, {LEDGER_COLUMNS} FROM ledger WHERE id > ? ORDER BY id LIMIT ?");
+        let rows: Vec<(u64, LedgerRow)> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after_id)
+            .bind(CHUNK)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    sqlx::Row::try_get(row, "id")?,
+                    sqlx::FromRow::from_row(row)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let Some((last, _)) = rows.last() else { break };
+        after_id = *last;
+        let records: Vec<RecordRow> = rows
+            .iter()
+            .map(|(_, row)| {
+                let (record, key) = row.record(zone);
+                if let Some(key) = key {
+                    let counters = usage
+                        .entry((record.user_id.clone(), key.day, key.api_id))
+                        .or_default();
+                    counters[0] += 1;
+                    counters[1] += record.amount_micros;
+                    counters[2] += record.free_micros;
+                    counters[3] += record.balance_micros;
+                }
+                record
+            })
+            .collect();
+        insert_records(pool, &records).await?;
+        report.records += records.len() as u64;
+    }
+
+    let usage: Vec<_> = usage.into_iter().collect();
+    for chunk in usage.chunks(CHUNK as usize) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO rm_daily_usage_shadow (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
+        );
+        insert.push_values(chunk, |mut row, ((user_id, day, api_id), counters)| {
+            row.push_bind(user_id).push_bind(day).push_bind(api_id);
+            for counter in counters {
+                row.push_bind(counter);
+            }
+        });
+        insert.build().execute(pool).await?;
+        report.usage_rows += chunk.len() as u64;
+    }
+
+    report.accounts = sqlx::query(
+        "INSERT INTO rm_accounts_shadow (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, updated_at) SELECT user_id, currency, \
+         balance_micros, period, free_granted_micros, free_used_micros, monthly_free_micros, version, \
+         updated_at FROM accounts",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    report.orders = sqlx::query(
+        "INSERT INTO rm_orders_shadow (order_no, user_id, amount_micros, channel, status, status_rank, \
+         provider_txn_id, created_at, expires_at, paid_at) SELECT order_no, user_id, amount_micros, \
+         channel, status, CASE status WHEN 'PAID' THEN 2 WHEN 'FAILED' THEN 1 ELSE 0 END, \
+         provider_txn_id, created_at, expires_at, paid_at FROM recharge_orders",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+
+    let renames: Vec<String> = TABLES
+        .iter()
+        .flat_map(|t| [format!("{t} TO {t}_old"), format!("{t}_shadow TO {t}")])
+        .collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "RENAME TABLE {}",
+        renames.join(", ")
+    )))
+    .execute(pool)
+    .await?;
+    for table in TABLES {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}_old")))
+            .execute(pool)
+            .await?;
+    }
+
+    report.caught_up = catch_up(pool, zone, since).await?;
+    Ok(report)
+}
+
+async fn insert_records(pool: &MySqlPool, records: &[RecordRow]) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO rm_records_shadow (record_id, user_id, version, type, amount_micros, free_micros, \
+         balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
+         order_no, period, created_at) ",
+    );
+    insert.push_values(records, |mut row, r| {
+        row.push_bind(&r.record_id)
+            .push_bind(&r.user_id)
+            .push_bind(r.version)
+            .push_bind(&r.kind)
+            .push_bind(r.amount_micros)
+            .push_bind(r.free_micros)
+            .push_bind(r.balance_micros)
+            .push_bind(r.balance_after_micros)
+            .push_bind(r.free_remaining_after_micros)
+            .push_bind(&r.api_id)
+            .push_bind(&r.request_id)
+            .push_bind(&r.order_no)
+            .push_bind(&r.period)
+            .push_bind(r.created_at);
+    });
+    insert.build().execute(pool).await?;
+    Ok(())
+}
+
+/// Projects again, into the live tables, every change committed since `since`. Returns the
+/// number of records that were missing.
+pub async fn catch_up(
+    pool: &MySqlPool,
+    zone: BillingZone,
+    since: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let sql = format!(
+        "SELECT {LEDGER_COLUMNS} FROM ledger WHERE created_at >= ? ORDER BY user_id, version"
+    );
+    let rows: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    let mut inserted = 0;
+    let mut users: Vec<&str> = rows.iter().map(|row| row.user_id.as_str()).collect();
+    users.dedup();
+    for user in users {
+        let mut tx = pool.begin().await?;
+        super::reconcile::refresh_snapshot(&mut tx, user, false).await?;
+        for row in rows.iter().filter(|row| row.user_id == user) {
+            let (record, usage) = row.record(zone);
+            if writes::insert_record(&mut tx, &record, usage.as_ref()).await? {
+                inserted += 1;
+            }
+        }
+        tx.commit().await?;
+    }
+    let orders: Vec<OrderSource> = sqlx::query_as(
+        "SELECT order_no, user_id, amount_micros, channel, status, provider_txn_id, created_at, \
+         expires_at, paid_at FROM recharge_orders WHERE updated_at >= ?",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let mut conn = pool.acquire().await?;
+    for order in &orders {
+        writes::upsert_order(&mut conn, &order.row()?).await?;
+    }
+    Ok(inserted)
+}
+
+/// A recharge order as the command side stores it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OrderSource {
+    pub order_no: String,
+    pub user_id: String,
+    pub amount_micros: i64,
+    pub channel: String,
+    pub status: String,
+    pub provider_txn_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+impl OrderSource {
+    pub fn row(&self) -> anyhow::Result<writes::OrderRow<'_>> {
+        Ok(writes::OrderRow {
+            order_no: &self.order_no,
+            user_id: &self.user_id,
+            amount_micros: self.amount_micros,
+            channel: &self.channel,
+            status: shared::order::OrderStatus::parse(&self.status).ok_or_else(|| {
+                anyhow::anyhow!("order {} has status {:?}", self.order_no, self.status)
+            })?,
+            provider_txn_id: self.provider_txn_id.as_deref(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            paid_at: self.paid_at,
+        })
+    }
+}

@@ -1,0 +1,367 @@
+//! Reconcile: the read model (MySQL `rm_` tables and Redis snapshots) compared with the write
+//! model, at equal versions: a snapshot at version V is compared with the ledger row that made
+//! version V, and the records up to V with the ledger rows up to V. A read model that is only
+//! behind is not different. What still differs after a short settling pause (events in flight)
+//! is reported; `repair` rewrites those accounts' read model from the write model.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use chrono::NaiveDate;
+use prost::Message;
+use shared::{period::BillingZone, proto::v1 as pb};
+use sqlx::{MySqlConnection, MySqlPool};
+
+use super::{LEDGER_COLUMNS, LedgerRow, rebuild::OrderSource};
+use crate::{
+    cache::SnapshotCache,
+    store::{
+        self,
+        projection::{self as writes, RecordRow},
+    },
+};
+
+/// One difference between the models, in words an operator can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    pub user_id: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.user_id, self.what)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub repair: bool,
+    /// How long to wait before looking again at accounts that differed.
+    pub settle: Duration,
+}
+
+/// Compares every account; returns the differences that persisted (before any repair).
+pub async fn reconcile(
+    pool: &MySqlPool,
+    cache: Option<&SnapshotCache>,
+    zone: BillingZone,
+    options: &Options,
+) -> anyhow::Result<Vec<Difference>> {
+    let mut suspects = Vec::new();
+    let mut after = String::new();
+    loop {
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM accounts WHERE user_id > ? ORDER BY user_id LIMIT 1000",
+        )
+        .bind(&after)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = users.last() else { break };
+        after = last.clone();
+        for user in users {
+            if !compare(pool, cache, zone, &user).await?.is_empty() {
+                suspects.push(user);
+            }
+        }
+    }
+    let strays: Vec<String> = sqlx::query_scalar(
+        "SELECT r.user_id FROM rm_accounts r LEFT JOIN accounts a ON a.user_id = r.user_id WHERE a.user_id IS NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    suspects.extend(strays);
+
+    if !suspects.is_empty() {
+        tokio::time::sleep(options.settle).await;
+    }
+    let mut differences = Vec::new();
+    for user in suspects {
+        let found = compare(pool, cache, zone, &user).await?;
+        if !found.is_empty() && options.repair {
+            repair(pool, cache, zone, &user).await?;
+        }
+        differences.extend(found.into_iter().map(|what| Difference {
+            user_id: user.clone(),
+            what,
+        }));
+    }
+    Ok(differences)
+}
+
+/// The account's state right after the ledger row of `version`.
+#[derive(Debug, PartialEq, Eq)]
+struct StateAt {
+    balance: i64,
+    period: String,
+    granted: i64,
+    used: i64,
+}
+
+impl StateAt {
+    fn of(row: &LedgerRow) -> Self {
+        StateAt {
+            balance: row.balance_after_micros,
+            period: row.period.clone(),
+            granted: row.free_granted_after_micros,
+            used: row.free_used_after_micros,
+        }
+    }
+}
+
+/// Every difference for one account, in words.
+async fn compare(
+    pool: &MySqlPool,
+    cache: Option<&SnapshotCache>,
+    zone: BillingZone,
+    user: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let written: Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, monthly_free_micros FROM accounts WHERE user_id = ?")
+            .bind(user)
+            .fetch_optional(pool)
+            .await?;
+    let Some((write_version, monthly_free)) = written else {
+        found.push("the read model has an account the write model does not".to_owned());
+        return Ok(found);
+    };
+    let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = ? ORDER BY version");
+    let ledger: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user)
+        .fetch_all(pool)
+        .await?;
+    let at = |version: i64| {
+        ledger
+            .iter()
+            .find(|row| row.version == version)
+            .map(StateAt::of)
+    };
+
+    let snapshot = store::load_account(pool, user).await?;
+    let read_version = snapshot.as_ref().map_or(0, |s| s.version);
+    match &snapshot {
+        None => found.push(format!(
+            "no snapshot in the read model (write model at version {write_version})"
+        )),
+        Some(s) if s.version > write_version => found.push(format!(
+            "snapshot at version {} is ahead of the write model ({write_version})",
+            s.version
+        )),
+        Some(s) => {
+            let read = StateAt {
+                balance: s.balance_micros,
+                period: s.period.clone(),
+                granted: s.free_granted_micros,
+                used: s.free_used_micros,
+            };
+            if at(s.version).as_ref() != Some(&read) {
+                found.push(format!(
+                    "snapshot at version {} is {read:?}, the ledger says {:?}",
+                    s.version,
+                    at(s.version)
+                ));
+            }
+            if s.version == write_version && s.monthly_free_micros != monthly_free {
+                found.push(format!(
+                    "monthly free amount {} differs from {monthly_free}",
+                    s.monthly_free_micros
+                ));
+            }
+        }
+    }
+
+    let records: Vec<RecordRow> = sqlx::query_as(
+        "SELECT record_id, user_id, version, type, amount_micros, free_micros, balance_micros, \
+         balance_after_micros, free_remaining_after_micros, api_id, request_id, order_no, period, \
+         created_at FROM rm_records WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    let mut expected: BTreeMap<&str, RecordRow> = ledger
+        .iter()
+        .filter(|row| row.version <= read_version)
+        .map(|row| (row.record_id.as_str(), row.record(zone).0))
+        .collect();
+    for record in &records {
+        match expected.remove(record.record_id.as_str()) {
+            None => found.push(format!(
+                "record {} is not in the ledger up to version {read_version}",
+                record.record_id
+            )),
+            Some(want) if &want != record => found.push(format!(
+                "record {} is {record:?}, the ledger says {want:?}",
+                record.record_id
+            )),
+            Some(_) => {}
+        }
+    }
+    for missing in expected.keys() {
+        found.push(format!("record {missing} is missing"));
+    }
+
+    let counted: Vec<(NaiveDate, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros FROM rm_daily_usage WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    let mut sums: HashMap<(NaiveDate, String), [i64; 4]> = HashMap::new();
+    for record in records.iter().filter(|r| r.kind == "deduct") {
+        let day = record.created_at.with_timezone(&zone.tz()).date_naive();
+        let entry = sums
+            .entry((day, record.api_id.clone().unwrap_or_default()))
+            .or_default();
+        *entry = [
+            entry[0] + 1,
+            entry[1] + record.amount_micros,
+            entry[2] + record.free_micros,
+            entry[3] + record.balance_micros,
+        ];
+    }
+    for (day, api_id, calls, amount, free, balance) in counted {
+        let have = [calls, amount, free, balance];
+        match sums.remove(&(day, api_id.clone())) {
+            Some(want) if want == have => {}
+            want => found.push(format!(
+                "usage of {day} {api_id:?} is {have:?}, its records make {want:?}"
+            )),
+        }
+    }
+    for ((day, api_id), want) in sums {
+        found.push(format!(
+            "usage of {day} {api_id:?} is missing, its records make {want:?}"
+        ));
+    }
+
+    let read_orders: HashMap<String, String> =
+        sqlx::query_as("SELECT order_no, status FROM rm_orders WHERE user_id = ?")
+            .bind(user)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let write_orders: HashMap<String, String> =
+        sqlx::query_as("SELECT order_no, status FROM recharge_orders WHERE user_id = ?")
+            .bind(user)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    for (order_no, status) in &write_orders {
+        match read_orders.get(order_no) {
+            Some(read) if read == status => {}
+            read => found.push(format!(
+                "order {order_no} is {read:?} in the read model, {status} in the write model"
+            )),
+        }
+    }
+    for order_no in read_orders
+        .keys()
+        .filter(|no| !write_orders.contains_key(*no))
+    {
+        found.push(format!("order {order_no} is not in the write model"));
+    }
+
+    if let Some(cached) = match cache {
+        Some(cache) => cache.get(user).await,
+        None => None,
+    } {
+        let state = pb::AccountState::decode(cached.state.as_slice())?;
+        let read = StateAt {
+            balance: state.balance_micros,
+            period: state.period,
+            granted: state.free_granted_micros,
+            used: state.free_used_micros,
+        };
+        if cached.version > write_version || at(cached.version).as_ref() != Some(&read) {
+            found.push(format!(
+                "Redis snapshot at version {} is {read:?}, the ledger says {:?}",
+                cached.version,
+                at(cached.version)
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Writes the account's snapshot from the write model, locking its read-model row (the
+/// projection locks it first too, so the two never interleave on one account). `force` also
+/// replaces a snapshot that claims a newer version.
+pub async fn refresh_snapshot(
+    conn: &mut MySqlConnection,
+    user: &str,
+    force: bool,
+) -> Result<(), sqlx::Error> {
+    let guard = if force {
+        "TRUE"
+    } else {
+        "VALUES(version) > version"
+    };
+    let sql = format!(
+        "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, updated_at) SELECT user_id, currency, \
+         balance_micros, period, free_granted_micros, free_used_micros, monthly_free_micros, version, \
+         updated_at FROM accounts WHERE user_id = ? ON DUPLICATE KEY UPDATE \
+         currency = IF({guard}, VALUES(currency), currency), \
+         balance_micros = IF({guard}, VALUES(balance_micros), balance_micros), \
+         period = IF({guard}, VALUES(period), period), \
+         free_granted_micros = IF({guard}, VALUES(free_granted_micros), free_granted_micros), \
+         free_used_micros = IF({guard}, VALUES(free_used_micros), free_used_micros), \
+         monthly_free_micros = IF({guard}, VALUES(monthly_free_micros), monthly_free_micros), \
+         updated_at = IF({guard}, VALUES(updated_at), updated_at), \
+         version = IF({guard}, VALUES(version), version)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Rewrites one account's read model from the write model, in one transaction that holds the
+/// account's read-model row, then drops its Redis snapshot (the next event writes it again).
+async fn repair(
+    pool: &MySqlPool,
+    cache: Option<&SnapshotCache>,
+    zone: BillingZone,
+    user: &str,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    refresh_snapshot(&mut tx, user, true).await?;
+    for table in ["rm_records", "rm_daily_usage", "rm_orders"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE user_id = ?"
+        )))
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = ? ORDER BY version");
+    let ledger: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in &ledger {
+        let (record, usage) = row.record(zone);
+        writes::insert_record(&mut tx, &record, usage.as_ref()).await?;
+    }
+    let orders: Vec<OrderSource> = sqlx::query_as(
+        "SELECT order_no, user_id, amount_micros, channel, status, provider_txn_id, created_at, \
+         expires_at, paid_at FROM recharge_orders WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_all(&mut *tx)
+    .await?;
+    for order in &orders {
+        writes::upsert_order(&mut tx, &order.row()?).await?;
+    }
+    tx.commit().await?;
+    if let Some(cache) = cache {
+        cache.remove(user).await;
+    }
+    Ok(())
+}

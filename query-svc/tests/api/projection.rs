@@ -1,0 +1,357 @@
+//! Events into the read model: every committed change appears once, whatever the redeliveries,
+//! duplicates and order; what cannot be projected goes to the dead-letter stream, not lost.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use prost::Message;
+use shared::proto::v1 as pb;
+use sqlx::Row;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The read model agrees with the write model for `user`: snapshot at the account's version,
+/// every ledger row as a record, usage counters equal to the charges.
+async fn projected(stack: &Stack, user: &str) -> bool {
+    let write_version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM accounts WHERE user_id = ?")
+            .bind(user)
+            .fetch_optional(&stack.db)
+            .await
+            .unwrap();
+    let read_version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM rm_accounts WHERE user_id = ?")
+            .bind(user)
+            .fetch_optional(&stack.db)
+            .await
+            .unwrap();
+    if write_version.is_none() || write_version != read_version {
+        return false;
+    }
+    let ledger: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE user_id = ?")
+        .bind(user)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rm_records WHERE user_id = ?")
+        .bind(user)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    ledger == records
+}
+
+/// Fails the test with the first difference between the models for `user`.
+async fn assert_models_agree(stack: &Stack, user: &str) {
+    let account = sqlx::query(
+        "SELECT a.balance_micros = r.balance_micros AND a.period = r.period \
+         AND a.free_granted_micros = r.free_granted_micros AND a.free_used_micros = r.free_used_micros \
+         AND a.version = r.version AND a.monthly_free_micros = r.monthly_free_micros AS same \
+         FROM accounts a JOIN rm_accounts r ON r.user_id = a.user_id WHERE a.user_id = ?",
+    )
+    .bind(user)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert!(account.get::<bool, _>("same"), "{user}: snapshot differs");
+
+    let differing: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM ledger l LEFT JOIN rm_records r ON r.record_id = l.record_id \
+         WHERE l.user_id = ? AND (r.record_id IS NULL OR r.version <> l.version OR r.type <> l.kind \
+         OR r.amount_micros <> l.amount_micros OR r.free_micros <> l.free_micros \
+         OR r.balance_micros <> l.balance_micros OR r.balance_after_micros <> l.balance_after_micros \
+         OR r.free_remaining_after_micros <> l.free_granted_after_micros - l.free_used_after_micros \
+         OR r.period <> l.period OR r.created_at <> l.created_at)",
+    )
+    .bind(user)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(differing, 0, "{user}: records differ from the ledger");
+    let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rm_records WHERE user_id = ?")
+        .bind(user)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    let ledger: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE user_id = ?")
+        .bind(user)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(records, ledger, "{user}: one record per ledger row");
+
+    let usage = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(calls), 0) AS SIGNED) AS calls, CAST(COALESCE(SUM(amount_micros), 0) AS SIGNED) AS amount, \
+         CAST(COALESCE(SUM(free_micros), 0) AS SIGNED) AS free FROM rm_daily_usage WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    let charges = sqlx::query(
+        "SELECT COUNT(*) AS calls, CAST(COALESCE(SUM(amount_micros), 0) AS SIGNED) AS amount, \
+         CAST(COALESCE(SUM(free_micros), 0) AS SIGNED) AS free FROM ledger WHERE user_id = ? AND kind = 'deduct'",
+    )
+    .bind(user)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    for column in ["calls", "amount", "free"] {
+        assert_eq!(
+            usage.get::<i64, _>(column),
+            charges.get::<i64, _>(column),
+            "{user}: usage {column}"
+        );
+    }
+}
+
+async fn some_activity(stack: &Stack, user: &str) {
+    recharge(stack, user, 20 * CNY).await;
+    let mut gateway = stack.gateway().await;
+    for i in 0..5 {
+        gateway
+            .deduct_quota(deduct(user, 3 * CNY, &format!("call-{i}")))
+            .await
+            .unwrap();
+    }
+    stack
+        .ops()
+        .await
+        .adjust_balance(adjust(user, -CNY, "fee"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn committed_changes_reach_the_read_model_once() {
+    let stack = spawn_stack().await;
+    let user = new_user("projected");
+    some_activity(&stack, &user).await;
+    stack
+        .eventually(WAIT, || async {
+            projected(&stack, &user).await.then_some(())
+        })
+        .await;
+    assert_models_agree(&stack, &user).await;
+
+    let order: (String, i64) =
+        sqlx::query_as("SELECT status, status_rank FROM rm_orders WHERE user_id = ?")
+            .bind(&user)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(order, ("PAID".to_owned(), 2));
+
+    // The Redis snapshot follows the same version.
+    let cache = query_svc::cache::SnapshotCache::new(
+        &redis_url(),
+        &stack.settings.redis.key_prefix,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let version: i64 = sqlx::query_scalar("SELECT version FROM accounts WHERE user_id = ?")
+        .bind(&user)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    let cached = stack
+        .eventually(WAIT, || async {
+            cache.get(&user).await.filter(|s| s.version == version)
+        })
+        .await;
+    let state = pb::AccountState::decode(cached.state.as_slice()).unwrap();
+    assert_eq!(state.version, version);
+    stack.cleanup().await;
+}
+
+/// Every event of the outbox, as the relay published it.
+async fn outbox_events(stack: &Stack) -> Vec<(String, Vec<u8>)> {
+    sqlx::query_as("SELECT subject, payload FROM outbox ORDER BY id")
+        .fetch_all(&stack.db)
+        .await
+        .unwrap()
+}
+
+async fn publish(subject: &str, payload: Vec<u8>, message_id: &str) {
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    js.send_publish(
+        subject.to_owned(),
+        PublishMessage::build()
+            .payload(payload.into())
+            .message_id(message_id),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn duplicates_and_reordered_redeliveries_change_nothing() {
+    let stack = spawn_stack().await;
+    let user = new_user("dups");
+    some_activity(&stack, &user).await;
+    stack
+        .eventually(WAIT, || async {
+            projected(&stack, &user).await.then_some(())
+        })
+        .await;
+
+    // Every event again, newest first, with message ids JetStream has not seen: as if the relay
+    // re-published after the dedup window, or another replica redelivered out of order.
+    let mut events = outbox_events(&stack).await;
+    events.reverse();
+    for (index, (subject, payload)) in events.iter().enumerate() {
+        publish(subject, payload.clone(), &format!("again-{index}")).await;
+    }
+    // And once more inside the window, with the original ids, which JetStream drops.
+    for (subject, payload) in &events {
+        let id = pb::BillingEvent::decode(payload.as_slice())
+            .unwrap()
+            .event_id;
+        publish(subject, payload.clone(), &id).await;
+    }
+    // A marker event after them: once it is projected, so are the duplicates before it.
+    let marker = new_user("marker");
+    stack
+        .gateway()
+        .await
+        .deduct_quota(deduct(&marker, 1, "marker"))
+        .await
+        .unwrap();
+    stack
+        .eventually(WAIT, || async {
+            projected(&stack, &marker).await.then_some(())
+        })
+        .await;
+
+    assert_models_agree(&stack, &user).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_read_model_rebuilt_from_shuffled_events_equals_the_write_model() {
+    let stack = spawn_stack().await;
+    let users: Vec<String> = (0..3).map(|i| new_user(&format!("shuffle{i}"))).collect();
+    for user in &users {
+        some_activity(&stack, user).await;
+    }
+    for user in &users {
+        stack
+            .eventually(WAIT, || async {
+                projected(&stack, user).await.then_some(())
+            })
+            .await;
+    }
+    for table in ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&stack.db)
+            .await
+            .unwrap();
+    }
+    // A deterministic shuffle: interleave from both ends.
+    let events = outbox_events(&stack).await;
+    let (mut front, mut back) = (0, events.len());
+    let mut index = 0;
+    while front < back {
+        let (subject, payload) = if index % 2 == 0 {
+            back -= 1;
+            &events[back]
+        } else {
+            front += 1;
+            &events[front - 1]
+        };
+        publish(subject, payload.clone(), &format!("shuffled-{index}")).await;
+        index += 1;
+    }
+    for user in &users {
+        stack
+            .eventually(WAIT, || async {
+                projected(&stack, user).await.then_some(())
+            })
+            .await;
+        assert_models_agree(&stack, user).await;
+    }
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_this_build_cannot_read_goes_to_the_dead_letter_stream() {
+    let stack = spawn_stack_with(
+        shared::clock::Clock::system(),
+        &[("BILLING__QUERY__MAX_DELIVER", "3")],
+    )
+    .await;
+    // A newer producer's event: a schema version this build does not know.
+    let newer = pb::BillingEvent {
+        event_id: "from-the-future".into(),
+        user_id: "u".into(),
+        schema_version: 2,
+        ..Default::default()
+    };
+    let subject = format!("t{}.v1.events.quota_reserved", stack.tag);
+    publish(&subject, newer.encode_to_vec(), "future-1").await;
+    publish(
+        &format!("t{}.v1.events.quota_deducted", stack.tag),
+        b"\xff\x01 not protobuf".to_vec(),
+        "garbage-1",
+    )
+    .await;
+
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let dlq_name = stack.names.dlq_stream();
+    stack
+        .eventually(WAIT, || {
+            let (js, name) = (js.clone(), dlq_name.clone());
+            async move {
+                (js.get_stream(name)
+                    .await
+                    .ok()?
+                    .info()
+                    .await
+                    .ok()?
+                    .state
+                    .messages
+                    == 2)
+                    .then_some(())
+            }
+        })
+        .await;
+    let dlq = js.get_stream(&dlq_name).await.unwrap();
+    let letter = dlq.get_raw_message(1).await.unwrap();
+    let headers = letter.headers;
+    assert_eq!(
+        headers
+            .get(shared::bus::ORIGINAL_SUBJECT_HEADER)
+            .map(|v| v.to_string()),
+        Some(subject.clone())
+    );
+    assert!(
+        headers
+            .get(shared::bus::DEAD_LETTER_REASON_HEADER)
+            .unwrap()
+            .to_string()
+            .contains("schema version 2")
+    );
+    assert_eq!(
+        letter.subject.to_string(),
+        format!("t{}.v1.dlq.quota_reserved", stack.tag)
+    );
+
+    // The consumer moved on: a normal event behind them is projected.
+    let user = new_user("after-dlq");
+    stack
+        .gateway()
+        .await
+        .deduct_quota(deduct(&user, 1, "r"))
+        .await
+        .unwrap();
+    stack
+        .eventually(WAIT, || async {
+            projected(&stack, &user).await.then_some(())
+        })
+        .await;
+    stack.cleanup().await;
+}

@@ -296,30 +296,34 @@ pub async fn refresh_snapshot(
     user: &str,
     force: bool,
 ) -> Result<(), sqlx::Error> {
-    let guard = if force {
-        "TRUE"
-    } else {
-        "VALUES(version) > version"
+    let written: Option<store::RmAccount> = sqlx::query_as(
+        "SELECT user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
+         monthly_free_micros, version, updated_at FROM accounts WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(account) = written else {
+        return Ok(());
     };
-    let sql = format!(
-        "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, monthly_free_micros, version, updated_at) SELECT user_id, currency, \
-         balance_micros, period, free_granted_micros, free_used_micros, monthly_free_micros, version, \
-         updated_at FROM accounts WHERE user_id = ? ON DUPLICATE KEY UPDATE \
-         currency = IF({guard}, VALUES(currency), currency), \
-         balance_micros = IF({guard}, VALUES(balance_micros), balance_micros), \
-         period = IF({guard}, VALUES(period), period), \
-         free_granted_micros = IF({guard}, VALUES(free_granted_micros), free_granted_micros), \
-         free_used_micros = IF({guard}, VALUES(free_used_micros), free_used_micros), \
-         monthly_free_micros = IF({guard}, VALUES(monthly_free_micros), monthly_free_micros), \
-         updated_at = IF({guard}, VALUES(updated_at), updated_at), \
-         version = IF({guard}, VALUES(version), version)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(user)
-        .execute(conn)
-        .await?;
-    Ok(())
+    if force {
+        sqlx::query("DELETE FROM rm_accounts WHERE user_id = ?")
+            .bind(user)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let snapshot = writes::SnapshotRow {
+        user_id: &account.user_id,
+        currency: &account.currency,
+        balance_micros: account.balance_micros,
+        period: &account.period,
+        free_granted_micros: account.free_granted_micros,
+        free_used_micros: account.free_used_micros,
+        monthly_free_micros: account.monthly_free_micros,
+        version: account.version,
+        updated_at: account.updated_at,
+    };
+    writes::upsert_account(conn, &snapshot).await
 }
 
 /// Rewrites one account's read model from the write model, in one transaction that holds the

@@ -123,12 +123,14 @@ pub async fn insert_record(
                 .map(|e| e.number())
                 == Some(ER_DUP_ENTRY) =>
         {
-            // A statement's duplicate-key error leaves the transaction usable.
-            let present: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM rm_records WHERE record_id = ?")
-                    .bind(&record.record_id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+            // A statement's duplicate-key error leaves the transaction usable. A locking read
+            // sees the latest committed row whatever the session's isolation level.
+            let present: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM rm_records WHERE record_id = ? LOCK IN SHARE MODE",
+            )
+            .bind(&record.record_id)
+            .fetch_optional(&mut *conn)
+            .await?;
             return match present {
                 Some(_) => Ok(false),
                 None => Err(sqlx::Error::Database(error)),

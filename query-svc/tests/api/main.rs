@@ -1,4 +1,12 @@
 //! query-svc with command-svc, against real MariaDB, Redis and NATS: one stack per test.
 
 mod helpers;
+mod support;
+
+mod account;
+mod auth;
+mod bad_input;
+mod ops;
+mod orders;
 mod projection;
+mod records;

@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// The read model agrees with the write model for `user`: snapshot at the account's version,
 /// every ledger row as a record, usage counters equal to the charges.
-async fn projected(stack: &Stack, user: &str) -> bool {
+pub async fn projected(stack: &Stack, user: &str) -> bool {
     let write_version: Option<i64> =
         sqlx::query_scalar("SELECT version FROM accounts WHERE user_id = ?")
             .bind(user)
@@ -44,7 +44,7 @@ async fn projected(stack: &Stack, user: &str) -> bool {
 }
 
 /// Fails the test with the first difference between the models for `user`.
-async fn assert_models_agree(stack: &Stack, user: &str) {
+pub async fn assert_models_agree(stack: &Stack, user: &str) {
     let account = sqlx::query(
         "SELECT a.balance_micros = r.balance_micros AND a.period = r.period \
          AND a.free_granted_micros = r.free_granted_micros AND a.free_used_micros = r.free_used_micros \
@@ -107,7 +107,7 @@ async fn assert_models_agree(stack: &Stack, user: &str) {
     }
 }
 
-async fn some_activity(stack: &Stack, user: &str) {
+pub async fn some_activity(stack: &Stack, user: &str) {
     recharge(stack, user, 20 * CNY).await;
     let mut gateway = stack.gateway().await;
     for i in 0..5 {

@@ -228,6 +228,25 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
         .await;
 
     assert_models_agree(&stack, &user).await;
+    let options = query_svc::ops::reconcile::Options {
+        repair: false,
+        settle: Duration::from_millis(300),
+    };
+    let cache = query_svc::cache::SnapshotCache::new(
+        &redis_url(),
+        &stack.settings.redis.key_prefix,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let differences = query_svc::ops::reconcile::reconcile(
+        &stack.db,
+        Some(&cache),
+        shared::period::BillingZone::default(),
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(differences, vec![], "reconcile finds the models equal");
     stack.cleanup().await;
 }
 

@@ -4,9 +4,6 @@
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
 //!   included.
-//!
-//! Instants are RFC 3339 in UTC with microseconds (`2026-11-30T16:00:00.000000Z`): exact to
-//! what is stored, and of one width.
 
 pub mod auth;
 pub mod command;
@@ -18,7 +15,6 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     routing::get,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -61,9 +57,4 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// An instant as every answer writes it.
-pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }

@@ -1,20 +1,28 @@
 //! The REST API for the frontend (API.md, "REST"), one router per resource:
 //!
+//! - [`account`]: `GET /api/v1/billing/account`.
+//! - [`records`]: `GET /api/v1/billing/records`.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
 //!   included.
+//!
+//! Instants are RFC 3339 in UTC with microseconds (`2026-11-30T16:00:00.000000Z`): exact to
+//! what is stored, and of one width.
 
+pub mod account;
 pub mod auth;
 pub mod command;
 pub mod cursor;
 pub mod error;
+pub mod records;
 
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
     routing::get,
 };
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -27,6 +35,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(account::router())
+        .merge(records::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -57,4 +67,9 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// An instant as every answer writes it.
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }

@@ -1,0 +1,349 @@
+//! `GET /api/v1/billing/records`: the caller's ledger as the read model holds it, newest first.
+//!
+//! Query parameters: `limit` (1 ..= 100, default 20), `cursor` (from the previous page's
+//! `next_cursor`), `type` (`deduct`, `recharge`, `free_grant`, `adjust`), `from` (inclusive) and
+//! `to` (exclusive), RFC 3339 instants compared with `created_at`. An empty parameter counts as
+//! absent; parameters the API does not know are ignored. Pages are keyed by the account version,
+//! which is unique per user, so walking the cursors visits every record exactly once. The cursor
+//! binds the filters: reusing it with others is a 400.
+
+use axum::{
+    Json, Router,
+    extract::{Query, State, rejection::QueryRejection},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{auth::AuthUser, cursor, error::ApiError, rfc3339};
+use crate::{
+    app::AppState,
+    store::queries::{self, RecordFilter, RecordRow},
+};
+
+const CURSOR_TAG: &str = "records.v1";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/billing/records", get(list_records))
+}
+
+/// The record types of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordType {
+    Deduct,
+    Recharge,
+    FreeGrant,
+    Adjust,
+}
+
+impl RecordType {
+    pub const ALL: [RecordType; 4] = [
+        RecordType::Deduct,
+        RecordType::Recharge,
+        RecordType::FreeGrant,
+        RecordType::Adjust,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::Deduct => "deduct",
+            RecordType::Recharge => "recharge",
+            RecordType::FreeGrant => "free_grant",
+            RecordType::Adjust => "adjust",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RecordsParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecordsPage {
+    pub records: Vec<RecordJson>,
+    pub next_cursor: Option<String>,
+}
+
+/// One record as the contract shows it. `amount_micros` is a magnitude (the type says the
+/// direction) except for `adjust`, where it is signed: + credit, − debit.
+#[derive(Debug, Serialize)]
+pub struct RecordJson {
+    pub record_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+    pub balance_after_micros: i64,
+    pub free_remaining_after_micros: i64,
+    pub api_id: Option<String>,
+    pub request_id: Option<String>,
+    pub order_no: Option<String>,
+    pub period: String,
+    pub version: i64,
+    pub created_at: String,
+}
+
+/// A page request, validated.
+#[derive(Debug, PartialEq, Eq)]
+struct PageRequest {
+    kind: Option<RecordType>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    before: Option<i64>,
+    limit: u32,
+}
+
+impl PageRequest {
+    fn parse(params: &RecordsParams) -> Result<PageRequest, ApiError> {
+        let present = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let limit = cursor::parse_limit(params.limit.as_deref())?;
+        let kind = present(&params.kind)
+            .map(|text| {
+                RecordType::parse(&text).ok_or_else(|| {
+                    ApiError::invalid("type must be one of deduct, recharge, free_grant, adjust")
+                })
+            })
+            .transpose()?;
+        let from = present(&params.from)
+            .map(|text| instant("from", &text))
+            .transpose()?;
+        let to = present(&params.to)
+            .map(|text| instant("to", &text))
+            .transpose()?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(ApiError::invalid("from must not be later than to"));
+        }
+        let mut request = PageRequest {
+            kind,
+            from,
+            to,
+            before: None,
+            limit,
+        };
+        if let Some(token) = present(&params.cursor) {
+            let fields = cursor::decode(&token, CURSOR_TAG, 2)?;
+            if fields[0] != request.filters() {
+                return Err(ApiError::invalid(
+                    "cursor was made for other filters; start again without one",
+                ));
+            }
+            let before = fields[1].parse::<i64>().map_err(|_| {
+                ApiError::invalid("cursor is not valid here; start again without one")
+            })?;
+            request.before = Some(before);
+        }
+        Ok(request)
+    }
+
+    /// The filters in one canonical text, so equal filters written differently (another offset
+    /// for the same instant) still match their cursor.
+    fn filters(&self) -> String {
+        let micros = |at: Option<DateTime<Utc>>| {
+            at.map_or(String::new(), |at| at.timestamp_micros().to_string())
+        };
+        format!(
+            "type={};from={};to={}",
+            self.kind.map_or("", RecordType::as_str),
+            micros(self.from),
+            micros(self.to)
+        )
+    }
+}
+
+fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "{field} must be an RFC 3339 instant such as 2026-11-01T00:00:00Z (a + in an offset is written %2B)"
+            ))
+        })
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user))]
+async fn list_records(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    params: Result<Query<RecordsParams>, QueryRejection>,
+) -> Result<Json<RecordsPage>, ApiError> {
+    let Query(params) = params?;
+    let request = PageRequest::parse(&params)?;
+    let filter = RecordFilter {
+        kind: request.kind.map(RecordType::as_str),
+        from: request.from,
+        to: request.to,
+    };
+    let mut rows = queries::records_page(
+        state.store.pool(),
+        user.as_str(),
+        filter,
+        request.before,
+        request.limit + 1,
+    )
+    .await?;
+    let more = rows.len() > request.limit as usize;
+    rows.truncate(request.limit as usize);
+    let next_cursor = match rows.last() {
+        Some(last) if more => Some(cursor::encode(
+            CURSOR_TAG,
+            &[&request.filters(), &last.version.to_string()],
+        )),
+        _ => None,
+    };
+    Ok(Json(RecordsPage {
+        records: rows.into_iter().map(record_json).collect(),
+        next_cursor,
+    }))
+}
+
+/// Empty references are shown as absent, like the ones never given.
+fn record_json(row: RecordRow) -> RecordJson {
+    let amount = if row.kind == RecordType::Adjust.as_str() {
+        row.amount_micros
+    } else {
+        row.amount_micros.saturating_abs()
+    };
+    let absent_if_empty = |value: Option<String>| value.filter(|v| !v.is_empty());
+    RecordJson {
+        record_id: row.record_id,
+        kind: row.kind,
+        amount_micros: amount,
+        free_micros: row.free_micros,
+        balance_micros: row.balance_micros,
+        balance_after_micros: row.balance_after_micros,
+        free_remaining_after_micros: row.free_remaining_after_micros,
+        api_id: absent_if_empty(row.api_id),
+        request_id: absent_if_empty(row.request_id),
+        order_no: absent_if_empty(row.order_no),
+        period: row.period,
+        version: row.version,
+        created_at: rfc3339(row.created_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> RecordsParams {
+        let mut params = RecordsParams::default();
+        for (key, value) in pairs {
+            let value = Some((*value).to_owned());
+            match *key {
+                "limit" => params.limit = value,
+                "cursor" => params.cursor = value,
+                "type" => params.kind = value,
+                "from" => params.from = value,
+                "to" => params.to = value,
+                _ => unreachable!(),
+            }
+        }
+        params
+    }
+
+    #[test]
+    fn defaults_and_filters_parse() {
+        let request = PageRequest::parse(&params(&[])).unwrap();
+        assert_eq!(
+            (request.limit, request.kind, request.before),
+            (20, None, None)
+        );
+        let request = PageRequest::parse(&params(&[
+            ("type", "free_grant"),
+            ("from", "2026-11-01T00:00:00+08:00"),
+            ("to", "2026-12-01T00:00:00Z"),
+            ("limit", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(request.kind, Some(RecordType::FreeGrant));
+        assert_eq!(
+            request.from.unwrap().to_rfc3339(),
+            "2026-10-31T16:00:00+00:00"
+        );
+        assert_eq!(request.limit, 7);
+    }
+
+    #[test]
+    fn a_cursor_only_continues_its_own_filters() {
+        let same = PageRequest::parse(&params(&[("from", "2026-11-01T00:00:00+08:00")])).unwrap();
+        let cursor = cursor::encode(CURSOR_TAG, &[&same.filters(), "42"]);
+        let again = PageRequest::parse(&params(&[
+            ("from", "2026-10-31T16:00:00Z"),
+            ("cursor", &cursor),
+        ]))
+        .unwrap();
+        assert_eq!(again.before, Some(42));
+        for other in [
+            params(&[("cursor", &cursor)]),
+            params(&[
+                ("from", "2026-10-31T16:00:00Z"),
+                ("type", "deduct"),
+                ("cursor", &cursor),
+            ]),
+            params(&[
+                ("from", "2026-10-31T16:00:00Z"),
+                ("to", "2026-12-01T00:00:00Z"),
+                ("cursor", &cursor),
+            ]),
+        ] {
+            assert!(PageRequest::parse(&other).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        for bad in [
+            params(&[("type", "refund")]),
+            params(&[("type", "DEDUCT")]),
+            params(&[("from", "yesterday")]),
+            params(&[("to", "2026-13-01T00:00:00Z")]),
+            params(&[
+                ("from", "2026-11-02T00:00:00Z"),
+                ("to", "2026-11-01T00:00:00Z"),
+            ]),
+            params(&[("limit", "0")]),
+            params(&[("cursor", "not a cursor")]),
+            params(&[(
+                "cursor",
+                &cursor::encode(CURSOR_TAG, &["type=;from=;to=", "x"]),
+            )]),
+        ] {
+            assert!(PageRequest::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_adjustments_keep_a_sign() {
+        let row = |kind: &str, amount| RecordRow {
+            record_id: "r".into(),
+            kind: kind.into(),
+            amount_micros: amount,
+            free_micros: 0,
+            balance_micros: 0,
+            balance_after_micros: 0,
+            free_remaining_after_micros: 0,
+            api_id: Some(String::new()),
+            request_id: None,
+            order_no: None,
+            period: "2026-11".into(),
+            version: 1,
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        assert_eq!(record_json(row("adjust", -5)).amount_micros, -5);
+        assert_eq!(record_json(row("deduct", -5)).amount_micros, 5);
+        assert_eq!(record_json(row("deduct", 5)).api_id, None);
+    }
+}

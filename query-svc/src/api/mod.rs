@@ -2,6 +2,7 @@
 //!
 //! - [`account`]: `GET /api/v1/billing/account`.
 //! - [`records`]: `GET /api/v1/billing/records`.
+//! - [`orders`]: `POST /api/v1/billing/recharge`, `GET /api/v1/billing/recharge/orders[/{no}]`.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod command;
 pub mod cursor;
 pub mod error;
+pub mod orders;
 pub mod records;
 
 use axum::{
@@ -37,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(account::router())
         .merge(records::router())
+        .merge(orders::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -17,6 +17,7 @@ use crate::{
 
 pub(super) struct AccountTx<'c> {
     tx: Tx,
+    store: &'c store::Store,
     rules: &'c Rules,
     user_id: &'c str,
     currency: String,
@@ -26,13 +27,15 @@ pub(super) struct AccountTx<'c> {
     state: AccountSnapshot,
     /// A period grant decided but not yet written, with the state before it.
     pending_grant: Option<AccountSnapshot>,
+    /// Whether the transaction wrote outbox rows, so its commit should wake the relay.
+    wrote_events: bool,
     now: DateTime<Utc>,
 }
 
 impl<'c> AccountTx<'c> {
     /// Begins the transaction and locks the account row (which may not exist yet).
     pub async fn lock(
-        store: &store::Store,
+        store: &'c store::Store,
         rules: &'c Rules,
         user_id: &'c str,
         now: DateTime<Utc>,
@@ -49,12 +52,14 @@ impl<'c> AccountTx<'c> {
         };
         Ok(AccountTx {
             tx,
+            store,
             rules,
             user_id,
             currency,
             stored_version,
             state,
             pending_grant: None,
+            wrote_events: false,
             now,
         })
     }
@@ -182,7 +187,9 @@ impl<'c> AccountTx<'c> {
             .rules
             .present_stored(self.user_id, &self.currency, &self.state);
         let event = events::event(Some(&account), self.user_id, kind, self.now);
-        store::insert_event(&mut self.tx, &event, &subject, None, self.now).await
+        store::insert_event(&mut self.tx, &event, &subject, None, self.now).await?;
+        self.wrote_events = true;
+        Ok(())
     }
 
     /// Writes the decided state and commits. Returns the account as committed.
@@ -200,6 +207,9 @@ impl<'c> AccountTx<'c> {
         }
         let out = self.out();
         self.tx.commit().await?;
+        if self.wrote_events {
+            self.store.outbox_written();
+        }
         Ok(out)
     }
 

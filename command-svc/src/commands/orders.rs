@@ -310,6 +310,7 @@ impl Commands {
             .event_subject(event.kind.as_ref().expect("set above"));
         store::insert_event(&mut tx, &event, &subject, None, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        self.store.outbox_written();
         Ok(CallbackResult {
             outcome: CallbackOutcome::Unmatched,
             order: None,

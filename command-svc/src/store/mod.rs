@@ -9,10 +9,11 @@ mod ledger;
 mod orders;
 mod outbox;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use shared::config::DatabaseSettings;
 use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
+use tokio::sync::Notify;
 
 pub use accounts::{AccountRow, create_account, load_account, lock_account, save_account};
 pub use ledger::{
@@ -23,7 +24,9 @@ pub use orders::{
     OrderRow, UnmatchedRow, find_order, find_order_by_key, find_unmatched_by_txn, insert_order,
     insert_unmatched, lock_order, update_order_status,
 };
-pub use outbox::insert_event;
+pub use outbox::{
+    OutboxRow, PURGE_CHUNK, claim_unpublished, insert_event, mark_published, purge_published_chunk,
+};
 
 pub type Tx = Transaction<'static, MySql>;
 
@@ -75,11 +78,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// The connection pool and the retry policy around it.
+/// The connection pool, the retry policy around it, and the outbox relay's wake-up call.
 #[derive(Clone)]
 pub struct Store {
     pool: MySqlPool,
     max_retries: u32,
+    outbox_written: Arc<Notify>,
 }
 
 impl Store {
@@ -88,6 +92,7 @@ impl Store {
         Ok(Store {
             pool: shared::db::connect_lazy(settings)?,
             max_retries: settings.max_retries,
+            outbox_written: Arc::new(Notify::new()),
         })
     }
 
@@ -103,6 +108,18 @@ impl Store {
     /// Ready to take commands: MySQL answers and every migration this build knows is applied.
     pub async fn is_ready(&self) -> bool {
         shared::db::schema_ready(&self.pool).await
+    }
+
+    /// Tells the outbox relay that a transaction which wrote outbox rows has committed, so the
+    /// event leaves now rather than at the next poll. A wake-up given while the relay is busy is
+    /// kept for it (one at most), so none is lost.
+    pub fn outbox_written(&self) {
+        self.outbox_written.notify_one();
+    }
+
+    /// What the outbox relay waits on besides its poll timer.
+    pub fn outbox_notifier(&self) -> Arc<Notify> {
+        Arc::clone(&self.outbox_written)
     }
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {

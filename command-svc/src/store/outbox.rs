@@ -1,9 +1,12 @@
 //! The transactional outbox: each event is written in the transaction of the change it reports,
-//! so an event exists exactly when its change was committed.
+//! so an event exists exactly when its change was committed. The relay ([`crate::bus::relay`])
+//! claims unpublished rows, marks them published once JetStream has acked them, and purges
+//! published rows after retention.
 
 use chrono::{DateTime, Utc};
 use prost::Message;
 use shared::proto::v1::BillingEvent;
+use sqlx::MySqlPool;
 
 use super::{StoreError, Tx};
 
@@ -28,4 +31,64 @@ pub async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// An event waiting to be published.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: u64,
+    pub event_id: String,
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// Locks up to `limit` unpublished rows, oldest id first, for the rest of `tx`.
+///
+/// No id watermark: auto-increment order is not commit order, so a row committed late with a
+/// small id is still found by the next scan. `SKIP LOCKED` leaves rows claimed by another relay
+/// (or still being written by an open transaction) to their owner instead of waiting for them.
+pub async fn claim_unpublished(tx: &mut Tx, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, event_id, subject, payload, traceparent FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Marks claimed rows as published at `at`.
+pub async fn mark_published(tx: &mut Tx, ids: &[u64], at: DateTime<Utc>) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Only placeholders are formatted into the statement; every value is bound.
+    let placeholders = vec!["?"; ids.len()].join(", ");
+    let sql = format!("UPDATE outbox SET published_at = ? WHERE id IN ({placeholders})");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Rows deleted by one purge statement: small enough to keep each statement's locks short.
+pub const PURGE_CHUNK: u64 = 5000;
+
+/// Deletes up to [`PURGE_CHUNK`] rows published before `cutoff`; returns how many it deleted.
+/// Unpublished rows are never touched, however old.
+pub async fn purge_published_chunk(
+    pool: &MySqlPool,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let deleted = sqlx::query(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ? LIMIT ?",
+    )
+    .bind(cutoff)
+    .bind(PURGE_CHUNK)
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
 }

@@ -1,5 +1,6 @@
 //! Builds command-svc from its settings: binds both listeners (port 0 in tests), prepares the
-//! store, and serves gRPC and HTTP until the shutdown signal, then drains within a bounded time.
+//! store, starts the outbox relay, and serves gRPC and HTTP until the shutdown signal, then
+//! drains within a bounded time.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -9,6 +10,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{auth::Callers, grpc::GrpcApi, http, webhook::WebhookKeys},
+    bus::OutboxRelay,
     commands::{Commands, Rules},
     store::Store,
 };
@@ -19,17 +21,28 @@ pub struct Application {
     commands: Commands,
     callers: Callers,
     webhook: WebhookKeys,
+    relay: OutboxRelay,
     shutdown_grace: Duration,
 }
 
 impl Application {
     /// Binds the configured addresses and migrates the database when `migrate_on_start` is set,
-    /// waiting up to a minute for MySQL to answer.
+    /// waiting up to a minute for MySQL to answer. NATS is connected in the background: while it
+    /// is away the service still starts, is ready and takes commands; their events wait in the
+    /// outbox.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
         let store = Store::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;
         }
+        let nats = shared::bus::connect(&settings.nats).await?;
+        let relay = OutboxRelay::new(
+            store.clone(),
+            clock.clone(),
+            nats,
+            &settings.nats,
+            &settings.outbox,
+        );
         let rules = Rules::from_settings(settings)?;
         let grpc_listener = TcpListener::bind(&settings.command.grpc_addr).await?;
         let http_listener = TcpListener::bind(&settings.command.http_addr).await?;
@@ -45,6 +58,7 @@ impl Application {
                 tolerance_secs: i64::try_from(settings.payment.signature_tolerance_secs)
                     .unwrap_or(i64::MAX),
             },
+            relay,
             shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
         })
     }
@@ -65,8 +79,8 @@ impl Application {
         &self.commands
     }
 
-    /// Serves until `shutdown` completes; then stops accepting and gives open calls the grace
-    /// period to finish.
+    /// Serves and relays the outbox until `shutdown` completes; then stops accepting and gives
+    /// open calls, and the relay's batch in hand, the grace period to finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -106,6 +120,7 @@ impl Application {
         let http = axum::serve(self.http_listener, router)
             .with_graceful_shutdown(stopped(stop_rx.clone()));
 
+        let relay = tokio::spawn(self.relay.run(stop_rx.clone()));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await });
@@ -113,16 +128,19 @@ impl Application {
         tracing::info!("command-svc shutting down");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.shutdown_grace, async {
-            let (grpc, http) = tokio::join!(grpc, http);
+            let (grpc, http, relay) = tokio::join!(grpc, http, relay);
             grpc??;
             http??;
+            relay?;
             anyhow::Ok(())
         })
         .await;
         match drained {
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!("open calls did not finish within the grace period");
+                tracing::warn!(
+                    "open calls or the outbox relay did not finish within the grace period"
+                );
                 Ok(())
             }
         }

@@ -1,5 +1,6 @@
-//! One command-svc per test, on ports of its own, with its own database and a clock the test
-//! controls. Clients for each configured caller, and the invariant checks every test can run.
+//! One command-svc per test, on ports of its own, with its own database, NATS streams and
+//! subjects, and a clock the test controls. Clients for each configured caller, and the invariant
+//! checks every test can run.
 
 use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
 
@@ -7,6 +8,7 @@ use chrono::{DateTime, Utc};
 use command_svc::app::Application;
 use prost::Message;
 use shared::{
+    bus::BusNames,
     clock::Clock,
     config::Settings,
     proto::v1::{self as pb, billing_command_service_client::BillingCommandServiceClient},
@@ -54,6 +56,19 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
 }
 
+pub fn nats_url() -> String {
+    std::env::var("BILLING_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A unique tag for one test's names, starting with the time so stale ones can be recognised.
+pub fn unique_tag() -> String {
+    format!(
+        "{}_{}",
+        Utc::now().timestamp(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
 impl TestDb {
     pub async fn create() -> TestDb {
         let name = format!(
@@ -87,8 +102,10 @@ pub struct TestApp {
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// The repository's configuration, pointed at a fresh database and ports chosen by the system.
+/// The repository's configuration, pointed at a fresh database, NATS streams and subjects of the
+/// test's own, and ports chosen by the system.
 pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let tag = unique_tag();
     let mut env = HashMap::from([
         ("BILLING__DATABASE__URL".to_owned(), database_url.to_owned()),
         (
@@ -98,6 +115,19 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         (
             "BILLING__COMMAND__HTTP_ADDR".to_owned(),
             "127.0.0.1:0".to_owned(),
+        ),
+        ("BILLING__NATS__URL".to_owned(), nats_url()),
+        (
+            "BILLING__NATS__STREAM_PREFIX".to_owned(),
+            format!("T{tag}_"),
+        ),
+        (
+            "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
+            format!("t{tag}"),
+        ),
+        (
+            "BILLING__OUTBOX__POLL_INTERVAL_MS".to_owned(),
+            "50".to_owned(),
         ),
         ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
     ]);
@@ -197,9 +227,34 @@ impl TestApp {
         }
     }
 
-    /// Drops the test's database; called at the end of a test that passed.
+    /// The test's own stream and subject names.
+    pub fn bus_names(&self) -> BusNames {
+        BusNames::from_settings(&self.settings.nats)
+    }
+
+    /// Deletes the test's three streams, if their server can be reached.
+    pub async fn delete_streams(&self) {
+        let connect = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(&self.settings.nats.url);
+        let Ok(Ok(nats)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+            return;
+        };
+        let js = async_nats::jetstream::new(nats);
+        let names = self.bus_names();
+        for stream in [
+            names.events_stream(),
+            names.dlq_stream(),
+            names.commands_stream(),
+        ] {
+            let _ = js.delete_stream(stream).await;
+        }
+    }
+
+    /// Drops the test's database and streams; called at the end of a test that passed.
     pub async fn cleanup(mut self) {
         self.stop().await;
+        self.delete_streams().await;
         self.db.close().await;
         let mut conn = MySqlConnection::connect(&admin_url()).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -1,0 +1,9 @@
+//! command-svc on the message bus (NATS JetStream; names and streams in [`shared::bus`]).
+//!
+//! - [`relay`]: the transactional-outbox relay. Commands never talk to NATS: they write their
+//!   events into the `outbox` table in their own MySQL transaction, and the relay publishes what
+//!   was committed, so NATS being away only delays events, it never loses or blocks a command.
+
+pub mod relay;
+
+pub use relay::OutboxRelay;

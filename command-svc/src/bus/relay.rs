@@ -1,0 +1,375 @@
+//! The outbox relay: publishes every committed event to JetStream and marks it published only
+//! after JetStream has acked it.
+//!
+//! One round claims a batch of unpublished rows in a MySQL transaction (`FOR UPDATE SKIP
+//! LOCKED`, so replicas never publish the same row at once), publishes them all with
+//! `Nats-Msg-Id` = event id, awaits every ack, then marks the rows and commits. Any failure rolls
+//! the round back: the rows stay unpublished and are published again later, which JetStream
+//! deduplicates within its window and consumers tolerate after it (they dedupe by event id).
+//! So a committed event is published at least once and never lost; it is marked at most once.
+//!
+//! The relay wakes when a command commits events and polls besides, for rows written by other
+//! replicas or committed while it was busy. Published rows are kept for the retention period, so
+//! events can be re-published after a bus failure, then purged in bounded chunks.
+
+use std::{future::IntoFuture, sync::Arc, time::Duration};
+
+use async_nats::{
+    connection::State,
+    jetstream::{
+        self,
+        context::{PublishError, PublishErrorKind},
+        message::PublishMessage,
+    },
+};
+use shared::{
+    bus::{BusNames, TRACEPARENT_HEADER},
+    clock::Clock,
+    config::{NatsSettings, OutboxSettings},
+};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+
+use crate::store::{self, OutboxRow, PURGE_CHUNK, Store, StoreError};
+
+/// The shortest and longest pause after a failed round or a failed stream set-up.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// NATS not connected for this long is an outage worth a warning (a connection still being
+/// made at start-up is not), repeated this often while it lasts.
+const OUTAGE_GRACE: Duration = Duration::from_secs(5);
+const OUTAGE_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Publishes the outbox and purges it; one per command-svc process.
+pub struct OutboxRelay {
+    store: Store,
+    clock: Clock,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    names: BusNames,
+    nats_settings: NatsSettings,
+    batch_size: u32,
+    poll_interval: Duration,
+    publish_timeout: Duration,
+    retention: chrono::Duration,
+    purge_interval: Duration,
+    wake: Arc<Notify>,
+}
+
+/// What one publishing round found.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    /// A full batch went out: more rows may be waiting, so claim again at once.
+    Full,
+    /// Fewer rows than a batch (or none): the outbox is drained for now.
+    Drained,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("publish failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("JetStream did not ack the batch within {0:?}")]
+    AckTimeout(Duration),
+}
+
+impl RoundError {
+    /// No stream takes the subject: the stream was deleted (or the server lost its store), so
+    /// the streams must be created again before publishing.
+    fn stream_missing(&self) -> bool {
+        matches!(self, RoundError::Publish(error) if error.kind() == PublishErrorKind::StreamNotFound)
+    }
+}
+
+impl OutboxRelay {
+    /// A relay over `store`'s outbox, publishing through `nats` (which may not be connected
+    /// yet: the relay waits for it). `clock` stamps `published_at` and dates the purge.
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        nats: async_nats::Client,
+        nats_settings: &NatsSettings,
+        settings: &OutboxSettings,
+    ) -> Self {
+        let publish_timeout = Duration::from_millis(settings.publish_timeout_ms.max(1));
+        let mut js = jetstream::new(nats.clone());
+        // Bounds each ack (and the stream set-up requests) by the configured publish timeout.
+        js.set_timeout(publish_timeout);
+        let retention_hours = i64::try_from(settings.retention_hours).unwrap_or(i64::MAX);
+        OutboxRelay {
+            wake: store.outbox_notifier(),
+            store,
+            clock,
+            nats,
+            js,
+            names: BusNames::from_settings(nats_settings),
+            nats_settings: nats_settings.clone(),
+            batch_size: settings.batch_size.max(1),
+            poll_interval: Duration::from_millis(settings.poll_interval_ms.max(1)),
+            publish_timeout,
+            retention: chrono::Duration::try_hours(retention_hours)
+                .unwrap_or(chrono::Duration::MAX),
+            purge_interval: Duration::from_secs(settings.purge_interval_secs.max(1)),
+        }
+    }
+
+    /// Publishes and purges until `stop` turns true. Publishing needs NATS and purging only
+    /// MySQL, so they run side by side and neither waits for the other's dependency.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        tokio::join!(self.publish_loop(stop.clone()), self.purge_loop(stop));
+        tracing::debug!("outbox relay stopped");
+    }
+
+    /// Ensures the streams, then publishes round after round: at once after a full batch, on a
+    /// commit's wake-up or the poll timer otherwise, after a growing pause when a round failed.
+    /// While NATS is not connected nothing is claimed: a publish would only be buffered by the
+    /// client, and the claimed rows locked for a whole ack timeout. A round in hand is always
+    /// finished or rolled back before the stop is obeyed.
+    async fn publish_loop(&self, mut stop: watch::Receiver<bool>) {
+        let mut outage = OutageLog::default();
+        let mut failures = 0_u32;
+        loop {
+            if !self.ensure_streams(&mut stop, &mut outage).await {
+                return;
+            }
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                if !outage.connected(&self.nats) {
+                    if self.idle(&mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+                match self.publish_round().await {
+                    Ok(Round::Full) => failures = 0,
+                    Ok(Round::Drained) => {
+                        failures = 0;
+                        if self.idle(&mut stop).await {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        tracing::warn!(
+                            %error,
+                            failures,
+                            "outbox batch not published; it stays in the outbox and is retried"
+                        );
+                        if pause(&mut stop, backoff(failures)).await {
+                            return;
+                        }
+                        if error.stream_missing() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the streams or updates them to the configured settings, once NATS is connected,
+    /// retrying with backoff; false when the stop came first.
+    async fn ensure_streams(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        outage: &mut OutageLog,
+    ) -> bool {
+        let mut failures = 0_u32;
+        loop {
+            if !outage.connected(&self.nats) {
+                if self.idle(stop).await {
+                    return false;
+                }
+                continue;
+            }
+            let ensured = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return false,
+                ensured = shared::bus::ensure_streams(&self.js, &self.names, &self.nats_settings) => ensured,
+            };
+            match ensured {
+                Ok(()) => return true,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(
+                        %error,
+                        failures,
+                        "cannot set up the JetStream streams; events wait in the outbox"
+                    );
+                    if pause(stop, backoff(failures)).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a commit's wake-up or the poll interval; true when the relay must stop.
+    async fn idle(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => true,
+            () = self.wake.notified() => false,
+            () = tokio::time::sleep(self.poll_interval) => false,
+        }
+    }
+
+    /// Claims one batch, publishes it, and marks it published once every row is acked.
+    async fn publish_round(&self) -> Result<Round, RoundError> {
+        let mut tx = self.store.begin().await?;
+        let rows = store::claim_unpublished(&mut tx, self.batch_size).await?;
+        if rows.is_empty() {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(Round::Drained);
+        }
+        let ids: Vec<u64> = rows.iter().map(|row| row.id).collect();
+        let duplicates = match self.publish(rows).await {
+            Ok(duplicates) => duplicates,
+            Err(error) => {
+                // Releases the claim; the rows are published again by a later round.
+                let _ = tx.rollback().await;
+                return Err(error);
+            }
+        };
+        store::mark_published(&mut tx, &ids, self.clock.now()).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::debug!(published = ids.len(), duplicates, "outbox batch published");
+        Ok(if ids.len() == self.batch_size as usize {
+            Round::Full
+        } else {
+            Round::Drained
+        })
+    }
+
+    /// Sends every row, then awaits all the acks together, so a batch costs one round trip
+    /// rather than one per event. Returns how many acks JetStream flagged as duplicates: rows
+    /// published before whose marking was lost, which count as published.
+    async fn publish(&self, rows: Vec<OutboxRow>) -> Result<usize, RoundError> {
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut message = PublishMessage::build()
+                .payload(row.payload.into())
+                .message_id(&row.event_id);
+            if let Some(traceparent) = row.traceparent {
+                message = message.header(TRACEPARENT_HEADER, traceparent);
+            }
+            acks.push(self.js.send_publish(row.subject, message).await?);
+        }
+        let all_acked =
+            futures::future::try_join_all(acks.into_iter().map(IntoFuture::into_future));
+        let acked = tokio::time::timeout(self.publish_timeout, all_acked)
+            .await
+            .map_err(|_| RoundError::AckTimeout(self.publish_timeout))??;
+        Ok(acked.iter().filter(|ack| ack.duplicate).count())
+    }
+
+    /// Every `purge_interval`, deletes rows published longer than the retention ago.
+    async fn purge_loop(&self, mut stop: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.purge_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = ticks.tick() => {}
+            }
+            let cutoff = self
+                .clock
+                .now()
+                .checked_sub_signed(self.retention)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            match self.purge(cutoff, &stop).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::debug!(deleted, %cutoff, "published outbox rows purged"),
+                Err(error) => {
+                    tracing::warn!(%error, "outbox purge failed; retried at the next interval")
+                }
+            }
+        }
+    }
+
+    /// Deletes in chunks, so no statement holds many locks for long, until a chunk comes back
+    /// short (nothing older is left) or the relay is stopping.
+    async fn purge(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = store::purge_published_chunk(self.store.pool(), cutoff).await?;
+            total += deleted;
+            if deleted < PURGE_CHUNK || *stop.borrow() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Reports NATS being unreachable without flooding the log: after a short grace, then once a
+/// minute while it lasts, and once when it is back.
+#[derive(Default)]
+struct OutageLog {
+    since: Option<Instant>,
+    warned_at: Option<Instant>,
+}
+
+impl OutageLog {
+    fn connected(&mut self, nats: &async_nats::Client) -> bool {
+        let now = Instant::now();
+        if nats.connection_state() == State::Connected {
+            if let Some(since) = self.since.take()
+                && self.warned_at.take().is_some()
+            {
+                tracing::info!(outage = ?(now - since), "NATS is back; publishing the outbox");
+            }
+            return true;
+        }
+        let since = *self.since.get_or_insert(now);
+        let due = self
+            .warned_at
+            .is_none_or(|at| now - at >= OUTAGE_WARN_EVERY);
+        if now - since >= OUTAGE_GRACE && due {
+            self.warned_at = Some(now);
+            tracing::warn!(
+                outage = ?(now - since),
+                "NATS is not connected; events wait in the outbox"
+            );
+        }
+        false
+    }
+}
+
+/// Sleeps for `duration` unless the stop comes first; true when the relay must stop.
+async fn pause(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|stop| *stop) => true,
+        () = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// 100 ms after the first failure, doubling up to 5 s.
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(2_u32.saturating_pow(failures.saturating_sub(1)))
+        .min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100_ms_up_to_5_s() {
+        let steps: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(steps, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}

@@ -93,7 +93,8 @@ impl SnapshotCache {
     /// The stored snapshot, or `None` when absent or when Redis cannot answer.
     pub async fn get(&self, user_id: &str) -> Option<CachedSnapshot> {
         let mut connection = self.connection().await?;
-        let reply: Result<(Option<i64>, Option<Vec<u8>>, Option<i64>), _> = redis::cmd("HMGET")
+        type Fields = (Option<i64>, Option<Vec<u8>>, Option<i64>);
+        let reply: Result<Fields, _> = redis::cmd("HMGET")
             .arg(self.key(user_id))
             .arg(&["version", "state", "updated_at"])
             .query_async(&mut connection)

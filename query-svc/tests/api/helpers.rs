@@ -153,7 +153,6 @@ pub struct Stack {
     pub db_name: String,
     pub names: BusNames,
     pub grpc_addr: std::net::SocketAddr,
-    pub command_http: std::net::SocketAddr,
     pub query_http: std::net::SocketAddr,
     command: Option<Running>,
     query: Option<Running>,
@@ -173,7 +172,7 @@ pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack
     let command = command_svc::app::Application::build(&settings, clock.clone())
         .await
         .expect("command-svc builds");
-    let (grpc_addr, command_http) = (command.grpc_addr(), command.http_addr());
+    let grpc_addr = command.grpc_addr();
     let command = run(|stopped| {
         tokio::spawn(command.run_until_stopped(async move {
             let _ = stopped.await;
@@ -198,7 +197,6 @@ pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack
         db,
         db_name,
         grpc_addr,
-        command_http,
         query_http,
         command: Some(command),
         query: Some(query),

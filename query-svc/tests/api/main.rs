@@ -1,5 +1,6 @@
 //! query-svc with command-svc, against real MariaDB, Redis and NATS: one stack per test.
 
+mod end_to_end;
 mod helpers;
 mod support;
 

@@ -174,8 +174,13 @@ async fn outbox_events(stack: &Stack) -> Vec<(String, Vec<u8>)> {
         .unwrap()
 }
 
-async fn publish(subject: &str, payload: Vec<u8>, message_id: &str) {
+/// Publishes on the test's events stream, which may not exist yet when a test starts (query-svc
+/// and command-svc create it in the background).
+async fn publish(stack: &Stack, subject: &str, payload: Vec<u8>, message_id: &str) {
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    shared::bus::ensure_streams(&js, &stack.names, &stack.settings.nats)
+        .await
+        .unwrap();
     js.send_publish(
         subject.to_owned(),
         PublishMessage::build()
@@ -204,14 +209,14 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
     let mut events = outbox_events(&stack).await;
     events.reverse();
     for (index, (subject, payload)) in events.iter().enumerate() {
-        publish(subject, payload.clone(), &format!("again-{index}")).await;
+        publish(&stack, subject, payload.clone(), &format!("again-{index}")).await;
     }
     // And once more inside the window, with the original ids, which JetStream drops.
     for (subject, payload) in &events {
         let id = pb::BillingEvent::decode(payload.as_slice())
             .unwrap()
             .event_id;
-        publish(subject, payload.clone(), &id).await;
+        publish(&stack, subject, payload.clone(), &id).await;
     }
     // A marker event after them: once it is projected, so are the duplicates before it.
     let marker = new_user("marker");
@@ -282,7 +287,13 @@ async fn a_read_model_rebuilt_from_shuffled_events_equals_the_write_model() {
             front += 1;
             &events[front - 1]
         };
-        publish(subject, payload.clone(), &format!("shuffled-{index}")).await;
+        publish(
+            &stack,
+            subject,
+            payload.clone(),
+            &format!("shuffled-{index}"),
+        )
+        .await;
         index += 1;
     }
     for user in &users {
@@ -311,8 +322,9 @@ async fn an_event_this_build_cannot_read_goes_to_the_dead_letter_stream() {
         ..Default::default()
     };
     let subject = format!("t{}.v1.events.quota_reserved", stack.tag);
-    publish(&subject, newer.encode_to_vec(), "future-1").await;
+    publish(&stack, &subject, newer.encode_to_vec(), "future-1").await;
     publish(
+        &stack,
         &format!("t{}.v1.events.quota_deducted", stack.tag),
         b"\xff\x01 not protobuf".to_vec(),
         "garbage-1",

@@ -232,6 +232,14 @@ impl TestApp {
         BusNames::from_settings(&self.settings.nats)
     }
 
+    /// A JetStream context on the NATS server this service publishes to.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let nats = async_nats::connect(&self.settings.nats.url)
+            .await
+            .expect("the test's NATS is reachable");
+        async_nats::jetstream::new(nats)
+    }
+
     /// Deletes the test's three streams, if their server can be reached.
     pub async fn delete_streams(&self) {
         let connect = async_nats::ConnectOptions::new()
@@ -541,5 +549,27 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         Kind::RechargeOrderCreated(_)
         | Kind::RechargeOrderFailed(_)
         | Kind::PaymentUnmatched(_) => None,
+    }
+}
+
+// ---- waiting --------------------------------------------------------------------------------
+
+/// Polls `probe` until it returns `Some`, for at most `limit`; `what` names the awaited
+/// condition in the failure.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

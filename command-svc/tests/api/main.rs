@@ -1,13 +1,16 @@
-//! command-svc against a real MariaDB: one service and one database per test.
+//! command-svc against a real MariaDB and NATS: one service, one database and one set of streams
+//! per test.
 
 mod helpers;
 mod mariadb;
+mod nats;
 
 mod charges;
 mod conservation;
 mod outage;
 mod payments;
 mod periods;
+mod relay;
 mod schema;
 mod scopes;
 mod validation;

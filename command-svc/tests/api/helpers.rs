@@ -149,8 +149,31 @@ pub async fn spawn_app_at(now: DateTime<Utc>, overrides: &[(&str, &str)]) -> Tes
     spawn_with(settings, Clock::manual(now), db.name).await
 }
 
+/// Test streams are named `T<unix seconds>_<hex>_…`; those of runs that ended without cleaning
+/// up (a panic, a killed run) are deleted once they are two hours old, so the shared NATS server
+/// does not collect them. Every test suite of the workspace names its streams this way.
+async fn sweep_stale_test_streams() {
+    use futures::TryStreamExt;
+    let Ok(client) = async_nats::connect(nats_url()).await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap_or_default();
+    let cutoff = Utc::now().timestamp() - 2 * 3600;
+    for name in names {
+        let created = name
+            .strip_prefix('T')
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<i64>().ok());
+        if created.is_some_and(|secs| secs < cutoff) {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+}
+
 pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> TestApp {
     shared::telemetry::init(&settings.telemetry);
+    sweep_stale_test_streams().await;
     let app = Application::build(&settings, clock.clone())
         .await
         .expect("the service builds");

@@ -21,6 +21,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub nats: NatsSettings,
     pub outbox: OutboxSettings,
+    pub reset: ResetSettings,
     pub billing: BillingSettings,
     pub auth: AuthSettings,
     pub payment: PaymentSettings,
@@ -112,6 +113,17 @@ pub struct OutboxSettings {
     pub purge_interval_secs: u64,
     /// How long a publish may wait for JetStream's ack (milliseconds).
     pub publish_timeout_ms: u64,
+}
+
+/// The monthly free-quota reset as command-svc carries it out.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ResetSettings {
+    /// The durable consumer on `BILLING_COMMANDS` shared by every command-svc replica.
+    pub consumer_name: String,
+    /// Accounts locked and granted per transaction.
+    pub batch_size: u32,
+    /// JetStream redelivers a command not acked (nor marked in progress) for this long.
+    pub ack_wait_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -353,6 +365,10 @@ outbox:
   retention_hours: 24
   purge_interval_secs: 60
   publish_timeout_ms: 5000
+reset:
+  consumer_name: command-svc
+  batch_size: 1000
+  ack_wait_secs: 60
 billing:
   currency: CNY
   default_monthly_free_micros: 10000000

@@ -1,0 +1,79 @@
+//! Publishing the reset command. Its `Nats-Msg-Id` is `reset-free-quota:<period>`, so two
+//! replicas, a restart, or the start-up publication and the midnight firing together reach
+//! command-svc once within JetStream's window; after it, a second run grants nothing new anyway.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use prost::Message;
+use shared::{
+    bus::{self, BusNames},
+    config::NatsSettings,
+    period::Period,
+    proto::v1::ResetFreeQuota,
+};
+use tokio::sync::watch;
+
+/// The command id the scheduler uses for `period`.
+pub fn command_id(period: Period) -> String {
+    format!("reset-free-quota:{period}")
+}
+
+/// Publishes `ResetFreeQuota{period}` and waits for JetStream's ack (a duplicate ack counts).
+pub async fn publish_reset(
+    js: &jetstream::Context,
+    names: &BusNames,
+    command_id: &str,
+    period: Period,
+    issued_at_ms: i64,
+) -> anyhow::Result<()> {
+    let command = ResetFreeQuota {
+        command_id: command_id.to_owned(),
+        period: period.to_string(),
+        issued_at_ms,
+    };
+    let message = PublishMessage::build()
+        .payload(command.encode_to_vec().into())
+        .message_id(command_id);
+    js.send_publish(names.reset_free_quota_subject(), message)
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// Publishes until JetStream acks, creating the streams first if needed, backing off between
+/// tries. `false` when asked to stop first.
+pub async fn publish_until_acked(
+    js: &jetstream::Context,
+    names: &BusNames,
+    nats: &NatsSettings,
+    period: Period,
+    issued_at_ms: i64,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let id = command_id(period);
+    let mut attempt = 0_u32;
+    loop {
+        let published = async {
+            bus::ensure_streams(js, names, nats).await?;
+            publish_reset(js, names, &id, period, issued_at_ms).await
+        };
+        match published.await {
+            Ok(()) => {
+                tracing::info!(%period, command_id = %id, "reset command published");
+                metrics::counter!("billing_scheduler_reset_published_total").increment(1);
+                return true;
+            }
+            Err(error) => {
+                attempt += 1;
+                metrics::counter!("billing_scheduler_publish_failures_total").increment(1);
+                tracing::warn!(%error, %period, attempt, "reset command not published yet; retrying");
+                let delay = Duration::from_millis(200 * 2_u64.pow(attempt.min(5)));
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

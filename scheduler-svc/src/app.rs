@@ -154,10 +154,10 @@ fn schedule_next(
                 let scheduler = scheduler.clone();
                 Box::pin(async move {
                     fire_at(&scheduler, fire).await;
-                    if !*scheduler.stop.borrow() {
-                        if let Err(error) = schedule_next(jobs, scheduler.clone()).await {
-                            tracing::error!(%error, "the next reset could not be scheduled");
-                        }
+                    if !*scheduler.stop.borrow()
+                        && let Err(error) = schedule_next(jobs, scheduler.clone()).await
+                    {
+                        tracing::error!(%error, "the next reset could not be scheduled");
                     }
                 })
             },

@@ -10,7 +10,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{auth::Callers, grpc::GrpcApi, http, webhook::WebhookKeys},
-    bus::OutboxRelay,
+    bus::{OutboxRelay, ResetConsumer},
     commands::{Commands, Rules},
     store::Store,
 };
@@ -22,6 +22,7 @@ pub struct Application {
     callers: Callers,
     webhook: WebhookKeys,
     relay: OutboxRelay,
+    reset: ResetConsumer,
     shutdown_grace: Duration,
 }
 
@@ -39,11 +40,13 @@ impl Application {
         let relay = OutboxRelay::new(
             store.clone(),
             clock.clone(),
-            nats,
+            nats.clone(),
             &settings.nats,
             &settings.outbox,
         );
         let rules = Rules::from_settings(settings)?;
+        let commands = Commands::new(store, clock, rules);
+        let reset = ResetConsumer::new(commands.clone(), nats, &settings.nats, &settings.reset);
         let grpc_listener = TcpListener::bind(&settings.command.grpc_addr).await?;
         let http_listener = TcpListener::bind(&settings.command.http_addr).await?;
         let mut secrets = vec![settings.payment.webhook_secret.clone()];
@@ -51,7 +54,7 @@ impl Application {
         Ok(Application {
             grpc_listener,
             http_listener,
-            commands: Commands::new(store, clock, rules),
+            commands,
             callers: Callers::new(&settings.auth.callers),
             webhook: WebhookKeys {
                 secrets,
@@ -59,6 +62,7 @@ impl Application {
                     .unwrap_or(i64::MAX),
             },
             relay,
+            reset,
             shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
         })
     }
@@ -121,6 +125,7 @@ impl Application {
             .with_graceful_shutdown(stopped(stop_rx.clone()));
 
         let relay = tokio::spawn(self.relay.run(stop_rx.clone()));
+        let reset = tokio::spawn(self.reset.run(stop_rx.clone()));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await });
@@ -128,7 +133,8 @@ impl Application {
         tracing::info!("command-svc shutting down");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.shutdown_grace, async {
-            let (grpc, http, relay) = tokio::join!(grpc, http, relay);
+            let (grpc, http, relay, reset) = tokio::join!(grpc, http, relay, reset);
+            reset?;
             grpc??;
             http??;
             relay?;

@@ -44,6 +44,8 @@ impl Application {
     /// `/readyz` says not ready, while NATS is away).
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
         let schedule = FireSchedule::new(&settings.scheduler.cron, settings.billing.zone()?)?;
+        // Installed before anything is counted.
+        shared::telemetry::metrics();
         let nats = shared::bus::connect(&settings.nats).await?;
         let listener = TcpListener::bind(&settings.scheduler.http_addr).await?;
         Ok(Application {

@@ -4,6 +4,10 @@
 //!   events into the `outbox` table in their own MySQL transaction, and the relay publishes what
 //!   was committed, so NATS being away only delays events, it never loses or blocks a command.
 
+//! - [`reset`]: the consumer of `BILLING_COMMANDS` that carries out the monthly reset.
+
 pub mod relay;
+pub mod reset;
 
 pub use relay::OutboxRelay;
+pub use reset::ResetConsumer;

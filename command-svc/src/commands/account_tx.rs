@@ -113,17 +113,13 @@ impl<'c> AccountTx<'c> {
             self.stored_version = granted.version;
         }
         let record_id = events::new_id();
-        sqlx::query(
-            "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(self.user_id)
-        .bind(granted.period.to_string())
-        .bind(granted.free_granted.get())
-        .bind(&record_id)
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await?;
+        let grant = store::Grant {
+            user_id: self.user_id,
+            period: granted.period.to_string(),
+            granted_micros: granted.free_granted.get(),
+            record_id: &record_id,
+        };
+        store::insert_grants(&mut self.tx, &[grant], self.now).await?;
         let entry = LedgerEntry {
             record_id: &record_id,
             user_id: self.user_id,

@@ -6,6 +6,7 @@ mod account_tx;
 mod adjust;
 mod charge;
 mod orders;
+mod reset;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use shared::{
 pub use adjust::Adjusted;
 pub use charge::{Charged, Checked};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
+pub use reset::{ResetBatch, ResetRefused};
 
 use crate::{
     events::AccountOut,

@@ -139,3 +139,58 @@ pub async fn save_account(
         ))))
     }
 }
+
+/// Locks the next `limit` accounts after `after` in primary-key order, the order every command
+/// that locks several accounts takes them in, so two such commands never deadlock.
+pub async fn lock_accounts_after(
+    tx: &mut Tx,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<AccountRow>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE user_id > ? ORDER BY user_id LIMIT ? FOR UPDATE"
+    );
+    Ok(sqlx::query_as(SQL)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?)
+}
+
+/// Writes the states of several locked accounts with one statement.
+pub async fn save_accounts(
+    tx: &mut Tx,
+    accounts: &[(&str, &str, AccountSnapshot)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    // Every row exists and is locked: the insert half never applies, the update half does.
+    let mut upsert = sqlx::QueryBuilder::new(
+        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+    );
+    upsert.push_values(accounts, |mut row, (user_id, currency, state)| {
+        row.push_bind(*user_id)
+            .push_bind(*currency)
+            .push_bind(state.balance.get())
+            .push_bind(state.period.to_string())
+            .push_bind(state.free_granted.get())
+            .push_bind(state.free_used.get())
+            .push_bind(state.monthly_free.get())
+            .push_bind(state.version)
+            .push_bind(now)
+            .push_bind(now);
+    });
+    upsert.push(
+        " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), period = VALUES(period), \
+         free_granted_micros = VALUES(free_granted_micros), free_used_micros = VALUES(free_used_micros), \
+         monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
+         updated_at = VALUES(updated_at)",
+    );
+    upsert.build().execute(&mut **tx).await?;
+    Ok(())
+}

@@ -191,3 +191,52 @@ pub async fn find_credit_by_txn<'e>(
         .fetch_optional(executor)
         .await?)
 }
+
+/// Appends many rows with one statement (the monthly reset, a batch of charges). Rows are written
+/// in the order given.
+pub async fn insert_entries(tx: &mut Tx, entries: &[LedgerEntry<'_>]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
+         balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
+         free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
+         free_used_after_micros, request_id, api_id, description, order_no, provider_txn_id, \
+         adjustment_id, reason, actor, created_at) ",
+    );
+    insert.push_values(entries, |mut row, entry| {
+        let LedgerEntry {
+            before,
+            after,
+            refs,
+            ..
+        } = entry;
+        row.push_bind(entry.record_id)
+            .push_bind(entry.user_id)
+            .push_bind(after.version)
+            .push_bind(entry.kind.as_str())
+            .push_bind(entry.amount.get())
+            .push_bind(entry.free.get())
+            .push_bind(entry.balance.get())
+            .push_bind(after.period.to_string())
+            .push_bind(before.period.to_string())
+            .push_bind(before.balance.get())
+            .push_bind(after.balance.get())
+            .push_bind(before.free_granted.get())
+            .push_bind(after.free_granted.get())
+            .push_bind(before.free_used.get())
+            .push_bind(after.free_used.get())
+            .push_bind(refs.request_id)
+            .push_bind(refs.api_id)
+            .push_bind(refs.description)
+            .push_bind(refs.order_no)
+            .push_bind(refs.provider_txn_id)
+            .push_bind(refs.adjustment_id)
+            .push_bind(refs.reason)
+            .push_bind(refs.actor)
+            .push_bind(entry.created_at);
+    });
+    insert.build().execute(&mut **tx).await?;
+    Ok(())
+}

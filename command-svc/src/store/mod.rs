@@ -5,6 +5,7 @@
 //! (`FOR UPDATE` on the account first, always), so correctness rests on locks and unique keys.
 
 mod accounts;
+mod grants;
 mod ledger;
 mod orders;
 mod outbox;
@@ -15,17 +16,22 @@ use shared::config::DatabaseSettings;
 use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 use tokio::sync::Notify;
 
-pub use accounts::{AccountRow, create_account, load_account, lock_account, save_account};
+pub use accounts::{
+    AccountRow, create_account, load_account, lock_account, lock_accounts_after, save_account,
+    save_accounts,
+};
+pub use grants::{Grant, insert_grants};
 pub use ledger::{
     LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_credit_by_txn,
-    insert_entry,
+    insert_entries, insert_entry,
 };
 pub use orders::{
     OrderRow, UnmatchedRow, find_order, find_order_by_key, find_unmatched_by_txn, insert_order,
     insert_unmatched, lock_order, update_order_status,
 };
 pub use outbox::{
-    OutboxRow, PURGE_CHUNK, claim_unpublished, insert_event, mark_published, purge_published_chunk,
+    OutboxRow, PURGE_CHUNK, claim_unpublished, insert_event, insert_events, mark_published,
+    purge_published_chunk,
 };
 
 pub type Tx = Transaction<'static, MySql>;

@@ -33,6 +33,30 @@ pub async fn insert_event(
     Ok(())
 }
 
+/// Appends many events with one statement; each with its subject, none with a trace context.
+pub async fn insert_events(
+    tx: &mut Tx,
+    events: &[(BillingEvent, String)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO outbox (event_id, user_id, subject, payload, traceparent, created_at) ",
+    );
+    insert.push_values(events, |mut row, (event, subject)| {
+        row.push_bind(&event.event_id)
+            .push_bind(&event.user_id)
+            .push_bind(subject)
+            .push_bind(event.encode_to_vec())
+            .push_bind(None::<String>)
+            .push_bind(now);
+    });
+    insert.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// An event waiting to be published.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OutboxRow {

@@ -596,3 +596,90 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A command-svc in a runtime of its own, so a test can kill it outright: every task stops at
+/// once, open transactions die with their connections, unacked messages come back later.
+pub struct Killable {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+pub async fn spawn_killable(settings: Settings, clock: Clock) -> Killable {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ready, built) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let app = Application::build(&settings, clock)
+            .await
+            .expect("the service builds");
+        let _ = ready.send(());
+        let _ = app.run_until_stopped(std::future::pending()).await;
+    });
+    built.await.expect("the killable service started");
+    Killable {
+        runtime: Some(runtime),
+    }
+}
+
+impl Killable {
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Publishes a reset command on the app's commands stream, as the scheduler or an operator does.
+pub async fn publish_reset(settings: &Settings, command_id: &str, period: &str) {
+    use prost::Message;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let names = shared::bus::BusNames::from_settings(&settings.nats);
+    shared::bus::ensure_streams(&js, &names, &settings.nats)
+        .await
+        .unwrap();
+    let command = pb::ResetFreeQuota {
+        command_id: command_id.into(),
+        period: period.into(),
+        issued_at_ms: 0,
+    };
+    let message = async_nats::jetstream::message::PublishMessage::build()
+        .payload(command.encode_to_vec().into())
+        .message_id(command_id);
+    js.send_publish(names.reset_free_quota_subject(), message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Waits until the reset `command_id` has finished; returns how many accounts it granted.
+pub async fn reset_finished(pool: &MySqlPool, command_id: &str, limit: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let row: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT accounts_granted, finished_at FROM command_progress WHERE command_id = ?",
+        )
+        .bind(command_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some((granted, Some(_))) = row {
+            return granted;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reset {command_id} not finished within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

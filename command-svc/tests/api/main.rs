@@ -11,6 +11,7 @@ mod outage;
 mod payments;
 mod periods;
 mod relay;
+mod reset;
 mod schema;
 mod scopes;
 mod validation;

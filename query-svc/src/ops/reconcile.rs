@@ -303,15 +303,17 @@ pub async fn refresh_snapshot(
     .bind(user)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(account) = written else {
-        return Ok(());
-    };
     if force {
+        // Replaces whatever is there; a snapshot of an account the write model does not have
+        // is only removed.
         sqlx::query("DELETE FROM rm_accounts WHERE user_id = ?")
             .bind(user)
             .execute(&mut *conn)
             .await?;
     }
+    let Some(account) = written else {
+        return Ok(());
+    };
     let snapshot = writes::SnapshotRow {
         user_id: &account.user_id,
         currency: &account.currency,

@@ -88,7 +88,15 @@ impl Projector {
         let js = jetstream::new(self.nats.clone());
         let mut attempt = 0;
         while !*stop.borrow() {
-            match self.consume(&js, &mut stop).await {
+            // Setting up the consumer waits on NATS; the stop must not wait for NATS. Stopping
+            // inside a batch is safe: its transaction rolls back or its acks are never sent, and
+            // the redelivered events are absorbed.
+            let mut consuming = stop.clone();
+            let consumed = tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                consumed = self.consume(&js, &mut consuming) => consumed,
+            };
+            match consumed {
                 Ok(()) => return Ok(()),
                 Err(error) => {
                     tracing::warn!(%error, "event consumer interrupted; reconnecting");

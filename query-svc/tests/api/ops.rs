@@ -107,7 +107,23 @@ async fn reconcile_reports_every_difference_and_repairs_them() {
             .await
     );
 
+    let stray = new_user("stray");
+    sqlx::query(
+        "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, updated_at) VALUES (?, 'CNY', 5, '2026-11', 0, 0, 0, 1, NOW(6))",
+    )
+    .bind(&stray)
+    .execute(&stack.db)
+    .await
+    .unwrap();
+
     let found = differences(&stack, true).await;
+    assert!(
+        found
+            .iter()
+            .any(|d| d.user_id == stray && d.what.contains("does not")),
+        "{found:#?}"
+    );
     let about = |user: &str, words: &str| {
         found
             .iter()

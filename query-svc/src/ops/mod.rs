@@ -1,4 +1,4 @@
-//! Operations on the read model, run from the command line (`query-svc <command>`) while the
+//! Operations on the read model, run from the command line (`billingctl <command>`) while the
 //! service keeps running:
 //! - [`rebuild`]: the read model rebuilt from the ledger into shadow tables, swapped in at once;
 //! - [`reconcile`]: read and write models compared at equal versions, every difference printed,

@@ -1,0 +1,257 @@
+//! `billingctl`: the operators' command line. It reads the same configuration as the services
+//! (`-conf PATH` / `--config PATH`, default `configs/config.yaml`, `BILLING__` overrides).
+//!
+//! ```text
+//! billingctl reset-free-quota --period 2026-12     publish a reset (a re-run, with its own id)
+//! billingctl reconcile [--repair]                  compare read and write models; exit 1 on differences
+//! billingctl rebuild-read-model                    rebuild the read model from the ledger, swap it in
+//! billingctl dlq list | dlq replay [SEQUENCE...]   the dead-letter stream
+//! billingctl token --user ID [--ttl-secs 3600]     a development JWT for the REST API
+//! billingctl adjust --user ID --amount -500000 --reason ... --actor ...   AdjustBalance over gRPC
+//! billingctl unmatched list [--limit 100]          payments that could not be applied
+//! ```
+
+use std::time::Duration;
+
+use billing_tools::{command_client, http_url, user_token};
+use clap::{Parser, Subcommand};
+use query_svc::{
+    cache::SnapshotCache,
+    ops::{dlq, rebuild, reconcile},
+};
+use shared::{
+    bus::BusNames,
+    config::{Scope, Settings},
+    period::Period,
+    proto::v1 as pb,
+};
+
+#[derive(Parser)]
+#[command(name = "billingctl", about = "Operate the billing service")]
+struct Cli {
+    /// The services' configuration file.
+    #[arg(long = "config", visible_alias = "conf", global = true, default_value = shared::config::DEFAULT_CONFIG_PATH)]
+    config: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish ResetFreeQuota for a period (the current or the next one), with a unique id so it
+    /// runs even when the scheduler's command for that period already ran.
+    ResetFreeQuota {
+        #[arg(long)]
+        period: String,
+    },
+    /// Compare the read model with the write model at equal versions; exit 1 on differences.
+    Reconcile {
+        #[arg(long)]
+        repair: bool,
+        /// How long to wait before looking again at accounts that differed (events in flight).
+        #[arg(long, default_value_t = 2000)]
+        settle_ms: u64,
+    },
+    /// Rebuild the read model from the ledger into shadow tables and swap them in.
+    RebuildReadModel,
+    /// The dead-letter stream of events the read model could not take.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Mint a JWT for the REST API, signed with the configured secret (development and support).
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+    },
+    /// Credit (positive) or debit (negative) a balance through command-svc's AdjustBalance.
+    Adjust {
+        #[arg(long)]
+        user: String,
+        /// Signed micros: 1000000 credits one unit, -1000000 debits one.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: i64,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: String,
+        /// The idempotency key; a new one by default. Reuse it to retry safely.
+        #[arg(long)]
+        adjustment_id: Option<String>,
+    },
+    /// Payments that arrived but could not be applied.
+    Unmatched {
+        #[command(subcommand)]
+        action: UnmatchedAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    List,
+    /// Publish dead letters again on their original subjects (all when none is named).
+    Replay {
+        sequences: Vec<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UnmatchedAction {
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_ref())?;
+    let names = BusNames::from_settings(&settings.nats);
+    match cli.command {
+        Command::ResetFreeQuota { period } => {
+            let period: Period = period.parse()?;
+            let command_id = format!(
+                "{}:{}",
+                scheduler_svc::publisher::command_id(period),
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
+            let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
+            shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            scheduler_svc::publisher::publish_reset(&js, &names, &command_id, period, now).await?;
+            println!("published {command_id}");
+        }
+        Command::Reconcile { repair, settle_ms } => {
+            let pool = shared::db::connect_lazy(&settings.database)?;
+            let cache = SnapshotCache::new(
+                settings.redis.url.expose(),
+                &settings.redis.key_prefix,
+                Duration::from_secs(settings.query.snapshot_ttl_secs),
+            )?;
+            let options = reconcile::Options {
+                repair,
+                settle: Duration::from_millis(settle_ms),
+            };
+            let differences =
+                reconcile::reconcile(&pool, Some(&cache), settings.billing.zone()?, &options)
+                    .await?;
+            for difference in &differences {
+                println!("{difference}");
+            }
+            let repaired = if repair && !differences.is_empty() {
+                ", repaired"
+            } else {
+                ""
+            };
+            println!("{} difference(s){repaired}", differences.len());
+            if !differences.is_empty() {
+                std::process::exit(1);
+            }
+        }
+        Command::RebuildReadModel => {
+            let pool = shared::db::connect_lazy(&settings.database)?;
+            let report =
+                rebuild::rebuild(&pool, settings.billing.zone()?, chrono::Utc::now()).await?;
+            println!(
+                "rebuilt: {} accounts, {} records, {} usage rows, {} orders; {} records caught up",
+                report.accounts, report.records, report.usage_rows, report.orders, report.caught_up
+            );
+        }
+        Command::Dlq { action } => {
+            let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
+            shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
+            match action {
+                DlqAction::List => {
+                    let letters = dlq::list(&js, &names).await?;
+                    for l in &letters {
+                        println!(
+                            "{}\t{}\t{}\t{} bytes\t{}",
+                            l.sequence, l.time, l.original_subject, l.bytes, l.reason
+                        );
+                    }
+                    println!("{} dead letter(s)", letters.len());
+                }
+                DlqAction::Replay { sequences } => {
+                    let replayed = dlq::replay(&js, &names, &sequences).await?;
+                    println!("replayed {} dead letter(s): {replayed:?}", replayed.len());
+                }
+            }
+        }
+        Command::Token { user, ttl_secs } => {
+            shared::ids::UserId::parse("user", &user).map_err(|v| anyhow::anyhow!("{v}"))?;
+            println!(
+                "{}",
+                user_token(&settings, &user, chrono::Duration::seconds(ttl_secs))?
+            );
+        }
+        Command::Adjust {
+            user,
+            amount,
+            reason,
+            actor,
+            adjustment_id,
+        } => {
+            let token = settings
+                .auth
+                .callers
+                .iter()
+                .find(|caller| caller.scopes.contains(&Scope::Admin))
+                .map(|caller| caller.token.expose().to_owned())
+                .ok_or_else(|| anyhow::anyhow!("no caller with the admin scope in auth.callers"))?;
+            let mut client = command_client(&http_url(&settings.command.grpc_addr), &token).await?;
+            let request = pb::AdjustBalanceRequest {
+                user_id: user,
+                adjustment_id: adjustment_id
+                    .unwrap_or_else(|| format!("billingctl:{}", uuid::Uuid::now_v7())),
+                amount_micros: amount,
+                reason,
+                actor,
+            };
+            let adjustment_id = request.adjustment_id.clone();
+            let reply = client
+                .adjust_balance(request)
+                .await
+                .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+                .into_inner();
+            let balance = reply.account.map_or(0, |a| a.balance_micros);
+            let replayed = if reply.replayed { " (replayed)" } else { "" };
+            println!(
+                "adjusted {adjustment_id}: record {}, balance now {balance} micros{replayed}",
+                reply.record_id
+            );
+        }
+        Command::Unmatched {
+            action: UnmatchedAction::List { limit },
+        } => {
+            let pool = shared::db::connect_lazy(&settings.database)?;
+            let rows: Vec<(
+                String,
+                chrono::DateTime<chrono::Utc>,
+                String,
+                Option<String>,
+                String,
+                bool,
+                i64,
+                String,
+            )> = sqlx::query_as(
+                "SELECT unmatched_id, created_at, order_no, user_id, provider_txn_id, success, \
+                 paid_amount_micros, why FROM unmatched_payments ORDER BY created_at DESC LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(&pool)
+            .await?;
+            for (id, at, order_no, user, txn, success, amount, why) in &rows {
+                let outcome = if *success { "paid" } else { "failed" };
+                println!(
+                    "{id}\t{at}\t{why}\torder {order_no}\tuser {}\ttxn {txn}\t{outcome}\t{amount} micros",
+                    user.as_deref().unwrap_or("-")
+                );
+            }
+            println!("{} unmatched payment(s)", rows.len());
+        }
+    }
+    Ok(())
+}

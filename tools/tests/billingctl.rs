@@ -1,0 +1,362 @@
+//! billingctl against a running command-svc and query-svc on their own database, streams and
+//! keys: each command as an operator runs it, as a separate process.
+
+use std::{collections::HashMap, path::Path, process::Output, time::Duration};
+
+use chrono::{DateTime, Utc};
+use shared::{clock::Clock, config::Settings};
+use sqlx::{Connection, MySqlConnection, MySqlPool};
+
+fn admin_url() -> String {
+    std::env::var("BILLING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The services and the environment that points billingctl at them.
+struct Stack {
+    env: HashMap<String, String>,
+    db: MySqlPool,
+    db_name: String,
+    stream_prefix: String,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn spawn_stack(now: DateTime<Utc>) -> Stack {
+    let tag = format!(
+        "{}_{}",
+        Utc::now().timestamp(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let db_name = format!("billing_test_{tag}");
+    let mut admin = MySqlConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db_name}`")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let spare = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let env = HashMap::from([
+        (
+            "BILLING__DATABASE__URL".to_owned(),
+            format!("{}/{db_name}", admin_url()),
+        ),
+        ("BILLING__COMMAND__GRPC_ADDR".to_owned(), spare()),
+        ("BILLING__COMMAND__HTTP_ADDR".to_owned(), spare()),
+        ("BILLING__QUERY__HTTP_ADDR".to_owned(), spare()),
+        (
+            "BILLING__NATS__URL".to_owned(),
+            env_or("BILLING_TEST_NATS_URL", "nats://127.0.0.1:4222"),
+        ),
+        (
+            "BILLING__NATS__STREAM_PREFIX".to_owned(),
+            format!("T{tag}_"),
+        ),
+        (
+            "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
+            format!("t{tag}"),
+        ),
+        (
+            "BILLING__REDIS__URL".to_owned(),
+            env_or("BILLING_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+        ),
+        (
+            "BILLING__REDIS__KEY_PREFIX".to_owned(),
+            format!("test:{tag}:"),
+        ),
+        (
+            "BILLING__OUTBOX__RETENTION_HOURS".to_owned(),
+            "100000".to_owned(),
+        ),
+        ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
+    ]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+    let mut settings = Settings::load_with_env(&path, Some(env.clone())).unwrap();
+    shared::telemetry::init(&settings.telemetry);
+    let clock = Clock::manual(now);
+    let mut stops = Vec::new();
+    let command = command_svc::app::Application::build(&settings, clock.clone())
+        .await
+        .unwrap();
+    settings.query.command_endpoint = format!("http://{}", command.grpc_addr());
+    let query = query_svc::app::Application::build(&settings, clock)
+        .await
+        .unwrap();
+    for run in [
+        Box::pin(command.run_until_stopped(wait(&mut stops)))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+        Box::pin(query.run_until_stopped(wait(&mut stops))),
+    ] {
+        tokio::spawn(run);
+    }
+    let db = MySqlPool::connect(&format!("{}/{db_name}", admin_url()))
+        .await
+        .unwrap();
+    Stack {
+        env,
+        db,
+        db_name,
+        stream_prefix: format!("T{tag}_"),
+        stops,
+    }
+}
+
+fn wait(
+    stops: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    stops.push(stop);
+    async move {
+        let _ = stopped.await;
+    }
+}
+
+impl Stack {
+    /// Runs billingctl with `args` against this stack (the services keep serving meanwhile).
+    async fn billingctl(&self, args: &[&str]) -> Output {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_billingctl"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .envs(&self.env)
+            .output()
+            .await
+            .expect("billingctl runs")
+    }
+
+    async fn cleanup(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(nats) =
+            async_nats::connect(env_or("BILLING_TEST_NATS_URL", "nats://127.0.0.1:4222")).await
+        {
+            let js = async_nats::jetstream::new(nats);
+            for stream in ["BILLING_EVENTS", "BILLING_EVENTS_DLQ", "BILLING_COMMANDS"] {
+                let _ = js
+                    .delete_stream(format!("{}{stream}", self.stream_prefix))
+                    .await;
+            }
+        }
+        self.db.close().await;
+        let mut admin = MySqlConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE `{}`",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(mut probe: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !probe().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn operators_adjust_mint_tokens_and_list_unmatched_payments() {
+    let stack = spawn_stack(Utc::now()).await;
+    let out = stack
+        .billingctl(&[
+            "adjust", "--user", "ops-user", "--amount", "-1", "--reason", "test", "--actor", "ops",
+        ])
+        .await;
+    assert!(
+        !out.status.success(),
+        "a debit beyond the balance is refused"
+    );
+    let out = stack
+        .billingctl(&[
+            "adjust",
+            "--user",
+            "ops-user",
+            "--amount",
+            "2500000",
+            "--reason",
+            "goodwill",
+            "--actor",
+            "ops@example.com",
+            "--adjustment-id",
+            "adj-1",
+        ])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("balance now 2500000 micros"),
+        "{}",
+        stdout(&out)
+    );
+    let again = stack
+        .billingctl(&[
+            "adjust",
+            "--user",
+            "ops-user",
+            "--amount",
+            "2500000",
+            "--reason",
+            "goodwill",
+            "--actor",
+            "ops@example.com",
+            "--adjustment-id",
+            "adj-1",
+        ])
+        .await;
+    assert!(stdout(&again).contains("(replayed)"));
+
+    let out = stack
+        .billingctl(&["token", "--user", "ops-user", "--ttl-secs", "60"])
+        .await;
+    let token = stdout(&out).trim().to_owned();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(b"dev-jwt-secret-change-me"),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(claims.claims["sub"], "ops-user");
+
+    sqlx::query(
+        "INSERT INTO unmatched_payments (unmatched_id, order_no, user_id, provider_txn_id, success, \
+         paid_amount_micros, why, created_at) VALUES ('u-1', 'RO-x', NULL, 'txn-x', TRUE, 700, 'unknown_order', NOW(6))",
+    )
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    let out = stack.billingctl(&["unmatched", "list"]).await;
+    assert!(
+        stdout(&out).contains("unknown_order") && stdout(&out).contains("txn-x"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("1 unmatched payment(s)"));
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn reconcile_exits_nonzero_on_a_difference_and_repair_fixes_it() {
+    let stack = spawn_stack(Utc::now()).await;
+    let out = stack
+        .billingctl(&[
+            "adjust", "--user", "rec-user", "--amount", "1000000", "--reason", "r", "--actor", "a",
+        ])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    eventually(|| async {
+        let projected: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM rm_accounts WHERE user_id = 'rec-user'")
+                .fetch_optional(&stack.db)
+                .await
+                .unwrap();
+        projected == Some(2)
+    })
+    .await;
+    let clean = stack.billingctl(&["reconcile", "--settle-ms", "100"]).await;
+    assert!(clean.status.success(), "{}", stdout(&clean));
+    assert!(stdout(&clean).contains("0 difference(s)"));
+
+    sqlx::query("UPDATE rm_accounts SET balance_micros = 1 WHERE user_id = 'rec-user'")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    let found = stack
+        .billingctl(&["reconcile", "--settle-ms", "100", "--repair"])
+        .await;
+    assert_eq!(found.status.code(), Some(1));
+    assert!(
+        stdout(&found).contains("rec-user: snapshot at version 2"),
+        "{}",
+        stdout(&found)
+    );
+    let after = stack.billingctl(&["reconcile", "--settle-ms", "100"]).await;
+    assert!(after.status.success(), "{}", stdout(&after));
+
+    let rebuilt = stack.billingctl(&["rebuild-read-model"]).await;
+    assert!(
+        stdout(&rebuilt).contains("rebuilt: 1 accounts, 2 records"),
+        "{}",
+        stdout(&rebuilt)
+    );
+    let letters = stack.billingctl(&["dlq", "list"]).await;
+    assert!(
+        stdout(&letters).contains("0 dead letter(s)"),
+        "{}",
+        stdout(&letters)
+    );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn reset_free_quota_runs_again_under_its_own_id() {
+    // 2026-12-01 00:00:05 in Shanghai: the period 2026-12 is current for command-svc.
+    let stack = spawn_stack(
+        DateTime::parse_from_rfc3339("2026-11-30T16:00:05Z")
+            .unwrap()
+            .with_timezone(&Utc),
+    )
+    .await;
+    let out = stack
+        .billingctl(&[
+            "adjust",
+            "--user",
+            "reset-user",
+            "--amount",
+            "1000000",
+            "--reason",
+            "r",
+            "--actor",
+            "a",
+        ])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let published = stack
+        .billingctl(&["reset-free-quota", "--period", "2026-12"])
+        .await;
+    assert!(published.status.success(), "{published:?}");
+    let command_id = stdout(&published)
+        .trim()
+        .trim_start_matches("published ")
+        .to_owned();
+    assert!(
+        command_id.starts_with("reset-free-quota:2026-12:"),
+        "{command_id}"
+    );
+    eventually(|| async {
+        let finished: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT finished_at FROM command_progress WHERE command_id = ?")
+                .bind(&command_id)
+                .fetch_optional(&stack.db)
+                .await
+                .unwrap();
+        matches!(finished, Some(Some(_)))
+    })
+    .await;
+    let bad = stack
+        .billingctl(&["reset-free-quota", "--period", "2026-13"])
+        .await;
+    assert!(!bad.status.success());
+    stack.cleanup().await;
+}

@@ -227,31 +227,41 @@ async fn main() -> anyhow::Result<()> {
             action: UnmatchedAction::List { limit },
         } => {
             let pool = shared::db::connect_lazy(&settings.database)?;
-            let rows: Vec<(
-                String,
-                chrono::DateTime<chrono::Utc>,
-                String,
-                Option<String>,
-                String,
-                bool,
-                i64,
-                String,
-            )> = sqlx::query_as(
+            let rows: Vec<Unmatched> = sqlx::query_as(
                 "SELECT unmatched_id, created_at, order_no, user_id, provider_txn_id, success, \
                  paid_amount_micros, why FROM unmatched_payments ORDER BY created_at DESC LIMIT ?",
             )
             .bind(limit)
             .fetch_all(&pool)
             .await?;
-            for (id, at, order_no, user, txn, success, amount, why) in &rows {
-                let outcome = if *success { "paid" } else { "failed" };
+            for row in &rows {
+                let outcome = if row.success { "paid" } else { "failed" };
                 println!(
-                    "{id}\t{at}\t{why}\torder {order_no}\tuser {}\ttxn {txn}\t{outcome}\t{amount} micros",
-                    user.as_deref().unwrap_or("-")
+                    "{}\t{}\t{}\torder {}\tuser {}\ttxn {}\t{outcome}\t{} micros",
+                    row.unmatched_id,
+                    row.created_at,
+                    row.why,
+                    row.order_no,
+                    row.user_id.as_deref().unwrap_or("-"),
+                    row.provider_txn_id,
+                    row.paid_amount_micros
                 );
             }
             println!("{} unmatched payment(s)", rows.len());
         }
     }
     Ok(())
+}
+
+/// A payment that could not be applied, as `unmatched list` shows it.
+#[derive(sqlx::FromRow)]
+struct Unmatched {
+    unmatched_id: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    order_no: String,
+    user_id: Option<String>,
+    provider_txn_id: String,
+    success: bool,
+    paid_amount_micros: i64,
+    why: String,
 }

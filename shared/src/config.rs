@@ -120,8 +120,10 @@ pub struct OutboxSettings {
 pub struct ResetSettings {
     /// The durable consumer on `BILLING_COMMANDS` shared by every command-svc replica.
     pub consumer_name: String,
-    /// Accounts locked and granted per transaction.
+    /// Accounts locked and granted per transaction (at most 2,000).
     pub batch_size: u32,
+    /// Ranges of accounts walked side by side (fewer for small account counts).
+    pub workers: u32,
     /// JetStream redelivers a command not acked (nor marked in progress) for this long.
     pub ack_wait_secs: u64,
 }
@@ -368,6 +370,7 @@ outbox:
 reset:
   consumer_name: command-svc
   batch_size: 1000
+  workers: 4
   ack_wait_secs: 60
 billing:
   currency: CNY

@@ -152,42 +152,105 @@ impl ResetConsumer {
             command.command_id
         };
         tracing::info!(%period, %command_id, "reset started");
-        let (started, mut last_progress, mut granted, mut failures) =
-            (Instant::now(), Instant::now(), 0_u64, 0_u32);
-        loop {
-            if *stop.borrow() {
-                return; // unacked: resumed from the cursor after redelivery
-            }
-            match self
-                .commands
-                .reset_batch(&command_id, period, self.settings.batch_size.max(1))
-                .await
-            {
-                Ok(batch) => {
-                    failures = 0;
-                    granted += batch.granted;
-                    metrics::counter!("billing_reset_accounts_granted_total")
-                        .increment(batch.granted);
-                    if batch.finished {
-                        break;
+        let started = Instant::now();
+        let shards = {
+            let mut failures = 0;
+            loop {
+                match self
+                    .commands
+                    .plan_reset(
+                        &command_id,
+                        period,
+                        self.settings.workers,
+                        self.settings.batch_size,
+                    )
+                    .await
+                {
+                    Ok(shards) => break shards,
+                    Err(error) => {
+                        failures += 1;
+                        tracing::warn!(%error, failures, %command_id, "reset not planned yet; retrying");
+                        if !pause(stop, backoff(failures)).await {
+                            return;
+                        }
                     }
                 }
+            }
+        };
+        // Each range is walked by its own loop; the message is marked in progress meanwhile.
+        let walks = futures::future::join_all(shards.iter().map(|&shard| {
+            let mut stop = stop.clone();
+            let command_id = command_id.as_str();
+            async move { self.walk(command_id, shard, period, &mut stop).await }
+        }));
+        let progress = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        };
+        let walked = tokio::select! {
+            walked = walks => walked,
+            () = progress => unreachable!("marking progress never ends"),
+        };
+        if walked.iter().any(|done| !done) {
+            return; // stopped: unacked, resumed from the cursors after redelivery
+        }
+        let granted = loop {
+            match self.commands.finish_reset(&command_id).await {
+                Ok(Some(granted)) => break granted,
+                Ok(None) => {
+                    tracing::error!(%command_id, "a shard is still open after its walk; the command comes back");
+                    return;
+                }
                 Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%error, failures, %command_id, "reset batch failed; retrying");
-                    if !pause(stop, backoff(failures)).await {
+                    tracing::warn!(%error, %command_id, "reset not marked finished yet; retrying");
+                    if !pause(stop, backoff(1)).await {
                         return;
                     }
                 }
             }
-            if last_progress.elapsed() > Duration::from_secs(1) {
-                let _ = message.ack_with(AckKind::Progress).await;
-                last_progress = Instant::now();
-            }
-        }
+        };
         if let Err(error) = message.double_ack().await {
             tracing::warn!(%error, %command_id, "reset done but its ack was lost; a redelivery finds it finished");
         }
         tracing::info!(%period, %command_id, granted, elapsed_ms = started.elapsed().as_millis() as u64, "reset finished");
+    }
+
+    /// Walks one range batch by batch to its end; `false` when asked to stop first.
+    async fn walk(
+        &self,
+        command_id: &str,
+        shard: i32,
+        period: Period,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut failures = 0;
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            match self
+                .commands
+                .reset_batch(command_id, shard, period, self.settings.batch_size)
+                .await
+            {
+                Ok(batch) => {
+                    failures = 0;
+                    metrics::counter!("billing_reset_accounts_granted_total")
+                        .increment(batch.granted);
+                    if batch.finished {
+                        return true;
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, %command_id, shard, "reset batch failed; retrying");
+                    if !pause(stop, backoff(failures)).await {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! The monthly free-quota reset: every account granted the period once, in primary-key order,
-//! a batch per transaction, with a cursor persisted per command so a crash resumes where it
-//! stopped. Charges run meanwhile: each batch locks its accounts in the same order as every
-//! command that locks several, and an account a charge already moved into the period (its lazy
-//! grant) is simply passed over, as is one granted by an earlier run of the period.
+//! The monthly free-quota reset: every account granted the period once. The accounts are split
+//! into ranges of user ids (shards) walked side by side; each range goes in primary-key order, a
+//! batch per transaction, with a cursor persisted per shard so a crash resumes where it stopped.
+//! Charges run meanwhile: a batch locks its accounts in the same order as every command that
+//! locks several, and an account a charge already moved into the period (its lazy grant) is
+//! passed over, as is one granted by an earlier run of the period.
 
 use chrono::{DateTime, Utc};
 use shared::{
@@ -15,7 +16,7 @@ use shared::{
 use super::{CommandError, Commands};
 use crate::{
     events::{self, AccountOut},
-    store::{self, Grant, LedgerEntry, RecordKind, Refs},
+    store::{self, Grant, LedgerEntry, RecordKind, Refs, StoreError},
 };
 
 /// What one batch did.
@@ -23,7 +24,7 @@ use crate::{
 pub struct ResetBatch {
     /// Accounts granted the period in this batch.
     pub granted: u64,
-    /// The walk has passed the last account (or had already finished).
+    /// The shard's range is walked to its end (or was already).
     pub finished: bool,
 }
 
@@ -34,7 +35,13 @@ pub enum ResetRefused {
     OutOfRange(Period),
 }
 
+/// A range shorter than this many batches is not worth walking on its own.
+const MIN_BATCHES_PER_SHARD: i64 = 4;
+
 impl Commands {
+    /// The largest batch: a ledger row binds 24 values, and a statement takes at most 65,535.
+    pub const MAX_RESET_BATCH: u32 = 2_000;
+
     /// The periods a reset may grant now: the current one and the next one (a scheduler whose
     /// clock runs a little ahead of this replica's).
     pub fn check_reset_period(&self, period: Period) -> Result<(), ResetRefused> {
@@ -46,28 +53,32 @@ impl Commands {
         }
     }
 
-    /// Grants `period` to the next `batch_size` accounts after the command's cursor, in one
-    /// transaction with the cursor's move.
-    pub async fn reset_batch(
+    /// Registers the command and splits the accounts into at most `workers` ranges, once: a
+    /// redelivered or concurrent run finds the same ranges. Returns the shards still to walk,
+    /// empty when the command is finished.
+    pub async fn plan_reset(
         &self,
         command_id: &str,
         period: Period,
+        workers: u32,
         batch_size: u32,
-    ) -> Result<ResetBatch, CommandError> {
+    ) -> Result<Vec<i32>, CommandError> {
+        let per_shard =
+            MIN_BATCHES_PER_SHARD * i64::from(batch_size.clamp(1, Self::MAX_RESET_BATCH));
         self.store
-            .retrying(|| self.reset_batch_once(command_id, period, batch_size))
+            .retrying(|| self.plan_reset_once(command_id, period, workers, per_shard))
             .await
     }
 
-    async fn reset_batch_once(
+    async fn plan_reset_once(
         &self,
         command_id: &str,
         period: Period,
-        batch_size: u32,
-    ) -> Result<ResetBatch, CommandError> {
+        workers: u32,
+        per_shard: i64,
+    ) -> Result<Vec<i32>, CommandError> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
-        // The progress row first: two replicas on one command take turns batch by batch.
         sqlx::query(
             "INSERT IGNORE INTO command_progress (command_id, kind, period, cursor_user_id, \
              accounts_granted, started_at, updated_at) VALUES (?, 'reset_free_quota', ?, NULL, 0, ?, ?)",
@@ -78,25 +89,117 @@ impl Commands {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(store::StoreError::from)?;
-        let (cursor, finished): (Option<String>, Option<DateTime<Utc>>) = sqlx::query_as(
-            "SELECT cursor_user_id, finished_at FROM command_progress WHERE command_id = ? FOR UPDATE",
+        .map_err(StoreError::from)?;
+        let finished: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT finished_at FROM command_progress WHERE command_id = ? FOR UPDATE",
         )
         .bind(command_id)
         .fetch_one(&mut *tx)
         .await
-        .map_err(store::StoreError::from)?;
+        .map_err(StoreError::from)?;
         if finished.is_some() {
-            tx.rollback().await.map_err(store::StoreError::from)?;
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(Vec::new());
+        }
+        let planned: Vec<(i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT shard, finished_at FROM command_shards WHERE command_id = ? ORDER BY shard",
+        )
+        .bind(command_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if !planned.is_empty() {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(planned
+                .into_iter()
+                .filter(|(_, done)| done.is_none())
+                .map(|(shard, _)| shard)
+                .collect());
+        }
+
+        // Split points at equal counts of the accounts there are now; accounts made later fall
+        // in the last, open-ended range (and were granted by their first command anyway).
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let shards = (total / per_shard).clamp(1, i64::from(workers.max(1)));
+        let mut bounds: Vec<String> = Vec::new();
+        for n in 1..shards {
+            let bound: String = sqlx::query_scalar(
+                "SELECT user_id FROM accounts ORDER BY user_id LIMIT 1 OFFSET ?",
+            )
+            .bind(total * n / shards)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            bounds.push(bound);
+        }
+        let mut start = String::new();
+        for shard in 0..shards as i32 {
+            let end = bounds.get(shard as usize).cloned();
+            sqlx::query(
+                "INSERT INTO command_shards (command_id, shard, cursor_user_id, end_user_id, accounts_granted) \
+                 VALUES (?, ?, ?, ?, 0)",
+            )
+            .bind(command_id)
+            .bind(shard)
+            .bind(&start)
+            .bind(&end)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            start = end.unwrap_or_default();
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok((0..shards as i32).collect())
+    }
+
+    /// Grants `period` to the next `batch_size` accounts (at most [`Self::MAX_RESET_BATCH`]) of
+    /// the shard's range, in one transaction with the cursor's move.
+    pub async fn reset_batch(
+        &self,
+        command_id: &str,
+        shard: i32,
+        period: Period,
+        batch_size: u32,
+    ) -> Result<ResetBatch, CommandError> {
+        self.store
+            .retrying(|| self.reset_batch_once(command_id, shard, period, batch_size))
+            .await
+    }
+
+    async fn reset_batch_once(
+        &self,
+        command_id: &str,
+        shard: i32,
+        period: Period,
+        batch_size: u32,
+    ) -> Result<ResetBatch, CommandError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        // The shard's row first: two replicas on one shard take turns batch by batch.
+        let (cursor, end, finished): (String, Option<String>, Option<DateTime<Utc>>) =
+            sqlx::query_as(
+                "SELECT cursor_user_id, end_user_id, finished_at FROM command_shards \
+             WHERE command_id = ? AND shard = ? FOR UPDATE",
+            )
+            .bind(command_id)
+            .bind(shard)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        if finished.is_some() {
+            tx.rollback().await.map_err(StoreError::from)?;
             return Ok(ResetBatch {
                 granted: 0,
                 finished: true,
             });
         }
 
+        let batch_size = batch_size.clamp(1, Self::MAX_RESET_BATCH);
         let accounts =
-            store::lock_accounts_after(&mut tx, cursor.as_deref().unwrap_or(""), batch_size)
-                .await?;
+            store::lock_accounts_between(&mut tx, &cursor, end.as_deref(), batch_size).await?;
         let mut decided = Vec::new();
         for row in &accounts {
             let before = row.snapshot()?;
@@ -162,20 +265,20 @@ impl Commands {
 
         let finished = (accounts.len() as u64) < u64::from(batch_size);
         sqlx::query(
-            "UPDATE command_progress SET cursor_user_id = COALESCE(?, cursor_user_id), \
-             accounts_granted = accounts_granted + ?, updated_at = ?, \
-             finished_at = IF(?, ?, finished_at) WHERE command_id = ?",
+            "UPDATE command_shards SET cursor_user_id = COALESCE(?, cursor_user_id), \
+             accounts_granted = accounts_granted + ?, finished_at = IF(?, ?, finished_at) \
+             WHERE command_id = ? AND shard = ?",
         )
         .bind(accounts.last().map(|row| row.user_id.as_str()))
         .bind(decided.len() as i64)
-        .bind(now)
         .bind(finished)
         .bind(now)
         .bind(command_id)
+        .bind(shard)
         .execute(&mut *tx)
         .await
-        .map_err(store::StoreError::from)?;
-        tx.commit().await.map_err(store::StoreError::from)?;
+        .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
         if !decided.is_empty() {
             self.store.outbox_written();
         }
@@ -183,5 +286,38 @@ impl Commands {
             granted: decided.len() as u64,
             finished,
         })
+    }
+
+    /// Marks the command finished once every shard is; returns the accounts granted by the
+    /// command, or `None` while a shard is still walking.
+    pub async fn finish_reset(&self, command_id: &str) -> Result<Option<i64>, CommandError> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let (granted, open): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT CAST(SUM(accounts_granted) AS SIGNED), CAST(SUM(finished_at IS NULL) AS SIGNED) \
+             FROM command_shards WHERE command_id = ?",
+        )
+        .bind(command_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if open > 0 {
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Ok(None);
+        }
+        let granted = granted.unwrap_or(0);
+        sqlx::query(
+            "UPDATE command_progress SET accounts_granted = ?, updated_at = ?, \
+             finished_at = COALESCE(finished_at, ?) WHERE command_id = ?",
+        )
+        .bind(granted)
+        .bind(now)
+        .bind(now)
+        .bind(command_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Some(granted))
     }
 }

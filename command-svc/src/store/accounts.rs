@@ -140,20 +140,24 @@ pub async fn save_account(
     }
 }
 
-/// Locks the next `limit` accounts after `after` in primary-key order, the order every command
-/// that locks several accounts takes them in, so two such commands never deadlock.
-pub async fn lock_accounts_after(
+/// Locks the next `limit` accounts after `after` (and up to `until`, when given) in primary-key
+/// order, the order every command that locks several accounts takes them in, so two such
+/// commands never deadlock.
+pub async fn lock_accounts_between(
     tx: &mut Tx,
     after: &str,
+    until: Option<&str>,
     limit: u32,
 ) -> Result<Vec<AccountRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE user_id > ? ORDER BY user_id LIMIT ? FOR UPDATE"
+        " FROM accounts WHERE user_id > ? AND (? IS NULL OR user_id <= ?) ORDER BY user_id LIMIT ? FOR UPDATE"
     );
     Ok(sqlx::query_as(SQL)
         .bind(after)
+        .bind(until)
+        .bind(until)
         .bind(limit)
         .fetch_all(&mut **tx)
         .await?)

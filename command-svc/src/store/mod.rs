@@ -17,7 +17,7 @@ use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 use tokio::sync::Notify;
 
 pub use accounts::{
-    AccountRow, create_account, load_account, lock_account, lock_accounts_after, save_account,
+    AccountRow, create_account, load_account, lock_account, lock_accounts_between, save_account,
     save_accounts,
 };
 pub use grants::{Grant, insert_grants};

@@ -140,14 +140,17 @@ async fn a_reset_killed_mid_run_resumes_where_it_stopped() {
 
     let doomed = spawn_killable(app.settings.clone(), app.clock.clone()).await;
     publish_reset(&app.settings, "reset-free-quota:2026-12", "2026-12").await;
+    // Progress as the shards record it, batch by batch.
     let progress = |pool: sqlx::MySqlPool| async move {
-        let row: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT accounts_granted, finished_at FROM command_progress WHERE command_id = 'reset-free-quota:2026-12'",
+        let row: (Option<i64>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT CAST(SUM(s.accounts_granted) AS SIGNED), MAX(p.finished_at) FROM command_shards s \
+             JOIN command_progress p ON p.command_id = s.command_id \
+             WHERE s.command_id = 'reset-free-quota:2026-12'",
         )
-        .fetch_optional(&pool)
+        .fetch_one(&pool)
         .await
         .unwrap();
-        row
+        row.0.map(|granted| (granted, row.1))
     };
     loop {
         if let Some((granted, finished)) = progress(app.db.clone()).await {
@@ -171,6 +174,13 @@ async fn a_reset_killed_mid_run_resumes_where_it_stopped() {
     let granted =
         reset_finished(&app.db, "reset-free-quota:2026-12", Duration::from_secs(60)).await;
     assert_eq!(granted, 600, "none missed, none twice");
+    let shards: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM command_shards WHERE command_id = 'reset-free-quota:2026-12'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(shards, 2, "two ranges walked side by side");
     for user in &users {
         assert_eq!(december_grants(&app, user).await, 1, "{user}");
     }

@@ -129,6 +129,7 @@ async fn a_reset_killed_mid_run_resumes_where_it_stopped() {
             KEEP_EVENTS,
             ("BILLING__RESET__BATCH_SIZE", "5"),
             ("BILLING__RESET__ACK_WAIT_SECS", "2"),
+            ("BILLING__RESET__WORKERS", "3"),
         ],
     )
     .await;
@@ -180,7 +181,7 @@ async fn a_reset_killed_mid_run_resumes_where_it_stopped() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(shards, 2, "two ranges walked side by side");
+    assert_eq!(shards, 3, "three ranges walked side by side");
     for user in &users {
         assert_eq!(december_grants(&app, user).await, 1, "{user}");
     }

@@ -1,6 +1,7 @@
 //! Builds query-svc from its settings: binds its listener (port 0 in tests), prepares the read
 //! model's tables, starts the projection, and serves REST until the shutdown signal.
 
+use shared::cache::SnapshotCache;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use shared::{bus::BusNames, clock::Clock, config::Settings, money::Micros, period::BillingZone};
@@ -8,7 +9,6 @@ use tokio::net::TcpListener;
 
 use crate::{
     api::{self, auth::JwtKeys, command::CommandClient},
-    cache::SnapshotCache,
     projection::Projector,
     store::ReadStore,
 };

@@ -3,7 +3,6 @@
 //! - [`projection`]: the durable JetStream consumer that applies events to the read model, and the
 //!   dead-letter stream for what it cannot apply.
 //! - [`store`]: the `rm_` tables in MySQL (accounts, records, daily usage, orders).
-//! - [`cache`]: account snapshots in Redis (`billing:rm:`), version-guarded.
 //! - [`api`]: the REST API for the frontend (JWT), and the forwarding of recharge orders to
 //!   command-svc over gRPC.
 //! - [`ops`]: rebuild of the read model from the ledger, reconcile, and dead-letter replay.
@@ -11,7 +10,6 @@
 
 pub mod api;
 pub mod app;
-pub mod cache;
 pub mod ops;
 pub mod projection;
 pub mod store;

@@ -6,6 +6,7 @@
 //! - [`account`]: the account state, its transitions (grant, charge, credit, debit) and the one
 //!   view function, [`account::view_at`], through which every reader presents an account.
 //! - [`bus`]: NATS JetStream stream and subject names, stream settings, connecting.
+//! - [`cache`]: account snapshots in Redis, version-guarded.
 //! - [`order`]: how a recharge order's status is shown.
 //! - [`clock`]: the time source, settable in tests.
 //! - [`db`]: MySQL sessions as both services open them, and the migrations.
@@ -15,6 +16,7 @@
 
 pub mod account;
 pub mod bus;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod db;

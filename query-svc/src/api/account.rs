@@ -14,6 +14,7 @@ use axum::{Json, Router, extract::State, routing::get};
 use chrono::{DateTime, Utc};
 use prost::Message;
 use serde::Serialize;
+use shared::cache::CachedSnapshot;
 use shared::{
     account::{AccountSnapshot, view_at},
     ids::UserId,
@@ -24,7 +25,6 @@ use shared::{
 use super::{auth::AuthUser, error::ApiError, rfc3339};
 use crate::{
     app::AppState,
-    cache::CachedSnapshot,
     store::{self, RmAccount},
 };
 

@@ -4,6 +4,7 @@
 //! behind is not different. What still differs after a short settling pause (events in flight)
 //! is reported; `repair` rewrites those accounts' read model from the write model.
 
+use shared::cache::SnapshotCache;
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
@@ -15,12 +16,9 @@ use shared::{period::BillingZone, proto::v1 as pb};
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::{LEDGER_COLUMNS, LedgerRow, rebuild::OrderSource};
-use crate::{
-    cache::SnapshotCache,
-    store::{
-        self,
-        projection::{self as writes, RecordRow},
-    },
+use crate::store::{
+    self,
+    projection::{self as writes, RecordRow},
 };
 
 /// One difference between the models, in words an operator can act on.

@@ -11,6 +11,7 @@
 
 pub mod plan;
 
+use shared::cache::{CachedSnapshot, SnapshotCache};
 use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream::{
@@ -28,10 +29,7 @@ use shared::{
 };
 use tokio::sync::watch;
 
-use crate::{
-    cache::{CachedSnapshot, SnapshotCache},
-    store::{ReadStore, projection as writes},
-};
+use crate::store::{ReadStore, projection as writes};
 use plan::{Plan, Refused};
 
 pub struct Projector {

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use query_svc::{
+use query_svc::ops::{dlq, rebuild, reconcile};
+use shared::{
     cache::{CachedSnapshot, SnapshotCache},
-    ops::{dlq, rebuild, reconcile},
+    period::BillingZone,
 };
-use shared::period::BillingZone;
 
 use crate::{
     helpers::*,

@@ -145,7 +145,7 @@ async fn committed_changes_reach_the_read_model_once() {
     assert_eq!(order, ("PAID".to_owned(), 2));
 
     // The Redis snapshot follows the same version.
-    let cache = query_svc::cache::SnapshotCache::new(
+    let cache = shared::cache::SnapshotCache::new(
         &redis_url(),
         &stack.settings.redis.key_prefix,
         Duration::from_secs(60),
@@ -237,7 +237,7 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
         repair: false,
         settle: Duration::from_millis(300),
     };
-    let cache = query_svc::cache::SnapshotCache::new(
+    let cache = shared::cache::SnapshotCache::new(
         &redis_url(),
         &stack.settings.redis.key_prefix,
         Duration::from_secs(60),

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use query_svc::cache::{CachedSnapshot, SnapshotCache};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use shared::cache::{CachedSnapshot, SnapshotCache};
 use shared::proto::v1 as pb;
 
 use crate::helpers::{Stack, redis_url};

@@ -15,10 +15,8 @@ use std::time::Duration;
 
 use billing_tools::{command_client, http_url, user_token};
 use clap::{Parser, Subcommand};
-use query_svc::{
-    cache::SnapshotCache,
-    ops::{dlq, rebuild, reconcile},
-};
+use query_svc::ops::{dlq, rebuild, reconcile};
+use shared::cache::SnapshotCache;
 use shared::{
     bus::BusNames,
     config::{Scope, Settings},

@@ -1,7 +1,9 @@
-//! Account snapshots in Redis, one hash per user at `<prefix>rm:account:{<user_id>}` (the braces
-//! are a Redis Cluster hash tag). A snapshot is written only when its version is newer than the
-//! stored one, in one Lua script, so replicas and redeliveries never move it back. Redis is a
-//! cache: every failure here is logged and the caller falls back to MySQL.
+//! Account snapshots in Redis, one hash per user at `<prefix><namespace>:account:{<user_id>}` (the
+//! braces are a Redis Cluster hash tag). Two namespaces: `rm`, the read model's, written by
+//! query-svc's projection; `cmd`, command-svc's own, written through after each commit and read
+//! by `CheckQuota`. A snapshot is written only when its version is newer than the stored one, in
+//! one Lua script, so replicas and redeliveries never move it back. Redis is a cache: every
+//! failure here is logged and the caller falls back to MySQL.
 
 use std::time::Duration;
 
@@ -40,25 +42,42 @@ pub struct SnapshotCache {
     connection: std::sync::Arc<OnceCell<ConnectionManager>>,
     last_failure: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     prefix: String,
+    namespace: &'static str,
     ttl: Duration,
     script: std::sync::Arc<Script>,
 }
 
 impl SnapshotCache {
-    /// Opens nothing yet: the first use connects, so the service starts while Redis is away.
+    /// The read model's snapshots (namespace `rm`). Opens nothing yet: the first use connects,
+    /// so the service starts while Redis is away.
     pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
+        Self::in_namespace(url, prefix, "rm", ttl)
+    }
+
+    /// command-svc's own snapshots (namespace `cmd`), which `CheckQuota` answers from.
+    pub fn for_commands(url: &str, prefix: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
+        Self::in_namespace(url, prefix, "cmd", ttl)
+    }
+
+    fn in_namespace(
+        url: &str,
+        prefix: &str,
+        namespace: &'static str,
+        ttl: Duration,
+    ) -> Result<Self, redis::RedisError> {
         Ok(SnapshotCache {
             client: redis::Client::open(url)?,
             connection: Default::default(),
             last_failure: Default::default(),
             prefix: prefix.to_owned(),
+            namespace,
             ttl,
             script: std::sync::Arc::new(Script::new(PUT_IF_NEWER)),
         })
     }
 
     pub fn key(&self, user_id: &str) -> String {
-        format!("{}rm:account:{{{user_id}}}", self.prefix)
+        format!("{}{}:account:{{{user_id}}}", self.prefix, self.namespace)
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {

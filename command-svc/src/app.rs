@@ -2,6 +2,7 @@
 //! store, starts the outbox relay, and serves gRPC and HTTP until the shutdown signal, then
 //! drains within a bounded time.
 
+use shared::cache::SnapshotCache;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use shared::{clock::Clock, config::Settings, proto::v1 as pb};
@@ -45,7 +46,15 @@ impl Application {
             &settings.outbox,
         );
         let rules = Rules::from_settings(settings)?;
-        let commands = Commands::new(store, clock, rules);
+        let snapshots = SnapshotCache::for_commands(
+            settings.redis.url.expose(),
+            &settings.redis.key_prefix,
+            Duration::from_secs(settings.command.snapshot_ttl_secs),
+        )?
+        .with_timeout(Duration::from_millis(settings.redis.timeout_ms));
+        let commands = Commands::new(store, clock, rules)
+            .with_snapshots(snapshots)
+            .with_group_commit(&settings.command.group_commit);
         let reset = ResetConsumer::new(commands.clone(), nats, &settings.nats, &settings.reset);
         let grpc_listener = TcpListener::bind(&settings.command.grpc_addr).await?;
         let http_listener = TcpListener::bind(&settings.command.http_addr).await?;

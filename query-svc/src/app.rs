@@ -51,7 +51,8 @@ impl Application {
             settings.redis.url.expose(),
             &settings.redis.key_prefix,
             Duration::from_secs(settings.query.snapshot_ttl_secs),
-        )?;
+        )?
+        .with_timeout(Duration::from_millis(settings.redis.timeout_ms));
         let accounts = AccountRules {
             zone: settings.billing.zone()?,
             currency: settings.billing.currency.clone(),

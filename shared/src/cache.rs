@@ -2,13 +2,18 @@
 //! braces are a Redis Cluster hash tag). Two namespaces: `rm`, the read model's, written by
 //! query-svc's projection; `cmd`, command-svc's own, written through after each commit and read
 //! by `CheckQuota`. A snapshot is written only when its version is newer than the stored one, in
-//! one Lua script, so replicas and redeliveries never move it back. Redis is a cache: every
-//! failure here is logged and the caller falls back to MySQL.
+//! one Lua script, so replicas and redeliveries never move it back.
+//!
+//! Redis is a cache: every failure is logged and the caller falls back to MySQL. A failure also
+//! opens a short breaker: for [`PAUSE_AFTER_FAILURE`] no call goes to Redis, so an outage costs
+//! the callers nothing but the first timeouts; then one connection attempt decides again.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
-use tokio::sync::OnceCell;
+use redis::{Script, aio::MultiplexedConnection};
 
 /// Replaces the snapshot only with a newer version, and refreshes its time to live.
 const PUT_IF_NEWER: &str = r#"
@@ -21,11 +26,11 @@ end
 return 0
 "#;
 
-/// Redis calls never wait longer than this: a slow cache must not slow a read.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// A Redis call never waits longer than this by default: a slow cache must not slow a command.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// After a failed first connection, reads go straight to MySQL for this long.
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// After a failure, calls skip Redis for this long.
+pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 /// A snapshot as stored: the encoded `AccountState`, its version, and when it was written on the
 /// command side.
@@ -36,15 +41,23 @@ pub struct CachedSnapshot {
     pub updated_at_ms: i64,
 }
 
+#[derive(Default)]
+enum Link {
+    #[default]
+    Closed,
+    Open(MultiplexedConnection),
+    Failed(Instant),
+}
+
 #[derive(Clone)]
 pub struct SnapshotCache {
     client: redis::Client,
-    connection: std::sync::Arc<OnceCell<ConnectionManager>>,
-    last_failure: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    link: Arc<Mutex<Link>>,
     prefix: String,
     namespace: &'static str,
     ttl: Duration,
-    script: std::sync::Arc<Script>,
+    timeout: Duration,
+    script: Arc<Script>,
 }
 
 impl SnapshotCache {
@@ -67,101 +80,129 @@ impl SnapshotCache {
     ) -> Result<Self, redis::RedisError> {
         Ok(SnapshotCache {
             client: redis::Client::open(url)?,
-            connection: Default::default(),
-            last_failure: Default::default(),
+            link: Arc::default(),
             prefix: prefix.to_owned(),
             namespace,
             ttl,
-            script: std::sync::Arc::new(Script::new(PUT_IF_NEWER)),
+            timeout: DEFAULT_TIMEOUT,
+            script: Arc::new(Script::new(PUT_IF_NEWER)),
         })
+    }
+
+    /// How long one Redis call (or connection attempt) may take before it counts as a failure.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        SnapshotCache { timeout, ..self }
     }
 
     pub fn key(&self, user_id: &str) -> String {
         format!("{}{}:account:{{{user_id}}}", self.prefix, self.namespace)
     }
 
-    async fn connection(&self) -> Option<ConnectionManager> {
-        if let Some(connection) = self.connection.get() {
-            return Some(connection.clone());
-        }
-        let paused = self
-            .last_failure
-            .lock()
-            .expect("not poisoned")
-            .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE);
-        if paused {
-            return None;
-        }
-        let connect = || async {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(REDIS_TIMEOUT))
-                .set_response_timeout(Some(REDIS_TIMEOUT))
-                .set_number_of_retries(1);
-            ConnectionManager::new_with_config(self.client.clone(), config).await
-        };
-        match self.connection.get_or_try_init(connect).await {
-            Ok(connection) => Some(connection.clone()),
-            Err(error) => {
-                tracing::warn!(%error, "Redis unreachable; reading from MySQL");
-                *self.last_failure.lock().expect("not poisoned") = Some(std::time::Instant::now());
-                None
+    /// A connection, unless the breaker is open or Redis cannot be reached now.
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        {
+            let link = self.link.lock().expect("not poisoned");
+            match &*link {
+                Link::Open(connection) => return Some(connection.clone()),
+                Link::Failed(at) if at.elapsed() < PAUSE_AFTER_FAILURE => return None,
+                _ => {}
             }
+        }
+        let connected =
+            tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+                .await;
+        match connected {
+            Ok(Ok(connection)) => {
+                *self.link.lock().expect("not poisoned") = Link::Open(connection.clone());
+                Some(connection)
+            }
+            Ok(Err(error)) => self.failed(&error.to_string()),
+            Err(_) => self.failed("connection timed out"),
+        }
+    }
+
+    fn failed<T>(&self, why: &str) -> Option<T> {
+        let mut link = self.link.lock().expect("not poisoned");
+        if !matches!(*link, Link::Failed(_)) {
+            tracing::warn!(why, "Redis unavailable; MySQL answers meanwhile");
+        }
+        *link = Link::Failed(Instant::now());
+        None
+    }
+
+    /// Runs one Redis call with the timeout; a failure opens the breaker.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        command: impl FnOnce(&mut MultiplexedConnection) -> redis::RedisFuture<'_, T>,
+    ) -> Option<T> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(self.timeout, command(&mut connection)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => self.failed(&error.to_string()),
+            Err(_) => self.failed("call timed out"),
         }
     }
 
     /// The stored snapshot, or `None` when absent or when Redis cannot answer.
     pub async fn get(&self, user_id: &str) -> Option<CachedSnapshot> {
-        let mut connection = self.connection().await?;
         type Fields = (Option<i64>, Option<Vec<u8>>, Option<i64>);
-        let reply: Result<Fields, _> = redis::cmd("HMGET")
-            .arg(self.key(user_id))
-            .arg(&["version", "state", "updated_at"])
-            .query_async(&mut connection)
-            .await;
-        match reply {
-            Ok((Some(version), Some(state), Some(updated_at_ms))) => Some(CachedSnapshot {
+        let key = self.key(user_id);
+        let fields: Fields = self
+            .call(|connection| {
+                Box::pin(async move {
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg(&["version", "state", "updated_at"])
+                        .query_async(connection)
+                        .await
+                })
+            })
+            .await?;
+        match fields {
+            (Some(version), Some(state), Some(updated_at_ms)) => Some(CachedSnapshot {
                 version,
                 state,
                 updated_at_ms,
             }),
-            Ok(_) => None,
-            Err(error) => {
-                tracing::warn!(%error, "Redis read failed; reading from MySQL");
-                None
-            }
+            _ => None,
         }
     }
 
     /// Stores `snapshot` unless one at least as new is there. Returns whether it was written; a
-    /// Redis failure is logged and reported as not written.
+    /// Redis failure is reported as not written.
     pub async fn put_if_newer(&self, user_id: &str, snapshot: &CachedSnapshot) -> bool {
-        let Some(mut connection) = self.connection().await else {
-            return false;
-        };
         let ttl_ms = self.ttl.as_millis().min(i64::MAX as u128) as i64;
-        let written: Result<i64, _> = self
-            .script
-            .key(self.key(user_id))
-            .arg(snapshot.version)
-            .arg(&snapshot.state)
-            .arg(snapshot.updated_at_ms)
-            .arg(ttl_ms)
-            .invoke_async(&mut connection)
+        let (key, script) = (self.key(user_id), self.script.clone());
+        let (version, state, updated_at_ms) = (
+            snapshot.version,
+            snapshot.state.clone(),
+            snapshot.updated_at_ms,
+        );
+        let written: Option<i64> = self
+            .call(|connection| {
+                Box::pin(async move {
+                    script
+                        .key(key)
+                        .arg(version)
+                        .arg(state)
+                        .arg(updated_at_ms)
+                        .arg(ttl_ms)
+                        .invoke_async(connection)
+                        .await
+                })
+            })
             .await;
-        match written {
-            Ok(written) => written == 1,
-            Err(error) => {
-                tracing::warn!(%error, "Redis write failed; the snapshot heals on the next event");
-                false
-            }
-        }
+        written == Some(1)
     }
 
-    /// Removes a snapshot (reconcile repairs by rewriting it from MySQL).
+    /// Removes a snapshot; whether Redis confirmed it.
     pub async fn remove(&self, user_id: &str) -> bool {
-        let Some(mut connection) = self.connection().await else {
-            return false;
-        };
-        connection.del::<_, i64>(self.key(user_id)).await.is_ok()
+        let key = self.key(user_id);
+        let removed: Option<i64> = self
+            .call(|connection| {
+                Box::pin(async move { redis::cmd("DEL").arg(&key).query_async(connection).await })
+            })
+            .await;
+        removed.is_some()
     }
 }

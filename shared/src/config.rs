@@ -34,6 +34,24 @@ pub struct CommandSettings {
     pub http_addr: String,
     /// How long a draining server waits for open calls at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Concurrent charges committed together.
+    pub group_commit: GroupCommitSettings,
+    /// How long command-svc's Redis snapshot of an account (read by `CheckQuota`) lives without
+    /// a newer commit.
+    pub snapshot_ttl_secs: u64,
+}
+
+/// Group commit of charges: the charges that arrive while a batch commits are gathered (up to
+/// `max_batch`, waiting at most `max_wait_us` for more) and committed in one transaction with
+/// multi-row statements; each caller is answered after the commit. Off, every charge is its own
+/// transaction.
+#[derive(Clone, Debug, Deserialize)]
+pub struct GroupCommitSettings {
+    pub enabled: bool,
+    pub max_batch: usize,
+    pub max_wait_us: u64,
+    /// Batches committing at once, each on its own connection.
+    pub workers: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -81,6 +99,8 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Prefix of every key, so several deployments (or tests) can share one Redis.
     pub key_prefix: String,
+    /// A Redis call taking longer counts as a failure (MySQL answers, Redis is skipped briefly).
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -331,6 +351,12 @@ command:
   grpc_addr: 127.0.0.1:50051
   http_addr: 127.0.0.1:8081
   shutdown_grace_ms: 10000
+  group_commit:
+    enabled: true
+    max_batch: 256
+    max_wait_us: 0
+    workers: 4
+  snapshot_ttl_secs: 30
 query:
   http_addr: 127.0.0.1:8080
   command_endpoint: http://127.0.0.1:50051
@@ -353,6 +379,7 @@ database:
 redis:
   url: redis://127.0.0.1:6379
   key_prefix: "billing:"
+  timeout_ms: 500
 nats:
   url: nats://127.0.0.1:4222
   stream_prefix: ""

@@ -188,10 +188,13 @@ impl<'c> AccountTx<'c> {
         Ok(())
     }
 
-    /// Writes the decided state and commits. Returns the account as committed.
-    pub async fn commit(mut self) -> Result<AccountOut, StoreError> {
+    /// Writes the decided state and commits. Returns the account as committed, and as stored
+    /// when this transaction changed it.
+    /// Also returns the account as stored when this transaction changed it.
+    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
         self.flush_grant().await?;
-        if self.state.version != self.stored_version {
+        let changed = self.state.version != self.stored_version;
+        if changed {
             store::save_account(
                 &mut self.tx,
                 self.user_id,
@@ -202,11 +205,15 @@ impl<'c> AccountTx<'c> {
             .await?;
         }
         let out = self.out();
+        let stored = changed.then(|| {
+            self.rules
+                .present_stored(self.user_id, &self.currency, &self.state)
+        });
         self.tx.commit().await?;
         if self.wrote_events {
             self.store.outbox_written();
         }
-        Ok(out)
+        Ok((out, stored))
     }
 
     /// Ends the transaction of a command that was already applied: nothing is written, and the

@@ -76,7 +76,7 @@ impl Commands {
         account
             .append(&record_id, RecordKind::Adjust, after, amounts, refs, event)
             .await?;
-        let account = account.commit().await?;
+        let account = self.commit(account).await?;
         Ok(Adjusted {
             record_id,
             account,

@@ -40,9 +40,13 @@ impl Commands {
             .present(user_id, currency, snapshot.as_ref(), now))
     }
 
-    /// Would a charge of this amount be allowed now?
+    /// Would a charge of this amount be allowed now? From the Redis snapshot when there is one,
+    /// MySQL otherwise. Redis never decides a charge: only this answer.
     pub async fn check_quota(&self, command: &CheckQuota) -> Result<Checked, CommandError> {
-        let account = self.get_account(command.user_id.as_str()).await?;
+        let account = match self.cached_account(command.user_id.as_str()).await {
+            Some(account) => account,
+            None => self.get_account(command.user_id.as_str()).await?,
+        };
         Ok(Checked {
             allowed: command.amount <= account.view.available,
             account,
@@ -51,7 +55,10 @@ impl Commands {
 
     /// Charges once per `(user_id, request_id)`; a retry of a refused charge is decided afresh.
     pub async fn deduct_quota(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
-        self.store.retrying(|| self.deduct_once(command)).await
+        match &self.charges {
+            Some(queue) => queue.charge(command.clone()).await,
+            None => self.store.retrying(|| self.deduct_once(command)).await,
+        }
     }
 
     async fn deduct_once(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
@@ -114,7 +121,7 @@ impl Commands {
                 event,
             )
             .await?;
-        let account = account.commit().await?;
+        let account = self.commit(account).await?;
         Ok(Charged {
             record_id,
             split,

@@ -5,8 +5,10 @@
 mod account_tx;
 mod adjust;
 mod charge;
+mod group;
 mod orders;
 mod reset;
+mod snapshots;
 
 use std::time::Duration;
 
@@ -14,7 +16,9 @@ use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, stored_view, view_at},
     bus::BusNames,
+    cache::SnapshotCache,
     clock::Clock,
+    config::GroupCommitSettings,
     config::{ConfigError, Settings},
     ids::FieldViolation,
     money::Micros,
@@ -71,7 +75,7 @@ impl Rules {
 }
 
 /// Why a command did not apply. Every variant leaves the stored state as it was.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("invalid argument: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldViolation>),
@@ -124,14 +128,42 @@ pub struct Commands {
     store: Store,
     clock: Clock,
     rules: Rules,
+    /// command-svc's Redis snapshots, written through after commits and read by `CheckQuota`.
+    snapshots: Option<SnapshotCache>,
+    /// Charges go through group commit when set.
+    charges: Option<group::ChargeQueue>,
 }
 
 impl Commands {
+    /// Every command its own transaction, `CheckQuota` from MySQL.
     pub fn new(store: Store, clock: Clock, rules: Rules) -> Self {
         Commands {
             store,
             clock,
             rules,
+            snapshots: None,
+            charges: None,
+        }
+    }
+
+    /// `CheckQuota` answers from these snapshots (MySQL on a miss or when Redis is down), and
+    /// every commit writes them through.
+    pub fn with_snapshots(self, snapshots: SnapshotCache) -> Self {
+        Commands {
+            snapshots: Some(snapshots),
+            ..self
+        }
+    }
+
+    /// Charges are committed in groups by these settings' workers (started now).
+    pub fn with_group_commit(self, settings: &GroupCommitSettings) -> Self {
+        if !settings.enabled {
+            return self;
+        }
+        let queue = group::ChargeQueue::start(self.clone(), settings);
+        Commands {
+            charges: Some(queue),
+            ..self
         }
     }
 

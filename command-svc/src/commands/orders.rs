@@ -124,7 +124,7 @@ impl Commands {
                 order: Some(order.message()),
             }))
             .await?;
-        account.commit().await?;
+        self.commit(account).await?;
         Ok(OrderCreated {
             order,
             replayed: false,
@@ -170,7 +170,7 @@ impl Commands {
         let order = store::lock_order(account.tx(), order_no)
             .await?
             .ok_or_else(|| {
-                StoreError::Internal(sqlx::Error::Protocol(format!("order {order_no} vanished")))
+                StoreError::internal(sqlx::Error::Protocol(format!("order {order_no} vanished")))
             })?;
 
         if let Some(replay) = self.replay_of(account.tx(), callback).await? {
@@ -268,7 +268,7 @@ impl Commands {
                 let row = unmatched_row(callback, Some(&found.user_id), why, now);
                 store::insert_unmatched(account.tx(), &row).await?;
                 account.publish(unmatched_event(&row)).await?;
-                let account = account.commit().await?;
+                let account = self.commit(account).await?;
                 let order = store::find_order(self.store.pool(), order_no).await?;
                 return Ok(CallbackResult {
                     outcome: CallbackOutcome::Unmatched,
@@ -279,7 +279,7 @@ impl Commands {
                 });
             }
         };
-        let account = account.commit().await?;
+        let account = self.commit(account).await?;
         let order = store::find_order(self.store.pool(), order_no).await?;
         Ok(CallbackResult {
             outcome,

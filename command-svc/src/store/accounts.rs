@@ -35,7 +35,7 @@ impl AccountRow {
 /// A period column that does not parse is a corrupt row, never the caller's fault.
 pub(super) fn parse_period(text: &str) -> Result<Period, StoreError> {
     text.parse().map_err(|e: shared::period::PeriodError| {
-        StoreError::Internal(sqlx::Error::Decode(e.into()))
+        StoreError::internal(sqlx::Error::Decode(e.into()))
     })
 }
 
@@ -134,7 +134,7 @@ pub async fn save_account(
     if result.rows_affected() == 1 {
         Ok(())
     } else {
-        Err(StoreError::Internal(sqlx::Error::Protocol(format!(
+        Err(StoreError::internal(sqlx::Error::Protocol(format!(
             "account {user_id} is no longer at version {from_version}"
         ))))
     }
@@ -196,5 +196,53 @@ pub async fn save_accounts(
          updated_at = VALUES(updated_at)",
     );
     upsert.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Locks these accounts (those that exist) in primary-key order.
+pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<AccountRow>, StoreError> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut select = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE user_id IN ("
+    ));
+    let mut ids = select.separated(", ");
+    for user_id in user_ids {
+        ids.push_bind(*user_id);
+    }
+    select.push(") ORDER BY user_id FOR UPDATE");
+    Ok(select.build_query_as().fetch_all(&mut **tx).await?)
+}
+
+/// Inserts new accounts in their first state. A concurrent creation of one of them is a
+/// duplicate key, a conflict: the whole transaction is run again and finds it.
+pub async fn create_accounts(
+    tx: &mut Tx,
+    accounts: &[(&str, &str, AccountSnapshot)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+    );
+    insert.push_values(accounts, |mut row, (user_id, currency, state)| {
+        row.push_bind(*user_id)
+            .push_bind(*currency)
+            .push_bind(state.balance.get())
+            .push_bind(state.period.to_string())
+            .push_bind(state.free_granted.get())
+            .push_bind(state.free_used.get())
+            .push_bind(state.monthly_free.get())
+            .push_bind(state.version)
+            .push_bind(now)
+            .push_bind(now);
+    });
+    insert.build().execute(&mut **tx).await?;
     Ok(())
 }

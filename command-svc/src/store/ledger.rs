@@ -114,6 +114,7 @@ pub struct LedgerRecord {
     pub free_granted_after_micros: i64,
     pub free_used_after_micros: i64,
     pub api_id: Option<String>,
+    pub request_id: Option<String>,
     pub order_no: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -136,7 +137,7 @@ macro_rules! record_columns {
     () => {
         "record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, period, \
          balance_after_micros, free_granted_after_micros, free_used_after_micros, api_id, \
-         order_no, created_at"
+         request_id, order_no, created_at"
     };
 }
 
@@ -239,4 +240,31 @@ pub async fn insert_entries(tx: &mut Tx, entries: &[LedgerEntry<'_>]) -> Result<
     });
     insert.build().execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The charges already recorded for any of these `(user_id, request_id)` keys (one query for a
+/// whole batch; it may return a little more, which the caller matches exactly).
+pub async fn find_charges(
+    tx: &mut Tx,
+    keys: &[(&str, &str)],
+) -> Result<Vec<LedgerRecord>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut select = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM ledger WHERE user_id IN ("
+    ));
+    let mut users = select.separated(", ");
+    for (user_id, _) in keys {
+        users.push_bind(*user_id);
+    }
+    select.push(") AND request_id IN (");
+    let mut requests = select.separated(", ");
+    for (_, request_id) in keys {
+        requests.push_bind(*request_id);
+    }
+    select.push(")");
+    Ok(select.build_query_as().fetch_all(&mut **tx).await?)
 }

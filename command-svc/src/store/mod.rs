@@ -17,13 +17,13 @@ use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 use tokio::sync::Notify;
 
 pub use accounts::{
-    AccountRow, create_account, load_account, lock_account, lock_accounts_between, save_account,
-    save_accounts,
+    AccountRow, create_account, create_accounts, load_account, lock_account, lock_accounts,
+    lock_accounts_between, save_account, save_accounts,
 };
 pub use grants::{Grant, insert_grants};
 pub use ledger::{
-    LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_credit_by_txn,
-    insert_entries, insert_entry,
+    LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_charges,
+    find_credit_by_txn, insert_entries, insert_entry,
 };
 pub use orders::{
     OrderRow, UnmatchedRow, find_order, find_order_by_key, find_unmatched_by_txn, insert_order,
@@ -36,20 +36,28 @@ pub use outbox::{
 
 pub type Tx = Transaction<'static, MySql>;
 
-/// How a storage failure should be treated by the caller.
-#[derive(Debug, thiserror::Error)]
+/// How a storage failure should be treated by the caller. Cloneable, so one failed group commit
+/// can answer each of its callers.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// MySQL could not be reached, or the connection broke: the outcome is unknown, and the
     /// caller must retry with the same idempotency key.
     #[error("store unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// A deadlock, a lock wait timeout or a unique-key race with a concurrent command: the
     /// transaction was rolled back and can be run again from the start.
     #[error("transaction conflict: {0}")]
-    Conflict(#[source] sqlx::Error),
+    Conflict(#[source] Arc<sqlx::Error>),
     /// Anything else is a fault of this service or its schema.
     #[error("store error: {0}")]
-    Internal(#[source] sqlx::Error),
+    Internal(#[source] Arc<sqlx::Error>),
+}
+
+impl StoreError {
+    /// A fault found by this service in what it read (a corrupt row, a vanished one).
+    pub fn internal(error: sqlx::Error) -> Self {
+        StoreError::Internal(Arc::new(error))
+    }
 }
 
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
@@ -68,18 +76,20 @@ impl From<sqlx::Error> for StoreError {
             | E::PoolTimedOut
             | E::PoolClosed
             | E::WorkerCrashed
-            | E::Protocol(_) => StoreError::Unavailable(error),
+            | E::Protocol(_) => StoreError::Unavailable(Arc::new(error)),
             E::Database(db) => match db
                 .try_downcast_ref::<MySqlDatabaseError>()
                 .map(|e| e.number())
             {
                 Some(ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK | ER_DUP_ENTRY) => {
-                    StoreError::Conflict(error)
+                    StoreError::Conflict(Arc::new(error))
                 }
-                Some(ER_SERVER_SHUTDOWN | ER_CONNECTION_KILLED) => StoreError::Unavailable(error),
-                _ => StoreError::Internal(error),
+                Some(ER_SERVER_SHUTDOWN | ER_CONNECTION_KILLED) => {
+                    StoreError::Unavailable(Arc::new(error))
+                }
+                _ => StoreError::Internal(Arc::new(error)),
             },
-            _ => StoreError::Internal(error),
+            _ => StoreError::Internal(Arc::new(error)),
         }
     }
 }

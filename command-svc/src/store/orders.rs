@@ -23,7 +23,7 @@ pub struct OrderRow {
 impl OrderRow {
     pub fn status(&self) -> Result<OrderStatus, StoreError> {
         OrderStatus::parse(&self.status).ok_or_else(|| {
-            StoreError::Internal(sqlx::Error::Decode(
+            StoreError::internal(sqlx::Error::Decode(
                 format!("unknown order status {:?}", self.status).into(),
             ))
         })

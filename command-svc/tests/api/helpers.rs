@@ -56,6 +56,10 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
 }
 
+pub fn redis_url() -> String {
+    std::env::var("BILLING_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
 pub fn nats_url() -> String {
     std::env::var("BILLING_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
@@ -128,6 +132,11 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         (
             "BILLING__OUTBOX__POLL_INTERVAL_MS".to_owned(),
             "50".to_owned(),
+        ),
+        ("BILLING__REDIS__URL".to_owned(), redis_url()),
+        (
+            "BILLING__REDIS__KEY_PREFIX".to_owned(),
+            format!("test:{tag}:"),
         ),
         ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
     ]);

@@ -7,6 +7,7 @@ mod nats;
 
 mod charges;
 mod conservation;
+mod hot_path;
 mod outage;
 mod payments;
 mod periods;

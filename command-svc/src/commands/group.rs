@@ -1,0 +1,433 @@
+//! Group commit of charges: the gateway's hot path.
+//!
+//! Charges are queued; a few workers each take what has arrived (up to a bound, optionally
+//! waiting a little for more) and commit it as one MySQL transaction: the accounts locked in
+//! primary-key order, earlier charges of the same keys found with one query, every decision made
+//! in memory with the same rules as a single charge, then every row written with multi-row
+//! statements. Each caller is answered only after the commit, with its own result: a refusal or a
+//! replay in a batch never affects the other charges, and a key sent twice in one batch charges
+//! once. The whole batch is one unit for the database: a conflict runs it again from the start,
+//! a failure answers every caller with it (and nothing of the batch is written).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use shared::{
+    account::{AccountSnapshot, Split, command_period, stored_view},
+    config::GroupCommitSettings,
+    money::Micros,
+    proto::v1::{FreeQuotaGranted, QuotaDeducted, billing_event::Kind},
+};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Charged, CommandError, Commands};
+use crate::{
+    domain::DeductQuota,
+    events::{self, AccountOut},
+    store::{self, Grant, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError},
+};
+
+struct Pending {
+    command: DeductQuota,
+    reply: oneshot::Sender<Result<Charged, CommandError>>,
+}
+
+/// The queue in front of the group-commit workers.
+#[derive(Clone)]
+pub(super) struct ChargeQueue {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl ChargeQueue {
+    /// Starts `settings.workers` workers committing batches for `commands` (which must not
+    /// itself route charges to a queue).
+    pub(super) fn start(commands: Commands, settings: &GroupCommitSettings) -> ChargeQueue {
+        let (sender, receiver) =
+            mpsc::channel(settings.max_batch.max(1) * settings.workers.max(1) * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let max_batch = settings.max_batch.max(1);
+        let max_wait = Duration::from_micros(settings.max_wait_us);
+        for _ in 0..settings.workers.max(1) {
+            let (commands, receiver) = (commands.clone(), receiver.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = next_batch(&receiver, max_batch, max_wait).await {
+                    commands.commit_charges(batch).await;
+                }
+            });
+        }
+        ChargeQueue { sender }
+    }
+
+    pub(super) async fn charge(&self, command: DeductQuota) -> Result<Charged, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        let closed = || CommandError::Store(StoreError::internal(sqlx::Error::PoolClosed));
+        self.sender
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+/// Takes the next batch: the first charge waited for, then whatever is already queued, and what
+/// arrives within `max_wait`, up to `max_batch`. `None` once the queue is closed and empty.
+async fn next_batch(
+    receiver: &Mutex<mpsc::Receiver<Pending>>,
+    max_batch: usize,
+    max_wait: Duration,
+) -> Option<Vec<Pending>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + max_wait;
+    while batch.len() < max_batch {
+        match receiver.try_recv() {
+            Ok(pending) => batch.push(pending),
+            Err(mpsc::error::TryRecvError::Empty) if !max_wait.is_zero() => {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(pending)) => batch.push(pending),
+                    _ => break,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// One account's state as the batch decides it.
+struct Working {
+    currency: String,
+    /// The version stored now (0: no row yet).
+    stored_version: i64,
+    state: AccountSnapshot,
+}
+
+/// What the batch decided for one charge.
+enum Decided {
+    Done(Result<Charged, CommandError>),
+    /// Same as the charge at this index of the batch, which was applied.
+    SameAs(usize),
+}
+
+impl Commands {
+    async fn commit_charges(&self, batch: Vec<Pending>) {
+        let commands: Vec<&DeductQuota> = batch.iter().map(|pending| &pending.command).collect();
+        let outcome = self
+            .store
+            .retrying(|| self.charge_batch_once(&commands))
+            .await;
+        match outcome {
+            Ok(results) => {
+                for (pending, result) in batch.into_iter().zip(results) {
+                    let _ = pending.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for pending in batch {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn charge_batch_once(
+        &self,
+        commands: &[&DeductQuota],
+    ) -> Result<Vec<Result<Charged, CommandError>>, CommandError> {
+        let now = self.now();
+        let now_period = self.rules.zone.period_of(now);
+        let mut tx = self.store.begin().await?;
+
+        let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
+        let users: Vec<&str> = users.into_iter().collect();
+        let rows = store::lock_accounts(&mut tx, &users).await?;
+        let mut accounts: HashMap<&str, Working> = HashMap::new();
+        for row in &rows {
+            let working = Working {
+                currency: row.currency.clone(),
+                stored_version: row.version,
+                state: row.snapshot()?,
+            };
+            accounts.insert(row.user_id.as_str(), working);
+        }
+        let keys: Vec<(&str, &str)> = commands
+            .iter()
+            .filter(|c| accounts.contains_key(c.user_id.as_str()))
+            .map(|c| (c.user_id.as_str(), c.request_id.as_str()))
+            .collect();
+        let earlier: HashMap<(&str, &str), &LedgerRecord> = HashMap::new();
+        let found = store::find_charges(&mut tx, &keys).await?;
+        let mut earlier = earlier;
+        for record in &found {
+            if let Some(request_id) = record.request_id.as_deref() {
+                earlier.insert((record.user_id.as_str(), request_id), record);
+            }
+        }
+
+        let mut decided: Vec<Decided> = Vec::with_capacity(commands.len());
+        let mut applied: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut grants = Vec::new();
+        let mut entries = Vec::new();
+        let mut published = Vec::new();
+        for (index, command) in commands.iter().enumerate() {
+            let user_id = command.user_id.as_str();
+            let key = (user_id, command.request_id.as_str());
+            if let Some(record) = earlier.get(&key) {
+                let same = record.amount_micros == command.amount.get()
+                    && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
+                let result = if same {
+                    let working = &accounts[user_id];
+                    let state = record.state_after(working.state.monthly_free)?;
+                    Ok(Charged {
+                        split: Split {
+                            free: Micros::new(record.free_micros),
+                            balance: Micros::new(record.balance_micros),
+                        },
+                        account: self.rules.present(
+                            user_id,
+                            Some(&working.currency),
+                            Some(&state),
+                            now,
+                        ),
+                        record_id: record.record_id.clone(),
+                        replayed: true,
+                    })
+                } else {
+                    Err(CommandError::KeyReused { key: "request_id" })
+                };
+                decided.push(Decided::Done(result));
+                continue;
+            }
+            if let Some(&first) = applied.get(&key) {
+                let original = commands[first];
+                let same = original.amount == command.amount && original.api_id == command.api_id;
+                decided.push(if same {
+                    Decided::SameAs(first)
+                } else {
+                    Decided::Done(Err(CommandError::KeyReused { key: "request_id" }))
+                });
+                continue;
+            }
+
+            let working = accounts.entry(user_id).or_insert_with(|| Working {
+                currency: self.rules.currency.clone(),
+                stored_version: 0,
+                state: AccountSnapshot::fresh(now_period, self.rules.default_monthly_free),
+            });
+            // The period's grant and the charge are decided together: a refused charge writes
+            // nothing, not even the grant.
+            let period = command_period(&working.state, now_period);
+            let opened = working
+                .state
+                .open_period(period, working.state.monthly_free);
+            let base = opened.unwrap_or(working.state);
+            let (split, after) = match base.charge(command.amount) {
+                Ok(charged) => charged,
+                Err(refusal) => {
+                    decided.push(Decided::Done(Err(refusal.into())));
+                    continue;
+                }
+            };
+            if let Some(granted) = opened {
+                let record_id = events::new_id();
+                grants.push((
+                    user_id,
+                    granted.period.to_string(),
+                    granted.free_granted.get(),
+                    record_id.clone(),
+                ));
+                entries.push(self.entry(
+                    user_id,
+                    RecordKind::FreeGrant,
+                    &record_id,
+                    working.state,
+                    granted,
+                    (granted.free_granted, granted.free_granted, Micros::ZERO),
+                    None,
+                    now,
+                ));
+                let kind = Kind::FreeQuotaGranted(FreeQuotaGranted {
+                    record_id: record_id.clone(),
+                    period: granted.period.to_string(),
+                    amount_micros: granted.free_granted.get(),
+                });
+                published.push(self.event_about(user_id, &working.currency, &granted, kind, now));
+            }
+            let record_id = events::new_id();
+            entries.push(self.entry(
+                user_id,
+                RecordKind::Deduct,
+                &record_id,
+                base,
+                after,
+                (command.amount, split.free, split.balance),
+                Some(command),
+                now,
+            ));
+            let kind = Kind::QuotaDeducted(QuotaDeducted {
+                record_id: record_id.clone(),
+                request_id: command.request_id.to_string(),
+                api_id: command.api_id.to_string(),
+                amount_micros: command.amount.get(),
+                free_micros: split.free.get(),
+                balance_micros: split.balance.get(),
+            });
+            published.push(self.event_about(user_id, &working.currency, &after, kind, now));
+            working.state = after;
+            applied.insert(key, index);
+            decided.push(Decided::Done(Ok(Charged {
+                record_id,
+                split,
+                account: self
+                    .rules
+                    .present(user_id, Some(&working.currency), Some(&after), now),
+                replayed: false,
+            })));
+        }
+
+        if !entries.is_empty() {
+            let created: Vec<(&str, &str, AccountSnapshot)> = accounts
+                .iter()
+                .filter(|(_, w)| w.stored_version == 0 && w.state.version > 0)
+                .map(|(user, w)| (*user, w.currency.as_str(), w.state))
+                .collect();
+            let changed: Vec<(&str, &str, AccountSnapshot)> = accounts
+                .iter()
+                .filter(|(_, w)| w.stored_version > 0 && w.state.version != w.stored_version)
+                .map(|(user, w)| (*user, w.currency.as_str(), w.state))
+                .collect();
+            let grant_rows: Vec<Grant> = grants
+                .iter()
+                .map(|(user_id, period, granted, record_id)| Grant {
+                    user_id,
+                    period: period.clone(),
+                    granted_micros: *granted,
+                    record_id,
+                })
+                .collect();
+            let ledger: Vec<LedgerEntry> = entries.iter().map(|e| e.borrowed()).collect();
+            store::create_accounts(&mut tx, &created, now).await?;
+            store::save_accounts(&mut tx, &changed, now).await?;
+            store::insert_grants(&mut tx, &grant_rows, now).await?;
+            store::insert_entries(&mut tx, &ledger).await?;
+            store::insert_events(&mut tx, &published, now).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            self.store.outbox_written();
+            let written: Vec<AccountOut> = accounts
+                .iter()
+                .filter(|(_, w)| w.state.version != w.stored_version)
+                .map(|(user, w)| self.rules.present_stored(user, &w.currency, &w.state))
+                .collect();
+            self.write_through(&written).await;
+        } else {
+            tx.rollback().await.map_err(StoreError::from)?;
+        }
+
+        let mut results: Vec<Option<Result<Charged, CommandError>>> =
+            Vec::with_capacity(decided.len());
+        for decision in &decided {
+            results.push(match decision {
+                Decided::Done(result) => Some(result.clone()),
+                Decided::SameAs(_) => None,
+            });
+        }
+        for (index, decision) in decided.iter().enumerate() {
+            if let Decided::SameAs(first) = decision {
+                let original = results[*first]
+                    .clone()
+                    .expect("an applied charge has its result");
+                results[index] = Some(original.map(|charged| Charged {
+                    replayed: true,
+                    ..charged
+                }));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every charge decided"))
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &self,
+        user_id: &str,
+        kind: RecordKind,
+        record_id: &str,
+        before: AccountSnapshot,
+        after: AccountSnapshot,
+        amounts: (Micros, Micros, Micros),
+        charge: Option<&DeductQuota>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> OwnedEntry {
+        OwnedEntry {
+            record_id: record_id.to_owned(),
+            user_id: user_id.to_owned(),
+            kind,
+            amounts,
+            before,
+            after,
+            request_id: charge.map(|c| c.request_id.to_string()),
+            api_id: charge.map(|c| c.api_id.to_string()),
+            description: charge.map(|c| c.description.to_string()),
+            created_at: now,
+        }
+    }
+
+    fn event_about(
+        &self,
+        user_id: &str,
+        currency: &str,
+        state: &AccountSnapshot,
+        kind: Kind,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (shared::proto::v1::BillingEvent, String) {
+        let subject = self.rules.bus.event_subject(&kind);
+        let account = AccountOut {
+            user_id: user_id.to_owned(),
+            currency: currency.to_owned(),
+            view: stored_view(state, self.rules.zone),
+        };
+        (events::event(Some(&account), user_id, kind, now), subject)
+    }
+}
+
+/// A ledger row owned by the batch until it is written.
+struct OwnedEntry {
+    record_id: String,
+    user_id: String,
+    kind: RecordKind,
+    amounts: (Micros, Micros, Micros),
+    before: AccountSnapshot,
+    after: AccountSnapshot,
+    request_id: Option<String>,
+    api_id: Option<String>,
+    description: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OwnedEntry {
+    fn borrowed(&self) -> LedgerEntry<'_> {
+        LedgerEntry {
+            record_id: &self.record_id,
+            user_id: &self.user_id,
+            kind: self.kind,
+            amount: self.amounts.0,
+            free: self.amounts.1,
+            balance: self.amounts.2,
+            before: self.before,
+            after: self.after,
+            refs: Refs {
+                request_id: self.request_id.as_deref(),
+                api_id: self.api_id.as_deref(),
+                description: self.description.as_deref(),
+                ..Refs::default()
+            },
+            created_at: self.created_at,
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The hot path's two speed-ups keep every rule: group commit (and the same results without it),
+//! and `CheckQuota` from command-svc's Redis snapshots (and from MySQL without Redis).
+
+use std::{collections::HashSet, process::Stdio, time::Duration};
+
+use chrono::Utc;
+use futures::future::join_all;
+use shared::proto::v1 as pb;
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+const WITHOUT_GROUP_COMMIT: (&str, &str) = ("BILLING__COMMAND__GROUP_COMMIT__ENABLED", "false");
+
+/// 300 concurrent 1-CNY charges on an account that can afford exactly 150, half of them sent
+/// twice: each key charges once, the refusals take nothing, the books balance.
+async fn contended_account_keeps_every_rule(overrides: &[(&str, &str)]) {
+    let app = spawn_app_at(Utc::now(), overrides).await;
+    let user = new_user("contended");
+    recharge(&app, &user, 140 * CNY).await;
+    let gateway = app.gateway().await;
+    let calls = (0..300).flat_map(|i| {
+        let copies = if i % 2 == 0 { 2 } else { 1 };
+        (0..copies).map(move |_| i)
+    });
+    let calls = calls.map(|i| {
+        let mut gateway = gateway.clone();
+        let request = deduct(&user, CNY, &format!("key-{i}"));
+        async move {
+            (
+                i,
+                gateway.deduct_quota(request).await.map(|r| r.into_inner()),
+            )
+        }
+    });
+    let results = join_all(calls).await;
+    let applied: HashSet<_> = results
+        .iter()
+        .filter_map(|(i, r)| r.as_ref().ok().map(|_| *i))
+        .collect();
+    let refused = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Err(s) if reason(s) == "INSUFFICIENT_QUOTA"))
+        .count();
+    assert_eq!(applied.len(), 150, "exactly what the account affords");
+    assert!(refused >= 150, "{refused}");
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| r.is_ok() || matches!(r, Err(s) if reason(s) == "INSUFFICIENT_QUOTA"))
+    );
+    let records: HashSet<_> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|c| c.record_id.clone()))
+        .collect();
+    assert_eq!(
+        records.len(),
+        150,
+        "a key sent twice answers with one record"
+    );
+    let view = account(&app, &user).await;
+    assert_eq!((view.balance_micros, view.free_remaining_micros), (0, 0));
+    assert_eq!(
+        count(
+            &app.db,
+            "SELECT COUNT(*) FROM ledger WHERE user_id = ? AND kind = 'deduct'",
+            &user
+        )
+        .await,
+        150
+    );
+    assert_invariants(&app.db, &user).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn group_commit_keeps_every_rule_on_a_contended_account() {
+    contended_account_keeps_every_rule(&[]).await;
+}
+
+#[tokio::test]
+async fn one_transaction_per_charge_keeps_every_rule_too() {
+    contended_account_keeps_every_rule(&[WITHOUT_GROUP_COMMIT]).await;
+}
+
+#[tokio::test]
+async fn a_batch_mixing_new_accounts_replays_refusals_and_reused_keys_answers_each_on_its_own() {
+    let app = spawn_app_at(
+        Utc::now(),
+        &[
+            ("BILLING__COMMAND__GROUP_COMMIT__MAX_WAIT_US", "20000"),
+            ("BILLING__COMMAND__GROUP_COMMIT__WORKERS", "1"),
+        ],
+    )
+    .await;
+    let rich = new_user("rich");
+    recharge(&app, &rich, 50 * CNY).await;
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&rich, CNY, "earlier"))
+        .await
+        .unwrap();
+    let newcomer = new_user("new");
+    // Sent together, so the single worker takes them as one batch.
+    let requests = vec![
+        deduct(&rich, CNY, "earlier"),     // a replay of a committed charge
+        deduct(&rich, 2 * CNY, "earlier"), // the same key with another amount
+        deduct(&newcomer, 11 * CNY, "too-much"), // refused: a new account has 10 CNY free
+        deduct(&newcomer, 3 * CNY, "fits"), // applied: creates the account with its grant
+        deduct(&rich, 4 * CNY, "twice"),   // applied
+        deduct(&rich, 4 * CNY, "twice"),   // the same key again in the batch: once
+        deduct(&rich, 100 * CNY, "huge"),  // refused, the others unaffected
+    ];
+    let gateway = app.gateway().await;
+    let results = join_all(requests.into_iter().map(|request| {
+        let mut gateway = gateway.clone();
+        async move { gateway.deduct_quota(request).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    assert!(results[0].as_ref().unwrap().replayed);
+    assert_eq!(
+        reason(results[1].as_ref().unwrap_err()),
+        "IDEMPOTENCY_KEY_REUSED"
+    );
+    assert_eq!(
+        reason(results[2].as_ref().unwrap_err()),
+        "INSUFFICIENT_QUOTA"
+    );
+    let fits = results[3].as_ref().unwrap();
+    assert_eq!(
+        (
+            fits.free_deducted_micros,
+            fits.account.as_ref().unwrap().version
+        ),
+        (3 * CNY, 2)
+    );
+    let (first, second) = (results[4].as_ref().unwrap(), results[5].as_ref().unwrap());
+    assert_eq!(first.record_id, second.record_id);
+    assert_ne!(
+        first.replayed, second.replayed,
+        "one applied, one answered as its replay"
+    );
+    assert_eq!(
+        reason(results[6].as_ref().unwrap_err()),
+        "INSUFFICIENT_QUOTA"
+    );
+
+    assert_eq!(
+        count(
+            &app.db,
+            "SELECT COUNT(*) FROM ledger WHERE user_id = ? AND kind = 'deduct'",
+            &rich
+        )
+        .await,
+        2
+    );
+    assert_eq!(ledger_count(&app, &newcomer).await, 2, "grant and charge");
+    for user in [&rich, &newcomer] {
+        assert_invariants(&app.db, user).await;
+    }
+    app.cleanup().await;
+}
+
+/// CheckQuota after an acknowledged charge shows at least that charge's version.
+async fn checks_follow_charges(app: &TestApp, user: &str) {
+    let (mut gateway, mut checker) = (app.gateway().await, app.gateway().await);
+    for i in 0..40 {
+        let charged = gateway
+            .deduct_quota(deduct(user, 100_000, &format!("c{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        let version = charged.account.unwrap().version;
+        let check = pb::CheckQuotaRequest {
+            user_id: user.into(),
+            amount_micros: 1,
+        };
+        let seen = checker
+            .check_quota(check)
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap();
+        assert!(
+            seen.version >= version,
+            "check at version {} after a charge at {version}",
+            seen.version
+        );
+        assert_eq!(seen.free_used_micros, (i + 1) * 100_000);
+    }
+}
+
+#[tokio::test]
+async fn checks_answer_from_redis_at_least_as_new_as_the_callers_last_charge() {
+    let app = spawn_app().await;
+    let user = new_user("cached");
+    checks_follow_charges(&app, &user).await;
+    // The answer came from the snapshot: it is there, at the account's version.
+    let cache = shared::cache::SnapshotCache::for_commands(
+        &redis_url(),
+        &app.settings.redis.key_prefix,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let cached = cache.get(&user).await.expect("a snapshot written through");
+    assert_eq!(cached.version, account(&app, &user).await.version);
+    app.cleanup().await;
+}
+
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return OwnRedis {
+                    port,
+                    child: Some(child),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the test's redis-server did not start");
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_checks_answer_from_mysql_and_charges_go_on() {
+    let mut redis = OwnRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let app = spawn_app_at(Utc::now(), &[("BILLING__REDIS__URL", url.as_str())]).await;
+    let user = new_user("no-redis");
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, 100_000, "before"))
+        .await
+        .unwrap();
+    redis.kill().await;
+    let other = new_user("no-redis-2");
+    checks_follow_charges(&app, &other).await;
+    assert_invariants(&app.db, &other).await;
+    app.cleanup().await;
+}

@@ -24,7 +24,7 @@ RELEASE_PACKAGES := $(foreach s,$(SERVICES),-p $(s))
 # the recipes that need it.
 target_dir = $(or $(CARGO_TARGET_DIR),$(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'))
 
-.PHONY: help deps build build-release run run-all stop-all build-cron run-cron test lint fmt clean
+.PHONY: help deps build build-release run run-all stop-all build-cron run-cron test bench lint fmt clean
 
 help: ## List the targets
 	@echo "Usage: make <target>"
@@ -68,6 +68,9 @@ test: ## Run the whole test suite against real MariaDB, Redis and NATS
 	else \
 		$(CARGO) test --workspace --no-fail-fast $(TEST_ARGS); \
 	fi
+
+bench: ## The hot-path benchmark suite: one table of rates, latencies, ratios and invariant checks
+	deploy/bench.sh
 
 lint: ## Check formatting and run clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -122,7 +122,7 @@ impl Application {
             .add_service(reflection)
             .add_service(billing)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.grpc_listener),
+                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
                 stopped(stop_rx.clone()),
             );
 

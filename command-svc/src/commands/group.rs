@@ -24,6 +24,7 @@ use shared::{
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Charged, CommandError, Commands};
+use crate::store::AsStoreError;
 use crate::{
     domain::DeductQuota,
     events::{self, AccountOut},
@@ -72,8 +73,10 @@ impl ChargeQueue {
     }
 }
 
-/// Takes the next batch: the first charge waited for, then whatever is already queued, and what
-/// arrives within `max_wait`, up to `max_batch`. `None` once the queue is closed and empty.
+/// Takes the next batch: the first charge waited for, then what is already queued and what
+/// arrives within `max_wait`, up to `max_batch`. The batch's size is a power of two (the rest
+/// stays queued for the next batch), so its multi-row statements are among a few prepared ones.
+/// `None` once the queue is closed and empty.
 async fn next_batch(
     receiver: &Mutex<mpsc::Receiver<Pending>>,
     max_batch: usize,
@@ -82,16 +85,17 @@ async fn next_batch(
     let mut receiver = receiver.lock().await;
     let first = receiver.recv().await?;
     let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + max_wait;
-    while batch.len() < max_batch {
+    if !max_wait.is_zero() && receiver.is_empty() {
+        // Nothing else yet: give concurrent callers a moment to join.
+        if let Ok(Some(pending)) = tokio::time::timeout(max_wait, receiver.recv()).await {
+            batch.push(pending);
+        }
+    }
+    let available = (batch.len() + receiver.len()).min(max_batch);
+    let size = 1_usize << (usize::BITS - 1 - available.leading_zeros());
+    while batch.len() < size {
         match receiver.try_recv() {
             Ok(pending) => batch.push(pending),
-            Err(mpsc::error::TryRecvError::Empty) if !max_wait.is_zero() => {
-                match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(pending)) => batch.push(pending),
-                    _ => break,
-                }
-            }
             Err(_) => break,
         }
     }
@@ -116,10 +120,13 @@ enum Decided {
 impl Commands {
     async fn commit_charges(&self, batch: Vec<Pending>) {
         let commands: Vec<&DeductQuota> = batch.iter().map(|pending| &pending.command).collect();
-        let outcome = self
-            .store
-            .retrying(|| self.charge_batch_once(&commands))
-            .await;
+        let optimistic = self.charge_batch_once(&commands, false).await;
+        let outcome = match optimistic {
+            Ok(Some(results)) => Ok(results),
+            Ok(None) => self.charge_batch_looked_up(&commands).await,
+            Err(error) if error.is_conflict() => self.charge_batch_looked_up(&commands).await,
+            Err(error) => Err(error),
+        };
         match outcome {
             Ok(results) => {
                 for (pending, result) in batch.into_iter().zip(results) {
@@ -134,10 +141,26 @@ impl Commands {
         }
     }
 
-    async fn charge_batch_once(
+    /// The batch with every key looked up first, run again on conflicts.
+    async fn charge_batch_looked_up(
         &self,
         commands: &[&DeductQuota],
     ) -> Result<Vec<Result<Charged, CommandError>>, CommandError> {
+        self.store
+            .retrying(|| async {
+                let results = self.charge_batch_once(commands, true).await?;
+                Ok(results.expect("a looked-up batch always decides"))
+            })
+            .await
+    }
+
+    /// One run of the batch. Without `look_up`, `None` when a key turned out to be a repeat
+    /// (the batch must run again with the look-up).
+    async fn charge_batch_once(
+        &self,
+        commands: &[&DeductQuota],
+        look_up: bool,
+    ) -> Result<Option<Vec<Result<Charged, CommandError>>>, CommandError> {
         let now = self.now();
         let now_period = self.rules.zone.period_of(now);
         let mut tx = self.store.begin().await?;
@@ -154,14 +177,15 @@ impl Commands {
             };
             accounts.insert(row.user_id.as_str(), working);
         }
+        // Most keys are new: the optimistic pass does not look them up and lets the ledger's
+        // unique key catch a repeated one (then the batch runs again with the look-up).
         let keys: Vec<(&str, &str)> = commands
             .iter()
-            .filter(|c| accounts.contains_key(c.user_id.as_str()))
+            .filter(|c| look_up && accounts.contains_key(c.user_id.as_str()))
             .map(|c| (c.user_id.as_str(), c.request_id.as_str()))
             .collect();
-        let earlier: HashMap<(&str, &str), &LedgerRecord> = HashMap::new();
+        let mut earlier: HashMap<(&str, &str), &LedgerRecord> = HashMap::new();
         let found = store::find_charges(&mut tx, &keys).await?;
-        let mut earlier = earlier;
         for record in &found {
             if let Some(request_id) = record.request_id.as_deref() {
                 earlier.insert((record.user_id.as_str(), request_id), record);
@@ -289,6 +313,26 @@ impl Commands {
             })));
         }
 
+        if !look_up {
+            // A refused charge may be the retry of one applied earlier, whose answer is the
+            // original, not a refusal: those keys are looked up before a refusal is final.
+            let refused: Vec<(&str, &str)> = commands
+                .iter()
+                .zip(&decided)
+                .filter(|(command, decision)| {
+                    matches!(decision, Decided::Done(Err(_)))
+                        && accounts
+                            .get(command.user_id.as_str())
+                            .is_some_and(|w| w.stored_version > 0)
+                })
+                .map(|(command, _)| (command.user_id.as_str(), command.request_id.as_str()))
+                .collect();
+            if !store::find_charges(&mut tx, &refused).await?.is_empty() {
+                tx.rollback().await.map_err(StoreError::from)?;
+                return Ok(None);
+            }
+        }
+
         if !entries.is_empty() {
             let created: Vec<(&str, &str, AccountSnapshot)> = accounts
                 .iter()
@@ -346,10 +390,12 @@ impl Commands {
                 }));
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every charge decided"))
-            .collect())
+        Ok(Some(
+            results
+                .into_iter()
+                .map(|r| r.expect("every charge decided"))
+                .collect(),
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -23,7 +23,8 @@ impl Commands {
     pub(super) async fn write_through(&self, accounts: &[AccountOut]) {
         let Some(cache) = &self.snapshots else { return };
         let now = self.now().timestamp_millis();
-        for account in accounts {
+        // Concurrent writes share the multiplexed connection: one round trip for the batch.
+        let writes = accounts.iter().map(|account| async move {
             let snapshot = CachedSnapshot {
                 version: account.view.version,
                 state: account.message().encode_to_vec(),
@@ -40,7 +41,8 @@ impl Commands {
                     cache.remove(&account.user_id).await;
                 }
             }
-        }
+        });
+        futures::future::join_all(writes).await;
     }
 
     /// The account from its Redis snapshot, presented now; `None` on a miss, a Redis failure or

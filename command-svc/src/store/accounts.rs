@@ -173,29 +173,31 @@ pub async fn save_accounts(
         return Ok(());
     }
     // Every row exists and is locked: the insert half never applies, the update half does.
-    let mut upsert = sqlx::QueryBuilder::new(
-        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
-    );
-    upsert.push_values(accounts, |mut row, (user_id, currency, state)| {
-        row.push_bind(*user_id)
-            .push_bind(*currency)
-            .push_bind(state.balance.get())
-            .push_bind(state.period.to_string())
-            .push_bind(state.free_granted.get())
-            .push_bind(state.free_used.get())
-            .push_bind(state.monthly_free.get())
-            .push_bind(state.version)
-            .push_bind(now)
-            .push_bind(now);
-    });
-    upsert.push(
-        " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), period = VALUES(period), \
-         free_granted_micros = VALUES(free_granted_micros), free_used_micros = VALUES(free_used_micros), \
-         monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
-         updated_at = VALUES(updated_at)",
-    );
-    upsert.build().execute(&mut **tx).await?;
+    for chunk in super::pow2_chunks(accounts) {
+        let mut upsert = sqlx::QueryBuilder::new(
+            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+        );
+        upsert.push_values(chunk, |mut row, (user_id, currency, state)| {
+            row.push_bind(*user_id)
+                .push_bind(*currency)
+                .push_bind(state.balance.get())
+                .push_bind(state.period.to_string())
+                .push_bind(state.free_granted.get())
+                .push_bind(state.free_used.get())
+                .push_bind(state.monthly_free.get())
+                .push_bind(state.version)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        upsert.push(
+            " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), period = VALUES(period), \
+             free_granted_micros = VALUES(free_granted_micros), free_used_micros = VALUES(free_used_micros), \
+             monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
+             updated_at = VALUES(updated_at)",
+        );
+        upsert.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -210,8 +212,8 @@ pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<Account
         " FROM accounts WHERE user_id IN ("
     ));
     let mut ids = select.separated(", ");
-    for user_id in user_ids {
-        ids.push_bind(*user_id);
+    for user_id in super::padded(user_ids) {
+        ids.push_bind(user_id);
     }
     select.push(") ORDER BY user_id FOR UPDATE");
     Ok(select.build_query_as().fetch_all(&mut **tx).await?)
@@ -227,22 +229,24 @@ pub async fn create_accounts(
     if accounts.is_empty() {
         return Ok(());
     }
-    let mut insert = sqlx::QueryBuilder::new(
-        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
-    );
-    insert.push_values(accounts, |mut row, (user_id, currency, state)| {
-        row.push_bind(*user_id)
-            .push_bind(*currency)
-            .push_bind(state.balance.get())
-            .push_bind(state.period.to_string())
-            .push_bind(state.free_granted.get())
-            .push_bind(state.free_used.get())
-            .push_bind(state.monthly_free.get())
-            .push_bind(state.version)
-            .push_bind(now)
-            .push_bind(now);
-    });
-    insert.build().execute(&mut **tx).await?;
+    for chunk in super::pow2_chunks(accounts) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, (user_id, currency, state)| {
+            row.push_bind(*user_id)
+                .push_bind(*currency)
+                .push_bind(state.balance.get())
+                .push_bind(state.period.to_string())
+                .push_bind(state.free_granted.get())
+                .push_bind(state.free_used.get())
+                .push_bind(state.monthly_free.get())
+                .push_bind(state.version)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }

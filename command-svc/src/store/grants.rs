@@ -21,16 +21,18 @@ pub async fn insert_grants(
     if grants.is_empty() {
         return Ok(());
     }
-    let mut insert = sqlx::QueryBuilder::new(
-        "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) ",
-    );
-    insert.push_values(grants, |mut row, grant| {
-        row.push_bind(grant.user_id)
-            .push_bind(&grant.period)
-            .push_bind(grant.granted_micros)
-            .push_bind(grant.record_id)
-            .push_bind(now);
-    });
-    insert.build().execute(&mut **tx).await?;
+    for chunk in super::pow2_chunks(grants) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, grant| {
+            row.push_bind(grant.user_id)
+                .push_bind(&grant.period)
+                .push_bind(grant.granted_micros)
+                .push_bind(grant.record_id)
+                .push_bind(now);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }

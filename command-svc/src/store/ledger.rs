@@ -199,51 +199,53 @@ pub async fn insert_entries(tx: &mut Tx, entries: &[LedgerEntry<'_>]) -> Result<
     if entries.is_empty() {
         return Ok(());
     }
-    let mut insert = sqlx::QueryBuilder::new(
-        "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
-         balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
-         free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
-         free_used_after_micros, request_id, api_id, description, order_no, provider_txn_id, \
-         adjustment_id, reason, actor, created_at) ",
-    );
-    insert.push_values(entries, |mut row, entry| {
-        let LedgerEntry {
-            before,
-            after,
-            refs,
-            ..
-        } = entry;
-        row.push_bind(entry.record_id)
-            .push_bind(entry.user_id)
-            .push_bind(after.version)
-            .push_bind(entry.kind.as_str())
-            .push_bind(entry.amount.get())
-            .push_bind(entry.free.get())
-            .push_bind(entry.balance.get())
-            .push_bind(after.period.to_string())
-            .push_bind(before.period.to_string())
-            .push_bind(before.balance.get())
-            .push_bind(after.balance.get())
-            .push_bind(before.free_granted.get())
-            .push_bind(after.free_granted.get())
-            .push_bind(before.free_used.get())
-            .push_bind(after.free_used.get())
-            .push_bind(refs.request_id)
-            .push_bind(refs.api_id)
-            .push_bind(refs.description)
-            .push_bind(refs.order_no)
-            .push_bind(refs.provider_txn_id)
-            .push_bind(refs.adjustment_id)
-            .push_bind(refs.reason)
-            .push_bind(refs.actor)
-            .push_bind(entry.created_at);
-    });
-    insert.build().execute(&mut **tx).await?;
+    for chunk in super::pow2_chunks(entries) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
+             balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
+             free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
+             free_used_after_micros, request_id, api_id, description, order_no, provider_txn_id, \
+             adjustment_id, reason, actor, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, entry| {
+            let LedgerEntry {
+                before,
+                after,
+                refs,
+                ..
+            } = entry;
+            row.push_bind(entry.record_id)
+                .push_bind(entry.user_id)
+                .push_bind(after.version)
+                .push_bind(entry.kind.as_str())
+                .push_bind(entry.amount.get())
+                .push_bind(entry.free.get())
+                .push_bind(entry.balance.get())
+                .push_bind(after.period.to_string())
+                .push_bind(before.period.to_string())
+                .push_bind(before.balance.get())
+                .push_bind(after.balance.get())
+                .push_bind(before.free_granted.get())
+                .push_bind(after.free_granted.get())
+                .push_bind(before.free_used.get())
+                .push_bind(after.free_used.get())
+                .push_bind(refs.request_id)
+                .push_bind(refs.api_id)
+                .push_bind(refs.description)
+                .push_bind(refs.order_no)
+                .push_bind(refs.provider_txn_id)
+                .push_bind(refs.adjustment_id)
+                .push_bind(refs.reason)
+                .push_bind(refs.actor)
+                .push_bind(entry.created_at);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
-/// The charges already recorded for any of these `(user_id, request_id)` keys (one query for a
-/// whole batch; it may return a little more, which the caller matches exactly).
+/// The charges already recorded for any of these `(user_id, request_id)` keys, with one query
+/// for a whole batch (a row-constructor `IN`, one index probe per key).
 pub async fn find_charges(
     tx: &mut Tx,
     keys: &[(&str, &str)],
@@ -254,16 +256,15 @@ pub async fn find_charges(
     let mut select = sqlx::QueryBuilder::new(concat!(
         "SELECT ",
         record_columns!(),
-        " FROM ledger WHERE user_id IN ("
+        " FROM ledger WHERE (user_id, request_id) IN ("
     ));
-    let mut users = select.separated(", ");
-    for (user_id, _) in keys {
-        users.push_bind(*user_id);
-    }
-    select.push(") AND request_id IN (");
-    let mut requests = select.separated(", ");
-    for (_, request_id) in keys {
-        requests.push_bind(*request_id);
+    let mut pairs = select.separated(", ");
+    for (user_id, request_id) in super::padded(keys) {
+        pairs.push("(");
+        pairs.push_bind_unseparated(user_id);
+        pairs.push_unseparated(", ");
+        pairs.push_bind_unseparated(request_id);
+        pairs.push_unseparated(")");
     }
     select.push(")");
     Ok(select.build_query_as().fetch_all(&mut **tx).await?)

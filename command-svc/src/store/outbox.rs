@@ -42,18 +42,20 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let mut insert = sqlx::QueryBuilder::new(
-        "INSERT INTO outbox (event_id, user_id, subject, payload, traceparent, created_at) ",
-    );
-    insert.push_values(events, |mut row, (event, subject)| {
-        row.push_bind(&event.event_id)
-            .push_bind(&event.user_id)
-            .push_bind(subject)
-            .push_bind(event.encode_to_vec())
-            .push_bind(None::<String>)
-            .push_bind(now);
-    });
-    insert.build().execute(&mut **tx).await?;
+    for chunk in super::pow2_chunks(events) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO outbox (event_id, user_id, subject, payload, traceparent, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, (event, subject)| {
+            row.push_bind(&event.event_id)
+                .push_bind(&event.user_id)
+                .push_bind(subject)
+                .push_bind(event.encode_to_vec())
+                .push_bind(None::<String>)
+                .push_bind(now);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -88,10 +90,11 @@ pub async fn mark_published(tx: &mut Tx, ids: &[u64], at: DateTime<Utc>) -> Resu
         return Ok(());
     }
     // Only placeholders are formatted into the statement; every value is bound.
+    let ids = super::padded(ids);
     let placeholders = vec!["?"; ids.len()].join(", ");
     let sql = format!("UPDATE outbox SET published_at = ? WHERE id IN ({placeholders})");
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
-    for id in ids {
+    for id in &ids {
         query = query.bind(id);
     }
     query.execute(&mut **tx).await?;

@@ -1,0 +1,849 @@
+//! The hot-path benchmark: a load generator for command-svc (DeductQuota, CheckQuota, the gRPC
+//! health check), the plain-SQL baseline it is compared with, and the suite `make bench` runs.
+//!
+//! Closed loop (`--concurrency N`: N callers, each sending its next call when the last is
+//! answered) or open loop (`--rate R`: calls started at R per second whatever the answers);
+//! accounts uniform or Zipf-skewed, or one hot account. Latencies go into an HDR histogram;
+//! errors are counted by gRPC code. After every charging run the ledger and the account states
+//! are checked against the replies received: no charge lost, none doubled, no balance negative.
+//!
+//! ```text
+//! loadgen suite                                 the whole table (make bench)
+//! loadgen deduct --concurrency 64 --seconds 10 [--accounts 10000 | --hot] [--zipf 1.1]
+//! loadgen deduct --rate 2000 --seconds 10
+//! loadgen check --concurrency 64 --seconds 10
+//! loadgen health --concurrency 64 --seconds 10
+//! loadgen baseline --connections 32 --seconds 10 [--hot]
+//! ```
+//! Every command reads the stack's configuration (`--config`, `BILLING__` overrides) and seeds
+//! the accounts it needs (`bench-*`, `base-*`) the first time.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use billing_tools::{CommandClient, caller_token, command_client, http_url};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use shared::{config::Settings, proto::v1 as pb};
+use sqlx::{MySqlPool, QueryBuilder};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long = "config", global = true, default_value = shared::config::DEFAULT_CONFIG_PATH)]
+    config: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every scenario, then one table with the targets.
+    Suite {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    Deduct(Load),
+    Check(Load),
+    Health(Load),
+    /// One charge per transaction in plain SQL, straight to MySQL.
+    Baseline {
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = ACCOUNTS)]
+        accounts: usize,
+        #[arg(long)]
+        hot: bool,
+    },
+}
+
+#[derive(ClapArgs, Clone)]
+struct Load {
+    /// Closed loop: this many callers.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Open loop: calls started per second (overrides --concurrency).
+    #[arg(long)]
+    rate: Option<u64>,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = ACCOUNTS)]
+    accounts: usize,
+    /// Every call on one account.
+    #[arg(long)]
+    hot: bool,
+    /// Zipf-skewed accounts with this exponent instead of uniform.
+    #[arg(long)]
+    zipf: Option<f64>,
+}
+
+const ACCOUNTS: usize = 10_000;
+/// One charge: a thousandth of a unit.
+const CHARGE: i64 = 1_000;
+/// What each seeded account holds: far more than any run takes.
+const SEED_BALANCE: i64 = 1_000_000_000_000;
+
+/// The plain SQL of one charge, the baseline: a conditional balance update (which also takes
+/// the next version), the ledger row and the outbox row, in one transaction.
+const BASELINE_UPDATE: &str = "UPDATE accounts SET balance_micros = balance_micros - ?, \
+     version = LAST_INSERT_ID(version + 1), updated_at = ? WHERE user_id = ? AND balance_micros >= ?";
+const BASELINE_LEDGER: &str = "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, \
+     free_micros, balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
+     free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
+     free_used_after_micros, request_id, api_id, created_at) \
+     VALUES (?, ?, LAST_INSERT_ID(), 'deduct', ?, 0, ?, ?, ?, 0, 0, 0, 0, 0, 0, ?, 'bench', ?)";
+const BASELINE_OUTBOX: &str =
+    "INSERT INTO outbox (event_id, user_id, subject, payload, created_at) VALUES (?, ?, ?, ?, ?)";
+
+/// Which accounts calls go to.
+#[derive(Clone)]
+enum Accounts {
+    Hot(String),
+    Uniform(Vec<String>),
+    /// Cumulative weights over the accounts, for inverse sampling.
+    Zipf(Vec<String>, Vec<f64>),
+}
+
+impl Accounts {
+    fn new(prefix: &str, load: &Load) -> Self {
+        let names = || {
+            (0..load.accounts)
+                .map(|i| format!("{prefix}-{i:06}"))
+                .collect::<Vec<_>>()
+        };
+        match (load.hot, load.zipf) {
+            (true, _) => Accounts::Hot(format!("{prefix}-hot")),
+            (false, Some(s)) => {
+                let mut total = 0.0;
+                let cumulative = (1..=load.accounts).map(|rank| {
+                    total += 1.0 / (rank as f64).powf(s);
+                    total
+                });
+                let cumulative: Vec<f64> = cumulative.collect();
+                let cumulative = cumulative.iter().map(|c| c / total).collect();
+                Accounts::Zipf(names(), cumulative)
+            }
+            (false, None) => Accounts::Uniform(names()),
+        }
+    }
+
+    fn pick(&self, random: u64) -> &str {
+        match self {
+            Accounts::Hot(name) => name,
+            Accounts::Uniform(names) => &names[(random % names.len() as u64) as usize],
+            Accounts::Zipf(names, cumulative) => {
+                let u = (random >> 11) as f64 / (1u64 << 53) as f64;
+                let index = cumulative.partition_point(|c| *c < u).min(names.len() - 1);
+                &names[index]
+            }
+        }
+    }
+}
+
+/// splitmix64: cheap, good enough to spread calls.
+fn random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What one run measured.
+#[derive(Clone)]
+struct Measured {
+    name: String,
+    ok: u64,
+    errors: HashMap<String, u64>,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn quantile_ms(&self, q: f64) -> f64 {
+        self.histogram.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn print(&self) {
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{:?}", self.errors)
+        };
+        println!(
+            "{:<44} {:>9.0}/s  p50 {:>6.2}  p90 {:>6.2}  p99 {:>6.2}  p999 {:>6.2} ms  ok {}  errors {}",
+            self.name,
+            self.rate(),
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.9),
+            self.quantile_ms(0.99),
+            self.quantile_ms(0.999),
+            self.ok,
+            errors
+        );
+    }
+}
+
+/// Acknowledged charges per account: (calls, micros), as the replies said.
+type Acknowledged = Arc<Mutex<HashMap<String, (i64, i64)>>>;
+
+/// One call of a scenario; returns the gRPC code name on failure.
+type Call =
+    Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Runs `call` closed-loop with `concurrency` callers, or open-loop at `rate`, for `seconds`.
+async fn drive(name: &str, load: &Load, call: Call) -> Measured {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    ));
+    let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let ok = Arc::new(AtomicU64::new(0));
+    let record = {
+        let (histogram, errors, ok) = (histogram.clone(), errors.clone(), ok.clone());
+        move |began: Instant, result: Result<(), String>| match result {
+            Ok(()) => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                let _ = histogram
+                    .lock()
+                    .unwrap()
+                    .record(began.elapsed().as_micros() as u64);
+            }
+            Err(code) => *errors.lock().unwrap().entry(code).or_default() += 1,
+        }
+    };
+    let mut tasks = Vec::new();
+    match load.rate {
+        None => {
+            for worker in 0..load.concurrency {
+                let (stop, call, record) = (stop.clone(), call.clone(), record.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut seed = worker as u64 * 0x1000_0000_0001 + 7;
+                    while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
+                        let result = call(random(&mut seed)).await;
+                        record(began, result);
+                    }
+                }));
+            }
+        }
+        Some(rate) => {
+            let (stop, call, record) = (stop.clone(), call.clone(), record.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ticks =
+                    tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut seed = 11_u64;
+                let mut inflight = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    // The scheduled start, not the moment the timer fired: no coordinated omission.
+                    let scheduled = ticks.tick().await.into_std();
+                    let (call, record, r) = (call.clone(), record.clone(), random(&mut seed));
+                    inflight.push(tokio::spawn(
+                        async move { record(scheduled, call(r).await) },
+                    ));
+                    inflight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                }
+                for task in inflight {
+                    let _ = task.await;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let histogram = histogram.lock().unwrap().clone();
+    let errors = errors.lock().unwrap().clone();
+    Measured {
+        name: name.to_owned(),
+        ok: ok.load(Ordering::Relaxed),
+        errors,
+        elapsed: started.elapsed(),
+        histogram,
+    }
+}
+
+/// Several channels, so the load is not squeezed through one HTTP/2 connection.
+async fn clients(settings: &Settings, token: &str) -> anyhow::Result<Vec<CommandClient>> {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(command_client(&http_url(&settings.command.grpc_addr), token).await?);
+    }
+    Ok(clients)
+}
+
+fn code_name(status: &tonic::Status) -> String {
+    format!("{:?}", status.code())
+}
+
+async fn deduct(
+    settings: &Settings,
+    load: &Load,
+    run: &str,
+    acknowledged: Acknowledged,
+) -> anyhow::Result<Measured> {
+    let clients = clients(settings, &caller_token(settings, "gateway")?).await?;
+    let accounts = Arc::new(Accounts::new("bench", load));
+    let counter = Arc::new(AtomicU64::new(0));
+    let run = run.to_owned();
+    let call: Call = Arc::new(move |r| {
+        let mut client = clients[(r % 4) as usize].clone();
+        let user = accounts.pick(r).to_owned();
+        let request_id = format!("{run}-{}", counter.fetch_add(1, Ordering::Relaxed));
+        let acknowledged = acknowledged.clone();
+        Box::pin(async move {
+            // An unknown outcome is retried with the same key until it is known, as the gateway
+            // is told to; it then counts once.
+            loop {
+                let request = pb::DeductQuotaRequest {
+                    user_id: user.clone(),
+                    amount_micros: CHARGE,
+                    request_id: request_id.clone(),
+                    api_id: "bench".into(),
+                    description: String::new(),
+                };
+                match client.deduct_quota(request).await {
+                    Ok(_) => {
+                        let mut acknowledged = acknowledged.lock().unwrap();
+                        let entry = acknowledged.entry(user).or_default();
+                        *entry = (entry.0 + 1, entry.1 + CHARGE);
+                        return Ok(());
+                    }
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(status) => return Err(code_name(&status)),
+                }
+            }
+        })
+    });
+    let shape = match (load.hot, load.zipf, load.rate) {
+        (true, _, _) => "one hot account".to_owned(),
+        (false, Some(s), _) => format!("{} accounts, Zipf {s}", load.accounts),
+        (false, None, _) => format!("{} accounts", load.accounts),
+    };
+    let mode = load
+        .rate
+        .map_or(format!("{} callers", load.concurrency), |r| {
+            format!("{r}/s open loop")
+        });
+    Ok(drive(&format!("DeductQuota gRPC, {mode}, {shape}"), load, call).await)
+}
+
+async fn check(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
+    let clients = clients(settings, &caller_token(settings, "gateway")?).await?;
+    let accounts = Arc::new(Accounts::new("bench", load));
+    let call: Call = Arc::new(move |r| {
+        let mut client = clients[(r % 4) as usize].clone();
+        let request = pb::CheckQuotaRequest {
+            user_id: accounts.pick(r).to_owned(),
+            amount_micros: CHARGE,
+        };
+        Box::pin(async move {
+            client
+                .check_quota(request)
+                .await
+                .map(drop)
+                .map_err(|s| code_name(&s))
+        })
+    });
+    Ok(drive(
+        &format!("CheckQuota gRPC, {} callers", load.concurrency),
+        load,
+        call,
+    )
+    .await)
+}
+
+async fn health(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let channel =
+            tonic::transport::Endpoint::from_shared(http_url(&settings.command.grpc_addr))?
+                .connect()
+                .await?;
+        clients.push(HealthClient::new(channel));
+    }
+    let call: Call = Arc::new(move |r| {
+        let mut client = clients[(r % 4) as usize].clone();
+        Box::pin(async move {
+            client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop)
+                .map_err(|s| code_name(&s))
+        })
+    });
+    Ok(drive(
+        &format!("grpc.health.v1 Check, {} callers", load.concurrency),
+        load,
+        call,
+    )
+    .await)
+}
+
+async fn baseline(
+    pool: &MySqlPool,
+    connections: usize,
+    seconds: u64,
+    accounts: usize,
+    hot: bool,
+    run: &str,
+) -> Measured {
+    let load = Load {
+        concurrency: connections,
+        rate: None,
+        seconds,
+        accounts,
+        hot,
+        zipf: None,
+    };
+    let picks = Arc::new(Accounts::new("base", &load));
+    let (pool, run, counter) = (pool.clone(), run.to_owned(), Arc::new(AtomicU64::new(0)));
+    let call: Call = Arc::new(move |r| {
+        let (pool, user) = (pool.clone(), picks.pick(r).to_owned());
+        let id = format!("{run}-{}", counter.fetch_add(1, Ordering::Relaxed));
+        Box::pin(async move {
+            baseline_charge(&pool, &user, &id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    let shape = if hot {
+        "one hot row".to_owned()
+    } else {
+        format!("{accounts} accounts")
+    };
+    drive(
+        &format!("baseline SQL, {connections} connections, {shape}"),
+        &load,
+        call,
+    )
+    .await
+}
+
+async fn baseline_charge(pool: &MySqlPool, user: &str, id: &str) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now();
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(BASELINE_UPDATE)
+        .bind(CHARGE)
+        .bind(now)
+        .bind(user)
+        .bind(CHARGE)
+        .execute(&mut *tx)
+        .await?;
+    if updated.rows_affected() != 1 {
+        return Err(sqlx::Error::RowNotFound);
+    }
+    let record_id = uuid::Uuid::now_v7().to_string();
+    let period = now.format("%Y-%m").to_string();
+    sqlx::query(BASELINE_LEDGER)
+        .bind(&record_id)
+        .bind(user)
+        .bind(CHARGE)
+        .bind(CHARGE)
+        .bind(&period)
+        .bind(&period)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(BASELINE_OUTBOX)
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(user)
+        .bind("bench.baseline")
+        .bind(record_id.as_bytes())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Seeds `<prefix>-*` accounts (`bench` in the service's database, `base` in the baseline's)
+/// with a large balance, once; each with its first ledger row so the chain starts right.
+async fn seed(pool: &MySqlPool, settings: &Settings, prefix: &str) -> anyhow::Result<()> {
+    let zone = settings.billing.zone()?;
+    let now = chrono::Utc::now();
+    let period = zone.period_of(now).to_string();
+    let mut names = vec![format!("{prefix}-hot")];
+    names.extend((0..ACCOUNTS).map(|i| format!("{prefix}-{i:06}")));
+    let present: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE user_id = ?")
+        .bind(format!("{prefix}-hot"))
+        .fetch_one(pool)
+        .await?;
+    if present == 1 {
+        return Ok(());
+    }
+    for chunk in names.chunks(2_000) {
+        let mut tx = pool.begin().await?;
+        let mut accounts = QueryBuilder::new(
+            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+        );
+        accounts.push_values(chunk, |mut row, name| {
+            row.push_bind(name)
+                .push_bind("CNY")
+                .push_bind(SEED_BALANCE)
+                .push_bind(&period)
+                .push_bind(0_i64)
+                .push_bind(0_i64)
+                .push_bind(0_i64)
+                .push_bind(1_i64)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        accounts.build().execute(&mut *tx).await?;
+        let mut ledger = QueryBuilder::new(
+            "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, \
+             period, period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
+             free_granted_after_micros, free_used_before_micros, free_used_after_micros, adjustment_id, \
+             reason, actor, created_at) ",
+        );
+        ledger.push_values(chunk, |mut row, name| {
+            row.push_bind(uuid::Uuid::now_v7().to_string())
+                .push_bind(name)
+                .push_bind(1_i64)
+                .push_bind("adjust")
+                .push_bind(SEED_BALANCE)
+                .push_bind(0_i64)
+                .push_bind(SEED_BALANCE)
+                .push_bind(&period)
+                .push_bind(&period)
+                .push_bind(0_i64)
+                .push_bind(SEED_BALANCE)
+                .push_bind(0_i64)
+                .push_bind(0_i64)
+                .push_bind(0_i64)
+                .push_bind(0_i64)
+                .push_bind(format!("seed-{name}"))
+                .push_bind("benchmark float")
+                .push_bind("loadgen")
+                .push_bind(now);
+        });
+        ledger.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The ledger and the account states agree with the replies: every acknowledged charge of this
+/// run is recorded once, nothing else was charged, no balance went below zero, and each charged
+/// account's balance is its float less every charge recorded against it.
+async fn verify(
+    pool: &MySqlPool,
+    run: &str,
+    acknowledged: &Acknowledged,
+) -> anyhow::Result<String> {
+    let recorded: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT user_id, COUNT(*), CAST(SUM(amount_micros) AS SIGNED) FROM ledger \
+         WHERE kind = 'deduct' AND request_id LIKE CONCAT(?, '-%') GROUP BY user_id",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let recorded: HashMap<String, (i64, i64)> =
+        recorded.into_iter().map(|(u, n, s)| (u, (n, s))).collect();
+    if recorded != acknowledged {
+        let lost = acknowledged
+            .iter()
+            .filter(|(u, a)| recorded.get(*u) != Some(a))
+            .count();
+        anyhow::bail!(
+            "FAILED: {lost} account(s) whose ledger disagrees with the replies of run {run}"
+        );
+    }
+    let negative: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE balance_micros < 0")
+            .fetch_one(pool)
+            .await?;
+    let unbalanced: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM accounts a JOIN (SELECT user_id, CAST(SUM(balance_micros) AS SIGNED) AS charged \
+         FROM ledger WHERE kind = 'deduct' AND user_id LIKE 'bench-%' GROUP BY user_id) l ON l.user_id = a.user_id \
+         WHERE a.balance_micros <> ? - l.charged",
+    )
+    .bind(SEED_BALANCE)
+    .fetch_one(pool)
+    .await?;
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT user_id, request_id FROM ledger WHERE request_id LIKE CONCAT(?, '-%') \
+         GROUP BY user_id, request_id HAVING COUNT(*) > 1) d",
+    )
+    .bind(run)
+    .fetch_one(pool)
+    .await?;
+    if negative + unbalanced + doubled > 0 {
+        anyhow::bail!(
+            "FAILED: {negative} negative balance(s), {unbalanced} unbalanced account(s), {doubled} doubled charge(s)"
+        );
+    }
+    let calls: i64 = acknowledged.values().map(|(n, _)| n).sum();
+    Ok(format!(
+        "ok: {calls} charges on {} accounts, each once",
+        acknowledged.len()
+    ))
+}
+
+/// The baseline's own database on the same server (`<database>_base`, same schema), so its
+/// outbox rows are nobody's to publish and its accounts are nobody else's.
+async fn baseline_database(settings: &Settings) -> anyhow::Result<MySqlPool> {
+    use sqlx::Connection;
+    let url = settings.database.url.expose();
+    let (server, name) = url
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("database.url names no database"))?;
+    let name = format!("{name}_base");
+    let mut admin = sqlx::MySqlConnection::connect(server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE IF NOT EXISTS `{name}`"
+    )))
+    .execute(&mut admin)
+    .await?;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(40)
+        .connect(&format!("{server}/{name}"))
+        .await?;
+    shared::db::migrate(&pool, Duration::from_secs(30)).await?;
+    seed(&pool, settings, "base").await?;
+    Ok(pool)
+}
+
+/// The benchmark means nothing unless each commit is durable before its reply.
+async fn durability(pool: &MySqlPool) -> anyhow::Result<()> {
+    let flush: String = sqlx::query_scalar("SELECT CAST(@@innodb_flush_log_at_trx_commit AS CHAR)")
+        .fetch_one(pool)
+        .await?;
+    let sync_binlog: String = sqlx::query_scalar("SELECT CAST(@@sync_binlog AS CHAR)")
+        .fetch_one(pool)
+        .await?;
+    let log_bin: String = sqlx::query_scalar("SELECT CAST(@@log_bin AS CHAR)")
+        .fetch_one(pool)
+        .await?;
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "database {version}: innodb_flush_log_at_trx_commit = {flush}, sync_binlog = {sync_binlog}, log_bin = {log_bin}"
+    );
+    if flush != "1" {
+        anyhow::bail!(
+            "refusing to benchmark: innodb_flush_log_at_trx_commit must be 1 (a commit durable before its reply)"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_ref())?;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(40)
+        .connect(settings.database.url.expose())
+        .await?;
+    durability(&pool).await?;
+    seed(&pool, &settings, "bench").await?;
+    let base = baseline_database(&settings).await?;
+    let run = || format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    match cli.command {
+        Command::Deduct(load) => {
+            let (run, acknowledged) = (run(), Acknowledged::default());
+            deduct(&settings, &load, &run, acknowledged.clone())
+                .await?
+                .print();
+            println!("invariants: {}", verify(&pool, &run, &acknowledged).await?);
+        }
+        Command::Check(load) => check(&settings, &load).await?.print(),
+        Command::Health(load) => health(&settings, &load).await?.print(),
+        Command::Baseline {
+            connections,
+            seconds,
+            accounts,
+            hot,
+        } => {
+            baseline(&base, connections, seconds, accounts, hot, &run())
+                .await
+                .print();
+        }
+        Command::Suite { seconds } => suite(&settings, &pool, &base, seconds).await?,
+    }
+    Ok(())
+}
+
+async fn suite(
+    settings: &Settings,
+    pool: &MySqlPool,
+    base: &MySqlPool,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let load = |concurrency, hot| Load {
+        concurrency,
+        rate: None,
+        seconds,
+        accounts: ACCOUNTS,
+        hot,
+        zipf: None,
+    };
+    // Warm-up: connections, statement caches, buffer pool.
+    let warm = Load {
+        seconds: 2,
+        ..load(64, false)
+    };
+    let _ = deduct(settings, &warm, &run_id(), Acknowledged::default()).await?;
+    let _ = baseline(base, 32, 2, ACCOUNTS, false, &run_id()).await;
+
+    let mut verdicts = Vec::new();
+    let base_wide = baseline(base, 32, seconds, ACCOUNTS, false, &run_id()).await;
+    base_wide.print();
+    let (wide, wide_check) = charged(settings, pool, &load(64, false)).await?;
+    wide.print();
+    let base_hot = baseline(base, 32, seconds, 1, true, &run_id()).await;
+    base_hot.print();
+    let (hot, hot_check) = charged(settings, pool, &load(64, true)).await?;
+    hot.print();
+    let zipf_load = Load {
+        zipf: Some(1.1),
+        ..load(64, false)
+    };
+    let (zipf, zipf_check) = charged(settings, pool, &zipf_load).await?;
+    zipf.print();
+    let half = Load {
+        rate: Some((wide.rate() / 2.0).max(1.0) as u64),
+        ..load(64, false)
+    };
+    let (open, open_check) = charged(settings, pool, &half).await?;
+    open.print();
+    let health = health(settings, &load(64, false)).await?;
+    health.print();
+    let checks = check(settings, &load(64, false)).await?;
+    checks.print();
+
+    let row = |scenario: &str,
+               ours: String,
+               baseline: String,
+               ratio: String,
+               target: &str,
+               met: bool,
+               invariants: &str| {
+        println!(
+            "| {scenario} | {ours} | {baseline} | {ratio} | {target} | {} | {invariants} |",
+            if met { "met" } else { "MISSED" }
+        );
+        met
+    };
+    println!();
+    println!("| scenario | ours | baseline | ratio | target | result | invariants |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let ratio_wide = wide.rate() / base_wide.rate();
+    verdicts.push(row(
+        "DeductQuota, 64 callers, 10,000 accounts",
+        format!("{:.0}/s", wide.rate()),
+        format!("{:.0}/s", base_wide.rate()),
+        format!("{ratio_wide:.2}x"),
+        ">= 2x",
+        ratio_wide >= 2.0,
+        &wide_check,
+    ));
+    let ratio_hot = hot.rate() / base_hot.rate();
+    verdicts.push(row(
+        "DeductQuota, 64 callers, one hot account",
+        format!("{:.0}/s", hot.rate()),
+        format!("{:.0}/s", base_hot.rate()),
+        format!("{ratio_hot:.2}x"),
+        ">= 3x",
+        ratio_hot >= 3.0,
+        &hot_check,
+    ));
+    row(
+        "DeductQuota, 64 callers, Zipf 1.1",
+        format!("{:.0}/s", zipf.rate()),
+        "-".into(),
+        "-".into(),
+        "(informative)",
+        true,
+        &zipf_check,
+    );
+    let p99 = open.quantile_ms(0.99);
+    verdicts.push(row(
+        &format!(
+            "DeductQuota p99 at {}/s (half the max)",
+            half.rate.unwrap_or(0)
+        ),
+        format!("{p99:.2} ms"),
+        "-".into(),
+        "-".into(),
+        "< 10 ms",
+        p99 < 10.0,
+        &open_check,
+    ));
+    let check_p99 = checks.quantile_ms(0.99);
+    verdicts.push(row(
+        "CheckQuota p99, 64 callers",
+        format!("{check_p99:.2} ms"),
+        "-".into(),
+        "-".into(),
+        "< 2 ms",
+        check_p99 < 2.0,
+        "-",
+    ));
+    let ratio_check = checks.rate() / health.rate();
+    verdicts.push(row(
+        "CheckQuota rate vs gRPC health check",
+        format!("{:.0}/s", checks.rate()),
+        format!("{:.0}/s", health.rate()),
+        format!("{ratio_check:.2}x"),
+        ">= 0.7x",
+        ratio_check >= 0.7,
+        "-",
+    ));
+    let all_errors: u64 = [&wide, &hot, &zipf, &open, &checks]
+        .iter()
+        .map(|m| m.errors.values().sum::<u64>())
+        .sum();
+    println!();
+    println!(
+        "errors in the gRPC runs: {all_errors}; targets met: {} of {}",
+        verdicts.iter().filter(|m| **m).count(),
+        verdicts.len()
+    );
+    Ok(())
+}
+
+fn run_id() -> String {
+    format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// A charging run and its check against the ledger; a failed check fails the suite loudly.
+async fn charged(
+    settings: &Settings,
+    pool: &MySqlPool,
+    load: &Load,
+) -> anyhow::Result<(Measured, String)> {
+    let (run, acknowledged) = (run_id(), Acknowledged::default());
+    let measured = deduct(settings, load, &run, acknowledged.clone()).await?;
+    let verdict = verify(pool, &run, &acknowledged).await?;
+    Ok((measured, verdict))
+}

@@ -173,7 +173,7 @@ pub async fn save_accounts(
         return Ok(());
     }
     // Every row exists and is locked: the insert half never applies, the update half does.
-    for chunk in super::pow2_chunks(accounts) {
+    for chunk in shared::db::pow2_chunks(accounts) {
         let mut upsert = sqlx::QueryBuilder::new(
             "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
              free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
@@ -212,7 +212,7 @@ pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<Account
         " FROM accounts WHERE user_id IN ("
     ));
     let mut ids = select.separated(", ");
-    for user_id in super::padded(user_ids) {
+    for user_id in shared::db::padded(user_ids) {
         ids.push_bind(user_id);
     }
     select.push(") ORDER BY user_id FOR UPDATE");
@@ -229,7 +229,7 @@ pub async fn create_accounts(
     if accounts.is_empty() {
         return Ok(());
     }
-    for chunk in super::pow2_chunks(accounts) {
+    for chunk in shared::db::pow2_chunks(accounts) {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
              free_used_micros, monthly_free_micros, version, created_at, updated_at) ",

@@ -21,7 +21,7 @@ pub async fn insert_grants(
     if grants.is_empty() {
         return Ok(());
     }
-    for chunk in super::pow2_chunks(grants) {
+    for chunk in shared::db::pow2_chunks(grants) {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) ",
         );

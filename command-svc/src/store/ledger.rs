@@ -199,7 +199,7 @@ pub async fn insert_entries(tx: &mut Tx, entries: &[LedgerEntry<'_>]) -> Result<
     if entries.is_empty() {
         return Ok(());
     }
-    for chunk in super::pow2_chunks(entries) {
+    for chunk in shared::db::pow2_chunks(entries) {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
              balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
@@ -259,7 +259,7 @@ pub async fn find_charges(
         " FROM ledger WHERE (user_id, request_id) IN ("
     ));
     let mut pairs = select.separated(", ");
-    for (user_id, request_id) in super::padded(keys) {
+    for (user_id, request_id) in shared::db::padded(keys) {
         pairs.push("(");
         pairs.push_bind_unseparated(user_id);
         pairs.push_unseparated(", ");

@@ -36,36 +36,6 @@ pub use outbox::{
 
 pub type Tx = Transaction<'static, MySql>;
 
-/// The most rows one multi-row statement carries.
-const MAX_CHUNK: usize = 1024;
-
-/// Multi-row statements are prepared once per size and then reused from the statement cache:
-/// rows go in chunks whose sizes are powers of two, so a handful of statement texts serve every
-/// batch. (A new text for every batch would also mean a statement closed for every batch, and a
-/// close the server does not answer makes the next request wait on TCP's delayed ACK.)
-pub(crate) fn pow2_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let size = (1_usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        Some(chunk)
-    })
-}
-
-/// An `IN` list padded to a power of two by repeating its last value (harmless in `IN`), for
-/// the same reason as [`pow2_chunks`].
-pub(crate) fn padded<T: Clone>(items: &[T]) -> Vec<T> {
-    let mut list = items.to_vec();
-    if let Some(last) = items.last() {
-        list.resize(items.len().next_power_of_two(), last.clone());
-    }
-    list
-}
-
 /// How a storage failure should be treated by the caller. Cloneable, so one failed group commit
 /// can answer each of its callers.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -208,28 +178,4 @@ fn backoff(tries: u32) -> Duration {
     let base = 2_u64.saturating_pow(tries.min(6)) * 500;
     let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16) % base.max(1);
     Duration::from_micros(base + jitter)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_are_powers_of_two_covering_every_row_once() {
-        let rows: Vec<u32> = (0..2_500).collect();
-        let chunks: Vec<&[u32]> = pow2_chunks(&rows).collect();
-        assert_eq!(
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            [1024, 1024, 256, 128, 64, 4]
-        );
-        assert_eq!(chunks.concat(), rows);
-        assert!(pow2_chunks::<u32>(&[]).next().is_none());
-    }
-
-    #[test]
-    fn in_lists_are_padded_with_their_last_value() {
-        assert_eq!(padded(&[1, 2, 3]), [1, 2, 3, 3]);
-        assert_eq!(padded(&[7]), [7]);
-        assert!(padded::<u8>(&[]).is_empty());
-    }
 }

@@ -42,7 +42,7 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    for chunk in super::pow2_chunks(events) {
+    for chunk in shared::db::pow2_chunks(events) {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO outbox (event_id, user_id, subject, payload, traceparent, created_at) ",
         );
@@ -90,7 +90,7 @@ pub async fn mark_published(tx: &mut Tx, ids: &[u64], at: DateTime<Utc>) -> Resu
         return Ok(());
     }
     // Only placeholders are formatted into the statement; every value is bound.
-    let ids = super::padded(ids);
+    let ids = shared::db::padded(ids);
     let placeholders = vec!["?"; ids.len()].join(", ");
     let sql = format!("UPDATE outbox SET published_at = ? WHERE id IN ({placeholders})");
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);

@@ -12,7 +12,10 @@
 pub mod plan;
 
 use shared::cache::{CachedSnapshot, SnapshotCache};
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use async_nats::jetstream::{
     self, AckKind,
@@ -246,19 +249,53 @@ impl Projector {
         }
     }
 
+    /// Projects a batch in one transaction, with a few multi-row statements whatever its size:
+    /// the newest snapshot of each account (which locks the accounts' rows, in account order, as
+    /// every writer of the read model does first), then the records not there yet, the usage of
+    /// exactly those, and the orders.
     async fn apply(&self, plans: &[&Plan<'_>]) -> Result<(), sqlx::Error> {
         let mut tx = self.store.pool().begin().await?;
-        for plan in plans {
-            // The snapshot first: it locks the account's row, the same order as reconcile.
-            if let Some(snapshot) = &plan.snapshot {
-                writes::upsert_account(&mut tx, snapshot).await?;
+        let mut newest: BTreeMap<&str, &writes::SnapshotRow> = BTreeMap::new();
+        for snapshot in plans.iter().filter_map(|plan| plan.snapshot.as_ref()) {
+            let entry = newest.entry(snapshot.user_id).or_insert(snapshot);
+            if snapshot.version > entry.version {
+                *entry = snapshot;
             }
-            if let Some((record, usage)) = &plan.record {
-                writes::insert_record(&mut tx, record, usage.as_ref()).await?;
+        }
+        let snapshots: Vec<&writes::SnapshotRow> = newest.into_values().collect();
+        writes::upsert_accounts(&mut tx, &snapshots).await?;
+
+        let mut records: BTreeMap<&str, (&writes::RecordRow, Option<&writes::UsageKey>)> =
+            BTreeMap::new();
+        for (record, usage) in plans.iter().filter_map(|plan| plan.record.as_ref()) {
+            records
+                .entry(record.record_id.as_str())
+                .or_insert((record, usage.as_ref()));
+        }
+        let ids: Vec<&str> = records.keys().copied().collect();
+        for present in writes::existing_records(&mut tx, &ids).await? {
+            records.remove(present.as_str());
+        }
+        let fresh: Vec<&writes::RecordRow> = records.values().map(|(record, _)| *record).collect();
+        writes::insert_records(&mut tx, &fresh).await?;
+        let mut usage: BTreeMap<(&str, &writes::UsageKey), writes::UsageDelta> = BTreeMap::new();
+        for (record, key) in records.values() {
+            if let Some(key) = key {
+                let delta = usage.entry((record.user_id.as_str(), key)).or_default();
+                delta.calls += 1;
+                delta.amount_micros += record.amount_micros;
+                delta.free_micros += record.free_micros;
+                delta.balance_micros += record.balance_micros;
             }
-            if let Some(order) = &plan.order {
-                writes::upsert_order(&mut tx, order).await?;
-            }
+        }
+        let deltas: Vec<(&str, &writes::UsageKey, writes::UsageDelta)> = usage
+            .into_iter()
+            .map(|((user, key), delta)| (user, key, delta))
+            .collect();
+        writes::add_usages(&mut tx, &deltas).await?;
+
+        for order in plans.iter().filter_map(|plan| plan.order.as_ref()) {
+            writes::upsert_order(&mut tx, order).await?;
         }
         tx.commit().await
     }

@@ -78,7 +78,7 @@ pub struct RecordRow {
 }
 
 /// The day and API a charge counts towards in `rm_daily_usage`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UsageKey {
     pub day: NaiveDate,
     pub api_id: String,
@@ -209,5 +209,139 @@ pub async fn upsert_order(
     .bind(row.paid_at)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Writes many snapshots with one statement per power-of-two chunk, each only over an older
+/// version (see [`upsert_account`]). The rows are locked in the order given: callers sort them by
+/// account.
+pub async fn upsert_accounts(
+    conn: &mut MySqlConnection,
+    rows: &[&SnapshotRow<'_>],
+) -> Result<(), sqlx::Error> {
+    for chunk in shared::db::pow2_chunks(rows) {
+        let mut upsert = sqlx::QueryBuilder::new(
+            "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+             free_used_micros, monthly_free_micros, version, updated_at) ",
+        );
+        upsert.push_values(chunk, |mut row, s| {
+            row.push_bind(s.user_id)
+                .push_bind(s.currency)
+                .push_bind(s.balance_micros)
+                .push_bind(s.period)
+                .push_bind(s.free_granted_micros)
+                .push_bind(s.free_used_micros)
+                .push_bind(s.monthly_free_micros)
+                .push_bind(s.version)
+                .push_bind(s.updated_at);
+        });
+        upsert.push(
+            " ON DUPLICATE KEY UPDATE \
+             currency = IF(VALUES(version) > version, VALUES(currency), currency), \
+             balance_micros = IF(VALUES(version) > version, VALUES(balance_micros), balance_micros), \
+             period = IF(VALUES(version) > version, VALUES(period), period), \
+             free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
+             free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
+             monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
+             updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+             version = GREATEST(version, VALUES(version))",
+        );
+        upsert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Which of these records are already in the read model. A locking read: it sees the latest
+/// committed rows whatever the isolation level.
+pub async fn existing_records(
+    conn: &mut MySqlConnection,
+    record_ids: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut existing = Vec::new();
+    for chunk in shared::db::pow2_chunks(record_ids) {
+        let mut select =
+            sqlx::QueryBuilder::new("SELECT record_id FROM rm_records WHERE record_id IN (");
+        let mut ids = select.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        select.push(") LOCK IN SHARE MODE");
+        existing.extend(
+            select
+                .build_query_scalar::<String>()
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
+    Ok(existing)
+}
+
+/// Inserts records known to be absent, one statement per power-of-two chunk.
+pub async fn insert_records(
+    conn: &mut MySqlConnection,
+    records: &[&RecordRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in shared::db::pow2_chunks(records) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO rm_records (record_id, user_id, version, type, amount_micros, free_micros, \
+             balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
+             order_no, period, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(&r.record_id)
+                .push_bind(&r.user_id)
+                .push_bind(r.version)
+                .push_bind(&r.kind)
+                .push_bind(r.amount_micros)
+                .push_bind(r.free_micros)
+                .push_bind(r.balance_micros)
+                .push_bind(r.balance_after_micros)
+                .push_bind(r.free_remaining_after_micros)
+                .push_bind(&r.api_id)
+                .push_bind(&r.request_id)
+                .push_bind(&r.order_no)
+                .push_bind(&r.period)
+                .push_bind(r.created_at);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Usage to add for one account, day and API: calls and the three sums.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub calls: i64,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+}
+
+/// Adds usage for many (account, day, API) keys, one statement per power-of-two chunk.
+pub async fn add_usages(
+    conn: &mut MySqlConnection,
+    deltas: &[(&str, &UsageKey, UsageDelta)],
+) -> Result<(), sqlx::Error> {
+    for chunk in shared::db::pow2_chunks(deltas) {
+        let mut upsert = sqlx::QueryBuilder::new(
+            "INSERT INTO rm_daily_usage (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
+        );
+        upsert.push_values(chunk, |mut row, (user_id, key, delta)| {
+            row.push_bind(*user_id)
+                .push_bind(key.day)
+                .push_bind(&key.api_id)
+                .push_bind(delta.calls)
+                .push_bind(delta.amount_micros)
+                .push_bind(delta.free_micros)
+                .push_bind(delta.balance_micros);
+        });
+        upsert.push(
+            " ON DUPLICATE KEY UPDATE calls = calls + VALUES(calls), \
+             amount_micros = amount_micros + VALUES(amount_micros), \
+             free_micros = free_micros + VALUES(free_micros), \
+             balance_micros = balance_micros + VALUES(balance_micros)",
+        );
+        upsert.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }

@@ -18,7 +18,7 @@ export BILLING_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 export BILLING_TEST_NATS_URL ?= nats://127.0.0.1:4222
 
 SERVICES := command-svc query-svc scheduler-svc
-RELEASE_PACKAGES := $(foreach s,$(SERVICES),-p $(s))
+RELEASE_PACKAGES := $(foreach s,$(SERVICES) billing-tools,-p $(s))
 
 # Cargo's target directory (CARGO_TARGET_DIR, a cargo config, or ./target), evaluated only by
 # the recipes that need it.
@@ -38,7 +38,7 @@ deps: ## Make MariaDB, Redis and NATS reachable on loopback (installs/starts the
 build: ## Debug build of the whole workspace
 	$(CARGO) build --workspace
 
-build-release: ## Release build of the three service binaries
+build-release: ## Release build of the three services, billingctl, loadgen and the other tools
 	$(CARGO) build --release --bins $(RELEASE_PACKAGES)
 
 run: deps ## Run the three services in the foreground; Ctrl-C stops them

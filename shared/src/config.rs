@@ -354,8 +354,8 @@ command:
   group_commit:
     enabled: true
     max_batch: 256
-    max_wait_us: 0
-    workers: 4
+    max_wait_us: 200
+    workers: 2
   snapshot_ttl_secs: 30
 query:
   http_addr: 127.0.0.1:8080

@@ -1,5 +1,5 @@
 //! `billingctl`: the operators' command line. It reads the same configuration as the services
-//! (`-conf PATH` / `--config PATH`, default `configs/config.yaml`, `BILLING__` overrides).
+//! (`--config PATH`, or `--conf PATH`; default `configs/config.yaml`; `BILLING__` overrides).
 //!
 //! ```text
 //! billingctl reset-free-quota --period 2026-12     publish a reset (a re-run, with its own id)
@@ -111,6 +111,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::ResetFreeQuota { period } => {
             let period: Period = period.parse()?;
+            // command-svc carries out only the current or the next period (by its clock).
+            let current = settings.billing.zone()?.period_of(chrono::Utc::now());
+            if period != current && period != current.next() {
+                anyhow::bail!(
+                    "{period} is neither the current period ({current}) nor the next one"
+                );
+            }
             let command_id = format!(
                 "{}:{}",
                 scheduler_svc::publisher::command_id(period),

@@ -33,6 +33,8 @@ impl Application {
     /// is away the service still starts, is ready and takes commands; their events wait in the
     /// outbox.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
+        // Installed before anything is counted.
+        shared::telemetry::metrics();
         let store = Store::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;

@@ -43,6 +43,8 @@ impl Application {
     /// minute for MySQL), and connects lazily to Redis, NATS and command-svc, so that any of
     /// them being away only degrades the service.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
+        // Installed before anything is counted.
+        shared::telemetry::metrics();
         let store = ReadStore::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;

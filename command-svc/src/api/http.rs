@@ -26,6 +26,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
+            "/metrics",
+            get(|| async { shared::telemetry::metrics().render() }),
+        )
+        .route(
             "/api/v1/billing/recharge/callback",
             post(webhook::recharge_callback),
         )

@@ -129,6 +129,7 @@ impl Commands {
         };
         match outcome {
             Ok(results) => {
+                count_charges(&results);
                 for (pending, result) in batch.into_iter().zip(results) {
                     let _ = pending.reply.send(result);
                 }
@@ -476,4 +477,18 @@ impl OwnedEntry {
             created_at: self.created_at,
         }
     }
+}
+
+/// Charges applied and refused, for `/metrics`.
+fn count_charges(results: &[Result<Charged, CommandError>]) {
+    let applied = results
+        .iter()
+        .filter(|r| matches!(r, Ok(c) if !c.replayed))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::InsufficientQuota)))
+        .count();
+    metrics::counter!("billing_charges_total").increment(applied as u64);
+    metrics::counter!("billing_insufficient_quota_total").increment(refused as u64);
 }

@@ -240,6 +240,21 @@ async fn probes_and_unknown_routes_answer_json() {
     assert_eq!(health.status(), StatusCode::OK);
     let ready = client.get(app.http("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
+    let user = new_user("metered");
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, 1, "counted"))
+        .await
+        .unwrap();
+    let metrics = client
+        .get(app.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("billing_charges_total"), "{metrics}");
     let missing = client.get(app.http("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(

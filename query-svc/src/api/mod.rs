@@ -37,6 +37,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async { shared::telemetry::metrics().render() }),
+        )
         .merge(account::router())
         .merge(records::router())
         .merge(orders::router())

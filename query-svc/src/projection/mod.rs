@@ -214,6 +214,7 @@ impl Projector {
                 }
             }
         }
+        metrics::counter!("billing_projection_events_applied_total").increment(plans.len() as u64);
         self.refresh_snapshots(&plans, &projectable).await;
         for (_, item) in &projectable {
             if let Err(error) = item.message.ack().await {
@@ -346,6 +347,7 @@ impl Projector {
         }
         match self.dead_letter(js, message, refused).await {
             Ok(()) => {
+                metrics::counter!("billing_projection_dead_letters_total").increment(1);
                 tracing::error!(subject = %message.subject, reason = %refused, "event moved to the dead-letter stream");
                 let _ = message.ack_with(AckKind::Term).await;
             }

@@ -275,3 +275,32 @@ async fn probes_answer_json() {
     );
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn metrics_count_projected_events() {
+    let stack = spawn_stack().await;
+    let user = new_user("metered");
+    stack
+        .gateway()
+        .await
+        .deduct_quota(deduct(&user, 1, "counted"))
+        .await
+        .unwrap();
+    let text = stack
+        .eventually(std::time::Duration::from_secs(20), || async {
+            let text = reqwest::get(stack.url("/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("billing_projection_events_applied_total")
+                .then_some(text)
+        })
+        .await;
+    assert!(
+        text.contains("# TYPE billing_projection_events_applied_total counter"),
+        "{text}"
+    );
+    stack.cleanup().await;
+}

@@ -5,16 +5,9 @@ use std::{collections::HashMap, path::Path, process::Output, time::Duration};
 
 use chrono::{DateTime, Utc};
 use shared::{clock::Clock, config::Settings};
-use sqlx::{Connection, MySqlConnection, MySqlPool};
+use sqlx::MySqlPool;
 
-fn admin_url() -> String {
-    std::env::var("BILLING_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
+use testkit::{TestDatabase, admin_url, nats_url, redis_url, unique_tag};
 
 /// The services and the environment that points billingctl at them.
 struct Stack {
@@ -26,24 +19,10 @@ struct Stack {
 }
 
 async fn spawn_stack(now: DateTime<Utc>) -> Stack {
-    let tag = format!(
-        "{}_{}",
-        Utc::now().timestamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let db_name = format!("billing_test_{tag}");
-    let mut admin = MySqlConnection::connect(&admin_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db_name}`")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let spare = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string()
-    };
+    let tag = unique_tag();
+    let database = TestDatabase::create(&tag).await;
+    let db_name = database.name;
+    let spare = || format!("127.0.0.1:{}", testkit::spare_port());
     let env = HashMap::from([
         (
             "BILLING__DATABASE__URL".to_owned(),
@@ -52,10 +31,7 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
         ("BILLING__COMMAND__GRPC_ADDR".to_owned(), spare()),
         ("BILLING__COMMAND__HTTP_ADDR".to_owned(), spare()),
         ("BILLING__QUERY__HTTP_ADDR".to_owned(), spare()),
-        (
-            "BILLING__NATS__URL".to_owned(),
-            env_or("BILLING_TEST_NATS_URL", "nats://127.0.0.1:4222"),
-        ),
+        ("BILLING__NATS__URL".to_owned(), nats_url()),
         (
             "BILLING__NATS__STREAM_PREFIX".to_owned(),
             format!("T{tag}_"),
@@ -64,10 +40,7 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
             "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
             format!("t{tag}"),
         ),
-        (
-            "BILLING__REDIS__URL".to_owned(),
-            env_or("BILLING_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-        ),
+        ("BILLING__REDIS__URL".to_owned(), redis_url()),
         (
             "BILLING__REDIS__KEY_PREFIX".to_owned(),
             format!("test:{tag}:"),
@@ -138,25 +111,9 @@ impl Stack {
             let _ = stop.send(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok(nats) =
-            async_nats::connect(env_or("BILLING_TEST_NATS_URL", "nats://127.0.0.1:4222")).await
-        {
-            let js = async_nats::jetstream::new(nats);
-            for stream in ["BILLING_EVENTS", "BILLING_EVENTS_DLQ", "BILLING_COMMANDS"] {
-                let _ = js
-                    .delete_stream(format!("{}{stream}", self.stream_prefix))
-                    .await;
-            }
-        }
+        testkit::delete_streams(&shared::bus::BusNames::new(&self.stream_prefix, "")).await;
         self.db.close().await;
-        let mut admin = MySqlConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE `{}`",
-            self.db_name
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+        TestDatabase::drop_named(&self.db_name).await;
     }
 }
 

@@ -163,22 +163,38 @@ pub async fn lock_accounts_between(
         .await?)
 }
 
-/// Writes the states of several locked accounts with one statement.
+/// Writes the states of several locked accounts, one statement per power-of-two chunk.
 pub async fn save_accounts(
     tx: &mut Tx,
     accounts: &[(&str, &str, AccountSnapshot)],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if accounts.is_empty() {
-        return Ok(());
-    }
     // Every row exists and is locked: the insert half never applies, the update half does.
+    write_accounts(
+        tx,
+        accounts,
+        now,
+        " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), period = VALUES(period), \
+         free_granted_micros = VALUES(free_granted_micros), free_used_micros = VALUES(free_used_micros), \
+         monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
+         updated_at = VALUES(updated_at)",
+    )
+    .await
+}
+
+/// The multi-row `INSERT` of accounts in these states, followed by `tail`.
+async fn write_accounts(
+    tx: &mut Tx,
+    accounts: &[(&str, &str, AccountSnapshot)],
+    now: DateTime<Utc>,
+    tail: &str,
+) -> Result<(), StoreError> {
     for chunk in shared::db::pow2_chunks(accounts) {
-        let mut upsert = sqlx::QueryBuilder::new(
+        let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
              free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
         );
-        upsert.push_values(chunk, |mut row, (user_id, currency, state)| {
+        insert.push_values(chunk, |mut row, (user_id, currency, state)| {
             row.push_bind(*user_id)
                 .push_bind(*currency)
                 .push_bind(state.balance.get())
@@ -190,13 +206,8 @@ pub async fn save_accounts(
                 .push_bind(now)
                 .push_bind(now);
         });
-        upsert.push(
-            " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), period = VALUES(period), \
-             free_granted_micros = VALUES(free_granted_micros), free_used_micros = VALUES(free_used_micros), \
-             monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
-             updated_at = VALUES(updated_at)",
-        );
-        upsert.build().execute(&mut **tx).await?;
+        insert.push(tail);
+        insert.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -226,27 +237,5 @@ pub async fn create_accounts(
     accounts: &[(&str, &str, AccountSnapshot)],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if accounts.is_empty() {
-        return Ok(());
-    }
-    for chunk in shared::db::pow2_chunks(accounts) {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
-        );
-        insert.push_values(chunk, |mut row, (user_id, currency, state)| {
-            row.push_bind(*user_id)
-                .push_bind(*currency)
-                .push_bind(state.balance.get())
-                .push_bind(state.period.to_string())
-                .push_bind(state.free_granted.get())
-                .push_bind(state.free_used.get())
-                .push_bind(state.monthly_free.get())
-                .push_bind(state.version)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        insert.build().execute(&mut **tx).await?;
-    }
-    Ok(())
+    write_accounts(tx, accounts, now, "").await
 }

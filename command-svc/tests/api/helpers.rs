@@ -2,98 +2,18 @@
 //! subjects, and a clock the test controls. Clients for each configured caller, and the invariant
 //! checks every test can run.
 
-use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
 use command_svc::app::Application;
 use prost::Message;
-use shared::{
-    bus::BusNames,
-    clock::Clock,
-    config::Settings,
-    proto::v1::{self as pb, billing_command_service_client::BillingCommandServiceClient},
+use shared::{bus::BusNames, clock::Clock, config::Settings, proto::v1 as pb};
+use sqlx::{MySqlPool, Row, mysql::MySqlPoolOptions};
+
+pub use testkit::{
+    Bearer, CNY, Client, GATEWAY, OPS, ORDERS, PAYMENT, TestDatabase, WEBHOOK_SECRET, adjust,
+    admin_url, deduct, nats_url, new_order, new_user, paid, reason, redis_url, unique_tag,
 };
-use sqlx::{Connection, MySqlConnection, MySqlPool, Row, mysql::MySqlPoolOptions};
-use tonic::{
-    Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
-
-pub const GATEWAY: &str = "dev-gateway-token";
-pub const ORDERS: &str = "dev-query-svc-token";
-pub const PAYMENT: &str = "dev-payment-token";
-pub const OPS: &str = "dev-ops-token";
-pub const WEBHOOK_SECRET: &str = "dev-webhook-secret-change-me";
-pub const CNY: i64 = 1_000_000;
-
-/// Adds a caller's bearer token to every call.
-#[derive(Clone)]
-pub struct Bearer(pub Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-pub type Client = BillingCommandServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// A database of its own, named so that stale ones can be recognised and dropped.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-pub fn admin_url() -> String {
-    std::env::var("BILLING_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("BILLING_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-pub fn nats_url() -> String {
-    std::env::var("BILLING_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-/// A unique tag for one test's names, starting with the time so stale ones can be recognised.
-pub fn unique_tag() -> String {
-    format!(
-        "{}_{}",
-        Utc::now().timestamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
-impl TestDb {
-    pub async fn create() -> TestDb {
-        let name = format!(
-            "billing_test_{}_{}",
-            Utc::now().timestamp(),
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let admin = admin_url();
-        let mut conn = MySqlConnection::connect(&admin)
-            .await
-            .expect("MySQL for tests is reachable");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-            .execute(&mut conn)
-            .await
-            .expect("the test user may create billing_test_ databases");
-        TestDb {
-            url: format!("{}/{name}", admin.trim_end_matches('/')),
-            name,
-        }
-    }
-}
 
 pub struct TestApp {
     pub grpc_addr: std::net::SocketAddr,
@@ -153,36 +73,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// A service whose clock stands at `now` (tests move it with `app.clock`).
 pub async fn spawn_app_at(now: DateTime<Utc>, overrides: &[(&str, &str)]) -> TestApp {
-    let db = TestDb::create().await;
+    let db = TestDatabase::create(&unique_tag()).await;
     let settings = test_settings(&db.url, overrides);
     spawn_with(settings, Clock::manual(now), db.name).await
 }
 
-/// Test streams are named `T<unix seconds>_<hex>_…`; those of runs that ended without cleaning
-/// up (a panic, a killed run) are deleted once they are two hours old, so the shared NATS server
-/// does not collect them. Every test suite of the workspace names its streams this way.
-async fn sweep_stale_test_streams() {
-    use futures::TryStreamExt;
-    let Ok(client) = async_nats::connect(nats_url()).await else {
-        return;
-    };
-    let js = async_nats::jetstream::new(client);
-    let names: Vec<String> = js.stream_names().try_collect().await.unwrap_or_default();
-    let cutoff = Utc::now().timestamp() - 2 * 3600;
-    for name in names {
-        let created = name
-            .strip_prefix('T')
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|secs| secs.parse::<i64>().ok());
-        if created.is_some_and(|secs| secs < cutoff) {
-            let _ = js.delete_stream(&name).await;
-        }
-    }
-}
-
 pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> TestApp {
     shared::telemetry::init(&settings.telemetry);
-    sweep_stale_test_streams().await;
+    testkit::sweep_stale_test_streams().await;
     let app = Application::build(&settings, clock.clone())
         .await
         .expect("the service builds");
@@ -210,19 +108,11 @@ pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> Te
 
 impl TestApp {
     pub async fn client(&self, token: &str) -> Client {
-        let bearer = Bearer(Some(
-            MetadataValue::from_str(&format!("Bearer {token}")).unwrap(),
-        ));
-        self.client_with(bearer).await
+        self.client_with(Bearer::token(token)).await
     }
 
     pub async fn client_with(&self, bearer: Bearer) -> Client {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("the gRPC server accepts connections");
-        BillingCommandServiceClient::with_interceptor(channel, bearer)
+        testkit::connect_client(self.grpc_addr, bearer).await
     }
 
     pub async fn anonymous(&self) -> Client {
@@ -296,87 +186,21 @@ impl TestApp {
         self.stop().await;
         self.delete_streams().await;
         self.db.close().await;
-        let mut conn = MySqlConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            self.db_name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        TestDatabase::drop_named(&self.db_name).await;
     }
 }
 
 // ---- requests -------------------------------------------------------------------------------
 
-pub fn deduct(user: &str, amount: i64, request_id: &str) -> pb::DeductQuotaRequest {
-    pb::DeductQuotaRequest {
-        user_id: user.into(),
-        amount_micros: amount,
-        request_id: request_id.into(),
-        api_id: "api.test".into(),
-        description: "a test call".into(),
-    }
-}
-
-pub fn adjust(user: &str, amount: i64, adjustment_id: &str) -> pb::AdjustBalanceRequest {
-    pb::AdjustBalanceRequest {
-        user_id: user.into(),
-        adjustment_id: adjustment_id.into(),
-        amount_micros: amount,
-        reason: "test adjustment".into(),
-        actor: "ops@example.com".into(),
-    }
-}
-
-pub fn new_order(user: &str, amount: i64) -> pb::CreateRechargeOrderRequest {
-    pb::CreateRechargeOrderRequest {
-        user_id: user.into(),
-        amount_micros: amount,
-        channel: "alipay".into(),
-        idempotency_key: String::new(),
-    }
-}
-
-pub fn paid(order_no: &str, txn: &str, amount: i64) -> pb::RechargeCallbackRequest {
-    pb::RechargeCallbackRequest {
-        order_no: order_no.into(),
-        provider_txn_id: txn.into(),
-        paid_amount_micros: amount,
-        success: true,
-    }
-}
-
-/// A unique user id for one test.
-pub fn new_user(tag: &str) -> String {
-    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
-
 /// Puts `amount` on a user's balance through an order and its paid callback.
 pub async fn recharge(app: &TestApp, user: &str, amount: i64) -> pb::RechargeCallbackResponse {
-    let order = app
-        .orders()
-        .await
-        .create_recharge_order(new_order(user, amount))
-        .await
-        .unwrap()
-        .into_inner();
-    let order_no = order.order.unwrap().order_no;
-    let txn = format!("txn-{}", uuid::Uuid::new_v4().simple());
-    app.payment()
-        .await
-        .recharge_callback(paid(&order_no, &txn, amount))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-pub fn reason(status: &Status) -> String {
-    use tonic_types::StatusExt;
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
+    testkit::recharge_with(
+        &mut app.orders().await,
+        &mut app.payment().await,
+        user,
+        amount,
+    )
+    .await
 }
 
 pub async fn account(app: &TestApp, user: &str) -> pb::AccountState {

@@ -1,12 +1,11 @@
 //! The hot path's two speed-ups keep every rule: group commit (and the same results without it),
 //! and `CheckQuota` from command-svc's Redis snapshots (and from MySQL without Redis).
 
-use std::{collections::HashSet, process::Stdio, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use chrono::Utc;
 use futures::future::join_all;
 use shared::proto::v1 as pb;
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
@@ -208,58 +207,9 @@ async fn checks_answer_from_redis_at_least_as_new_as_the_callers_last_charge() {
     app.cleanup().await;
 }
 
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server runs");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return OwnRedis {
-                    port,
-                    child: Some(child),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the test's redis-server did not start");
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn with_redis_down_checks_answer_from_mysql_and_charges_go_on() {
-    let mut redis = OwnRedis::start().await;
+    let mut redis = testkit::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let app = spawn_app_at(Utc::now(), &[("BILLING__REDIS__URL", url.as_str())]).await;
     let user = new_user("no-redis");

@@ -2,8 +2,6 @@
 //! per test.
 
 mod helpers;
-mod mariadb;
-mod nats;
 
 mod charges;
 mod conservation;

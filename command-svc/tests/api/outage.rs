@@ -5,7 +5,9 @@ use reqwest::StatusCode;
 use shared::{clock::Clock, proto::v1 as pb};
 use tonic::Code;
 
-use crate::{helpers::*, mariadb::OwnMariaDb};
+use testkit::OwnMariaDb;
+
+use crate::helpers::*;
 
 #[tokio::test]
 async fn mysql_down_gives_unavailable_and_the_service_recovers_without_a_restart() {

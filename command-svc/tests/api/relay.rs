@@ -19,7 +19,9 @@ use shared::{
 };
 use sqlx::{MySqlPool, Row};
 
-use crate::{helpers::*, nats::OwnNats};
+use testkit::OwnNats;
+
+use crate::helpers::*;
 
 const MSG_ID: &str = "Nats-Msg-Id";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -296,7 +298,7 @@ async fn rows_committed_out_of_id_order_are_all_published() {
 #[tokio::test]
 async fn nats_down_only_delays_events() {
     let mut nats = OwnNats::start().await;
-    let db = TestDb::create().await;
+    let db = TestDatabase::create(&unique_tag()).await;
     let url = nats.url();
     let settings = test_settings(&db.url, &[("BILLING__NATS__URL", &url)]);
     let app = spawn_with(settings, Clock::system(), db.name).await;
@@ -495,7 +497,7 @@ async fn published_rows_are_purged_after_retention_and_unpublished_rows_never() 
     }
 
     // A replica that cannot reach NATS (so it publishes nothing), a day and an hour later.
-    let closed = format!("nats://127.0.0.1:{}", crate::nats::spare_port());
+    let closed = format!("nats://127.0.0.1:{}", testkit::spare_port());
     let mut settings = first.settings.clone();
     settings.nats.url = closed;
     settings.outbox.purge_interval_secs = 1;
@@ -547,8 +549,8 @@ async fn published_rows_are_purged_after_retention_and_unpublished_rows_never() 
 
 #[tokio::test]
 async fn command_svc_starts_and_charges_while_nats_is_unreachable() {
-    let db = TestDb::create().await;
-    let closed = format!("nats://127.0.0.1:{}", crate::nats::spare_port());
+    let db = TestDatabase::create(&unique_tag()).await;
+    let closed = format!("nats://127.0.0.1:{}", testkit::spare_port());
     let settings = test_settings(&db.url, &[("BILLING__NATS__URL", &closed)]);
     let mut app = tokio::time::timeout(
         Duration::from_secs(60),

@@ -76,13 +76,16 @@ fn script_for_test_database() -> String {
     body.join("\n")
 }
 
-async fn database(db: &TestDb) -> MySqlPool {
+async fn database(db: &TestDatabase) -> MySqlPool {
     MySqlPool::connect(&db.url).await.unwrap()
 }
 
 #[tokio::test]
 async fn the_sql_script_and_the_migrations_build_the_same_schema() {
-    let (migrated, scripted) = (TestDb::create().await, TestDb::create().await);
+    let (migrated, scripted) = (
+        TestDatabase::create(&unique_tag()).await,
+        TestDatabase::create(&unique_tag()).await,
+    );
     let settings = test_settings(&migrated.url, &[]);
     Store::connect_lazy(&settings.database)
         .unwrap()
@@ -118,7 +121,7 @@ async fn the_sql_script_and_the_migrations_build_the_same_schema() {
     assert_eq!(from_migrations, describe(&scripted_pool).await);
 
     for db in [migrated, scripted] {
-        let admin = database(&TestDb {
+        let admin = database(&TestDatabase {
             name: String::new(),
             url: admin_url(),
         })

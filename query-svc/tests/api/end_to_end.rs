@@ -1,10 +1,9 @@
 //! The whole path: commands over gRPC, events over NATS, the read model, and the REST API.
 
-use std::{collections::HashSet, process::Stdio, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::{Value, json};
 use shared::{clock::Clock, proto::v1 as pb};
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
@@ -176,59 +175,9 @@ async fn charges_adjustments_and_a_recharge_show_over_rest() {
     stack.cleanup().await;
 }
 
-/// A Redis server owned by one test, on a spare port.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server runs");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return OwnRedis {
-                    port,
-                    child: Some(child),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the test's redis-server did not start");
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn with_redis_down_reads_stay_correct_from_mysql() {
-    let mut redis = OwnRedis::start().await;
+    let mut redis = testkit::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let stack = spawn_stack_with(Clock::system(), &[("BILLING__REDIS__URL", url.as_str())]).await;
     let user = new_user("no-redis");

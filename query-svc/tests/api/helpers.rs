@@ -1,81 +1,17 @@
 //! A whole stack per test: command-svc and query-svc in this process, on ports of their own, with
 //! their own database, NATS streams and subjects, and Redis key prefix, sharing one clock.
 
-use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use shared::{
-    bus::BusNames,
-    clock::Clock,
-    config::Settings,
-    proto::v1::{self as pb, billing_command_service_client::BillingCommandServiceClient},
-};
+use shared::{bus::BusNames, clock::Clock, config::Settings};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
-use tonic::{
-    Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
+
+pub use testkit::{
+    Bearer, CNY, Client, GATEWAY, JWT_SECRET, OPS, ORDERS, PAYMENT, adjust, admin_url, deduct,
+    nats_url, new_user, redis_url, unique_tag,
 };
-
-pub const GATEWAY: &str = "dev-gateway-token";
-pub const ORDERS: &str = "dev-query-svc-token";
-pub const PAYMENT: &str = "dev-payment-token";
-pub const OPS: &str = "dev-ops-token";
-pub const JWT_SECRET: &str = "dev-jwt-secret-change-me";
-pub const CNY: i64 = 1_000_000;
-
-#[derive(Clone)]
-pub struct Bearer(pub Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-pub type Client = BillingCommandServiceClient<InterceptedService<Channel, Bearer>>;
-
-pub fn admin_url() -> String {
-    std::env::var("BILLING_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "mysql://billing:billing@127.0.0.1:3306".to_owned())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("BILLING_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-pub fn nats_url() -> String {
-    std::env::var("BILLING_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-/// A unique tag for one test's database, streams, subjects and keys.
-pub fn unique_tag() -> String {
-    format!(
-        "{}_{}",
-        Utc::now().timestamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
-pub async fn create_database(tag: &str) -> (String, String) {
-    let name = format!("billing_test_{tag}");
-    let mut conn = MySqlConnection::connect(&admin_url())
-        .await
-        .expect("MySQL for tests is reachable");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin_url().trim_end_matches('/'));
-    (name, url)
-}
 
 /// The repository's configuration, isolated for one test: its database, NATS names, Redis prefix,
 /// and ports chosen by the system.
@@ -165,7 +101,8 @@ pub async fn spawn_stack() -> Stack {
 /// Both services on one fresh database, command-svc first so query-svc can forward to it.
 pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack {
     let tag = unique_tag();
-    let (db_name, url) = create_database(&tag).await;
+    let database = testkit::TestDatabase::create(&tag).await;
+    let (db_name, url) = (database.name, database.url);
     let mut settings = test_settings(&tag, &url, overrides);
     shared::telemetry::init(&settings.telemetry);
 
@@ -218,15 +155,7 @@ impl Stack {
     }
 
     pub async fn client(&self, token: &str) -> Client {
-        let bearer = Bearer(Some(
-            MetadataValue::from_str(&format!("Bearer {token}")).unwrap(),
-        ));
-        let channel = Channel::from_shared(format!("http://{}", self.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        BillingCommandServiceClient::with_interceptor(channel, bearer)
+        testkit::connect_client(self.grpc_addr, Bearer::token(token)).await
     }
 
     pub async fn gateway(&self) -> Client {
@@ -292,16 +221,7 @@ impl Stack {
     pub async fn cleanup(mut self) {
         self.stop_query().await;
         self.stop_command().await;
-        if let Ok(nats) = async_nats::connect(nats_url()).await {
-            let js = async_nats::jetstream::new(nats);
-            for stream in [
-                self.names.events_stream(),
-                self.names.dlq_stream(),
-                self.names.commands_stream(),
-            ] {
-                let _ = js.delete_stream(stream).await;
-            }
-        }
+        testkit::delete_streams(&self.names).await;
         if let Ok(client) = redis::Client::open(redis_url())
             && let Ok(mut redis) = client.get_multiplexed_async_connection().await
         {
@@ -337,60 +257,14 @@ pub fn token_with(secret: &str, user: &str, exp: DateTime<Utc>) -> String {
     .unwrap()
 }
 
-/// A unique user id for one test.
-pub fn new_user(tag: &str) -> String {
-    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
-
-pub fn deduct(user: &str, amount: i64, request_id: &str) -> pb::DeductQuotaRequest {
-    pb::DeductQuotaRequest {
-        user_id: user.into(),
-        amount_micros: amount,
-        request_id: request_id.into(),
-        api_id: "api.test".into(),
-        description: "a test call".into(),
-    }
-}
-
-pub fn adjust(user: &str, amount: i64, adjustment_id: &str) -> pb::AdjustBalanceRequest {
-    pb::AdjustBalanceRequest {
-        user_id: user.into(),
-        adjustment_id: adjustment_id.into(),
-        amount_micros: amount,
-        reason: "test adjustment".into(),
-        actor: "ops@example.com".into(),
-    }
-}
-
 /// Puts `amount` on a user's balance through an order and its paid callback; the order number.
 pub async fn recharge(stack: &Stack, user: &str, amount: i64) -> String {
-    let request = pb::CreateRechargeOrderRequest {
-        user_id: user.into(),
-        amount_micros: amount,
-        channel: "alipay".into(),
-        idempotency_key: String::new(),
-    };
-    let order_no = stack
-        .orders()
-        .await
-        .create_recharge_order(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap()
-        .order_no;
-    let callback = pb::RechargeCallbackRequest {
-        order_no: order_no.clone(),
-        provider_txn_id: format!("txn-{}", uuid::Uuid::new_v4().simple()),
-        paid_amount_micros: amount,
-        success: true,
-    };
-    stack
-        .payment()
-        .await
-        .recharge_callback(callback)
-        .await
-        .unwrap();
-    order_no
+    let paid = testkit::recharge_with(
+        &mut stack.orders().await,
+        &mut stack.payment().await,
+        user,
+        amount,
+    )
+    .await;
+    paid.order.expect("the paid order").order_no
 }

@@ -11,15 +11,6 @@ pub struct OwnNats {
     child: Option<Child>,
 }
 
-/// A port nobody listens on right now.
-pub fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Debian installs the server outside a normal user's PATH.
 fn server_binary() -> PathBuf {
     let debian = PathBuf::from("/usr/sbin/nats-server");
@@ -39,7 +30,7 @@ impl OwnNats {
         ));
         std::fs::create_dir_all(&store_dir).unwrap();
         let mut nats = OwnNats {
-            port: spare_port(),
+            port: crate::spare_port(),
             store_dir,
             child: None,
         };

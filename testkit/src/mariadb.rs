@@ -12,14 +12,6 @@ pub struct OwnMariaDb {
     child: Option<Child>,
 }
 
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
@@ -56,7 +48,7 @@ impl OwnMariaDb {
             "data folder initialised"
         );
         let mut db = OwnMariaDb {
-            port: spare_port(),
+            port: crate::spare_port(),
             datadir,
             child: None,
         };

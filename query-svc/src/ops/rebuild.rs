@@ -86,7 +86,13 @@ pub async fn rebuild(
                 record
             })
             .collect();
-        insert_records(pool, &records).await?;
+        let rows: Vec<&RecordRow> = records.iter().collect();
+        writes::insert_records_into(
+            &mut *pool.acquire().await?,
+            writes::Table::RecordsShadow,
+            &rows,
+        )
+        .await?;
         report.records += records.len() as u64;
     }
 
@@ -142,35 +148,6 @@ pub async fn rebuild(
 
     report.caught_up = catch_up(pool, zone, since).await?;
     Ok(report)
-}
-
-async fn insert_records(pool: &MySqlPool, records: &[RecordRow]) -> Result<(), sqlx::Error> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let mut insert = QueryBuilder::new(
-        "INSERT INTO rm_records_shadow (record_id, user_id, version, type, amount_micros, free_micros, \
-         balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
-         order_no, period, created_at) ",
-    );
-    insert.push_values(records, |mut row, r| {
-        row.push_bind(&r.record_id)
-            .push_bind(&r.user_id)
-            .push_bind(r.version)
-            .push_bind(&r.kind)
-            .push_bind(r.amount_micros)
-            .push_bind(r.free_micros)
-            .push_bind(r.balance_micros)
-            .push_bind(r.balance_after_micros)
-            .push_bind(r.free_remaining_after_micros)
-            .push_bind(&r.api_id)
-            .push_bind(&r.request_id)
-            .push_bind(&r.order_no)
-            .push_bind(&r.period)
-            .push_bind(r.created_at);
-    });
-    insert.build().execute(pool).await?;
-    Ok(())
 }
 
 /// Projects again, into the live tables, every change committed since `since`. Returns the

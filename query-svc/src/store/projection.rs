@@ -281,12 +281,31 @@ pub async fn insert_records(
     conn: &mut MySqlConnection,
     records: &[&RecordRow],
 ) -> Result<(), sqlx::Error> {
+    insert_records_into(conn, Table::Records, records).await
+}
+
+/// Where [`insert_records_into`] writes: the live records, or the rebuild's shadow table.
+#[derive(Clone, Copy, Debug)]
+pub enum Table {
+    Records,
+    RecordsShadow,
+}
+
+pub async fn insert_records_into(
+    conn: &mut MySqlConnection,
+    table: Table,
+    records: &[&RecordRow],
+) -> Result<(), sqlx::Error> {
+    let table = match table {
+        Table::Records => "rm_records",
+        Table::RecordsShadow => "rm_records_shadow",
+    };
     for chunk in shared::db::pow2_chunks(records) {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO rm_records (record_id, user_id, version, type, amount_micros, free_micros, \
+        let mut insert = sqlx::QueryBuilder::new(format!(
+            "INSERT INTO {table} (record_id, user_id, version, type, amount_micros, free_micros, \
              balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
-             order_no, period, created_at) ",
-        );
+             order_no, period, created_at) "
+        ));
         insert.push_values(chunk, |mut row, r| {
             row.push_bind(&r.record_id)
                 .push_bind(&r.user_id)

@@ -1,6 +1,10 @@
 use command_svc::app::Application;
 use shared::{clock::Clock, config::Settings, telemetry};
 
+// Many small allocations per request from many threads: an allocator made for that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let path = Settings::path_from_args(std::env::args());

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use sqlx::{
-    Executor, MySqlPool,
+    Connection, Executor, MySqlPool,
     migrate::Migrator,
     mysql::{MySqlConnectOptions, MySqlPoolOptions},
 };
@@ -18,6 +18,9 @@ use crate::config::DatabaseSettings;
 /// `database.migrate_on_start` is off), under sqlx's lock, so replicas never race.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// How long a pooled connection may sit unused before it is pinged on its next acquire.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// A pool that connects on demand, so a service starts (and reports not ready) while MySQL is
 /// away, and recovers by itself when it returns.
 pub fn connect_lazy(settings: &DatabaseSettings) -> Result<MySqlPool, sqlx::Error> {
@@ -26,6 +29,17 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<MySqlPool, sqlx::Erro
     Ok(MySqlPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        // A connection in steady use is known to be alive: only one that sat idle is pinged
+        // before it is handed out (a ping on every acquire is a round trip per transaction).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")

@@ -1,7 +1,8 @@
 //! command-svc's own account snapshots in Redis: written through after every commit that changes
 //! an account (before its caller is answered, so a caller's next check sees at least its own
-//! change), read by `CheckQuota`. A failed write removes the snapshot rather than leave an old
-//! one; a snapshot that could be removed neither is gone with its TTL.
+//! change), read by `CheckQuota`, and written again by a `CheckQuota` that found none. A failed
+//! write removes the snapshot rather than leave an old one; a snapshot that could be removed
+//! neither is gone with its TTL.
 
 use prost::Message;
 use shared::{account::AccountSnapshot, cache::CachedSnapshot, money::Micros, proto::v1 as pb};

@@ -208,6 +208,64 @@ async fn checks_answer_from_redis_at_least_as_new_as_the_callers_last_charge() {
 }
 
 #[tokio::test]
+async fn a_check_after_the_snapshot_expired_answers_from_mysql_and_caches_it_again() {
+    let app = spawn_app().await;
+    let user = new_user("refill");
+    let charged = app
+        .gateway()
+        .await
+        .deduct_quota(deduct(&user, 250_000, "only"))
+        .await
+        .unwrap()
+        .into_inner();
+    let version = charged.account.unwrap().version;
+    let cache = shared::cache::SnapshotCache::for_commands(
+        &redis_url(),
+        &app.settings.redis.key_prefix,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    cache.remove(&user).await;
+    assert!(cache.get(&user).await.is_none(), "the snapshot is gone");
+
+    let check = pb::CheckQuotaRequest {
+        user_id: user.clone(),
+        amount_micros: 1,
+    };
+    let seen = app
+        .gateway()
+        .await
+        .check_quota(check)
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = seen.account.unwrap();
+    assert_eq!((seen.version, seen.free_used_micros), (version, 250_000));
+    let cached = cache
+        .get(&user)
+        .await
+        .expect("the miss cached the account again");
+    assert_eq!(cached.version, version);
+
+    // An account never written is not cached: there is nothing to be newer than.
+    let stranger = new_user("refill-none");
+    let check = pb::CheckQuotaRequest {
+        user_id: stranger.clone(),
+        amount_micros: 1,
+    };
+    let seen = app
+        .gateway()
+        .await
+        .check_quota(check)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.allowed);
+    assert!(cache.get(&stranger).await.is_none());
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn with_redis_down_checks_answer_from_mysql_and_charges_go_on() {
     let mut redis = testkit::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);

@@ -9,7 +9,8 @@
 //! - [`cache`]: account snapshots in Redis, version-guarded.
 //! - [`order`]: how a recharge order's status is shown.
 //! - [`clock`]: the time source, settable in tests.
-//! - [`db`]: MySQL sessions as both services open them, and the migrations.
+//! - [`db`]: MySQL sessions as both services open them, and the migrations; [`sql_script`]:
+//!   several statements with literal values in one round trip.
 //! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides.
 //! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
@@ -26,4 +27,5 @@ pub mod order;
 pub mod period;
 pub mod proto;
 pub mod shutdown;
+pub mod sql_script;
 pub mod telemetry;

@@ -12,7 +12,7 @@ use shared::{
 use super::Rules;
 use crate::{
     events::{self, AccountOut},
-    store::{self, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError, Tx},
+    store::{self, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError, Tx, Writes},
 };
 
 pub(super) struct AccountTx<'c> {
@@ -119,7 +119,6 @@ impl<'c> AccountTx<'c> {
             granted_micros: granted.free_granted.get(),
             record_id: &record_id,
         };
-        store::insert_grants(&mut self.tx, &[grant], self.now).await?;
         let entry = LedgerEntry {
             record_id: &record_id,
             user_id: self.user_id,
@@ -132,7 +131,9 @@ impl<'c> AccountTx<'c> {
             refs: Refs::default(),
             created_at: self.now,
         };
-        store::insert_entry(&mut self.tx, &entry).await?;
+        let mut writes = Writes::new();
+        writes.grants(&[grant], self.now).entries(&[entry]);
+        writes.run(&mut self.tx).await?;
         let kind = Kind::FreeQuotaGranted(FreeQuotaGranted {
             record_id: record_id.clone(),
             period: granted.period.to_string(),
@@ -165,7 +166,9 @@ impl<'c> AccountTx<'c> {
             refs,
             created_at: self.now,
         };
-        store::insert_entry(&mut self.tx, &entry).await?;
+        let mut writes = Writes::new();
+        writes.entries(&[entry]);
+        writes.run(&mut self.tx).await?;
         self.state = after;
         self.write_event(event).await
     }

@@ -28,7 +28,7 @@ use crate::store::AsStoreError;
 use crate::{
     domain::DeductQuota,
     events::{self, AccountOut},
-    store::{self, Grant, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError},
+    store::{self, Grant, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError, Writes},
 };
 
 struct Pending {
@@ -355,11 +355,14 @@ impl Commands {
                 })
                 .collect();
             let ledger: Vec<LedgerEntry> = entries.iter().map(|e| e.borrowed()).collect();
-            store::create_accounts(&mut tx, &created, now).await?;
-            store::save_accounts(&mut tx, &changed, now).await?;
-            store::insert_grants(&mut tx, &grant_rows, now).await?;
-            store::insert_entries(&mut tx, &ledger).await?;
-            store::insert_events(&mut tx, &published, now).await?;
+            let mut writes = Writes::new();
+            writes
+                .create_accounts(&created, now)
+                .save_accounts(&changed, now)
+                .grants(&grant_rows, now)
+                .entries(&ledger)
+                .events(&published, now);
+            writes.run(&mut tx).await?;
             tx.commit().await.map_err(StoreError::from)?;
             self.store.outbox_written();
             let written: Vec<AccountOut> = accounts

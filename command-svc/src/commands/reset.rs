@@ -16,7 +16,7 @@ use shared::{
 use super::{CommandError, Commands};
 use crate::{
     events::{self, AccountOut},
-    store::{self, Grant, LedgerEntry, RecordKind, Refs, StoreError},
+    store::{self, Grant, LedgerEntry, RecordKind, Refs, StoreError, Writes},
 };
 
 /// What one batch did.
@@ -258,10 +258,13 @@ impl Commands {
             .map(|(row, _, after, _)| (row.user_id.as_str(), row.currency.as_str(), *after))
             .collect();
 
-        store::insert_grants(&mut tx, &grants, now).await?;
-        store::insert_entries(&mut tx, &entries).await?;
-        store::insert_events(&mut tx, &published, now).await?;
-        store::save_accounts(&mut tx, &states, now).await?;
+        let mut writes = Writes::new();
+        writes
+            .grants(&grants, now)
+            .entries(&entries)
+            .events(&published, now)
+            .save_accounts(&states, now);
+        writes.run(&mut tx).await?;
 
         let finished = (accounts.len() as u64) < u64::from(batch_size);
         sqlx::query(

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use shared::{account::AccountSnapshot, money::Micros, period::Period};
 use sqlx::MySqlExecutor;
 
-use super::{StoreError, Tx};
+use super::{StoreError, Tx, Writes};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
@@ -163,55 +163,6 @@ pub async fn lock_accounts_between(
         .await?)
 }
 
-/// Writes the states of several locked accounts, one statement per power-of-two chunk.
-pub async fn save_accounts(
-    tx: &mut Tx,
-    accounts: &[(&str, &str, AccountSnapshot)],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    // Every row exists and is locked: the insert half never applies, the update half does.
-    write_accounts(
-        tx,
-        accounts,
-        now,
-        " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), period = VALUES(period), \
-         free_granted_micros = VALUES(free_granted_micros), free_used_micros = VALUES(free_used_micros), \
-         monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
-         updated_at = VALUES(updated_at)",
-    )
-    .await
-}
-
-/// The multi-row `INSERT` of accounts in these states, followed by `tail`.
-async fn write_accounts(
-    tx: &mut Tx,
-    accounts: &[(&str, &str, AccountSnapshot)],
-    now: DateTime<Utc>,
-    tail: &str,
-) -> Result<(), StoreError> {
-    for chunk in shared::db::pow2_chunks(accounts) {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
-        );
-        insert.push_values(chunk, |mut row, (user_id, currency, state)| {
-            row.push_bind(*user_id)
-                .push_bind(*currency)
-                .push_bind(state.balance.get())
-                .push_bind(state.period.to_string())
-                .push_bind(state.free_granted.get())
-                .push_bind(state.free_used.get())
-                .push_bind(state.monthly_free.get())
-                .push_bind(state.version)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        insert.push(tail);
-        insert.build().execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
 /// Locks these accounts (those that exist) in primary-key order.
 pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<AccountRow>, StoreError> {
     if user_ids.is_empty() {
@@ -230,12 +181,59 @@ pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<Account
     Ok(select.build_query_as().fetch_all(&mut **tx).await?)
 }
 
-/// Inserts new accounts in their first state. A concurrent creation of one of them is a
-/// duplicate key, a conflict: the whole transaction is run again and finds it.
-pub async fn create_accounts(
-    tx: &mut Tx,
-    accounts: &[(&str, &str, AccountSnapshot)],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    write_accounts(tx, accounts, now, "").await
+impl Writes {
+    /// New accounts in their first state. A concurrent creation of one of them is a duplicate
+    /// key, a conflict: the whole transaction is run again and finds it.
+    pub fn create_accounts(
+        &mut self,
+        accounts: &[(&str, &str, AccountSnapshot)],
+        now: DateTime<Utc>,
+    ) -> &mut Self {
+        self.accounts(accounts, now, "")
+    }
+
+    /// The states of accounts this transaction has locked.
+    pub fn save_accounts(
+        &mut self,
+        accounts: &[(&str, &str, AccountSnapshot)],
+        now: DateTime<Utc>,
+    ) -> &mut Self {
+        // Every row exists and is locked: the insert half never applies, the update half does.
+        self.accounts(
+            accounts,
+            now,
+            " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), \
+             period = VALUES(period), free_granted_micros = VALUES(free_granted_micros), \
+             free_used_micros = VALUES(free_used_micros), \
+             monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
+             updated_at = VALUES(updated_at)",
+        )
+    }
+
+    fn accounts(
+        &mut self,
+        accounts: &[(&str, &str, AccountSnapshot)],
+        now: DateTime<Utc>,
+        tail: &'static str,
+    ) -> &mut Self {
+        self.script.insert(
+            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+            accounts,
+            tail,
+            |row, (user_id, currency, state)| {
+                row.text(user_id)
+                    .text(currency)
+                    .int(state.balance.get())
+                    .text(&state.period.to_string())
+                    .int(state.free_granted.get())
+                    .int(state.free_used.get())
+                    .int(state.monthly_free.get())
+                    .int(state.version)
+                    .instant(now)
+                    .instant(now);
+            },
+        );
+        self
+    }
 }

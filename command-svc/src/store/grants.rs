@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{StoreError, Tx};
+use super::Writes;
 
 #[derive(Clone, Debug)]
 pub struct Grant<'a> {
@@ -13,26 +13,20 @@ pub struct Grant<'a> {
     pub record_id: &'a str,
 }
 
-pub async fn insert_grants(
-    tx: &mut Tx,
-    grants: &[Grant<'_>],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    if grants.is_empty() {
-        return Ok(());
-    }
-    for chunk in shared::db::pow2_chunks(grants) {
-        let mut insert = sqlx::QueryBuilder::new(
+impl Writes {
+    pub fn grants(&mut self, grants: &[Grant<'_>], now: DateTime<Utc>) -> &mut Self {
+        self.script.insert(
             "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) ",
+            grants,
+            "",
+            |row, grant| {
+                row.text(grant.user_id)
+                    .text(&grant.period)
+                    .int(grant.granted_micros)
+                    .text(grant.record_id)
+                    .instant(now);
+            },
         );
-        insert.push_values(chunk, |mut row, grant| {
-            row.push_bind(grant.user_id)
-                .push_bind(&grant.period)
-                .push_bind(grant.granted_micros)
-                .push_bind(grant.record_id)
-                .push_bind(now);
-        });
-        insert.build().execute(&mut **tx).await?;
+        self
     }
-    Ok(())
 }

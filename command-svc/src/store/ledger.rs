@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use shared::{account::AccountSnapshot, money::Micros};
 use sqlx::MySqlExecutor;
 
-use super::{StoreError, Tx};
+use super::{StoreError, Tx, Writes};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
@@ -53,50 +53,6 @@ pub struct LedgerEntry<'a> {
     pub after: AccountSnapshot,
     pub refs: Refs<'a>,
     pub created_at: DateTime<Utc>,
-}
-
-pub async fn insert_entry(tx: &mut Tx, entry: &LedgerEntry<'_>) -> Result<(), StoreError> {
-    let LedgerEntry {
-        before,
-        after,
-        refs,
-        ..
-    } = entry;
-    sqlx::query(
-        "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
-         balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
-         free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
-         free_used_after_micros, request_id, api_id, description, order_no, provider_txn_id, \
-         adjustment_id, reason, actor, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(entry.record_id)
-    .bind(entry.user_id)
-    .bind(after.version)
-    .bind(entry.kind.as_str())
-    .bind(entry.amount.get())
-    .bind(entry.free.get())
-    .bind(entry.balance.get())
-    .bind(after.period.to_string())
-    .bind(before.period.to_string())
-    .bind(before.balance.get())
-    .bind(after.balance.get())
-    .bind(before.free_granted.get())
-    .bind(after.free_granted.get())
-    .bind(before.free_used.get())
-    .bind(after.free_used.get())
-    .bind(refs.request_id)
-    .bind(refs.api_id)
-    .bind(refs.description)
-    .bind(refs.order_no)
-    .bind(refs.provider_txn_id)
-    .bind(refs.adjustment_id)
-    .bind(refs.reason)
-    .bind(refs.actor)
-    .bind(entry.created_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// A stored row, as idempotent replays need it back.
@@ -193,55 +149,52 @@ pub async fn find_credit_by_txn<'e>(
         .await?)
 }
 
-/// Appends many rows with one statement (the monthly reset, a batch of charges). Rows are written
-/// in the order given.
-pub async fn insert_entries(tx: &mut Tx, entries: &[LedgerEntry<'_>]) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    for chunk in shared::db::pow2_chunks(entries) {
-        let mut insert = sqlx::QueryBuilder::new(
+impl Writes {
+    /// Appends ledger rows, in the order given.
+    pub fn entries(&mut self, entries: &[LedgerEntry<'_>]) -> &mut Self {
+        self.script.insert(
             "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
              balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
              free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
              free_used_after_micros, request_id, api_id, description, order_no, provider_txn_id, \
              adjustment_id, reason, actor, created_at) ",
+            entries,
+            "",
+            |row, entry| {
+                let LedgerEntry {
+                    before,
+                    after,
+                    refs,
+                    ..
+                } = entry;
+                row.text(entry.record_id)
+                    .text(entry.user_id)
+                    .int(after.version)
+                    .text(entry.kind.as_str())
+                    .int(entry.amount.get())
+                    .int(entry.free.get())
+                    .int(entry.balance.get())
+                    .text(&after.period.to_string())
+                    .text(&before.period.to_string())
+                    .int(before.balance.get())
+                    .int(after.balance.get())
+                    .int(before.free_granted.get())
+                    .int(after.free_granted.get())
+                    .int(before.free_used.get())
+                    .int(after.free_used.get())
+                    .opt_text(refs.request_id)
+                    .opt_text(refs.api_id)
+                    .opt_text(refs.description)
+                    .opt_text(refs.order_no)
+                    .opt_text(refs.provider_txn_id)
+                    .opt_text(refs.adjustment_id)
+                    .opt_text(refs.reason)
+                    .opt_text(refs.actor)
+                    .instant(entry.created_at);
+            },
         );
-        insert.push_values(chunk, |mut row, entry| {
-            let LedgerEntry {
-                before,
-                after,
-                refs,
-                ..
-            } = entry;
-            row.push_bind(entry.record_id)
-                .push_bind(entry.user_id)
-                .push_bind(after.version)
-                .push_bind(entry.kind.as_str())
-                .push_bind(entry.amount.get())
-                .push_bind(entry.free.get())
-                .push_bind(entry.balance.get())
-                .push_bind(after.period.to_string())
-                .push_bind(before.period.to_string())
-                .push_bind(before.balance.get())
-                .push_bind(after.balance.get())
-                .push_bind(before.free_granted.get())
-                .push_bind(after.free_granted.get())
-                .push_bind(before.free_used.get())
-                .push_bind(after.free_used.get())
-                .push_bind(refs.request_id)
-                .push_bind(refs.api_id)
-                .push_bind(refs.description)
-                .push_bind(refs.order_no)
-                .push_bind(refs.provider_txn_id)
-                .push_bind(refs.adjustment_id)
-                .push_bind(refs.reason)
-                .push_bind(refs.actor)
-                .push_bind(entry.created_at);
-        });
-        insert.build().execute(&mut **tx).await?;
+        self
     }
-    Ok(())
 }
 
 /// The charges already recorded for any of these `(user_id, request_id)` keys, with one query

@@ -9,6 +9,7 @@ mod grants;
 mod ledger;
 mod orders;
 mod outbox;
+mod writes;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -17,22 +18,22 @@ use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 use tokio::sync::Notify;
 
 pub use accounts::{
-    AccountRow, create_account, create_accounts, load_account, lock_account, lock_accounts,
-    lock_accounts_between, save_account, save_accounts,
+    AccountRow, create_account, load_account, lock_account, lock_accounts, lock_accounts_between,
+    save_account,
 };
-pub use grants::{Grant, insert_grants};
+pub use grants::Grant;
 pub use ledger::{
     LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_charges,
-    find_credit_by_txn, insert_entries, insert_entry,
+    find_credit_by_txn,
 };
 pub use orders::{
     OrderRow, UnmatchedRow, find_order, find_order_by_key, find_unmatched_by_txn, insert_order,
     insert_unmatched, lock_order, update_order_status,
 };
 pub use outbox::{
-    OutboxRow, PURGE_CHUNK, claim_unpublished, insert_event, insert_events, mark_published,
-    purge_published_chunk,
+    OutboxRow, PURGE_CHUNK, claim_unpublished, insert_event, mark_published, purge_published_chunk,
 };
+pub use writes::Writes;
 
 pub type Tx = Transaction<'static, MySql>;
 

@@ -8,7 +8,7 @@ use prost::Message;
 use shared::proto::v1::BillingEvent;
 use sqlx::MySqlPool;
 
-use super::{StoreError, Tx};
+use super::{StoreError, Tx, Writes};
 
 /// Appends `event` for publication on `subject`.
 pub async fn insert_event(
@@ -33,30 +33,24 @@ pub async fn insert_event(
     Ok(())
 }
 
-/// Appends many events with one statement; each with its subject, none with a trace context.
-pub async fn insert_events(
-    tx: &mut Tx,
-    events: &[(BillingEvent, String)],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    for chunk in shared::db::pow2_chunks(events) {
-        let mut insert = sqlx::QueryBuilder::new(
+impl Writes {
+    /// Events for publication, each on its subject.
+    pub fn events(&mut self, events: &[(BillingEvent, String)], now: DateTime<Utc>) -> &mut Self {
+        self.script.insert(
             "INSERT INTO outbox (event_id, user_id, subject, payload, traceparent, created_at) ",
+            events,
+            "",
+            |row, (event, subject)| {
+                row.text(&event.event_id)
+                    .text(&event.user_id)
+                    .text(subject)
+                    .bytes(&event.encode_to_vec())
+                    .opt_text(None)
+                    .instant(now);
+            },
         );
-        insert.push_values(chunk, |mut row, (event, subject)| {
-            row.push_bind(&event.event_id)
-                .push_bind(&event.user_id)
-                .push_bind(subject)
-                .push_bind(event.encode_to_vec())
-                .push_bind(None::<String>)
-                .push_bind(now);
-        });
-        insert.build().execute(&mut **tx).await?;
+        self
     }
-    Ok(())
 }
 
 /// An event waiting to be published.

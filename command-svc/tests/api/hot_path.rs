@@ -282,3 +282,50 @@ async fn with_redis_down_checks_answer_from_mysql_and_charges_go_on() {
     assert_invariants(&app.db, &other).await;
     app.cleanup().await;
 }
+
+/// Batches are written as one script with literal values: texts of every shape are stored
+/// byte for byte, with group commit and without, and none of them is ever read as SQL.
+async fn texts_are_stored_exactly_as_sent(overrides: &[(&str, &str)]) {
+    let app = spawn_app_at(Utc::now(), overrides).await;
+    let user = new_user("texts");
+    let descriptions = [
+        "x'); DROP TABLE ledger; --",
+        "\\' OR '1'='1",
+        "日本語のテキスト 🙂",
+        "\"quotes\" and `backticks` and %_ wildcards; \\0 \\n",
+        "",
+    ];
+    let mut gateway = app.gateway().await;
+    for (i, description) in descriptions.iter().enumerate() {
+        let mut request = deduct(&user, 1_000, &format!("t{i}"));
+        request.description = (*description).to_owned();
+        request.api_id = format!("api-{i}");
+        gateway.deduct_quota(request).await.unwrap();
+    }
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT COALESCE(description, ''), api_id FROM ledger \
+         WHERE user_id = ? AND kind = 'deduct' ORDER BY version",
+    )
+    .bind(&user)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let expected: Vec<(String, String)> = descriptions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ((*d).to_owned(), format!("api-{i}")))
+        .collect();
+    assert_eq!(stored, expected);
+    assert_invariants(&app.db, &user).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn texts_are_stored_exactly_as_sent_by_group_commit() {
+    texts_are_stored_exactly_as_sent(&[]).await;
+}
+
+#[tokio::test]
+async fn texts_are_stored_exactly_as_sent_one_charge_per_transaction() {
+    texts_are_stored_exactly_as_sent(&[WITHOUT_GROUP_COMMIT]).await;
+}

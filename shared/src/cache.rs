@@ -9,11 +9,12 @@
 //! the callers nothing but the first timeouts; then one connection attempt decides again.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use redis::{Script, aio::MultiplexedConnection};
+use tokio::sync::{mpsc, oneshot};
 
 /// Replaces the snapshot only with a newer version, and refreshes its time to live.
 const PUT_IF_NEWER: &str = r#"
@@ -32,6 +33,20 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failure, calls skip Redis for this long.
 pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
+/// The fields of a snapshot as `HMGET` returns them: version, state, updated_at.
+type Fields = (Option<i64>, Option<Vec<u8>>, Option<i64>);
+
+fn snapshot_of(fields: Fields) -> Option<CachedSnapshot> {
+    match fields {
+        (Some(version), Some(state), Some(updated_at_ms)) => Some(CachedSnapshot {
+            version,
+            state,
+            updated_at_ms,
+        }),
+        _ => None,
+    }
+}
+
 /// A snapshot as stored: the encoded `AccountState`, its version, and when it was written on the
 /// command side.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +64,12 @@ enum Link {
     Failed(Instant),
 }
 
+/// A read waiting for the next pipeline: the key, and where its answer goes.
+type Read = (String, oneshot::Sender<Option<CachedSnapshot>>);
+
+/// The most reads one pipeline carries.
+const MAX_READS_PER_PIPELINE: usize = 256;
+
 #[derive(Clone)]
 pub struct SnapshotCache {
     client: redis::Client,
@@ -58,6 +79,9 @@ pub struct SnapshotCache {
     ttl: Duration,
     timeout: Duration,
     script: Arc<Script>,
+    /// The queue of the task that sends concurrent reads as one pipeline, started by the first
+    /// read.
+    reads: Arc<OnceLock<mpsc::UnboundedSender<Read>>>,
 }
 
 impl SnapshotCache {
@@ -86,6 +110,7 @@ impl SnapshotCache {
             ttl,
             timeout: DEFAULT_TIMEOUT,
             script: Arc::new(Script::new(PUT_IF_NEWER)),
+            reads: Arc::default(),
         })
     }
 
@@ -144,28 +169,57 @@ impl SnapshotCache {
     }
 
     /// The stored snapshot, or `None` when absent or when Redis cannot answer.
+    ///
+    /// Reads made while others are on their way are sent together as one pipeline (one write
+    /// and one read of the socket for all of them, on both ends): on the gateway's hot path
+    /// many checks are in flight at once. A read alone goes at once.
     pub async fn get(&self, user_id: &str) -> Option<CachedSnapshot> {
-        type Fields = (Option<i64>, Option<Vec<u8>>, Option<i64>);
-        let key = self.key(user_id);
-        let fields: Fields = self
-            .call(|connection| {
-                Box::pin(async move {
-                    redis::cmd("HMGET")
-                        .arg(&key)
-                        .arg(&["version", "state", "updated_at"])
-                        .query_async(connection)
-                        .await
-                })
-            })
-            .await?;
-        match fields {
-            (Some(version), Some(state), Some(updated_at_ms)) => Some(CachedSnapshot {
-                version,
-                state,
-                updated_at_ms,
-            }),
-            _ => None,
-        }
+        let (answer, answered) = oneshot::channel();
+        let reads = self.reads.get_or_init(|| self.start_reader());
+        // The reader is gone only with its runtime: then nothing is cached for this caller.
+        reads.send((self.key(user_id), answer)).ok()?;
+        answered.await.ok().flatten()
+    }
+
+    /// Starts the task that sends queued reads as pipelines, one pipeline at a time.
+    fn start_reader(&self) -> mpsc::UnboundedSender<Read> {
+        let (sender, mut queue) = mpsc::unbounded_channel::<Read>();
+        // The task's own copy has no queue of its own, so it does not keep itself alive.
+        let cache = SnapshotCache {
+            reads: Arc::default(),
+            ..self.clone()
+        };
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while queue.recv_many(&mut batch, MAX_READS_PER_PIPELINE).await > 0 {
+                let mut pipeline = redis::pipe();
+                for (key, _) in &batch {
+                    pipeline
+                        .cmd("HMGET")
+                        .arg(key)
+                        .arg(&["version", "state", "updated_at"]);
+                }
+                let found: Option<Vec<Fields>> = cache
+                    .call(|connection| {
+                        Box::pin(async move { pipeline.query_async(connection).await })
+                    })
+                    .await;
+                let found = found.filter(|rows| rows.len() == batch.len());
+                match found {
+                    Some(rows) => {
+                        for ((_, answer), fields) in batch.drain(..).zip(rows) {
+                            let _ = answer.send(snapshot_of(fields));
+                        }
+                    }
+                    None => {
+                        for (_, answer) in batch.drain(..) {
+                            let _ = answer.send(None);
+                        }
+                    }
+                }
+            }
+        });
+        sender
     }
 
     /// Stores `snapshot` unless one at least as new is there. Returns whether it was written; a

@@ -249,6 +249,37 @@ impl SnapshotCache {
         written == Some(1)
     }
 
+    /// Stores several snapshots, each unless one at least as new is there, in one pipeline.
+    /// Returns, for each, whether it was written; a Redis failure is reported as none written.
+    pub async fn put_many_if_newer(&self, snapshots: &[(&str, &CachedSnapshot)]) -> Vec<bool> {
+        if snapshots.is_empty() {
+            return Vec::new();
+        }
+        let ttl_ms = self.ttl.as_millis().min(i64::MAX as u128) as i64;
+        let mut pipeline = redis::pipe();
+        // Loading is idempotent and cheap; it makes the calls below work after a Redis restart.
+        pipeline.load_script(&self.script).ignore();
+        for (user_id, snapshot) in snapshots {
+            pipeline.invoke_script(
+                self.script
+                    .key(self.key(user_id))
+                    .arg(snapshot.version)
+                    .arg(&snapshot.state)
+                    .arg(snapshot.updated_at_ms)
+                    .arg(ttl_ms),
+            );
+        }
+        let written: Option<Vec<i64>> = self
+            .call(|connection| Box::pin(async move { pipeline.query_async(connection).await }))
+            .await;
+        match written {
+            Some(flags) if flags.len() == snapshots.len() => {
+                flags.into_iter().map(|flag| flag == 1).collect()
+            }
+            _ => vec![false; snapshots.len()],
+        }
+    }
+
     /// Removes a snapshot; whether Redis confirmed it.
     pub async fn remove(&self, user_id: &str) -> bool {
         let key = self.key(user_id);

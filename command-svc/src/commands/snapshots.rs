@@ -24,26 +24,37 @@ impl Commands {
     pub(super) async fn write_through(&self, accounts: &[AccountOut]) {
         let Some(cache) = &self.snapshots else { return };
         let now = self.now().timestamp_millis();
-        // Concurrent writes share the multiplexed connection: one round trip for the batch.
-        let writes = accounts.iter().map(|account| async move {
-            let snapshot = CachedSnapshot {
+        let snapshots: Vec<CachedSnapshot> = accounts
+            .iter()
+            .map(|account| CachedSnapshot {
                 version: account.view.version,
                 state: account.message().encode_to_vec(),
                 updated_at_ms: now,
-            };
-            if !cache.put_if_newer(&account.user_id, &snapshot).await {
+            })
+            .collect();
+        let puts: Vec<(&str, &CachedSnapshot)> = accounts
+            .iter()
+            .map(|account| account.user_id.as_str())
+            .zip(&snapshots)
+            .collect();
+        // One pipeline for the whole batch.
+        let written = cache.put_many_if_newer(&puts).await;
+        let unwritten = puts
+            .iter()
+            .zip(written)
+            .filter(|(_, written)| !written)
+            .map(|((user_id, snapshot), _)| async move {
                 // Either a newer snapshot is there (fine) or the write failed: make sure no
                 // older one stays behind.
                 if cache
-                    .get(&account.user_id)
+                    .get(user_id)
                     .await
                     .is_none_or(|held| held.version < snapshot.version)
                 {
-                    cache.remove(&account.user_id).await;
+                    cache.remove(user_id).await;
                 }
-            }
-        });
-        futures::future::join_all(writes).await;
+            });
+        futures::future::join_all(unwritten).await;
     }
 
     /// The account from its Redis snapshot, presented now; `None` on a miss, a Redis failure or

@@ -329,3 +329,52 @@ async fn texts_are_stored_exactly_as_sent_by_group_commit() {
 async fn texts_are_stored_exactly_as_sent_one_charge_per_transaction() {
     texts_are_stored_exactly_as_sent(&[WITHOUT_GROUP_COMMIT]).await;
 }
+
+/// The batch write-through: each snapshot written only over an older one, in one pipeline that
+/// also works after Redis lost its scripts, and that reports nothing written when Redis is down.
+#[tokio::test]
+async fn snapshots_written_together_keep_the_version_guard() {
+    let mut redis = testkit::OwnRedis::start().await;
+    let url = redis.url();
+    let cache = shared::cache::SnapshotCache::for_commands(&url, "guard:", Duration::from_secs(30))
+        .unwrap();
+    let at = |version| shared::cache::CachedSnapshot {
+        version,
+        state: vec![version as u8],
+        updated_at_ms: 1,
+    };
+    assert_eq!(
+        cache
+            .put_many_if_newer(&[("a", &at(5)), ("b", &at(3))])
+            .await,
+        [true, true]
+    );
+    assert_eq!(
+        cache
+            .put_many_if_newer(&[("a", &at(4)), ("b", &at(7)), ("a", &at(5))])
+            .await,
+        [false, true, false]
+    );
+    assert_eq!(cache.get("a").await.map(|s| s.version), Some(5));
+    assert_eq!(cache.get("b").await.map(|s| s.version), Some(7));
+
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(flushed.status.success());
+    assert_eq!(cache.put_many_if_newer(&[("a", &at(6))]).await, [true]);
+    assert_eq!(cache.get("a").await.map(|s| s.version), Some(6));
+
+    redis.kill().await;
+    assert_eq!(
+        cache
+            .put_many_if_newer(&[("a", &at(9)), ("c", &at(1))])
+            .await,
+        [false, false]
+    );
+    assert!(
+        cache.get("a").await.is_none(),
+        "Redis is down: nothing to read"
+    );
+}

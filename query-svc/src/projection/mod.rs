@@ -315,17 +315,25 @@ impl Projector {
                 *entry = (snapshot.version, event);
             }
         }
-        for (user_id, (version, event)) in newest {
-            let Some(account) = &event.account else {
-                continue;
-            };
-            let snapshot = CachedSnapshot {
-                version,
-                state: account.encode_to_vec(),
-                updated_at_ms: event.occurred_at_ms,
-            };
-            self.cache.put_if_newer(user_id, &snapshot).await;
-        }
+        let snapshots: Vec<(&str, CachedSnapshot)> = newest
+            .into_iter()
+            .filter_map(|(user_id, (version, event))| {
+                let account = event.account.as_ref()?;
+                let snapshot = CachedSnapshot {
+                    version,
+                    state: account.encode_to_vec(),
+                    updated_at_ms: event.occurred_at_ms,
+                };
+                Some((user_id, snapshot))
+            })
+            .collect();
+        let puts: Vec<(&str, &CachedSnapshot)> = snapshots
+            .iter()
+            .map(|(user_id, snapshot)| (*user_id, snapshot))
+            .collect();
+        // One pipeline for the batch; a snapshot not written is older than Redis's or waits
+        // for the account's next event (Redis is a cache).
+        self.cache.put_many_if_newer(&puts).await;
     }
 
     /// Delivers a refused event again later, or, after `max_deliver` deliveries, moves it to the

@@ -165,6 +165,8 @@ struct Measured {
     errors: HashMap<String, u64>,
     elapsed: Duration,
     histogram: Histogram<u64>,
+    /// Open loop: how late the generator's millisecond ticks fired (µs).
+    lateness: Option<Histogram<u64>>,
 }
 
 impl Measured {
@@ -193,6 +195,14 @@ impl Measured {
             self.ok,
             errors
         );
+        if let Some(lateness) = &self.lateness {
+            println!(
+                "{:<44} generator ticks late: p50 {:.2}  p99 {:.2} ms",
+                "",
+                lateness.value_at_quantile(0.5) as f64 / 1000.0,
+                lateness.value_at_quantile(0.99) as f64 / 1000.0
+            );
+        }
     }
 }
 
@@ -225,6 +235,9 @@ async fn drive(name: &str, load: &Load, call: Call) -> Measured {
             Err(code) => *errors.lock().unwrap().entry(code).or_default() += 1,
         }
     };
+    let lateness = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    ));
     let mut tasks = Vec::new();
     match load.rate {
         None => {
@@ -242,19 +255,29 @@ async fn drive(name: &str, load: &Load, call: Call) -> Measured {
         }
         Some(rate) => {
             let (stop, call, record) = (stop.clone(), call.clone(), record.clone());
+            let lateness = lateness.clone();
             tasks.push(tokio::spawn(async move {
-                let mut ticks =
-                    tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+                // Timers fire to the millisecond: every millisecond, the calls due by then are
+                // started, each timed from its start. The generator never waits for an answer
+                // (no coordinated omission); how late its ticks ran is reported beside.
+                let mut ticks = tokio::time::interval(Duration::from_millis(1));
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut seed = 11_u64;
+                let begun = Instant::now();
+                let (mut seed, mut started) = (11_u64, 0_u64);
                 let mut inflight = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    // The scheduled start, not the moment the timer fired: no coordinated omission.
                     let scheduled = ticks.tick().await.into_std();
-                    let (call, record, r) = (call.clone(), record.clone(), random(&mut seed));
-                    inflight.push(tokio::spawn(
-                        async move { record(scheduled, call(r).await) },
-                    ));
+                    let late = scheduled.elapsed().as_micros().max(1) as u64;
+                    let _ = lateness.lock().unwrap().record(late);
+                    let due = (begun.elapsed().as_secs_f64() * rate as f64) as u64;
+                    for _ in started..due {
+                        let (call, record, r) = (call.clone(), record.clone(), random(&mut seed));
+                        inflight.push(tokio::spawn(async move {
+                            let began = Instant::now();
+                            record(began, call(r).await)
+                        }));
+                    }
+                    started = due.max(started);
                     inflight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
                 }
                 for task in inflight {
@@ -276,6 +299,7 @@ async fn drive(name: &str, load: &Load, call: Call) -> Measured {
         errors,
         elapsed: started.elapsed(),
         histogram,
+        lateness: load.rate.map(|_| lateness.lock().unwrap().clone()),
     }
 }
 

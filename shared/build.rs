@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::proto::codec::BillingCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

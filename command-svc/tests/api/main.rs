@@ -5,6 +5,7 @@ mod helpers;
 
 mod charges;
 mod conservation;
+mod hostile;
 mod hot_path;
 mod outage;
 mod payments;

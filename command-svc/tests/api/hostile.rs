@@ -1,0 +1,287 @@
+//! Hostile input on every RPC: generated requests in which at least one field is out of the
+//! contract (empty, oversized, negative, overflowing, control characters, characters outside the
+//! field's alphabet), the other fields anything from valid to injection-shaped. Each is refused
+//! with `INVALID_ARGUMENT`, never a panic or an internal error, and nothing changes.
+
+use proptest::{
+    prelude::*,
+    strategy::{Strategy, ValueTree},
+    test_runner::{Config, RngAlgorithm, TestRng, TestRunner},
+};
+use shared::proto::v1 as pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// Generated cases per RPC.
+const CASES: usize = 600;
+
+/// Texts that look dangerous but may well be valid somewhere.
+fn any_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just("dev-42".to_owned()),
+        Just("'; DROP TABLE ledger; --".to_owned()),
+        Just("\" OR \"1\"=\"1".to_owned()),
+        Just("../../etc/passwd".to_owned()),
+        Just("${jndi:ldap://example/a}".to_owned()),
+        Just("%00%27%22".to_owned()),
+        Just("日本語のテキスト".to_owned()),
+        Just("🙂".repeat(40)),
+        "[[:print:]]{0,80}",
+        any::<String>(),
+    ]
+    .boxed()
+}
+
+/// Amounts from valid to absurd.
+fn any_amount() -> BoxedStrategy<i64> {
+    prop_oneof![
+        1_i64..=1_000_000_000_000,
+        Just(0),
+        Just(-1),
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(1_000_000_000_001),
+        any::<i64>(),
+    ]
+    .boxed()
+}
+
+/// A text no field of the contract accepts: empty ones aside, every field refuses control
+/// characters and more than 512 characters.
+fn invalid_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just("x".repeat(513)),
+        Just("é".repeat(100_000)),
+        "[a-z]{0,8}[\u{0}-\u{1f}\u{7f}][a-z]{0,8}",
+        Just("line\nbreak".to_owned()),
+        Just("\0".to_owned()),
+    ]
+    .boxed()
+}
+
+/// A user id out of `[A-Za-z0-9._:-]{1,64}`.
+fn invalid_user() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("a".repeat(65)),
+        Just("dev 42".to_owned()),
+        Just("dev'42".to_owned()),
+        Just("dév".to_owned()),
+        "[a-z]{1,8}[^A-Za-z0-9._:-][a-z]{0,8}",
+        invalid_text(),
+    ]
+    .boxed()
+}
+
+/// A key (request, order, payment, adjustment) out of printable ASCII, 1..128.
+fn invalid_key() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("k".repeat(129)),
+        Just("clé".to_owned()),
+        invalid_text(),
+    ]
+    .boxed()
+}
+
+fn invalid_amount() -> BoxedStrategy<i64> {
+    prop_oneof![
+        Just(0_i64),
+        Just(i64::MIN),
+        i64::MIN..=0,
+        1_000_000_000_001..=i64::MAX,
+    ]
+    .boxed()
+}
+
+/// A value from `valid` or, at position `bad`, from `invalid`.
+fn pick<T: std::fmt::Debug>(
+    runner: &mut TestRunner,
+    bad: bool,
+    valid: &BoxedStrategy<T>,
+    invalid: &BoxedStrategy<T>,
+) -> T {
+    let strategy = if bad { invalid } else { valid };
+    strategy.new_tree(runner).expect("a value").current()
+}
+
+/// The cases of one RPC: `fields` values each, exactly one of them (chosen in turn) invalid.
+fn cases<R>(fields: usize, mut build: impl FnMut(&mut TestRunner, usize) -> R) -> Vec<R> {
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    (0..CASES).map(|i| build(&mut runner, i % fields)).collect()
+}
+
+#[tokio::test]
+async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    // A real account and order, so that valid fields can point at something.
+    let user = new_user("hostile");
+    recharge(&app, &user, 10_000_000).await;
+    let before = fingerprint(&app.db).await;
+    let (text, amount) = (any_text(), any_amount());
+    let (bad_text, bad_user, bad_key, bad_amount) = (
+        invalid_text(),
+        invalid_user(),
+        invalid_key(),
+        invalid_amount(),
+    );
+    let (mut gateway, mut ops, mut payment, mut orders) = (
+        app.gateway().await,
+        app.ops().await,
+        app.payment().await,
+        app.orders().await,
+    );
+    let mut answers: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
+
+    for case in cases(2, |r, bad| pb::CheckQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        amount_micros: pick(r, bad == 1, &amount, &bad_amount),
+    }) {
+        answers.push(("CheckQuota", gateway.check_quota(case).await.map(drop)));
+    }
+    for case in cases(5, |r, bad| pb::DeductQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        amount_micros: pick(r, bad == 1, &amount, &bad_amount),
+        request_id: pick(r, bad == 2, &text, &bad_key),
+        api_id: pick(r, bad == 3, &text, &bad_text),
+        description: pick(r, bad == 4, &text, &bad_text),
+    }) {
+        answers.push(("DeductQuota", gateway.deduct_quota(case).await.map(drop)));
+    }
+    for case in cases(1, |r, _| pb::GetAccountRequest {
+        user_id: pick(r, true, &text, &bad_user),
+    }) {
+        answers.push(("GetAccount", gateway.get_account(case).await.map(drop)));
+    }
+    for case in cases(4, |r, bad| pb::CreateRechargeOrderRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        amount_micros: pick(r, bad == 1, &amount, &bad_amount),
+        channel: pick(r, bad == 2, &text, &bad_text),
+        idempotency_key: pick(r, bad == 3, &text, &bad_text),
+    }) {
+        let answer = orders.create_recharge_order(case).await.map(drop);
+        answers.push(("CreateRechargeOrder", answer));
+    }
+    for case in cases(2, |r, bad| pb::GetRechargeOrderRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        order_no: pick(r, bad == 1, &text, &bad_key),
+    }) {
+        let answer = orders.get_recharge_order(case).await.map(drop);
+        answers.push(("GetRechargeOrder", answer));
+    }
+    for case in cases(3, |r, bad| pb::RechargeCallbackRequest {
+        order_no: pick(r, bad == 0, &text, &bad_key),
+        provider_txn_id: pick(r, bad == 1, &text, &bad_key),
+        paid_amount_micros: pick(r, bad == 2, &amount, &bad_amount),
+        success: true,
+    }) {
+        let answer = payment.recharge_callback(case).await.map(drop);
+        answers.push(("RechargeCallback", answer));
+    }
+    let zero_or_overflowing = prop_oneof![
+        Just(0_i64),
+        Just(i64::MIN),
+        1_000_000_000_001..=i64::MAX,
+        i64::MIN..-1_000_000_000_000,
+    ]
+    .boxed();
+    for case in cases(5, |r, bad| pb::AdjustBalanceRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        adjustment_id: pick(r, bad == 1, &text, &bad_key),
+        amount_micros: pick(r, bad == 2, &amount, &zero_or_overflowing),
+        reason: pick(r, bad == 3, &text, &bad_text),
+        actor: pick(r, bad == 4, &text, &bad_text),
+    }) {
+        answers.push(("AdjustBalance", ops.adjust_balance(case).await.map(drop)));
+    }
+
+    let unexpected: Vec<_> = answers
+        .iter()
+        .filter(|(_, answer)| {
+            !matches!(answer, Err(status) if status.code() == Code::InvalidArgument
+                && reason(status) == "INVALID_ARGUMENT")
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{} of {} hostile requests were not refused as invalid, e.g. {:?}",
+        unexpected.len(),
+        answers.len(),
+        &unexpected[..unexpected.len().min(5)]
+    );
+    assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
+    assert_invariants(&app.db, &user).await;
+    app.cleanup().await;
+}
+
+/// `DeductQuotaRequest` as the wire sees it, with its texts as raw bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawDeduct {
+    #[prost(bytes = "vec", tag = "1")]
+    user_id: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    amount_micros: i64,
+    #[prost(bytes = "vec", tag = "3")]
+    request_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    api_id: Vec<u8>,
+}
+
+/// Texts that are not UTF-8 are refused as invalid arguments like any other malformed field
+/// (prost's own codec would report them as an internal error of the server).
+#[tokio::test]
+async fn texts_that_are_not_utf8_are_refused_as_invalid() {
+    let app = spawn_app().await;
+    let before = fingerprint(&app.db).await;
+    let user = new_user("bytes");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let path = "/billing.v1.BillingCommandService/DeductQuota";
+    let cases = [
+        (vec![0xff, 0xfe], b"r1".to_vec(), Vec::new()),
+        (user.clone().into_bytes(), vec![0xc3, 0x28], Vec::new()),
+        (
+            user.clone().into_bytes(),
+            b"r2".to_vec(),
+            vec![0xed, 0xa0, 0x80],
+        ),
+        (
+            vec![b'a', 0x80, b'b'],
+            vec![0xf8, 0x88, 0x80, 0x80, 0x80],
+            vec![0xc0, 0xaf],
+        ),
+    ];
+    for (user_id, request_id, api_id) in cases {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(RawDeduct {
+            user_id,
+            amount_micros: 1_000,
+            request_id,
+            api_id,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {GATEWAY}").parse().unwrap(),
+        );
+        let codec = tonic_prost::ProstCodec::<RawDeduct, pb::DeductQuotaResponse>::default();
+        let answer = grpc
+            .unary(
+                request,
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await;
+        let status = answer.expect_err("not UTF-8: refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
+    app.cleanup().await;
+}

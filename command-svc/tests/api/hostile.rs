@@ -285,3 +285,124 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
     assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
     app.cleanup().await;
 }
+
+/// A webhook body that must be refused: not JSON, JSON of the wrong shape or types, or the
+/// right shape with a field out of the contract.
+fn invalid_body() -> BoxedStrategy<Vec<u8>> {
+    let field = |bad: BoxedStrategy<String>| {
+        (bad, any_text(), any_amount()).prop_map(|(bad, other, amount)| {
+            serde_json::json!({
+                "order_no": bad, "provider_txn_id": other,
+                "paid_amount_micros": amount, "success": true
+            })
+        })
+    };
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..2_000),
+        any::<String>().prop_map(String::into_bytes),
+        field(invalid_key()).prop_map(|v| v.to_string().into_bytes()),
+        (any_text(), invalid_key()).prop_map(|(order, txn)| {
+            serde_json::json!({
+                "order_no": order, "provider_txn_id": txn,
+                "paid_amount_micros": 1_000, "success": true
+            })
+            .to_string()
+            .into_bytes()
+        }),
+        (any_text(), any_text(), invalid_amount()).prop_map(|(order, txn, amount)| {
+            serde_json::json!({
+                "order_no": order, "provider_txn_id": txn,
+                "paid_amount_micros": amount, "success": true
+            })
+            .to_string()
+            .into_bytes()
+        }),
+        Just(br#"{"order_no": 5, "provider_txn_id": [], "paid_amount_micros": "1", "success": 1}"#.to_vec()),
+        Just(br#"{"order_no": "RO1", "provider_txn_id": "t", "paid_amount_micros": 99999999999999999999999, "success": true}"#.to_vec()),
+        Just(br#"{"order_no": "RO1", "provider_txn_id": "t", "paid_amount_micros": 1.5, "success": true}"#.to_vec()),
+        Just(br#"{"order_no": "RO1", "provider_txn_id": "t"}"#.to_vec()),
+        Just(br#"{"order_no": "RO1", "provider_txn_id": "t", "paid_amount_micros": 1, "success": true, "success": false}"#.to_vec()),
+        Just(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes()),
+        Just(vec![0xef, 0xbb, 0xbf, b'{', b'}']),
+        Just(b"null".to_vec()),
+        Just(Vec::new()),
+    ]
+    .boxed()
+}
+
+/// Signed deliveries of malformed bodies get 400 (413 when oversized), unsigned or
+/// badly signed ones 401; every answer is JSON, none is a 5xx, and nothing changes.
+#[tokio::test]
+async fn malformed_webhook_deliveries_are_refused_and_change_nothing() {
+    use command_svc::api::webhook::sign;
+    use reqwest::StatusCode;
+
+    let app = spawn_app().await;
+    let user = new_user("hook-hostile");
+    recharge(&app, &user, 1_000_000).await;
+    let before = fingerprint(&app.db).await;
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let bodies = invalid_body();
+    let garbage_header = prop_oneof![
+        Just(String::new()),
+        Just("abc".to_owned()),
+        Just("-1".to_owned()),
+        Just("99999999999999999999999".to_owned()),
+        Just("sha256=".to_owned()),
+        Just(format!("sha256={}", "0".repeat(64))),
+        "[[:print:]]{0,100}",
+    ]
+    .boxed();
+    let client = reqwest::Client::new();
+    let url = app.http("/api/v1/billing/recharge/callback");
+    let mut unexpected = Vec::new();
+    for i in 0..1_500 {
+        let body = bodies.new_tree(&mut runner).unwrap().current();
+        let now = app.clock.now().timestamp();
+        let (timestamp, signature, expected) = match i % 3 {
+            // Signed as a payment service would: the body is what is wrong.
+            0 | 1 => (
+                now.to_string(),
+                sign(WEBHOOK_SECRET, now, &body),
+                [StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE],
+            ),
+            _ => {
+                let header = garbage_header.new_tree(&mut runner).unwrap().current();
+                // An oversized body is refused before its signature is read.
+                let refused = [StatusCode::UNAUTHORIZED, StatusCode::PAYLOAD_TOO_LARGE];
+                (header.clone(), header, refused)
+            }
+        };
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&timestamp) {
+            request = request.header("x-billing-timestamp", value);
+        }
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&signature) {
+            request = request.header("x-billing-signature", value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let json = response.json::<serde_json::Value>().await.is_ok();
+        if !expected.contains(&status) || !json {
+            unexpected.push((
+                status,
+                json,
+                String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned(),
+            ));
+        }
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{} unexpected answers, e.g. {:?}",
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(5)]
+    );
+    assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
+    app.cleanup().await;
+}

@@ -7,6 +7,7 @@ mod support;
 mod account;
 mod auth;
 mod bad_input;
+mod hostile;
 mod ops;
 mod orders;
 mod projection;

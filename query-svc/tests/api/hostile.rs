@@ -10,7 +10,7 @@ use proptest::{
 };
 use reqwest::{Method, StatusCode};
 
-use crate::{helpers::*, support::*};
+use crate::helpers::*;
 
 /// Generated requests per route.
 const CASES: usize = 500;

@@ -6,6 +6,7 @@
 //! - servers of its own for the tests that stop one ([`OwnMariaDb`], [`OwnNats`], [`OwnRedis`]);
 //! - gRPC clients of command-svc with a caller's token, and the requests the tests send.
 
+pub mod invariants;
 mod mariadb;
 mod nats;
 mod redis;

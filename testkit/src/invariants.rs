@@ -1,0 +1,160 @@
+//! The invariants of ARCHITECTURE.md checked against what MySQL holds, for any test that has
+//! written through the services.
+
+use prost::Message;
+use shared::proto::v1 as pb;
+use sqlx::{MySqlPool, Row};
+
+/// Invariants 1, 4 and 5 of ARCHITECTURE.md for one account, from what MySQL holds:
+/// the ledger chain, conservation of balance and free quota, every change with its event.
+pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
+    let account = sqlx::query(
+        "SELECT balance_micros, period, free_granted_micros, free_used_micros, version \
+         FROM accounts WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    let rows = sqlx::query(
+        "SELECT record_id, version, kind, amount_micros, free_micros, balance_micros, period, \
+         period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
+         free_granted_after_micros, free_used_before_micros, free_used_after_micros \
+         FROM ledger WHERE user_id = ? ORDER BY version",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let Some(account) = account else {
+        assert!(rows.is_empty(), "{user}: ledger rows without an account");
+        return;
+    };
+
+    let balance: i64 = account.get("balance_micros");
+    let period: String = account.get("period");
+    let (granted, used): (i64, i64) = (
+        account.get("free_granted_micros"),
+        account.get("free_used_micros"),
+    );
+    let version: i64 = account.get("version");
+    assert!(
+        balance >= 0 && 0 <= used && used <= granted,
+        "{user}: invariant 1 broken"
+    );
+
+    // The chain: versions 1..=n, each row's before is the previous row's after.
+    let mut state = (0_i64, String::new(), 0_i64, 0_i64);
+    let (mut credits, mut debits, mut free_in_period, mut granted_in_period) =
+        (0_i64, 0_i64, 0_i64, None);
+    for (index, row) in rows.iter().enumerate() {
+        let v: i64 = row.get("version");
+        assert_eq!(v, index as i64 + 1, "{user}: versions must be consecutive");
+        let before = (
+            row.get::<i64, _>("balance_before_micros"),
+            row.get::<String, _>("period_before"),
+            row.get::<i64, _>("free_granted_before_micros"),
+            row.get::<i64, _>("free_used_before_micros"),
+        );
+        let after = (
+            row.get::<i64, _>("balance_after_micros"),
+            row.get::<String, _>("period"),
+            row.get::<i64, _>("free_granted_after_micros"),
+            row.get::<i64, _>("free_used_after_micros"),
+        );
+        if index == 0 {
+            assert_eq!(
+                (before.0, before.2, before.3),
+                (0, 0, 0),
+                "{user}: the first row starts empty"
+            );
+        } else {
+            assert_eq!(before, state, "{user}: chain broken at version {v}");
+        }
+        let (amount, free, part): (i64, i64, i64) = (
+            row.get("amount_micros"),
+            row.get("free_micros"),
+            row.get("balance_micros"),
+        );
+        match row.get::<String, _>("kind").as_str() {
+            "deduct" => {
+                assert_eq!(free + part, amount, "{user}: split must add up");
+                assert_eq!(after.0, before.0 - part);
+                assert_eq!(after.3, before.3 + free);
+                debits += part;
+                if after.1 == period {
+                    free_in_period += free;
+                }
+            }
+            "recharge" | "adjust" => {
+                assert_eq!(after.0, before.0 + part);
+                assert_eq!((after.2, after.3), (before.2, before.3));
+                credits += part;
+            }
+            "free_grant" => {
+                assert!(
+                    after.1 > before.1 || index == 0,
+                    "{user}: a grant opens a later period"
+                );
+                assert_eq!((after.0, after.2, after.3), (before.0, free, 0));
+                if after.1 == period {
+                    granted_in_period = Some(free);
+                }
+            }
+            other => panic!("{user}: unknown ledger kind {other}"),
+        }
+        assert!(
+            after.0 >= 0 && after.3 <= after.2,
+            "{user}: invariant 1 broken in the ledger"
+        );
+        state = after;
+    }
+    assert_eq!(
+        state,
+        (balance, period.clone(), granted, used),
+        "{user}: the last row must be the account"
+    );
+    assert_eq!(
+        version,
+        rows.len() as i64,
+        "{user}: one ledger row per version"
+    );
+    assert_eq!(balance, credits - debits, "{user}: balance conservation");
+    assert_eq!(used, free_in_period, "{user}: free quota conservation");
+    assert_eq!(
+        Some(granted),
+        granted_in_period,
+        "{user}: the period's grant"
+    );
+
+    // Invariant 4 on the write side: every ledger row has its event in the outbox.
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox WHERE user_id = ?")
+        .bind(user)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut event_records: Vec<String> = payloads
+        .iter()
+        .filter_map(|payload| record_id_of(&pb::BillingEvent::decode(payload.as_slice()).unwrap()))
+        .collect();
+    let mut ledger_records: Vec<String> = rows.iter().map(|row| row.get("record_id")).collect();
+    event_records.sort();
+    ledger_records.sort();
+    assert_eq!(
+        event_records, ledger_records,
+        "{user}: one event per ledger row"
+    );
+}
+
+fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
+    use pb::billing_event::Kind;
+    match event.kind.as_ref()? {
+        Kind::QuotaDeducted(e) => Some(e.record_id.clone()),
+        Kind::BalanceRecharged(e) => Some(e.record_id.clone()),
+        Kind::FreeQuotaGranted(e) => Some(e.record_id.clone()),
+        Kind::BalanceAdjusted(e) => Some(e.record_id.clone()),
+        Kind::RechargeOrderCreated(_)
+        | Kind::RechargeOrderFailed(_)
+        | Kind::PaymentUnmatched(_) => None,
+    }
+}

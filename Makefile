@@ -62,6 +62,8 @@ run-cron: deps build-cron ## Run the scheduler alone in the foreground (bin/cron
 # does not run doctests, so they follow separately, unless the run is filtered with TEST_ARGS.
 test: ## Run the whole test suite against real MariaDB, Redis and NATS
 	deploy/dev-deps.sh --clean-test-databases
+	# The multi-process tests run the services' own binaries.
+	$(CARGO) build --bins -p command-svc -p query-svc -p scheduler-svc
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast $(TEST_ARGS); \
 		if [[ -z "$(TEST_ARGS)" ]]; then $(CARGO) test --workspace --doc --no-fail-fast; fi; \

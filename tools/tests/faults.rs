@@ -94,13 +94,7 @@ impl Cluster {
         };
         for _ in 0..commands {
             let (grpc, http) = (spare(), spare());
-            let child = cluster.spawn(
-                "command-svc",
-                &[
-                    ("BILLING__COMMAND__GRPC_ADDR", grpc.to_string()),
-                    ("BILLING__COMMAND__HTTP_ADDR", http.to_string()),
-                ],
-            );
+            let child = cluster.spawn_command(grpc, http);
             cluster.commands.push(Replica {
                 child,
                 grpc: Some(grpc),
@@ -132,6 +126,33 @@ impl Cluster {
         cluster
     }
 
+    fn spawn_command(&self, grpc: SocketAddr, http: SocketAddr) -> Child {
+        self.spawn(
+            "command-svc",
+            &[
+                ("BILLING__COMMAND__GRPC_ADDR", grpc.to_string()),
+                ("BILLING__COMMAND__HTTP_ADDR", http.to_string()),
+            ],
+        )
+    }
+
+    /// `kill -9` of a command-svc replica: no shutdown, no goodbye to MySQL or NATS.
+    async fn kill_command(&mut self, index: usize) {
+        let replica = &mut self.commands[index];
+        replica.child.start_kill().expect("the replica is running");
+        replica.child.wait().await.expect("the replica ends");
+    }
+
+    /// Starts a killed command-svc replica again on its own ports.
+    async fn restart_command(&mut self, index: usize) {
+        let (grpc, http) = (
+            self.commands[index].grpc.unwrap(),
+            self.commands[index].http,
+        );
+        self.commands[index].child = self.spawn_command(grpc, http);
+        ready(http).await;
+    }
+
     fn spawn(&self, service: &str, own: &[(&str, String)]) -> Child {
         Command::new(binary(service))
             .arg("-conf")
@@ -157,6 +178,28 @@ impl Cluster {
             .output()
             .await
             .expect("billingctl runs")
+    }
+
+    /// The read model converges to the write model: `billingctl reconcile` (which compares at
+    /// equal versions) finds no difference within a minute.
+    async fn assert_reconciled(&self) {
+        let started = Instant::now();
+        loop {
+            let output = self.billingctl(&["reconcile"]).await;
+            if output.status.success() {
+                println!(
+                    "read model converged in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "reconcile still finds differences after 60 s: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn stop(mut self) {
@@ -323,19 +366,141 @@ async fn two_replicas_of_each_service_with_retries_keep_every_invariant() {
         seen.reused_refused
     );
 
-    // The read model converges: reconcile (which compares at equal versions) finds nothing.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let output = cluster.billingctl(&["reconcile"]).await;
-        if output.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reconcile still finds differences after 60 s: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.assert_reconciled().await;
+    cluster.stop().await;
+}
+
+/// Charges on `users`, one caller after another sending each charge until it is answered: a
+/// failure that is not a refusal (the replica died, the connection broke) is an unknown outcome,
+/// retried with the same request id on the other replica. Returns what was acknowledged and how
+/// many unknown outcomes were retried.
+async fn charge_until_answered(
+    clients: Vec<Client>,
+    users: &[String],
+    calls: usize,
+    run: &str,
+) -> (HashMap<String, (String, i64)>, u64) {
+    let acknowledged = Arc::new(Mutex::new(HashMap::new()));
+    let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for caller in 0..16_usize {
+        let mut clients = clients.clone();
+        let (acknowledged, retried, users) =
+            (acknowledged.clone(), retried.clone(), users.to_vec());
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for call in 0..calls {
+                let request_id = format!("{run}-{caller}-{call}");
+                let user = users[(caller * 31 + call * 7) % users.len()].clone();
+                let amount = 1_000 + (call % 100) as i64;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut attempt = caller + call;
+                loop {
+                    let client = &mut clients[attempt % 2];
+                    match client
+                        .deduct_quota(deduct(&user, amount, &request_id))
+                        .await
+                    {
+                        Ok(_) => {
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .insert(request_id.clone(), (user.clone(), amount));
+                            break;
+                        }
+                        Err(status) => {
+                            assert!(
+                                matches!(
+                                    status.code(),
+                                    tonic::Code::Unavailable
+                                        | tonic::Code::Unknown
+                                        | tonic::Code::Cancelled
+                                        | tonic::Code::Internal
+                                ) && !matches!(reason(&status).as_str(), "INSUFFICIENT_QUOTA"),
+                                "{request_id}: {status:?}"
+                            );
+                            assert!(Instant::now() < deadline, "{request_id}: never answered");
+                            retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        }));
     }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let acknowledged = Arc::try_unwrap(acknowledged)
+        .ok()
+        .unwrap()
+        .into_inner()
+        .unwrap();
+    (
+        acknowledged,
+        retried.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// The charges recorded in the ledger: request id → (user, amount).
+async fn recorded_charges(db: &MySqlPool) -> HashMap<String, (String, i64)> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT request_id, user_id, amount_micros FROM ledger WHERE kind = 'deduct'",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(request_id, user, amount)| (request_id, (user, amount)))
+        .collect()
+}
+
+/// `kill -9` of one command-svc replica, three times, while 16 callers charge through both
+/// replicas; each killed replica is started again. A charge whose answer was lost is sent again
+/// with its request id until answered: every acknowledged charge is in the ledger exactly once,
+/// nothing else is, and every invariant holds.
+#[tokio::test]
+async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
+    let mut cluster = Cluster::start(2, 1).await;
+    let users: Vec<String> = (0..20).map(|i| format!("killed-user-{i}")).collect();
+    {
+        let (mut orders, mut payment) = (
+            cluster.client(0, ORDERS).await,
+            cluster.client(1, PAYMENT).await,
+        );
+        for user in &users {
+            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
+        }
+    }
+    let clients = vec![
+        cluster.client(0, GATEWAY).await,
+        cluster.client(1, GATEWAY).await,
+    ];
+    let load = tokio::spawn({
+        let users = users.clone();
+        async move { charge_until_answered(clients, &users, 120, "k").await }
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cluster.kill_command(0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.restart_command(0).await;
+    }
+    let (acknowledged, retried) = load.await.unwrap();
+    assert_eq!(
+        recorded_charges(&cluster.db).await,
+        acknowledged,
+        "every acknowledged charge recorded once, nothing else"
+    );
+    assert!(retried > 0, "the kills hit the load");
+    for user in &users {
+        assert_invariants(&cluster.db, user).await;
+    }
+    cluster.assert_reconciled().await;
+    println!(
+        "3 kills of a command-svc replica: {} charges acknowledged, {retried} unknown outcomes retried",
+        acknowledged.len()
+    );
     cluster.stop().await;
 }

@@ -40,9 +40,11 @@ fn spare() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], testkit::spare_port()))
 }
 
-/// One replica: its process, and where it listens.
+/// One replica: its process, how it was started, and where it listens.
 struct Replica {
     child: Child,
+    service: &'static str,
+    own: Vec<(&'static str, String)>,
     grpc: Option<SocketAddr>,
     http: SocketAddr,
 }
@@ -94,31 +96,25 @@ impl Cluster {
         };
         for _ in 0..commands {
             let (grpc, http) = (spare(), spare());
-            let child = cluster.spawn_command(grpc, http);
-            cluster.commands.push(Replica {
-                child,
-                grpc: Some(grpc),
-                http,
-            });
+            let own = vec![
+                ("BILLING__COMMAND__GRPC_ADDR", grpc.to_string()),
+                ("BILLING__COMMAND__HTTP_ADDR", http.to_string()),
+            ];
+            let replica = cluster.spawn("command-svc", own, Some(grpc), http);
+            cluster.commands.push(replica);
         }
         for index in 0..queries {
             let http = spare();
             let command = cluster.commands[index % commands].grpc.unwrap();
-            let child = cluster.spawn(
-                "query-svc",
-                &[
-                    ("BILLING__QUERY__HTTP_ADDR", http.to_string()),
-                    (
-                        "BILLING__QUERY__COMMAND_ENDPOINT",
-                        format!("http://{command}"),
-                    ),
-                ],
-            );
-            cluster.queries.push(Replica {
-                child,
-                grpc: None,
-                http,
-            });
+            let own = vec![
+                ("BILLING__QUERY__HTTP_ADDR", http.to_string()),
+                (
+                    "BILLING__QUERY__COMMAND_ENDPOINT",
+                    format!("http://{command}"),
+                ),
+            ];
+            let replica = cluster.spawn("query-svc", own, None, http);
+            cluster.queries.push(replica);
         }
         for replica in cluster.commands.iter().chain(&cluster.queries) {
             ready(replica.http).await;
@@ -126,42 +122,56 @@ impl Cluster {
         cluster
     }
 
-    fn spawn_command(&self, grpc: SocketAddr, http: SocketAddr) -> Child {
-        self.spawn(
-            "command-svc",
-            &[
-                ("BILLING__COMMAND__GRPC_ADDR", grpc.to_string()),
-                ("BILLING__COMMAND__HTTP_ADDR", http.to_string()),
-            ],
-        )
-    }
-
-    /// `kill -9` of a command-svc replica: no shutdown, no goodbye to MySQL or NATS.
-    async fn kill_command(&mut self, index: usize) {
-        let replica = &mut self.commands[index];
-        replica.child.start_kill().expect("the replica is running");
-        replica.child.wait().await.expect("the replica ends");
-    }
-
-    /// Starts a killed command-svc replica again on its own ports.
-    async fn restart_command(&mut self, index: usize) {
-        let (grpc, http) = (
-            self.commands[index].grpc.unwrap(),
-            self.commands[index].http,
-        );
-        self.commands[index].child = self.spawn_command(grpc, http);
-        ready(http).await;
-    }
-
-    fn spawn(&self, service: &str, own: &[(&str, String)]) -> Child {
-        Command::new(binary(service))
+    fn spawn(
+        &self,
+        service: &'static str,
+        own: Vec<(&'static str, String)>,
+        grpc: Option<SocketAddr>,
+        http: SocketAddr,
+    ) -> Replica {
+        let child = Command::new(binary(service))
             .arg("-conf")
             .arg(config_path())
             .envs(&self.env)
             .envs(own.iter().map(|(k, v)| (*k, v.as_str())))
             .kill_on_drop(true)
             .spawn()
-            .expect("the service starts")
+            .expect("the service starts");
+        Replica {
+            child,
+            service,
+            own,
+            grpc,
+            http,
+        }
+    }
+
+    /// `kill -9` of a replica (no shutdown, no goodbye to MySQL or NATS), then, after `down`,
+    /// the same replica started again on its own ports.
+    async fn kill_and_restart(&mut self, query: bool, index: usize, down: Duration) {
+        let replicas = if query {
+            &mut self.queries
+        } else {
+            &mut self.commands
+        };
+        let replica = &mut replicas[index];
+        replica.child.start_kill().expect("the replica is running");
+        replica.child.wait().await.expect("the replica ends");
+        tokio::time::sleep(down).await;
+        let (service, own, grpc, http) = (
+            replica.service,
+            replica.own.clone(),
+            replica.grpc,
+            replica.http,
+        );
+        let restarted = self.spawn(service, own, grpc, http);
+        let replicas = if query {
+            &mut self.queries
+        } else {
+            &mut self.commands
+        };
+        replicas[index] = restarted;
+        ready(http).await;
     }
 
     async fn client(&self, replica: usize, token: &str) -> Client {
@@ -483,9 +493,9 @@ async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
     });
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        cluster.kill_command(0).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cluster.restart_command(0).await;
+        cluster
+            .kill_and_restart(false, 0, Duration::from_millis(300))
+            .await;
     }
     let (acknowledged, retried) = load.await.unwrap();
     assert_eq!(
@@ -502,5 +512,55 @@ async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
         "3 kills of a command-svc replica: {} charges acknowledged, {retried} unknown outcomes retried",
         acknowledged.len()
     );
+    cluster.stop().await;
+}
+
+/// `kill -9` of a query-svc replica mid-projection, three times, while charges run: its
+/// unacknowledged events are delivered again (to it or to the other replica), and the read model
+/// converges with no record twice and no usage counted twice.
+#[tokio::test]
+async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
+    let mut cluster = Cluster::start(1, 2).await;
+    let users: Vec<String> = (0..20).map(|i| format!("projected-user-{i}")).collect();
+    {
+        let (mut orders, mut payment) = (
+            cluster.client(0, ORDERS).await,
+            cluster.client(0, PAYMENT).await,
+        );
+        for user in &users {
+            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
+        }
+    }
+    let clients = vec![
+        cluster.client(0, GATEWAY).await,
+        cluster.client(0, GATEWAY).await,
+    ];
+    let load = tokio::spawn({
+        let users = users.clone();
+        async move { charge_until_answered(clients, &users, 120, "q").await }
+    });
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster
+            .kill_and_restart(true, round % 2, Duration::from_millis(200))
+            .await;
+    }
+    let (acknowledged, _) = load.await.unwrap();
+    assert_eq!(recorded_charges(&cluster.db).await, acknowledged);
+    cluster.assert_reconciled().await;
+    let (records, calls): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM rm_records WHERE type = 'deduct'), \
+         (SELECT CAST(COALESCE(SUM(calls), 0) AS SIGNED) FROM rm_daily_usage)",
+    )
+    .fetch_one(&cluster.db)
+    .await
+    .unwrap();
+    let charges = acknowledged.len() as i64;
+    assert_eq!(
+        (records, calls),
+        (charges, charges),
+        "each charge one record and one call in the usage"
+    );
+    println!("3 kills of a query-svc replica: {charges} charges, each projected once");
     cluster.stop().await;
 }

@@ -24,7 +24,7 @@ RELEASE_PACKAGES := $(foreach s,$(SERVICES) billing-tools,-p $(s))
 # the recipes that need it.
 target_dir = $(or $(CARGO_TARGET_DIR),$(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'))
 
-.PHONY: help deps build build-release run run-all stop-all build-cron run-cron test bench lint fmt clean
+.PHONY: help deps build build-release run run-all stop-all build-cron run-cron test soak bench lint fmt clean
 
 help: ## List the targets
 	@echo "Usage: make <target>"
@@ -70,6 +70,11 @@ test: ## Run the whole test suite against real MariaDB, Redis and NATS
 	else \
 		$(CARGO) test --workspace --no-fail-fast $(TEST_ARGS); \
 	fi
+
+soak: ## The fault-injection scenarios at length: 10 kills per replica kind, NATS down for 30 s
+	deploy/dev-deps.sh
+	$(CARGO) build --bins -p command-svc -p query-svc
+	BILLING_FAULTS_SOAK=1 $(CARGO) test -p billing-tools --test faults -- --nocapture --test-threads 1
 
 bench: ## The hot-path benchmark suite: one table of rates, latencies, ratios and invariant checks
 	deploy/bench.sh

@@ -36,6 +36,33 @@ fn config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml")
 }
 
+/// How hard the scenarios push: the quick profile of `make test`, or `make soak`
+/// (`BILLING_FAULTS_SOAK=1`).
+struct Profile {
+    /// Kills of a replica in the kill scenarios.
+    kills: usize,
+    /// How long their load runs (it must outlast the kills).
+    kills_load: Duration,
+    /// How long NATS stays down.
+    nats_down: Duration,
+}
+
+fn profile() -> Profile {
+    if std::env::var_os("BILLING_FAULTS_SOAK").is_some() {
+        Profile {
+            kills: 10,
+            kills_load: Duration::from_secs(15),
+            nats_down: Duration::from_secs(30),
+        }
+    } else {
+        Profile {
+            kills: 3,
+            kills_load: Duration::from_secs(4),
+            nats_down: Duration::from_secs(5),
+        }
+    }
+}
+
 fn spare() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], testkit::spare_port()))
 }
@@ -61,9 +88,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start(commands: usize, queries: usize) -> Cluster {
+        Cluster::start_with(commands, queries, &[]).await
+    }
+
+    /// The same, with settings of the test's own (a NATS or Redis of its own, say).
+    async fn start_with(commands: usize, queries: usize, overrides: &[(&str, String)]) -> Cluster {
         let tag = unique_tag();
         let database = TestDatabase::create(&tag).await;
-        let env = HashMap::from([
+        let mut env = HashMap::from([
             (
                 "BILLING__DATABASE__URL".to_owned(),
                 format!("{}/{}", admin_url(), database.name),
@@ -84,6 +116,9 @@ impl Cluster {
             ),
             ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
         ]);
+        for (name, value) in overrides {
+            env.insert((*name).to_owned(), value.clone());
+        }
         let mut cluster = Cluster {
             db: MySqlPool::connect(&format!("{}/{}", admin_url(), database.name))
                 .await
@@ -190,26 +225,46 @@ impl Cluster {
             .expect("billingctl runs")
     }
 
-    /// The read model converges to the write model: `billingctl reconcile` (which compares at
-    /// equal versions) finds no difference within a minute.
-    async fn assert_reconciled(&self) {
+    /// The read model converges to the write model within a minute: every account's read-model
+    /// version reaches its write-model version (reconcile alone would pass a model that is only
+    /// behind), then `billingctl reconcile`, which compares at equal versions, finds no
+    /// difference. Prints how long it took.
+    async fn assert_converged(&self) {
         let started = Instant::now();
+        let limit = Duration::from_secs(60);
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM accounts a LEFT JOIN rm_accounts r ON r.user_id = a.user_id \
+                 WHERE r.version IS NULL OR r.version < a.version",
+            )
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+            if behind == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{behind} accounts still behind in the read model after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         loop {
             let output = self.billingctl(&["reconcile"]).await;
             if output.status.success() {
-                println!(
-                    "read model converged in {:.1} s",
-                    started.elapsed().as_secs_f64()
-                );
-                return;
+                break;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < limit,
                 "reconcile still finds differences after 60 s: {}",
                 String::from_utf8_lossy(&output.stdout)
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        println!(
+            "read model converged in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     async fn stop(mut self) {
@@ -376,7 +431,7 @@ async fn two_replicas_of_each_service_with_retries_keep_every_invariant() {
         seen.reused_refused
     );
 
-    cluster.assert_reconciled().await;
+    cluster.assert_converged().await;
     cluster.stop().await;
 }
 
@@ -387,9 +442,10 @@ async fn two_replicas_of_each_service_with_retries_keep_every_invariant() {
 async fn charge_until_answered(
     clients: Vec<Client>,
     users: &[String],
-    calls: usize,
+    duration: Duration,
     run: &str,
 ) -> (HashMap<String, (String, i64)>, u64) {
+    let until = Instant::now() + duration;
     let acknowledged = Arc::new(Mutex::new(HashMap::new()));
     let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -399,7 +455,9 @@ async fn charge_until_answered(
             (acknowledged.clone(), retried.clone(), users.to_vec());
         let run = run.to_owned();
         tasks.push(tokio::spawn(async move {
-            for call in 0..calls {
+            let mut call = 0;
+            while Instant::now() < until {
+                call += 1;
                 let request_id = format!("{run}-{caller}-{call}");
                 let user = users[(caller * 31 + call * 7) % users.len()].clone();
                 let amount = 1_000 + (call % 100) as i64;
@@ -489,9 +547,9 @@ async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
     ];
     let load = tokio::spawn({
         let users = users.clone();
-        async move { charge_until_answered(clients, &users, 120, "k").await }
+        async move { charge_until_answered(clients, &users, profile().kills_load, "k").await }
     });
-    for _ in 0..3 {
+    for _ in 0..profile().kills {
         tokio::time::sleep(Duration::from_millis(400)).await;
         cluster
             .kill_and_restart(false, 0, Duration::from_millis(300))
@@ -507,9 +565,10 @@ async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
     for user in &users {
         assert_invariants(&cluster.db, user).await;
     }
-    cluster.assert_reconciled().await;
+    cluster.assert_converged().await;
     println!(
-        "3 kills of a command-svc replica: {} charges acknowledged, {retried} unknown outcomes retried",
+        "{} kills of a command-svc replica: {} charges acknowledged, {retried} unknown outcomes retried",
+        profile().kills,
         acknowledged.len()
     );
     cluster.stop().await;
@@ -537,9 +596,9 @@ async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
     ];
     let load = tokio::spawn({
         let users = users.clone();
-        async move { charge_until_answered(clients, &users, 120, "q").await }
+        async move { charge_until_answered(clients, &users, profile().kills_load, "q").await }
     });
-    for round in 0..3 {
+    for round in 0..profile().kills {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cluster
             .kill_and_restart(true, round % 2, Duration::from_millis(200))
@@ -547,7 +606,7 @@ async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
     }
     let (acknowledged, _) = load.await.unwrap();
     assert_eq!(recorded_charges(&cluster.db).await, acknowledged);
-    cluster.assert_reconciled().await;
+    cluster.assert_converged().await;
     let (records, calls): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM rm_records WHERE type = 'deduct'), \
          (SELECT CAST(COALESCE(SUM(calls), 0) AS SIGNED) FROM rm_daily_usage)",
@@ -561,6 +620,64 @@ async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
         (charges, charges),
         "each charge one record and one call in the usage"
     );
-    println!("3 kills of a query-svc replica: {charges} charges, each projected once");
+    println!(
+        "{} kills of a query-svc replica: {charges} charges, each projected once",
+        profile().kills
+    );
+    cluster.stop().await;
+}
+
+/// NATS stopped under load, for 5 s (30 s in `make soak`): no charge fails because of it (the
+/// events wait in the outbox), and once NATS is back the read model catches up with every one.
+#[tokio::test]
+async fn nats_stopped_under_load_fails_no_charge_and_the_read_model_catches_up() {
+    let mut nats = testkit::OwnNats::start().await;
+    let cluster = Cluster::start_with(2, 1, &[("BILLING__NATS__URL", nats.url())]).await;
+    let users: Vec<String> = (0..20).map(|i| format!("no-nats-user-{i}")).collect();
+    {
+        let (mut orders, mut payment) = (
+            cluster.client(0, ORDERS).await,
+            cluster.client(1, PAYMENT).await,
+        );
+        for user in &users {
+            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
+        }
+    }
+    let clients = vec![
+        cluster.client(0, GATEWAY).await,
+        cluster.client(1, GATEWAY).await,
+    ];
+    let down = profile().nats_down;
+    let load = tokio::spawn({
+        let users = users.clone();
+        let duration = down + Duration::from_secs(2);
+        async move { charge_until_answered(clients, &users, duration, "n").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.stop().await;
+    let during: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'deduct'")
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+    tokio::time::sleep(down).await;
+    let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'deduct'")
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+    nats.restart().await;
+    let (acknowledged, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "no charge failed while NATS was down");
+    assert!(after > during, "charges went on while NATS was down");
+    assert_eq!(recorded_charges(&cluster.db).await, acknowledged);
+    for user in &users {
+        assert_invariants(&cluster.db, user).await;
+    }
+    cluster.assert_converged().await;
+    println!(
+        "NATS down for {} s under load: {} charges acknowledged ({} while it was down), none failed",
+        down.as_secs(),
+        acknowledged.len(),
+        after - during
+    );
     cluster.stop().await;
 }

@@ -63,8 +63,20 @@ fn profile() -> Profile {
     }
 }
 
+/// A free port for a replica, below the kernel's range of ephemeral ports (so no outgoing
+/// connection takes it between this choice and the replica's bind, nor while a killed replica is
+/// down) and never handed out twice by this process.
 fn spare() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], testkit::spare_port()))
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        if !given.contains(&port) && std::net::TcpListener::bind(address).is_ok() {
+            given.push(port);
+            return address;
+        }
+    }
 }
 
 /// One replica: its process, how it was started, and where it listens.
@@ -151,8 +163,12 @@ impl Cluster {
             let replica = cluster.spawn("query-svc", own, None, http);
             cluster.queries.push(replica);
         }
-        for replica in cluster.commands.iter().chain(&cluster.queries) {
-            ready(replica.http).await;
+        for replica in cluster
+            .commands
+            .iter_mut()
+            .chain(cluster.queries.iter_mut())
+        {
+            replica.ready().await;
         }
         cluster
     }
@@ -206,7 +222,7 @@ impl Cluster {
             &mut self.commands
         };
         replicas[index] = restarted;
-        ready(http).await;
+        replicas[index].ready().await;
     }
 
     async fn client(&self, replica: usize, token: &str) -> Client {
@@ -274,6 +290,24 @@ impl Cluster {
         testkit::delete_streams(&shared::bus::BusNames::new(&self.stream_prefix, "")).await;
         self.db.close().await;
         TestDatabase::drop_named(&self.db_name).await;
+    }
+}
+
+impl Replica {
+    /// Waits until the replica answers `/readyz` (and accepts gRPC connections, for command-svc),
+    /// and checks that it is this replica that answers: it is still running.
+    async fn ready(&mut self) {
+        ready(self.http).await;
+        if let Some(grpc) = self.grpc {
+            tokio::net::TcpStream::connect(grpc)
+                .await
+                .unwrap_or_else(|e| panic!("{} does not accept gRPC on {grpc}: {e}", self.service));
+        }
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "{} exited at start",
+            self.service
+        );
     }
 }
 

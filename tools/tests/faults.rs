@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use shared::proto::v1 as pb;
 use sqlx::MySqlPool;
 use testkit::{
     Bearer, Client, GATEWAY, ORDERS, PAYMENT, TestDatabase, admin_url, connect_client, deduct,
@@ -323,17 +324,32 @@ async fn ready(http: SocketAddr) {
     panic!("{url} not ready within 60 s");
 }
 
-/// Whether a GET of `url` answers 200 (a plain HTTP/1.1 request, no client library needed).
+/// Whether a GET of `url` answers 200.
 async fn get_ok(url: &str) -> std::io::Result<bool> {
+    Ok(get(url, None).await?.0 == 200)
+}
+
+/// A GET of `url` (a plain HTTP/1.1 request, no client library needed): status and body.
+async fn get(url: &str, bearer: Option<&str>) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
-    Ok(answer.starts_with(b"HTTP/1.1 200"))
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// What the load generator saw.
@@ -712,6 +728,125 @@ async fn nats_stopped_under_load_fails_no_charge_and_the_read_model_catches_up()
         down.as_secs(),
         acknowledged.len(),
         after - during
+    );
+    cluster.stop().await;
+}
+
+/// The state the ledger gives an account at `version`: (balance, free used).
+async fn state_at(db: &MySqlPool, user: &str, version: i64) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT balance_after_micros, free_used_after_micros FROM ledger \
+         WHERE user_id = ? AND version = ?",
+    )
+    .bind(user)
+    .bind(version)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Redis stopped under load: every `CheckQuota` answer is the account as MySQL had it at a
+/// version at least as new as the caller's last acknowledged charge, before, during and after
+/// the outage; charges go on; query-svc's account reads stay right (from MySQL) meanwhile.
+#[tokio::test]
+async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
+    let mut redis = testkit::OwnRedis::start().await;
+    let cluster = Cluster::start_with(2, 1, &[("BILLING__REDIS__URL", redis.url())]).await;
+    let users: Vec<String> = (0..16).map(|i| format!("no-redis-user-{i}")).collect();
+    {
+        let (mut orders, mut payment) = (
+            cluster.client(0, ORDERS).await,
+            cluster.client(1, PAYMENT).await,
+        );
+        for user in &users {
+            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
+        }
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut callers = Vec::new();
+    // Each caller charges its own account and checks it right after every acknowledged charge.
+    for (index, user) in users.iter().enumerate() {
+        let mut charging = cluster.client(index % 2, GATEWAY).await;
+        let mut checking = cluster.client((index + 1) % 2, GATEWAY).await;
+        let (user, stop, db) = (user.clone(), stop.clone(), cluster.db.clone());
+        let checked = checked.clone();
+        callers.push(tokio::spawn(async move {
+            let mut call = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                call += 1;
+                let charged = charging
+                    .deduct_quota(deduct(&user, 1_000, &format!("r{call}")))
+                    .await
+                    .expect("charges go on without Redis")
+                    .into_inner();
+                let acknowledged = charged.account.unwrap().version;
+                let check = pb::CheckQuotaRequest {
+                    user_id: user.clone(),
+                    amount_micros: 1,
+                };
+                let seen = checking
+                    .check_quota(check)
+                    .await
+                    .expect("checks go on without Redis")
+                    .into_inner()
+                    .account
+                    .unwrap();
+                assert!(
+                    seen.version >= acknowledged,
+                    "{user}: a check at version {} after a charge at {acknowledged}",
+                    seen.version
+                );
+                assert_eq!(
+                    (seen.balance_micros, seen.free_used_micros),
+                    state_at(&db, &user, seen.version).await,
+                    "{user}: the check shows the account as MySQL had it at its version"
+                );
+                checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.kill().await;
+    let before = checked.load(std::sync::atomic::Ordering::Relaxed);
+    // Account reads through query-svc while Redis is down: from rm_accounts, each the state of
+    // the write model at the version it shows.
+    let query = cluster.queries[0].http;
+    for user in &users {
+        let token = cluster.billingctl(&["token", "--user", user]).await;
+        let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+        let (status, body) = get(
+            &format!("http://{query}/api/v1/billing/account"),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let account: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let version = account["version"].as_i64().unwrap();
+        assert_eq!(
+            (
+                account["balance_micros"].as_i64().unwrap(),
+                account["free_quota"]["used_micros"].as_i64().unwrap()
+            ),
+            state_at(&cluster.db, user, version).await,
+            "{user}: the REST account at version {version}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let checks = checked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(checks > before, "checks ran while Redis was down");
+    for user in &users {
+        assert_invariants(&cluster.db, user).await;
+    }
+    println!(
+        "Redis killed under load: {checks} checks ({} while it was down), each at least as new \
+         as the caller's last charge",
+        checks - before
     );
     cluster.stop().await;
 }

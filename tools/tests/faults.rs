@@ -201,15 +201,46 @@ impl Cluster {
     /// `kill -9` of a replica (no shutdown, no goodbye to MySQL or NATS), then, after `down`,
     /// the same replica started again on its own ports.
     async fn kill_and_restart(&mut self, query: bool, index: usize, down: Duration) {
-        let replicas = if query {
+        let child = &mut self.replicas(query)[index].child;
+        child.start_kill().expect("the replica is running");
+        child.wait().await.expect("the replica ends");
+        self.restart(query, index, down).await;
+    }
+
+    /// SIGTERM to a command-svc replica under load: it must finish what it holds and exit
+    /// cleanly within its grace period; then it is started again. Returns how long it took to go.
+    async fn terminate_and_restart(&mut self, index: usize) -> Duration {
+        let child = &mut self.commands[index].child;
+        let pid = child.id().expect("the replica is running");
+        let asked = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let exited = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("the replica stops within its grace period")
+            .unwrap();
+        assert!(exited.success(), "a clean exit on SIGTERM: {exited:?}");
+        let took = asked.elapsed();
+        self.restart(false, index, Duration::ZERO).await;
+        took
+    }
+
+    fn replicas(&mut self, query: bool) -> &mut Vec<Replica> {
+        if query {
             &mut self.queries
         } else {
             &mut self.commands
-        };
-        let replica = &mut replicas[index];
-        replica.child.start_kill().expect("the replica is running");
-        replica.child.wait().await.expect("the replica ends");
+        }
+    }
+
+    /// Starts a replica that has stopped again after `down`, on its own ports.
+    async fn restart(&mut self, query: bool, index: usize, down: Duration) {
         tokio::time::sleep(down).await;
+        let replica = &self.replicas(query)[index];
         let (service, own, grpc, http) = (
             replica.service,
             replica.own.clone(),
@@ -217,13 +248,9 @@ impl Cluster {
             replica.http,
         );
         let restarted = self.spawn(service, own, grpc, http);
-        let replicas = if query {
-            &mut self.queries
-        } else {
-            &mut self.commands
-        };
-        replicas[index] = restarted;
-        replicas[index].ready().await;
+        let replica = &mut self.replicas(query)[index];
+        *replica = restarted;
+        replica.ready().await;
     }
 
     async fn client(&self, replica: usize, token: &str) -> Client {
@@ -893,6 +920,52 @@ async fn reconcile_during_load_reports_no_false_difference() {
     println!(
         "reconcile during load: {runs} runs, no difference, while {} charges were made",
         acknowledged.len()
+    );
+    cluster.stop().await;
+}
+
+/// SIGTERM to a command-svc replica while charges run through both, three times: it finishes or
+/// cleanly refuses what it holds (a refusal is retried on the other replica), exits with success
+/// within its grace period, and nothing is lost or doubled.
+#[tokio::test]
+async fn sigterm_under_load_finishes_or_cleanly_refuses_in_flight_charges() {
+    let mut cluster = Cluster::start(2, 1).await;
+    let users: Vec<String> = (0..20).map(|i| format!("terminated-user-{i}")).collect();
+    {
+        let (mut orders, mut payment) = (
+            cluster.client(0, ORDERS).await,
+            cluster.client(1, PAYMENT).await,
+        );
+        for user in &users {
+            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
+        }
+    }
+    let clients = vec![
+        cluster.client(0, GATEWAY).await,
+        cluster.client(1, GATEWAY).await,
+    ];
+    let load = tokio::spawn({
+        let users = users.clone();
+        async move { charge_until_answered(clients, &users, profile().kills_load, "t").await }
+    });
+    let mut stops = Vec::new();
+    for _ in 0..profile().kills {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stops.push(cluster.terminate_and_restart(0).await);
+    }
+    let (acknowledged, refused) = load.await.unwrap();
+    assert_eq!(recorded_charges(&cluster.db).await, acknowledged);
+    for user in &users {
+        assert_invariants(&cluster.db, user).await;
+    }
+    cluster.assert_converged().await;
+    let slowest = stops.iter().max().unwrap();
+    println!(
+        "{} SIGTERMs under load: {} charges acknowledged, {refused} cleanly refused and sent again, \
+         slowest stop {:.2} s",
+        stops.len(),
+        acknowledged.len(),
+        slowest.as_secs_f64()
     );
     cluster.stop().await;
 }

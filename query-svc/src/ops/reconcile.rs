@@ -13,7 +13,7 @@ use std::{
 use chrono::NaiveDate;
 use prost::Message;
 use shared::{period::BillingZone, proto::v1 as pb};
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{Connection, MySqlConnection, MySqlPool};
 
 use super::{LEDGER_COLUMNS, LedgerRow, rebuild::OrderSource};
 use crate::store::{
@@ -117,10 +117,26 @@ async fn compare(
     user: &str,
 ) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
+    // Redis first: its snapshots are written after the projection's commit, so the MySQL
+    // instant below holds every version Redis can show.
+    let cached = match cache {
+        Some(cache) => cache.get(user).await,
+        None => None,
+    };
+    // Both models in MySQL as of one instant: the projection commits after the write side, so at
+    // any instant the read model is at or behind the write model, and its snapshot, records and
+    // usage counters (written in one transaction) agree with one another.
+    let mut connection = pool.acquire().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *connection)
+        .await?;
+    let mut tx = connection
+        .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await?;
     let written: Option<(i64, i64)> =
         sqlx::query_as("SELECT version, monthly_free_micros FROM accounts WHERE user_id = ?")
             .bind(user)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?;
     let Some((write_version, monthly_free)) = written else {
         found.push("the read model has an account the write model does not".to_owned());
@@ -129,7 +145,7 @@ async fn compare(
     let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = ? ORDER BY version");
     let ledger: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
     let at = |version: i64| {
         ledger
@@ -138,7 +154,7 @@ async fn compare(
             .map(StateAt::of)
     };
 
-    let snapshot = store::load_account(pool, user).await?;
+    let snapshot = store::load_account(&mut *tx, user).await?;
     let read_version = snapshot.as_ref().map_or(0, |s| s.version);
     match &snapshot {
         None => found.push(format!(
@@ -177,7 +193,7 @@ async fn compare(
          created_at FROM rm_records WHERE user_id = ?",
     )
     .bind(user)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let mut expected: BTreeMap<&str, RecordRow> = ledger
         .iter()
@@ -205,7 +221,7 @@ async fn compare(
         "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros FROM rm_daily_usage WHERE user_id = ?",
     )
     .bind(user)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let mut sums: HashMap<(NaiveDate, String), [i64; 4]> = HashMap::new();
     for record in records.iter().filter(|r| r.kind == "deduct") {
@@ -238,14 +254,14 @@ async fn compare(
     let read_orders: HashMap<String, String> =
         sqlx::query_as("SELECT order_no, status FROM rm_orders WHERE user_id = ?")
             .bind(user)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
     let write_orders: HashMap<String, String> =
         sqlx::query_as("SELECT order_no, status FROM recharge_orders WHERE user_id = ?")
             .bind(user)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
@@ -264,10 +280,8 @@ async fn compare(
         found.push(format!("order {order_no} is not in the write model"));
     }
 
-    if let Some(cached) = match cache {
-        Some(cache) => cache.get(user).await,
-        None => None,
-    } {
+    tx.rollback().await?;
+    if let Some(cached) = cached {
         let state = pb::AccountState::decode(cached.state.as_slice())?;
         let read = StateAt {
             balance: state.balance_micros,

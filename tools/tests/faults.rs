@@ -524,6 +524,7 @@ async fn two_replicas_of_each_service_with_retries_keep_every_invariant() {
     );
 
     cluster.assert_converged().await;
+    println!("  {}", tally(&cluster.db, &seen.acknowledged).await);
     cluster.stop().await;
 }
 
@@ -602,6 +603,27 @@ async fn charge_until_answered(
     )
 }
 
+/// The end of a scenario as figures: charges acknowledged, found in the ledger, found twice
+/// (under one request id), and acknowledged but not found.
+async fn tally(db: &MySqlPool, acknowledged: &HashMap<String, (String, i64)>) -> String {
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT user_id, request_id) FROM ledger WHERE kind = 'deduct'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let recorded = recorded_charges(db).await;
+    let lost = acknowledged
+        .keys()
+        .filter(|id| !recorded.contains_key(*id))
+        .count();
+    format!(
+        "acknowledged {}, found {rows}, duplicates {}, lost {lost}",
+        acknowledged.len(),
+        rows - distinct
+    )
+}
+
 /// The charges recorded in the ledger: request id → (user, amount).
 async fn recorded_charges(db: &MySqlPool) -> HashMap<String, (String, i64)> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
@@ -662,6 +684,7 @@ async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
         profile().kills,
         acknowledged.len()
     );
+    println!("  {}", tally(&cluster.db, &acknowledged).await);
     cluster.stop().await;
 }
 
@@ -715,6 +738,7 @@ async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
         "{} kills of a query-svc replica: {charges} charges, each projected once",
         profile().kills
     );
+    println!("  {}", tally(&cluster.db, &acknowledged).await);
     cluster.stop().await;
 }
 
@@ -770,6 +794,7 @@ async fn nats_stopped_under_load_fails_no_charge_and_the_read_model_catches_up()
         acknowledged.len(),
         after - during
     );
+    println!("  {}", tally(&cluster.db, &acknowledged).await);
     cluster.stop().await;
 }
 
@@ -935,6 +960,7 @@ async fn reconcile_during_load_reports_no_false_difference() {
         "reconcile during load: {runs} runs, no difference, while {} charges were made",
         acknowledged.len()
     );
+    println!("  {}", tally(&cluster.db, &acknowledged).await);
     cluster.stop().await;
 }
 
@@ -981,6 +1007,7 @@ async fn sigterm_under_load_finishes_or_cleanly_refuses_in_flight_charges() {
         acknowledged.len(),
         slowest.as_secs_f64()
     );
+    println!("  {}", tally(&cluster.db, &acknowledged).await);
     cluster.stop().await;
 }
 
@@ -1048,5 +1075,6 @@ async fn mysql_stopped_under_load_gives_unavailable_and_the_services_recover() {
         down.as_secs(),
         acknowledged.len()
     );
+    println!("  {}", tally(&cluster.db, &acknowledged).await);
     cluster.stop().await;
 }

@@ -271,6 +271,31 @@ impl Cluster {
         connect_client(grpc, Bearer::token(token)).await
     }
 
+    /// `count` accounts named `<prefix>-<i>`, each credited 1,000 units through an order and its
+    /// paid callback.
+    async fn funded_users(&self, prefix: &str, count: usize) -> Vec<String> {
+        let users: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+        let payment_replica = self.commands.len() - 1;
+        let (mut orders, mut payment) = (
+            self.client(0, ORDERS).await,
+            self.client(payment_replica, PAYMENT).await,
+        );
+        for user in &users {
+            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
+        }
+        users
+    }
+
+    /// A gateway client of each of the first two command-svc replicas (the same one twice when
+    /// there is one).
+    async fn gateways(&self) -> Vec<Client> {
+        let second = 1.min(self.commands.len() - 1);
+        vec![
+            self.client(0, GATEWAY).await,
+            self.client(second, GATEWAY).await,
+        ]
+    }
+
     async fn billingctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_billingctl"))
             .arg("--config")
@@ -415,16 +440,7 @@ struct Seen {
 #[tokio::test]
 async fn two_replicas_of_each_service_with_retries_keep_every_invariant() {
     let cluster = Cluster::start(2, 2).await;
-    let users: Vec<String> = (0..40).map(|i| format!("replica-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
+    let users = cluster.funded_users("replica-user", 40).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut callers = Vec::new();
     for caller in 0..16_u64 {
@@ -644,20 +660,8 @@ async fn recorded_charges(db: &MySqlPool) -> HashMap<String, (String, i64)> {
 #[tokio::test]
 async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
     let mut cluster = Cluster::start(2, 1).await;
-    let users: Vec<String> = (0..20).map(|i| format!("killed-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
-    let clients = vec![
-        cluster.client(0, GATEWAY).await,
-        cluster.client(1, GATEWAY).await,
-    ];
+    let users = cluster.funded_users("killed-user", 20).await;
+    let clients = cluster.gateways().await;
     let load = tokio::spawn({
         let users = users.clone();
         async move { charge_until_answered(clients, &users, profile().kills_load, "k").await }
@@ -694,20 +698,8 @@ async fn command_replicas_killed_mid_load_lose_and_double_nothing() {
 #[tokio::test]
 async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
     let mut cluster = Cluster::start(1, 2).await;
-    let users: Vec<String> = (0..20).map(|i| format!("projected-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(0, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
-    let clients = vec![
-        cluster.client(0, GATEWAY).await,
-        cluster.client(0, GATEWAY).await,
-    ];
+    let users = cluster.funded_users("projected-user", 20).await;
+    let clients = cluster.gateways().await;
     let load = tokio::spawn({
         let users = users.clone();
         async move { charge_until_answered(clients, &users, profile().kills_load, "q").await }
@@ -748,20 +740,8 @@ async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
 async fn nats_stopped_under_load_fails_no_charge_and_the_read_model_catches_up() {
     let mut nats = testkit::OwnNats::start().await;
     let cluster = Cluster::start_with(2, 1, &[("BILLING__NATS__URL", nats.url())]).await;
-    let users: Vec<String> = (0..20).map(|i| format!("no-nats-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
-    let clients = vec![
-        cluster.client(0, GATEWAY).await,
-        cluster.client(1, GATEWAY).await,
-    ];
+    let users = cluster.funded_users("no-nats-user", 20).await;
+    let clients = cluster.gateways().await;
     let down = profile().nats_down;
     let load = tokio::spawn({
         let users = users.clone();
@@ -818,16 +798,7 @@ async fn state_at(db: &MySqlPool, user: &str, version: i64) -> (i64, i64) {
 async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
     let mut redis = testkit::OwnRedis::start().await;
     let cluster = Cluster::start_with(2, 1, &[("BILLING__REDIS__URL", redis.url())]).await;
-    let users: Vec<String> = (0..16).map(|i| format!("no-redis-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
+    let users = cluster.funded_users("no-redis-user", 16).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut callers = Vec::new();
@@ -923,20 +894,8 @@ async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
 #[tokio::test]
 async fn reconcile_during_load_reports_no_false_difference() {
     let cluster = Cluster::start(2, 2).await;
-    let users: Vec<String> = (0..20).map(|i| format!("reconciled-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
-    let clients = vec![
-        cluster.client(0, GATEWAY).await,
-        cluster.client(1, GATEWAY).await,
-    ];
+    let users = cluster.funded_users("reconciled-user", 20).await;
+    let clients = cluster.gateways().await;
     let load = tokio::spawn({
         let users = users.clone();
         async move { charge_until_answered(clients, &users, Duration::from_secs(4), "c").await }
@@ -970,20 +929,8 @@ async fn reconcile_during_load_reports_no_false_difference() {
 #[tokio::test]
 async fn sigterm_under_load_finishes_or_cleanly_refuses_in_flight_charges() {
     let mut cluster = Cluster::start(2, 1).await;
-    let users: Vec<String> = (0..20).map(|i| format!("terminated-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
-    let clients = vec![
-        cluster.client(0, GATEWAY).await,
-        cluster.client(1, GATEWAY).await,
-    ];
+    let users = cluster.funded_users("terminated-user", 20).await;
+    let clients = cluster.gateways().await;
     let load = tokio::spawn({
         let users = users.clone();
         async move { charge_until_answered(clients, &users, profile().kills_load, "t").await }
@@ -1019,20 +966,8 @@ async fn mysql_stopped_under_load_gives_unavailable_and_the_services_recover() {
     let mut mysql = testkit::OwnMariaDb::start().await;
     let url = mysql.database("faults").await;
     let mut cluster = Cluster::start_with(2, 1, &[("BILLING__DATABASE__URL", url)]).await;
-    let users: Vec<String> = (0..20).map(|i| format!("no-mysql-user-{i}")).collect();
-    {
-        let (mut orders, mut payment) = (
-            cluster.client(0, ORDERS).await,
-            cluster.client(1, PAYMENT).await,
-        );
-        for user in &users {
-            testkit::recharge_with(&mut orders, &mut payment, user, 1_000_000_000).await;
-        }
-    }
-    let clients = vec![
-        cluster.client(0, GATEWAY).await,
-        cluster.client(1, GATEWAY).await,
-    ];
+    let users = cluster.funded_users("no-mysql-user", 20).await;
+    let clients = cluster.gateways().await;
     let down = profile().mysql_down;
     let load = tokio::spawn({
         let users = users.clone();

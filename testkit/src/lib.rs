@@ -69,6 +69,23 @@ pub fn unique_tag() -> String {
     )
 }
 
+/// The `BILLING__` settings that give a test's services names of their own on the shared
+/// servers: its database, NATS stream and subject prefixes, Redis key prefix; warnings only.
+pub fn isolated_env(tag: &str, database_url: &str) -> std::collections::HashMap<String, String> {
+    [
+        ("BILLING__DATABASE__URL", database_url.to_owned()),
+        ("BILLING__NATS__URL", nats_url()),
+        ("BILLING__NATS__STREAM_PREFIX", format!("T{tag}_")),
+        ("BILLING__NATS__SUBJECT_PREFIX", format!("t{tag}")),
+        ("BILLING__REDIS__URL", redis_url()),
+        ("BILLING__REDIS__KEY_PREFIX", format!("test:{tag}:")),
+        ("BILLING__TELEMETRY__FILTER", "warn".to_owned()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}
+
 /// A database of the test's own.
 pub struct TestDatabase {
     pub name: String,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use shared::{clock::Clock, config::Settings};
 use sqlx::MySqlPool;
 
-use testkit::{TestDatabase, admin_url, nats_url, redis_url, unique_tag};
+use testkit::{TestDatabase, admin_url, unique_tag};
 
 /// The services and the environment that points billingctl at them.
 struct Stack {
@@ -23,34 +23,15 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
     let database = TestDatabase::create(&tag).await;
     let db_name = database.name;
     let spare = || format!("127.0.0.1:{}", testkit::spare_port());
-    let env = HashMap::from([
-        (
-            "BILLING__DATABASE__URL".to_owned(),
-            format!("{}/{db_name}", admin_url()),
-        ),
-        ("BILLING__COMMAND__GRPC_ADDR".to_owned(), spare()),
-        ("BILLING__COMMAND__HTTP_ADDR".to_owned(), spare()),
-        ("BILLING__QUERY__HTTP_ADDR".to_owned(), spare()),
-        ("BILLING__NATS__URL".to_owned(), nats_url()),
-        (
-            "BILLING__NATS__STREAM_PREFIX".to_owned(),
-            format!("T{tag}_"),
-        ),
-        (
-            "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
-            format!("t{tag}"),
-        ),
-        ("BILLING__REDIS__URL".to_owned(), redis_url()),
-        (
-            "BILLING__REDIS__KEY_PREFIX".to_owned(),
-            format!("test:{tag}:"),
-        ),
-        (
-            "BILLING__OUTBOX__RETENTION_HOURS".to_owned(),
-            "100000".to_owned(),
-        ),
-        ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
-    ]);
+    let mut env = testkit::isolated_env(&tag, &format!("{}/{db_name}", admin_url()));
+    for (name, value) in [
+        ("BILLING__COMMAND__GRPC_ADDR", spare()),
+        ("BILLING__COMMAND__HTTP_ADDR", spare()),
+        ("BILLING__QUERY__HTTP_ADDR", spare()),
+        ("BILLING__OUTBOX__RETENTION_HOURS", "100000".to_owned()),
+    ] {
+        env.insert(name.to_owned(), value);
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
     let mut settings = Settings::load_with_env(&path, Some(env.clone())).unwrap();
     shared::telemetry::init(&settings.telemetry);

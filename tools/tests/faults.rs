@@ -13,7 +13,7 @@ use shared::proto::v1 as pb;
 use sqlx::MySqlPool;
 use testkit::{
     Bearer, Client, GATEWAY, ORDERS, PAYMENT, TestDatabase, admin_url, connect_client, deduct,
-    invariants::assert_invariants, nats_url, reason, redis_url, unique_tag,
+    invariants::assert_invariants, reason, unique_tag,
 };
 use tokio::process::{Child, Command};
 
@@ -126,24 +126,7 @@ impl Cluster {
                 )
             }
         };
-        let mut env = HashMap::from([
-            ("BILLING__DATABASE__URL".to_owned(), database_url.clone()),
-            ("BILLING__NATS__URL".to_owned(), nats_url()),
-            (
-                "BILLING__NATS__STREAM_PREFIX".to_owned(),
-                format!("T{tag}_"),
-            ),
-            (
-                "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
-                format!("t{tag}"),
-            ),
-            ("BILLING__REDIS__URL".to_owned(), redis_url()),
-            (
-                "BILLING__REDIS__KEY_PREFIX".to_owned(),
-                format!("test:{tag}:"),
-            ),
-            ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
-        ]);
+        let mut env = testkit::isolated_env(&tag, &database_url);
         for (name, value) in overrides {
             env.insert((*name).to_owned(), value.clone());
         }

@@ -1,7 +1,7 @@
 //! A whole stack per test: command-svc and query-svc in this process, on ports of their own, with
 //! their own database, NATS streams and subjects, and Redis key prefix, sharing one clock.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -16,40 +16,15 @@ pub use testkit::{
 /// The repository's configuration, isolated for one test: its database, NATS names, Redis prefix,
 /// and ports chosen by the system.
 pub fn test_settings(tag: &str, database_url: &str, overrides: &[(&str, &str)]) -> Settings {
-    let mut env = HashMap::from([
-        ("BILLING__DATABASE__URL".to_owned(), database_url.to_owned()),
-        (
-            "BILLING__COMMAND__GRPC_ADDR".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ),
-        (
-            "BILLING__COMMAND__HTTP_ADDR".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ),
-        (
-            "BILLING__QUERY__HTTP_ADDR".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ),
-        ("BILLING__NATS__URL".to_owned(), nats_url()),
-        (
-            "BILLING__NATS__STREAM_PREFIX".to_owned(),
-            format!("T{tag}_"),
-        ),
-        (
-            "BILLING__NATS__SUBJECT_PREFIX".to_owned(),
-            format!("t{tag}"),
-        ),
-        ("BILLING__REDIS__URL".to_owned(), redis_url()),
-        (
-            "BILLING__REDIS__KEY_PREFIX".to_owned(),
-            format!("test:{tag}:"),
-        ),
-        (
-            "BILLING__OUTBOX__POLL_INTERVAL_MS".to_owned(),
-            "50".to_owned(),
-        ),
-        ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
-    ]);
+    let mut env = testkit::isolated_env(tag, database_url);
+    for (name, value) in [
+        ("BILLING__COMMAND__GRPC_ADDR", "127.0.0.1:0"),
+        ("BILLING__COMMAND__HTTP_ADDR", "127.0.0.1:0"),
+        ("BILLING__QUERY__HTTP_ADDR", "127.0.0.1:0"),
+        ("BILLING__OUTBOX__POLL_INTERVAL_MS", "50"),
+    ] {
+        env.insert(name.to_owned(), value.to_owned());
+    }
     for (key, value) in overrides {
         env.insert((*key).to_owned(), (*value).to_owned());
     }

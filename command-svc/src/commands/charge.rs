@@ -113,14 +113,7 @@ impl Commands {
             }
         };
         let record_id = events::new_id();
-        let event = Kind::QuotaDeducted(QuotaDeducted {
-            record_id: record_id.clone(),
-            request_id: command.request_id.to_string(),
-            api_id: command.api_id.to_string(),
-            amount_micros: command.amount.get(),
-            free_micros: split.free.get(),
-            balance_micros: split.balance.get(),
-        });
+        let event = deducted(command, &record_id, split);
         let refs = Refs {
             request_id: Some(command.request_id.as_str()),
             api_id: Some(command.api_id.as_str()),
@@ -145,4 +138,16 @@ impl Commands {
             replayed: false,
         })
     }
+}
+
+/// The event of an applied charge.
+pub(super) fn deducted(command: &DeductQuota, record_id: &str, split: Split) -> Kind {
+    Kind::QuotaDeducted(QuotaDeducted {
+        record_id: record_id.to_owned(),
+        request_id: command.request_id.to_string(),
+        api_id: command.api_id.to_string(),
+        amount_micros: command.amount.get(),
+        free_micros: split.free.get(),
+        balance_micros: split.balance.get(),
+    })
 }

@@ -19,7 +19,7 @@ use shared::{
     account::{AccountSnapshot, Split, command_period, stored_view},
     config::GroupCommitSettings,
     money::Micros,
-    proto::v1::{FreeQuotaGranted, QuotaDeducted, billing_event::Kind},
+    proto::v1::{FreeQuotaGranted, billing_event::Kind},
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -293,14 +293,7 @@ impl Commands {
                 Some(command),
                 now,
             ));
-            let kind = Kind::QuotaDeducted(QuotaDeducted {
-                record_id: record_id.clone(),
-                request_id: command.request_id.to_string(),
-                api_id: command.api_id.to_string(),
-                amount_micros: command.amount.get(),
-                free_micros: split.free.get(),
-                balance_micros: split.balance.get(),
-            });
+            let kind = super::charge::deducted(command, &record_id, split);
             published.push(self.event_about(user_id, &working.currency, &after, kind, now));
             working.state = after;
             applied.insert(key, index);

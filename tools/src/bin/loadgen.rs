@@ -392,12 +392,15 @@ async fn check(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
                 .map_err(|s| code_name(&s))
         })
     });
-    Ok(drive(
-        &format!("CheckQuota gRPC, {} callers", load.concurrency),
-        load,
-        call,
-    )
-    .await)
+    Ok(drive(&format!("CheckQuota gRPC, {}", shape_of(load)), load, call).await)
+}
+
+/// How a run drives its calls, for its label.
+fn shape_of(load: &Load) -> String {
+    match load.rate {
+        Some(rate) => format!("{rate}/s open loop"),
+        None => format!("{} callers", load.concurrency),
+    }
 }
 
 async fn health(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
@@ -422,7 +425,7 @@ async fn health(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
         })
     });
     Ok(drive(
-        &format!("grpc.health.v1 Check, {} callers", load.concurrency),
+        &format!("grpc.health.v1 Check, {}", shape_of(load)),
         load,
         call,
     )

@@ -7,8 +7,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let path = Settings::path_from_args(std::env::args());
-    let settings = Settings::load(path.as_ref())?;
+    let paths = Settings::paths_from_args(std::env::args());
+    let settings = Settings::load_files(&paths, None)?;
     telemetry::init(&settings.telemetry);
     let app = Application::build(&settings, Clock::system()).await?;
     app.run_until_stopped(shared::shutdown::signal()).await

@@ -104,12 +104,12 @@ impl Application {
 
         let router = Router::new()
             .route(
-                "/healthz",
+                shared::endpoints::LIVENESS,
                 get(|| async { Json(json!({ "status": "ok" })) }),
             )
-            .route("/readyz", get(readyz))
+            .route(shared::endpoints::READINESS, get(readyz))
             .route(
-                "/metrics",
+                shared::endpoints::METRICS,
                 get(|| async { shared::telemetry::metrics().render() }),
             )
             .fallback(|| async {

@@ -13,6 +13,7 @@ use crate::{money::Micros, period::BillingZone};
 pub const DEFAULT_CONFIG_PATH: &str = "configs/config.yaml";
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub command: CommandSettings,
     pub query: QuerySettings,
@@ -29,6 +30,7 @@ pub struct Settings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CommandSettings {
     pub grpc_addr: String,
     pub http_addr: String,
@@ -46,6 +48,7 @@ pub struct CommandSettings {
 /// multi-row statements; each caller is answered after the commit. Off, every charge is its own
 /// transaction.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupCommitSettings {
     pub enabled: bool,
     pub max_batch: usize,
@@ -55,6 +58,7 @@ pub struct GroupCommitSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QuerySettings {
     pub http_addr: String,
     /// Where query-svc reaches command-svc to forward recharge orders.
@@ -74,6 +78,7 @@ pub struct QuerySettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedulerSettings {
     pub http_addr: String,
     /// Six fields, seconds first: `0 0 0 1 * *` is midnight on the 1st.
@@ -81,6 +86,7 @@ pub struct SchedulerSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: Secret,
     pub max_connections: u32,
@@ -95,6 +101,7 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: Secret,
     /// Prefix of every key, so several deployments (or tests) can share one Redis.
@@ -104,6 +111,7 @@ pub struct RedisSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NatsSettings {
     pub url: String,
     /// Prepended to every stream name: empty gives `BILLING_EVENTS`; tests use their own.
@@ -122,6 +130,7 @@ pub struct NatsSettings {
 
 /// The relay that publishes the outbox to NATS (command-svc).
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutboxSettings {
     /// Rows claimed and published per round.
     pub batch_size: u32,
@@ -137,6 +146,7 @@ pub struct OutboxSettings {
 
 /// The monthly free-quota reset as command-svc carries it out.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResetSettings {
     /// The durable consumer on `BILLING_COMMANDS` shared by every command-svc replica.
     pub consumer_name: String,
@@ -149,6 +159,7 @@ pub struct ResetSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BillingSettings {
     pub currency: String,
     pub default_monthly_free_micros: i64,
@@ -171,6 +182,7 @@ pub enum Scope {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CallerSettings {
     pub name: String,
     pub token: Secret,
@@ -178,6 +190,7 @@ pub struct CallerSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub callers: Vec<CallerSettings>,
     pub jwt_secret: Secret,
@@ -186,6 +199,7 @@ pub struct AuthSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PaymentSettings {
     pub webhook_secret: Secret,
     #[serde(default)]
@@ -202,6 +216,7 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// A `tracing` filter such as `info,sqlx=warn`; `RUST_LOG` wins when set.
     pub filter: String,
@@ -241,12 +256,23 @@ impl Settings {
     /// Loads the file at `path` (which must exist) over the defaults, then the process
     /// environment's `BILLING__` variables.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        Self::load_with_env(path, None)
+        Self::load_files(&[path], None)
     }
 
     /// As [`Settings::load`], with `env` standing in for the process environment (tests).
     pub fn load_with_env(
         path: &Path,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        Self::load_files(&[path], env)
+    }
+
+    /// Loads the files in order, each over the ones before (a list, such as `auth.callers`, is
+    /// replaced whole), then the environment: `env`, or the process's when `None`. A key that
+    /// no setting has, in a file or a `BILLING__` variable, is refused, so a misspelt override
+    /// cannot pass unnoticed.
+    pub fn load_files(
+        paths: &[impl AsRef<Path>],
         env: Option<HashMap<String, String>>,
     ) -> Result<Settings, ConfigError> {
         let mut environment = config::Environment::with_prefix("BILLING")
@@ -259,29 +285,33 @@ impl Settings {
         if let Some(env) = env {
             environment = environment.source(Some(env));
         }
-        let settings: Settings = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
-            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
-            .add_source(environment)
-            .build()?
-            .try_deserialize()?;
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml));
+        for path in paths {
+            builder = builder
+                .add_source(config::File::from(path.as_ref()).format(config::FileFormat::Yaml));
+        }
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// The path named by `-conf PATH` or `--config PATH` on the command line, else the default.
-    pub fn path_from_args(args: impl IntoIterator<Item = String>) -> String {
+    /// The paths named by `-conf PATH` or `--config PATH` on the command line, in order (a
+    /// deployment gives its configuration and then its secrets), else the default file.
+    pub fn paths_from_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut paths = Vec::new();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "-conf" || arg == "--config" {
-                if let Some(path) = args.next() {
-                    return path;
-                }
+                paths.extend(args.next());
             } else if let Some(path) = arg.strip_prefix("--config=") {
-                return path.to_owned();
+                paths.push(path.to_owned());
             }
         }
-        DEFAULT_CONFIG_PATH.to_owned()
+        if paths.is_empty() {
+            paths.push(DEFAULT_CONFIG_PATH.to_owned());
+        }
+        paths
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -422,7 +452,10 @@ mod tests {
     use super::*;
 
     fn write_config(text: &str) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("billing-config-{}.yaml", std::process::id()));
+        static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("billing-config-{}-{n}.yaml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -471,17 +504,57 @@ mod tests {
     fn the_config_path_comes_from_the_command_line() {
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            Settings::path_from_args(args(&["bin", "-conf", "a.yaml"])),
-            "a.yaml"
+            Settings::paths_from_args(args(&["bin", "-conf", "a.yaml"])),
+            ["a.yaml"]
         );
         assert_eq!(
-            Settings::path_from_args(args(&["bin", "--config=b.yaml"])),
-            "b.yaml"
+            Settings::paths_from_args(args(&["bin", "--config=b.yaml", "-conf", "c.yaml"])),
+            ["b.yaml", "c.yaml"]
         );
         assert_eq!(
-            Settings::path_from_args(args(&["bin"])),
-            DEFAULT_CONFIG_PATH
+            Settings::paths_from_args(args(&["bin"])),
+            [DEFAULT_CONFIG_PATH]
         );
+    }
+
+    #[test]
+    fn a_later_file_overrides_an_earlier_one_and_replaces_its_lists() {
+        let dir =
+            std::env::temp_dir().join(format!("billing-config-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("config.yaml");
+        let secrets = dir.join("secrets.yaml");
+        std::fs::write(
+            &base,
+            "auth:\n  callers:\n    - {name: a, token: x, scopes: [quota]}\n    - {name: b, token: y, scopes: [admin]}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &secrets,
+            "auth:\n  jwt_secret: s3\n  callers:\n    - {name: gateway, token: real, scopes: [quota]}\n",
+        )
+        .unwrap();
+        let settings = Settings::load_files(&[&base, &secrets], Some(HashMap::new())).unwrap();
+        assert_eq!(settings.auth.jwt_secret.expose(), "s3");
+        let callers: Vec<_> = settings
+            .auth
+            .callers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(callers, ["gateway"]);
+        assert_eq!(settings.auth.callers[0].token.expose(), "real");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_in_a_file_and_in_the_environment() {
+        let path = write_config("database:\n  max_conections: 3\n");
+        let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+        assert!(error.to_string().contains("max_conections"), "{error}");
+        let path = write_config("billing:\n  time_zone: UTC\n");
+        let env = HashMap::from([("BILLING__REDIS__TIMEOUT".to_owned(), "5".to_owned())]);
+        let error = Settings::load_with_env(&path, Some(env)).unwrap_err();
+        assert!(error.to_string().contains("timeout"), "{error}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`db`]: MySQL sessions as both services open them, and the migrations; [`sql_script`]:
 //!   several statements with literal values in one round trip.
 //! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides.
-//! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal.
+//! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal; [`endpoints`]:
+//!   the probe and metrics paths.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
 
 pub mod account;
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod endpoints;
 pub mod ids;
 pub mod money;
 pub mod order;

@@ -23,10 +23,10 @@ pub struct HttpState {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(shared::endpoints::LIVENESS, get(healthz))
+        .route(shared::endpoints::READINESS, get(readyz))
         .route(
-            "/metrics",
+            shared::endpoints::METRICS,
             get(|| async { shared::telemetry::metrics().render() }),
         )
         .route(

@@ -35,10 +35,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(shared::endpoints::LIVENESS, get(healthz))
+        .route(shared::endpoints::READINESS, get(readyz))
         .route(
-            "/metrics",
+            shared::endpoints::METRICS,
             get(|| async { shared::telemetry::metrics().render() }),
         )
         .merge(account::router())

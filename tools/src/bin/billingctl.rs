@@ -1,7 +1,9 @@
 //! `billingctl`: the operators' command line. It reads the same configuration as the services
-//! (`--config PATH`, or `--conf PATH`; default `configs/config.yaml`; `BILLING__` overrides).
+//! (`--config PATH`, or `--conf PATH`, repeatable; default `configs/config.yaml`; `BILLING__`
+//! overrides).
 //!
 //! ```text
+//! billingctl migrate [--wait-secs 120]             apply the database migrations
 //! billingctl reset-free-quota --period 2026-12     publish a reset (a re-run, with its own id)
 //! billingctl reconcile [--repair]                  compare read and write models; exit 1 on differences
 //! billingctl rebuild-read-model                    rebuild the read model from the ledger, swap it in
@@ -27,15 +29,23 @@ use shared::{
 #[derive(Parser)]
 #[command(name = "billingctl", about = "Operate the billing service")]
 struct Cli {
-    /// The services' configuration file.
+    /// The services' configuration files, each over the ones before (configuration, then
+    /// secrets).
     #[arg(long = "config", visible_alias = "conf", global = true, default_value = shared::config::DEFAULT_CONFIG_PATH)]
-    config: String,
+    config: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Apply the database migrations (the deployment's migration job; services started with
+    /// `database.migrate_on_start: false` wait for it).
+    Migrate {
+        /// How long to wait for MySQL to answer.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
     /// Publish ResetFreeQuota for a period (the current or the next one), with a unique id so it
     /// runs even when the scheduler's command for that period already ran.
     ResetFreeQuota {
@@ -106,9 +116,15 @@ enum UnmatchedAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_ref())?;
+    let settings = Settings::load_files(&cli.config, None)?;
     let names = BusNames::from_settings(&settings.nats);
     match cli.command {
+        Command::Migrate { wait_secs } => {
+            let pool = shared::db::connect_lazy(&settings.database)?;
+            shared::db::migrate(&pool, Duration::from_secs(wait_secs)).await?;
+            let latest = shared::db::MIGRATOR.iter().map(|m| m.version).max();
+            println!("migrated to version {}", latest.unwrap_or_default());
+        }
         Command::ResetFreeQuota { period } => {
             let period: Period = period.parse()?;
             // command-svc carries out only the current or the next period (by its clock).

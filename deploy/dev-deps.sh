@@ -3,6 +3,9 @@
 #   MariaDB  127.0.0.1:3306  (database `billing`, user `billing` / password `billing`)
 #   Redis    127.0.0.1:6379
 #   NATS     127.0.0.1:4222  (with JetStream)
+# and installs what the check of the Kubernetes manifests needs (deploy/k8s/validate.py):
+#   kubectl  (Debian's kubernetes-client when missing; its `kubectl kustomize` renders them)
+#   a Python virtualenv with kubernetes-validate (the Kubernetes schemas, offline)
 #
 # Safe to run any number of times. A dependency whose port already answers is left alone (it may
 # be a system service or a container someone else runs), so this never stops or restarts anything.
@@ -18,6 +21,9 @@
 #   BILLING_DEPS_NATS_PORT    NATS port (default 4222)
 #   BILLING_DEPS_STATE_DIR    where Redis/NATS started by this script keep data and logs
 #                             (default ${XDG_STATE_HOME:-$HOME/.local/state}/billing)
+#   BILLING_DEPS_VENV         the virtualenv of the manifest check (default
+#                             ${XDG_CACHE_HOME:-$HOME/.cache}/billing-service/venv; the test
+#                             shared/tests/deploy_manifests.rs looks in the same place)
 set -euo pipefail
 
 readonly HOST=127.0.0.1
@@ -26,6 +32,9 @@ readonly REDIS_PORT="${BILLING_DEPS_REDIS_PORT:-6379}"
 readonly NATS_PORT="${BILLING_DEPS_NATS_PORT:-4222}"
 readonly STATE_DIR="${BILLING_DEPS_STATE_DIR:-${XDG_STATE_HOME:-${HOME:-/tmp}/.local/state}/billing}"
 readonly START_TIMEOUT_SECS=30
+readonly VENV_DIR="${BILLING_DEPS_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/billing-service/venv}"
+# The Kubernetes schemas the manifests are validated against come with this package.
+readonly KUBERNETES_VALIDATE_VERSION=1.37.0
 # Test databases are named billing_test_<unix seconds>_<hex>; anything older than this is a
 # leftover of a run that crashed before it could clean up after itself.
 readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
@@ -268,6 +277,55 @@ ensure_nats() {
     echo "nats: $how"
 }
 
+# --- the manifest check: kubectl and kubernetes-validate ------------------------------------
+
+ensure_kubectl() {
+    local how=found
+    if ! command -v kubectl >/dev/null 2>&1; then
+        # Debian's kubectl 1.20 (its `kubectl kustomize` is kustomize v2.0.3, which the
+        # manifests are written for as well as for v5).
+        apt_install kubernetes-client
+        command -v kubectl >/dev/null 2>&1 || die "kubernetes-client installed but kubectl not found"
+        how=installed
+    fi
+    echo "kubectl: $how at $(command -v kubectl)"
+}
+
+# True when the virtualenv's Python runs and has the pinned kubernetes-validate.
+venv_ready() {
+    "$VENV_DIR/bin/python" - "$KUBERNETES_VALIDATE_VERSION" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+import kubernetes_validate  # noqa: F401
+sys.exit(version("kubernetes-validate") != sys.argv[1])
+PY
+}
+
+ensure_manifest_validator() {
+    local how=present log
+    if ! venv_ready; then
+        # python3-venv brings ensurepip, without which Debian's python3 cannot make a venv.
+        if ! command -v python3 >/dev/null 2>&1; then
+            apt_install python3 python3-venv
+        elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+            apt_install python3-venv
+        fi
+        log=$(mktemp "${TMPDIR:-/tmp}/dev-deps-venv.XXXXXX")
+        # --clear: a venv whose Python is gone (an upgraded system Python) is made anew.
+        if ! { python3 -m venv --clear "$VENV_DIR" &&
+            "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check \
+                "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"; } >"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            rm -f "$log"
+            die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $VENV_DIR"
+        fi
+        rm -f "$log"
+        venv_ready || die "kubernetes-validate installed into $VENV_DIR but not importable"
+        how=installed
+    fi
+    echo "kubernetes-validate: $KUBERNETES_VALIDATE_VERSION $how in $VENV_DIR"
+}
+
 # --- leftovers of crashed test runs ----------------------------------------------------------
 
 # Uses root over the socket when that needs no password (root, or passwordless sudo); otherwise
@@ -307,6 +365,8 @@ clean_test_leftovers() {
 ensure_mariadb
 ensure_redis
 ensure_nats
+ensure_kubectl
+ensure_manifest_validator
 if $clean_test_databases; then
     clean_test_leftovers
 fi

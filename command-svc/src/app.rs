@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{auth::Callers, grpc::GrpcApi, http, webhook::WebhookKeys},
+    api::{auth::Callers, grpc::GrpcApi, http, observe::ObserveLayer, webhook::WebhookKeys},
     bus::{OutboxRelay, ResetConsumer},
     commands::{Commands, Rules},
     store::Store,
@@ -120,6 +120,7 @@ impl Application {
             );
         let grpc = Server::builder()
             .tcp_nodelay(true)
+            .layer(ObserveLayer::new())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(billing)

@@ -118,6 +118,7 @@ impl Application {
                     Json(json!({ "error": { "code": "NOT_FOUND", "message": "no such route" } })),
                 )
             })
+            .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
             .with_state(scheduler.clone());
         let mut http_stop = stop_rx.clone();
         let http = axum::serve(self.listener, router).with_graceful_shutdown(async move {

@@ -13,7 +13,8 @@
 //!   several statements with literal values in one round trip.
 //! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides.
 //! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal; [`endpoints`]:
-//!   the probe and metrics paths.
+//!   the probe and metrics paths; [`trace`]: the W3C trace context that follows a command to
+//!   its projection.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
 
 pub mod account;
@@ -31,3 +32,4 @@ pub mod proto;
 pub mod shutdown;
 pub mod sql_script;
 pub mod telemetry;
+pub mod trace;

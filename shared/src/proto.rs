@@ -9,6 +9,27 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/billing_descriptor.bin"));
 }
 
+/// The HTTP/2 path of every RPC the billing protos declare, `/billing.v1.Service/Method`.
+pub fn method_paths() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(v1::FILE_DESCRIPTOR_SET)
+        .expect("the build script encodes a valid descriptor set");
+    let mut paths = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths
+}
+
 /// The protobuf codec of the billing service's gRPC API: prost's, except that a request that does
 /// not decode (bytes that are no message of its type, a text that is not UTF-8) is the caller's
 /// fault, `INVALID_ARGUMENT`, where prost's codec reports `INTERNAL`, a fault of the server.
@@ -63,6 +84,23 @@ pub mod codec {
 
         fn buffer_settings(&self) -> BufferSettings {
             self.0.buffer_settings()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_rpc_of_the_command_service_has_its_path() {
+        let paths = super::method_paths();
+        for rpc in [
+            "CheckQuota",
+            "DeductQuota",
+            "RechargeCallback",
+            "AdjustBalance",
+        ] {
+            let path = format!("/billing.v1.BillingCommandService/{rpc}");
+            assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
     }
 }

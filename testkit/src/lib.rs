@@ -8,6 +8,7 @@
 
 pub mod invariants;
 mod mariadb;
+pub mod metrics;
 mod nats;
 mod redis;
 

@@ -36,6 +36,7 @@ pub fn router(state: HttpState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
         .with_state(state)
 }
 

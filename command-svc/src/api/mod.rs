@@ -5,5 +5,6 @@ pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod observe;
 pub mod parse;
 pub mod webhook;

@@ -41,6 +41,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// made at start-up is not), repeated this often while it lasts.
 const OUTAGE_GRACE: Duration = Duration::from_secs(5);
 const OUTAGE_WARN_EVERY: Duration = Duration::from_secs(60);
+/// How often the outbox backlog is sampled for `/metrics`.
+const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Publishes the outbox and purges it; one per command-svc process.
 pub struct OutboxRelay {
@@ -120,7 +122,11 @@ impl OutboxRelay {
     /// Publishes and purges until `stop` turns true. Publishing needs NATS and purging only
     /// MySQL, so they run side by side and neither waits for the other's dependency.
     pub async fn run(self, stop: watch::Receiver<bool>) {
-        tokio::join!(self.publish_loop(stop.clone()), self.purge_loop(stop));
+        tokio::join!(
+            self.publish_loop(stop.clone()),
+            self.purge_loop(stop.clone()),
+            self.sample_backlog(stop)
+        );
         tracing::debug!("outbox relay stopped");
     }
 
@@ -156,6 +162,7 @@ impl OutboxRelay {
                     }
                     Err(error) => {
                         failures += 1;
+                        metrics::counter!("billing_outbox_publish_errors_total").increment(1);
                         tracing::warn!(
                             %error,
                             failures,
@@ -239,6 +246,7 @@ impl OutboxRelay {
         };
         store::mark_published(&mut tx, &ids, self.clock.now()).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        metrics::counter!("billing_outbox_published_total").increment(ids.len() as u64);
         tracing::debug!(published = ids.len(), duplicates, "outbox batch published");
         Ok(if ids.len() == self.batch_size as usize {
             Round::Full
@@ -267,6 +275,23 @@ impl OutboxRelay {
             .await
             .map_err(|_| RoundError::AckTimeout(self.publish_timeout))??;
         Ok(acked.iter().filter(|ack| ack.duplicate).count())
+    }
+
+    /// Every [`BACKLOG_SAMPLE_EVERY`], the rows waiting for publication and the age of the
+    /// oldest as gauges (0 when none waits). A sample MySQL does not answer leaves the last.
+    async fn sample_backlog(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Ok((waiting, oldest)) = store::backlog(self.store.pool()).await {
+                let age = oldest.map_or(0.0, |at| {
+                    (self.clock.now() - at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!("billing_outbox_backlog").set(waiting as f64);
+                metrics::gauge!("billing_outbox_oldest_age_seconds").set(age);
+            }
+            if pause(&mut stop, BACKLOG_SAMPLE_EVERY).await {
+                return;
+            }
+        }
     }
 
     /// Every `purge_interval`, deletes rows published longer than the retention ago.

@@ -17,8 +17,10 @@ use shared::{
     config::{NatsSettings, ResetSettings},
     period::Period,
     proto::v1::ResetFreeQuota,
+    trace::TraceContext,
 };
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::commands::Commands;
 
@@ -117,7 +119,23 @@ impl ResetConsumer {
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => self.handle(&message, stop).await,
+                Some(Ok(message)) => {
+                    if message.info().is_ok_and(|info| info.delivered > 1) {
+                        metrics::counter!("billing_reset_redeliveries_total").increment(1);
+                    }
+                    // The reset's events carry the trace of the command (the scheduler's or
+                    // an operator's).
+                    let context = TraceContext::continue_from(
+                        message
+                            .headers
+                            .as_ref()
+                            .and_then(|headers| headers.get(shared::trace::TRACEPARENT))
+                            .map(|value| value.as_str()),
+                    );
+                    let span = tracing::info_span!("reset", trace_id = %context.trace_id_hex());
+                    shared::trace::scope(context, self.handle(&message, stop).instrument(span))
+                        .await;
+                }
                 Some(Err(error)) => tracing::debug!(%error, "command stream error"),
                 None => anyhow::bail!("the command stream ended"),
             }
@@ -153,6 +171,7 @@ impl ResetConsumer {
         };
         tracing::info!(%period, %command_id, "reset started");
         let started = Instant::now();
+        let _running = Running::start();
         let shards = {
             let mut failures = 0;
             loop {
@@ -214,6 +233,7 @@ impl ResetConsumer {
         if let Err(error) = message.double_ack().await {
             tracing::warn!(%error, %command_id, "reset done but its ack was lost; a redelivery finds it finished");
         }
+        metrics::counter!("billing_reset_finished_total").increment(1);
         tracing::info!(%period, %command_id, granted, elapsed_ms = started.elapsed().as_millis() as u64, "reset finished");
     }
 
@@ -237,6 +257,7 @@ impl ResetConsumer {
             {
                 Ok(batch) => {
                     failures = 0;
+                    metrics::counter!("billing_reset_batches_total").increment(1);
                     metrics::counter!("billing_reset_accounts_granted_total")
                         .increment(batch.granted);
                     if batch.finished {
@@ -252,5 +273,21 @@ impl ResetConsumer {
                 }
             }
         }
+    }
+}
+
+/// Counts a reset run in `billing_reset_running` while it lasts, however it ends.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        metrics::gauge!("billing_reset_running").increment(1.0);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        metrics::gauge!("billing_reset_running").decrement(1.0);
     }
 }

@@ -186,7 +186,15 @@ impl<'c> AccountTx<'c> {
             .rules
             .present_stored(self.user_id, &self.currency, &self.state);
         let event = events::event(Some(&account), self.user_id, kind, self.now);
-        store::insert_event(&mut self.tx, &event, &subject, None, self.now).await?;
+        let traceparent = shared::trace::current_traceparent();
+        store::insert_event(
+            &mut self.tx,
+            &event,
+            &subject,
+            traceparent.as_deref(),
+            self.now,
+        )
+        .await?;
         self.wrote_events = true;
         Ok(())
     }

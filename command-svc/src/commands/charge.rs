@@ -73,7 +73,11 @@ impl Commands {
     pub async fn deduct_quota(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
         match &self.charges {
             Some(queue) => queue.charge(command.clone()).await,
-            None => self.store.retrying(|| self.deduct_once(command)).await,
+            None => {
+                let result = self.store.retrying(|| self.deduct_once(command)).await;
+                super::count_charges(std::slice::from_ref(&result));
+                result
+            }
         }
     }
 

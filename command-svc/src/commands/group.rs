@@ -28,11 +28,15 @@ use crate::store::AsStoreError;
 use crate::{
     domain::DeductQuota,
     events::{self, AccountOut},
-    store::{self, Grant, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError, Writes},
+    store::{
+        self, Grant, LedgerEntry, LedgerRecord, Outgoing, RecordKind, Refs, StoreError, Writes,
+    },
 };
 
 struct Pending {
     command: DeductQuota,
+    /// The caller's trace context, which the charge's events carry.
+    traceparent: Option<String>,
     reply: oneshot::Sender<Result<Charged, CommandError>>,
 }
 
@@ -66,7 +70,11 @@ impl ChargeQueue {
         let (reply, answer) = oneshot::channel();
         let closed = || CommandError::Store(StoreError::internal(sqlx::Error::PoolClosed));
         self.sender
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                traceparent: shared::trace::current_traceparent(),
+                reply,
+            })
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
@@ -119,17 +127,16 @@ enum Decided {
 
 impl Commands {
     async fn commit_charges(&self, batch: Vec<Pending>) {
-        let commands: Vec<&DeductQuota> = batch.iter().map(|pending| &pending.command).collect();
-        let optimistic = self.charge_batch_once(&commands, false).await;
+        let optimistic = self.charge_batch_once(&batch, false).await;
         let outcome = match optimistic {
             Ok(Some(results)) => Ok(results),
-            Ok(None) => self.charge_batch_looked_up(&commands).await,
-            Err(error) if error.is_conflict() => self.charge_batch_looked_up(&commands).await,
+            Ok(None) => self.charge_batch_looked_up(&batch).await,
+            Err(error) if error.is_conflict() => self.charge_batch_looked_up(&batch).await,
             Err(error) => Err(error),
         };
         match outcome {
             Ok(results) => {
-                count_charges(&results);
+                super::count_charges(&results);
                 for (pending, result) in batch.into_iter().zip(results) {
                     let _ = pending.reply.send(result);
                 }
@@ -145,11 +152,11 @@ impl Commands {
     /// The batch with every key looked up first, run again on conflicts.
     async fn charge_batch_looked_up(
         &self,
-        commands: &[&DeductQuota],
+        batch: &[Pending],
     ) -> Result<Vec<Result<Charged, CommandError>>, CommandError> {
         self.store
             .retrying(|| async {
-                let results = self.charge_batch_once(commands, true).await?;
+                let results = self.charge_batch_once(batch, true).await?;
                 Ok(results.expect("a looked-up batch always decides"))
             })
             .await
@@ -159,9 +166,10 @@ impl Commands {
     /// (the batch must run again with the look-up).
     async fn charge_batch_once(
         &self,
-        commands: &[&DeductQuota],
+        batch: &[Pending],
         look_up: bool,
     ) -> Result<Option<Vec<Result<Charged, CommandError>>>, CommandError> {
+        let commands: Vec<&DeductQuota> = batch.iter().map(|pending| &pending.command).collect();
         let now = self.now();
         let now_period = self.rules.zone.period_of(now);
         let mut tx = self.store.begin().await?;
@@ -280,7 +288,14 @@ impl Commands {
                     period: granted.period.to_string(),
                     amount_micros: granted.free_granted.get(),
                 });
-                published.push(self.event_about(user_id, &working.currency, &granted, kind, now));
+                published.push(self.event_about(
+                    user_id,
+                    &working.currency,
+                    &granted,
+                    kind,
+                    &batch[index].traceparent,
+                    now,
+                ));
             }
             let record_id = events::new_id();
             entries.push(self.entry(
@@ -294,7 +309,14 @@ impl Commands {
                 now,
             ));
             let kind = super::charge::deducted(command, &record_id, split);
-            published.push(self.event_about(user_id, &working.currency, &after, kind, now));
+            published.push(self.event_about(
+                user_id,
+                &working.currency,
+                &after,
+                kind,
+                &batch[index].traceparent,
+                now,
+            ));
             working.state = after;
             applied.insert(key, index);
             decided.push(Decided::Done(Ok(Charged {
@@ -427,15 +449,20 @@ impl Commands {
         currency: &str,
         state: &AccountSnapshot,
         kind: Kind,
+        traceparent: &Option<String>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> (shared::proto::v1::BillingEvent, String) {
+    ) -> Outgoing {
         let subject = self.rules.bus.event_subject(&kind);
         let account = AccountOut {
             user_id: user_id.to_owned(),
             currency: currency.to_owned(),
             view: stored_view(state, self.rules.zone),
         };
-        (events::event(Some(&account), user_id, kind, now), subject)
+        Outgoing {
+            event: events::event(Some(&account), user_id, kind, now),
+            subject,
+            traceparent: traceparent.clone(),
+        }
     }
 }
 
@@ -473,18 +500,4 @@ impl OwnedEntry {
             created_at: self.created_at,
         }
     }
-}
-
-/// Charges applied and refused, for `/metrics`.
-fn count_charges(results: &[Result<Charged, CommandError>]) {
-    let applied = results
-        .iter()
-        .filter(|r| matches!(r, Ok(c) if !c.replayed))
-        .count();
-    let refused = results
-        .iter()
-        .filter(|r| matches!(r, Err(CommandError::InsufficientQuota)))
-        .count();
-    metrics::counter!("billing_charges_total").increment(applied as u64);
-    metrics::counter!("billing_insufficient_quota_total").increment(refused as u64);
 }

@@ -182,3 +182,24 @@ impl Commands {
         DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 }
+
+/// Charges applied (and the amounts they took from free quota and balance) and charges refused
+/// for insufficient quota, for `/metrics`. Replays count nothing: they applied before.
+fn count_charges(results: &[Result<Charged, CommandError>]) {
+    let (mut applied, mut free, mut balance, mut refused) = (0_u64, 0_u64, 0_u64, 0_u64);
+    for result in results {
+        match result {
+            Ok(charged) if !charged.replayed => {
+                applied += 1;
+                free += charged.split.free.get().unsigned_abs();
+                balance += charged.split.balance.get().unsigned_abs();
+            }
+            Err(CommandError::InsufficientQuota) => refused += 1,
+            _ => {}
+        }
+    }
+    metrics::counter!("billing_charges_total").increment(applied);
+    metrics::counter!("billing_charged_micros_total", "part" => "free").increment(free);
+    metrics::counter!("billing_charged_micros_total", "part" => "balance").increment(balance);
+    metrics::counter!("billing_insufficient_quota_total").increment(refused);
+}

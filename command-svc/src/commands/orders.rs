@@ -151,7 +151,18 @@ impl Commands {
         &self,
         callback: &RechargeCallback,
     ) -> Result<CallbackResult, CommandError> {
-        self.store.retrying(|| self.callback_once(callback)).await
+        let result = self.store.retrying(|| self.callback_once(callback)).await?;
+        metrics::counter!("billing_payment_callbacks_total", "outcome" => result.outcome.as_str())
+            .increment(1);
+        match result.outcome {
+            CallbackOutcome::Credited => metrics::counter!("billing_recharged_micros_total")
+                .increment(callback.paid_amount.get().unsigned_abs()),
+            CallbackOutcome::Unmatched => {
+                metrics::counter!("billing_unmatched_payments_total").increment(1)
+            }
+            CallbackOutcome::Replayed | CallbackOutcome::MarkedFailed => {}
+        }
+        Ok(result)
     }
 
     async fn callback_once(
@@ -308,7 +319,8 @@ impl Commands {
             .rules
             .bus
             .event_subject(event.kind.as_ref().expect("set above"));
-        store::insert_event(&mut tx, &event, &subject, None, now).await?;
+        let traceparent = shared::trace::current_traceparent();
+        store::insert_event(&mut tx, &event, &subject, traceparent.as_deref(), now).await?;
         tx.commit().await.map_err(StoreError::from)?;
         self.store.outbox_written();
         Ok(CallbackResult {

@@ -16,7 +16,7 @@ use shared::{
 use super::{CommandError, Commands};
 use crate::{
     events::{self, AccountOut},
-    store::{self, Grant, LedgerEntry, RecordKind, Refs, StoreError, Writes},
+    store::{self, Grant, LedgerEntry, Outgoing, RecordKind, Refs, StoreError, Writes},
 };
 
 /// What one batch did.
@@ -247,7 +247,7 @@ impl Commands {
                     currency: row.currency.clone(),
                     view: stored_view(after, zone),
                 };
-                (
+                Outgoing::in_current_trace(
                     events::event(Some(&account), &row.user_id, kind, now),
                     subject,
                 )

@@ -34,22 +34,42 @@ pub async fn insert_event(
 }
 
 impl Writes {
-    /// Events for publication, each on its subject.
-    pub fn events(&mut self, events: &[(BillingEvent, String)], now: DateTime<Utc>) -> &mut Self {
+    /// Events for publication, each on its subject, with the trace context of the command that
+    /// caused it.
+    pub fn events(&mut self, events: &[Outgoing], now: DateTime<Utc>) -> &mut Self {
         self.script.insert(
             "INSERT INTO outbox (event_id, user_id, subject, payload, traceparent, created_at) ",
             events,
             "",
-            |row, (event, subject)| {
-                row.text(&event.event_id)
-                    .text(&event.user_id)
-                    .text(subject)
-                    .bytes(&event.encode_to_vec())
-                    .opt_text(None)
+            |row, outgoing| {
+                row.text(&outgoing.event.event_id)
+                    .text(&outgoing.event.user_id)
+                    .text(&outgoing.subject)
+                    .bytes(&outgoing.event.encode_to_vec())
+                    .opt_text(outgoing.traceparent.as_deref())
                     .instant(now);
             },
         );
         self
+    }
+}
+
+/// An event on its way to the outbox.
+pub struct Outgoing {
+    pub event: BillingEvent,
+    pub subject: String,
+    /// The W3C `traceparent` of the command that caused the event, sent as its header.
+    pub traceparent: Option<String>,
+}
+
+impl Outgoing {
+    /// `event` on `subject`, in the trace of the request being handled.
+    pub fn in_current_trace(event: BillingEvent, subject: String) -> Outgoing {
+        Outgoing {
+            event,
+            subject,
+            traceparent: shared::trace::current_traceparent(),
+        }
     }
 }
 
@@ -93,6 +113,27 @@ pub async fn mark_published(tx: &mut Tx, ids: &[u64], at: DateTime<Utc>) -> Resu
     }
     query.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The most unpublished rows [`backlog`] counts; a larger backlog reads as this many.
+pub const BACKLOG_COUNT_CAP: i64 = 1_000_000;
+
+/// How many rows wait for publication (counted up to [`BACKLOG_COUNT_CAP`]) and when the oldest
+/// of them was written. Both read the unpublished rows' index only.
+pub async fn backlog(pool: &MySqlPool) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+    let (waiting,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM \
+         (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT ?) AS waiting",
+    )
+    .bind(BACKLOG_COUNT_CAP)
+    .fetch_one(pool)
+    .await?;
+    let oldest: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok((waiting, oldest.map(|(at,)| at)))
 }
 
 /// Rows deleted by one purge statement: small enough to keep each statement's locks short.

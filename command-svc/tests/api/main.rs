@@ -7,6 +7,7 @@ mod charges;
 mod conservation;
 mod hostile;
 mod hot_path;
+mod observability;
 mod outage;
 mod payments;
 mod periods;

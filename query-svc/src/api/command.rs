@@ -51,6 +51,14 @@ impl CommandClient {
             .metadata_mut()
             .insert("authorization", self.bearer.clone());
         request.set_timeout(CALL_TIMEOUT);
+        // The REST request's trace continues on the command side.
+        if let Some(traceparent) = shared::trace::current_traceparent()
+            .and_then(|value| MetadataValue::<Ascii>::try_from(value).ok())
+        {
+            request
+                .metadata_mut()
+                .insert(shared::trace::TRACEPARENT, traceparent);
+        }
         request
     }
 

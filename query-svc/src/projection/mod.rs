@@ -84,9 +84,22 @@ impl Projector {
         }
     }
 
-    /// Consumes until `stop`; the batch in hand is finished (or left unacked) first.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Consumes until `stop`; the batch in hand is finished (or left unacked) first. Meanwhile
+    /// samples the consumer's backlog and the dead-letter stream for `/metrics`.
+    pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let js = jetstream::new(self.nats.clone());
+        let (consumed, ()) = tokio::join!(
+            self.consume_until_stopped(&js, stop.clone()),
+            self.sample_backlog(&js, stop)
+        );
+        consumed
+    }
+
+    async fn consume_until_stopped(
+        &self,
+        js: &jetstream::Context,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let mut attempt = 0;
         while !*stop.borrow() {
             // Setting up the consumer waits on NATS; the stop must not wait for NATS. Stopping
@@ -95,7 +108,7 @@ impl Projector {
             let mut consuming = stop.clone();
             let consumed = tokio::select! {
                 _ = stop.wait_for(|stop| *stop) => return Ok(()),
-                consumed = self.consume(&js, &mut consuming) => consumed,
+                consumed = self.consume(js, &mut consuming) => consumed,
             };
             match consumed {
                 Ok(()) => return Ok(()),
@@ -109,6 +122,35 @@ impl Projector {
             }
         }
         Ok(())
+    }
+
+    /// Every [`BACKLOG_SAMPLE_EVERY`], the consumer's backlog (events not yet delivered, and
+    /// delivered but not acked) and the dead-letter stream's size as gauges. A sample that
+    /// cannot be taken (NATS away) leaves the last values.
+    async fn sample_backlog(&self, js: &jetstream::Context, mut stop: watch::Receiver<bool>) {
+        loop {
+            let events = self.names.events_stream();
+            if let Ok(mut consumer) = js
+                .get_consumer_from_stream::<pull::Config, _, _>(
+                    &self.settings.consumer_name,
+                    &events,
+                )
+                .await
+                && let Ok(info) = consumer.info().await
+            {
+                metrics::gauge!("billing_projection_consumer_pending").set(info.num_pending as f64);
+                metrics::gauge!("billing_projection_consumer_ack_pending")
+                    .set(info.num_ack_pending as f64);
+            }
+            if let Ok(mut dlq) = js.get_stream(self.names.dlq_stream()).await
+                && let Ok(info) = dlq.info().await
+            {
+                metrics::gauge!("billing_dlq_messages").set(info.state.messages as f64);
+            }
+            if !pause(&mut stop, BACKLOG_SAMPLE_EVERY).await {
+                return;
+            }
+        }
     }
 
     /// The durable consumer shared by every replica; its settings are brought up to date.
@@ -172,9 +214,12 @@ impl Projector {
     ) {
         let received: Vec<Received> = batch
             .into_iter()
-            .map(|message| Received {
-                event: plan::decode(&message.payload),
-                message,
+            .map(|message| {
+                count_redelivery(&message);
+                Received {
+                    event: plan::decode(&message.payload),
+                    message,
+                }
             })
             .collect();
         let mut projectable = Vec::new();
@@ -220,6 +265,7 @@ impl Projector {
             if let Err(error) = item.message.ack().await {
                 tracing::warn!(%error, "ack lost; the event will be redelivered and absorbed");
             }
+            observe_projected(item);
         }
     }
 
@@ -235,6 +281,7 @@ impl Projector {
                     self.refresh_snapshots(&[plan], std::slice::from_ref(&(plan.clone(), *item)))
                         .await;
                     let _ = item.message.ack().await;
+                    observe_projected(item);
                 }
                 Err(error) if shared::db::is_transient(&error) => {
                     let _ = item
@@ -388,11 +435,50 @@ impl Projector {
         if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
             publish = publish.header(bus::ORIGINAL_MSG_ID_HEADER, id.as_str());
         }
+        if let Some(traceparent) = traceparent(message) {
+            publish = publish.header(shared::trace::TRACEPARENT, traceparent);
+        }
         js.send_publish(self.names.dlq_subject(&message.subject), publish)
             .await?
             .await?;
         Ok(())
     }
+}
+
+/// How often the consumer's backlog and the dead-letter stream are sampled.
+const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// The `traceparent` header the event was published with (that of the command that caused it).
+fn traceparent(message: &jetstream::Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()?
+        .get(shared::trace::TRACEPARENT)
+        .map(|value| value.as_str())
+}
+
+/// An event delivered more than once: its ack was late or lost, or its projection failed.
+fn count_redelivery(message: &jetstream::Message) {
+    if message.info().is_ok_and(|info| info.delivered > 1) {
+        metrics::counter!("billing_projection_redeliveries_total").increment(1);
+    }
+}
+
+/// The projection lag of an event (from its commit to its projection), and a debug line in the
+/// trace of the command that caused it.
+fn observe_projected(item: &Received) {
+    let Ok(event) = &item.event else { return };
+    let lag_ms = chrono::Utc::now().timestamp_millis() - event.occurred_at_ms;
+    metrics::histogram!("billing_projection_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
+    let context = traceparent(&item.message).and_then(shared::trace::TraceContext::parse);
+    tracing::debug!(
+        event_id = %event.event_id,
+        user_id = %event.user_id,
+        version = event.version,
+        trace_id = %context.map(|c| c.trace_id_hex()).unwrap_or_default(),
+        lag_ms,
+        "event projected"
+    );
 }
 
 fn key<'a>(plan: &'a Plan<'_>) -> (&'a str, i64) {

@@ -1,0 +1,182 @@
+//! Every gRPC call, whatever its service: its span (method, request id, trace id), its trace
+//! context for the events it writes, and its count and latency by method and status code
+//! (`billing_grpc_requests_total`, `billing_grpc_request_duration_seconds`).
+//!
+//! The method label is the RPC's path when the protos (or gRPC health and reflection) declare it,
+//! and `other` for anything else, so hostile paths cannot multiply the series.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use shared::{
+    telemetry::{REQUEST_ID, request_id},
+    trace::{self, TraceContext},
+};
+use tonic::Code;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+/// Wraps the gRPC server's routes.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    methods: Arc<HashSet<String>>,
+}
+
+impl ObserveLayer {
+    pub fn new() -> Self {
+        let mut methods: HashSet<String> = shared::proto::method_paths().into_iter().collect();
+        methods.extend(
+            [
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ]
+            .map(str::to_owned),
+        );
+        ObserveLayer {
+            methods: Arc::new(methods),
+        }
+    }
+}
+
+impl Default for ObserveLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    methods: Arc<HashSet<String>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, R> Service<http::Request<B>> for Observe<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let path = request.uri().path();
+        let method = if self.methods.contains(path) {
+            path.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let request_id = request_id(request.headers().get(REQUEST_ID));
+        let context = TraceContext::continue_from(
+            request
+                .headers()
+                .get(trace::TRACEPARENT)
+                .and_then(|value| value.to_str().ok()),
+        );
+        let span = tracing::info_span!(
+            "grpc",
+            %method,
+            %request_id,
+            trace_id = %context.trace_id_hex(),
+        );
+        // The clone that was made ready serves this call; the fresh one waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let result = trace::scope(context, inner.call(request).instrument(span.clone())).await;
+            let code = match &result {
+                Ok(response) => status_code(response),
+                Err(_) => Code::Unknown,
+            };
+            let elapsed = started.elapsed();
+            span.in_scope(|| {
+                tracing::debug!(code = ?code, elapsed_us = elapsed.as_micros() as u64, "call finished")
+            });
+            metrics::counter!(
+                "billing_grpc_requests_total",
+                "method" => method.clone(),
+                "code" => code_name(code),
+            )
+            .increment(1);
+            metrics::histogram!("billing_grpc_request_duration_seconds", "method" => method)
+                .record(elapsed.as_secs_f64());
+            result
+        })
+    }
+}
+
+/// A refused call carries its status in the response headers (a trailers-only response); an
+/// answered one carries OK in the trailers, after the message.
+fn status_code<R>(response: &http::Response<R>) -> Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32)
+}
+
+/// The code's name as gRPC spells it (`INVALID_ARGUMENT`).
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_comes_from_the_headers_of_a_refusal_and_is_ok_otherwise() {
+        let refused = http::Response::builder()
+            .header("grpc-status", "3")
+            .body(())
+            .unwrap();
+        assert_eq!(status_code(&refused), Code::InvalidArgument);
+        assert_eq!(status_code(&http::Response::new(())), Code::Ok);
+        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+}

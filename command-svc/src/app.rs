@@ -94,8 +94,9 @@ impl Application {
         &self.commands
     }
 
-    /// Serves and relays the outbox until `shutdown` completes; then stops accepting and gives
-    /// open calls, and the relay's batch in hand, the grace period to finish.
+    /// Serves and relays the outbox until `shutdown` completes; then stops accepting, lets open
+    /// calls and the reset batch in hand finish, and lets the relay publish what they committed,
+    /// all within the grace period.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -136,7 +137,9 @@ impl Application {
         let http = axum::serve(self.http_listener, router)
             .with_graceful_shutdown(stopped(stop_rx.clone()));
 
-        let relay = tokio::spawn(self.relay.run(stop_rx.clone()));
+        // The relay stops last, so that it publishes what the last calls committed.
+        let (relay_stop_tx, relay_stop_rx) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(self.relay.run(relay_stop_rx));
         let reset = tokio::spawn(self.reset.run(stop_rx.clone()));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
@@ -145,11 +148,14 @@ impl Application {
         tracing::info!("command-svc shutting down");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.shutdown_grace, async {
-            let (grpc, http, relay, reset) = tokio::join!(grpc, http, relay, reset);
+            let (grpc, http, reset) = tokio::join!(grpc, http, reset);
+            let _ = relay_stop_tx.send(true);
+            let relay = relay.await;
             reset?;
             grpc??;
             http??;
             relay?;
+            tracing::info!("command-svc drained");
             anyhow::Ok(())
         })
         .await;

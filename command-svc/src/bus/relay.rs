@@ -121,13 +121,36 @@ impl OutboxRelay {
 
     /// Publishes and purges until `stop` turns true. Publishing needs NATS and purging only
     /// MySQL, so they run side by side and neither waits for the other's dependency.
+    /// At the stop, the outbox is flushed: what is unpublished goes out while NATS is connected
+    /// (the caller bounds how long that may take).
     pub async fn run(self, stop: watch::Receiver<bool>) {
         tokio::join!(
             self.publish_loop(stop.clone()),
             self.purge_loop(stop.clone()),
             self.sample_backlog(stop)
         );
+        self.flush().await;
         tracing::debug!("outbox relay stopped");
+    }
+
+    /// Publishes round after round until the outbox is drained, NATS is away or a round fails
+    /// (the rows then wait for another replica, or for this one's restart).
+    async fn flush(&self) {
+        let mut rounds = 0_u32;
+        while self.nats.connection_state() == State::Connected {
+            rounds += 1;
+            match self.publish_round().await {
+                Ok(Round::Full) => {}
+                Ok(Round::Drained) => {
+                    tracing::debug!(rounds, "outbox flushed");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "outbox not flushed; the rows wait for the next relay");
+                    return;
+                }
+            }
+        }
     }
 
     /// Ensures the streams, then publishes round after round: at once after a full batch, on a

@@ -586,3 +586,42 @@ async fn command_svc_starts_and_charges_while_nats_is_unreachable() {
     assert!(stopping.elapsed() < Duration::from_secs(5));
     app.cleanup().await;
 }
+
+/// At shutdown the relay stops last and publishes what is still unpublished: here a row that
+/// no commit announced and that the (minute-long) poll would only find much later.
+#[tokio::test]
+async fn the_outbox_is_flushed_at_shutdown() {
+    let mut app = spawn_app_at(
+        Utc::now(),
+        &[("BILLING__OUTBOX__POLL_INTERVAL_MS", "600000")],
+    )
+    .await;
+    let names = app.bus_names();
+    let user = new_user("flush");
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, CNY, "before"))
+        .await
+        .unwrap();
+    all_published(&app.db).await;
+
+    let (quiet_event, subject) = unmatched_event(&names, app.clock.now());
+    let mut tx = app.db.begin().await.unwrap();
+    command_svc::store::insert_event(&mut tx, &quiet_event, &subject, None, app.clock.now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(unpublished(&app.db).await, 1, "nothing woke the relay");
+
+    app.stop().await;
+    assert_eq!(
+        unpublished(&app.db).await,
+        0,
+        "flushed before the service stopped"
+    );
+    let rows = outbox_rows(&app.db).await;
+    let delivered = stream_messages(&app.jetstream().await, &names).await;
+    assert_exactly_the_outbox(&delivered, &rows, &names);
+    app.cleanup().await;
+}

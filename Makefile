@@ -66,9 +66,13 @@ test: ## Run the whole test suite against real MariaDB, Redis and NATS
 	$(CARGO) build --bins -p command-svc -p query-svc -p scheduler-svc
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast $(TEST_ARGS); \
-		if [[ -z "$(TEST_ARGS)" ]]; then $(CARGO) test --workspace --doc --no-fail-fast; fi; \
+		if [[ -z "$(TEST_ARGS)" ]]; then \
+			$(CARGO) test --workspace --doc --no-fail-fast; \
+			$(CARGO) nextest run -p shared --features otel --lib --no-fail-fast otel; \
+		fi; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast $(TEST_ARGS); \
+		$(CARGO) test -p shared --features otel --lib --no-fail-fast otel; \
 	fi
 
 soak: ## The fault-injection scenarios at length: 10 kills per replica kind, NATS down for 30 s
@@ -82,6 +86,8 @@ bench: ## The hot-path benchmark suite: one table of rates, latencies, ratios an
 lint: ## Check formatting and run clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# Span export is a cargo feature: its code is checked too.
+	$(CARGO) clippy -p shared --features otel --lib --tests -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

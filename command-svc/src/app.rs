@@ -33,8 +33,18 @@ impl Application {
     /// is away the service still starts, is ready and takes commands; their events wait in the
     /// outbox.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
-        // Installed before anything is counted.
+        // Installed before anything is counted; rare events' counters start at zero, so that a
+        // rate sees their first occurrence.
         shared::telemetry::metrics();
+        for rare in [
+            "billing_insufficient_quota_total",
+            "billing_unmatched_payments_total",
+            "billing_outbox_publish_errors_total",
+            "billing_reset_redeliveries_total",
+            "billing_reset_finished_total",
+        ] {
+            metrics::counter!(rare).increment(0);
+        }
         let store = Store::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;

@@ -43,8 +43,15 @@ impl Application {
     /// minute for MySQL), and connects lazily to Redis, NATS and command-svc, so that any of
     /// them being away only degrades the service.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
-        // Installed before anything is counted.
+        // Installed before anything is counted; rare events' counters start at zero, so that a
+        // rate sees their first occurrence.
         shared::telemetry::metrics();
+        for rare in [
+            "billing_projection_dead_letters_total",
+            "billing_projection_redeliveries_total",
+        ] {
+            metrics::counter!(rare).increment(0);
+        }
         let store = ReadStore::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;

@@ -12,7 +12,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let paths = Settings::paths_from_args(std::env::args());
     let settings = Settings::load_files(&paths, None)?;
-    telemetry::init(&settings.telemetry);
+    let spans = telemetry::init_service(&settings.telemetry, "query-svc");
     let app = Application::build(&settings, Clock::system()).await?;
-    app.run_until_stopped(shared::shutdown::signal()).await
+    let stopped = app.run_until_stopped(shared::shutdown::signal()).await;
+    spans.shutdown().await;
+    stopped
 }

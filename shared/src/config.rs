@@ -221,6 +221,9 @@ pub struct TelemetrySettings {
     /// A `tracing` filter such as `info,sqlx=warn`; `RUST_LOG` wins when set.
     pub filter: String,
     pub format: LogFormat,
+    /// An OpenTelemetry collector's OTLP/gRPC address (`http://otel-collector:4317`) to export
+    /// spans to; empty: none. Takes effect only in builds with the `otel` cargo feature.
+    pub otlp_endpoint: String,
 }
 
 /// A configured secret: usable, but never printed by `Debug`.
@@ -445,6 +448,7 @@ payment:
 telemetry:
   filter: info
   format: pretty
+  otlp_endpoint: ""
 "#;
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub mod endpoints;
 pub mod ids;
 pub mod money;
 pub mod order;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod period;
 pub mod proto;
 pub mod shutdown;

@@ -34,19 +34,94 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Installs the global subscriber. A second call (several apps in one test process) is a no-op.
 pub fn init(settings: &TelemetrySettings) {
+    install(settings, None);
+}
+
+/// As [`init`], for a service: with the `otel` feature and `telemetry.otlp_endpoint` set, spans
+/// are also exported to that OpenTelemetry collector under `service`'s name. Keep the returned
+/// guard until the service has stopped; [`SpanExport::shutdown`] sends the last spans.
+pub fn init_service(settings: &TelemetrySettings, service: &'static str) -> SpanExport {
+    install(settings, Some(service))
+}
+
+fn install(settings: &TelemetrySettings, service: Option<&'static str>) -> SpanExport {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
-    let _already_set = match settings.format {
-        LogFormat::Json => builder
+    let lines = match settings.format {
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+            .with_target(true)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().compact().with_target(true).boxed(),
     };
+    let endpoint = settings.otlp_endpoint.trim();
+    let (export, spans) = match service {
+        Some(service) if !endpoint.is_empty() => export_layer(endpoint, service),
+        _ => (SpanExport::default(), None),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    if installed && service.is_some() && !endpoint.is_empty() && !export.is_on() {
+        tracing::warn!(
+            endpoint,
+            "telemetry.otlp_endpoint is set but this build exports no spans (cargo feature `otel`)"
+        );
+    }
+    export
+}
+
+#[cfg(feature = "otel")]
+pub use crate::otel::SpanExport;
+
+#[cfg(feature = "otel")]
+fn export_layer<S>(
+    endpoint: &str,
+    service: &'static str,
+) -> (SpanExport, Option<impl tracing_subscriber::Layer<S>>)
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    match crate::otel::exporting(endpoint, service) {
+        Ok((export, layer)) => (export, Some(layer)),
+        Err(error) => {
+            eprintln!("spans are not exported: cannot set up the OTLP exporter: {error}");
+            (SpanExport::default(), None)
+        }
+    }
+}
+
+/// Without the `otel` feature no span leaves the process.
+#[cfg(not(feature = "otel"))]
+#[derive(Default)]
+pub struct SpanExport {
+    _none: (),
+}
+
+#[cfg(not(feature = "otel"))]
+impl SpanExport {
+    pub fn is_on(&self) -> bool {
+        false
+    }
+
+    pub async fn shutdown(self) {}
+}
+
+#[cfg(not(feature = "otel"))]
+fn export_layer(
+    _endpoint: &str,
+    _service: &'static str,
+) -> (SpanExport, Option<tracing_subscriber::layer::Identity>) {
+    (SpanExport::default(), None)
 }
 
 /// The process's metrics recorder, installed on first use; `/metrics` renders it in the
@@ -96,7 +171,7 @@ pub async fn observe_http(request: Request, next: Next) -> Response {
     }
     .to_owned();
     let request_id = request_id(request.headers().get(REQUEST_ID));
-    let context = TraceContext::continue_from(
+    let incoming = TraceContext::incoming(
         request
             .headers()
             .get(trace::TRACEPARENT)
@@ -107,8 +182,9 @@ pub async fn observe_http(request: Request, next: Next) -> Response {
         %method,
         %route,
         %request_id,
-        trace_id = %context.trace_id_hex(),
+        trace_id = tracing::field::Empty,
     );
+    let context = trace::attach(&span, incoming);
     let mut response = trace::scope(context, next.run(request).instrument(span.clone())).await;
     let status = response.status();
     let elapsed = started.elapsed();

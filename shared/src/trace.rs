@@ -65,6 +65,11 @@ impl TraceContext {
             .map_or_else(TraceContext::new_root, |parent| parent.child())
     }
 
+    /// The caller's context named by a `traceparent` header value, if valid.
+    pub fn incoming(header: Option<&str>) -> Option<TraceContext> {
+        header.and_then(TraceContext::parse)
+    }
+
     /// The same trace under a new span id.
     pub fn child(&self) -> TraceContext {
         TraceContext {
@@ -113,6 +118,22 @@ impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.traceparent())
     }
+}
+
+/// Joins `span` (a request's, or an event's projection) to the trace `incoming` continues, records
+/// the trace id in the span's `trace_id` field, and returns the context that the events written
+/// under the span carry: with span export (feature `otel`), the exported span's own ids, so the
+/// consumer's span becomes its child; otherwise a new span id in the incoming trace, or a new
+/// trace when there is none.
+pub fn attach(span: &tracing::Span, incoming: Option<TraceContext>) -> TraceContext {
+    #[cfg(feature = "otel")]
+    if let Some(exported) = crate::otel::attach(span, incoming) {
+        span.record("trace_id", exported.trace_id_hex());
+        return exported;
+    }
+    let context = incoming.map_or_else(TraceContext::new_root, |parent| parent.child());
+    span.record("trace_id", context.trace_id_hex());
+    context
 }
 
 /// Runs `work` with `context` as the current trace context.

@@ -1,4 +1,5 @@
-//! Every gRPC call, whatever its service: its span (method, request id, trace id), its trace
+//! Every gRPC call, whatever its service: its span (method, request id, trace id; the request id
+//! is echoed in the response metadata), its trace
 //! context for the events it writes, and its count and latency by method and status code
 //! (`billing_grpc_requests_total`, `billing_grpc_request_duration_seconds`).
 //!
@@ -93,7 +94,7 @@ where
             "other".to_owned()
         };
         let request_id = request_id(request.headers().get(REQUEST_ID));
-        let context = TraceContext::continue_from(
+        let incoming = TraceContext::incoming(
             request
                 .headers()
                 .get(trace::TRACEPARENT)
@@ -103,13 +104,20 @@ where
             "grpc",
             %method,
             %request_id,
-            trace_id = %context.trace_id_hex(),
+            trace_id = tracing::field::Empty,
         );
+        let context = trace::attach(&span, incoming);
         // The clone that was made ready serves this call; the fresh one waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let result = trace::scope(context, inner.call(request).instrument(span.clone())).await;
+            let mut result =
+                trace::scope(context, inner.call(request).instrument(span.clone())).await;
+            if let (Ok(response), Ok(value)) =
+                (&mut result, http::HeaderValue::from_str(&request_id))
+            {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
             let code = match &result {
                 Ok(response) => status_code(response),
                 Err(_) => Code::Unknown,

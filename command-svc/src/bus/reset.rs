@@ -125,14 +125,15 @@ impl ResetConsumer {
                     }
                     // The reset's events carry the trace of the command (the scheduler's or
                     // an operator's).
-                    let context = TraceContext::continue_from(
+                    let incoming = TraceContext::incoming(
                         message
                             .headers
                             .as_ref()
                             .and_then(|headers| headers.get(shared::trace::TRACEPARENT))
                             .map(|value| value.as_str()),
                     );
-                    let span = tracing::info_span!("reset", trace_id = %context.trace_id_hex());
+                    let span = tracing::info_span!("reset", trace_id = tracing::field::Empty);
+                    let context = shared::trace::attach(&span, incoming);
                     shared::trace::scope(context, self.handle(&message, stop).instrument(span))
                         .await;
                 }

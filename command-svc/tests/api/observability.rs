@@ -185,10 +185,15 @@ async fn events_continue_the_caller_s_trace(overrides: &[(&str, &str)]) {
     let caller = TraceContext::parse(CALLER_TRACE).unwrap();
     let mut gateway = app.gateway().await;
     let traced_user = new_user("traced");
-    gateway
+    let answered = gateway
         .deduct_quota(traced("t-1", &traced_user, CNY))
         .await
         .unwrap();
+    let echoed = answered.metadata().get("x-request-id");
+    assert!(
+        echoed.is_some_and(|id| id.len() == 32),
+        "a new request id, echoed: {echoed:?}"
+    );
     let mut adjustment = Request::new(adjust(&traced_user, CNY, "t-adj"));
     adjustment
         .metadata_mut()

@@ -470,15 +470,19 @@ fn observe_projected(item: &Received) {
     let Ok(event) = &item.event else { return };
     let lag_ms = chrono::Utc::now().timestamp_millis() - event.occurred_at_ms;
     metrics::histogram!("billing_projection_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
-    let context = traceparent(&item.message).and_then(shared::trace::TraceContext::parse);
-    tracing::debug!(
-        event_id = %event.event_id,
-        user_id = %event.user_id,
-        version = event.version,
-        trace_id = %context.map(|c| c.trace_id_hex()).unwrap_or_default(),
-        lag_ms,
-        "event projected"
-    );
+    let incoming = shared::trace::TraceContext::incoming(traceparent(&item.message));
+    let span = tracing::debug_span!("projection", trace_id = tracing::field::Empty);
+    let context = shared::trace::attach(&span, incoming);
+    span.in_scope(|| {
+        tracing::debug!(
+            event_id = %event.event_id,
+            user_id = %event.user_id,
+            version = event.version,
+            trace_id = %incoming.map(|_| context.trace_id_hex()).unwrap_or_default(),
+            lag_ms,
+            "event projected"
+        )
+    });
 }
 
 fn key<'a>(plan: &'a Plan<'_>) -> (&'a str, i64) {

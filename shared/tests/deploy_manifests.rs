@@ -611,7 +611,7 @@ fn quantity(value: &Value, what: &str) -> f64 {
 // --- the checks -------------------------------------------------------------------------------
 
 #[test]
-fn every_overlay_has_the_three_services_their_services_and_the_migration_job() {
+fn every_overlay_has_the_services_and_the_migration_job_in_one_namespace() {
     for overlay in overlays() {
         for service in SERVICES {
             overlay.get("Deployment", service);
@@ -633,59 +633,65 @@ fn every_overlay_has_the_three_services_their_services_and_the_migration_job() {
     }
 }
 
+/// Every caller has a token of its own, and query-svc presents one of scope `orders`.
+fn assert_callers_fit_together(what: &str, settings: &Settings) {
+    let tokens: Vec<&str> = settings
+        .auth
+        .callers
+        .iter()
+        .map(|c| c.token.expose())
+        .collect();
+    let distinct: BTreeSet<&str> = tokens.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        tokens.len(),
+        "{what}: two callers share a token"
+    );
+    let command_token = settings.query.command_token.expose();
+    let orders_caller = settings
+        .auth
+        .callers
+        .iter()
+        .find(|c| c.token.expose() == command_token);
+    assert!(
+        orders_caller.is_some_and(|c| c.scopes.contains(&Scope::Orders)),
+        "{what}: query.command_token is no caller's token with scope orders"
+    );
+}
+
+/// The repository holds placeholders only, never a real secret.
+fn assert_secrets_are_placeholders(what: &str, settings: &Settings) {
+    let mut secrets = vec![
+        ("database.url", settings.database.url.expose()),
+        ("redis.url", settings.redis.url.expose()),
+        ("query.command_token", settings.query.command_token.expose()),
+        ("auth.jwt_secret", settings.auth.jwt_secret.expose()),
+        (
+            "payment.webhook_secret",
+            settings.payment.webhook_secret.expose(),
+        ),
+    ];
+    for caller in &settings.auth.callers {
+        secrets.push(("a token of auth.callers", caller.token.expose()));
+    }
+    for (key, value) in secrets {
+        assert!(
+            value.contains(PLACEHOLDER),
+            "{what}: {key} must be a {PLACEHOLDER} placeholder in the repository"
+        );
+    }
+}
+
 #[test]
 fn every_container_loads_its_configuration_as_the_service_does() {
     for overlay in overlays() {
         for workload in overlay.workloads() {
             for container in workload.containers() {
+                // Panics, naming the container, when the files or variables do not load.
                 let settings = workload.settings(container);
-                let tokens: Vec<&str> = settings
-                    .auth
-                    .callers
-                    .iter()
-                    .map(|c| c.token.expose())
-                    .collect();
-                let distinct: BTreeSet<&str> = tokens.iter().copied().collect();
-                assert_eq!(
-                    distinct.len(),
-                    tokens.len(),
-                    "{}: two callers share a token",
-                    workload.describe()
-                );
-                let command_token = settings.query.command_token.expose();
-                assert!(
-                    settings
-                        .auth
-                        .callers
-                        .iter()
-                        .any(|c| c.token.expose() == command_token
-                            && c.scopes.contains(&Scope::Orders)),
-                    "{}: query.command_token is no caller's token with scope orders",
-                    workload.describe()
-                );
-                let secrets = [
-                    ("database.url", settings.database.url.expose()),
-                    ("redis.url", settings.redis.url.expose()),
-                    ("query.command_token", command_token),
-                    ("auth.jwt_secret", settings.auth.jwt_secret.expose()),
-                    (
-                        "payment.webhook_secret",
-                        settings.payment.webhook_secret.expose(),
-                    ),
-                ];
-                for (key, value) in secrets.into_iter().chain(
-                    settings
-                        .auth
-                        .callers
-                        .iter()
-                        .map(|c| ("auth.callers token", c.token.expose())),
-                ) {
-                    assert!(
-                        value.contains(PLACEHOLDER),
-                        "{}: {key} must be a {PLACEHOLDER} placeholder in the repository",
-                        workload.describe()
-                    );
-                }
+                let what = format!("{} container {}", workload.describe(), container["name"]);
+                assert_callers_fit_together(&what, &settings);
+                assert_secrets_are_placeholders(&what, &settings);
             }
         }
     }

@@ -56,21 +56,36 @@ fn venv_python() -> PathBuf {
     venv.join("bin/python")
 }
 
-/// A directory of this test's own under the system's temp dir. The `billing-test-` prefix lets
-/// `deploy/dev-deps.sh --clean-test-databases` remove it if a crashed run leaves it behind.
-fn unique_temp_dir(purpose: &str) -> PathBuf {
-    static CREATED: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "billing-test-{purpose}-{}-{nanos}-{}",
-        std::process::id(),
-        CREATED.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
+/// A directory of this test's own under the system's temp dir, removed when dropped (also when
+/// a check panics). The `billing-test-` prefix lets `deploy/dev-deps.sh --clean-test-databases`
+/// remove one that a killed run left behind.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(purpose: &str) -> TempDir {
+        static CREATED: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "billing-test-{purpose}-{}-{nanos}-{}",
+            std::process::id(),
+            CREATED.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Every overlay, rendered and validated by deploy/k8s/validate.py (once per process).
@@ -112,11 +127,11 @@ fn render_overlays() -> Vec<Overlay> {
         );
     }
 
-    let out = unique_temp_dir("deploy-manifests");
+    let out = TempDir::new("deploy-manifests");
     let output = Command::new(&python)
         .arg(workspace_root().join("deploy/k8s/validate.py"))
         .arg("--out")
-        .arg(&out)
+        .arg(&out.0)
         .args(names.iter().map(|name| overlays_dir.join(name)))
         .env("KUBECTL", &kubectl)
         .output()
@@ -127,7 +142,7 @@ fn render_overlays() -> Vec<Overlay> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let overlays = names
+    names
         .into_iter()
         .map(|name| {
             let path = out.join(format!("{name}.json"));
@@ -137,9 +152,7 @@ fn render_overlays() -> Vec<Overlay> {
                 .unwrap_or_else(|e| panic!("{} is not a JSON list: {e}", path.display()));
             Overlay { name, docs }
         })
-        .collect();
-    let _ = std::fs::remove_dir_all(&out);
-    overlays
+        .collect()
 }
 
 // --- reading the rendered documents ------------------------------------------------------------
@@ -380,7 +393,7 @@ impl<'a> Workload<'a> {
             container["name"],
             shared::config::DEFAULT_CONFIG_PATH
         );
-        let dir = unique_temp_dir("deploy-settings");
+        let dir = TempDir::new("deploy-settings");
         let files: Vec<PathBuf> =
             Settings::paths_from_args(std::iter::once("program".to_owned()).chain(argv))
                 .iter()
@@ -392,9 +405,7 @@ impl<'a> Workload<'a> {
                     file
                 })
                 .collect();
-        let loaded = Settings::load_files(&files, Some(self.settings_env(container)));
-        let _ = std::fs::remove_dir_all(&dir);
-        loaded.unwrap_or_else(|e| {
+        Settings::load_files(&files, Some(self.settings_env(container))).unwrap_or_else(|e| {
             panic!(
                 "{} container {}: its configuration files and BILLING__ variables do not load: {e}",
                 self.describe(),

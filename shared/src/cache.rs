@@ -138,7 +138,12 @@ impl SnapshotCache {
                 .await;
         match connected {
             Ok(Ok(connection)) => {
-                *self.link.lock().expect("not poisoned") = Link::Open(connection.clone());
+                let mut link = self.link.lock().expect("not poisoned");
+                if matches!(*link, Link::Failed(_)) {
+                    tracing::info!("Redis is back");
+                }
+                *link = Link::Open(connection.clone());
+                metrics::gauge!("billing_redis_available").set(1.0);
                 Some(connection)
             }
             Ok(Err(error)) => self.failed(&error.to_string()),
@@ -151,6 +156,8 @@ impl SnapshotCache {
         if !matches!(*link, Link::Failed(_)) {
             tracing::warn!(why, "Redis unavailable; MySQL answers meanwhile");
         }
+        metrics::counter!("billing_redis_failures_total").increment(1);
+        metrics::gauge!("billing_redis_available").set(0.0);
         *link = Link::Failed(Instant::now());
         None
     }

@@ -24,8 +24,10 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
     let db_name = database.name;
     let spare = || format!("127.0.0.1:{}", testkit::spare_port());
     let mut env = testkit::isolated_env(&tag, &format!("{}/{db_name}", admin_url()));
+    let grpc = spare();
     for (name, value) in [
-        ("BILLING__COMMAND__GRPC_ADDR", spare()),
+        ("BILLING__QUERY__COMMAND_ENDPOINT", format!("http://{grpc}")),
+        ("BILLING__COMMAND__GRPC_ADDR", grpc),
         ("BILLING__COMMAND__HTTP_ADDR", spare()),
         ("BILLING__QUERY__HTTP_ADDR", spare()),
         ("BILLING__OUTBOX__RETENTION_HOURS", "100000".to_owned()),
@@ -33,14 +35,13 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
         env.insert(name.to_owned(), value);
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
-    let mut settings = Settings::load_with_env(&path, Some(env.clone())).unwrap();
+    let settings = Settings::load_with_env(&path, Some(env.clone())).unwrap();
     shared::telemetry::init(&settings.telemetry);
     let clock = Clock::manual(now);
     let mut stops = Vec::new();
     let command = command_svc::app::Application::build(&settings, clock.clone())
         .await
         .unwrap();
-    settings.query.command_endpoint = format!("http://{}", command.grpc_addr());
     let query = query_svc::app::Application::build(&settings, clock)
         .await
         .unwrap();

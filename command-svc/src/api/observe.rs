@@ -111,6 +111,12 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            // Counted as CANCELLED if the call is dropped unanswered (its caller went away or
+            // its deadline passed).
+            let mut open = OpenCall {
+                method: Some(method),
+                started,
+            };
             let mut result =
                 trace::scope(context, inner.call(request).instrument(span.clone())).await;
             if let (Ok(response), Ok(value)) =
@@ -122,20 +128,40 @@ where
                 Ok(response) => status_code(response),
                 Err(_) => Code::Unknown,
             };
-            let elapsed = started.elapsed();
             span.in_scope(|| {
-                tracing::debug!(code = ?code, elapsed_us = elapsed.as_micros() as u64, "call finished")
+                tracing::debug!(code = ?code, elapsed_us = started.elapsed().as_micros() as u64, "call finished")
             });
-            metrics::counter!(
-                "billing_grpc_requests_total",
-                "method" => method.clone(),
-                "code" => code_name(code),
-            )
-            .increment(1);
-            metrics::histogram!("billing_grpc_request_duration_seconds", "method" => method)
-                .record(elapsed.as_secs_f64());
+            open.finish(code);
             result
         })
+    }
+}
+
+/// A call being served, counted and timed once it ends, however it ends.
+struct OpenCall {
+    method: Option<String>,
+    started: Instant,
+}
+
+impl OpenCall {
+    fn finish(&mut self, code: Code) {
+        let Some(method) = self.method.take() else {
+            return;
+        };
+        metrics::counter!(
+            "billing_grpc_requests_total",
+            "method" => method.clone(),
+            "code" => code_name(code),
+        )
+        .increment(1);
+        metrics::histogram!("billing_grpc_request_duration_seconds", "method" => method)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
     }
 }
 

@@ -371,7 +371,9 @@ struct OutageLog {
 impl OutageLog {
     fn connected(&mut self, nats: &async_nats::Client) -> bool {
         let now = Instant::now();
-        if nats.connection_state() == State::Connected {
+        let connected = nats.connection_state() == State::Connected;
+        metrics::gauge!("billing_nats_connected").set(if connected { 1.0 } else { 0.0 });
+        if connected {
             if let Some(since) = self.since.take()
                 && self.warned_at.take().is_some()
             {

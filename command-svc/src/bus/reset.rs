@@ -235,6 +235,8 @@ impl ResetConsumer {
             tracing::warn!(%error, %command_id, "reset done but its ack was lost; a redelivery finds it finished");
         }
         metrics::counter!("billing_reset_finished_total").increment(1);
+        metrics::gauge!("billing_reset_last_finished_timestamp_seconds")
+            .set(chrono::Utc::now().timestamp() as f64);
         tracing::info!(%period, %command_id, granted, elapsed_ms = started.elapsed().as_millis() as u64, "reset finished");
     }
 

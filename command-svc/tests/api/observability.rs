@@ -248,3 +248,51 @@ async fn events_continue_the_caller_s_trace_without_group_commit() {
     events_continue_the_caller_s_trace(&[("BILLING__COMMAND__GROUP_COMMIT__ENABLED", "false")])
         .await;
 }
+
+/// A call whose deadline passes while it waits (here for a row lock a test transaction holds) is
+/// counted too, although no answer of the handler ever reaches the caller.
+#[tokio::test]
+async fn a_call_that_outlives_its_deadline_is_counted() {
+    let app = spawn_app().await;
+    let mut gateway = app.gateway().await;
+    let user = new_user("deadline");
+    gateway
+        .deduct_quota(deduct(&user, CNY, "d-1"))
+        .await
+        .unwrap();
+    let before = scrape(&app).await;
+    let gone = |scrape: &Scrape| {
+        ["CANCELLED", "DEADLINE_EXCEEDED"]
+            .iter()
+            .map(|code| {
+                scrape
+                    .value(
+                        "billing_grpc_requests_total",
+                        &[("method", DEDUCT), ("code", code)],
+                    )
+                    .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
+
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT version FROM accounts WHERE user_id = ? FOR UPDATE")
+        .bind(&user)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut late = Request::new(deduct(&user, CNY, "d-2"));
+    late.set_timeout(Duration::from_millis(300));
+    let status = gateway.deduct_quota(late).await.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    let after = scrape_until(&app, |s| gone(s) > gone(&before)).await;
+    lock.rollback().await.unwrap();
+    assert_eq!(gone(&after) - gone(&before), 1.0);
+    app.cleanup().await;
+}

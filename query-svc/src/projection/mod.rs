@@ -129,6 +129,9 @@ impl Projector {
     /// cannot be taken (NATS away) leaves the last values.
     async fn sample_backlog(&self, js: &jetstream::Context, mut stop: watch::Receiver<bool>) {
         loop {
+            let connected =
+                self.nats.connection_state() == async_nats::connection::State::Connected;
+            metrics::gauge!("billing_nats_connected").set(if connected { 1.0 } else { 0.0 });
             let events = self.names.events_stream();
             if let Ok(mut consumer) = js
                 .get_consumer_from_stream::<pull::Config, _, _>(

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use billing_tools::{command_client, http_url, user_token};
+use billing_tools::{command_client, user_token};
 use clap::{Parser, Subcommand};
 use query_svc::ops::{dlq, rebuild, reconcile};
 use shared::cache::SnapshotCache;
@@ -222,7 +222,8 @@ async fn main() -> anyhow::Result<()> {
                 .find(|caller| caller.scopes.contains(&Scope::Admin))
                 .map(|caller| caller.token.expose().to_owned())
                 .ok_or_else(|| anyhow::anyhow!("no caller with the admin scope in auth.callers"))?;
-            let mut client = command_client(&http_url(&settings.command.grpc_addr), &token).await?;
+            // command-svc as its clients reach it (its own listen address may be 0.0.0.0).
+            let mut client = command_client(&settings.query.command_endpoint, &token).await?;
             let request = pb::AdjustBalanceRequest {
                 user_id: user,
                 adjustment_id: adjustment_id

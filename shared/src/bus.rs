@@ -114,7 +114,7 @@ pub async fn connect(
 
 /// Creates the three streams, or updates them to these settings:
 /// file storage, retention by age (`*_max_age_hours`), deduplication by `Nats-Msg-Id` within
-/// `duplicate_window_secs`.
+/// `duplicate_window_secs`, `stream_replicas` copies in a cluster.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &BusNames,
@@ -148,6 +148,7 @@ pub async fn ensure_streams(
             max_age,
             // The window may not exceed the age limit.
             duplicate_window: window.min(max_age),
+            num_replicas: settings.stream_replicas.max(1),
             ..Default::default()
         })
         .await?;

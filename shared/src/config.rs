@@ -126,6 +126,8 @@ pub struct NatsSettings {
     pub commands_max_age_hours: u64,
     /// JetStream drops a publish whose `Nats-Msg-Id` it saw within this window (seconds).
     pub duplicate_window_secs: u64,
+    /// Copies of each stream kept by a JetStream cluster (3 in production; 1 on a lone server).
+    pub stream_replicas: usize,
 }
 
 /// The relay that publishes the outbox to NATS (command-svc).
@@ -421,6 +423,7 @@ nats:
   dlq_max_age_hours: 720
   commands_max_age_hours: 168
   duplicate_window_secs: 120
+  stream_replicas: 1
 outbox:
   batch_size: 256
   poll_interval_ms: 250

@@ -625,3 +625,29 @@ async fn the_outbox_is_flushed_at_shutdown() {
     assert_exactly_the_outbox(&delivered, &rows, &names);
     app.cleanup().await;
 }
+
+/// The streams are created, and brought back at every start, with the configured number of
+/// replicas (a lone server records the number it is asked for).
+#[tokio::test]
+async fn streams_keep_the_configured_replica_count() {
+    let app = spawn_app().await;
+    let names = app.bus_names();
+    let js = app.jetstream().await;
+    let mut settings = app.settings.nats.clone();
+    for replicas in [1, 3] {
+        settings.stream_replicas = replicas;
+        shared::bus::ensure_streams(&js, &names, &settings)
+            .await
+            .unwrap();
+        for stream in [
+            names.events_stream(),
+            names.dlq_stream(),
+            names.commands_stream(),
+        ] {
+            let mut stream = js.get_stream(&stream).await.unwrap();
+            let config = stream.info().await.unwrap().config.clone();
+            assert_eq!(config.num_replicas, replicas, "{}", config.name);
+        }
+    }
+    app.cleanup().await;
+}

@@ -8,6 +8,7 @@ mod account;
 mod auth;
 mod bad_input;
 mod hostile;
+mod observability;
 mod ops;
 mod orders;
 mod projection;

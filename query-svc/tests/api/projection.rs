@@ -176,7 +176,7 @@ async fn outbox_events(stack: &Stack) -> Vec<(String, Vec<u8>)> {
 
 /// Publishes on the test's events stream, which may not exist yet when a test starts (query-svc
 /// and command-svc create it in the background).
-async fn publish(stack: &Stack, subject: &str, payload: Vec<u8>, message_id: &str) {
+pub async fn publish(stack: &Stack, subject: &str, payload: Vec<u8>, message_id: &str) {
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     shared::bus::ensure_streams(&js, &stack.names, &stack.settings.nats)
         .await

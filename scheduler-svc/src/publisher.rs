@@ -11,6 +11,7 @@ use shared::{
     config::NatsSettings,
     period::Period,
     proto::v1::ResetFreeQuota,
+    trace::TraceContext,
 };
 use tokio::sync::watch;
 
@@ -20,13 +21,17 @@ pub fn command_id(period: Period) -> String {
 }
 
 /// Publishes `ResetFreeQuota{period}` and waits for JetStream's ack (a duplicate ack counts).
+/// The command carries a `traceparent`: the current trace continued, or a new one, which the
+/// grants' events then carry. Returns the trace id.
 pub async fn publish_reset(
     js: &jetstream::Context,
     names: &BusNames,
     command_id: &str,
     period: Period,
     issued_at_ms: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
+    let trace =
+        shared::trace::current().map_or_else(TraceContext::new_root, |current| current.child());
     let command = ResetFreeQuota {
         command_id: command_id.to_owned(),
         period: period.to_string(),
@@ -34,11 +39,12 @@ pub async fn publish_reset(
     };
     let message = PublishMessage::build()
         .payload(command.encode_to_vec().into())
-        .message_id(command_id);
+        .message_id(command_id)
+        .header(shared::trace::TRACEPARENT, trace.traceparent());
     js.send_publish(names.reset_free_quota_subject(), message)
         .await?
         .await?;
-    Ok(())
+    Ok(trace.trace_id_hex())
 }
 
 /// Publishes until JetStream acks, creating the streams first if needed, backing off between
@@ -59,8 +65,8 @@ pub async fn publish_until_acked(
             publish_reset(js, names, &id, period, issued_at_ms).await
         };
         match published.await {
-            Ok(()) => {
-                tracing::info!(%period, command_id = %id, "reset command published");
+            Ok(trace_id) => {
+                tracing::info!(%period, command_id = %id, %trace_id, "reset command published");
                 metrics::counter!("billing_scheduler_reset_published_total").increment(1);
                 return true;
             }

@@ -12,6 +12,7 @@ use testkit::{TestDatabase, admin_url, unique_tag};
 /// The services and the environment that points billingctl at them.
 struct Stack {
     env: HashMap<String, String>,
+    clock: Clock,
     db: MySqlPool,
     db_name: String,
     stream_prefix: String,
@@ -38,6 +39,7 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
     let settings = Settings::load_with_env(&path, Some(env.clone())).unwrap();
     shared::telemetry::init(&settings.telemetry);
     let clock = Clock::manual(now);
+    let clock_for_test = clock.clone();
     let mut stops = Vec::new();
     let command = command_svc::app::Application::build(&settings, clock.clone())
         .await
@@ -57,6 +59,7 @@ async fn spawn_stack(now: DateTime<Utc>) -> Stack {
         .unwrap();
     Stack {
         env,
+        clock: clock_for_test,
         db,
         db_name,
         stream_prefix: format!("T{tag}_"),
@@ -250,13 +253,14 @@ async fn reconcile_exits_nonzero_on_a_difference_and_repair_fixes_it() {
 
 #[tokio::test]
 async fn reset_free_quota_runs_again_under_its_own_id() {
-    // 2026-12-01 00:00:05 in Shanghai: the period 2026-12 is current for command-svc.
-    let stack = spawn_stack(
-        DateTime::parse_from_rfc3339("2026-11-30T16:00:05Z")
+    // The account is made in November; then it is 2026-12-01 00:00:05 in Shanghai, and the
+    // period 2026-12 is current for command-svc.
+    let at = |text| {
+        DateTime::parse_from_rfc3339(text)
             .unwrap()
-            .with_timezone(&Utc),
-    )
-    .await;
+            .with_timezone(&Utc)
+    };
+    let stack = spawn_stack(at("2026-11-20T04:00:00Z")).await;
     let out = stack
         .billingctl(&[
             "adjust",
@@ -271,14 +275,18 @@ async fn reset_free_quota_runs_again_under_its_own_id() {
         ])
         .await;
     assert!(out.status.success(), "{out:?}");
+    stack.clock.set(at("2026-11-30T16:00:05Z"));
     let published = stack
         .billingctl(&["reset-free-quota", "--period", "2026-12"])
         .await;
     assert!(published.status.success(), "{published:?}");
-    let command_id = stdout(&published)
-        .trim()
-        .trim_start_matches("published ")
-        .to_owned();
+    // published <command id> (trace <trace id>)
+    let printed = stdout(&published);
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!((words[0], words[2]), ("published", "(trace"), "{printed}");
+    let command_id = words[1].to_owned();
+    let trace_id = words[3].trim_end_matches(')').to_owned();
+    assert_eq!(trace_id.len(), 32, "{printed}");
     assert!(
         command_id.starts_with("reset-free-quota:2026-12:"),
         "{command_id}"
@@ -293,6 +301,21 @@ async fn reset_free_quota_runs_again_under_its_own_id() {
         matches!(finished, Some(Some(_)))
     })
     .await;
+    // Each grant's event carries the command's trace.
+    let granted: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(accounts_granted) AS SIGNED) FROM command_shards WHERE command_id = ?",
+    )
+    .bind(&command_id)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    let traced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE traceparent LIKE ?")
+        .bind(format!("00-{trace_id}-%"))
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert!(granted > 0);
+    assert_eq!(traced, granted, "one traced event per grant");
     let bad = stack
         .billingctl(&["reset-free-quota", "--period", "2026-13"])
         .await;

@@ -318,27 +318,17 @@ impl Drop for Killable {
     }
 }
 
-/// Publishes a reset command on the app's commands stream, as the scheduler or an operator does.
-pub async fn publish_reset(settings: &Settings, command_id: &str, period: &str) {
-    use prost::Message;
+/// Publishes a reset command on the app's commands stream, as the scheduler or an operator does;
+/// returns the trace id the command carries.
+pub async fn publish_reset(settings: &Settings, command_id: &str, period: &str) -> String {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let names = shared::bus::BusNames::from_settings(&settings.nats);
     shared::bus::ensure_streams(&js, &names, &settings.nats)
         .await
         .unwrap();
-    let command = pb::ResetFreeQuota {
-        command_id: command_id.into(),
-        period: period.into(),
-        issued_at_ms: 0,
-    };
-    let message = async_nats::jetstream::message::PublishMessage::build()
-        .payload(command.encode_to_vec().into())
-        .message_id(command_id);
-    js.send_publish(names.reset_free_quota_subject(), message)
+    scheduler_svc::publisher::publish_reset(&js, &names, command_id, period.parse().unwrap(), 0)
         .await
         .unwrap()
-        .await
-        .unwrap();
 }
 
 /// Waits until the reset `command_id` has finished; returns how many accounts it granted.

@@ -142,8 +142,10 @@ async fn main() -> anyhow::Result<()> {
             let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
             shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
             let now = chrono::Utc::now().timestamp_millis();
-            scheduler_svc::publisher::publish_reset(&js, &names, &command_id, period, now).await?;
-            println!("published {command_id}");
+            let trace_id =
+                scheduler_svc::publisher::publish_reset(&js, &names, &command_id, period, now)
+                    .await?;
+            println!("published {command_id} (trace {trace_id})");
         }
         Command::Reconcile { repair, settle_ms } => {
             let pool = shared::db::connect_lazy(&settings.database)?;

@@ -171,12 +171,7 @@ pub async fn observe_http(request: Request, next: Next) -> Response {
     }
     .to_owned();
     let request_id = request_id(request.headers().get(REQUEST_ID));
-    let incoming = TraceContext::incoming(
-        request
-            .headers()
-            .get(trace::TRACEPARENT)
-            .and_then(|value| value.to_str().ok()),
-    );
+    let incoming = TraceContext::from_headers(request.headers());
     let span = tracing::info_span!(
         "http",
         %method,

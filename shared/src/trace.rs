@@ -70,6 +70,15 @@ impl TraceContext {
         header.and_then(TraceContext::parse)
     }
 
+    /// The caller's context in a request's headers (HTTP, or gRPC metadata), if valid.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+        TraceContext::incoming(
+            headers
+                .get(TRACEPARENT)
+                .and_then(|value| value.to_str().ok()),
+        )
+    }
+
     /// The same trace under a new span id.
     pub fn child(&self) -> TraceContext {
         TraceContext {

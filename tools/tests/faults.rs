@@ -17,7 +17,7 @@ use testkit::{
 use tokio::process::{Child, Command};
 
 mod support;
-use support::{binary, config_path, get, ready, spare};
+use support::{binary, config_path, get, ready, spare, terminate};
 
 /// How hard the scenarios push: the quick profile of `make test`, or `make soak`
 /// (`BILLING_FAULTS_SOAK=1`).
@@ -172,20 +172,8 @@ impl Cluster {
     /// SIGTERM to a command-svc replica under load: it must finish what it holds and exit
     /// cleanly within its grace period; then it is started again. Returns how long it took to go.
     async fn terminate_and_restart(&mut self, index: usize) -> Duration {
-        let child = &mut self.commands[index].child;
-        let pid = child.id().expect("the replica is running");
         let asked = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success());
-        let exited = tokio::time::timeout(Duration::from_secs(15), child.wait())
-            .await
-            .expect("the replica stops within its grace period")
-            .unwrap();
-        assert!(exited.success(), "a clean exit on SIGTERM: {exited:?}");
+        terminate(&mut self.commands[index].child, "a command-svc replica").await;
         let took = asked.elapsed();
         self.restart(false, index, Duration::ZERO).await;
         took

@@ -19,7 +19,7 @@ use testkit::{Bearer, CNY, GATEWAY, TestDatabase, admin_url, connect_client, ded
 use tokio::process::{Child, Command};
 
 mod support;
-use support::{binary, config_path, ready, spare};
+use support::{binary, config_path, ready, spare, terminate};
 
 const CALLER_TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 const REQUEST_ID: &str = "gw-req-0001";
@@ -83,25 +83,6 @@ async fn logged(path: &Path, what: &str, wanted: impl Fn(&Value) -> bool) -> Val
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// SIGTERM, then a clean exit within the grace period.
-async fn terminate(mut service: Service, name: &str) {
-    let pid = service.child.id().expect("the service runs");
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(sent.success());
-    let exited = tokio::time::timeout(Duration::from_secs(15), service.child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("{name} did not stop within 15 s of SIGTERM"))
-        .unwrap();
-    assert!(
-        exited.success(),
-        "{name} exits cleanly on SIGTERM: {exited:?}"
-    );
 }
 
 #[tokio::test]
@@ -191,9 +172,13 @@ async fn one_trace_id_from_the_gateway_call_to_the_projection() {
         assert_eq!(projected["user_id"], user.as_str(), "{projected}");
     }
 
-    terminate(command, "command-svc").await;
-    terminate(query, "query-svc").await;
-    terminate(scheduler, "scheduler-svc").await;
+    for (mut service, name) in [
+        (command, "command-svc"),
+        (query, "query-svc"),
+        (scheduler, "scheduler-svc"),
+    ] {
+        terminate(&mut service.child, name).await;
+    }
     db.close().await;
     testkit::delete_streams(&shared::bus::BusNames::new(&format!("T{tag}_"), "")).await;
     TestDatabase::drop_named(&database.name).await;

@@ -94,12 +94,7 @@ where
             "other".to_owned()
         };
         let request_id = request_id(request.headers().get(REQUEST_ID));
-        let incoming = TraceContext::incoming(
-            request
-                .headers()
-                .get(trace::TRACEPARENT)
-                .and_then(|value| value.to_str().ok()),
-        );
+        let incoming = TraceContext::from_headers(request.headers());
         let span = tracing::info_span!(
             "grpc",
             %method,

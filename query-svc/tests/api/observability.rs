@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use prost::Message;
-use shared::proto::v1 as pb;
 use testkit::metrics::Scrape;
 
 use crate::{
     helpers::*,
-    projection::{projected, publish},
+    projection::{projected, publish_from_the_future},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -90,14 +88,7 @@ async fn dead_letters_and_redeliveries_are_counted_and_the_stream_measured() {
         &[("BILLING__QUERY__MAX_DELIVER", "2")],
     )
     .await;
-    let newer = pb::BillingEvent {
-        event_id: "from-the-future".into(),
-        user_id: "u".into(),
-        schema_version: 2,
-        ..Default::default()
-    };
-    let subject = format!("t{}.v1.events.quota_reserved", stack.tag);
-    publish(&stack, &subject, newer.encode_to_vec(), "future-1").await;
+    publish_from_the_future(&stack).await;
 
     let scraped = stack
         .eventually(WAIT, || async {

@@ -176,6 +176,20 @@ async fn outbox_events(stack: &Stack) -> Vec<(String, Vec<u8>)> {
 
 /// Publishes on the test's events stream, which may not exist yet when a test starts (query-svc
 /// and command-svc create it in the background).
+/// A newer producer's event: a kind and a schema version this build does not know. Returns its
+/// subject.
+pub async fn publish_from_the_future(stack: &Stack) -> String {
+    let newer = pb::BillingEvent {
+        event_id: "from-the-future".into(),
+        user_id: "u".into(),
+        schema_version: 2,
+        ..Default::default()
+    };
+    let subject = format!("t{}.v1.events.quota_reserved", stack.tag);
+    publish(stack, &subject, newer.encode_to_vec(), "future-1").await;
+    subject
+}
+
 pub async fn publish(stack: &Stack, subject: &str, payload: Vec<u8>, message_id: &str) {
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     shared::bus::ensure_streams(&js, &stack.names, &stack.settings.nats)
@@ -314,15 +328,7 @@ async fn an_event_this_build_cannot_read_goes_to_the_dead_letter_stream() {
         &[("BILLING__QUERY__MAX_DELIVER", "3")],
     )
     .await;
-    // A newer producer's event: a schema version this build does not know.
-    let newer = pb::BillingEvent {
-        event_id: "from-the-future".into(),
-        user_id: "u".into(),
-        schema_version: 2,
-        ..Default::default()
-    };
-    let subject = format!("t{}.v1.events.quota_reserved", stack.tag);
-    publish(&stack, &subject, newer.encode_to_vec(), "future-1").await;
+    let subject = publish_from_the_future(&stack).await;
     publish(
         &stack,
         &format!("t{}.v1.events.quota_deducted", stack.tag),

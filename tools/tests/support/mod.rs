@@ -85,3 +85,22 @@ pub async fn get(url: &str, bearer: Option<&str>) -> std::io::Result<(u16, Strin
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// SIGTERM to `child`, then its exit within 15 s (its grace period and some), which must be clean.
+pub async fn terminate(child: &mut tokio::process::Child, what: &str) {
+    let pid = child.id().expect("the process is running");
+    let sent = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let exited = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not stop within 15 s of SIGTERM"))
+        .unwrap();
+    assert!(
+        exited.success(),
+        "{what} exits cleanly on SIGTERM: {exited:?}"
+    );
+}

@@ -151,7 +151,7 @@ pub fn request_id(header: Option<&HeaderValue>) -> String {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+        .map_or_else(trace::random_id, str::to_owned)
 }
 
 /// Middleware of every HTTP router: the request's span (request id, trace id, route), its trace

@@ -50,9 +50,11 @@ impl TraceContext {
 
     /// A new trace, sampled.
     pub fn new_root() -> TraceContext {
-        let random = uuid::Uuid::new_v4().into_bytes();
+        let mut trace_id = [0; 16];
+        trace_id[..8].copy_from_slice(&random_u64().to_be_bytes());
+        trace_id[8..].copy_from_slice(&random_u64().to_be_bytes());
         TraceContext {
-            trace_id: random,
+            trace_id,
             span_id: new_span_id(),
             sampled: true,
         }
@@ -161,13 +163,35 @@ pub fn current_traceparent() -> Option<String> {
 }
 
 fn new_span_id() -> [u8; 8] {
-    let random = uuid::Uuid::new_v4().into_bytes();
-    let mut span_id = [0; 8];
-    span_id.copy_from_slice(&random[..8]);
+    let mut span_id = random_u64().to_be_bytes();
     if span_id == [0; 8] {
         span_id[7] = 1;
     }
     span_id
+}
+
+/// 32 random hex digits: a new request id.
+pub fn random_id() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// Ids for traces and requests: unique, not secret. A SplitMix64 sequence per thread, seeded
+/// from the system's randomness once, spares every request the system calls of a UUIDv4.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(u64::from_be_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("eight bytes"),
+        ));
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
 }
 
 fn lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -202,6 +226,17 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn new_ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| random_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 32));
+        let traces: std::collections::HashSet<[u8; 16]> = (0..10_000)
+            .map(|_| TraceContext::new_root().trace_id())
+            .collect();
+        assert_eq!(traces.len(), 10_000);
+    }
 
     #[test]
     fn a_valid_traceparent_round_trips() {

@@ -10,7 +10,7 @@ use std::{
     collections::HashSet,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::OnceLock,
     task::{Context, Poll},
     time::Instant,
 };
@@ -24,31 +24,12 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Wraps the gRPC server's routes.
-#[derive(Clone)]
-pub struct ObserveLayer {
-    methods: Arc<HashSet<String>>,
-}
+#[derive(Clone, Default)]
+pub struct ObserveLayer;
 
 impl ObserveLayer {
     pub fn new() -> Self {
-        let mut methods: HashSet<String> = shared::proto::method_paths().into_iter().collect();
-        methods.extend(
-            [
-                "/grpc.health.v1.Health/Check",
-                "/grpc.health.v1.Health/Watch",
-                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            ]
-            .map(str::to_owned),
-        );
-        ObserveLayer {
-            methods: Arc::new(methods),
-        }
-    }
-}
-
-impl Default for ObserveLayer {
-    fn default() -> Self {
-        Self::new()
+        ObserveLayer
     }
 }
 
@@ -56,17 +37,32 @@ impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            methods: self.methods.clone(),
-        }
+        Observe { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    methods: Arc<HashSet<String>>,
+}
+
+/// The method label of a path: the path of a served RPC, else `other`. The paths are made once
+/// per process and live as long as it, so a label costs no allocation per call.
+fn method_label(path: &str) -> &'static str {
+    static METHODS: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    let methods = METHODS.get_or_init(|| {
+        let declared = shared::proto::method_paths()
+            .into_iter()
+            .map(|path| &*Box::leak(path.into_boxed_str()));
+        declared
+            .chain([
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ])
+            .collect()
+    });
+    methods.get(path).copied().unwrap_or("other")
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -88,11 +84,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path();
-        let method = if self.methods.contains(path) {
-            path.to_owned()
-        } else {
-            "other".to_owned()
-        };
+        let method = method_label(path);
         let request_id = request_id(request.headers().get(REQUEST_ID));
         let incoming = TraceContext::from_headers(request.headers());
         let span = tracing::info_span!(
@@ -134,7 +126,7 @@ where
 
 /// A call being served, counted and timed once it ends, however it ends.
 struct OpenCall {
-    method: Option<String>,
+    method: Option<&'static str>,
     started: Instant,
 }
 
@@ -145,7 +137,7 @@ impl OpenCall {
         };
         metrics::counter!(
             "billing_grpc_requests_total",
-            "method" => method.clone(),
+            "method" => method,
             "code" => code_name(code),
         )
         .increment(1);

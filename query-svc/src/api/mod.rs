@@ -3,6 +3,7 @@
 //! - [`account`]: `GET /api/v1/billing/account`.
 //! - [`records`]: `GET /api/v1/billing/records`.
 //! - [`orders`]: `POST /api/v1/billing/recharge`, `GET /api/v1/billing/recharge/orders[/{no}]`.
+//! - [`usage`]: `GET /api/v1/billing/usage`, charges per day or per API.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
@@ -18,6 +19,7 @@ pub mod cursor;
 pub mod error;
 pub mod orders;
 pub mod records;
+pub mod usage;
 
 use axum::{
     Json, Router,
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(account::router())
         .merge(records::router())
         .merge(orders::router())
+        .merge(usage::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -155,3 +155,64 @@ pub async fn orders_page<'e>(
         }
     }
 }
+
+/// How usage is summed: per day (in the billing time zone) or per API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageGrouping {
+    Day,
+    Api,
+}
+
+impl UsageGrouping {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageGrouping::Day => "day",
+            UsageGrouping::Api => "api",
+        }
+    }
+}
+
+/// The charges of one day or one API.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UsageRow {
+    pub key: String,
+    pub calls: i64,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+}
+
+/// `user_id`'s charges on the days `[from, to)`, summed per day (in date order) or per API
+/// (largest amount first). The primary key `(user_id, day, api_id)` serves both.
+pub async fn usage<'e>(
+    executor: impl MySqlExecutor<'e>,
+    user_id: &str,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    grouping: UsageGrouping,
+) -> Result<Vec<UsageRow>, sqlx::Error> {
+    let sql = match grouping {
+        UsageGrouping::Day => {
+            "SELECT DATE_FORMAT(day, '%Y-%m-%d') AS `key`, \
+             CAST(SUM(calls) AS SIGNED) AS calls, CAST(SUM(amount_micros) AS SIGNED) AS amount_micros, \
+             CAST(SUM(free_micros) AS SIGNED) AS free_micros, \
+             CAST(SUM(balance_micros) AS SIGNED) AS balance_micros \
+             FROM rm_daily_usage WHERE user_id = ? AND day >= ? AND day < ? \
+             GROUP BY day ORDER BY day"
+        }
+        UsageGrouping::Api => {
+            "SELECT api_id AS `key`, \
+             CAST(SUM(calls) AS SIGNED) AS calls, CAST(SUM(amount_micros) AS SIGNED) AS amount_micros, \
+             CAST(SUM(free_micros) AS SIGNED) AS free_micros, \
+             CAST(SUM(balance_micros) AS SIGNED) AS balance_micros \
+             FROM rm_daily_usage WHERE user_id = ? AND day >= ? AND day < ? \
+             GROUP BY api_id ORDER BY amount_micros DESC, api_id"
+        }
+    };
+    sqlx::query_as(sql)
+        .bind(user_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(executor)
+        .await
+}

@@ -58,6 +58,7 @@ fn query() -> BoxedStrategy<String> {
         Just("to"),
         Just("status"),
         Just("min_version"),
+        Just("group_by"),
         Just("x%00"),
     ];
     proptest::collection::vec((name, hostile_value()), 0..5)
@@ -135,8 +136,8 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
     let mut runner = runner();
     let client = reqwest::Client::new();
     let mut answers = Vec::new();
-    for i in 0..CASES * 5 {
-        let (method, path, body) = match i % 5 {
+    for i in 0..CASES * 6 {
+        let (method, path, body) = match i % 6 {
             0 => (
                 Method::GET,
                 format!("/api/v1/billing/account?{}", draw(&mut runner, &queries)),
@@ -161,6 +162,11 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
                     "/api/v1/billing/recharge/orders/{}",
                     draw(&mut runner, &values)
                 ),
+                None,
+            ),
+            4 => (
+                Method::GET,
+                format!("/api/v1/billing/usage?{}", draw(&mut runner, &queries)),
                 None,
             ),
             _ => (

@@ -13,3 +13,4 @@ mod ops;
 mod orders;
 mod projection;
 mod records;
+mod usage;

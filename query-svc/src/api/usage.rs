@@ -1,0 +1,162 @@
+//! `GET /api/v1/billing/usage`: the caller's charges summed per day or per API.
+//!
+//! Query parameters: `from` (inclusive) and `to` (exclusive), dates `YYYY-MM-DD` in the billing
+//! time zone, default the 30 days up to and including today, at most 366 days apart; `group_by`
+//! `day` (default) or `api`. Buckets hold only days or APIs with charges: days in date order, APIs
+//! by amount charged, largest first (then by name). Read from `rm_daily_usage`, which counts each
+//! charge once however often its event is delivered.
+
+use axum::{
+    Json, Router,
+    extract::{Query, State, rejection::QueryRejection},
+    routing::get,
+};
+use chrono::{Days, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use super::{auth::AuthUser, error::ApiError};
+use crate::{
+    app::AppState,
+    store::queries::{self, UsageGrouping},
+};
+
+/// The default window, in days ending today.
+const DEFAULT_DAYS: u64 = 30;
+/// The widest window one request may ask for.
+const MAX_DAYS: i64 = 366;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/billing/usage", get(usage))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UsageParams {
+    from: Option<String>,
+    to: Option<String>,
+    group_by: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UsageJson {
+    pub from: String,
+    pub to: String,
+    pub group_by: &'static str,
+    pub buckets: Vec<BucketJson>,
+}
+
+/// One day (`2026-11-25`) or one API, with its charges.
+#[derive(Debug, Serialize)]
+pub struct BucketJson {
+    pub key: String,
+    pub calls: i64,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user))]
+async fn usage(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Json<UsageJson>, ApiError> {
+    let Query(params) = params?;
+    let today = state
+        .clock
+        .now()
+        .with_timezone(&state.accounts.zone.tz())
+        .date_naive();
+    let (from, to, grouping) = parse(&params, today)?;
+    let buckets = queries::usage(state.store.pool(), user.as_str(), from, to, grouping)
+        .await?
+        .into_iter()
+        .map(|row| BucketJson {
+            key: row.key,
+            calls: row.calls,
+            amount_micros: row.amount_micros,
+            free_micros: row.free_micros,
+            balance_micros: row.balance_micros,
+        })
+        .collect();
+    Ok(Json(UsageJson {
+        from: from.to_string(),
+        to: to.to_string(),
+        group_by: grouping.as_str(),
+        buckets,
+    }))
+}
+
+fn parse(
+    params: &UsageParams,
+    today: NaiveDate,
+) -> Result<(NaiveDate, NaiveDate, UsageGrouping), ApiError> {
+    let present = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    let date = |field: &str, text: String| {
+        NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+            .map_err(|_| ApiError::invalid(format!("{field} must be a date such as 2026-11-01")))
+    };
+    let tomorrow = today.checked_add_days(Days::new(1)).unwrap_or(today);
+    let to = present(&params.to)
+        .map(|text| date("to", text))
+        .transpose()?
+        .unwrap_or(tomorrow);
+    let from = present(&params.from)
+        .map(|text| date("from", text))
+        .transpose()?
+        .unwrap_or_else(|| to.checked_sub_days(Days::new(DEFAULT_DAYS)).unwrap_or(to));
+    if from > to {
+        return Err(ApiError::invalid("from must not be later than to"));
+    }
+    if (to - from).num_days() > MAX_DAYS {
+        return Err(ApiError::invalid(format!(
+            "from and to may be at most {MAX_DAYS} days apart"
+        )));
+    }
+    let grouping = match present(&params.group_by).as_deref() {
+        None | Some("day") => UsageGrouping::Day,
+        Some("api") => UsageGrouping::Api,
+        Some(_) => return Err(ApiError::invalid("group_by must be day or api")),
+    };
+    Ok((from, to, grouping))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(from: &str, to: &str, group_by: &str) -> UsageParams {
+        let some = |text: &str| Some(text.to_owned());
+        UsageParams {
+            from: some(from),
+            to: some(to),
+            group_by: some(group_by),
+        }
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_default_window_is_the_thirty_days_up_to_today() {
+        let (from, to, grouping) = parse(&UsageParams::default(), day("2026-11-25")).unwrap();
+        assert_eq!((from, to), (day("2026-10-27"), day("2026-11-26")));
+        assert_eq!(grouping, UsageGrouping::Day);
+    }
+
+    #[test]
+    fn bad_windows_and_groupings_are_refused() {
+        let today = day("2026-11-25");
+        for bad in [
+            params("2026-11-02", "2026-11-01", "day"),
+            params("2025-01-01", "2026-11-01", "day"),
+            params("2026-11-01", "2026-11-02", "week"),
+            params("2026-13-01", "", ""),
+            params("2026-11-01T00:00:00Z", "", ""),
+        ] {
+            assert!(parse(&bad, today).is_err(), "{bad:?}");
+        }
+        let (_, _, grouping) = parse(&params("2026-11-01", "2026-11-02", "api"), today).unwrap();
+        assert_eq!(grouping, UsageGrouping::Api);
+    }
+}

@@ -9,11 +9,17 @@
 //!
 //! Whatever the source, the account is presented through [`shared::account::view_at`] at the
 //! service clock's now, so an older period shows rolled forward (on the 1st, before any event).
+//! `min_version=N` waits for the read model to reach version N ([`super::fresh`]).
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Query, State, rejection::QueryRejection},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use chrono::{DateTime, Utc};
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::cache::CachedSnapshot;
 use shared::{
     account::{AccountSnapshot, view_at},
@@ -22,7 +28,7 @@ use shared::{
     proto::v1 as pb,
 };
 
-use super::{auth::AuthUser, error::ApiError, rfc3339};
+use super::{auth::AuthUser, error::ApiError, fresh, rfc3339};
 use crate::{
     app::AppState,
     store::{self, RmAccount},
@@ -55,6 +61,11 @@ pub struct FreeQuotaJson {
     pub resets_at: String,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct AccountParams {
+    min_version: Option<String>,
+}
+
 /// A snapshot with what the view needs besides it.
 #[derive(Debug, PartialEq, Eq)]
 struct Found {
@@ -67,7 +78,52 @@ struct Found {
 async fn get_account(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
-) -> Result<Json<AccountJson>, ApiError> {
+    params: Result<Query<AccountParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let min_version = fresh::min_version(params.min_version.as_deref())?;
+    let (found, stale) = fresh::read_at_least(min_version, || async {
+        let found = find(&state, &user).await?;
+        let version = found.as_ref().map_or(0, |found| found.snapshot.version);
+        Ok((found, version))
+    })
+    .await?;
+    let now = state.clock.now();
+    let rules = &state.accounts;
+    let found = found.unwrap_or_else(|| Found {
+        snapshot: AccountSnapshot::fresh(rules.zone.period_of(now), rules.default_monthly_free),
+        currency: rules.currency.clone(),
+        updated_at: None,
+    });
+    let view = view_at(&found.snapshot, now, rules.zone);
+    let account = AccountJson {
+        user_id: user.into_string(),
+        currency: found.currency,
+        balance_micros: view.balance.get(),
+        free_quota: FreeQuotaJson {
+            period: view.period.to_string(),
+            granted_micros: view.free_granted.get(),
+            used_micros: view.free_used.get(),
+            remaining_micros: view.free_remaining.get(),
+            resets_at: rfc3339(view.resets_at),
+        },
+        available_micros: view.available.get(),
+        monthly_free_micros: view.monthly_free.get(),
+        version: view.version,
+        updated_at: found.updated_at.map(rfc3339),
+    };
+    Ok((fresh::stale_header(stale), Json(account)).into_response())
+}
+
+/// The version of `user`'s account the read model holds now (0: none), for `min_version`.
+pub async fn read_model_version(state: &AppState, user: &UserId) -> Result<i64, ApiError> {
+    Ok(find(state, user)
+        .await?
+        .map_or(0, |found| found.snapshot.version))
+}
+
+/// The newer of the Redis snapshot and `rm_accounts`; `None` when neither holds the account.
+async fn find(state: &AppState, user: &UserId) -> Result<Option<Found>, ApiError> {
     let (cached, stored) = tokio::join!(
         state.cache.get(user.as_str()),
         store::load_account(state.store.pool(), user.as_str())
@@ -87,30 +143,7 @@ async fn get_account(
         }
         (None, Err(error)) => return Err(error),
     };
-    let now = state.clock.now();
-    let rules = &state.accounts;
-    let found = found.unwrap_or_else(|| Found {
-        snapshot: AccountSnapshot::fresh(rules.zone.period_of(now), rules.default_monthly_free),
-        currency: rules.currency.clone(),
-        updated_at: None,
-    });
-    let view = view_at(&found.snapshot, now, rules.zone);
-    Ok(Json(AccountJson {
-        user_id: user.into_string(),
-        currency: found.currency,
-        balance_micros: view.balance.get(),
-        free_quota: FreeQuotaJson {
-            period: view.period.to_string(),
-            granted_micros: view.free_granted.get(),
-            used_micros: view.free_used.get(),
-            remaining_micros: view.free_remaining.get(),
-            resets_at: rfc3339(view.resets_at),
-        },
-        available_micros: view.available.get(),
-        monthly_free_micros: view.monthly_free.get(),
-        version: view.version,
-        updated_at: found.updated_at.map(rfc3339),
-    }))
+    Ok(found)
 }
 
 fn from_row(row: RmAccount) -> Result<Found, ApiError> {

@@ -7,7 +7,7 @@
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
-//!   included.
+//!   included; [`fresh`]: `min_version` read-your-writes.
 //!
 //! Instants are RFC 3339 in UTC with microseconds (`2026-11-30T16:00:00.000000Z`): exact to
 //! what is stored, and of one width.
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod command;
 pub mod cursor;
 pub mod error;
+pub mod fresh;
 pub mod orders;
 pub mod records;
 pub mod usage;

@@ -5,17 +5,19 @@
 //! `to` (exclusive), RFC 3339 instants compared with `created_at`. An empty parameter counts as
 //! absent; parameters the API does not know are ignored. Pages are keyed by the account version,
 //! which is unique per user, so walking the cursors visits every record exactly once. The cursor
-//! binds the filters: reusing it with others is a 400.
+//! binds the filters: reusing it with others is a 400. `min_version=N` first waits for the read
+//! model to reach version N ([`super::fresh`]).
 
 use axum::{
     Json, Router,
     extract::{Query, State, rejection::QueryRejection},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{auth::AuthUser, cursor, error::ApiError, rfc3339};
+use super::{account::read_model_version, auth::AuthUser, cursor, error::ApiError, fresh, rfc3339};
 use crate::{
     app::AppState,
     store::queries::{self, RecordFilter, RecordRow},
@@ -66,6 +68,7 @@ struct RecordsParams {
     kind: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    min_version: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,9 +181,20 @@ async fn list_records(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
     params: Result<Query<RecordsParams>, QueryRejection>,
-) -> Result<Json<RecordsPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(params) = params?;
     let request = PageRequest::parse(&params)?;
+    let min_version = fresh::min_version(params.min_version.as_deref())?;
+    let stale = match min_version {
+        Some(_) => {
+            let ((), stale) = fresh::read_at_least(min_version, || async {
+                Ok(((), read_model_version(&state, &user).await?))
+            })
+            .await?;
+            stale
+        }
+        None => false,
+    };
     let filter = RecordFilter {
         kind: request.kind.map(RecordType::as_str),
         from: request.from,
@@ -203,10 +217,11 @@ async fn list_records(
         )),
         _ => None,
     };
-    Ok(Json(RecordsPage {
+    let page = RecordsPage {
         records: rows.into_iter().map(record_json).collect(),
         next_cursor,
-    }))
+    };
+    Ok((fresh::stale_header(stale), Json(page)).into_response())
 }
 
 /// Empty references are shown as absent, like the ones never given.

@@ -128,7 +128,7 @@ async fn find(state: &AppState, user: &UserId) -> Result<Option<Found>, ApiError
         state.cache.get(user.as_str()),
         store::load_account(state.store.pool(), user.as_str())
     );
-    let cached = cached.and_then(|cached| from_cache(&user, cached));
+    let cached = cached.and_then(|cached| from_cache(user, cached));
     let stored = stored
         .map_err(ApiError::from)
         .and_then(|row| row.map(from_row).transpose());

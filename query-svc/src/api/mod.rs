@@ -2,6 +2,7 @@
 //!
 //! - [`account`]: `GET /api/v1/billing/account`.
 //! - [`records`]: `GET /api/v1/billing/records`.
+//! - [`export`]: `GET /api/v1/billing/records/export`, the same records as CSV, streamed.
 //! - [`orders`]: `POST /api/v1/billing/recharge`, `GET /api/v1/billing/recharge/orders[/{no}]`.
 //! - [`usage`]: `GET /api/v1/billing/usage`, charges per day or per API.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod command;
 pub mod cursor;
 pub mod error;
+pub mod export;
 pub mod fresh;
 pub mod orders;
 pub mod records;
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(account::router())
         .merge(records::router())
+        .merge(export::router())
         .merge(orders::router())
         .merge(usage::router())
         .fallback(not_found)

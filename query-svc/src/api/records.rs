@@ -61,7 +61,7 @@ impl RecordType {
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct RecordsParams {
+pub(super) struct RecordsParams {
     limit: Option<String>,
     cursor: Option<String>,
     #[serde(rename = "type")]
@@ -99,7 +99,7 @@ pub struct RecordJson {
 
 /// A page request, validated.
 #[derive(Debug, PartialEq, Eq)]
-struct PageRequest {
+pub(super) struct PageRequest {
     kind: Option<RecordType>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -108,7 +108,7 @@ struct PageRequest {
 }
 
 impl PageRequest {
-    fn parse(params: &RecordsParams) -> Result<PageRequest, ApiError> {
+    pub(super) fn parse(params: &RecordsParams) -> Result<PageRequest, ApiError> {
         let present = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let limit = cursor::parse_limit(params.limit.as_deref())?;
         let kind = present(&params.kind)
@@ -149,6 +149,15 @@ impl PageRequest {
             request.before = Some(before);
         }
         Ok(request)
+    }
+
+    /// What the request selects, for the store.
+    pub(super) fn filter(&self) -> RecordFilter<'static> {
+        RecordFilter {
+            kind: self.kind.map(RecordType::as_str),
+            from: self.from,
+            to: self.to,
+        }
     }
 
     /// The filters in one canonical text, so equal filters written differently (another offset
@@ -195,11 +204,7 @@ async fn list_records(
         }
         None => false,
     };
-    let filter = RecordFilter {
-        kind: request.kind.map(RecordType::as_str),
-        from: request.from,
-        to: request.to,
-    };
+    let filter = request.filter();
     let mut rows = queries::records_page(
         state.store.pool(),
         user.as_str(),
@@ -225,7 +230,7 @@ async fn list_records(
 }
 
 /// Empty references are shown as absent, like the ones never given.
-fn record_json(row: RecordRow) -> RecordJson {
+pub(super) fn record_json(row: RecordRow) -> RecordJson {
     let amount = if row.kind == RecordType::Adjust.as_str() {
         row.amount_micros
     } else {

@@ -32,7 +32,9 @@ pub struct RecordFilter<'a> {
 }
 
 /// Up to `limit` records of `user_id` below version `before` (all when `None`), newest first.
-/// With a type the `(user_id, type, version)` index serves it, otherwise `(user_id, version)`.
+/// With a type the `(user_id, type, version)` index serves it, otherwise `(user_id, version)`:
+/// named, because MariaDB otherwise reads the user's whole range before it stops at the limit
+/// (80 ms a page for 100,000 records, against 0.2 ms read backwards from the cursor).
 pub async fn records_page<'e>(
     executor: impl MySqlExecutor<'e>,
     user_id: &str,
@@ -47,7 +49,7 @@ pub async fn records_page<'e>(
                 "SELECT record_id, type, amount_micros, free_micros, balance_micros, \
                  balance_after_micros, free_remaining_after_micros, api_id, request_id, order_no, \
                  period, version, created_at \
-                 FROM rm_records \
+                 FROM rm_records FORCE INDEX (rm_records_user_type_version) \
                  WHERE user_id = ? AND type = ? AND version < ? \
                  AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) \
                  ORDER BY version DESC LIMIT ?",
@@ -68,7 +70,7 @@ pub async fn records_page<'e>(
                 "SELECT record_id, type, amount_micros, free_micros, balance_micros, \
                  balance_after_micros, free_remaining_after_micros, api_id, request_id, order_no, \
                  period, version, created_at \
-                 FROM rm_records \
+                 FROM rm_records FORCE INDEX (rm_records_user_version) \
                  WHERE user_id = ? AND version < ? \
                  AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) \
                  ORDER BY version DESC LIMIT ?",

@@ -1,6 +1,7 @@
 //! query-svc with command-svc, against real MariaDB, Redis and NATS: one stack per test.
 
 mod end_to_end;
+mod export;
 mod fresh;
 mod helpers;
 mod support;

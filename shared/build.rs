@@ -8,6 +8,8 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
+    // `sqlx::migrate!` embeds the migrations: a new file must rebuild this crate.
+    println!("cargo:rerun-if-changed=../migrations");
 
     let files: Vec<PathBuf> = ["billing.proto", "events.proto", "commands.proto"]
         .iter()

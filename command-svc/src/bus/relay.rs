@@ -258,6 +258,13 @@ impl OutboxRelay {
             tx.rollback().await.map_err(StoreError::from)?;
             return Ok(Round::Drained);
         }
+        // The claimed rows' commits are visible; they are published only once they are durable.
+        if let Err(error) =
+            store::make_seen_commits_durable(self.store.pool(), self.clock.now()).await
+        {
+            let _ = tx.rollback().await;
+            return Err(error.into());
+        }
         let ids: Vec<u64> = rows.iter().map(|row| row.id).collect();
         let duplicates = match self.publish(rows).await {
             Ok(duplicates) => duplicates,

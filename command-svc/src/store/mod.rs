@@ -31,8 +31,8 @@ pub use orders::{
     insert_unmatched, lock_order, update_order_status,
 };
 pub use outbox::{
-    OutboxRow, Outgoing, PURGE_CHUNK, backlog, claim_unpublished, insert_event, mark_published,
-    purge_published_chunk,
+    OutboxRow, Outgoing, PURGE_CHUNK, backlog, claim_unpublished, insert_event,
+    make_seen_commits_durable, mark_published, purge_published_chunk,
 };
 pub use writes::Writes;
 

@@ -98,6 +98,23 @@ pub async fn claim_unpublished(tx: &mut Tx, limit: u32) -> Result<Vec<OutboxRow>
     .await?)
 }
 
+/// Commits a write and waits for it, on a connection of its own: once it returns, every commit
+/// that was visible before it is on disk (InnoDB shows a commit before its redo log is flushed,
+/// and flushes the log in order).
+pub async fn make_seen_commits_durable(
+    pool: &MySqlPool,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox_durability (id, written_at) VALUES (1, ?) \
+         ON DUPLICATE KEY UPDATE written_at = VALUES(written_at)",
+    )
+    .bind(at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Marks claimed rows as published at `at`.
 pub async fn mark_published(tx: &mut Tx, ids: &[u64], at: DateTime<Utc>) -> Result<(), StoreError> {
     if ids.is_empty() {

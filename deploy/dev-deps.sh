@@ -277,6 +277,15 @@ ensure_nats() {
     echo "nats: $how"
 }
 
+# --- curl: run-all.sh and bench.sh ask the services' /readyz with it ---------------------------
+
+ensure_curl() {
+    if ! command -v curl >/dev/null 2>&1; then
+        apt_install curl ca-certificates
+        command -v curl >/dev/null 2>&1 || die "curl installed but not found"
+    fi
+}
+
 # --- the manifest check: kubectl and kubernetes-validate ------------------------------------
 
 ensure_kubectl() {
@@ -362,6 +371,7 @@ clean_test_leftovers() {
     echo "tests: removed $dropped stale test database(s) and $dirs temp dir(s) older than 6h"
 }
 
+ensure_curl
 ensure_mariadb
 ensure_redis
 ensure_nats

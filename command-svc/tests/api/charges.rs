@@ -508,3 +508,83 @@ async fn a_lock_held_too_long_ends_in_unavailable_without_a_write() {
     assert_eq!(fingerprint(&app.db).await, before);
     app.cleanup().await;
 }
+
+/// A charge chosen as a deadlock's victim (MySQL error 1213) is run again and applies once,
+/// with group commit and with one transaction per charge.
+#[tokio::test]
+async fn a_charge_that_loses_a_deadlock_is_retried_and_applies_once() {
+    for group_commit in ["true", "false"] {
+        let app = spawn_app_at(
+            chrono::Utc::now(),
+            &[("BILLING__COMMAND__GROUP_COMMIT__ENABLED", group_commit)],
+        )
+        .await;
+        charge_through_a_deadlock(&app).await;
+        app.cleanup().await;
+    }
+}
+
+/// Makes the next charge of a fresh account deadlock with another session: that session holds
+/// the gaps of the account's charge keys, so the charge waits to insert its ledger row while it
+/// holds the account row, which the session then asks for. The session has written far more,
+/// so the database rolls the charge back, not the session.
+async fn charge_through_a_deadlock(app: &TestApp) {
+    let user = account_with_balance(app, "deadlock", 0).await;
+    let mut gateway = app.gateway().await;
+    gateway
+        .deduct_quota(deduct(&user, CNY, "open"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS deadlock_ballast (id INT PRIMARY KEY)")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let mut session = app.db.begin().await.unwrap();
+    let ballast: Vec<String> = (0..500).map(|id| format!("({id})")).collect();
+    let fill = format!(
+        "INSERT INTO deadlock_ballast (id) VALUES {}",
+        ballast.join(", ")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(fill))
+        .execute(&mut *session)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT id FROM ledger FORCE INDEX (ledger_user_request) WHERE user_id = ? FOR UPDATE",
+    )
+    .bind(&user)
+    .execute(&mut *session)
+    .await
+    .unwrap();
+
+    let request = deduct(&user, CNY, "through-a-deadlock");
+    let charge = tokio::spawn(async move { gateway.deduct_quota(request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !charge.is_finished(),
+        "the charge waits for the session's gap lock"
+    );
+    sqlx::query("SELECT version FROM accounts WHERE user_id = ? FOR UPDATE")
+        .bind(&user)
+        .execute(&mut *session)
+        .await
+        .expect("the session wins the deadlock: the charge is its victim");
+    session.rollback().await.unwrap();
+
+    let reply = charge
+        .await
+        .unwrap()
+        .expect("the charge is run again after the deadlock and succeeds")
+        .into_inner();
+    assert!(!reply.replayed);
+    let charges = count(
+        &app.db,
+        "SELECT COUNT(*) FROM ledger WHERE user_id = ? AND kind = 'deduct'",
+        &user,
+    )
+    .await;
+    assert_eq!(charges, 2, "the deadlocked charge applied exactly once");
+    assert_eq!(account(app, &user).await.free_used_micros, 2 * CNY);
+    assert_invariants(&app.db, &user).await;
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message;
+use query_svc::ops::dlq;
 use shared::proto::v1 as pb;
 use sqlx::Row;
 
@@ -390,5 +391,87 @@ async fn an_event_this_build_cannot_read_goes_to_the_dead_letter_stream() {
             projected(&stack, &user).await.then_some(())
         })
         .await;
+    stack.cleanup().await;
+}
+
+/// An event of a kind this build does not know (a newer command-svc in a rolling deploy) is
+/// delivered `max_deliver` times, then kept in the dead-letter stream; replayed while the build
+/// still does not know it, it comes back to the dead-letter stream: it is never dropped, and the
+/// read model is untouched. (Replay into the model once it can take an event is
+/// `ops::events_the_read_model_refused_are_replayed_from_the_dead_letter_stream`.)
+#[tokio::test]
+async fn an_unknown_event_kind_is_kept_in_the_dead_letter_stream_until_a_build_knows_it() {
+    let stack = spawn_stack_with(
+        shared::clock::Clock::system(),
+        &[("BILLING__QUERY__MAX_DELIVER", "2")],
+    )
+    .await;
+    let user = new_user("unknown-kind");
+    let known = pb::BillingEvent {
+        event_id: format!("{user}-newer-kind"),
+        user_id: user.clone(),
+        version: 1,
+        occurred_at_ms: chrono::Utc::now().timestamp_millis(),
+        schema_version: 1,
+        ..Default::default()
+    };
+    // The kind is a field of the `oneof` this build's schema lacks: number 90, length-delimited.
+    let mut payload = known.encode_to_vec();
+    let body = pb::QuotaDeducted {
+        record_id: "r-1".into(),
+        amount_micros: 5,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    prost::encoding::encode_key(90, prost::encoding::WireType::LengthDelimited, &mut payload);
+    prost::encoding::encode_varint(body.len() as u64, &mut payload);
+    payload.extend_from_slice(&body);
+    assert!(
+        pb::BillingEvent::decode(payload.as_slice())
+            .unwrap()
+            .kind
+            .is_none(),
+        "this build reads the event but not its kind"
+    );
+    let subject = format!("t{}.v1.events.quota_rebated", stack.tag);
+    publish(&stack, &subject, payload.clone(), "newer-kind-1").await;
+
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let dead_letter = |js: jetstream::Context| {
+        let names = stack.names.clone();
+        async move {
+            let letters = dlq::list(&js, &names).await.ok()?;
+            (letters.len() == 1).then(|| letters[0].clone())
+        }
+    };
+    let letter = stack.eventually(WAIT, || dead_letter(js.clone())).await;
+    assert_eq!(letter.original_subject, subject);
+    assert!(letter.reason.contains("unknown event kind"), "{letter:?}");
+    assert_eq!(letter.bytes, payload.len(), "the event is kept whole");
+
+    let replayed = dlq::replay(&js, &stack.names, &[]).await.unwrap();
+    assert_eq!(replayed, vec![letter.sequence]);
+    let again = stack
+        .eventually(WAIT, || {
+            let js = js.clone();
+            let first = letter.sequence;
+            async move { dead_letter(js).await.filter(|l| l.sequence > first) }
+        })
+        .await;
+    assert_eq!(again.original_subject, subject);
+    assert_eq!(again.bytes, payload.len());
+    let touched: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM rm_accounts WHERE user_id = ?) \
+         + (SELECT COUNT(*) FROM rm_records WHERE user_id = ?)",
+    )
+    .bind(&user)
+    .bind(&user)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        touched, 0,
+        "nothing of the unknown event reached the read model"
+    );
     stack.cleanup().await;
 }

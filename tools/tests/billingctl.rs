@@ -253,14 +253,18 @@ async fn reconcile_exits_nonzero_on_a_difference_and_repair_fixes_it() {
 
 #[tokio::test]
 async fn reset_free_quota_runs_again_under_its_own_id() {
-    // The account is made in November; then it is 2026-12-01 00:00:05 in Shanghai, and the
-    // period 2026-12 is current for command-svc.
-    let at = |text| {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
-    };
-    let stack = spawn_stack(at("2026-11-20T04:00:00Z")).await;
+    // billingctl checks the period against the real clock, so the test runs in the real month:
+    // the account is made in the month before; then command-svc's clock is five seconds into
+    // the current month, the month billingctl publishes.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+    let zone = Settings::load_with_env(&config, Some(HashMap::new()))
+        .unwrap()
+        .billing
+        .zone()
+        .unwrap();
+    let current = zone.period_of(Utc::now());
+    let month_start = zone.period_start(current);
+    let stack = spawn_stack(month_start - chrono::Duration::days(10)).await;
     let out = stack
         .billingctl(&[
             "adjust",
@@ -275,9 +279,9 @@ async fn reset_free_quota_runs_again_under_its_own_id() {
         ])
         .await;
     assert!(out.status.success(), "{out:?}");
-    stack.clock.set(at("2026-11-30T16:00:05Z"));
+    stack.clock.set(month_start + chrono::Duration::seconds(5));
     let published = stack
-        .billingctl(&["reset-free-quota", "--period", "2026-12"])
+        .billingctl(&["reset-free-quota", "--period", &current.to_string()])
         .await;
     assert!(published.status.success(), "{published:?}");
     // published <command id> (trace <trace id>)
@@ -288,7 +292,7 @@ async fn reset_free_quota_runs_again_under_its_own_id() {
     let trace_id = words[3].trim_end_matches(')').to_owned();
     assert_eq!(trace_id.len(), 32, "{printed}");
     assert!(
-        command_id.starts_with("reset-free-quota:2026-12:"),
+        command_id.starts_with(&format!("reset-free-quota:{current}:")),
         "{command_id}"
     );
     eventually(|| async {

@@ -629,24 +629,46 @@ async fn the_outbox_is_flushed_at_shutdown() {
 /// The streams are created, and brought back at every start, with the configured number of
 /// replicas (a lone server records the number it is asked for).
 #[tokio::test]
-async fn streams_keep_the_configured_replica_count() {
+async fn streams_are_created_and_updated_with_the_configured_settings() {
     let app = spawn_app().await;
     let names = app.bus_names();
     let js = app.jetstream().await;
     let mut settings = app.settings.nats.clone();
-    for replicas in [1, 3] {
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    // The configured settings, then other ones: an existing stream is updated to them.
+    for (replicas, events_hours, dlq_hours, commands_hours, window_secs) in
+        [(1, 168, 720, 168, 120), (3, 24, 48, 12, 60)]
+    {
         settings.stream_replicas = replicas;
+        settings.events_max_age_hours = events_hours;
+        settings.dlq_max_age_hours = dlq_hours;
+        settings.commands_max_age_hours = commands_hours;
+        settings.duplicate_window_secs = window_secs;
         shared::bus::ensure_streams(&js, &names, &settings)
             .await
             .unwrap();
-        for stream in [
-            names.events_stream(),
-            names.dlq_stream(),
-            names.commands_stream(),
+        for (stream, subject, max_age) in [
+            (names.events_stream(), names.events_filter(), events_hours),
+            (names.dlq_stream(), names.dlq_filter(), dlq_hours),
+            (
+                names.commands_stream(),
+                names.commands_filter(),
+                commands_hours,
+            ),
         ] {
             let mut stream = js.get_stream(&stream).await.unwrap();
             let config = stream.info().await.unwrap().config.clone();
+            assert_eq!(config.subjects, vec![subject], "{}", config.name);
             assert_eq!(config.num_replicas, replicas, "{}", config.name);
+            assert_eq!(config.max_age, hours(max_age), "{}", config.name);
+            assert_eq!(
+                config.duplicate_window,
+                Duration::from_secs(window_secs),
+                "{}",
+                config.name
+            );
+            assert_eq!(config.storage, jetstream::stream::StorageType::File);
+            assert_eq!(config.retention, jetstream::stream::RetentionPolicy::Limits);
         }
     }
     app.cleanup().await;

@@ -91,6 +91,77 @@ async fn a_reset_published_twice_to_two_replicas_grants_each_account_once() {
     app.cleanup().await;
 }
 
+/// Two replicas carrying out one command at the same time (as after a redelivery that reached
+/// one replica while another still walked): each range is walked batch by batch by whichever
+/// replica holds its row, and every account is granted once.
+#[tokio::test]
+async fn two_replicas_walking_one_command_at_once_grant_each_account_once() {
+    let app = spawn_app_at(utc(NOVEMBER), &[KEEP_EVENTS]).await;
+    let users = november_accounts(&app, "side", 300).await;
+    app.clock.set(utc(DECEMBER_FIRST));
+    let period = "2026-12".parse().unwrap();
+    let command_id = "reset-free-quota:2026-12:side-by-side";
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let replica = command_svc::app::Application::build(&app.settings, app.clock.clone())
+            .await
+            .unwrap();
+        replicas.push(replica.commands().clone());
+    }
+    // Both plan the command at once: one plan, three ranges, whoever wrote it.
+    let plans = join_all(
+        replicas
+            .iter()
+            .map(|commands| commands.plan_reset(command_id, period, 3, 10)),
+    )
+    .await;
+    let plans: Vec<Vec<i32>> = plans.into_iter().map(Result::unwrap).collect();
+    assert_eq!(plans[0], vec![0, 1, 2]);
+    assert_eq!(plans[0], plans[1], "both replicas walk the same ranges");
+
+    // Every range walked by both replicas at once, in batches of 7, with charges going on.
+    let walk = |commands: command_svc::commands::Commands, shard: i32| async move {
+        let mut granted = 0;
+        loop {
+            let batch = commands
+                .reset_batch(command_id, shard, period, 7)
+                .await
+                .unwrap();
+            granted += batch.granted;
+            if batch.finished {
+                return granted;
+            }
+        }
+    };
+    let walks = replicas
+        .iter()
+        .flat_map(|commands| (0..3).map(|shard| walk(commands.clone(), shard)));
+    let gateway = app.gateway().await;
+    let charges = users.iter().step_by(3).map(|user| {
+        let mut gateway = gateway.clone();
+        let request = deduct(user, 2_000, "during-the-reset");
+        async move { gateway.deduct_quota(request).await.unwrap() }
+    });
+    let (granted, _) = tokio::join!(join_all(walks), join_all(charges));
+    let granted: u64 = granted.iter().sum();
+    let finished = replicas[0].finish_reset(command_id).await.unwrap();
+    assert_eq!(
+        finished,
+        Some(granted as i64),
+        "the recorded count is what the batches granted"
+    );
+    // A charge that reached its account before the walk granted December itself (its lazy
+    // grant), so the walks granted at least every account without a charge; none twice.
+    assert!((200..=300).contains(&granted), "walks granted {granted}");
+    for user in &users {
+        assert_eq!(december_grants(&app, user).await, 1, "{user}");
+    }
+    for user in users.iter().step_by(7) {
+        assert_invariants(&app.db, user).await;
+    }
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_reset_for_any_other_period_is_ignored() {
     let app = spawn_app_at(utc(NOVEMBER), &[KEEP_EVENTS]).await;

@@ -218,70 +218,134 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
     app.cleanup().await;
 }
 
-/// `DeductQuotaRequest` as the wire sees it, with its texts as raw bytes.
+/// Any request as the wire sees it: the text fields at tags 1 to 5 as raw bytes, each present
+/// only when set, and the amount a request carries at tag 2 or 3 left out.
 #[derive(Clone, PartialEq, prost::Message)]
-struct RawDeduct {
-    #[prost(bytes = "vec", tag = "1")]
-    user_id: Vec<u8>,
-    #[prost(int64, tag = "2")]
-    amount_micros: i64,
-    #[prost(bytes = "vec", tag = "3")]
-    request_id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "4")]
-    api_id: Vec<u8>,
+struct RawTexts {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    t1: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    t2: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    t3: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    t4: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    t5: Option<Vec<u8>>,
 }
 
-/// Texts that are not UTF-8 are refused as invalid arguments like any other malformed field
-/// (prost's own codec would report them as an internal error of the server).
+impl RawTexts {
+    fn set(&mut self, tag: u32, bytes: Vec<u8>) {
+        let field = match tag {
+            1 => &mut self.t1,
+            2 => &mut self.t2,
+            3 => &mut self.t3,
+            4 => &mut self.t4,
+            _ => &mut self.t5,
+        };
+        *field = Some(bytes);
+    }
+}
+
+/// Whatever an answer holds: the calls here must fail.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AnyAnswer {}
+
+/// Bytes that are not UTF-8: a valid prefix, then a stray continuation byte, an overlong form,
+/// a surrogate, a truncated sequence or a byte UTF-8 never uses, then anything.
+fn not_utf8() -> BoxedStrategy<Vec<u8>> {
+    let broken = prop_oneof![
+        Just(vec![0x80]),
+        Just(vec![0xc0, 0xaf]),
+        Just(vec![0xc3]),
+        Just(vec![0xed, 0xa0, 0x80]),
+        Just(vec![0xf8, 0x88, 0x80, 0x80, 0x80]),
+        Just(vec![0xff]),
+        Just(vec![0xfe]),
+        Just(vec![0xe2, 0x82]),
+    ];
+    (
+        "[a-z0-9-]{0,20}",
+        broken,
+        prop::collection::vec(any::<u8>(), 0..40),
+    )
+        .prop_map(|(prefix, broken, rest)| {
+            let mut bytes = prefix.into_bytes();
+            bytes.extend(broken);
+            bytes.extend(rest);
+            bytes
+        })
+        .prop_filter("not UTF-8", |bytes| std::str::from_utf8(bytes).is_err())
+        .boxed()
+}
+
+/// Texts that are not UTF-8 in any text field of any RPC are refused as invalid arguments like
+/// any other malformed field (prost's own codec would report them as an internal error of the
+/// server), and change nothing.
 #[tokio::test]
 async fn texts_that_are_not_utf8_are_refused_as_invalid() {
     let app = spawn_app().await;
     let before = fingerprint(&app.db).await;
-    let user = new_user("bytes");
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let path = "/billing.v1.BillingCommandService/DeductQuota";
-    let cases = [
-        (vec![0xff, 0xfe], b"r1".to_vec(), Vec::new()),
-        (user.clone().into_bytes(), vec![0xc3, 0x28], Vec::new()),
-        (
-            user.clone().into_bytes(),
-            b"r2".to_vec(),
-            vec![0xed, 0xa0, 0x80],
-        ),
-        (
-            vec![b'a', 0x80, b'b'],
-            vec![0xf8, 0x88, 0x80, 0x80, 0x80],
-            vec![0xc0, 0xaf],
-        ),
+    // Each RPC with the tags of its text fields and the token of a caller in its scope.
+    let rpcs: [(&'static str, &[u32], &str); 7] = [
+        ("CheckQuota", &[1], GATEWAY),
+        ("DeductQuota", &[1, 3, 4, 5], GATEWAY),
+        ("GetAccount", &[1], GATEWAY),
+        ("CreateRechargeOrder", &[1, 3, 4], ORDERS),
+        ("GetRechargeOrder", &[1, 2], ORDERS),
+        ("RechargeCallback", &[1, 2], PAYMENT),
+        ("AdjustBalance", &[1, 2, 4, 5], OPS),
     ];
-    for (user_id, request_id, api_id) in cases {
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
-        grpc.ready().await.unwrap();
-        let mut request = tonic::Request::new(RawDeduct {
-            user_id,
-            amount_micros: 1_000,
-            request_id,
-            api_id,
-        });
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {GATEWAY}").parse().unwrap(),
-        );
-        let codec = tonic_prost::ProstCodec::<RawDeduct, pb::DeductQuotaResponse>::default();
-        let answer = grpc
-            .unary(
-                request,
-                tonic::codegen::http::uri::PathAndQuery::from_static(path),
-                codec,
-            )
-            .await;
-        let status = answer.expect_err("not UTF-8: refused");
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (broken_text, valid_text) = (not_utf8(), any_text().prop_map(String::into_bytes).boxed());
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let mut sent = 0;
+    for (method, tags, token) in rpcs {
+        let path = format!("/billing.v1.BillingCommandService/{method}");
+        for case in 0..CASES / 2 {
+            // One text not UTF-8, the other texts anything valid.
+            let broken = tags[case % tags.len()];
+            let mut request = RawTexts::default();
+            for &tag in tags {
+                request.set(
+                    tag,
+                    pick(&mut runner, tag == broken, &valid_text, &broken_text),
+                );
+            }
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let mut call = tonic::Request::new(request.clone());
+            call.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let codec = tonic_prost::ProstCodec::<RawTexts, AnyAnswer>::default();
+            let answer = grpc
+                .unary(
+                    call,
+                    tonic::codegen::http::uri::PathAndQuery::try_from(path.as_str()).unwrap(),
+                    codec,
+                )
+                .await;
+            let status = answer.expect_err("not UTF-8: refused");
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{method} with tag {broken} not UTF-8: {status:?} ({request:?})"
+            );
+            assert!(
+                status.message().contains("not UTF-8"),
+                "refused for its encoding: {status:?}"
+            );
+            sent += 1;
+        }
     }
+    assert_eq!(sent, 7 * (CASES / 2));
     assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
     app.cleanup().await;
 }
@@ -359,7 +423,7 @@ async fn malformed_webhook_deliveries_are_refused_and_change_nothing() {
     let client = reqwest::Client::new();
     let url = app.http("/api/v1/billing/recharge/callback");
     let mut unexpected = Vec::new();
-    for i in 0..1_500 {
+    for i in 0..3_000 {
         let body = bodies.new_tree(&mut runner).unwrap().current();
         let now = app.clock.now().timestamp();
         let (timestamp, signature, expected) = match i % 3 {

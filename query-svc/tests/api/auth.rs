@@ -10,9 +10,11 @@ use shared::clock::Clock;
 
 use crate::{helpers::*, support::*};
 
-const ROUTES: [&str; 4] = [
+const ROUTES: [&str; 6] = [
     "/api/v1/billing/account",
     "/api/v1/billing/records",
+    "/api/v1/billing/records/export",
+    "/api/v1/billing/usage",
     "/api/v1/billing/recharge/orders",
     "/api/v1/billing/recharge/orders/RO1",
 ];

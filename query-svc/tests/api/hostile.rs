@@ -136,8 +136,8 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
     let mut runner = runner();
     let client = reqwest::Client::new();
     let mut answers = Vec::new();
-    for i in 0..CASES * 6 {
-        let (method, path, body) = match i % 6 {
+    for i in 0..CASES * 7 {
+        let (method, path, body) = match i % 7 {
             0 => (
                 Method::GET,
                 format!("/api/v1/billing/account?{}", draw(&mut runner, &queries)),
@@ -169,6 +169,14 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
                 format!("/api/v1/billing/usage?{}", draw(&mut runner, &queries)),
                 None,
             ),
+            5 => (
+                Method::GET,
+                format!(
+                    "/api/v1/billing/records/export?{}",
+                    draw(&mut runner, &queries)
+                ),
+                None,
+            ),
             _ => (
                 Method::POST,
                 "/api/v1/billing/recharge".to_owned(),
@@ -192,8 +200,18 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
         }
         let response = request.send().await.unwrap();
         let status = response.status();
-        let json = response.json::<serde_json::Value>().await;
-        answers.push((method, path, authorization == token, status, json.is_ok()));
+        // Errors are JSON; an export that succeeds is CSV.
+        let csv = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/csv"));
+        let well_formed =
+            if status.is_success() && path.starts_with("/api/v1/billing/records/export") {
+                csv
+            } else {
+                response.json::<serde_json::Value>().await.is_ok()
+            };
+        answers.push((method, path, authorization == token, status, well_formed));
     }
     let unexpected: Vec<_> = answers
         .iter()

@@ -58,12 +58,10 @@ impl Application {
             &settings.outbox,
         );
         let rules = Rules::from_settings(settings)?;
-        let snapshots = SnapshotCache::for_commands(
-            settings.redis.url.expose(),
-            &settings.redis.key_prefix,
+        let snapshots = SnapshotCache::command_side(
+            &settings.redis,
             Duration::from_secs(settings.command.snapshot_ttl_secs),
-        )?
-        .with_timeout(Duration::from_millis(settings.redis.timeout_ms));
+        )?;
         let commands = Commands::new(store, clock, rules)
             .with_snapshots(snapshots)
             .with_group_commit(&settings.command.group_commit);

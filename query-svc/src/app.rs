@@ -56,12 +56,10 @@ impl Application {
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;
         }
-        let cache = SnapshotCache::new(
-            settings.redis.url.expose(),
-            &settings.redis.key_prefix,
+        let cache = SnapshotCache::read_model(
+            &settings.redis,
             Duration::from_secs(settings.query.snapshot_ttl_secs),
-        )?
-        .with_timeout(Duration::from_millis(settings.redis.timeout_ms));
+        )?;
         let accounts = AccountRules {
             zone: settings.billing.zone()?,
             currency: settings.billing.currency.clone(),

@@ -7,13 +7,26 @@
 //! Redis is a cache: every failure is logged and the caller falls back to MySQL. A failure also
 //! opens a short breaker: for [`PAUSE_AFTER_FAILURE`] no call goes to Redis, so an outage costs
 //! the callers nothing but the first timeouts; then one connection attempt decides again.
+//!
+//! The server is one Redis or a Redis Cluster (`redis.cluster`). Calls of several keys go to one
+//! server as one pipeline; to a cluster as one call per key, side by side, each routed to its
+//! key's node (a cluster pipeline must stay within one slot).
 
 use std::{
+    future::Future,
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
-use redis::{Script, aio::MultiplexedConnection};
+use redis::Script;
+use redis::{
+    Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+
+use crate::config::RedisSettings;
 use tokio::sync::{mpsc, oneshot};
 
 /// Replaces the snapshot only with a newer version, and refreshes its time to live.
@@ -56,11 +69,112 @@ pub struct CachedSnapshot {
     pub updated_at_ms: i64,
 }
 
+/// Where the snapshots are kept.
+#[derive(Clone)]
+enum Server {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+impl Server {
+    async fn connect(&self) -> redis::RedisResult<Connection> {
+        Ok(match self {
+            Server::Single(client) => {
+                Connection::Single(client.get_multiplexed_async_connection().await?)
+            }
+            Server::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+        })
+    }
+}
+
+/// A connection to the one server, or to every node of the cluster; cheap to clone.
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// A call of one key.
+enum Call<'s> {
+    Command(Cmd),
+    Script(ScriptInvocation<'s>),
+}
+
+/// Calls of one key each, made together: one pipeline to a single server, or side by side to a
+/// cluster. The answers are in the calls' order; any failure fails them all. `script`, the
+/// script the calls invoke if any, is loaded first on a single server (idempotent and cheap, it
+/// makes the calls work after a Redis restart); a cluster node that lacks it loads it when asked.
+async fn call_many<T: FromRedisValue>(
+    connection: &mut Connection,
+    calls: Vec<Call<'_>>,
+    script: Option<&Script>,
+) -> redis::RedisResult<Vec<T>> {
+    match connection {
+        Connection::Single(single) => {
+            let mut pipeline = redis::pipe();
+            if let Some(script) = script {
+                pipeline.load_script(script).ignore();
+            }
+            for call in &calls {
+                match call {
+                    Call::Command(command) => {
+                        pipeline.add_command(command.clone());
+                    }
+                    Call::Script(invocation) => {
+                        pipeline.invoke_script(invocation);
+                    }
+                }
+            }
+            pipeline.query_async(single).await
+        }
+        Connection::Cluster(cluster) => {
+            let each = calls.into_iter().map(|call| {
+                let mut connection = cluster.clone();
+                async move {
+                    match call {
+                        Call::Command(command) => command.query_async(&mut connection).await,
+                        Call::Script(invocation) => invocation.invoke_async(&mut connection).await,
+                    }
+                }
+            });
+            futures::future::try_join_all(each).await
+        }
+    }
+}
+
 #[derive(Default)]
 enum Link {
     #[default]
     Closed,
-    Open(MultiplexedConnection),
+    Open(Connection),
     Failed(Instant),
 }
 
@@ -72,7 +186,7 @@ const MAX_READS_PER_PIPELINE: usize = 256;
 
 #[derive(Clone)]
 pub struct SnapshotCache {
-    client: redis::Client,
+    server: Server,
     link: Arc<Mutex<Link>>,
     prefix: String,
     namespace: &'static str,
@@ -85,25 +199,61 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    /// The read model's snapshots (namespace `rm`). Opens nothing yet: the first use connects,
-    /// so the service starts while Redis is away.
-    pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
-        Self::in_namespace(url, prefix, "rm", ttl)
+    /// The read model's snapshots (namespace `rm`) on the server `settings` name, with their
+    /// key prefix and call timeout. Opens nothing yet: the first use connects, so the service
+    /// starts while Redis is away.
+    pub fn read_model(settings: &RedisSettings, ttl: Duration) -> Result<Self, redis::RedisError> {
+        Self::configured(settings, "rm", ttl)
     }
 
-    /// command-svc's own snapshots (namespace `cmd`), which `CheckQuota` answers from.
-    pub fn for_commands(url: &str, prefix: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
-        Self::in_namespace(url, prefix, "cmd", ttl)
+    /// command-svc's own snapshots (namespace `cmd`), which `CheckQuota` answers from, on the
+    /// server `settings` name.
+    pub fn command_side(
+        settings: &RedisSettings,
+        ttl: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        Self::configured(settings, "cmd", ttl)
     }
 
-    fn in_namespace(
-        url: &str,
-        prefix: &str,
+    fn configured(
+        settings: &RedisSettings,
         namespace: &'static str,
         ttl: Duration,
     ) -> Result<Self, redis::RedisError> {
-        Ok(SnapshotCache {
-            client: redis::Client::open(url)?,
+        let url = settings.url.expose();
+        let server = if settings.cluster {
+            let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+            Server::Cluster(Box::new(ClusterClient::new(nodes)?))
+        } else {
+            Server::Single(redis::Client::open(url)?)
+        };
+        Ok(Self::on(server, &settings.key_prefix, namespace, ttl)
+            .with_timeout(Duration::from_millis(settings.timeout_ms)))
+    }
+
+    /// The read model's snapshots on the one Redis server at `url`.
+    pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
+        Ok(Self::on(
+            Server::Single(redis::Client::open(url)?),
+            prefix,
+            "rm",
+            ttl,
+        ))
+    }
+
+    /// command-svc's own snapshots on the one Redis server at `url`.
+    pub fn for_commands(url: &str, prefix: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
+        Ok(Self::on(
+            Server::Single(redis::Client::open(url)?),
+            prefix,
+            "cmd",
+            ttl,
+        ))
+    }
+
+    fn on(server: Server, prefix: &str, namespace: &'static str, ttl: Duration) -> Self {
+        SnapshotCache {
+            server,
             link: Arc::default(),
             prefix: prefix.to_owned(),
             namespace,
@@ -111,7 +261,7 @@ impl SnapshotCache {
             timeout: DEFAULT_TIMEOUT,
             script: Arc::new(Script::new(PUT_IF_NEWER)),
             reads: Arc::default(),
-        })
+        }
     }
 
     /// How long one Redis call (or connection attempt) may take before it counts as a failure.
@@ -124,7 +274,7 @@ impl SnapshotCache {
     }
 
     /// A connection, unless the breaker is open or Redis cannot be reached now.
-    async fn connection(&self) -> Option<MultiplexedConnection> {
+    async fn connection(&self) -> Option<Connection> {
         {
             let link = self.link.lock().expect("not poisoned");
             match &*link {
@@ -133,9 +283,7 @@ impl SnapshotCache {
                 _ => {}
             }
         }
-        let connected =
-            tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
-                .await;
+        let connected = tokio::time::timeout(self.timeout, self.server.connect()).await;
         match connected {
             Ok(Ok(connection)) => {
                 let mut link = self.link.lock().expect("not poisoned");
@@ -163,12 +311,12 @@ impl SnapshotCache {
     }
 
     /// Runs one Redis call with the timeout; a failure opens the breaker.
-    async fn call<T: redis::FromRedisValue>(
-        &self,
-        command: impl FnOnce(&mut MultiplexedConnection) -> redis::RedisFuture<'_, T>,
-    ) -> Option<T> {
-        let mut connection = self.connection().await?;
-        match tokio::time::timeout(self.timeout, command(&mut connection)).await {
+    async fn call<T, Answer>(&self, command: impl FnOnce(Connection) -> Answer) -> Option<T>
+    where
+        Answer: Future<Output = redis::RedisResult<T>>,
+    {
+        let connection = self.connection().await?;
+        match tokio::time::timeout(self.timeout, command(connection)).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => self.failed(&error.to_string()),
             Err(_) => self.failed("call timed out"),
@@ -199,18 +347,20 @@ impl SnapshotCache {
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while queue.recv_many(&mut batch, MAX_READS_PER_PIPELINE).await > 0 {
-                let mut pipeline = redis::pipe();
-                for (key, _) in &batch {
-                    pipeline
-                        .cmd("HMGET")
-                        .arg(key)
-                        .arg(&["version", "state", "updated_at"]);
-                }
-                let found: Option<Vec<Fields>> = cache
-                    .call(|connection| {
-                        Box::pin(async move { pipeline.query_async(connection).await })
+                let reads: Vec<Call> = batch
+                    .iter()
+                    .map(|(key, _)| {
+                        let mut read = redis::cmd("HMGET");
+                        read.arg(key).arg(&["version", "state", "updated_at"]);
+                        Call::Command(read)
                     })
-                    .await;
+                    .collect();
+                let found: Option<Vec<Fields>> =
+                    cache
+                        .call(|mut connection| async move {
+                            call_many(&mut connection, reads, None).await
+                        })
+                        .await;
                 let found = found.filter(|rows| rows.len() == batch.len());
                 match found {
                     Some(rows) => {
@@ -240,17 +390,15 @@ impl SnapshotCache {
             snapshot.updated_at_ms,
         );
         let written: Option<i64> = self
-            .call(|connection| {
-                Box::pin(async move {
-                    script
-                        .key(key)
-                        .arg(version)
-                        .arg(state)
-                        .arg(updated_at_ms)
-                        .arg(ttl_ms)
-                        .invoke_async(connection)
-                        .await
-                })
+            .call(|mut connection| async move {
+                script
+                    .key(key)
+                    .arg(version)
+                    .arg(state)
+                    .arg(updated_at_ms)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut connection)
+                    .await
             })
             .await;
         written == Some(1)
@@ -263,21 +411,22 @@ impl SnapshotCache {
             return Vec::new();
         }
         let ttl_ms = self.ttl.as_millis().min(i64::MAX as u128) as i64;
-        let mut pipeline = redis::pipe();
-        // Loading is idempotent and cheap; it makes the calls below work after a Redis restart.
-        pipeline.load_script(&self.script).ignore();
-        for (user_id, snapshot) in snapshots {
-            pipeline.invoke_script(
-                self.script
-                    .key(self.key(user_id))
+        let puts: Vec<Call> = snapshots
+            .iter()
+            .map(|(user_id, snapshot)| {
+                let mut invocation = self.script.key(self.key(user_id));
+                invocation
                     .arg(snapshot.version)
                     .arg(&snapshot.state)
                     .arg(snapshot.updated_at_ms)
-                    .arg(ttl_ms),
-            );
-        }
+                    .arg(ttl_ms);
+                Call::Script(invocation)
+            })
+            .collect();
         let written: Option<Vec<i64>> = self
-            .call(|connection| Box::pin(async move { pipeline.query_async(connection).await }))
+            .call(|mut connection| async move {
+                call_many(&mut connection, puts, Some(&self.script)).await
+            })
             .await;
         match written {
             Some(flags) if flags.len() == snapshots.len() => {
@@ -291,8 +440,11 @@ impl SnapshotCache {
     pub async fn remove(&self, user_id: &str) -> bool {
         let key = self.key(user_id);
         let removed: Option<i64> = self
-            .call(|connection| {
-                Box::pin(async move { redis::cmd("DEL").arg(&key).query_async(connection).await })
+            .call(|mut connection| async move {
+                redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
             })
             .await;
         removed.is_some()

@@ -108,6 +108,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// A Redis call taking longer counts as a failure (MySQL answers, Redis is skipped briefly).
     pub timeout_ms: u64,
+    /// `url` names a Redis Cluster: one or more of its nodes, comma-separated. Each snapshot's
+    /// key carries the user id as its hash tag, and calls of several keys go to each key's node.
+    pub cluster: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -415,6 +418,7 @@ redis:
   url: redis://127.0.0.1:6379
   key_prefix: "billing:"
   timeout_ms: 500
+  cluster: false
 nats:
   url: nats://127.0.0.1:4222
   stream_prefix: ""

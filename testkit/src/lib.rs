@@ -26,7 +26,7 @@ use tonic::{
 
 pub use mariadb::OwnMariaDb;
 pub use nats::OwnNats;
-pub use redis::OwnRedis;
+pub use redis::{OwnRedis, OwnRedisCluster};
 
 /// The development callers' tokens of `configs/config.yaml`.
 pub const GATEWAY: &str = "dev-gateway-token";

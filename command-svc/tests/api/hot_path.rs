@@ -378,3 +378,94 @@ async fn snapshots_written_together_keep_the_version_guard() {
         "Redis is down: nothing to read"
     );
 }
+
+/// With `redis.cluster`, command-svc's snapshots live in a Redis Cluster (three primaries of the
+/// test's own): the write-through of a batch of charges on many accounts (many slots) and the
+/// checks read together reach each key's node, and a check follows each charge as on one server.
+#[tokio::test]
+async fn snapshots_in_a_redis_cluster_follow_every_charge() {
+    let cluster = testkit::OwnRedisCluster::start().await;
+    let url = cluster.url();
+    let app = spawn_app_at(
+        Utc::now(),
+        &[
+            ("BILLING__REDIS__URL", url.as_str()),
+            ("BILLING__REDIS__CLUSTER", "true"),
+        ],
+    )
+    .await;
+    let users: Vec<String> = (0..30).map(|i| new_user(&format!("slot{i}"))).collect();
+    let gateway = app.gateway().await;
+    let charges = users.iter().map(|user| {
+        let mut gateway = gateway.clone();
+        let request = deduct(user, 100_000, "first");
+        async move { gateway.deduct_quota(request).await.unwrap().into_inner() }
+    });
+    let charged = join_all(charges).await;
+    let checks = users.iter().map(|user| {
+        let mut gateway = gateway.clone();
+        let check = pb::CheckQuotaRequest {
+            user_id: user.clone(),
+            amount_micros: 1,
+        };
+        async move { gateway.check_quota(check).await.unwrap().into_inner() }
+    });
+    let checked = join_all(checks).await;
+    for (charge, check) in charged.iter().zip(&checked) {
+        let (charged, seen) = (
+            charge.account.as_ref().unwrap(),
+            check.account.as_ref().unwrap(),
+        );
+        assert_eq!(seen.version, charged.version, "{}", seen.user_id);
+        assert_eq!(seen.free_used_micros, 100_000);
+    }
+
+    // The snapshots are in the cluster, on more than one node, at the accounts' versions.
+    let cache =
+        shared::cache::SnapshotCache::command_side(&app.settings.redis, Duration::from_secs(30))
+            .unwrap();
+    let cached = join_all(users.iter().map(|user| cache.get(user))).await;
+    for (user, cached) in users.iter().zip(cached) {
+        let cached = cached.expect("a snapshot written through to the cluster");
+        assert_eq!(cached.version, account(&app, user).await.version, "{user}");
+    }
+    let nodes_used = cluster
+        .keys_per_node()
+        .await
+        .into_iter()
+        .filter(|keys| *keys > 0)
+        .count();
+    assert!(nodes_used >= 2, "the accounts' keys spread over the nodes");
+    // An older snapshot never replaces a newer one there either.
+    let older = shared::cache::CachedSnapshot {
+        version: 1,
+        state: Vec::new(),
+        updated_at_ms: 0,
+    };
+    let puts: Vec<(&str, &shared::cache::CachedSnapshot)> =
+        users.iter().map(|user| (user.as_str(), &older)).collect();
+    assert!(
+        cache
+            .put_many_if_newer(&puts)
+            .await
+            .iter()
+            .all(|written| !written)
+    );
+
+    checks_follow_charges(&app, &new_user("slot-follow")).await;
+    let metrics = reqwest::get(app.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped = testkit::metrics::Scrape::parse(&metrics);
+    assert_eq!(
+        scraped
+            .value("billing_redis_failures_total", &[])
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(scraped.value("billing_redis_available", &[]), Some(1.0));
+    app.cleanup().await;
+}

@@ -149,9 +149,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reconcile { repair, settle_ms } => {
             let pool = shared::db::connect_lazy(&settings.database)?;
-            let cache = SnapshotCache::new(
-                settings.redis.url.expose(),
-                &settings.redis.key_prefix,
+            let cache = SnapshotCache::read_model(
+                &settings.redis,
                 Duration::from_secs(settings.query.snapshot_ttl_secs),
             )?;
             let options = reconcile::Options {

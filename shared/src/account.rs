@@ -140,6 +140,25 @@ impl AccountSnapshot {
         })
     }
 
+    /// The state after a new plan: `monthly_free` is what each period after `now` grants. The
+    /// period of `now` keeps its grant; a later period the account was already granted (in
+    /// advance, by a reset or a clock running ahead) is granted the new amount instead, never
+    /// less than it has used. `None` when nothing would change.
+    pub fn set_plan(&self, monthly_free: Micros, now: Period) -> Option<AccountSnapshot> {
+        let free_granted = if self.version > 0 && self.period > now {
+            monthly_free.max(self.free_used)
+        } else {
+            self.free_granted
+        };
+        let changed = monthly_free != self.monthly_free || free_granted != self.free_granted;
+        changed.then(|| AccountSnapshot {
+            monthly_free,
+            free_granted,
+            version: self.version + 1,
+            ..*self
+        })
+    }
+
     /// Applies a signed adjustment: positive credits, negative debits.
     pub fn adjust(&self, signed: Micros) -> Result<AccountSnapshot, Refusal> {
         if signed.is_positive() {
@@ -246,6 +265,36 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_plan_applies_from_the_next_period_and_corrects_one_granted_in_advance() {
+        let now = period("2026-11");
+        let current = account(100, 10_000_000, 4_000_000);
+        let planned = current.set_plan(Micros::new(30_000_000), now).unwrap();
+        assert_eq!(planned.monthly_free, Micros::new(30_000_000));
+        assert_eq!(
+            planned.free_granted, current.free_granted,
+            "this month keeps its grant"
+        );
+        assert_eq!(planned.version, current.version + 1);
+        // The next month, granted in advance: it gets the new amount, never less than used.
+        let ahead = AccountSnapshot {
+            period: period("2026-12"),
+            ..current
+        };
+        let raised = ahead.set_plan(Micros::new(30_000_000), now).unwrap();
+        assert_eq!(raised.free_granted, Micros::new(30_000_000));
+        let cut = ahead.set_plan(Micros::new(1_000_000), now).unwrap();
+        assert_eq!(cut.free_granted, current.free_used);
+        assert!(cut.free_used <= cut.free_granted);
+        // The same plan again changes nothing.
+        assert_eq!(planned.set_plan(Micros::new(30_000_000), now), None);
+        // The next period granted by the new plan.
+        let next = planned
+            .open_period(period("2026-12"), planned.monthly_free)
+            .unwrap();
+        assert_eq!(next.free_granted, Micros::new(30_000_000));
     }
 
     #[test]

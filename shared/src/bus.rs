@@ -97,6 +97,7 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::RechargeOrderFailed(_) => "recharge_order_failed",
         Kind::BalanceAdjusted(_) => "balance_adjusted",
         Kind::PaymentUnmatched(_) => "payment_unmatched",
+        Kind::FreeQuotaPlanSet(_) => "free_quota_plan_set",
     }
 }
 

@@ -76,6 +76,8 @@ pub enum AmountError {
     OutOfRange,
     #[error("must be non-zero and at most {max} micros in magnitude", max = MAX_AMOUNT.0)]
     SignedOutOfRange,
+    #[error("must be between 0 and {max} micros", max = MAX_AMOUNT.0)]
+    QuotaOutOfRange,
 }
 
 /// A positive amount of one charge, order or payment: 1 ..= 10^12 micros.
@@ -84,6 +86,15 @@ pub fn parse_amount(raw: i64) -> Result<Micros, AmountError> {
         Ok(Micros(raw))
     } else {
         Err(AmountError::OutOfRange)
+    }
+}
+
+/// A monthly free quota (a plan): 0 ..= 10^12 micros; 0 grants nothing.
+pub fn parse_quota(raw: i64) -> Result<Micros, AmountError> {
+    if (0..=MAX_AMOUNT.0).contains(&raw) {
+        Ok(Micros(raw))
+    } else {
+        Err(AmountError::QuotaOutOfRange)
     }
 }
 
@@ -100,6 +111,17 @@ pub fn parse_signed_amount(raw: i64) -> Result<Micros, AmountError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_plan_may_grant_nothing_but_no_more_than_a_charge() {
+        assert_eq!(parse_quota(0), Ok(Micros::ZERO));
+        assert_eq!(parse_quota(MAX_AMOUNT.0), Ok(MAX_AMOUNT));
+        assert_eq!(parse_quota(-1), Err(AmountError::QuotaOutOfRange));
+        assert_eq!(
+            parse_quota(MAX_AMOUNT.0 + 1),
+            Err(AmountError::QuotaOutOfRange)
+        );
+    }
 
     #[test]
     fn amounts_are_bounded_by_the_contract() {

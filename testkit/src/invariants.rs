@@ -101,6 +101,19 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
                     granted_in_period = Some(free);
                 }
             }
+            "plan" => {
+                // The monthly amount changes; a period granted in advance may be granted anew,
+                // never below what it used. No money moves.
+                assert_eq!(
+                    (after.0, &after.1, after.3),
+                    (before.0, &before.1, before.3)
+                );
+                assert_eq!((free, part), (0, 0), "{user}: a plan moves no money");
+                assert!(after.2 >= after.3);
+                if after.1 == period {
+                    granted_in_period = Some(after.2);
+                }
+            }
             other => panic!("{user}: unknown ledger kind {other}"),
         }
         assert!(
@@ -153,6 +166,7 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         Kind::BalanceRecharged(e) => Some(e.record_id.clone()),
         Kind::FreeQuotaGranted(e) => Some(e.record_id.clone()),
         Kind::BalanceAdjusted(e) => Some(e.record_id.clone()),
+        Kind::FreeQuotaPlanSet(e) => Some(e.record_id.clone()),
         Kind::RechargeOrderCreated(_)
         | Kind::RechargeOrderFailed(_)
         | Kind::PaymentUnmatched(_) => None,

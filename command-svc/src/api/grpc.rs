@@ -131,4 +131,17 @@ impl BillingCommandService for GrpcApi {
             replayed: adjusted.replayed,
         }))
     }
+
+    async fn set_free_quota_plan(
+        &self,
+        request: Request<pb::SetFreeQuotaPlanRequest>,
+    ) -> Result<Response<pb::SetFreeQuotaPlanResponse>, Status> {
+        require(&request, &[Scope::Admin])?;
+        let command = parse::set_free_quota_plan(request.get_ref())?;
+        let planned = self.commands.set_free_quota_plan(&command).await?;
+        Ok(Response::new(pb::SetFreeQuotaPlanResponse {
+            account: Some(planned.account.message()),
+            next_period_free_micros: planned.next_period_free.get(),
+        }))
+    }
 }

@@ -14,7 +14,7 @@ use crate::{
     commands::CommandError,
     domain::{
         AdjustBalance, CheckQuota, CreateRechargeOrder, DeductQuota, GetRechargeOrder,
-        RechargeCallback,
+        RechargeCallback, SetFreeQuotaPlan,
     },
 };
 
@@ -134,6 +134,23 @@ pub fn adjust_balance(request: &pb::AdjustBalanceRequest) -> Result<AdjustBalanc
         adjustment_id: adjustment_id?,
         amount: amount?,
         reason: reason?,
+        actor: actor?,
+    })
+}
+
+pub fn set_free_quota_plan(
+    request: &pb::SetFreeQuotaPlanRequest,
+) -> Result<SetFreeQuotaPlan, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let monthly_free = v.take(
+        money::parse_quota(request.monthly_free_micros)
+            .map_err(|e| FieldViolation::new("monthly_free_micros", e.to_string())),
+    );
+    let actor = v.take(Actor::parse("actor", &request.actor));
+    parse_all!(v => SetFreeQuotaPlan {
+        user_id: user_id?,
+        monthly_free: monthly_free?,
         actor: actor?,
     })
 }

@@ -7,6 +7,7 @@ mod adjust;
 mod charge;
 mod group;
 mod orders;
+mod plans;
 mod reset;
 mod snapshots;
 
@@ -28,6 +29,7 @@ use shared::{
 pub use adjust::Adjusted;
 pub use charge::{Charged, Checked};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
+pub use plans::PlanSet;
 pub use reset::{ResetBatch, ResetRefused};
 
 use crate::{

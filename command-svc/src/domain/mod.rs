@@ -53,6 +53,15 @@ pub struct RechargeCallback {
     pub success: bool,
 }
 
+/// An operator's new free quota for each period after the current one. Setting the plan an
+/// account has is a no-op, so a retry applies once.
+#[derive(Clone, Debug)]
+pub struct SetFreeQuotaPlan {
+    pub user_id: UserId,
+    pub monthly_free: Micros,
+    pub actor: Actor,
+}
+
 /// An operator's signed change of the balance; idempotent by `(user_id, adjustment_id)`.
 #[derive(Clone, Debug)]
 pub struct AdjustBalance {

@@ -30,3 +30,19 @@ impl Writes {
         self
     }
 }
+
+/// Corrects the amount of a grant made in advance (a new plan for a period already granted).
+pub async fn regrant(
+    tx: &mut super::Tx,
+    user_id: &str,
+    period: &str,
+    granted_micros: i64,
+) -> Result<(), super::StoreError> {
+    sqlx::query("UPDATE free_quota_grants SET granted_micros = ? WHERE user_id = ? AND period = ?")
+        .bind(granted_micros)
+        .bind(user_id)
+        .bind(period)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -12,6 +12,8 @@ pub enum RecordKind {
     Recharge,
     FreeGrant,
     Adjust,
+    /// A new plan: `amount` is the new monthly free quota; no money moves.
+    Plan,
 }
 
 impl RecordKind {
@@ -22,6 +24,7 @@ impl RecordKind {
             RecordKind::Recharge => "recharge",
             RecordKind::FreeGrant => "free_grant",
             RecordKind::Adjust => "adjust",
+            RecordKind::Plan => "plan",
         }
     }
 }

@@ -21,7 +21,7 @@ pub use accounts::{
     AccountRow, create_account, load_account, lock_account, lock_accounts, lock_accounts_between,
     save_account,
 };
-pub use grants::Grant;
+pub use grants::{Grant, regrant};
 pub use ledger::{
     LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_charges,
     find_credit_by_txn,

@@ -175,6 +175,14 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
                             );
                         }
                     }
+                    92..=94 => {
+                        let plan = pb::SetFreeQuotaPlanRequest {
+                            user_id: user.clone(),
+                            monthly_free_micros: rng.below(20) as i64 * CNY,
+                            actor: format!("ops-w{worker}"),
+                        };
+                        ops.set_free_quota_plan(plan).await.unwrap();
+                    }
                     _ => {
                         let check = pb::CheckQuotaRequest {
                             user_id: user.clone(),

@@ -198,6 +198,20 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
     }) {
         answers.push(("AdjustBalance", ops.adjust_balance(case).await.map(drop)));
     }
+    let negative_or_overflowing = prop_oneof![
+        Just(i64::MIN),
+        i64::MIN..0_i64,
+        1_000_000_000_001..=i64::MAX,
+    ]
+    .boxed();
+    for case in cases(3, |r, bad| pb::SetFreeQuotaPlanRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        monthly_free_micros: pick(r, bad == 1, &amount, &negative_or_overflowing),
+        actor: pick(r, bad == 2, &text, &bad_text),
+    }) {
+        let answer = ops.set_free_quota_plan(case).await.map(drop);
+        answers.push(("SetFreeQuotaPlan", answer));
+    }
 
     let unexpected: Vec<_> = answers
         .iter()
@@ -292,7 +306,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         .await
         .unwrap();
     // Each RPC with the tags of its text fields and the token of a caller in its scope.
-    let rpcs: [(&'static str, &[u32], &str); 7] = [
+    let rpcs: [(&'static str, &[u32], &str); 8] = [
         ("CheckQuota", &[1], GATEWAY),
         ("DeductQuota", &[1, 3, 4, 5], GATEWAY),
         ("GetAccount", &[1], GATEWAY),
@@ -300,6 +314,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         ("GetRechargeOrder", &[1, 2], ORDERS),
         ("RechargeCallback", &[1, 2], PAYMENT),
         ("AdjustBalance", &[1, 2, 4, 5], OPS),
+        ("SetFreeQuotaPlan", &[1, 3], OPS),
     ];
     let (broken_text, valid_text) = (not_utf8(), any_text().prop_map(String::into_bytes).boxed());
     let mut runner = TestRunner::new_with_rng(
@@ -345,7 +360,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
             sent += 1;
         }
     }
-    assert_eq!(sent, 7 * (CASES / 2));
+    assert_eq!(sent, rpcs.len() * (CASES / 2));
     assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
     app.cleanup().await;
 }

@@ -11,6 +11,7 @@ mod observability;
 mod outage;
 mod payments;
 mod periods;
+mod plans;
 mod relay;
 mod reset;
 mod schema;

@@ -86,6 +86,17 @@ async fn each_caller_reaches_only_its_own_methods() {
             .await
             .map(drop)
     ));
+    let plan = pb::SetFreeQuotaPlanRequest {
+        user_id: user.clone(),
+        monthly_free_micros: CNY,
+        actor: "someone".into(),
+    };
+    assert!(denied(
+        payment.set_free_quota_plan(plan.clone()).await.map(drop)
+    ));
+    assert!(denied(
+        orders.set_free_quota_plan(plan.clone()).await.map(drop)
+    ));
 
     // Operators (admin) may do everything.
     let mut ops = app.ops().await;

@@ -36,14 +36,17 @@ pub enum RecordType {
     Recharge,
     FreeGrant,
     Adjust,
+    /// A new free-quota plan (`amount_micros` is the new monthly amount; no money moves).
+    Plan,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 4] = [
+    pub const ALL: [RecordType; 5] = [
         RecordType::Deduct,
         RecordType::Recharge,
         RecordType::FreeGrant,
         RecordType::Adjust,
+        RecordType::Plan,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl RecordType {
             RecordType::Recharge => "recharge",
             RecordType::FreeGrant => "free_grant",
             RecordType::Adjust => "adjust",
+            RecordType::Plan => "plan",
         }
     }
 

@@ -191,6 +191,18 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
         Kind::RechargeOrderFailed(failed) => {
             plan.order = failed.order.as_ref().map(order_row).transpose()?;
         }
+        Kind::FreeQuotaPlanSet(planned) => {
+            // No money moves: the record shows the new monthly amount, and the snapshot (with
+            // a next period granted in advance corrected) carries the rest.
+            plan.record = Some((
+                record(
+                    &planned.record_id,
+                    "plan",
+                    (planned.monthly_free_micros, 0, 0),
+                )?,
+                None,
+            ));
+        }
         Kind::PaymentUnmatched(_) => {}
     }
     Ok(plan)

@@ -175,6 +175,49 @@ async fn charges_adjustments_and_a_recharge_show_over_rest() {
     stack.cleanup().await;
 }
 
+/// A plan set over gRPC shows in the read model: the account's monthly amount, a `plan` record
+/// with the new amount and no money moved; reconcile finds the models equal.
+#[tokio::test]
+async fn a_plan_shows_in_the_account_and_as_a_record() {
+    let stack = spawn_stack().await;
+    let user = new_user("e2e-plan");
+    stack
+        .gateway()
+        .await
+        .deduct_quota(deduct(&user, CNY, "before-plan"))
+        .await
+        .unwrap();
+    stack
+        .ops()
+        .await
+        .set_free_quota_plan(pb::SetFreeQuotaPlanRequest {
+            user_id: user.clone(),
+            monthly_free_micros: 50 * CNY,
+            actor: "ops@devshare".into(),
+        })
+        .await
+        .unwrap();
+    let account = account_caught_up(&stack, &user).await;
+    assert_eq!(account["monthly_free_micros"], json!(50 * CNY), "{account}");
+    assert_eq!(
+        account["free_quota"]["granted_micros"],
+        json!(10 * CNY),
+        "this month keeps its grant"
+    );
+    let plans = all_records(&stack, &user, "&type=plan", 10).await;
+    assert_eq!(plans.len(), 1, "{plans:?}");
+    assert_eq!(
+        (
+            &plans[0]["amount_micros"],
+            &plans[0]["free_micros"],
+            &plans[0]["balance_micros"]
+        ),
+        (&json!(50 * CNY), &json!(0), &json!(0))
+    );
+    crate::projection::assert_models_agree(&stack, &user).await;
+    stack.cleanup().await;
+}
+
 #[tokio::test]
 async fn with_redis_down_reads_stay_correct_from_mysql() {
     let mut redis = testkit::OwnRedis::start().await;

@@ -39,6 +39,36 @@ pub enum Refusal {
     InsufficientQuota,
     #[error("the balance would exceed its limit")]
     BalanceLimit,
+    #[error("the refunds of a charge would exceed it")]
+    RefundExceedsCharge,
+}
+
+/// What is left to refund of one charge, part by part: its parts less its earlier refunds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refundable {
+    pub balance: Micros,
+    /// The free part not yet refunded (returned or forfeited).
+    pub free: Micros,
+}
+
+/// How a refund is paid back: the balance part first, then the free part, which goes back to
+/// the free quota only within the charge's own period and is forfeited after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefundSplit {
+    pub balance: Micros,
+    /// Back to the free quota of the charge's period (the account's current one).
+    pub free: Micros,
+    /// The free part of a charge whose period has ended: refunded, but not given back.
+    pub forfeited: Micros,
+}
+
+impl RefundSplit {
+    /// The free part of the refund, returned or forfeited.
+    pub fn free_part(&self) -> Micros {
+        self.free
+            .checked_add(self.forfeited)
+            .unwrap_or(Micros::ZERO)
+    }
 }
 
 /// The free-first split of `amount`, or `None` when free quota and balance together fall short.
@@ -138,6 +168,45 @@ impl AccountSnapshot {
             version: self.version + 1,
             ..*self
         })
+    }
+
+    /// Refunds `amount` of a charge made in `charge_period` of which `left` is still refundable:
+    /// balance part first, then the free part, returned to the free quota when the account is
+    /// still in `charge_period`, else forfeited. Refused when `amount` exceeds what is left, or
+    /// when the balance would pass its limit.
+    pub fn refund(
+        &self,
+        amount: Micros,
+        left: Refundable,
+        charge_period: Period,
+    ) -> Result<(RefundSplit, AccountSnapshot), Refusal> {
+        let balance = amount.min(left.balance.max(Micros::ZERO));
+        let free_part = amount
+            .checked_sub(balance)
+            .filter(|free| *free <= left.free)
+            .ok_or(Refusal::RefundExceedsCharge)?;
+        let returned = if charge_period == self.period {
+            // Never below zero, even were the quota's use somehow smaller than the charge's part.
+            free_part.min(self.free_used)
+        } else {
+            Micros::ZERO
+        };
+        let split = RefundSplit {
+            balance,
+            free: returned,
+            forfeited: free_part
+                .checked_sub(returned)
+                .ok_or(Refusal::RefundExceedsCharge)?,
+        };
+        let credited = self.credit(split.balance)?;
+        let after = AccountSnapshot {
+            free_used: self
+                .free_used
+                .checked_sub(split.free)
+                .ok_or(Refusal::RefundExceedsCharge)?,
+            ..credited
+        };
+        Ok((split, after))
     }
 
     /// The state after a new plan: `monthly_free` is what each period after `now` grants. The
@@ -265,6 +334,86 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_refund_returns_the_balance_part_first_then_the_free_part_within_its_period() {
+        // A charge of 8 paid 5 free + 3 balance in November; nothing refunded yet.
+        let now = account(100, 10, 5);
+        let left = Refundable {
+            balance: Micros::new(3),
+            free: Micros::new(5),
+        };
+        let (split, after) = now.refund(Micros::new(4), left, period("2026-11")).unwrap();
+        assert_eq!(
+            split,
+            RefundSplit {
+                balance: Micros::new(3),
+                free: Micros::new(1),
+                forfeited: Micros::ZERO
+            }
+        );
+        assert_eq!(
+            (after.balance, after.free_used),
+            (Micros::new(103), Micros::new(4))
+        );
+        assert_eq!(after.version, now.version + 1);
+        // In December the free part is forfeited: reported, not returned.
+        let december = AccountSnapshot {
+            period: period("2026-12"),
+            free_used: Micros::ZERO,
+            ..now
+        };
+        let (split, after) = december
+            .refund(Micros::new(8), left, period("2026-11"))
+            .unwrap();
+        assert_eq!(
+            (split.balance, split.free, split.forfeited),
+            (Micros::new(3), Micros::ZERO, Micros::new(5))
+        );
+        assert_eq!(
+            (after.balance, after.free_used),
+            (Micros::new(103), Micros::ZERO)
+        );
+        // Never more than is left, part by part.
+        assert_eq!(
+            now.refund(Micros::new(9), left, period("2026-11")),
+            Err(Refusal::RefundExceedsCharge)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn refunds_never_exceed_the_charge_nor_break_the_account(
+            charge_free in 0_i64..1_000, charge_balance in 0_i64..1_000,
+            refunds in prop::collection::vec(1_i64..700, 1..8), same_period: bool,
+        ) {
+            let mut state = account(0, 1_000, charge_free);
+            let charge_period = if same_period { state.period } else { period("2026-10") };
+            let mut left = Refundable { balance: Micros::new(charge_balance), free: Micros::new(charge_free) };
+            let (mut balance_back, mut free_back) = (0, 0);
+            for amount in refunds {
+                match state.refund(Micros::new(amount), left, charge_period) {
+                    Ok((split, after)) => {
+                        prop_assert_eq!(split.balance.get() + split.free_part().get(), amount);
+                        balance_back += split.balance.get();
+                        free_back += split.free_part().get();
+                        left = Refundable {
+                            balance: Micros::new(charge_balance - balance_back),
+                            free: Micros::new(charge_free - free_back),
+                        };
+                        prop_assert!(after.free_used >= Micros::ZERO && after.free_used <= after.free_granted);
+                        prop_assert_eq!(after.balance.get(), state.balance.get() + split.balance.get());
+                        state = after;
+                    }
+                    Err(refusal) => {
+                        prop_assert_eq!(refusal, Refusal::RefundExceedsCharge);
+                        prop_assert!(amount > left.balance.get() + left.free.get());
+                    }
+                }
+                prop_assert!(balance_back <= charge_balance && free_back <= charge_free);
+            }
+        }
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::BalanceAdjusted(_) => "balance_adjusted",
         Kind::PaymentUnmatched(_) => "payment_unmatched",
         Kind::FreeQuotaPlanSet(_) => "free_quota_plan_set",
+        Kind::ChargeRefunded(_) => "charge_refunded",
     }
 }
 

@@ -133,6 +133,10 @@ text_type!(
     AdjustmentId, 1, 128, Charset::PrintableAscii
 );
 text_type!(
+    /// An operator's key of one refund; idempotent per user.
+    RefundId, 1, 128, Charset::PrintableAscii
+);
+text_type!(
     /// The optional key that makes order creation idempotent per user (empty = none).
     IdempotencyKey, 0, 128, Charset::PrintableAscii
 );

@@ -101,6 +101,21 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
                     granted_in_period = Some(free);
                 }
             }
+            "refund" => {
+                // The balance part back to the balance; the free part back to the quota only
+                // in the charge's period (the rest of `amount` was forfeited).
+                assert!(
+                    free >= 0 && part >= 0 && free + part <= amount,
+                    "{user}: refund parts"
+                );
+                assert_eq!(after.0, before.0 + part);
+                assert_eq!((&after.1, after.2), (&before.1, before.2));
+                assert_eq!(after.3, before.3 - free);
+                credits += part;
+                if after.1 == period {
+                    free_in_period -= free;
+                }
+            }
             "plan" => {
                 // The monthly amount changes; a period granted in advance may be granted anew,
                 // never below what it used. No money moves.
@@ -140,6 +155,29 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
         "{user}: the period's grant"
     );
 
+    // Refunds: each has its ledger row with the same parts, and the refunds of a charge never
+    // exceed it, part by part.
+    let (unmatched, excessive): (i64, i64) = sqlx::query_as(
+        "SELECT \
+           (SELECT COUNT(*) FROM refunds r LEFT JOIN ledger l ON l.record_id = r.record_id \
+            WHERE r.user_id = ? AND (l.record_id IS NULL OR l.kind <> 'refund' \
+              OR l.amount_micros <> r.amount_micros OR l.balance_micros <> r.balance_micros \
+              OR l.free_micros <> r.free_micros)), \
+           (SELECT COUNT(*) FROM ledger c JOIN \
+              (SELECT charge_record_id, SUM(balance_micros) AS b, \
+                      SUM(free_micros + free_forfeited_micros) AS f \
+               FROM refunds WHERE user_id = ? GROUP BY charge_record_id) s \
+              ON s.charge_record_id = c.record_id \
+            WHERE c.kind <> 'deduct' OR s.b > c.balance_micros OR s.f > c.free_micros)",
+    )
+    .bind(user)
+    .bind(user)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(unmatched, 0, "{user}: a refund without its ledger row");
+    assert_eq!(excessive, 0, "{user}: refunds exceeding their charge");
+
     // Invariant 4 on the write side: every ledger row has its event in the outbox.
     let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox WHERE user_id = ?")
         .bind(user)
@@ -167,6 +205,7 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         Kind::FreeQuotaGranted(e) => Some(e.record_id.clone()),
         Kind::BalanceAdjusted(e) => Some(e.record_id.clone()),
         Kind::FreeQuotaPlanSet(e) => Some(e.record_id.clone()),
+        Kind::ChargeRefunded(e) => Some(e.record_id.clone()),
         Kind::RechargeOrderCreated(_)
         | Kind::RechargeOrderFailed(_)
         | Kind::PaymentUnmatched(_) => None,

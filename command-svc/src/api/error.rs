@@ -15,6 +15,8 @@ pub const REASON_INSUFFICIENT_QUOTA: &str = "INSUFFICIENT_QUOTA";
 pub const REASON_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 pub const REASON_ORDER_NOT_FOUND: &str = "ORDER_NOT_FOUND";
 pub const REASON_BALANCE_LIMIT: &str = "BALANCE_LIMIT";
+pub const REASON_CHARGE_NOT_FOUND: &str = "CHARGE_NOT_FOUND";
+pub const REASON_REFUND_EXCEEDS_CHARGE: &str = "REFUND_EXCEEDS_CHARGE";
 pub const REASON_SCOPE: &str = "SCOPE";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
@@ -39,6 +41,10 @@ impl CommandError {
             CommandError::BalanceLimit => (Code::FailedPrecondition, REASON_BALANCE_LIMIT),
             CommandError::KeyReused { .. } => (Code::AlreadyExists, REASON_KEY_REUSED),
             CommandError::OrderNotFound => (Code::NotFound, REASON_ORDER_NOT_FOUND),
+            CommandError::ChargeNotFound => (Code::NotFound, REASON_CHARGE_NOT_FOUND),
+            CommandError::RefundExceedsCharge => {
+                (Code::FailedPrecondition, REASON_REFUND_EXCEEDS_CHARGE)
+            }
             CommandError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
                 (Code::Unavailable, REASON_STORE_UNAVAILABLE)
             }

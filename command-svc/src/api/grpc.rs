@@ -144,4 +144,21 @@ impl BillingCommandService for GrpcApi {
             next_period_free_micros: planned.next_period_free.get(),
         }))
     }
+
+    async fn refund_charge(
+        &self,
+        request: Request<pb::RefundChargeRequest>,
+    ) -> Result<Response<pb::RefundChargeResponse>, Status> {
+        require(&request, &[Scope::Admin])?;
+        let command = parse::refund_charge(request.get_ref())?;
+        let refunded = self.commands.refund_charge(&command).await?;
+        Ok(Response::new(pb::RefundChargeResponse {
+            record_id: refunded.record_id,
+            free_returned_micros: refunded.split.free.get(),
+            balance_returned_micros: refunded.split.balance.get(),
+            account: Some(refunded.account.message()),
+            replayed: refunded.replayed,
+            free_forfeited_micros: refunded.split.forfeited.get(),
+        }))
+    }
 }

@@ -4,7 +4,7 @@
 use shared::{
     ids::{
         Actor, AdjustmentId, ApiId, Channel, Description, FieldViolation, IdempotencyKey, OrderNo,
-        ProviderTxnId, Reason, RequestId, UserId, Violations,
+        ProviderTxnId, Reason, RefundId, RequestId, UserId, Violations,
     },
     money::{self, MAX_AMOUNT, Micros},
     proto::v1 as pb,
@@ -14,7 +14,7 @@ use crate::{
     commands::CommandError,
     domain::{
         AdjustBalance, CheckQuota, CreateRechargeOrder, DeductQuota, GetRechargeOrder,
-        RechargeCallback, SetFreeQuotaPlan,
+        RechargeCallback, RefundCharge, SetFreeQuotaPlan,
     },
 };
 
@@ -135,6 +135,22 @@ pub fn adjust_balance(request: &pb::AdjustBalanceRequest) -> Result<AdjustBalanc
         amount: amount?,
         reason: reason?,
         actor: actor?,
+    })
+}
+
+pub fn refund_charge(request: &pb::RefundChargeRequest) -> Result<RefundCharge, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let refund_id = v.take(RefundId::parse("refund_id", &request.refund_id));
+    let request_id = v.take(RequestId::parse("request_id", &request.request_id));
+    let amount = v.take(amount("amount_micros", request.amount_micros));
+    let reason = v.take(Reason::parse("reason", &request.reason));
+    parse_all!(v => RefundCharge {
+        user_id: user_id?,
+        refund_id: refund_id?,
+        request_id: request_id?,
+        amount: amount?,
+        reason: reason?,
     })
 }
 

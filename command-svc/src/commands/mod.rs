@@ -8,6 +8,7 @@ mod charge;
 mod group;
 mod orders;
 mod plans;
+mod refunds;
 mod reset;
 mod snapshots;
 
@@ -30,6 +31,7 @@ pub use adjust::Adjusted;
 pub use charge::{Charged, Checked};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
+pub use refunds::Refunded;
 pub use reset::{ResetBatch, ResetRefused};
 
 use crate::{
@@ -89,6 +91,10 @@ pub enum CommandError {
     KeyReused { key: &'static str },
     #[error("no such recharge order")]
     OrderNotFound,
+    #[error("no charge under this request_id")]
+    ChargeNotFound,
+    #[error("the refunds of a charge may not exceed it, part by part")]
+    RefundExceedsCharge,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,6 +110,7 @@ impl From<shared::account::Refusal> for CommandError {
         match refusal {
             shared::account::Refusal::InsufficientQuota => CommandError::InsufficientQuota,
             shared::account::Refusal::BalanceLimit => CommandError::BalanceLimit,
+            shared::account::Refusal::RefundExceedsCharge => CommandError::RefundExceedsCharge,
         }
     }
 }

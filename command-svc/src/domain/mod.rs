@@ -6,7 +6,7 @@ pub mod payment;
 use shared::{
     ids::{
         Actor, AdjustmentId, ApiId, Channel, Description, IdempotencyKey, OrderNo, ProviderTxnId,
-        Reason, RequestId, UserId,
+        Reason, RefundId, RequestId, UserId,
     },
     money::Micros,
 };
@@ -51,6 +51,17 @@ pub struct RechargeCallback {
     /// Positive when `success`; a failure may carry 0.
     pub paid_amount: Micros,
     pub success: bool,
+}
+
+/// An operator's refund of (part of) the charge recorded under `(user_id, request_id)`;
+/// idempotent by `(user_id, refund_id)`.
+#[derive(Clone, Debug)]
+pub struct RefundCharge {
+    pub user_id: UserId,
+    pub refund_id: RefundId,
+    pub request_id: RequestId,
+    pub amount: Micros,
+    pub reason: Reason,
 }
 
 /// An operator's new free quota for each period after the current one. Setting the plan an

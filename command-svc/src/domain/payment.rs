@@ -3,10 +3,7 @@
 //! Money that arrived is never refused (invariant 7): whatever cannot be applied becomes an
 //! unmatched payment for operators rather than an error that would make the provider give up.
 
-use shared::{
-    account::{AccountSnapshot, Refusal},
-    money::Micros,
-};
+use shared::{account::AccountSnapshot, money::Micros};
 
 pub use shared::order::OrderStatus;
 
@@ -75,9 +72,8 @@ pub fn decide_callback(
         }
         (true, _) => match account.credit(paid_amount) {
             Ok(after) => CallbackDecision::Credit(after),
-            Err(Refusal::BalanceLimit | Refusal::InsufficientQuota) => {
-                CallbackDecision::Unmatched(Unmatched::BalanceLimit)
-            }
+            // A credit is refused only at the balance limit.
+            Err(_) => CallbackDecision::Unmatched(Unmatched::BalanceLimit),
         },
         (false, OrderStatus::Pending) => CallbackDecision::MarkFailed,
         (false, OrderStatus::Failed) => CallbackDecision::Replayed,

@@ -33,7 +33,7 @@ impl AccountRow {
 }
 
 /// A period column that does not parse is a corrupt row, never the caller's fault.
-pub(super) fn parse_period(text: &str) -> Result<Period, StoreError> {
+pub fn parse_period(text: &str) -> Result<Period, StoreError> {
     text.parse().map_err(|e: shared::period::PeriodError| {
         StoreError::internal(sqlx::Error::Decode(e.into()))
     })

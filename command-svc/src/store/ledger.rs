@@ -14,6 +14,9 @@ pub enum RecordKind {
     Adjust,
     /// A new plan: `amount` is the new monthly free quota; no money moves.
     Plan,
+    /// A refund of a charge: `balance` back to the balance, `free` back to the free quota,
+    /// `amount` the whole refund (with the forfeited free part).
+    Refund,
 }
 
 impl RecordKind {
@@ -25,6 +28,7 @@ impl RecordKind {
             RecordKind::FreeGrant => "free_grant",
             RecordKind::Adjust => "adjust",
             RecordKind::Plan => "plan",
+            RecordKind::Refund => "refund",
         }
     }
 }
@@ -114,6 +118,24 @@ pub async fn find_charge(
     Ok(sqlx::query_as(SQL)
         .bind(user_id)
         .bind(request_id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// The ledger row with this record id, if it is `user_id`'s.
+pub async fn find_record(
+    tx: &mut Tx,
+    user_id: &str,
+    record_id: &str,
+) -> Result<Option<LedgerRecord>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM ledger WHERE record_id = ? AND user_id = ?"
+    );
+    Ok(sqlx::query_as(SQL)
+        .bind(record_id)
+        .bind(user_id)
         .fetch_optional(&mut **tx)
         .await?)
 }

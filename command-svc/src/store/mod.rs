@@ -9,6 +9,7 @@ mod grants;
 mod ledger;
 mod orders;
 mod outbox;
+mod refunds;
 mod writes;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -19,12 +20,12 @@ use tokio::sync::Notify;
 
 pub use accounts::{
     AccountRow, create_account, load_account, lock_account, lock_accounts, lock_accounts_between,
-    save_account,
+    parse_period, save_account,
 };
 pub use grants::{Grant, regrant};
 pub use ledger::{
     LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_charges,
-    find_credit_by_txn,
+    find_credit_by_txn, find_record,
 };
 pub use orders::{
     OrderRow, UnmatchedRow, find_order, find_order_by_key, find_unmatched_by_txn, insert_order,
@@ -34,6 +35,7 @@ pub use outbox::{
     OutboxRow, Outgoing, PURGE_CHUNK, backlog, claim_unpublished, insert_event,
     make_seen_commits_durable, mark_published, purge_published_chunk,
 };
+pub use refunds::{NewRefund, RefundRow, find_refund, insert_refund, refundable};
 pub use writes::Writes;
 
 pub type Tx = Transaction<'static, MySql>;

@@ -175,7 +175,29 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
                             );
                         }
                     }
-                    92..=94 => {
+                    92..=93 => {
+                        let earlier = {
+                            let seen = seen.lock().unwrap();
+                            (!seen.requests.is_empty()).then(|| {
+                                seen.requests[rng.below(seen.requests.len() as u64) as usize]
+                                    .clone()
+                            })
+                        };
+                        let Some((user, request_id, amount)) = earlier else {
+                            continue;
+                        };
+                        let refund = pb::RefundChargeRequest {
+                            user_id: user,
+                            refund_id: format!("rf-w{worker}-op{op}"),
+                            request_id,
+                            amount_micros: 1 + rng.below(amount as u64) as i64,
+                            reason: "conservation".into(),
+                        };
+                        if let Err(status) = ops.refund_charge(refund).await {
+                            assert_eq!(reason(&status), "REFUND_EXCEEDS_CHARGE", "{status:?}");
+                        }
+                    }
+                    94 => {
                         let plan = pb::SetFreeQuotaPlanRequest {
                             user_id: user.clone(),
                             monthly_free_micros: rng.below(20) as i64 * CNY,

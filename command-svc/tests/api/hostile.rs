@@ -212,6 +212,15 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         let answer = ops.set_free_quota_plan(case).await.map(drop);
         answers.push(("SetFreeQuotaPlan", answer));
     }
+    for case in cases(5, |r, bad| pb::RefundChargeRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        refund_id: pick(r, bad == 1, &text, &bad_key),
+        request_id: pick(r, bad == 2, &text, &bad_key),
+        amount_micros: pick(r, bad == 3, &amount, &bad_amount),
+        reason: pick(r, bad == 4, &text, &bad_text),
+    }) {
+        answers.push(("RefundCharge", ops.refund_charge(case).await.map(drop)));
+    }
 
     let unexpected: Vec<_> = answers
         .iter()
@@ -306,7 +315,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         .await
         .unwrap();
     // Each RPC with the tags of its text fields and the token of a caller in its scope.
-    let rpcs: [(&'static str, &[u32], &str); 8] = [
+    let rpcs: [(&'static str, &[u32], &str); 9] = [
         ("CheckQuota", &[1], GATEWAY),
         ("DeductQuota", &[1, 3, 4, 5], GATEWAY),
         ("GetAccount", &[1], GATEWAY),
@@ -315,6 +324,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         ("RechargeCallback", &[1, 2], PAYMENT),
         ("AdjustBalance", &[1, 2, 4, 5], OPS),
         ("SetFreeQuotaPlan", &[1, 3], OPS),
+        ("RefundCharge", &[1, 2, 3, 5], OPS),
     ];
     let (broken_text, valid_text) = (not_utf8(), any_text().prop_map(String::into_bytes).boxed());
     let mut runner = TestRunner::new_with_rng(

@@ -12,6 +12,7 @@ mod outage;
 mod payments;
 mod periods;
 mod plans;
+mod refunds;
 mod relay;
 mod reset;
 mod schema;

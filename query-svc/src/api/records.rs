@@ -38,15 +38,19 @@ pub enum RecordType {
     Adjust,
     /// A new free-quota plan (`amount_micros` is the new monthly amount; no money moves).
     Plan,
+    /// A refund of a charge: `balance_micros` and `free_micros` given back, `amount_micros` the
+    /// whole refund (a free part forfeited after the charge's period included).
+    Refund,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 5] = [
+    pub const ALL: [RecordType; 6] = [
         RecordType::Deduct,
         RecordType::Recharge,
         RecordType::FreeGrant,
         RecordType::Adjust,
         RecordType::Plan,
+        RecordType::Refund,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +60,7 @@ impl RecordType {
             RecordType::FreeGrant => "free_grant",
             RecordType::Adjust => "adjust",
             RecordType::Plan => "plan",
+            RecordType::Refund => "refund",
         }
     }
 

@@ -203,6 +203,21 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 None,
             ));
         }
+        Kind::ChargeRefunded(refund) => {
+            // The whole refund, and the parts given back; daily usage keeps the charge as made.
+            plan.record = Some((
+                record(
+                    &refund.record_id,
+                    "refund",
+                    (
+                        refund.amount_micros,
+                        refund.free_returned_micros,
+                        refund.balance_returned_micros,
+                    ),
+                )?,
+                None,
+            ));
+        }
         Kind::PaymentUnmatched(_) => {}
     }
     Ok(plan)

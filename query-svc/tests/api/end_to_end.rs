@@ -175,10 +175,11 @@ async fn charges_adjustments_and_a_recharge_show_over_rest() {
     stack.cleanup().await;
 }
 
-/// A plan set over gRPC shows in the read model: the account's monthly amount, a `plan` record
-/// with the new amount and no money moved; reconcile finds the models equal.
+/// A plan and a refund made over gRPC show in the read model: the account's monthly amount, a
+/// `plan` record with the new amount and no money moved, a `refund` record with the parts given
+/// back; the read model equals the write model.
 #[tokio::test]
-async fn a_plan_shows_in_the_account_and_as_a_record() {
+async fn a_plan_and_a_refund_show_in_the_account_and_as_records() {
     let stack = spawn_stack().await;
     let user = new_user("e2e-plan");
     stack
@@ -197,8 +198,33 @@ async fn a_plan_shows_in_the_account_and_as_a_record() {
         })
         .await
         .unwrap();
+    let refunded = stack
+        .ops()
+        .await
+        .refund_charge(pb::RefundChargeRequest {
+            user_id: user.clone(),
+            refund_id: "rf-e2e".into(),
+            request_id: "before-plan".into(),
+            amount_micros: CNY / 2,
+            reason: "upstream failure".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let account = account_caught_up(&stack, &user).await;
     assert_eq!(account["monthly_free_micros"], json!(50 * CNY), "{account}");
+    assert_eq!(account["free_quota"]["used_micros"], json!(CNY / 2));
+    let refunds = all_records(&stack, &user, "&type=refund", 10).await;
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["record_id"], json!(refunded.record_id));
+    assert_eq!(
+        (
+            &refunds[0]["amount_micros"],
+            &refunds[0]["free_micros"],
+            &refunds[0]["balance_micros"]
+        ),
+        (&json!(CNY / 2), &json!(CNY / 2), &json!(0))
+    );
     assert_eq!(
         account["free_quota"]["granted_micros"],
         json!(10 * CNY),

@@ -1,0 +1,128 @@
+//! Refunds of charges, partial or whole, by operators.
+
+use shared::{
+    account::RefundSplit,
+    money::Micros,
+    proto::v1::{ChargeRefunded, billing_event::Kind},
+};
+
+use super::{CommandError, Commands, account_tx::AccountTx};
+use crate::{
+    domain::RefundCharge,
+    events::{self, AccountOut},
+    store::{self, NewRefund, RecordKind, Refs, StoreError},
+};
+
+#[derive(Clone, Debug)]
+pub struct Refunded {
+    pub record_id: String,
+    pub split: RefundSplit,
+    pub account: AccountOut,
+    pub replayed: bool,
+}
+
+impl Commands {
+    /// Refunds part or all of the charge under `(user_id, request_id)`: the balance part
+    /// first, then the free part, returned to the free quota only while the account is still
+    /// in the charge's period (forfeited after it, and reported). A charge's refunds never
+    /// exceed it, part by part. Applies once per `(user_id, refund_id)`.
+    pub async fn refund_charge(&self, command: &RefundCharge) -> Result<Refunded, CommandError> {
+        self.store.retrying(|| self.refund_once(command)).await
+    }
+
+    async fn refund_once(&self, command: &RefundCharge) -> Result<Refunded, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        if !account.exists() {
+            account.rollback().await?;
+            return Err(CommandError::ChargeNotFound);
+        }
+        let charge = store::find_charge(account.tx(), user_id, command.request_id.as_str()).await?;
+
+        if let Some(earlier) =
+            store::find_refund(account.tx(), user_id, command.refund_id.as_str()).await?
+        {
+            let same = earlier.amount_micros == command.amount.get()
+                && charge
+                    .as_ref()
+                    .is_some_and(|charge| charge.record_id == earlier.charge_record_id);
+            // A refund row always has its ledger row: the two are written together.
+            let record = store::find_record(account.tx(), user_id, &earlier.record_id)
+                .await?
+                .ok_or_else(|| StoreError::internal(sqlx::Error::RowNotFound))?;
+            let shown = account.end_in_replay(&record).await?;
+            if !same {
+                return Err(CommandError::KeyReused { key: "refund_id" });
+            }
+            return Ok(Refunded {
+                record_id: earlier.record_id,
+                split: RefundSplit {
+                    balance: Micros::new(earlier.balance_micros),
+                    free: Micros::new(earlier.free_micros),
+                    forfeited: Micros::new(earlier.free_forfeited_micros),
+                },
+                account: shown,
+                replayed: true,
+            });
+        }
+
+        let Some(charge) = charge.filter(|charge| charge.kind == RecordKind::Deduct.as_str())
+        else {
+            account.rollback().await?;
+            return Err(CommandError::ChargeNotFound);
+        };
+        let left = store::refundable(account.tx(), &charge).await?;
+        let charge_period = store::parse_period(&charge.period)?;
+        account.open_period();
+        let (split, after) = match account.state().refund(command.amount, left, charge_period) {
+            Ok(refunded) => refunded,
+            Err(refusal) => {
+                account.rollback().await?;
+                return Err(refusal.into());
+            }
+        };
+
+        let record_id = events::new_id();
+        store::insert_refund(
+            account.tx(),
+            &NewRefund {
+                record_id: &record_id,
+                user_id,
+                refund_id: command.refund_id.as_str(),
+                charge_record_id: &charge.record_id,
+                amount: command.amount,
+                split,
+                reason: command.reason.as_str(),
+            },
+            now,
+        )
+        .await?;
+        let event = Kind::ChargeRefunded(ChargeRefunded {
+            record_id: record_id.clone(),
+            refund_id: command.refund_id.to_string(),
+            request_id: command.request_id.to_string(),
+            charge_record_id: charge.record_id.clone(),
+            amount_micros: command.amount.get(),
+            balance_returned_micros: split.balance.get(),
+            free_returned_micros: split.free.get(),
+            free_forfeited_micros: split.forfeited.get(),
+            reason: command.reason.to_string(),
+        });
+        let refs = Refs {
+            reason: Some(command.reason.as_str()),
+            ..Refs::default()
+        };
+        let amounts = (command.amount, split.free, split.balance);
+        account
+            .append(&record_id, RecordKind::Refund, after, amounts, refs, event)
+            .await?;
+        let account = self.commit(account).await?;
+        Ok(Refunded {
+            record_id,
+            split,
+            account,
+            replayed: false,
+        })
+    }
+}

@@ -5,6 +5,8 @@
 //! - [`ids`]: validated identifiers and texts, parsed once at the edge.
 //! - [`account`]: the account state, its transitions (grant, charge, credit, debit) and the one
 //!   view function, [`account::view_at`], through which every reader presents an account.
+//! - [`alerts`]: which changes raise a low-balance or a free-quota-exhausted alert;
+//!   [`signature`]: the HMAC scheme of signed HTTP deliveries, both ways.
 //! - [`bus`]: NATS JetStream stream and subject names, stream settings, connecting.
 //! - [`cache`]: account snapshots in Redis, version-guarded.
 //! - [`order`]: how a recharge order's status is shown.
@@ -18,6 +20,7 @@
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
 
 pub mod account;
+pub mod alerts;
 pub mod bus;
 pub mod cache;
 pub mod clock;
@@ -32,6 +35,7 @@ mod otel;
 pub mod period;
 pub mod proto;
 pub mod shutdown;
+pub mod signature;
 pub mod sql_script;
 pub mod telemetry;
 pub mod trace;

@@ -11,17 +11,13 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::Sha256;
-use shared::config::Secret;
+pub use shared::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use shared::{config::Secret, signature};
 
 use super::{error::HttpError, http::HttpState, parse};
 use crate::events::OrderOut;
-
-pub const TIMESTAMP_HEADER: &str = "x-billing-timestamp";
-pub const SIGNATURE_HEADER: &str = "x-billing-signature";
 
 /// The secrets a signature may be made with, newest first, and how fresh it must be.
 #[derive(Clone, Debug)]
@@ -38,22 +34,6 @@ struct CallbackBody {
     provider_txn_id: String,
     paid_amount_micros: i64,
     success: bool,
-}
-
-fn mac(secret: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
-}
-
-/// The signature of `body` sent at `timestamp` with `secret`, as the header carries it.
-pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "sha256={}",
-        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
-    )
 }
 
 impl WebhookKeys {
@@ -76,14 +56,12 @@ impl WebhookKeys {
             ));
         }
         let signature = header(SIGNATURE_HEADER)
-            .and_then(|text| text.trim().strip_prefix("sha256="))
-            .and_then(|hex_text| hex::decode(hex_text).ok())
+            .filter(|text| text.trim().starts_with("sha256="))
             .ok_or_else(|| unauthorized("missing or malformed X-Billing-Signature"))?;
-        let valid = self.secrets.iter().any(|secret| {
-            mac(secret.expose(), timestamp, body)
-                .verify_slice(&signature)
-                .is_ok()
-        });
+        let valid = self
+            .secrets
+            .iter()
+            .any(|secret| signature::verify(secret.expose(), timestamp, body, signature));
         if valid {
             Ok(())
         } else {

@@ -15,6 +15,32 @@ use crate::store::OrderRow;
 /// Events of this build; consumers refuse versions they do not know.
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// The events of the alerts a change (`record_id`) raised.
+pub fn alert_kinds(
+    record_id: &str,
+    alerts: &[shared::alerts::Alert],
+    period: shared::period::Period,
+) -> Vec<Kind> {
+    alerts
+        .iter()
+        .map(|alert| match alert {
+            shared::alerts::Alert::BalanceLow { balance, threshold } => {
+                Kind::BalanceLow(pb::BalanceLow {
+                    record_id: record_id.to_owned(),
+                    balance_micros: balance.get(),
+                    threshold_micros: threshold.get(),
+                })
+            }
+            shared::alerts::Alert::FreeQuotaExhausted => {
+                Kind::FreeQuotaExhausted(pb::FreeQuotaExhausted {
+                    record_id: record_id.to_owned(),
+                    period: period.to_string(),
+                })
+            }
+        })
+        .collect()
+}
+
 /// A new time-ordered id for records, events, orders and unmatched payments.
 pub fn new_id() -> String {
     Uuid::now_v7().to_string()

@@ -279,3 +279,35 @@ CREATE TABLE IF NOT EXISTS refunds (
     CONSTRAINT refunds_parts_add_up CHECK (amount_micros = balance_micros + free_micros + free_forfeited_micros),
     CONSTRAINT refunds_parts_not_negative CHECK (balance_micros >= 0 AND free_micros >= 0 AND free_forfeited_micros >= 0)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0015_create_alert_settings.sql
+-- A developer's alert settings. low_balance_threshold_micros: balance_low fires when the balance
+-- falls to or below it (NULL: the configured default). webhook_url: where alerts are delivered
+-- (NULL: nowhere). Read with the account's row, under its lock, by every change that may cross.
+CREATE TABLE IF NOT EXISTS alert_settings (
+    user_id                      VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    low_balance_threshold_micros BIGINT NULL,
+    webhook_url                  VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    updated_at                   DATETIME(6) NOT NULL,
+    PRIMARY KEY (user_id),
+    CONSTRAINT alert_settings_threshold_in_range CHECK (low_balance_threshold_micros BETWEEN 0 AND 1000000000000000)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0016_create_alert_deliveries.sql
+-- One row per alert event delivered (or being delivered) to a developer's webhook: the attempts
+-- made, the last answer, and how it ended. status: pending | delivered | failed | no_webhook.
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    event_id         CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id          VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    kind             VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    url              VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    status           VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    attempts         INT NOT NULL,
+    last_http_status INT NULL,
+    last_error       VARCHAR(512) NULL,
+    first_attempt_at DATETIME(6) NOT NULL,
+    last_attempt_at  DATETIME(6) NOT NULL,
+    delivered_at     DATETIME(6) NULL,
+    PRIMARY KEY (event_id),
+    KEY alert_deliveries_user (user_id, first_attempt_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -17,11 +17,7 @@ pub enum Alert {
 /// The alerts of the change from `before` to `after`, with the account's balance threshold.
 /// A change that opens a new period compares with the new period's grant, so a charge that
 /// uses up a fresh month's quota at once raises the alert too.
-pub fn raised(
-    before: &AccountSnapshot,
-    after: &AccountSnapshot,
-    threshold: Micros,
-) -> Vec<Alert> {
+pub fn raised(before: &AccountSnapshot, after: &AccountSnapshot, threshold: Micros) -> Vec<Alert> {
     let mut alerts = Vec::new();
     if before.balance > threshold && after.balance <= threshold {
         alerts.push(Alert::BalanceLow {
@@ -70,8 +66,16 @@ mod tests {
                 threshold: t
             }]
         );
-        assert_eq!(raised(&at, &below, t), vec![], "already below: no new alert");
-        assert_eq!(raised(&below, &above, t), vec![], "a recharge raises nothing");
+        assert_eq!(
+            raised(&at, &below, t),
+            vec![],
+            "already below: no new alert"
+        );
+        assert_eq!(
+            raised(&below, &above, t),
+            vec![],
+            "a recharge raises nothing"
+        );
         assert_eq!(raised(&above, &below, t).len(), 1, "but the next fall does");
     }
 
@@ -80,11 +84,17 @@ mod tests {
         let t = Micros::ZERO;
         let some_left = state(0, 10, 7, "2026-11");
         let none_left = state(0, 10, 10, "2026-11");
-        assert_eq!(raised(&some_left, &none_left, t), vec![Alert::FreeQuotaExhausted]);
+        assert_eq!(
+            raised(&some_left, &none_left, t),
+            vec![Alert::FreeQuotaExhausted]
+        );
         assert_eq!(raised(&none_left, &none_left, t), vec![]);
         // A new month's quota used up by the change that opens it.
         let december = state(0, 10, 10, "2026-12");
-        assert_eq!(raised(&none_left, &december, t), vec![Alert::FreeQuotaExhausted]);
+        assert_eq!(
+            raised(&none_left, &december, t),
+            vec![Alert::FreeQuotaExhausted]
+        );
         // A month that grants nothing has nothing to exhaust.
         let nothing = state(0, 0, 0, "2026-12");
         assert_eq!(raised(&none_left, &nothing, t), vec![]);

@@ -99,6 +99,8 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::PaymentUnmatched(_) => "payment_unmatched",
         Kind::FreeQuotaPlanSet(_) => "free_quota_plan_set",
         Kind::ChargeRefunded(_) => "charge_refunded",
+        Kind::BalanceLow(_) => "balance_low",
+        Kind::FreeQuotaExhausted(_) => "free_quota_exhausted",
     }
 }
 

@@ -26,6 +26,7 @@ pub struct Settings {
     pub billing: BillingSettings,
     pub auth: AuthSettings,
     pub payment: PaymentSettings,
+    pub alerts: AlertSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -211,6 +212,30 @@ pub struct PaymentSettings {
     pub webhook_previous_secrets: Vec<Secret>,
     /// A signature's timestamp may be this far from now, either way.
     pub signature_tolerance_secs: u64,
+}
+
+/// Alerts to developers (`balance_low`, `free_quota_exhausted`) and their webhook deliveries.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// `balance_low` fires when the balance falls to or below this, unless the user set their
+    /// own threshold.
+    pub low_balance_threshold_micros: i64,
+    /// Signs every delivery (the HMAC scheme of the payment webhook).
+    pub webhook_secret: Secret,
+    /// The durable consumers of the alert events, `<name>-balance-low` and
+    /// `<name>-free-quota-exhausted`, shared by command-svc's replicas.
+    pub consumer_name: String,
+    /// One delivery attempt may take this long.
+    pub delivery_timeout_ms: u64,
+    /// Attempts per alert before it is recorded as failed.
+    pub max_attempts: u32,
+    /// The pause after the first failed attempt; doubled after each, up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Webhooks on loopback, private, link-local or unspecified addresses are refused unless
+    /// this is set (a webhook must not reach into the service's own network).
+    pub allow_private_addresses: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -452,6 +477,15 @@ payment:
   webhook_secret: change-me
   webhook_previous_secrets: []
   signature_tolerance_secs: 300
+alerts:
+  low_balance_threshold_micros: 1000000
+  webhook_secret: change-me
+  consumer_name: command-svc-alerts
+  delivery_timeout_ms: 5000
+  max_attempts: 8
+  retry_initial_ms: 1000
+  retry_max_ms: 300000
+  allow_private_addresses: false
 telemetry:
   filter: info
   format: pretty

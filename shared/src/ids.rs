@@ -195,8 +195,76 @@ impl Violations {
     }
 }
 
+/// Where a developer's alerts are delivered: an `http` or `https` URL with a host, at most 2048
+/// printable ASCII characters without spaces. Whether its address may be called is decided at
+/// delivery (`alerts.allow_private_addresses`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub const MAX_CHARS: usize = 2048;
+
+    /// `None` for an empty value: no webhook.
+    pub fn parse(field: &'static str, value: &str) -> Result<Option<Self>, FieldViolation> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let refused = || {
+            FieldViolation::new(
+                field,
+                format!(
+                    "must be empty or an http(s) URL with a host, at most {} printable ASCII \
+                     characters without spaces",
+                    Self::MAX_CHARS
+                ),
+            )
+        };
+        if value.len() > Self::MAX_CHARS || !value.chars().all(|c| ('!'..='~').contains(&c)) {
+            return Err(refused());
+        }
+        let rest = value
+            .strip_prefix("https://")
+            .or_else(|| value.strip_prefix("http://"))
+            .ok_or_else(refused)?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        let host = host.split(':').next().unwrap_or_default();
+        let bracketed = authority.contains('[');
+        if host.is_empty() && !bracketed {
+            return Err(refused());
+        }
+        Ok(Some(WebhookUrl(value.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn webhook_urls_are_http_or_https_with_a_host() {
+        let ok = |v: &str| WebhookUrl::parse("webhook_url", v).unwrap();
+        assert_eq!(ok(""), None);
+        assert!(ok("https://hooks.example.com/billing?x=1").is_some());
+        assert!(ok("http://127.0.0.1:8080/alerts").is_some());
+        assert!(ok("http://[::1]:9000/a").is_some());
+        for bad in [
+            "ftp://example.com/",
+            "https://",
+            "https:///path",
+            "example.com/hook",
+            "https://exa mple.com/",
+            "https://example.com/\u{7f}",
+            "javascript:alert(1)",
+        ] {
+            assert!(WebhookUrl::parse("webhook_url", bad).is_err(), "{bad}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        assert!(WebhookUrl::parse("webhook_url", &long).is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -78,6 +78,8 @@ pub enum AmountError {
     SignedOutOfRange,
     #[error("must be between 0 and {max} micros", max = MAX_AMOUNT.0)]
     QuotaOutOfRange,
+    #[error("must be between 0 and {max} micros", max = MAX_BALANCE.0)]
+    BalanceOutOfRange,
 }
 
 /// A positive amount of one charge, order or payment: 1 ..= 10^12 micros.
@@ -95,6 +97,15 @@ pub fn parse_quota(raw: i64) -> Result<Micros, AmountError> {
         Ok(Micros(raw))
     } else {
         Err(AmountError::QuotaOutOfRange)
+    }
+}
+
+/// An amount a balance may hold (a threshold, say): 0 ..= 10^15 micros.
+pub fn parse_balance(raw: i64) -> Result<Micros, AmountError> {
+    if (0..=MAX_BALANCE.0).contains(&raw) {
+        Ok(Micros(raw))
+    } else {
+        Err(AmountError::BalanceOutOfRange)
     }
 }
 

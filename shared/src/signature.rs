@@ -32,7 +32,11 @@ pub fn verify(secret: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
         .trim()
         .strip_prefix("sha256=")
         .and_then(|hex_text| hex::decode(hex_text).ok())
-        .is_some_and(|signature| mac(secret, timestamp, body).verify_slice(&signature).is_ok())
+        .is_some_and(|signature| {
+            mac(secret, timestamp, body)
+                .verify_slice(&signature)
+                .is_ok()
+        })
 }
 
 #[cfg(test)]

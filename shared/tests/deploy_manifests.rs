@@ -681,6 +681,10 @@ fn assert_secrets_are_placeholders(what: &str, settings: &Settings) {
             "payment.webhook_secret",
             settings.payment.webhook_secret.expose(),
         ),
+        (
+            "alerts.webhook_secret",
+            settings.alerts.webhook_secret.expose(),
+        ),
     ];
     for caller in &settings.auth.callers {
         secrets.push(("a token of auth.callers", caller.token.expose()));

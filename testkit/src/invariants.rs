@@ -208,6 +208,8 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         Kind::ChargeRefunded(e) => Some(e.record_id.clone()),
         Kind::RechargeOrderCreated(_)
         | Kind::RechargeOrderFailed(_)
-        | Kind::PaymentUnmatched(_) => None,
+        | Kind::PaymentUnmatched(_)
+        | Kind::BalanceLow(_)
+        | Kind::FreeQuotaExhausted(_) => None,
     }
 }

@@ -161,4 +161,17 @@ impl BillingCommandService for GrpcApi {
             free_forfeited_micros: refunded.split.forfeited.get(),
         }))
     }
+
+    async fn set_alert_settings(
+        &self,
+        request: Request<pb::SetAlertSettingsRequest>,
+    ) -> Result<Response<pb::SetAlertSettingsResponse>, Status> {
+        require(&request, &[Scope::Orders, Scope::Admin])?;
+        let command = parse::set_alert_settings(request.get_ref())?;
+        let saved = self.commands.set_alert_settings(&command).await?;
+        Ok(Response::new(pb::SetAlertSettingsResponse {
+            low_balance_threshold_micros: saved.low_balance_threshold.get(),
+            webhook_url: saved.webhook_url.unwrap_or_default(),
+        }))
+    }
 }

@@ -4,7 +4,7 @@
 use shared::{
     ids::{
         Actor, AdjustmentId, ApiId, Channel, Description, FieldViolation, IdempotencyKey, OrderNo,
-        ProviderTxnId, Reason, RefundId, RequestId, UserId, Violations,
+        ProviderTxnId, Reason, RefundId, RequestId, UserId, Violations, WebhookUrl,
     },
     money::{self, MAX_AMOUNT, Micros},
     proto::v1 as pb,
@@ -14,7 +14,7 @@ use crate::{
     commands::CommandError,
     domain::{
         AdjustBalance, CheckQuota, CreateRechargeOrder, DeductQuota, GetRechargeOrder,
-        RechargeCallback, RefundCharge, SetFreeQuotaPlan,
+        RechargeCallback, RefundCharge, SetAlertSettings, SetFreeQuotaPlan,
     },
 };
 
@@ -151,6 +151,23 @@ pub fn refund_charge(request: &pb::RefundChargeRequest) -> Result<RefundCharge, 
         request_id: request_id?,
         amount: amount?,
         reason: reason?,
+    })
+}
+
+pub fn set_alert_settings(
+    request: &pb::SetAlertSettingsRequest,
+) -> Result<SetAlertSettings, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let threshold = v.take(
+        money::parse_balance(request.low_balance_threshold_micros)
+            .map_err(|e| FieldViolation::new("low_balance_threshold_micros", e.to_string())),
+    );
+    let webhook_url = v.take(WebhookUrl::parse("webhook_url", &request.webhook_url));
+    parse_all!(v => SetAlertSettings {
+        user_id: user_id?,
+        low_balance_threshold: threshold?,
+        webhook_url: webhook_url?,
     })
 }
 

@@ -23,6 +23,8 @@ pub(super) struct AccountTx<'c> {
     currency: String,
     /// The version stored in MySQL right now (0: no row yet).
     stored_version: i64,
+    /// What `balance_low` compares the balance with.
+    low_balance_threshold: Micros,
     /// The state as the command has decided it so far.
     state: AccountSnapshot,
     /// A period grant decided but not yet written, with the state before it.
@@ -42,6 +44,10 @@ impl<'c> AccountTx<'c> {
     ) -> Result<AccountTx<'c>, StoreError> {
         let mut tx = store.begin().await?;
         let row = store::lock_account(&mut tx, user_id).await?;
+        let low_balance_threshold = rules.low_balance_threshold(
+            row.as_ref()
+                .and_then(|row| row.low_balance_threshold_micros),
+        );
         let (stored_version, state, currency) = match row {
             Some(row) => (row.version, row.snapshot()?, row.currency),
             None => (
@@ -57,6 +63,7 @@ impl<'c> AccountTx<'c> {
             user_id,
             currency,
             stored_version,
+            low_balance_threshold,
             state,
             pending_grant: None,
             wrote_events: false,
@@ -142,7 +149,8 @@ impl<'c> AccountTx<'c> {
         self.write_event(kind).await
     }
 
-    /// Appends one change: its ledger row (state before = the current state) and its event.
+    /// Appends one change: its ledger row (state before = the current state), its event, and
+    /// the events of the alerts it raised.
     pub async fn append(
         &mut self,
         record_id: &str,
@@ -169,8 +177,13 @@ impl<'c> AccountTx<'c> {
         let mut writes = Writes::new();
         writes.entries(&[entry]);
         writes.run(&mut self.tx).await?;
+        let alerts = shared::alerts::raised(&self.state, &after, self.low_balance_threshold);
         self.state = after;
-        self.write_event(event).await
+        self.write_event(event).await?;
+        for alert in events::alert_kinds(record_id, &alerts, after.period) {
+            self.write_event(alert).await?;
+        }
+        Ok(())
     }
 
     /// Writes an event about the account as it is now (events that change no state repeat the

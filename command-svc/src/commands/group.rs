@@ -116,6 +116,8 @@ struct Working {
     /// The version stored now (0: no row yet).
     stored_version: i64,
     state: AccountSnapshot,
+    /// What `balance_low` compares the balance with.
+    low_balance_threshold: Micros,
 }
 
 /// What the batch decided for one charge.
@@ -183,6 +185,9 @@ impl Commands {
                 currency: row.currency.clone(),
                 stored_version: row.version,
                 state: row.snapshot()?,
+                low_balance_threshold: self
+                    .rules
+                    .low_balance_threshold(row.low_balance_threshold_micros),
             };
             accounts.insert(row.user_id.as_str(), working);
         }
@@ -250,6 +255,7 @@ impl Commands {
                 currency: self.rules.currency.clone(),
                 stored_version: 0,
                 state: AccountSnapshot::fresh(now_period, self.rules.default_monthly_free),
+                low_balance_threshold: self.rules.default_low_balance_threshold,
             });
             // The period's grant and the charge are decided together: a refused charge writes
             // nothing, not even the grant.
@@ -309,14 +315,19 @@ impl Commands {
                 now,
             ));
             let kind = super::charge::deducted(command, &record_id, split);
-            published.push(self.event_about(
-                user_id,
-                &working.currency,
-                &after,
-                kind,
-                &batch[index].traceparent,
-                now,
-            ));
+            let alerts = shared::alerts::raised(&base, &after, working.low_balance_threshold);
+            for kind in
+                std::iter::once(kind).chain(events::alert_kinds(&record_id, &alerts, after.period))
+            {
+                published.push(self.event_about(
+                    user_id,
+                    &working.currency,
+                    &after,
+                    kind,
+                    &batch[index].traceparent,
+                    now,
+                ));
+            }
             working.state = after;
             applied.insert(key, index);
             decided.push(Decided::Done(Ok(Charged {

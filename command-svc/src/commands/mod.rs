@@ -4,6 +4,7 @@
 
 mod account_tx;
 mod adjust;
+mod alerts;
 mod charge;
 mod group;
 mod orders;
@@ -28,6 +29,7 @@ use shared::{
 };
 
 pub use adjust::Adjusted;
+pub use alerts::AlertSettingsSaved;
 pub use charge::{Charged, Checked};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
@@ -46,17 +48,27 @@ pub struct Rules {
     pub currency: String,
     pub default_monthly_free: Micros,
     pub order_ttl: Duration,
+    /// `balance_low` fires at or below this, unless the user set their own threshold.
+    pub default_low_balance_threshold: Micros,
     /// Where each event is published.
     pub bus: BusNames,
 }
 
 impl Rules {
+    /// The threshold an account's `balance_low` compares with: the user's own, else the default.
+    pub fn low_balance_threshold(&self, own: Option<i64>) -> Micros {
+        own.map_or(self.default_low_balance_threshold, Micros::new)
+    }
+
     pub fn from_settings(settings: &Settings) -> Result<Rules, ConfigError> {
         Ok(Rules {
             zone: settings.billing.zone()?,
             currency: settings.billing.currency.clone(),
             default_monthly_free: settings.billing.default_monthly_free()?,
             order_ttl: Duration::from_secs(settings.billing.order_ttl_secs),
+            default_low_balance_threshold: Micros::new(
+                settings.alerts.low_balance_threshold_micros,
+            ),
             bus: BusNames::from_settings(&settings.nats),
         })
     }

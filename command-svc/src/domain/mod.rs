@@ -6,7 +6,7 @@ pub mod payment;
 use shared::{
     ids::{
         Actor, AdjustmentId, ApiId, Channel, Description, IdempotencyKey, OrderNo, ProviderTxnId,
-        Reason, RefundId, RequestId, UserId,
+        Reason, RefundId, RequestId, UserId, WebhookUrl,
     },
     money::Micros,
 };
@@ -62,6 +62,14 @@ pub struct RefundCharge {
     pub request_id: RequestId,
     pub amount: Micros,
     pub reason: Reason,
+}
+
+/// A developer's alert settings: their `balance_low` threshold and webhook (none when `None`).
+#[derive(Clone, Debug)]
+pub struct SetAlertSettings {
+    pub user_id: UserId,
+    pub low_balance_threshold: Micros,
+    pub webhook_url: Option<WebhookUrl>,
 }
 
 /// An operator's new free quota for each period after the current one. Setting the plan an

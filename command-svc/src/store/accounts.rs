@@ -17,6 +17,8 @@ pub struct AccountRow {
     pub monthly_free_micros: i64,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
+    /// The user's own `balance_low` threshold (`alert_settings`), if they set one.
+    pub low_balance_threshold_micros: Option<i64>,
 }
 
 impl AccountRow {
@@ -39,11 +41,15 @@ pub fn parse_period(text: &str) -> Result<Period, StoreError> {
     })
 }
 
-/// The columns of [`AccountRow`], for every SELECT of this table.
+/// The columns of [`AccountRow`] and the tables they come from, for every SELECT of an account:
+/// the account and, beside it, the user's alert threshold (locked with it by `FOR UPDATE`, so
+/// a change and the threshold it is compared with are read together).
 macro_rules! account_columns {
     () => {
-        "user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
-         monthly_free_micros, version, updated_at"
+        "a.user_id, a.currency, a.balance_micros, a.period, a.free_granted_micros, \
+         a.free_used_micros, a.monthly_free_micros, a.version, a.updated_at, \
+         s.low_balance_threshold_micros \
+         FROM accounts a LEFT JOIN alert_settings s ON s.user_id = a.user_id"
     };
 }
 
@@ -53,7 +59,7 @@ pub async fn lock_account(tx: &mut Tx, user_id: &str) -> Result<Option<AccountRo
     const SQL: &str = concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE user_id = ? FOR UPDATE"
+        " WHERE a.user_id = ? FOR UPDATE"
     );
     Ok(sqlx::query_as(SQL)
         .bind(user_id)
@@ -66,11 +72,7 @@ pub async fn load_account<'e>(
     executor: impl MySqlExecutor<'e>,
     user_id: &str,
 ) -> Result<Option<AccountRow>, StoreError> {
-    const SQL: &str = concat!(
-        "SELECT ",
-        account_columns!(),
-        " FROM accounts WHERE user_id = ?"
-    );
+    const SQL: &str = concat!("SELECT ", account_columns!(), " WHERE a.user_id = ?");
     Ok(sqlx::query_as(SQL)
         .bind(user_id)
         .fetch_optional(executor)
@@ -152,7 +154,7 @@ pub async fn lock_accounts_between(
     const SQL: &str = concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE user_id > ? AND (? IS NULL OR user_id <= ?) ORDER BY user_id LIMIT ? FOR UPDATE"
+        " WHERE a.user_id > ? AND (? IS NULL OR a.user_id <= ?) ORDER BY a.user_id LIMIT ? FOR UPDATE"
     );
     Ok(sqlx::query_as(SQL)
         .bind(after)
@@ -171,13 +173,13 @@ pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<Account
     let mut select = sqlx::QueryBuilder::new(concat!(
         "SELECT ",
         account_columns!(),
-        " FROM accounts WHERE user_id IN ("
+        " WHERE a.user_id IN ("
     ));
     let mut ids = select.separated(", ");
     for user_id in shared::db::padded(user_ids) {
         ids.push_bind(user_id);
     }
-    select.push(") ORDER BY user_id FOR UPDATE");
+    select.push(") ORDER BY a.user_id FOR UPDATE");
     Ok(select.build_query_as().fetch_all(&mut **tx).await?)
 }
 

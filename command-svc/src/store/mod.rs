@@ -5,6 +5,7 @@
 //! (`FOR UPDATE` on the account first, always), so correctness rests on locks and unique keys.
 
 mod accounts;
+mod alerts;
 mod grants;
 mod ledger;
 mod orders;
@@ -21,6 +22,9 @@ use tokio::sync::Notify;
 pub use accounts::{
     AccountRow, create_account, load_account, lock_account, lock_accounts, lock_accounts_between,
     parse_period, save_account,
+};
+pub use alerts::{
+    DeliveryAttempt, delivery_settled, record_attempt, save_alert_settings, webhook_of,
 };
 pub use grants::{Grant, regrant};
 pub use ledger::{

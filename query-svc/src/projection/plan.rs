@@ -218,7 +218,8 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 None,
             ));
         }
-        Kind::PaymentUnmatched(_) => {}
+        // Alerts change nothing: their snapshot repeats the change that raised them.
+        Kind::PaymentUnmatched(_) | Kind::BalanceLow(_) | Kind::FreeQuotaExhausted(_) => {}
     }
     Ok(plan)
 }

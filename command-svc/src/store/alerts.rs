@@ -1,0 +1,102 @@
+//! `alert_settings` (a developer's threshold and webhook) and `alert_deliveries` (what became of
+//! each alert sent to a webhook).
+
+use chrono::{DateTime, Utc};
+use sqlx::MySqlPool;
+
+use super::StoreError;
+
+/// Stores a developer's settings, replacing earlier ones.
+pub async fn save_alert_settings(
+    pool: &MySqlPool,
+    user_id: &str,
+    low_balance_threshold_micros: i64,
+    webhook_url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO alert_settings (user_id, low_balance_threshold_micros, webhook_url, updated_at) \
+         VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+         low_balance_threshold_micros = VALUES(low_balance_threshold_micros), \
+         webhook_url = VALUES(webhook_url), updated_at = VALUES(updated_at)",
+    )
+    .bind(user_id)
+    .bind(low_balance_threshold_micros)
+    .bind(webhook_url)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The webhook a developer's alerts go to, if any.
+pub async fn webhook_of(pool: &MySqlPool, user_id: &str) -> Result<Option<String>, StoreError> {
+    let url: Option<Option<String>> =
+        sqlx::query_scalar("SELECT webhook_url FROM alert_settings WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(url.flatten())
+}
+
+/// One attempt at delivering an alert, and where the delivery stands after it.
+pub struct DeliveryAttempt<'a> {
+    pub event_id: &'a str,
+    pub user_id: &'a str,
+    pub kind: &'a str,
+    pub url: Option<&'a str>,
+    /// `pending` (to be tried again), `delivered`, `failed` (attempts used up) or `no_webhook`.
+    pub status: &'a str,
+    pub http_status: Option<u16>,
+    pub error: Option<&'a str>,
+}
+
+/// Records an attempt: the delivery's row is created by the first and updated by the next; a
+/// delivery recorded as done stays done (a redelivered alert is not sent twice).
+pub async fn record_attempt(
+    pool: &MySqlPool,
+    attempt: &DeliveryAttempt<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let error = attempt
+        .error
+        .map(|e| e.chars().take(512).collect::<String>());
+    sqlx::query(
+        "INSERT INTO alert_deliveries (event_id, user_id, kind, url, status, attempts, \
+         last_http_status, last_error, first_attempt_at, last_attempt_at, delivered_at) \
+         VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, IF(? = 'delivered', ?, NULL)) \
+         ON DUPLICATE KEY UPDATE \
+         attempts = IF(status = 'pending', attempts + 1, attempts), \
+         last_http_status = IF(status = 'pending', VALUES(last_http_status), last_http_status), \
+         last_error = IF(status = 'pending', VALUES(last_error), last_error), \
+         last_attempt_at = IF(status = 'pending', VALUES(last_attempt_at), last_attempt_at), \
+         delivered_at = IF(status = 'pending', VALUES(delivered_at), delivered_at), \
+         url = IF(status = 'pending', VALUES(url), url), \
+         status = IF(status = 'pending', VALUES(status), status)",
+    )
+    .bind(attempt.event_id)
+    .bind(attempt.user_id)
+    .bind(attempt.kind)
+    .bind(attempt.url)
+    .bind(attempt.status)
+    .bind(attempt.http_status)
+    .bind(error)
+    .bind(now)
+    .bind(now)
+    .bind(attempt.status)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether this alert's delivery is already settled (delivered, failed or without a webhook),
+/// so a redelivery of its event sends nothing.
+pub async fn delivery_settled(pool: &MySqlPool, event_id: &str) -> Result<bool, StoreError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM alert_deliveries WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(status.is_some_and(|status| status != "pending"))
+}

@@ -3,9 +3,11 @@
 #   MariaDB  127.0.0.1:3306  (database `billing`, user `billing` / password `billing`)
 #   Redis    127.0.0.1:6379
 #   NATS     127.0.0.1:4222  (with JetStream)
-# and installs what the check of the Kubernetes manifests needs (deploy/k8s/validate.py):
+# and installs what the checks of the Kubernetes manifests (deploy/k8s/validate.py) and of
+# query-svc's OpenAPI document (deploy/openapi/validate.py) need:
 #   kubectl  (Debian's kubernetes-client when missing; its `kubectl kustomize` renders them)
-#   a Python virtualenv with kubernetes-validate (the Kubernetes schemas, offline)
+#   a Python virtualenv with kubernetes-validate (the Kubernetes schemas, offline) and
+#   openapi-spec-validator (OpenAPI 3.0 / 3.1)
 #
 # Safe to run any number of times. A dependency whose port already answers is left alone (it may
 # be a system service or a container someone else runs), so this never stops or restarts anything.
@@ -21,9 +23,10 @@
 #   BILLING_DEPS_NATS_PORT    NATS port (default 4222)
 #   BILLING_DEPS_STATE_DIR    where Redis/NATS started by this script keep data and logs
 #                             (default ${XDG_STATE_HOME:-$HOME/.local/state}/billing)
-#   BILLING_DEPS_VENV         the virtualenv of the manifest check (default
-#                             ${XDG_CACHE_HOME:-$HOME/.cache}/billing-service/venv; the test
-#                             shared/tests/deploy_manifests.rs looks in the same place)
+#   BILLING_DEPS_VENV         the virtualenv of the manifest and OpenAPI checks (default
+#                             ${XDG_CACHE_HOME:-$HOME/.cache}/billing-service/venv; the tests
+#                             shared/tests/deploy_manifests.rs and query-svc/tests/api/openapi.rs
+#                             look in the same place)
 set -euo pipefail
 
 readonly HOST=127.0.0.1
@@ -35,6 +38,8 @@ readonly START_TIMEOUT_SECS=30
 readonly VENV_DIR="${BILLING_DEPS_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/billing-service/venv}"
 # The Kubernetes schemas the manifests are validated against come with this package.
 readonly KUBERNETES_VALIDATE_VERSION=1.37.0
+# query-svc's /openapi.json is validated with this one (deploy/openapi/validate.py).
+readonly OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
 # Test databases are named billing_test_<unix seconds>_<hex>; anything older than this is a
 # leftover of a run that crashed before it could clean up after itself.
 readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
@@ -286,7 +291,7 @@ ensure_curl() {
     fi
 }
 
-# --- the manifest check: kubectl and kubernetes-validate ------------------------------------
+# --- the manifest and OpenAPI checks: kubectl, kubernetes-validate, openapi-spec-validator ----
 
 ensure_kubectl() {
     local how=found
@@ -300,17 +305,23 @@ ensure_kubectl() {
     echo "kubectl: $how at $(command -v kubectl)"
 }
 
-# True when the virtualenv's Python runs and has the pinned kubernetes-validate.
+# True when the virtualenv's Python runs and has the pinned kubernetes-validate and
+# openapi-spec-validator.
 venv_ready() {
-    "$VENV_DIR/bin/python" - "$KUBERNETES_VALIDATE_VERSION" >/dev/null 2>&1 <<'PY'
+    "$VENV_DIR/bin/python" - "$KUBERNETES_VALIDATE_VERSION" "$OPENAPI_SPEC_VALIDATOR_VERSION" \
+        >/dev/null 2>&1 <<'PY'
 import sys
 from importlib.metadata import version
 import kubernetes_validate  # noqa: F401
-sys.exit(version("kubernetes-validate") != sys.argv[1])
+import openapi_spec_validator  # noqa: F401
+sys.exit(
+    version("kubernetes-validate") != sys.argv[1]
+    or version("openapi-spec-validator") != sys.argv[2]
+)
 PY
 }
 
-ensure_manifest_validator() {
+ensure_python_validators() {
     local how=present log
     if ! venv_ready; then
         # python3-venv brings ensurepip, without which Debian's python3 cannot make a venv.
@@ -323,16 +334,18 @@ ensure_manifest_validator() {
         # --clear: a venv whose Python is gone (an upgraded system Python) is made anew.
         if ! { python3 -m venv --clear "$VENV_DIR" &&
             "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check \
-                "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"; } >"$log" 2>&1; then
+                "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+                "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION"; } >"$log" 2>&1; then
             tail -n 20 "$log" >&2
             rm -f "$log"
-            die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $VENV_DIR"
+            die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION and openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION into $VENV_DIR"
         fi
         rm -f "$log"
-        venv_ready || die "kubernetes-validate installed into $VENV_DIR but not importable"
+        venv_ready || die "kubernetes-validate and openapi-spec-validator installed into $VENV_DIR but not importable"
         how=installed
     fi
     echo "kubernetes-validate: $KUBERNETES_VALIDATE_VERSION $how in $VENV_DIR"
+    echo "openapi-spec-validator: $OPENAPI_SPEC_VALIDATOR_VERSION $how in $VENV_DIR"
 }
 
 # --- leftovers of crashed test runs ----------------------------------------------------------
@@ -376,7 +389,7 @@ ensure_mariadb
 ensure_redis
 ensure_nats
 ensure_kubectl
-ensure_manifest_validator
+ensure_python_validators
 if $clean_test_databases; then
     clean_test_leftovers
 fi

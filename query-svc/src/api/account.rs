@@ -12,10 +12,9 @@
 //! `min_version=N` waits for the read model to reach version N ([`super::fresh`]).
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Query, State, rejection::QueryRejection},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -27,42 +26,64 @@ use shared::{
     money::Micros,
     proto::v1 as pb,
 };
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{auth::AuthUser, error::ApiError, fresh, rfc3339};
+use super::{
+    auth::AuthUser,
+    error::{ApiError, ErrorBody},
+    fresh, openapi, rfc3339,
+};
 use crate::{
     app::AppState,
     store::{self, RmAccount},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/account", get(get_account))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(get_account))
 }
 
 /// The account as the contract shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Account)]
 pub struct AccountJson {
+    /// The token's subject.
     pub user_id: String,
+    #[schema(example = "CNY")]
     pub currency: String,
     pub balance_micros: i64,
     pub free_quota: FreeQuotaJson,
+    /// `free_quota.remaining_micros + balance_micros`.
     pub available_micros: i64,
+    /// What each new period grants this account.
     pub monthly_free_micros: i64,
+    /// +1 on every change of the account; 0 for an account never written.
     pub version: i64,
     /// When the snapshot was last written; `null` for an account never written.
+    #[schema(format = DateTime, required = true)]
     pub updated_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// This period's free quota.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = FreeQuota)]
 pub struct FreeQuotaJson {
+    /// The month, `YYYY-MM`, in the billing time zone.
+    #[schema(example = "2026-11")]
     pub period: String,
     pub granted_micros: i64,
     pub used_micros: i64,
     pub remaining_micros: i64,
+    /// The start of the next period.
+    #[schema(format = DateTime)]
     pub resets_at: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AccountParams {
+    /// Wait up to 2 s for the read model to reach this account version (read-your-writes).
+    #[param(value_type = Option<i64>, minimum = 0)]
     min_version: Option<String>,
 }
 
@@ -74,6 +95,28 @@ struct Found {
     updated_at: Option<DateTime<Utc>>,
 }
 
+/// The caller's account.
+///
+/// The newer of the Redis snapshot and the read model's table, shown at the current period. A
+/// user never seen gets a fresh account (version 0, this period's quota). With `min_version`,
+/// an answer still older than that version carries `X-Billing-Stale: true`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/account",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    params(AccountParams),
+    responses(
+        (status = 200, description = "The account", body = AccountJson,
+            headers(("X-Billing-Stale" = String, description = "`true` when the read model is \
+                older than `min_version`"))),
+        (status = 400, description = "A bad `min_version` (`INVALID_ARGUMENT`)", body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
+        (status = 503, description = "MySQL cannot answer and Redis lacks the account \
+            (`UNAVAILABLE`)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn get_account(
     AuthUser(user): AuthUser,

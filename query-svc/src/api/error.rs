@@ -9,7 +9,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -22,6 +22,25 @@ pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
 pub const UNSUPPORTED_MEDIA_TYPE: &str = "UNSUPPORTED_MEDIA_TYPE";
 pub const UNAVAILABLE: &str = "UNAVAILABLE";
 pub const INTERNAL: &str = "INTERNAL";
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A word in capitals: `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `NOT_FOUND`,
+    /// `ORDER_NOT_FOUND`, `METHOD_NOT_ALLOWED`, `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_MEDIA_TYPE`,
+    /// `UNAVAILABLE`, `INTERNAL`, or command-svc's reason (`IDEMPOTENCY_KEY_REUSED`,
+    /// `BALANCE_LIMIT`, `STORE_UNAVAILABLE` ...).
+    #[schema(example = "INVALID_ARGUMENT")]
+    pub code: String,
+    /// What is wrong, for a person; never internal details.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -120,7 +139,12 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable { message, .. } => tracing::warn!(%message, "unavailable"),
             _ => {}
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (self.status_code(), Json(body)).into_response();
         if matches!(self, ApiError::Unauthenticated(_)) {
             // RFC 6750: say which scheme would get in.

@@ -8,19 +8,19 @@
 //! looks whole. Text fields that a spreadsheet would read as a formula are prefixed with `'`.
 
 use axum::{
-    Router,
     body::{Body, Bytes},
     extract::{Query, State, rejection::QueryRejection},
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use shared::ids::UserId;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     auth::AuthUser,
-    error::ApiError,
-    records::{PageRequest, RecordJson, RecordsParams, record_json},
+    error::{ApiError, ErrorBody},
+    openapi,
+    records::{PageRequest, RecordJson, RecordType, RecordsParams, record_json},
 };
 use crate::{app::AppState, store::queries};
 
@@ -32,10 +32,37 @@ const HEADER: &str = "record_id,type,amount_micros,free_micros,balance_micros,\
 balance_after_micros,free_remaining_after_micros,api_id,request_id,order_no,period,version,\
 created_at\r\n";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/records/export", get(export))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(export))
 }
 
+/// The caller's records as CSV, newest first.
+///
+/// The listing's filters with the same rules (`limit` and `cursor` do not apply). A header row,
+/// then one line per record with the listing's fields in its order, lines ending CRLF; absent
+/// references are empty cells. The body is streamed: a failure after the first bytes aborts the
+/// response rather than ending it like a complete file.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/records/export",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    params(
+        ("type" = inline(Option<RecordType>), Query, description = "Only records of this type."),
+        ("from" = Option<String>, Query, format = DateTime,
+            description = "Only records created at or after this instant (RFC 3339)."),
+        ("to" = Option<String>, Query, format = DateTime,
+            description = "Only records created before this instant (RFC 3339)."),
+    ),
+    responses(
+        (status = 200, description = "The records as CSV (`text/csv; charset=utf-8`)",
+            content_type = "text/csv", body = String,
+            headers(("Content-Disposition" = String,
+                description = "`attachment; filename=\"records.csv\"`"))),
+        (status = 400, description = "A bad filter (`INVALID_ARGUMENT`)", body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn export(
     AuthUser(user): AuthUser,

@@ -8,7 +8,8 @@
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
-//!   included; [`fresh`]: `min_version` read-your-writes.
+//!   included; [`fresh`]: `min_version` read-your-writes; [`openapi`]: `GET /openapi.json`, the
+//!   OpenAPI document generated from the routes themselves.
 //!
 //! Instants are RFC 3339 in UTC with microseconds (`2026-11-30T16:00:00.000000Z`): exact to
 //! what is stored, and of one width.
@@ -20,60 +21,112 @@ pub mod cursor;
 pub mod error;
 pub mod export;
 pub mod fresh;
+pub mod openapi;
 pub mod orders;
 pub mod records;
 pub mod usage;
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{DefaultBodyLimit, State},
-    routing::get,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use error::ApiError;
+use error::{ApiError, ErrorBody};
 
 /// Request bodies are a few fields; anything larger is refused (413) before it is parsed.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(shared::endpoints::LIVENESS, get(healthz))
-        .route(shared::endpoints::READINESS, get(readyz))
-        .route(
-            shared::endpoints::METRICS,
-            get(|| async { shared::telemetry::metrics().render() }),
-        )
-        .merge(account::router())
-        .merge(records::router())
-        .merge(export::router())
-        .merge(orders::router())
-        .merge(usage::router())
+    let (routes, api) = openapi_router().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(openapi::Document::new(&api)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
         .with_state(state)
 }
 
-/// The process is alive.
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Every route with its documentation. Each is registered from its handler's `#[utoipa::path]`,
+/// so a route cannot be served undocumented, nor documented unserved.
+pub fn openapi_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::document))
+        .merge(account::router())
+        .merge(records::router())
+        .merge(export::router())
+        .merge(orders::router())
+        .merge(usage::router())
 }
 
-/// Can serve reads: MySQL answers and the read model's tables are at this build's schema.
-/// Redis, NATS and command-svc being away only degrade the service.
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The OpenAPI document `GET /openapi.json` serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi_router().into_openapi()
+}
+
+/// What a probe answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Probe)]
+pub struct ProbeJson {
+    /// `ok` (liveness) or `ready` (readiness).
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness: the process is alive.
+#[utoipa::path(
+    get,
+    path = shared::endpoints::LIVENESS,
+    tag = openapi::OPERATIONS_TAG,
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", body = ProbeJson))
+)]
+async fn healthz() -> Json<ProbeJson> {
+    Json(ProbeJson { status: "ok" })
+}
+
+/// Readiness: can serve reads.
+///
+/// MySQL answers and the read model's tables are at this build's schema. Redis, NATS and
+/// command-svc being away only degrade the service.
+#[utoipa::path(
+    get,
+    path = shared::endpoints::READINESS,
+    tag = openapi::OPERATIONS_TAG,
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = ProbeJson),
+        (status = 503, description = "MySQL is unreachable or not migrated (`UNAVAILABLE`)",
+            body = ErrorBody),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> Result<Json<ProbeJson>, ApiError> {
     if state.store.is_ready().await {
-        Ok(Json(json!({ "status": "ready" })))
+        Ok(Json(ProbeJson { status: "ready" }))
     } else {
         Err(ApiError::Unavailable {
             reason: error::UNAVAILABLE.to_owned(),
             message: "MySQL is unreachable or not migrated".to_owned(),
         })
     }
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = shared::endpoints::METRICS,
+    tag = openapi::OPERATIONS_TAG,
+    responses((status = 200, description = "The metrics", content_type = "text/plain",
+        body = String))
+)]
+async fn metrics() -> String {
+    shared::telemetry::metrics().render()
 }
 
 async fn not_found() -> ApiError {

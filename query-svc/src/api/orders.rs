@@ -14,13 +14,12 @@
 //!   PENDING order past its expiry shows EXPIRED.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{
         Path, Query, State,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::StatusCode,
-    routing::{get, post},
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,11 +27,21 @@ use serde_json::Value;
 use shared::{
     ids::{Channel, FieldViolation, IdempotencyKey, OrderNo, UserId, Violations},
     money,
-    order::{OrderStatus, shown_status},
+    order::{OrderStatus, ShownStatus, shown_status},
     proto::v1 as pb,
 };
+use utoipa::{
+    IntoParams, PartialSchema, ToSchema,
+    openapi::{RefOr, schema::Schema},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{auth::AuthUser, cursor, error::ApiError, rfc3339};
+use super::{
+    auth::AuthUser,
+    cursor,
+    error::{ApiError, ErrorBody},
+    openapi, rfc3339,
+};
 use crate::{
     app::AppState,
     store::queries::{self, OrderRow},
@@ -40,20 +49,28 @@ use crate::{
 
 const CURSOR_TAG: &str = "orders.v1";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/billing/recharge", post(create_recharge))
-        .route("/api/v1/billing/recharge/orders", get(list_orders))
-        .route("/api/v1/billing/recharge/orders/{order_no}", get(get_order))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(create_recharge))
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
 }
 
-#[derive(Debug, Deserialize)]
+/// A recharge request: a JSON object with no other field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RechargeRequest)]
 struct RechargeBody {
+    /// A JSON integer (a string or a float is refused).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1_000_000)]
     amount_micros: i64,
+    /// The payment channel, e.g. `alipay`; 0..32 characters.
     #[serde(default)]
+    #[schema(max_length = 32, example = "alipay")]
     channel: Option<String>,
+    /// Makes a retry return the same order; 0..128 printable ASCII.
     #[serde(default)]
+    #[schema(max_length = 128, pattern = "^[ -~]*$")]
     idempotency_key: Option<String>,
 }
 
@@ -68,38 +85,90 @@ impl RechargeBody {
     }
 }
 
+/// The status an order shows ([`ShownStatus`]), as a schema.
+struct OrderStatusSchema;
+
+impl OrderStatusSchema {
+    const ALL: [ShownStatus; 4] = [
+        ShownStatus::Pending,
+        ShownStatus::Paid,
+        ShownStatus::Failed,
+        ShownStatus::Expired,
+    ];
+}
+
+/// A status added to [`ShownStatus`] fails to compile here until [`OrderStatusSchema::ALL`]
+/// lists it.
+const _: fn(ShownStatus) = |status| match status {
+    ShownStatus::Pending | ShownStatus::Paid | ShownStatus::Failed | ShownStatus::Expired => {}
+};
+
+impl PartialSchema for OrderStatusSchema {
+    fn schema() -> RefOr<Schema> {
+        openapi::string_enum(OrderStatusSchema::ALL.map(ShownStatus::as_str))
+    }
+}
+
+impl ToSchema for OrderStatusSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "OrderStatus".into()
+    }
+}
+
 /// The answer to a recharge: the order as it was opened.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CreatedOrder)]
 pub struct CreatedJson {
     pub order_no: String,
+    /// `PENDING` for a new order; a replayed key shows the order's status as it is now.
+    #[schema(value_type = OrderStatusSchema)]
     pub status: &'static str,
     pub amount_micros: i64,
     pub channel: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A recharge order. `status` is shown at the service's now: a PENDING order at or past
+/// `expires_at` shows EXPIRED.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order)]
 pub struct OrderJson {
     pub order_no: String,
+    #[schema(value_type = OrderStatusSchema)]
     pub status: &'static str,
     pub amount_micros: i64,
     pub channel: String,
+    /// The payment provider's transaction; `null` until one is known.
+    #[schema(required = true)]
     pub provider_txn_id: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// `null` unless paid.
+    #[schema(format = DateTime, required = true)]
     pub paid_at: Option<String>,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// One page of orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrdersPage {
     pub orders: Vec<OrderJson>,
+    /// The `cursor` of the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OrdersParams {
+    /// Orders per page.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -218,6 +287,35 @@ fn recharge_request(
     }
 }
 
+/// Opens a recharge order.
+///
+/// Validated, then forwarded to command-svc, which owns every write. A repeated
+/// `idempotency_key` answers 201 with the same order. On a 503 the outcome is unknown: retry
+/// with the same key.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/recharge",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    request_body(content = RechargeBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The order, PENDING (or the key's order as it is now)",
+            body = CreatedJson),
+        (status = 400, description = "A bad body, every violated field at once \
+            (`INVALID_ARGUMENT`)", body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 409, description = "The key was used with another amount \
+            (`IDEMPOTENCY_KEY_REUSED`)", body = ErrorBody),
+        (status = 413, description = "A body over 16 KiB (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json` \
+            (`UNSUPPORTED_MEDIA_TYPE`)", body = ErrorBody),
+        (status = 422, description = "The order would take the balance past its limit \
+            (`BALANCE_LIMIT`)", body = ErrorBody),
+        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
+        (status = 503, description = "command-svc cannot answer (`UNAVAILABLE`, \
+            `STORE_UNAVAILABLE`); the outcome is unknown", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn create_recharge(
     AuthUser(user): AuthUser,
@@ -241,6 +339,28 @@ async fn create_recharge(
     ))
 }
 
+/// One of the caller's orders.
+///
+/// From the read model; an order not projected yet is asked of command-svc.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/recharge/orders/{order_no}",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    params(("order_no" = String, Path, min_length = 1, max_length = 128,
+        description = "The order's number, 1..128 printable ASCII")),
+    responses(
+        (status = 200, description = "The order", body = OrderJson),
+        (status = 400, description = "A malformed order number (`INVALID_ARGUMENT`)",
+            body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 404, description = "An unknown order, or another user's (`ORDER_NOT_FOUND`)",
+            body = ErrorBody),
+        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
+        (status = 503, description = "Neither the read model nor command-svc can answer \
+            (`UNAVAILABLE`)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn get_order(
     AuthUser(user): AuthUser,
@@ -263,6 +383,24 @@ async fn get_order(
     Ok(Json(order.json(state.clock.now())))
 }
 
+/// The caller's orders, newest first.
+///
+/// Keyset pages by `created_at`, then `order_no`, from the read model.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/recharge/orders",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    params(OrdersParams),
+    responses(
+        (status = 200, description = "A page of orders", body = OrdersPage),
+        (status = 400, description = "A bad `limit` or `cursor` (`INVALID_ARGUMENT`)",
+            body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
+        (status = 503, description = "MySQL cannot answer (`UNAVAILABLE`)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn list_orders(
     AuthUser(user): AuthUser,

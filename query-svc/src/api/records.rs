@@ -9,15 +9,22 @@
 //! model to reach version N ([`super::fresh`]).
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Query, State, rejection::QueryRejection},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, PartialSchema, ToSchema, openapi::RefOr, openapi::schema::Schema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{account::read_model_version, auth::AuthUser, cursor, error::ApiError, fresh, rfc3339};
+use super::{
+    account::read_model_version,
+    auth::AuthUser,
+    cursor,
+    error::{ApiError, ErrorBody},
+    fresh, openapi, rfc3339,
+};
 use crate::{
     app::AppState,
     store::queries::{self, RecordFilter, RecordRow},
@@ -25,8 +32,8 @@ use crate::{
 
 const CURSOR_TAG: &str = "records.v1";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/records", get(list_records))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(list_records))
 }
 
 /// The record types of the contract.
@@ -69,40 +76,80 @@ impl RecordType {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The schema of a record type: the strings of [`RecordType::ALL`].
+impl PartialSchema for RecordType {
+    fn schema() -> RefOr<Schema> {
+        openapi::string_enum(RecordType::ALL.map(RecordType::as_str))
+    }
+}
+
+impl ToSchema for RecordType {}
+
+/// The listing's filters and page (the export takes the same, and documents its filters
+/// itself). The fields are kept as text and parsed by [`PageRequest::parse`], so a bad value
+/// gets the contract's 400.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecordsParams {
+    /// Records per page.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`, with the same filters.
     cursor: Option<String>,
+    /// Only records of this type.
     #[serde(rename = "type")]
+    #[param(value_type = Option<RecordType>, inline)]
     kind: Option<String>,
+    /// Only records created at or after this instant (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Only records created before this instant (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// Wait up to 2 s for the read model to reach this account version (read-your-writes).
+    #[param(value_type = Option<i64>, minimum = 0)]
     min_version: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One page of records, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RecordsPage {
     pub records: Vec<RecordJson>,
+    /// The `cursor` of the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
 /// One record as the contract shows it. `amount_micros` is a magnitude (the type says the
 /// direction) except for `adjust`, where it is signed: + credit, − debit.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Record)]
 pub struct RecordJson {
     pub record_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = RecordType)]
     pub kind: String,
     pub amount_micros: i64,
+    /// The part taken from (deduct) or added to (free_grant) the free quota.
     pub free_micros: i64,
+    /// The part taken from or added to the balance.
     pub balance_micros: i64,
     pub balance_after_micros: i64,
     pub free_remaining_after_micros: i64,
+    /// The API a charge paid for; `null` for other types.
+    #[schema(required = true)]
     pub api_id: Option<String>,
+    /// The gateway's key of a charge; `null` for other types.
+    #[schema(required = true)]
     pub request_id: Option<String>,
+    /// The order a recharge paid; `null` for other types.
+    #[schema(required = true)]
     pub order_no: Option<String>,
+    /// The free quota's month, `YYYY-MM`.
     pub period: String,
+    /// The account version the record produced.
     pub version: i64,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -194,6 +241,28 @@ fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
+/// The caller's records, newest first.
+///
+/// Keyset pages ordered by account version: walking `next_cursor` visits every record once. An
+/// empty parameter counts as absent. With `min_version`, an answer whose read model is still
+/// older than that version carries `X-Billing-Stale: true`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/records",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    params(RecordsParams),
+    responses(
+        (status = 200, description = "A page of records", body = RecordsPage,
+            headers(("X-Billing-Stale" = String, description = "`true` when the read model is \
+                older than `min_version`"))),
+        (status = 400, description = "A bad parameter, or a cursor of other filters \
+            (`INVALID_ARGUMENT`)", body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
+        (status = 503, description = "MySQL cannot answer (`UNAVAILABLE`)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn list_records(
     AuthUser(user): AuthUser,

@@ -7,14 +7,22 @@
 //! charge once however often its event is delivered.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Query, State, rejection::QueryRejection},
-    routing::get,
 };
 use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
+use utoipa::{
+    IntoParams, PartialSchema, ToSchema,
+    openapi::{RefOr, schema::Schema},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{auth::AuthUser, error::ApiError};
+use super::{
+    auth::AuthUser,
+    error::{ApiError, ErrorBody},
+    openapi,
+};
 use crate::{
     app::AppState,
     store::queries::{self, UsageGrouping},
@@ -25,27 +33,55 @@ const DEFAULT_DAYS: u64 = 30;
 /// The widest window one request may ask for.
 const MAX_DAYS: i64 = 366;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/usage", get(usage))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(usage))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The groupings, as the parameter and the answer write them.
+const GROUPINGS: [UsageGrouping; 2] = [UsageGrouping::Day, UsageGrouping::Api];
+
+impl PartialSchema for UsageGrouping {
+    fn schema() -> RefOr<Schema> {
+        openapi::string_enum(GROUPINGS.map(UsageGrouping::as_str))
+    }
+}
+
+impl ToSchema for UsageGrouping {}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UsageParams {
+    /// The first day (inclusive), `YYYY-MM-DD` in the billing time zone; default 30 days
+    /// before `to`.
+    #[param(format = Date)]
     from: Option<String>,
+    /// The day after the last (exclusive); default tomorrow. At most 366 days after `from`.
+    #[param(format = Date)]
     to: Option<String>,
+    /// Sum per day (default) or per API.
+    #[param(value_type = Option<UsageGrouping>, inline)]
     group_by: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The caller's charges in a window of days.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Usage)]
 pub struct UsageJson {
+    /// The window's first day.
+    #[schema(format = Date)]
     pub from: String,
+    /// The day after the window's last.
+    #[schema(format = Date)]
     pub to: String,
+    #[schema(value_type = UsageGrouping)]
     pub group_by: &'static str,
+    /// Only days or APIs with charges: days in date order, APIs by amount, largest first.
     pub buckets: Vec<BucketJson>,
 }
 
 /// One day (`2026-11-25`) or one API, with its charges.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UsageBucket)]
 pub struct BucketJson {
     pub key: String,
     pub calls: i64,
@@ -54,6 +90,24 @@ pub struct BucketJson {
     pub balance_micros: i64,
 }
 
+/// The caller's charges per day or per API.
+///
+/// Summed from the read model's daily usage, which counts each charge once.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/usage",
+    tag = openapi::BILLING_TAG,
+    security(("bearer_jwt" = [])),
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The buckets", body = UsageJson),
+        (status = 400, description = "A bad date, window or grouping (`INVALID_ARGUMENT`)",
+            body = ErrorBody),
+        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
+        (status = 503, description = "MySQL cannot answer (`UNAVAILABLE`)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn usage(
     AuthUser(user): AuthUser,

@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod hostile;
 mod observability;
+mod openapi;
 mod ops;
 mod orders;
 mod projection;

@@ -1,0 +1,108 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of this API, generated from the code.
+//!
+//! Every route is registered through `utoipa_axum`'s `routes!`, which takes the method and path
+//! from the handler's `#[utoipa::path]` attribute: the router serves exactly the operations the
+//! document describes, so the two cannot drift apart. The schemas come from the very structs the
+//! handlers serialize. The document is built once, when the router is, and served as is, without
+//! a token; it lists itself.
+
+use axum::{
+    Extension,
+    body::Bytes,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::{
+        self, RefOr, Type,
+        schema::{ObjectBuilder, Schema},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+
+/// Where the document is served.
+pub const PATH: &str = "/openapi.json";
+/// The name of the bearer JWT scheme in the document's security schemes (the handlers'
+/// `security(...)` attributes must repeat it as a literal).
+pub const BEARER: &str = "bearer_jwt";
+/// The tag of the frontend's routes.
+pub const BILLING_TAG: &str = "billing";
+/// The tag of the probes, the metrics and this document.
+pub const OPERATIONS_TAG: &str = "operations";
+
+/// What the document says beside its paths; the paths and schemas are added route by route.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "DevShare billing service: query API",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "The frontend's REST API of the billing service's read side. JSON in \
+            snake_case; amounts are integers in micros (int64); instants are RFC 3339 in UTC. \
+            Every error, an unknown route (404 NOT_FOUND) and a wrong method (405 \
+            METHOD_NOT_ALLOWED) included, has the body {\"error\": {\"code\", \"message\"}}."
+    ),
+    modifiers(&BearerJwt),
+    tags(
+        (name = BILLING_TAG, description = "The caller's account, records, usage and recharge \
+            orders; each needs a bearer JWT whose subject is the user."),
+        (name = OPERATIONS_TAG, description = "Probes, metrics and this document; no token."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the HS256 bearer JWT that every `/api/v1/billing/*` operation names.
+struct BearerJwt;
+
+impl Modify for BearerJwt {
+    fn modify(&self, openapi: &mut openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "HS256, signed with auth.jwt_secret (or a previous secret); claims sub \
+                         (the user id) and exp required",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The serialized document, shared by every request.
+#[derive(Clone)]
+pub struct Document(Bytes);
+
+impl Document {
+    pub fn new(api: &openapi::OpenApi) -> Document {
+        let json = serde_json::to_vec(api).expect("an OpenAPI document serializes");
+        Document(Bytes::from(json))
+    }
+}
+
+/// This document: the routes below, with their parameters, bodies, answers and errors.
+#[utoipa::path(
+    get,
+    path = PATH,
+    operation_id = "openapi",
+    tag = OPERATIONS_TAG,
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json",
+            body = Object),
+    )
+)]
+pub(super) async fn document(Extension(Document(json)): Extension<Document>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// A string schema whose values are `values`, for the enums the code writes as text.
+pub(super) fn string_enum(values: impl IntoIterator<Item = &'static str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .into()
+}

@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn bad_parameters_are_refused() {
         for bad in [
-            params(&[("type", "refund")]),
+            params(&[("type", "bogus")]),
             params(&[("type", "DEDUCT")]),
             params(&[("from", "yesterday")]),
             params(&[("to", "2026-13-01T00:00:00Z")]),

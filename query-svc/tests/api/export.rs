@@ -191,7 +191,7 @@ async fn text_is_quoted_formulas_are_defused_and_bad_filters_refused() {
         "{}",
         lines[1]
     );
-    let answer = stack.get(&format!("{EXPORT}?type=refund"), &token).await;
+    let answer = stack.get(&format!("{EXPORT}?type=bogus"), &token).await;
     assert_eq!(
         error_code(&answer),
         (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")

@@ -238,7 +238,7 @@ async fn bad_parameters_get_a_400_with_a_json_error() {
         "cursor=abc",
         "cursor=%21%21%21",
         "cursor=cmVjb3Jkcy52MQ",
-        "type=refund",
+        "type=bogus",
         "type=Deduct",
         "from=yesterday",
         "from=2026-11-10",

@@ -11,7 +11,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{auth::Callers, grpc::GrpcApi, http, observe::ObserveLayer, webhook::WebhookKeys},
-    bus::{OutboxRelay, ResetConsumer},
+    bus::{AlertDispatcher, OutboxRelay, ResetConsumer},
     commands::{Commands, Rules},
     store::Store,
 };
@@ -24,6 +24,7 @@ pub struct Application {
     webhook: WebhookKeys,
     relay: OutboxRelay,
     reset: ResetConsumer,
+    alerts: AlertDispatcher,
     shutdown_grace: Duration,
 }
 
@@ -45,6 +46,8 @@ impl Application {
         ] {
             metrics::counter!(rare).increment(0);
         }
+        // Alert webhooks are called over TLS with the process's one crypto provider.
+        crate::install_crypto_provider();
         let store = Store::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate(Duration::from_secs(60)).await?;
@@ -62,9 +65,17 @@ impl Application {
             &settings.redis,
             Duration::from_secs(settings.command.snapshot_ttl_secs),
         )?;
+        let clock_for_alerts = clock.clone();
         let commands = Commands::new(store, clock, rules)
             .with_snapshots(snapshots)
             .with_group_commit(&settings.command.group_commit);
+        let alerts = AlertDispatcher::new(
+            commands.store().clone(),
+            clock_for_alerts,
+            nats.clone(),
+            &settings.nats,
+            &settings.alerts,
+        );
         let reset = ResetConsumer::new(commands.clone(), nats, &settings.nats, &settings.reset);
         let grpc_listener = TcpListener::bind(&settings.command.grpc_addr).await?;
         let http_listener = TcpListener::bind(&settings.command.http_addr).await?;
@@ -82,6 +93,7 @@ impl Application {
             },
             relay,
             reset,
+            alerts,
             shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
         })
     }
@@ -149,6 +161,7 @@ impl Application {
         let (relay_stop_tx, relay_stop_rx) = tokio::sync::watch::channel(false);
         let relay = tokio::spawn(self.relay.run(relay_stop_rx));
         let reset = tokio::spawn(self.reset.run(stop_rx.clone()));
+        let alerts = tokio::spawn(self.alerts.run(stop_rx.clone()));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await });
@@ -156,7 +169,8 @@ impl Application {
         tracing::info!("command-svc shutting down");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.shutdown_grace, async {
-            let (grpc, http, reset) = tokio::join!(grpc, http, reset);
+            let (grpc, http, reset, alerts) = tokio::join!(grpc, http, reset, alerts);
+            alerts?;
             let _ = relay_stop_tx.send(true);
             let relay = relay.await;
             reset?;

@@ -31,6 +31,8 @@ async fn published(js: &jetstream::Context, names: &BusNames) -> Vec<(String, Re
 
 #[tokio::test]
 async fn midnight_on_the_first_publishes_the_scheduled_month_under_its_message_id() {
+    // The workspace's reqwest has no TLS crypto provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let tag = testkit::unique_tag();
     let mut env = testkit::isolated_env(&tag, "mysql://unused@127.0.0.1:3306/unused");
     env.insert("BILLING__SCHEDULER__HTTP_ADDR".into(), "127.0.0.1:0".into());

@@ -60,6 +60,11 @@ impl BusNames {
         format!("{}.v1.events.{}", self.subject_prefix, kind_name(kind))
     }
 
+    /// The subject of the events of one kind (its snake_case name).
+    pub fn event_subject_named(&self, kind: &str) -> String {
+        format!("{}.v1.events.{kind}", self.subject_prefix)
+    }
+
     pub fn events_filter(&self) -> String {
         format!("{}.v1.events.>", self.subject_prefix)
     }

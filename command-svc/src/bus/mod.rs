@@ -5,9 +5,12 @@
 //!   was committed, so NATS being away only delays events, it never loses or blocks a command.
 
 //! - [`reset`]: the consumer of `BILLING_COMMANDS` that carries out the monthly reset.
+//! - [`alerts`]: the consumers of the alert events that deliver them to developers' webhooks.
 
+pub mod alerts;
 pub mod relay;
 pub mod reset;
 
+pub use alerts::AlertDispatcher;
 pub use relay::OutboxRelay;
 pub use reset::ResetConsumer;

@@ -247,6 +247,8 @@ pub async fn fingerprint(pool: &MySqlPool) -> Vec<i64> {
         "SELECT COUNT(*) FROM recharge_orders",
         "SELECT COUNT(*) FROM unmatched_payments",
         "SELECT COUNT(*) FROM outbox",
+        "SELECT COUNT(*) FROM refunds",
+        "SELECT COUNT(*) FROM alert_settings",
     ] {
         let value: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
         counts.push(value);

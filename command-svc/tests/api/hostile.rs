@@ -221,6 +221,28 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
     }) {
         answers.push(("RefundCharge", ops.refund_charge(case).await.map(drop)));
     }
+    let bad_threshold = prop_oneof![
+        Just(i64::MIN),
+        i64::MIN..0_i64,
+        1_000_000_000_000_001..=i64::MAX,
+    ]
+    .boxed();
+    let bad_url = prop_oneof![
+        "(ftp|file|javascript|data):[[:print:]]{0,60}",
+        "https?://",
+        "https?://[a-z]{1,10} [a-z]{1,10}",
+        "https?://[a-z]{3,10}\\.example/[a-z]{2100,2200}",
+        bad_text.clone(),
+    ]
+    .boxed();
+    for case in cases(3, |r, bad| pb::SetAlertSettingsRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        low_balance_threshold_micros: pick(r, bad == 1, &amount, &bad_threshold),
+        webhook_url: pick(r, bad == 2, &Just(String::new()).boxed(), &bad_url),
+    }) {
+        let answer = orders.set_alert_settings(case).await.map(drop);
+        answers.push(("SetAlertSettings", answer));
+    }
 
     let unexpected: Vec<_> = answers
         .iter()
@@ -315,7 +337,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         .await
         .unwrap();
     // Each RPC with the tags of its text fields and the token of a caller in its scope.
-    let rpcs: [(&'static str, &[u32], &str); 9] = [
+    let rpcs: [(&'static str, &[u32], &str); 10] = [
         ("CheckQuota", &[1], GATEWAY),
         ("DeductQuota", &[1, 3, 4, 5], GATEWAY),
         ("GetAccount", &[1], GATEWAY),
@@ -325,6 +347,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         ("AdjustBalance", &[1, 2, 4, 5], OPS),
         ("SetFreeQuotaPlan", &[1, 3], OPS),
         ("RefundCharge", &[1, 2, 3, 5], OPS),
+        ("SetAlertSettings", &[1, 3], ORDERS),
     ];
     let (broken_text, valid_text) = (not_utf8(), any_text().prop_map(String::into_bytes).boxed());
     let mut runner = TestRunner::new_with_rng(

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod alerts;
 mod charges;
 mod conservation;
 mod hostile;

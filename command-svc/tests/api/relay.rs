@@ -219,6 +219,8 @@ async fn every_committed_change_is_published_exactly_once() {
             "recharge_order_created",
             "balance_recharged",
             "balance_adjusted",
+            // r3 used up the free quota.
+            "free_quota_exhausted",
         ])
     );
     let prefix = format!("{}.v1.events.", app.settings.nats.subject_prefix);
@@ -227,8 +229,8 @@ async fn every_committed_change_is_published_exactly_once() {
         assert_eq!(message.subject, format!("{prefix}{kind}"));
         assert_eq!(message.event.user_id, user);
     }
-    // 1 grant + 3 charges + order + recharge + adjustment.
-    assert_eq!(delivered.len(), 7);
+    // 1 grant + 3 charges + order + recharge + adjustment + the free quota used up.
+    assert_eq!(delivered.len(), 8);
     assert_invariants(&app.db, &user).await;
     app.cleanup().await;
 }

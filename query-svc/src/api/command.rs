@@ -100,4 +100,16 @@ impl CommandClient {
             .order
             .ok_or_else(|| Status::internal("GetRechargeOrder answered without an order"))
     }
+
+    /// Saves `user_id`'s alert settings.
+    pub async fn set_alert_settings(
+        &self,
+        request: pb::SetAlertSettingsRequest,
+    ) -> Result<pb::SetAlertSettingsResponse, Status> {
+        let reply = self
+            .client()
+            .set_alert_settings(self.request(request))
+            .await?;
+        Ok(reply.into_inner())
+    }
 }

@@ -5,6 +5,7 @@
 //! - [`export`]: `GET /api/v1/billing/records/export`, the same records as CSV, streamed.
 //! - [`orders`]: `POST /api/v1/billing/recharge`, `GET /api/v1/billing/recharge/orders[/{no}]`.
 //! - [`usage`]: `GET /api/v1/billing/usage`, charges per day or per API.
+//! - [`alerts`]: `PUT /api/v1/billing/alerts`, forwarded to command-svc.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
@@ -15,6 +16,7 @@
 //! what is stored, and of one width.
 
 pub mod account;
+pub mod alerts;
 pub mod auth;
 pub mod command;
 pub mod cursor;
@@ -65,6 +67,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(export::router())
         .merge(orders::router())
         .merge(usage::router())
+        .merge(alerts::router())
 }
 
 /// The OpenAPI document `GET /openapi.json` serves.

@@ -92,6 +92,34 @@ fn invalid_recharge_body() -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
+/// An alert-settings body that must be refused: a threshold out of range or of the wrong type,
+/// a webhook that is no http(s) URL, an unknown field, or not JSON.
+fn invalid_alerts_body() -> BoxedStrategy<Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        (i64::MIN..0)
+            .prop_map(|t| format!(r#"{{"low_balance_threshold_micros": {t}}}"#).into_bytes()),
+        (1_000_000_000_000_001..=i64::MAX)
+            .prop_map(|t| format!(r#"{{"low_balance_threshold_micros": {t}}}"#).into_bytes()),
+        any::<String>().prop_map(|s| serde_json::json!({ "low_balance_threshold_micros": s })
+            .to_string()
+            .into_bytes()),
+        "(ftp|file|javascript|gopher):[[:print:]]{0,40}".prop_map(|url| {
+            serde_json::json!({ "low_balance_threshold_micros": 1, "webhook_url": url })
+                .to_string()
+                .into_bytes()
+        }),
+        "[a-z_]{1,12}"
+            .prop_filter("not a field", |f| f != "webhook_url")
+            .prop_map(|field| {
+                serde_json::json!({ "low_balance_threshold_micros": 1, field: "x" })
+                    .to_string()
+                    .into_bytes()
+            }),
+    ]
+    .boxed()
+}
+
 fn runner() -> TestRunner {
     TestRunner::new_with_rng(
         Config::default(),
@@ -119,7 +147,11 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
             .unwrap()
         }
     };
-    let before = (count("recharge_orders").await, count("ledger").await);
+    let before = (
+        count("recharge_orders").await,
+        count("ledger").await,
+        count("alert_settings").await,
+    );
     let token = format!("Bearer {}", stack.token(&user));
     let hostile_tokens = prop_oneof![
         Just(String::new()),
@@ -132,12 +164,17 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
         "Bearer [[:print:]]{0,200}",
     ]
     .boxed();
-    let (queries, values, bodies) = (query(), hostile_value(), invalid_recharge_body());
+    let (queries, values, bodies, alert_bodies) = (
+        query(),
+        hostile_value(),
+        invalid_recharge_body(),
+        invalid_alerts_body(),
+    );
     let mut runner = runner();
     let client = reqwest::Client::new();
     let mut answers = Vec::new();
-    for i in 0..CASES * 7 {
-        let (method, path, body) = match i % 7 {
+    for i in 0..CASES * 8 {
+        let (method, path, body) = match i % 8 {
             0 => (
                 Method::GET,
                 format!("/api/v1/billing/account?{}", draw(&mut runner, &queries)),
@@ -176,6 +213,11 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
                     draw(&mut runner, &queries)
                 ),
                 None,
+            ),
+            6 => (
+                Method::PUT,
+                "/api/v1/billing/alerts".to_owned(),
+                Some(draw(&mut runner, &alert_bodies)),
             ),
             _ => (
                 Method::POST,
@@ -220,7 +262,7 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
                 // A path no route matches (an empty order number) is unknown before anyone
                 // is asked who they are.
                 *status == StatusCode::UNAUTHORIZED || *status == StatusCode::NOT_FOUND
-            } else if *method == Method::POST {
+            } else if *method == Method::POST || *method == Method::PUT {
                 [
                     StatusCode::BAD_REQUEST,
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -246,7 +288,11 @@ async fn hostile_requests_on_every_route_get_json_answers_and_change_nothing() {
         "most hostile requests are refused"
     );
     assert_eq!(
-        (count("recharge_orders").await, count("ledger").await),
+        (
+            count("recharge_orders").await,
+            count("ledger").await,
+            count("alert_settings").await
+        ),
         before,
         "nothing changed"
     );

@@ -24,7 +24,7 @@ const BEARER: &str = "bearer_jwt";
 
 /// Every route query-svc serves, by method and path as the router writes it. A route added
 /// without documentation, or documentation removed from a route, fails the test below.
-const ROUTES: [(&str, &str); 11] = [
+const ROUTES: [(&str, &str); 12] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -36,6 +36,7 @@ const ROUTES: [(&str, &str); 11] = [
     ("POST", "/api/v1/billing/recharge"),
     ("GET", "/api/v1/billing/recharge/orders"),
     ("GET", "/api/v1/billing/recharge/orders/{order_no}"),
+    ("PUT", "/api/v1/billing/alerts"),
 ];
 
 /// The methods probed on every path (HEAD is left out: axum answers it wherever GET is served).
@@ -148,11 +149,11 @@ async fn call(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    if method == Method::POST {
-        // Refused by validation, so probing creates nothing.
+    if method == Method::POST || method == Method::PUT {
+        // Refused by validation, so probing writes nothing.
         request = request
             .header("content-type", "application/json")
-            .body(r#"{"amount_micros": 0}"#);
+            .body(r#"{"amount_micros": 0, "low_balance_threshold_micros": -1}"#);
     }
     let response = request.send().await.unwrap();
     let status = response.status();
@@ -432,7 +433,11 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
         (&json!("http"), &json!("bearer"), &json!("JWT"))
     );
     // A path outside the document is the router's own 404.
-    for undocumented in ["/api/v1/billing/alerts", "/openapi.yaml", "/api/v1/billing"] {
+    for undocumented in [
+        "/api/v1/billing/settings",
+        "/openapi.yaml",
+        "/api/v1/billing",
+    ] {
         let (status, code, _) = call(&stack, "GET", undocumented, Some(&token)).await;
         assert_eq!(
             (status, code.as_deref()),

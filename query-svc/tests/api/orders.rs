@@ -2,7 +2,7 @@
 //! from the read model or, before it is projected, from command-svc; listed newest first.
 
 use chrono::{Duration, SecondsFormat};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{helpers::*, support::*};
@@ -301,5 +301,84 @@ async fn command_svc_away_is_a_503_and_reads_of_projected_orders_go_on() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = stack.get("/api/v1/billing/account", &token).await;
     assert_eq!(status, StatusCode::OK);
+    stack.cleanup().await;
+}
+
+/// `PUT /api/v1/billing/alerts` saves the caller's settings through command-svc; a bad body is
+/// refused with every violation and saves nothing.
+#[tokio::test]
+async fn alert_settings_are_saved_for_the_tokens_user_only() {
+    let stack = spawn_stack().await;
+    let user = new_user("alerts");
+    let token = stack.token(&user);
+    let put = |body: serde_json::Value| {
+        let token = token.clone();
+        let stack = &stack;
+        async move {
+            send(
+                stack,
+                Method::PUT,
+                "/api/v1/billing/alerts",
+                Some(&format!("Bearer {token}")),
+                Some("application/json"),
+                Some(body.to_string()),
+            )
+            .await
+        }
+    };
+    let (status, saved) = put(json!({
+        "low_balance_threshold_micros": 2 * CNY,
+        "webhook_url": "https://hooks.example.com/billing"
+    }))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(
+        saved,
+        json!({"low_balance_threshold_micros": 2 * CNY, "webhook_url": "https://hooks.example.com/billing"})
+    );
+    let stored: (Option<i64>, Option<String>) = sqlx::query_as(
+        "SELECT low_balance_threshold_micros, webhook_url FROM alert_settings WHERE user_id = ?",
+    )
+    .bind(&user)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        (
+            Some(2 * CNY),
+            Some("https://hooks.example.com/billing".into())
+        )
+    );
+
+    for bad in [
+        json!({"low_balance_threshold_micros": -5}),
+        json!({"low_balance_threshold_micros": CNY, "webhook_url": "file:///etc/passwd"}),
+        json!({"low_balance_threshold_micros": CNY, "user_id": "someone-else"}),
+        json!({"webhook_url": "https://x.example"}),
+    ] {
+        let answer = put(bad.clone()).await;
+        assert_eq!(
+            error_code(&answer),
+            (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+            "{bad}"
+        );
+    }
+    let (status, cleared) =
+        put(json!({"low_balance_threshold_micros": 0, "webhook_url": ""})).await;
+    assert_eq!(
+        (status, &cleared["webhook_url"]),
+        (StatusCode::OK, &json!(null))
+    );
+    let unauthorized = send(
+        &stack,
+        Method::PUT,
+        "/api/v1/billing/alerts",
+        None,
+        Some("application/json"),
+        Some(json!({"low_balance_threshold_micros": 0}).to_string()),
+    )
+    .await;
+    assert_eq!(unauthorized.0, StatusCode::UNAUTHORIZED);
     stack.cleanup().await;
 }

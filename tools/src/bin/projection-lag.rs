@@ -36,6 +36,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    command_svc::install_crypto_provider();
     let settings = Settings::load(args.config.as_ref())?;
     let grpc = http_url(&settings.command.grpc_addr);
     let rest = http_url(&settings.query.http_addr);

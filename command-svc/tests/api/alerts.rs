@@ -1,0 +1,417 @@
+//! Alerts: `balance_low` and `free_quota_exhausted` raised once per crossing by the change that
+//! crosses, and delivered, signed, to the developer's webhook, with retries, never holding up a
+//! charge.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+use futures::future::join_all;
+use shared::proto::v1 as pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+const ALERT_SECRET: &str = "dev-alert-secret-change-me";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn settings(user: &str, threshold: i64, url: &str) -> pb::SetAlertSettingsRequest {
+    pb::SetAlertSettingsRequest {
+        user_id: user.to_owned(),
+        low_balance_threshold_micros: threshold,
+        webhook_url: url.to_owned(),
+    }
+}
+
+/// The alert events in the outbox for `user`: (balance_low, free_quota_exhausted).
+async fn alerts_raised(app: &TestApp, user: &str) -> (i64, i64) {
+    let count = |kind: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM outbox WHERE user_id = ? AND subject LIKE CONCAT('%.', ?)",
+        )
+        .bind(user)
+        .bind(kind)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    (
+        count("balance_low").await,
+        count("free_quota_exhausted").await,
+    )
+}
+
+/// 10 CNY free and 10 CNY recharged, `balance_low` at 5 CNY: 150 concurrent charges of 0.1 CNY
+/// use the free quota up once and cross the threshold once; the charges after raise nothing; a
+/// recharge and one more fall cross again.
+#[tokio::test]
+async fn alerts_are_raised_once_per_crossing_under_concurrency() {
+    for group_commit in ["true", "false"] {
+        let app = spawn_app_at(
+            chrono::Utc::now(),
+            &[("BILLING__COMMAND__GROUP_COMMIT__ENABLED", group_commit)],
+        )
+        .await;
+        let user = new_user("crossings");
+        recharge(&app, &user, 10 * CNY).await;
+        app.ops()
+            .await
+            .set_alert_settings(settings(&user, 5 * CNY, ""))
+            .await
+            .unwrap();
+        let gateway = app.gateway().await;
+        let charges = (0..160).map(|i| {
+            let mut gateway = gateway.clone();
+            let request = deduct(&user, CNY / 10, &format!("c{i}"));
+            async move { gateway.deduct_quota(request).await.unwrap() }
+        });
+        join_all(charges).await;
+        let view = account(&app, &user).await;
+        assert_eq!(
+            (view.free_remaining_micros, view.balance_micros),
+            (0, 4 * CNY)
+        );
+        assert_eq!(
+            alerts_raised(&app, &user).await,
+            (1, 1),
+            "group commit {group_commit}"
+        );
+
+        // Back above, then below again: a second crossing.
+        recharge(&app, &user, 10 * CNY).await;
+        let mut gateway = app.gateway().await;
+        gateway
+            .deduct_quota(deduct(&user, 9 * CNY, "fall"))
+            .await
+            .unwrap();
+        gateway
+            .deduct_quota(deduct(&user, CNY, "lower"))
+            .await
+            .unwrap();
+        assert_eq!(alerts_raised(&app, &user).await, (2, 1));
+        assert_invariants(&app.db, &user).await;
+        app.cleanup().await;
+    }
+}
+
+/// What a webhook receiver saw, and how it answers.
+#[derive(Clone, Default)]
+struct Receiver {
+    received: Arc<Mutex<Vec<(Instant, HeaderMap, Bytes)>>>,
+    /// Answer 500 to this many requests first.
+    fail_first: Arc<Mutex<usize>>,
+    /// Hold each answer this long.
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Receiver {
+    async fn start(self) -> SocketAddr {
+        async fn hook(
+            State(receiver): State<Receiver>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            receiver
+                .received
+                .lock()
+                .unwrap()
+                .push((Instant::now(), headers, body));
+            let delay = *receiver.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            let mut failing = receiver.fail_first.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::NO_CONTENT
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/hook", post(hook)).with_state(self);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    fn received(&self) -> Vec<(Instant, HeaderMap, Bytes)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A delivery as the receiver checks it: signed with the alert secret over the raw body.
+fn verified(headers: &HeaderMap, body: &[u8]) -> serde_json::Value {
+    let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let timestamp: i64 = header("x-billing-timestamp").parse().unwrap();
+    assert!(
+        shared::signature::verify(
+            ALERT_SECRET,
+            timestamp,
+            body,
+            &header("x-billing-signature")
+        ),
+        "the signature verifies"
+    );
+    assert!(!shared::signature::verify(
+        "another secret",
+        timestamp,
+        body,
+        &header("x-billing-signature")
+    ));
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        json["event_id"].as_str().unwrap(),
+        header("x-billing-event-id")
+    );
+    json
+}
+
+async fn deliveries(app: &TestApp, user: &str) -> Vec<(String, String, i32)> {
+    sqlx::query_as(
+        "SELECT kind, status, attempts FROM alert_deliveries WHERE user_id = ? ORDER BY kind",
+    )
+    .bind(user)
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn alerts_are_delivered_signed_to_the_webhook_and_recorded() {
+    let app = spawn_app().await;
+    let receiver = Receiver::default();
+    let addr = receiver.clone().start().await;
+    let user = new_user("delivered");
+    recharge(&app, &user, 3 * CNY).await;
+    app.orders()
+        .await
+        .set_alert_settings(settings(&user, 2 * CNY, &format!("http://{addr}/hook")))
+        .await
+        .unwrap();
+    // 10 CNY free, then 1.5 CNY of the balance: both alerts.
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, 11_500_000, "big-call"))
+        .await
+        .unwrap();
+    eventually(WAIT, "two deliveries", || async {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    let mut kinds: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|(_, headers, body)| {
+            let json = verified(headers, body);
+            assert_eq!(json["user_id"], serde_json::json!(user));
+            if json["type"] == "balance_low" {
+                assert_eq!(json["balance_micros"], serde_json::json!(1_500_000));
+                assert_eq!(json["threshold_micros"], serde_json::json!(2 * CNY));
+            }
+            json["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["balance_low", "free_quota_exhausted"]);
+    let recorded = eventually(WAIT, "both recorded", || async {
+        let recorded = deliveries(&app, &user).await;
+        (recorded.len() == 2 && recorded.iter().all(|d| d.1 == "delivered")).then_some(recorded)
+    })
+    .await;
+    assert!(
+        recorded.iter().all(|(_, _, attempts)| *attempts == 1),
+        "{recorded:?}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_retried_with_growing_pauses_and_never_holds_up_a_charge() {
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[
+            ("BILLING__ALERTS__RETRY_INITIAL_MS", "200"),
+            ("BILLING__ALERTS__DELIVERY_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::default();
+    *receiver.fail_first.lock().unwrap() = 2;
+    *receiver.delay.lock().unwrap() = Duration::from_millis(300);
+    let addr = receiver.clone().start().await;
+    let user = new_user("retried");
+    app.ops()
+        .await
+        .set_alert_settings(settings(&user, 0, &format!("http://{addr}/hook")))
+        .await
+        .unwrap();
+    let mut gateway = app.gateway().await;
+    gateway
+        .deduct_quota(deduct(&user, 10 * CNY, "uses-it-up"))
+        .await
+        .unwrap();
+    // While the webhook is slow and failing, charges go on at their own pace.
+    for i in 0..5 {
+        let started = Instant::now();
+        let refused = gateway
+            .deduct_quota(deduct(&user, 1, &format!("after-{i}")))
+            .await
+            .expect_err("nothing left to charge");
+        assert_eq!(reason(&refused), "INSUFFICIENT_QUOTA");
+        assert!(started.elapsed() < Duration::from_millis(250));
+    }
+    let recorded = eventually(WAIT, "delivered on the third attempt", || async {
+        let recorded = deliveries(&app, &user).await;
+        recorded
+            .first()
+            .filter(|(_, status, _)| status == "delivered")
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        recorded,
+        ("free_quota_exhausted".to_owned(), "delivered".to_owned(), 3)
+    );
+    let times: Vec<Instant> = receiver.received().iter().map(|(at, ..)| *at).collect();
+    assert_eq!(times.len(), 3, "three attempts, no more");
+    let (first, second) = (times[1] - times[0], times[2] - times[1]);
+    assert!(
+        first >= Duration::from_millis(400) && second >= first + Duration::from_millis(150),
+        "pauses grow: {first:?} then {second:?}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_delivery_out_of_attempts_is_recorded_failed_and_a_private_address_refused() {
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[
+            ("BILLING__ALERTS__RETRY_INITIAL_MS", "50"),
+            ("BILLING__ALERTS__MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::default();
+    *receiver.fail_first.lock().unwrap() = usize::MAX;
+    let addr = receiver.clone().start().await;
+    let user = new_user("gave-up");
+    app.ops()
+        .await
+        .set_alert_settings(settings(&user, 0, &format!("http://{addr}/hook")))
+        .await
+        .unwrap();
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, 10 * CNY, "uses-it-up"))
+        .await
+        .unwrap();
+    let recorded = eventually(WAIT, "recorded failed", || async {
+        deliveries(&app, &user)
+            .await
+            .into_iter()
+            .find(|(_, status, _)| status == "failed")
+    })
+    .await;
+    assert_eq!(recorded.2, 2, "max_attempts attempts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 2, "and no more after");
+    app.cleanup().await;
+
+    // Without allow_private_addresses, a webhook on loopback is never called.
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[
+            ("BILLING__ALERTS__ALLOW_PRIVATE_ADDRESSES", "false"),
+            ("BILLING__ALERTS__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::default();
+    let addr = receiver.clone().start().await;
+    let user = new_user("private");
+    app.ops()
+        .await
+        .set_alert_settings(settings(&user, 0, &format!("http://{addr}/hook")))
+        .await
+        .unwrap();
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, 10 * CNY, "uses-it-up"))
+        .await
+        .unwrap();
+    let error: Option<String> = eventually(WAIT, "refused", || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT last_error FROM alert_deliveries WHERE user_id = ? AND status = 'failed'",
+        )
+        .bind(&user)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(error.unwrap().contains("not a public one"));
+    assert!(receiver.received().is_empty());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn alert_settings_are_validated_and_scoped() {
+    let app = spawn_app().await;
+    let user = new_user("settings");
+    let mut orders = app.orders().await;
+    for (threshold, url, field) in [
+        (-1, "", "low_balance_threshold_micros"),
+        (1_000_000_000_000_001, "", "low_balance_threshold_micros"),
+        (0, "ftp://example.com/x", "webhook_url"),
+        (0, "https://", "webhook_url"),
+        (0, "https://exa mple.com/", "webhook_url"),
+    ] {
+        let status = orders
+            .set_alert_settings(settings(&user, threshold, url))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(format!("{status:?}").contains(field), "{status:?}");
+    }
+    let saved = orders
+        .set_alert_settings(settings(
+            &user,
+            3 * CNY,
+            "https://hooks.example.com/billing",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            saved.low_balance_threshold_micros,
+            saved.webhook_url.as_str()
+        ),
+        (3 * CNY, "https://hooks.example.com/billing")
+    );
+    let cleared = orders
+        .set_alert_settings(settings(&user, 3 * CNY, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleared.webhook_url, "");
+    let stored: (Option<i64>, Option<String>) = sqlx::query_as(
+        "SELECT low_balance_threshold_micros, webhook_url FROM alert_settings WHERE user_id = ?",
+    )
+    .bind(&user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, (Some(3 * CNY), None));
+    let status = app
+        .gateway()
+        .await
+        .set_alert_settings(settings(&user, 0, ""))
+        .await
+        .expect_err("the gateway may not");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    app.cleanup().await;
+}

@@ -73,6 +73,8 @@ impl AccountOut {
             available_micros: view.available.get(),
             version: view.version,
             monthly_free_micros: view.monthly_free.get(),
+            free_held_micros: view.free_held.get(),
+            balance_held_micros: view.balance_held.get(),
         }
     }
 }

@@ -311,3 +311,85 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     PRIMARY KEY (event_id),
     KEY alert_deliveries_user (user_id, first_attempt_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0017_add_account_holds.sql
+-- Reservations hold part of an account: free_held_micros of the current period's free quota and
+-- balance_held_micros of the balance, neither used nor available until the hold is settled or
+-- released. The CHECKs extend invariant 1 to holds. Added only where missing, so a database
+-- created from docs/sql/billing_service.sql (which already has them) takes this migration too.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'accounts'
+                  AND column_name = 'free_held_micros');
+SET @ddl = IF(@missing,
+  'ALTER TABLE accounts
+     ADD COLUMN free_held_micros BIGINT NOT NULL DEFAULT 0 AFTER free_used_micros,
+     ADD COLUMN balance_held_micros BIGINT NOT NULL DEFAULT 0 AFTER free_held_micros,
+     ADD CONSTRAINT accounts_free_held_in_range CHECK (free_held_micros >= 0 AND free_used_micros + free_held_micros <= free_granted_micros),
+     ADD CONSTRAINT accounts_balance_held_in_range CHECK (balance_held_micros BETWEEN 0 AND balance_micros)',
+  'DO 0');
+PREPARE add_holds FROM @ddl;
+EXECUTE add_holds;
+DEALLOCATE PREPARE add_holds;
+
+-- 0018_add_ledger_holds.sql
+-- Every ledger row keeps the holds before and after its change (the chain covers them), and
+-- free_period: the month whose free quota the row's free part belongs to when it is not the
+-- row's period (a hold taken before midnight and settled after it; NULL otherwise). Added only
+-- where missing, like 0017.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'ledger'
+                  AND column_name = 'free_held_before_micros');
+SET @ddl = IF(@missing,
+  'ALTER TABLE ledger
+     ADD COLUMN free_held_before_micros BIGINT NOT NULL DEFAULT 0 AFTER free_used_after_micros,
+     ADD COLUMN free_held_after_micros BIGINT NOT NULL DEFAULT 0 AFTER free_held_before_micros,
+     ADD COLUMN balance_held_before_micros BIGINT NOT NULL DEFAULT 0 AFTER free_held_after_micros,
+     ADD COLUMN balance_held_after_micros BIGINT NOT NULL DEFAULT 0 AFTER balance_held_before_micros,
+     ADD COLUMN free_period CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NULL AFTER period_before',
+  'DO 0');
+PREPARE add_holds FROM @ddl;
+EXECUTE add_holds;
+DEALLOCATE PREPARE add_holds;
+
+-- 0019_create_reservations.sql
+-- Reservations (ReserveQuota): an amount held on an account for a call priced afterwards, free
+-- quota first, then balance. One per (user_id, request_id), the charges' key space: the hold's
+-- ledger row carries the request_id under the ledger's unique key, so a charge and a
+-- reservation can never share one. status: held -> settled | released | expired.
+-- hold_record_id / end_record_id: the ledger rows of the hold and of its end (the settle's
+-- charge, or the release). period: the month whose free quota the hold took.
+CREATE TABLE IF NOT EXISTS reservations (
+    reservation_id      CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_id             VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    request_id          VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    api_id              VARCHAR(128) NOT NULL,
+    amount_micros       BIGINT NOT NULL,
+    free_held_micros    BIGINT NOT NULL,
+    balance_held_micros BIGINT NOT NULL,
+    period              CHAR(7) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    status              VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    hold_record_id      CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    end_record_id       CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    actual_micros       BIGINT NULL,
+    created_at          DATETIME(6) NOT NULL,
+    expires_at          DATETIME(6) NOT NULL,
+    ended_at            DATETIME(6) NULL,
+    PRIMARY KEY (reservation_id),
+    UNIQUE KEY reservations_user_request (user_id, request_id),
+    KEY reservations_expiring (status, expires_at),
+    CONSTRAINT reservations_parts_add_up CHECK (amount_micros = free_held_micros + balance_held_micros)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- 0020_add_rm_account_holds.sql
+-- The read model shows holds too: what reservations keep of the free quota and of the balance.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'rm_accounts'
+                  AND column_name = 'free_held_micros');
+SET @ddl = IF(@missing,
+  'ALTER TABLE rm_accounts
+     ADD COLUMN free_held_micros BIGINT NOT NULL DEFAULT 0 AFTER free_used_micros,
+     ADD COLUMN balance_held_micros BIGINT NOT NULL DEFAULT 0 AFTER free_held_micros',
+  'DO 0');
+PREPARE add_holds FROM @ddl;
+EXECUTE add_holds;
+DEALLOCATE PREPARE add_holds;

@@ -20,6 +20,10 @@ pub struct AccountSnapshot {
     pub period: Period,
     pub free_granted: Micros,
     pub free_used: Micros,
+    /// Free quota of `period` reserved by open holds: neither used nor available.
+    pub free_held: Micros,
+    /// Balance reserved by open holds: still on the balance, not available.
+    pub balance_held: Micros,
     /// What each new period grants this account.
     pub monthly_free: Micros,
     pub version: i64,
@@ -41,6 +45,21 @@ pub enum Refusal {
     BalanceLimit,
     #[error("the refunds of a charge would exceed it")]
     RefundExceedsCharge,
+    #[error("the actual amount exceeds what the reservation holds")]
+    SettleExceedsHold,
+}
+
+/// What a reservation holds: free quota first, then balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub free: Micros,
+    pub balance: Micros,
+}
+
+impl Hold {
+    pub fn total(&self) -> Micros {
+        self.free.checked_add(self.balance).unwrap_or(Micros::ZERO)
+    }
 }
 
 /// What is left to refund of one charge, part by part: its parts less its earlier refunds.
@@ -99,14 +118,27 @@ impl AccountSnapshot {
             period,
             free_granted: Micros::ZERO,
             free_used: Micros::ZERO,
+            free_held: Micros::ZERO,
+            balance_held: Micros::ZERO,
             monthly_free,
             version: 0,
         }
     }
 
+    /// The period's free quota neither used nor held.
     pub fn free_remaining(&self) -> Micros {
         self.free_granted
             .checked_sub(self.free_used)
+            .and_then(|left| left.checked_sub(self.free_held))
+            .filter(|left| *left >= Micros::ZERO)
+            .unwrap_or(Micros::ZERO)
+    }
+
+    /// The balance not held: what a charge or a debit may take.
+    pub fn balance_free(&self) -> Micros {
+        self.balance
+            .checked_sub(self.balance_held)
+            .filter(|left| *left >= Micros::ZERO)
             .unwrap_or(Micros::ZERO)
     }
 
@@ -114,10 +146,13 @@ impl AccountSnapshot {
     /// `None` when it already has it (or a later one), so a grant happens once per period.
     pub fn open_period(&self, period: Period, amount: Micros) -> Option<AccountSnapshot> {
         let lacks = self.version == 0 || period > self.period;
+        // Free holds of the earlier period stay with their reservations: the new period's quota
+        // starts with nothing used and nothing held.
         lacks.then(|| AccountSnapshot {
             period,
             free_granted: amount,
             free_used: Micros::ZERO,
+            free_held: Micros::ZERO,
             version: self.version + 1,
             ..*self
         })
@@ -125,7 +160,7 @@ impl AccountSnapshot {
 
     /// Charges `amount` free quota first. Refused as a whole when it cannot be covered.
     pub fn charge(&self, amount: Micros) -> Result<(Split, AccountSnapshot), Refusal> {
-        let split = split_charge(amount, self.free_remaining(), self.balance)
+        let split = split_charge(amount, self.free_remaining(), self.balance_free())
             .ok_or(Refusal::InsufficientQuota)?;
         let after = AccountSnapshot {
             balance: self
@@ -156,8 +191,12 @@ impl AccountSnapshot {
         })
     }
 
-    /// Takes `amount` from the balance only (debit adjustment); free quota is never debited.
+    /// Takes `amount` from the balance only (debit adjustment); free quota is never debited,
+    /// nor balance that holds reserve.
     pub fn debit(&self, amount: Micros) -> Result<AccountSnapshot, Refusal> {
+        if amount > self.balance_free() {
+            return Err(Refusal::InsufficientQuota);
+        }
         let balance = self
             .balance
             .checked_sub(amount)
@@ -168,6 +207,102 @@ impl AccountSnapshot {
             version: self.version + 1,
             ..*self
         })
+    }
+
+    /// Reserves `amount` for a call whose price is known only afterwards: free quota first, then
+    /// balance, as a charge would take them; both stay on the account but are no longer
+    /// available. Refused whole when they cannot cover it.
+    pub fn hold(&self, amount: Micros) -> Result<(Hold, AccountSnapshot), Refusal> {
+        let split = split_charge(amount, self.free_remaining(), self.balance_free())
+            .ok_or(Refusal::InsufficientQuota)?;
+        let hold = Hold {
+            free: split.free,
+            balance: split.balance,
+        };
+        let after = AccountSnapshot {
+            free_held: self
+                .free_held
+                .checked_add(hold.free)
+                .ok_or(Refusal::InsufficientQuota)?,
+            balance_held: self
+                .balance_held
+                .checked_add(hold.balance)
+                .ok_or(Refusal::InsufficientQuota)?,
+            version: self.version + 1,
+            ..*self
+        };
+        Ok((hold, after))
+    }
+
+    /// The part of a hold of `hold_period` still reserved on this account: all of its balance
+    /// part; its free part only while the account is still in `hold_period` (a new period's
+    /// quota starts with nothing held, and the earlier period's quota has ended).
+    fn held_here(&self, hold: Hold, hold_period: Period) -> Hold {
+        Hold {
+            free: if hold_period == self.period {
+                hold.free.min(self.free_held)
+            } else {
+                Micros::ZERO
+            },
+            balance: hold.balance.min(self.balance_held),
+        }
+    }
+
+    /// Gives a hold back, whole.
+    pub fn release(&self, hold: Hold, hold_period: Period) -> AccountSnapshot {
+        let here = self.held_here(hold, hold_period);
+        AccountSnapshot {
+            free_held: self
+                .free_held
+                .checked_sub(here.free)
+                .unwrap_or(Micros::ZERO),
+            balance_held: self
+                .balance_held
+                .checked_sub(here.balance)
+                .unwrap_or(Micros::ZERO),
+            version: self.version + 1,
+            ..*self
+        }
+    }
+
+    /// Settles a hold of `hold_period` with the call's `actual` price (at most what it holds):
+    /// charges it from what the hold reserved, its free part first, and gives the rest back.
+    /// The free part comes from the quota of `hold_period`, even when the account has moved on
+    /// to a later period since (that quota was set aside then); it counts as used only while the
+    /// account is still in that period.
+    pub fn settle(
+        &self,
+        hold: Hold,
+        hold_period: Period,
+        actual: Micros,
+    ) -> Result<(Split, AccountSnapshot), Refusal> {
+        if actual > hold.total() {
+            return Err(Refusal::SettleExceedsHold);
+        }
+        let free = actual.min(hold.free);
+        let split = Split {
+            free,
+            balance: actual.checked_sub(free).ok_or(Refusal::SettleExceedsHold)?,
+        };
+        let released = self.release(hold, hold_period);
+        let used_here = if hold_period == self.period {
+            split.free
+        } else {
+            Micros::ZERO
+        };
+        let after = AccountSnapshot {
+            balance: released
+                .balance
+                .checked_sub(split.balance)
+                .filter(|balance| *balance >= Micros::ZERO)
+                .ok_or(Refusal::SettleExceedsHold)?,
+            free_used: released
+                .free_used
+                .checked_add(used_here)
+                .ok_or(Refusal::SettleExceedsHold)?,
+            ..released
+        };
+        Ok((split, after))
     }
 
     /// Refunds `amount` of a charge made in `charge_period` of which `left` is still refundable:
@@ -215,7 +350,11 @@ impl AccountSnapshot {
     /// less than it has used. `None` when nothing would change.
     pub fn set_plan(&self, monthly_free: Micros, now: Period) -> Option<AccountSnapshot> {
         let free_granted = if self.version > 0 && self.period > now {
-            monthly_free.max(self.free_used)
+            monthly_free.max(
+                self.free_used
+                    .checked_add(self.free_held)
+                    .unwrap_or(self.free_used),
+            )
         } else {
             self.free_granted
         };
@@ -245,7 +384,10 @@ pub struct AccountView {
     pub period: Period,
     pub free_granted: Micros,
     pub free_used: Micros,
+    pub free_held: Micros,
     pub free_remaining: Micros,
+    pub balance_held: Micros,
+    /// Free quota remaining plus the balance not held.
     pub available: Micros,
     pub monthly_free: Micros,
     pub version: i64,
@@ -261,11 +403,12 @@ pub fn view_at(snapshot: &AccountSnapshot, now: DateTime<Utc>, zone: BillingZone
     let now_period = zone.period_of(now);
     let rolled = snapshot.version == 0 || snapshot.period < now_period;
     if rolled {
+        // Nothing of the new period is used or held yet.
         view(
             snapshot,
             now_period,
             snapshot.monthly_free,
-            Micros::ZERO,
+            (Micros::ZERO, Micros::ZERO),
             zone,
         )
     } else {
@@ -280,7 +423,7 @@ pub fn stored_view(snapshot: &AccountSnapshot, zone: BillingZone) -> AccountView
         snapshot,
         snapshot.period,
         snapshot.free_granted,
-        snapshot.free_used,
+        (snapshot.free_used, snapshot.free_held),
         zone,
     )
 }
@@ -289,18 +432,24 @@ fn view(
     snapshot: &AccountSnapshot,
     period: Period,
     free_granted: Micros,
-    free_used: Micros,
+    (free_used, free_held): (Micros, Micros),
     zone: BillingZone,
 ) -> AccountView {
-    let free_remaining = free_granted.checked_sub(free_used).unwrap_or(Micros::ZERO);
+    let free_remaining = free_granted
+        .checked_sub(free_used)
+        .and_then(|left| left.checked_sub(free_held))
+        .filter(|left| *left >= Micros::ZERO)
+        .unwrap_or(Micros::ZERO);
     AccountView {
         balance: snapshot.balance,
         period,
         free_granted,
         free_used,
+        free_held,
         free_remaining,
+        balance_held: snapshot.balance_held,
         available: free_remaining
-            .checked_add(snapshot.balance)
+            .checked_add(snapshot.balance_free())
             .unwrap_or(MAX_BALANCE),
         monthly_free: snapshot.monthly_free,
         version: snapshot.version,
@@ -325,6 +474,8 @@ mod tests {
             period: period("2026-11"),
             free_granted: Micros::new(granted),
             free_used: Micros::new(used),
+            free_held: Micros::ZERO,
+            balance_held: Micros::ZERO,
             monthly_free: TEN,
             version: 7,
         }
@@ -334,6 +485,125 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_hold_reserves_free_quota_first_and_is_settled_or_released() {
+        let before = account(100, 10, 4);
+        let (hold, held) = before.hold(Micros::new(20)).unwrap();
+        assert_eq!(
+            hold,
+            Hold {
+                free: Micros::new(6),
+                balance: Micros::new(14)
+            }
+        );
+        assert_eq!(
+            (held.free_held, held.balance_held),
+            (Micros::new(6), Micros::new(14))
+        );
+        assert_eq!(held.free_remaining(), Micros::ZERO);
+        assert_eq!(held.balance_free(), Micros::new(86));
+        assert_eq!(
+            (held.balance, held.free_used),
+            (before.balance, before.free_used)
+        );
+        // What is held is not available to a charge, a debit or another hold.
+        assert_eq!(
+            held.charge(Micros::new(87)),
+            Err(Refusal::InsufficientQuota)
+        );
+        assert_eq!(held.debit(Micros::new(87)), Err(Refusal::InsufficientQuota));
+        assert!(held.hold(Micros::new(86)).is_ok());
+
+        // Settled below the hold: free part first, the rest given back.
+        let (split, settled) = held.settle(hold, held.period, Micros::new(9)).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                free: Micros::new(6),
+                balance: Micros::new(3)
+            }
+        );
+        assert_eq!(
+            (settled.free_held, settled.balance_held),
+            (Micros::ZERO, Micros::ZERO)
+        );
+        assert_eq!(
+            (settled.free_used, settled.balance),
+            (Micros::new(10), Micros::new(97))
+        );
+        assert_eq!(
+            held.settle(hold, held.period, Micros::new(21)),
+            Err(Refusal::SettleExceedsHold)
+        );
+
+        // Released: all back.
+        let released = held.release(hold, held.period);
+        assert_eq!(
+            (
+                released.free_held,
+                released.balance_held,
+                released.free_remaining(),
+                released.balance
+            ),
+            (Micros::ZERO, Micros::ZERO, Micros::new(6), Micros::new(100))
+        );
+    }
+
+    #[test]
+    fn a_hold_keeps_its_period_after_midnight() {
+        let november = account(100, 10, 0);
+        let (hold, held) = november.hold(Micros::new(8)).unwrap();
+        let december = held.open_period(period("2026-12"), TEN).unwrap();
+        assert_eq!(
+            december.free_held,
+            Micros::ZERO,
+            "December's quota starts unheld"
+        );
+        assert_eq!(december.free_remaining(), TEN);
+        // Settled in December: November's free quota pays, December's is untouched.
+        let (split, settled) = december
+            .settle(hold, period("2026-11"), Micros::new(5))
+            .unwrap();
+        assert_eq!(
+            split,
+            Split {
+                free: Micros::new(5),
+                balance: Micros::ZERO
+            }
+        );
+        assert_eq!(
+            (settled.free_used, settled.free_remaining()),
+            (Micros::ZERO, TEN)
+        );
+        assert_eq!(settled.balance, Micros::new(100));
+    }
+
+    proptest! {
+        /// Any mix of holds, settles, releases and charges keeps invariant 1 with holds:
+        /// free_used + free_held <= free_granted and balance_held <= balance.
+        #[test]
+        fn holds_never_break_invariant_one(steps in prop::collection::vec((0_u8..4, 1_i64..60), 1..40)) {
+            let mut state = account(100, 50, 0);
+            let mut open: Vec<Hold> = Vec::new();
+            for (step, amount) in steps {
+                let amount = Micros::new(amount);
+                match step {
+                    0 => if let Ok((hold, after)) = state.hold(amount) { open.push(hold); state = after; },
+                    1 => if let Some(hold) = open.pop() {
+                        let actual = amount.min(hold.total());
+                        state = state.settle(hold, state.period, actual).unwrap().1;
+                    },
+                    2 => if let Some(hold) = open.pop() { state = state.release(hold, state.period); },
+                    _ => if let Ok((_, after)) = state.charge(amount) { state = after; },
+                }
+                prop_assert!(state.free_used.get() + state.free_held.get() <= state.free_granted.get());
+                prop_assert!(state.balance_held <= state.balance && state.balance >= Micros::ZERO);
+                let held: i64 = open.iter().map(|h| h.total().get()).sum();
+                prop_assert_eq!(held, state.free_held.get() + state.balance_held.get(), "no hold counted twice");
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ mod tests {
             period: period.parse().unwrap(),
             free_granted: Micros::new(granted),
             free_used: Micros::new(used),
+            free_held: Micros::ZERO,
+            balance_held: Micros::ZERO,
             monthly_free: Micros::new(granted),
             version: 3,
         }

@@ -9,8 +9,8 @@ use sqlx::{MySqlPool, Row};
 /// the ledger chain, conservation of balance and free quota, every change with its event.
 pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
     let account = sqlx::query(
-        "SELECT balance_micros, period, free_granted_micros, free_used_micros, version \
-         FROM accounts WHERE user_id = ?",
+        "SELECT balance_micros, period, free_granted_micros, free_used_micros, free_held_micros, \
+         balance_held_micros, version FROM accounts WHERE user_id = ?",
     )
     .bind(user)
     .fetch_optional(pool)
@@ -19,8 +19,9 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
     let rows = sqlx::query(
         "SELECT record_id, version, kind, amount_micros, free_micros, balance_micros, period, \
          period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
-         free_granted_after_micros, free_used_before_micros, free_used_after_micros \
-         FROM ledger WHERE user_id = ? ORDER BY version",
+         free_granted_after_micros, free_used_before_micros, free_used_after_micros, \
+         free_held_before_micros, free_held_after_micros, balance_held_before_micros, \
+         balance_held_after_micros, free_period FROM ledger WHERE user_id = ? ORDER BY version",
     )
     .bind(user)
     .fetch_all(pool)
@@ -38,13 +39,22 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
         account.get("free_used_micros"),
     );
     let version: i64 = account.get("version");
+    let (free_held, balance_held): (i64, i64) = (
+        account.get("free_held_micros"),
+        account.get("balance_held_micros"),
+    );
     assert!(
-        balance >= 0 && 0 <= used && used <= granted,
+        balance >= 0
+            && 0 <= used
+            && free_held >= 0
+            && used + free_held <= granted
+            && (0..=balance).contains(&balance_held),
         "{user}: invariant 1 broken"
     );
 
     // The chain: versions 1..=n, each row's before is the previous row's after.
-    let mut state = (0_i64, String::new(), 0_i64, 0_i64);
+    // (balance, period, granted, used, free held, balance held)
+    let mut state = (0_i64, String::new(), 0_i64, 0_i64, 0_i64, 0_i64);
     let (mut credits, mut debits, mut free_in_period, mut granted_in_period) =
         (0_i64, 0_i64, 0_i64, None);
     for (index, row) in rows.iter().enumerate() {
@@ -55,17 +65,24 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
             row.get::<String, _>("period_before"),
             row.get::<i64, _>("free_granted_before_micros"),
             row.get::<i64, _>("free_used_before_micros"),
+            row.get::<i64, _>("free_held_before_micros"),
+            row.get::<i64, _>("balance_held_before_micros"),
         );
         let after = (
             row.get::<i64, _>("balance_after_micros"),
             row.get::<String, _>("period"),
             row.get::<i64, _>("free_granted_after_micros"),
             row.get::<i64, _>("free_used_after_micros"),
+            row.get::<i64, _>("free_held_after_micros"),
+            row.get::<i64, _>("balance_held_after_micros"),
         );
+        // The free part of a hold settled after its month belongs to that month's quota.
+        let free_period: Option<String> = row.get("free_period");
+        let free_here = free_period.as_ref().is_none_or(|p| *p == after.1);
         if index == 0 {
             assert_eq!(
-                (before.0, before.2, before.3),
-                (0, 0, 0),
+                (before.0, before.2, before.3, before.4, before.5),
+                (0, 0, 0, 0, 0),
                 "{user}: the first row starts empty"
             );
         } else {
@@ -80,11 +97,15 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
             "deduct" => {
                 assert_eq!(free + part, amount, "{user}: split must add up");
                 assert_eq!(after.0, before.0 - part);
-                assert_eq!(after.3, before.3 + free);
-                debits += part;
-                if after.1 == period {
-                    free_in_period += free;
+                if free_here {
+                    assert_eq!(after.3, before.3 + free);
+                    if after.1 == period {
+                        free_in_period += free;
+                    }
+                } else {
+                    assert_eq!(after.3, before.3, "{user}: an earlier month's quota paid");
                 }
+                debits += part;
             }
             "recharge" | "adjust" => {
                 assert_eq!(after.0, before.0 + part);
@@ -132,14 +153,21 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
             other => panic!("{user}: unknown ledger kind {other}"),
         }
         assert!(
-            after.0 >= 0 && after.3 <= after.2,
+            after.0 >= 0 && after.3 + after.4 <= after.2 && (0..=after.0).contains(&after.5),
             "{user}: invariant 1 broken in the ledger"
         );
         state = after;
     }
     assert_eq!(
         state,
-        (balance, period.clone(), granted, used),
+        (
+            balance,
+            period.clone(),
+            granted,
+            used,
+            free_held,
+            balance_held
+        ),
         "{user}: the last row must be the account"
     );
     assert_eq!(

@@ -17,6 +17,8 @@ pub const REASON_ORDER_NOT_FOUND: &str = "ORDER_NOT_FOUND";
 pub const REASON_BALANCE_LIMIT: &str = "BALANCE_LIMIT";
 pub const REASON_CHARGE_NOT_FOUND: &str = "CHARGE_NOT_FOUND";
 pub const REASON_REFUND_EXCEEDS_CHARGE: &str = "REFUND_EXCEEDS_CHARGE";
+pub const REASON_RESERVATION_NOT_FOUND: &str = "RESERVATION_NOT_FOUND";
+pub const REASON_SETTLE_EXCEEDS_HOLD: &str = "SETTLE_EXCEEDS_HOLD";
 pub const REASON_SCOPE: &str = "SCOPE";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
@@ -44,6 +46,10 @@ impl CommandError {
             CommandError::ChargeNotFound => (Code::NotFound, REASON_CHARGE_NOT_FOUND),
             CommandError::RefundExceedsCharge => {
                 (Code::FailedPrecondition, REASON_REFUND_EXCEEDS_CHARGE)
+            }
+            CommandError::ReservationNotFound => (Code::NotFound, REASON_RESERVATION_NOT_FOUND),
+            CommandError::SettleExceedsHold => {
+                (Code::FailedPrecondition, REASON_SETTLE_EXCEEDS_HOLD)
             }
             CommandError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
                 (Code::Unavailable, REASON_STORE_UNAVAILABLE)

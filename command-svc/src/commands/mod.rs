@@ -107,6 +107,10 @@ pub enum CommandError {
     ChargeNotFound,
     #[error("the refunds of a charge may not exceed it, part by part")]
     RefundExceedsCharge,
+    #[error("no reservation under this request_id")]
+    ReservationNotFound,
+    #[error("the actual amount exceeds what the reservation holds")]
+    SettleExceedsHold,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -123,6 +127,7 @@ impl From<shared::account::Refusal> for CommandError {
             shared::account::Refusal::InsufficientQuota => CommandError::InsufficientQuota,
             shared::account::Refusal::BalanceLimit => CommandError::BalanceLimit,
             shared::account::Refusal::RefundExceedsCharge => CommandError::RefundExceedsCharge,
+            shared::account::Refusal::SettleExceedsHold => CommandError::SettleExceedsHold,
         }
     }
 }

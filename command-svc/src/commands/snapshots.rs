@@ -67,6 +67,8 @@ impl Commands {
             period: state.period.parse().ok()?,
             free_granted: Micros::new(state.free_granted_micros),
             free_used: Micros::new(state.free_used_micros),
+            free_held: Micros::new(state.free_held_micros),
+            balance_held: Micros::new(state.balance_held_micros),
             monthly_free: Micros::new(state.monthly_free_micros),
             version: cached.version,
         };

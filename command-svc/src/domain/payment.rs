@@ -92,6 +92,8 @@ mod tests {
             period: "2026-11".parse().unwrap(),
             free_granted: Micros::ZERO,
             free_used: Micros::ZERO,
+            free_held: Micros::ZERO,
+            balance_held: Micros::ZERO,
             monthly_free: Micros::ZERO,
             version: 3,
         }

@@ -14,6 +14,8 @@ pub struct AccountRow {
     pub period: String,
     pub free_granted_micros: i64,
     pub free_used_micros: i64,
+    pub free_held_micros: i64,
+    pub balance_held_micros: i64,
     pub monthly_free_micros: i64,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
@@ -28,6 +30,8 @@ impl AccountRow {
             period: parse_period(&self.period)?,
             free_granted: Micros::new(self.free_granted_micros),
             free_used: Micros::new(self.free_used_micros),
+            free_held: Micros::new(self.free_held_micros),
+            balance_held: Micros::new(self.balance_held_micros),
             monthly_free: Micros::new(self.monthly_free_micros),
             version: self.version,
         })
@@ -47,7 +51,8 @@ pub fn parse_period(text: &str) -> Result<Period, StoreError> {
 macro_rules! account_columns {
     () => {
         "a.user_id, a.currency, a.balance_micros, a.period, a.free_granted_micros, \
-         a.free_used_micros, a.monthly_free_micros, a.version, a.updated_at, \
+         a.free_used_micros, a.free_held_micros, a.balance_held_micros, a.monthly_free_micros, \
+         a.version, a.updated_at, \
          s.low_balance_threshold_micros \
          FROM accounts a LEFT JOIN alert_settings s ON s.user_id = a.user_id"
     };
@@ -90,8 +95,8 @@ pub async fn create_account(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, monthly_free_micros, version, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
+         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(user_id)
     .bind(currency)
@@ -99,6 +104,8 @@ pub async fn create_account(
     .bind(state.period.to_string())
     .bind(state.free_granted.get())
     .bind(state.free_used.get())
+    .bind(state.free_held.get())
+    .bind(state.balance_held.get())
     .bind(state.monthly_free.get())
     .bind(state.version)
     .bind(now)
@@ -119,13 +126,15 @@ pub async fn save_account(
 ) -> Result<(), StoreError> {
     let result = sqlx::query(
         "UPDATE accounts SET balance_micros = ?, period = ?, free_granted_micros = ?, \
-         free_used_micros = ?, monthly_free_micros = ?, version = ?, updated_at = ? \
-         WHERE user_id = ? AND version = ?",
+         free_used_micros = ?, free_held_micros = ?, balance_held_micros = ?, \
+         monthly_free_micros = ?, version = ?, updated_at = ? WHERE user_id = ? AND version = ?",
     )
     .bind(state.balance.get())
     .bind(state.period.to_string())
     .bind(state.free_granted.get())
     .bind(state.free_used.get())
+    .bind(state.free_held.get())
+    .bind(state.balance_held.get())
     .bind(state.monthly_free.get())
     .bind(state.version)
     .bind(now)
@@ -207,6 +216,8 @@ impl Writes {
             " ON DUPLICATE KEY UPDATE balance_micros = VALUES(balance_micros), \
              period = VALUES(period), free_granted_micros = VALUES(free_granted_micros), \
              free_used_micros = VALUES(free_used_micros), \
+             free_held_micros = VALUES(free_held_micros), \
+             balance_held_micros = VALUES(balance_held_micros), \
              monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
              updated_at = VALUES(updated_at)",
         )
@@ -220,7 +231,8 @@ impl Writes {
     ) -> &mut Self {
         self.script.insert(
             "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+             free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, \
+             version, created_at, updated_at) ",
             accounts,
             tail,
             |row, (user_id, currency, state)| {
@@ -230,6 +242,8 @@ impl Writes {
                     .text(&state.period.to_string())
                     .int(state.free_granted.get())
                     .int(state.free_used.get())
+                    .int(state.free_held.get())
+                    .int(state.balance_held.get())
                     .int(state.monthly_free.get())
                     .int(state.version)
                     .instant(now)

@@ -44,6 +44,9 @@ pub struct Refs<'a> {
     pub adjustment_id: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub actor: Option<&'a str>,
+    /// The month whose free quota the row's free part belongs to, when it is not the row's
+    /// period (a hold settled after its month ended).
+    pub free_period: Option<&'a str>,
 }
 
 /// A row about to be appended: the change, its split, and the state before and after it.
@@ -76,6 +79,10 @@ pub struct LedgerRecord {
     pub balance_after_micros: i64,
     pub free_granted_after_micros: i64,
     pub free_used_after_micros: i64,
+    pub free_held_after_micros: i64,
+    pub balance_held_after_micros: i64,
+    /// The month of the free part, when it is not `period`.
+    pub free_period: Option<String>,
     pub api_id: Option<String>,
     pub request_id: Option<String>,
     pub order_no: Option<String>,
@@ -90,6 +97,8 @@ impl LedgerRecord {
             period: super::accounts::parse_period(&self.period)?,
             free_granted: Micros::new(self.free_granted_after_micros),
             free_used: Micros::new(self.free_used_after_micros),
+            free_held: Micros::new(self.free_held_after_micros),
+            balance_held: Micros::new(self.balance_held_after_micros),
             monthly_free,
             version: self.version,
         })
@@ -99,8 +108,9 @@ impl LedgerRecord {
 macro_rules! record_columns {
     () => {
         "record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, period, \
-         balance_after_micros, free_granted_after_micros, free_used_after_micros, api_id, \
-         request_id, order_no, created_at"
+         balance_after_micros, free_granted_after_micros, free_used_after_micros, \
+         free_held_after_micros, balance_held_after_micros, free_period, api_id, request_id, \
+         order_no, created_at"
     };
 }
 
@@ -179,10 +189,12 @@ impl Writes {
     pub fn entries(&mut self, entries: &[LedgerEntry<'_>]) -> &mut Self {
         self.script.insert(
             "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
-             balance_micros, period, period_before, balance_before_micros, balance_after_micros, \
-             free_granted_before_micros, free_granted_after_micros, free_used_before_micros, \
-             free_used_after_micros, request_id, api_id, description, order_no, provider_txn_id, \
-             adjustment_id, reason, actor, created_at) ",
+             balance_micros, period, period_before, free_period, balance_before_micros, \
+             balance_after_micros, free_granted_before_micros, free_granted_after_micros, \
+             free_used_before_micros, free_used_after_micros, free_held_before_micros, \
+             free_held_after_micros, balance_held_before_micros, balance_held_after_micros, \
+             request_id, api_id, description, order_no, provider_txn_id, adjustment_id, reason, \
+             actor, created_at) ",
             entries,
             "",
             |row, entry| {
@@ -201,12 +213,17 @@ impl Writes {
                     .int(entry.balance.get())
                     .text(&after.period.to_string())
                     .text(&before.period.to_string())
+                    .opt_text(refs.free_period)
                     .int(before.balance.get())
                     .int(after.balance.get())
                     .int(before.free_granted.get())
                     .int(after.free_granted.get())
                     .int(before.free_used.get())
                     .int(after.free_used.get())
+                    .int(before.free_held.get())
+                    .int(after.free_held.get())
+                    .int(before.balance_held.get())
+                    .int(after.balance_held.get())
                     .opt_text(refs.request_id)
                     .opt_text(refs.api_id)
                     .opt_text(refs.description)

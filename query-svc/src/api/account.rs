@@ -52,8 +52,11 @@ pub struct AccountJson {
     #[schema(example = "CNY")]
     pub currency: String,
     pub balance_micros: i64,
+    /// Of the balance, what open reservations hold.
+    pub balance_held_micros: i64,
     pub free_quota: FreeQuotaJson,
-    /// `free_quota.remaining_micros + balance_micros`.
+    /// `free_quota.remaining_micros + balance_micros - balance_held_micros`: what a call may
+    /// spend now.
     pub available_micros: i64,
     /// What each new period grants this account.
     pub monthly_free_micros: i64,
@@ -73,6 +76,9 @@ pub struct FreeQuotaJson {
     pub period: String,
     pub granted_micros: i64,
     pub used_micros: i64,
+    /// What open reservations hold of it.
+    pub held_micros: i64,
+    /// Neither used nor held.
     pub remaining_micros: i64,
     /// The start of the next period.
     #[schema(format = DateTime)]
@@ -143,10 +149,12 @@ async fn get_account(
         user_id: user.into_string(),
         currency: found.currency,
         balance_micros: view.balance.get(),
+        balance_held_micros: view.balance_held.get(),
         free_quota: FreeQuotaJson {
             period: view.period.to_string(),
             granted_micros: view.free_granted.get(),
             used_micros: view.free_used.get(),
+            held_micros: view.free_held.get(),
             remaining_micros: view.free_remaining.get(),
             resets_at: rfc3339(view.resets_at),
         },
@@ -245,6 +253,8 @@ fn from_cache(user: &UserId, cached: CachedSnapshot) -> Option<Found> {
             period,
             free_granted: Micros::new(state.free_granted_micros),
             free_used: Micros::new(state.free_used_micros),
+            free_held: Micros::new(state.free_held_micros),
+            balance_held: Micros::new(state.balance_held_micros),
             monthly_free: Micros::new(state.monthly_free_micros),
             version: state.version,
         },
@@ -273,6 +283,8 @@ mod tests {
             available_micros: 12,
             version,
             monthly_free_micros: 10,
+            free_held_micros: 0,
+            balance_held_micros: 0,
         }
     }
 

@@ -29,6 +29,10 @@ pub struct LedgerRow {
     pub balance_after_micros: i64,
     pub free_granted_after_micros: i64,
     pub free_used_after_micros: i64,
+    pub free_held_after_micros: i64,
+    pub balance_held_after_micros: i64,
+    /// The month of the free part, when it is not `period` (a hold settled after its month).
+    pub free_period: Option<String>,
     pub api_id: Option<String>,
     pub request_id: Option<String>,
     pub order_no: Option<String>,
@@ -38,7 +42,8 @@ pub struct LedgerRow {
 /// The columns of [`LedgerRow`], for every SELECT of the ledger here.
 pub const LEDGER_COLUMNS: &str = "record_id, user_id, version, kind, amount_micros, free_micros, \
     balance_micros, period, balance_after_micros, free_granted_after_micros, free_used_after_micros, \
-    api_id, request_id, order_no, created_at";
+    free_held_after_micros, balance_held_after_micros, free_period, api_id, request_id, order_no, \
+    created_at";
 
 impl LedgerRow {
     /// The record the projection writes for the event of this row, with the usage it counts to.
@@ -53,11 +58,15 @@ impl LedgerRow {
             balance_micros: self.balance_micros,
             balance_after_micros: self.balance_after_micros,
             free_remaining_after_micros: self.free_granted_after_micros
-                - self.free_used_after_micros,
+                - self.free_used_after_micros
+                - self.free_held_after_micros,
             api_id: self.api_id.clone(),
             request_id: self.request_id.clone(),
             order_no: self.order_no.clone(),
-            period: self.period.clone(),
+            period: self
+                .free_period
+                .clone()
+                .unwrap_or_else(|| self.period.clone()),
             created_at: self.created_at,
         };
         let usage = (self.kind == "deduct").then(|| UsageKey {

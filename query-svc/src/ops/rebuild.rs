@@ -113,8 +113,9 @@ pub async fn rebuild(
 
     report.accounts = sqlx::query(
         "INSERT INTO rm_accounts_shadow (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, monthly_free_micros, version, updated_at) SELECT user_id, currency, \
-         balance_micros, period, free_granted_micros, free_used_micros, monthly_free_micros, version, \
+         free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
+         updated_at) SELECT user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
          updated_at FROM accounts",
     )
     .execute(pool)

@@ -115,6 +115,8 @@ struct StateAt {
     period: String,
     granted: i64,
     used: i64,
+    free_held: i64,
+    balance_held: i64,
 }
 
 impl StateAt {
@@ -124,6 +126,8 @@ impl StateAt {
             period: row.period.clone(),
             granted: row.free_granted_after_micros,
             used: row.free_used_after_micros,
+            free_held: row.free_held_after_micros,
+            balance_held: row.balance_held_after_micros,
         }
     }
 }
@@ -189,6 +193,8 @@ async fn compare(
                 period: s.period.clone(),
                 granted: s.free_granted_micros,
                 used: s.free_used_micros,
+                free_held: s.free_held_micros,
+                balance_held: s.balance_held_micros,
             };
             if at(s.version).as_ref() != Some(&read) {
                 found.push(format!(
@@ -307,6 +313,8 @@ async fn compare(
             period: state.period,
             granted: state.free_granted_micros,
             used: state.free_used_micros,
+            free_held: state.free_held_micros,
+            balance_held: state.balance_held_micros,
         };
         if cached.version > write_version || at(cached.version).as_ref() != Some(&read) {
             found.push(format!(
@@ -329,7 +337,8 @@ pub async fn refresh_snapshot(
 ) -> Result<(), sqlx::Error> {
     let written: Option<store::RmAccount> = sqlx::query_as(
         "SELECT user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
-         monthly_free_micros, version, updated_at FROM accounts WHERE user_id = ?",
+         free_held_micros, balance_held_micros, monthly_free_micros, version, updated_at \
+         FROM accounts WHERE user_id = ?",
     )
     .bind(user)
     .fetch_optional(&mut *conn)
@@ -352,6 +361,8 @@ pub async fn refresh_snapshot(
         period: &account.period,
         free_granted_micros: account.free_granted_micros,
         free_used_micros: account.free_used_micros,
+        free_held_micros: account.free_held_micros,
+        balance_held_micros: account.balance_held_micros,
         monthly_free_micros: account.monthly_free_micros,
         version: account.version,
         updated_at: account.updated_at,

@@ -101,6 +101,8 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 period: &account.period,
                 free_granted_micros: account.free_granted_micros,
                 free_used_micros: account.free_used_micros,
+                free_held_micros: account.free_held_micros,
+                balance_held_micros: account.balance_held_micros,
                 monthly_free_micros: account.monthly_free_micros,
                 version: account.version,
                 updated_at: occurred_at,
@@ -240,6 +242,8 @@ mod tests {
             available_micros: 1200,
             version,
             monthly_free_micros: 1000,
+            free_held_micros: 0,
+            balance_held_micros: 0,
         }
     }
 

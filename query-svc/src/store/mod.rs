@@ -28,6 +28,8 @@ pub struct RmAccount {
     pub period: String,
     pub free_granted_micros: i64,
     pub free_used_micros: i64,
+    pub free_held_micros: i64,
+    pub balance_held_micros: i64,
     pub monthly_free_micros: i64,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
@@ -41,6 +43,8 @@ impl RmAccount {
             period: self.period.parse().ok()?,
             free_granted: Micros::new(self.free_granted_micros),
             free_used: Micros::new(self.free_used_micros),
+            free_held: Micros::new(self.free_held_micros),
+            balance_held: Micros::new(self.balance_held_micros),
             monthly_free: Micros::new(self.monthly_free_micros),
             version: self.version,
         })
@@ -75,7 +79,8 @@ pub async fn load_account<'e>(
 ) -> Result<Option<RmAccount>, sqlx::Error> {
     sqlx::query_as(
         "SELECT user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
-         monthly_free_micros, version, updated_at FROM rm_accounts WHERE user_id = ?",
+         free_held_micros, balance_held_micros, monthly_free_micros, version, updated_at \
+         FROM rm_accounts WHERE user_id = ?",
     )
     .bind(user_id)
     .fetch_optional(executor)

@@ -19,6 +19,8 @@ pub struct SnapshotRow<'a> {
     pub period: &'a str,
     pub free_granted_micros: i64,
     pub free_used_micros: i64,
+    pub free_held_micros: i64,
+    pub balance_held_micros: i64,
     pub monthly_free_micros: i64,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
@@ -32,13 +34,16 @@ pub async fn upsert_account(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, monthly_free_micros, version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
+         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON DUPLICATE KEY UPDATE \
          currency = IF(VALUES(version) > version, VALUES(currency), currency), \
          balance_micros = IF(VALUES(version) > version, VALUES(balance_micros), balance_micros), \
          period = IF(VALUES(version) > version, VALUES(period), period), \
          free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
          free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
+         free_held_micros = IF(VALUES(version) > version, VALUES(free_held_micros), free_held_micros), \
+         balance_held_micros = IF(VALUES(version) > version, VALUES(balance_held_micros), balance_held_micros), \
          monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
          updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
          version = GREATEST(version, VALUES(version))",
@@ -49,6 +54,8 @@ pub async fn upsert_account(
     .bind(row.period)
     .bind(row.free_granted_micros)
     .bind(row.free_used_micros)
+    .bind(row.free_held_micros)
+    .bind(row.balance_held_micros)
     .bind(row.monthly_free_micros)
     .bind(row.version)
     .bind(row.updated_at)
@@ -222,7 +229,8 @@ pub async fn upsert_accounts(
     for chunk in shared::db::pow2_chunks(rows) {
         let mut upsert = sqlx::QueryBuilder::new(
             "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-             free_used_micros, monthly_free_micros, version, updated_at) ",
+             free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
+             updated_at) ",
         );
         upsert.push_values(chunk, |mut row, s| {
             row.push_bind(s.user_id)
@@ -231,6 +239,8 @@ pub async fn upsert_accounts(
                 .push_bind(s.period)
                 .push_bind(s.free_granted_micros)
                 .push_bind(s.free_used_micros)
+                .push_bind(s.free_held_micros)
+                .push_bind(s.balance_held_micros)
                 .push_bind(s.monthly_free_micros)
                 .push_bind(s.version)
                 .push_bind(s.updated_at);
@@ -242,6 +252,8 @@ pub async fn upsert_accounts(
              period = IF(VALUES(version) > version, VALUES(period), period), \
              free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
              free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
+             free_held_micros = IF(VALUES(version) > version, VALUES(free_held_micros), free_held_micros), \
+             balance_held_micros = IF(VALUES(version) > version, VALUES(balance_held_micros), balance_held_micros), \
              monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
              updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
              version = GREATEST(version, VALUES(version))",

@@ -25,10 +25,12 @@ async fn a_user_never_seen_gets_a_fresh_account_with_this_months_quota() {
             "user_id": user,
             "currency": "CNY",
             "balance_micros": 0,
+            "balance_held_micros": 0,
             "free_quota": {
                 "period": period.to_string(),
                 "granted_micros": 10 * CNY,
                 "used_micros": 0,
+                "held_micros": 0,
                 "remaining_micros": 10 * CNY,
                 "resets_at": resets_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             },
@@ -188,6 +190,7 @@ async fn an_older_period_is_shown_rolled_forward_from_midnight_on_the_first() {
             "period": "2026-11",
             "granted_micros": 10 * CNY,
             "used_micros": 10 * CNY,
+            "held_micros": 0,
             "remaining_micros": 0,
             "resets_at": "2026-11-30T16:00:00.000000Z",
         })
@@ -202,6 +205,7 @@ async fn an_older_period_is_shown_rolled_forward_from_midnight_on_the_first() {
             "period": "2026-12",
             "granted_micros": 10 * CNY,
             "used_micros": 0,
+            "held_micros": 0,
             "remaining_micros": 10 * CNY,
             "resets_at": "2026-12-31T16:00:00.000000Z",
         })

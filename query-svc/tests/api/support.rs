@@ -147,6 +147,8 @@ pub fn account_state(
         available_micros: granted - used + balance,
         version,
         monthly_free_micros: granted,
+        free_held_micros: 0,
+        balance_held_micros: 0,
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Application {
     relay: OutboxRelay,
     reset: ResetConsumer,
     alerts: AlertDispatcher,
+    reservations: shared::config::ReservationSettings,
     shutdown_grace: Duration,
 }
 
@@ -94,6 +95,7 @@ impl Application {
             relay,
             reset,
             alerts,
+            reservations: settings.reservations.clone(),
             shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
         })
     }
@@ -162,6 +164,11 @@ impl Application {
         let relay = tokio::spawn(self.relay.run(relay_stop_rx));
         let reset = tokio::spawn(self.reset.run(stop_rx.clone()));
         let alerts = tokio::spawn(self.alerts.run(stop_rx.clone()));
+        let sweeper = tokio::spawn(sweep_expired_holds(
+            self.commands.clone(),
+            self.reservations.clone(),
+            stop_rx.clone(),
+        ));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await });
@@ -169,8 +176,10 @@ impl Application {
         tracing::info!("command-svc shutting down");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.shutdown_grace, async {
-            let (grpc, http, reset, alerts) = tokio::join!(grpc, http, reset, alerts);
+            let (grpc, http, reset, alerts, sweeper) =
+                tokio::join!(grpc, http, reset, alerts, sweeper);
             alerts?;
+            sweeper?;
             let _ = relay_stop_tx.send(true);
             let relay = relay.await;
             reset?;
@@ -188,6 +197,33 @@ impl Application {
                     "open calls or the outbox relay did not finish within the grace period"
                 );
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Releases the holds that expired, every `sweep_interval_ms`, until `stop`. Replicas sweep side
+/// by side; each hold is released once (`Commands::release_expired`).
+async fn sweep_expired_holds(
+    commands: Commands,
+    settings: shared::config::ReservationSettings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(settings.sweep_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        // A full batch may have more behind it: sweep again at once.
+        loop {
+            match commands.release_expired(settings.sweep_batch.max(1)).await {
+                Ok(released) if released >= settings.sweep_batch.max(1) && !*stop.borrow() => {}
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "expired holds not released yet; trying again");
+                    break;
+                }
             }
         }
     }

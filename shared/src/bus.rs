@@ -104,6 +104,9 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::PaymentUnmatched(_) => "payment_unmatched",
         Kind::FreeQuotaPlanSet(_) => "free_quota_plan_set",
         Kind::ChargeRefunded(_) => "charge_refunded",
+        Kind::QuotaReserved(_) => "quota_reserved",
+        Kind::ReservationSettled(_) => "reservation_settled",
+        Kind::ReservationReleased(_) => "reservation_released",
         Kind::BalanceLow(_) => "balance_low",
         Kind::FreeQuotaExhausted(_) => "free_quota_exhausted",
     }

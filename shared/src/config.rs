@@ -27,6 +27,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub payment: PaymentSettings,
     pub alerts: AlertSettings,
+    pub reservations: ReservationSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -212,6 +213,19 @@ pub struct PaymentSettings {
     pub webhook_previous_secrets: Vec<Secret>,
     /// A signature's timestamp may be this far from now, either way.
     pub signature_tolerance_secs: u64,
+}
+
+/// Reservations (`ReserveQuota`): their default lifetime and the sweeper that releases the ones
+/// that expired.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationSettings {
+    /// The lifetime of a reservation whose request gives none (`ttl_ms` 0).
+    pub default_ttl_ms: u64,
+    /// How often each command-svc replica looks for expired holds to release.
+    pub sweep_interval_ms: u64,
+    /// Holds released per look, at most.
+    pub sweep_batch: u32,
 }
 
 /// Alerts to developers (`balance_low`, `free_quota_exhausted`) and their webhook deliveries.
@@ -486,6 +500,10 @@ alerts:
   retry_initial_ms: 1000
   retry_max_ms: 300000
   allow_private_addresses: false
+reservations:
+  default_ttl_ms: 300000
+  sweep_interval_ms: 1000
+  sweep_batch: 100
 telemetry:
   filter: info
   format: pretty

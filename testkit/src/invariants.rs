@@ -122,6 +122,27 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
                     granted_in_period = Some(free);
                 }
             }
+            "hold" => {
+                // Free quota first, then balance: held, neither used nor taken.
+                assert_eq!(free + part, amount, "{user}: a hold's parts add up");
+                assert_eq!(
+                    (after.0, &after.1, after.2, after.3),
+                    (before.0, &before.1, before.2, before.3)
+                );
+                assert_eq!((after.4, after.5), (before.4 + free, before.5 + part));
+            }
+            "release" => {
+                // What became available again; a free part of an ended month is not.
+                assert!(
+                    free + part <= amount,
+                    "{user}: a release gives back at most the hold"
+                );
+                assert_eq!(
+                    (after.0, &after.1, after.2, after.3),
+                    (before.0, &before.1, before.2, before.3)
+                );
+                assert_eq!((after.4, after.5), (before.4 - free, before.5 - part));
+            }
             "refund" => {
                 // The balance part back to the balance; the free part back to the quota only
                 // in the charge's period (the rest of `amount` was forfeited).
@@ -183,6 +204,24 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
         "{user}: the period's grant"
     );
 
+    // Holds: what the account holds is exactly what its open reservations hold (the free part
+    // only of those of the account's period), each counted once.
+    let (held_free, held_balance): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(IF(period = ?, free_held_micros, 0)), 0) AS SIGNED), \
+         CAST(COALESCE(SUM(balance_held_micros), 0) AS SIGNED) \
+         FROM reservations WHERE user_id = ? AND status = 'held'",
+    )
+    .bind(&period)
+    .bind(user)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (free_held, balance_held),
+        (held_free, held_balance),
+        "{user}: the account's holds are its open reservations"
+    );
+
     // Refunds: each has its ledger row with the same parts, and the refunds of a charge never
     // exceed it, part by part.
     let (unmatched, excessive): (i64, i64) = sqlx::query_as(
@@ -234,6 +273,9 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         Kind::BalanceAdjusted(e) => Some(e.record_id.clone()),
         Kind::FreeQuotaPlanSet(e) => Some(e.record_id.clone()),
         Kind::ChargeRefunded(e) => Some(e.record_id.clone()),
+        Kind::QuotaReserved(e) => Some(e.record_id.clone()),
+        Kind::ReservationSettled(e) => Some(e.record_id.clone()),
+        Kind::ReservationReleased(e) => Some(e.record_id.clone()),
         Kind::RechargeOrderCreated(_)
         | Kind::RechargeOrderFailed(_)
         | Kind::PaymentUnmatched(_)

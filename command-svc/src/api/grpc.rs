@@ -174,4 +174,56 @@ impl BillingCommandService for GrpcApi {
             webhook_url: saved.webhook_url.unwrap_or_default(),
         }))
     }
+
+    async fn reserve_quota(
+        &self,
+        request: Request<pb::ReserveQuotaRequest>,
+    ) -> Result<Response<pb::ReserveQuotaResponse>, Status> {
+        require(&request, &[Scope::Quota])?;
+        let command = parse::reserve_quota(request.get_ref())?;
+        let reserved = self.commands.reserve_quota(&command).await?;
+        Ok(Response::new(pb::ReserveQuotaResponse {
+            reservation_id: reserved.reservation_id,
+            free_held_micros: reserved.hold.free.get(),
+            balance_held_micros: reserved.hold.balance.get(),
+            expires_at_ms: reserved.expires_at.timestamp_millis(),
+            account: Some(reserved.account.message()),
+            replayed: reserved.replayed,
+        }))
+    }
+
+    async fn settle_reservation(
+        &self,
+        request: Request<pb::SettleReservationRequest>,
+    ) -> Result<Response<pb::SettleReservationResponse>, Status> {
+        require(&request, &[Scope::Quota])?;
+        let command = parse::settle_reservation(request.get_ref())?;
+        let settled = self.commands.settle_reservation(&command).await?;
+        Ok(Response::new(pb::SettleReservationResponse {
+            charge: Some(pb::DeductQuotaResponse {
+                record_id: settled.record_id,
+                free_deducted_micros: settled.split.free.get(),
+                balance_deducted_micros: settled.split.balance.get(),
+                account: Some(settled.account.message()),
+                replayed: settled.replayed,
+            }),
+            released_micros: settled.released.get(),
+            replayed: settled.replayed,
+            after_expiry: settled.after_expiry,
+        }))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        require(&request, &[Scope::Quota])?;
+        let command = parse::release_reservation(request.get_ref())?;
+        let released = self.commands.release_reservation(&command).await?;
+        Ok(Response::new(pb::ReleaseReservationResponse {
+            released_micros: released.released.get(),
+            account: Some(released.account.message()),
+            replayed: released.replayed,
+        }))
+    }
 }

@@ -14,7 +14,8 @@ use crate::{
     commands::CommandError,
     domain::{
         AdjustBalance, CheckQuota, CreateRechargeOrder, DeductQuota, GetRechargeOrder,
-        RechargeCallback, RefundCharge, SetAlertSettings, SetFreeQuotaPlan,
+        RechargeCallback, RefundCharge, ReleaseReservation, ReserveQuota, SetAlertSettings,
+        SetFreeQuotaPlan, SettleReservation,
     },
 };
 
@@ -135,6 +136,62 @@ pub fn adjust_balance(request: &pb::AdjustBalanceRequest) -> Result<AdjustBalanc
         amount: amount?,
         reason: reason?,
         actor: actor?,
+    })
+}
+
+/// The shortest and longest reservation a caller may ask for.
+pub const MIN_TTL_MS: i64 = 1_000;
+pub const MAX_TTL_MS: i64 = 3_600_000;
+
+pub fn reserve_quota(request: &pb::ReserveQuotaRequest) -> Result<ReserveQuota, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let request_id = v.take(RequestId::parse("request_id", &request.request_id));
+    let amount = v.take(amount("amount_micros", request.amount_micros));
+    let api_id = v.take(ApiId::parse("api_id", &request.api_id));
+    let ttl = v.take(match request.ttl_ms {
+        0 => Ok(None),
+        ms if (MIN_TTL_MS..=MAX_TTL_MS).contains(&ms) => {
+            Ok(Some(std::time::Duration::from_millis(ms as u64)))
+        }
+        _ => Err(FieldViolation::new(
+            "ttl_ms",
+            format!("must be 0 (the default) or between {MIN_TTL_MS} and {MAX_TTL_MS}"),
+        )),
+    });
+    parse_all!(v => ReserveQuota {
+        user_id: user_id?,
+        request_id: request_id?,
+        amount: amount?,
+        api_id: api_id?,
+        ttl: ttl?,
+    })
+}
+
+pub fn settle_reservation(
+    request: &pb::SettleReservationRequest,
+) -> Result<SettleReservation, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let request_id = v.take(RequestId::parse("request_id", &request.request_id));
+    // A call that costs nothing is released, not settled.
+    let actual = v.take(amount("actual_amount_micros", request.actual_amount_micros));
+    parse_all!(v => SettleReservation {
+        user_id: user_id?,
+        request_id: request_id?,
+        actual: actual?,
+    })
+}
+
+pub fn release_reservation(
+    request: &pb::ReleaseReservationRequest,
+) -> Result<ReleaseReservation, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let request_id = v.take(RequestId::parse("request_id", &request.request_id));
+    parse_all!(v => ReleaseReservation {
+        user_id: user_id?,
+        request_id: request_id?,
     })
 }
 

@@ -90,7 +90,9 @@ impl Commands {
             let earlier =
                 store::find_charge(account.tx(), user_id, command.request_id.as_str()).await?;
             if let Some(record) = earlier {
-                let same = record.amount_micros == command.amount.get()
+                // A reservation's hold under this key is no charge to replay: the key is taken.
+                let same = record.kind == RecordKind::Deduct.as_str()
+                    && record.amount_micros == command.amount.get()
                     && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
                 let account = account.end_in_replay(&record).await?;
                 if !same {

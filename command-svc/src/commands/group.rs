@@ -215,7 +215,9 @@ impl Commands {
             let user_id = command.user_id.as_str();
             let key = (user_id, command.request_id.as_str());
             if let Some(record) = earlier.get(&key) {
-                let same = record.amount_micros == command.amount.get()
+                // A reservation's hold under this key is no charge to replay: the key is taken.
+                let same = record.kind == RecordKind::Deduct.as_str()
+                    && record.amount_micros == command.amount.get()
                     && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
                 let result = if same {
                     let working = &accounts[user_id];

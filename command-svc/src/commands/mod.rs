@@ -10,6 +10,7 @@ mod group;
 mod orders;
 mod plans;
 mod refunds;
+mod reservations;
 mod reset;
 mod snapshots;
 
@@ -34,6 +35,7 @@ pub use charge::{Charged, Checked};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
 pub use refunds::Refunded;
+pub use reservations::{Released, Reserved, Settled};
 pub use reset::{ResetBatch, ResetRefused};
 
 use crate::{
@@ -50,6 +52,8 @@ pub struct Rules {
     pub order_ttl: Duration,
     /// `balance_low` fires at or below this, unless the user set their own threshold.
     pub default_low_balance_threshold: Micros,
+    /// How long a reservation holds when its request names no lifetime.
+    pub default_reservation_ttl: Duration,
     /// Where each event is published.
     pub bus: BusNames,
 }
@@ -69,6 +73,7 @@ impl Rules {
             default_low_balance_threshold: Micros::new(
                 settings.alerts.low_balance_threshold_micros,
             ),
+            default_reservation_ttl: Duration::from_millis(settings.reservations.default_ttl_ms),
             bus: BusNames::from_settings(&settings.nats),
         })
     }

@@ -53,6 +53,33 @@ pub struct RechargeCallback {
     pub success: bool,
 }
 
+/// Hold `amount` for a call priced afterwards, for `ttl`; idempotent by `(user_id,
+/// request_id)`, the charges' key space.
+#[derive(Clone, Debug)]
+pub struct ReserveQuota {
+    pub user_id: UserId,
+    pub request_id: RequestId,
+    pub amount: Micros,
+    pub api_id: ApiId,
+    /// `None`: the configured default.
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// Settle the reservation under `(user_id, request_id)` with the call's actual price.
+#[derive(Clone, Debug)]
+pub struct SettleReservation {
+    pub user_id: UserId,
+    pub request_id: RequestId,
+    pub actual: Micros,
+}
+
+/// Give the reservation under `(user_id, request_id)` back.
+#[derive(Clone, Debug)]
+pub struct ReleaseReservation {
+    pub user_id: UserId,
+    pub request_id: RequestId,
+}
+
 /// An operator's refund of (part of) the charge recorded under `(user_id, request_id)`;
 /// idempotent by `(user_id, refund_id)`.
 #[derive(Clone, Debug)]

@@ -17,6 +17,11 @@ pub enum RecordKind {
     /// A refund of a charge: `balance` back to the balance, `free` back to the free quota,
     /// `amount` the whole refund (with the forfeited free part).
     Refund,
+    /// A reservation's hold: `free` and `balance` held, `amount` their sum; the row carries
+    /// the reservation's request id, in the charges' key space.
+    Hold,
+    /// A hold given back: `free` and `balance` released here, `amount` the whole hold.
+    Release,
 }
 
 impl RecordKind {
@@ -29,6 +34,8 @@ impl RecordKind {
             RecordKind::Adjust => "adjust",
             RecordKind::Plan => "plan",
             RecordKind::Refund => "refund",
+            RecordKind::Hold => "hold",
+            RecordKind::Release => "release",
         }
     }
 }

@@ -11,6 +11,7 @@ mod ledger;
 mod orders;
 mod outbox;
 mod refunds;
+mod reservations;
 mod writes;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -40,6 +41,10 @@ pub use outbox::{
     make_seen_commits_durable, mark_published, purge_published_chunk,
 };
 pub use refunds::{NewRefund, RefundRow, find_refund, insert_refund, refundable};
+pub use reservations::{
+    NewReservation, Reservation, ReservationStatus, end_reservation, expired_reservations,
+    insert_reservation, lock_reservation,
+};
 pub use writes::Writes;
 
 pub type Tx = Transaction<'static, MySql>;

@@ -15,6 +15,7 @@ mod periods;
 mod plans;
 mod refunds;
 mod relay;
+mod reservations;
 mod reset;
 mod schema;
 mod scopes;

@@ -48,16 +48,23 @@ pub enum RecordType {
     /// A refund of a charge: `balance_micros` and `free_micros` given back, `amount_micros` the
     /// whole refund (a free part forfeited after the charge's period included).
     Refund,
+    /// A reservation's hold: `free_micros` and `balance_micros` held, `amount_micros` their sum.
+    Hold,
+    /// A hold given back: `amount_micros` the whole hold, `free_micros` and `balance_micros`
+    /// what became available again.
+    Release,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 6] = [
+    pub const ALL: [RecordType; 8] = [
         RecordType::Deduct,
         RecordType::Recharge,
         RecordType::FreeGrant,
         RecordType::Adjust,
         RecordType::Plan,
         RecordType::Refund,
+        RecordType::Hold,
+        RecordType::Release,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +75,8 @@ impl RecordType {
             RecordType::Adjust => "adjust",
             RecordType::Plan => "plan",
             RecordType::Refund => "refund",
+            RecordType::Hold => "hold",
+            RecordType::Release => "release",
         }
     }
 

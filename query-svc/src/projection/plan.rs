@@ -205,6 +205,58 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 None,
             ));
         }
+        Kind::QuotaReserved(hold) => {
+            let row = RecordRow {
+                api_id: Some(hold.api_id.clone()),
+                request_id: Some(hold.request_id.clone()),
+                ..record(
+                    &hold.record_id,
+                    "hold",
+                    (
+                        hold.amount_micros,
+                        hold.free_held_micros,
+                        hold.balance_held_micros,
+                    ),
+                )?
+            };
+            plan.record = Some((row, None));
+        }
+        Kind::ReservationSettled(settled) => {
+            // An ordinary charge: its record (the free quota's month that paid it) and its call
+            // in the daily usage.
+            let row = RecordRow {
+                api_id: Some(settled.api_id.clone()),
+                period: settled.free_period.clone(),
+                ..record(
+                    &settled.record_id,
+                    "deduct",
+                    (
+                        settled.amount_micros,
+                        settled.free_micros,
+                        settled.balance_micros,
+                    ),
+                )?
+            };
+            let usage = UsageKey {
+                day: occurred_at.with_timezone(&zone.tz()).date_naive(),
+                api_id: settled.api_id.clone(),
+            };
+            plan.record = Some((row, Some(usage)));
+        }
+        Kind::ReservationReleased(released) => {
+            plan.record = Some((
+                record(
+                    &released.record_id,
+                    "release",
+                    (
+                        released.released_micros,
+                        released.free_released_micros,
+                        released.balance_released_micros,
+                    ),
+                )?,
+                None,
+            ));
+        }
         Kind::ChargeRefunded(refund) => {
             // The whole refund, and the parts given back; daily usage keeps the charge as made.
             plan.record = Some((

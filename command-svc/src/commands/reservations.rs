@@ -1,0 +1,440 @@
+//! Reservations, for calls whose price is known only afterwards (streaming, long jobs):
+//! `ReserveQuota` holds an amount (free quota first, then balance), `SettleReservation` charges
+//! the actual price from it as an ordinary charge and gives the rest back, `ReleaseReservation`
+//! gives it all back, and the sweeper releases the holds that expired. A hold keeps the month it
+//! was taken in: settled after midnight, its free part is that month's quota. Every step is
+//! idempotent by `(user_id, request_id)`: the hold's ledger row carries the request id under the
+//! ledger's unique key, the one charges use, so a charge and a reservation never share a key.
+
+use chrono::{DateTime, Utc};
+use shared::{
+    account::{Hold, Split},
+    money::Micros,
+    proto::v1::{QuotaReserved, ReservationReleased, ReservationSettled, billing_event::Kind},
+};
+
+use super::{CommandError, Commands, account_tx::AccountTx};
+use crate::{
+    domain::{ReleaseReservation, ReserveQuota, SettleReservation},
+    events::{self, AccountOut},
+    store::{self, NewReservation, RecordKind, Refs, Reservation, ReservationStatus, StoreError},
+};
+
+#[derive(Clone, Debug)]
+pub struct Reserved {
+    pub reservation_id: String,
+    pub hold: Hold,
+    pub expires_at: DateTime<Utc>,
+    pub account: AccountOut,
+    pub replayed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settled {
+    pub record_id: String,
+    pub split: Split,
+    pub released: Micros,
+    pub account: AccountOut,
+    pub replayed: bool,
+    pub after_expiry: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Released {
+    pub released: Micros,
+    pub account: AccountOut,
+    pub replayed: bool,
+}
+
+/// A record of the key space shared by charges and reservations.
+fn record_or_missing<T>(record: Option<T>) -> Result<T, StoreError> {
+    record.ok_or_else(|| StoreError::internal(sqlx::Error::RowNotFound))
+}
+
+impl Commands {
+    pub async fn reserve_quota(&self, command: &ReserveQuota) -> Result<Reserved, CommandError> {
+        self.store.retrying(|| self.reserve_once(command)).await
+    }
+
+    async fn reserve_once(&self, command: &ReserveQuota) -> Result<Reserved, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let request_id = command.request_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        if account.exists() {
+            if let Some(earlier) =
+                store::lock_reservation(account.tx(), user_id, request_id).await?
+            {
+                let same =
+                    earlier.amount == command.amount && earlier.api_id == command.api_id.as_str();
+                let record =
+                    store::find_record(account.tx(), user_id, &earlier.hold_record_id).await?;
+                let shown = account.end_in_replay(&record_or_missing(record)?).await?;
+                if !same {
+                    return Err(CommandError::KeyReused { key: "request_id" });
+                }
+                return Ok(Reserved {
+                    reservation_id: earlier.reservation_id,
+                    hold: earlier.hold,
+                    expires_at: earlier.expires_at,
+                    account: shown,
+                    replayed: true,
+                });
+            }
+            if store::find_charge(account.tx(), user_id, request_id)
+                .await?
+                .is_some()
+            {
+                account.rollback().await?;
+                return Err(CommandError::KeyReused { key: "request_id" });
+            }
+        }
+
+        account.open_period();
+        let (hold, after) = match account.state().hold(command.amount) {
+            Ok(held) => held,
+            Err(refusal) => {
+                account.rollback().await?;
+                return Err(refusal.into());
+            }
+        };
+        let ttl = command.ttl.unwrap_or(self.rules.default_reservation_ttl);
+        let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let (reservation_id, record_id) = (events::new_id(), events::new_id());
+        let period = account.state().period;
+        store::insert_reservation(
+            account.tx(),
+            &NewReservation {
+                reservation_id: &reservation_id,
+                user_id,
+                request_id,
+                api_id: command.api_id.as_str(),
+                hold,
+                period,
+                hold_record_id: &record_id,
+                expires_at,
+            },
+            now,
+        )
+        .await?;
+        let event = Kind::QuotaReserved(QuotaReserved {
+            record_id: record_id.clone(),
+            reservation_id: reservation_id.clone(),
+            request_id: request_id.to_owned(),
+            api_id: command.api_id.to_string(),
+            amount_micros: command.amount.get(),
+            free_held_micros: hold.free.get(),
+            balance_held_micros: hold.balance.get(),
+            expires_at_ms: expires_at.timestamp_millis(),
+            period: period.to_string(),
+        });
+        let refs = Refs {
+            request_id: Some(request_id),
+            api_id: Some(command.api_id.as_str()),
+            ..Refs::default()
+        };
+        account
+            .append(
+                &record_id,
+                RecordKind::Hold,
+                after,
+                (command.amount, hold.free, hold.balance),
+                refs,
+                event,
+            )
+            .await?;
+        let account = self.commit(account).await?;
+        Ok(Reserved {
+            reservation_id,
+            hold,
+            expires_at,
+            account,
+            replayed: false,
+        })
+    }
+
+    pub async fn settle_reservation(
+        &self,
+        command: &SettleReservation,
+    ) -> Result<Settled, CommandError> {
+        self.store.retrying(|| self.settle_once(command)).await
+    }
+
+    async fn settle_once(&self, command: &SettleReservation) -> Result<Settled, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let request_id = command.request_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        let reservation = if account.exists() {
+            store::lock_reservation(account.tx(), user_id, request_id).await?
+        } else {
+            None
+        };
+        let Some(reservation) = reservation.filter(|r| r.status != ReservationStatus::Released)
+        else {
+            account.rollback().await?;
+            return Err(CommandError::ReservationNotFound);
+        };
+        if command.actual > reservation.amount {
+            account.rollback().await?;
+            return Err(CommandError::SettleExceedsHold);
+        }
+        if reservation.status == ReservationStatus::Settled {
+            let same = reservation.actual == Some(command.actual);
+            let record = match &reservation.end_record_id {
+                Some(id) => store::find_record(account.tx(), user_id, id).await?,
+                None => None,
+            };
+            let record = record_or_missing(record)?;
+            let shown = account.end_in_replay(&record).await?;
+            if !same {
+                return Err(CommandError::KeyReused { key: "request_id" });
+            }
+            return Ok(Settled {
+                record_id: record.record_id,
+                split: Split {
+                    free: Micros::new(record.free_micros),
+                    balance: Micros::new(record.balance_micros),
+                },
+                released: reservation
+                    .amount
+                    .checked_sub(command.actual)
+                    .unwrap_or(Micros::ZERO),
+                account: shown,
+                replayed: true,
+                after_expiry: reservation.expires_at <= record.created_at,
+            });
+        }
+
+        account.open_period();
+        let expired =
+            reservation.status == ReservationStatus::Expired || now >= reservation.expires_at;
+        let (split, after, free_period) = if expired {
+            // Past its time the hold is given back, and the call is an ordinary charge.
+            if reservation.status == ReservationStatus::Held {
+                self.append_release(&mut account, &reservation, request_id, true)
+                    .await?;
+            }
+            match account.state().charge(command.actual) {
+                Ok((split, after)) => (split, after, None),
+                Err(refusal) => {
+                    account.rollback().await?;
+                    return Err(refusal.into());
+                }
+            }
+        } else {
+            let (split, after) =
+                account
+                    .state()
+                    .settle(reservation.hold, reservation.period, command.actual)?;
+            let free_period = (reservation.period != after.period).then_some(reservation.period);
+            (split, after, free_period)
+        };
+        let record_id = events::new_id();
+        let released = if expired {
+            Micros::ZERO
+        } else {
+            reservation
+                .amount
+                .checked_sub(command.actual)
+                .unwrap_or(Micros::ZERO)
+        };
+        store::end_reservation(
+            account.tx(),
+            &reservation.reservation_id,
+            ReservationStatus::Settled,
+            &record_id,
+            Some(command.actual),
+            now,
+        )
+        .await?;
+        let quota_period = free_period.unwrap_or(after.period);
+        let event = Kind::ReservationSettled(ReservationSettled {
+            record_id: record_id.clone(),
+            reservation_id: reservation.reservation_id.clone(),
+            request_id: request_id.to_owned(),
+            api_id: reservation.api_id.clone(),
+            amount_micros: command.actual.get(),
+            free_micros: split.free.get(),
+            balance_micros: split.balance.get(),
+            released_micros: released.get(),
+            after_expiry: expired,
+            free_period: quota_period.to_string(),
+        });
+        let free_period_text = free_period.map(|period| period.to_string());
+        let refs = Refs {
+            api_id: Some(&reservation.api_id),
+            free_period: free_period_text.as_deref(),
+            ..Refs::default()
+        };
+        account
+            .append(
+                &record_id,
+                RecordKind::Deduct,
+                after,
+                (command.actual, split.free, split.balance),
+                refs,
+                event,
+            )
+            .await?;
+        let account = self.commit(account).await?;
+        Ok(Settled {
+            record_id,
+            split,
+            released,
+            account,
+            replayed: false,
+            after_expiry: expired,
+        })
+    }
+
+    pub async fn release_reservation(
+        &self,
+        command: &ReleaseReservation,
+    ) -> Result<Released, CommandError> {
+        self.store.retrying(|| self.release_once(command)).await
+    }
+
+    async fn release_once(&self, command: &ReleaseReservation) -> Result<Released, CommandError> {
+        let now = self.now();
+        let user_id = command.user_id.as_str();
+        let request_id = command.request_id.as_str();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        let reservation = if account.exists() {
+            store::lock_reservation(account.tx(), user_id, request_id).await?
+        } else {
+            None
+        };
+        let Some(reservation) = reservation else {
+            account.rollback().await?;
+            return Err(CommandError::ReservationNotFound);
+        };
+        if reservation.status != ReservationStatus::Held {
+            // Already ended: what it gave back then.
+            let released = match reservation.status {
+                ReservationStatus::Settled => reservation
+                    .amount
+                    .checked_sub(reservation.actual.unwrap_or(Micros::ZERO))
+                    .unwrap_or(Micros::ZERO),
+                _ => reservation.amount,
+            };
+            let record = match &reservation.end_record_id {
+                Some(id) => store::find_record(account.tx(), user_id, id).await?,
+                None => None,
+            };
+            let shown = account.end_in_replay(&record_or_missing(record)?).await?;
+            return Ok(Released {
+                released,
+                account: shown,
+                replayed: true,
+            });
+        }
+        account.open_period();
+        self.append_release(&mut account, &reservation, request_id, false)
+            .await?;
+        let account = self.commit(account).await?;
+        Ok(Released {
+            released: reservation.amount,
+            account,
+            replayed: false,
+        })
+    }
+
+    /// Gives a held reservation back in `account`'s transaction: its `release` ledger row and
+    /// event, and its end (expired, or released by the caller).
+    async fn append_release(
+        &self,
+        account: &mut AccountTx<'_>,
+        reservation: &Reservation,
+        request_id: &str,
+        expired: bool,
+    ) -> Result<(), StoreError> {
+        let before = *account.state();
+        let after = before.release(reservation.hold, reservation.period);
+        let released_here = Hold {
+            free: before
+                .free_held
+                .checked_sub(after.free_held)
+                .unwrap_or(Micros::ZERO),
+            balance: before
+                .balance_held
+                .checked_sub(after.balance_held)
+                .unwrap_or(Micros::ZERO),
+        };
+        let record_id = events::new_id();
+        let status = if expired {
+            ReservationStatus::Expired
+        } else {
+            ReservationStatus::Released
+        };
+        store::end_reservation(
+            account.tx(),
+            &reservation.reservation_id,
+            status,
+            &record_id,
+            None,
+            self.now(),
+        )
+        .await?;
+        let event = Kind::ReservationReleased(ReservationReleased {
+            record_id: record_id.clone(),
+            reservation_id: reservation.reservation_id.clone(),
+            request_id: request_id.to_owned(),
+            released_micros: reservation.amount.get(),
+            expired,
+            free_released_micros: released_here.free.get(),
+            balance_released_micros: released_here.balance.get(),
+        });
+        account
+            .append(
+                &record_id,
+                RecordKind::Release,
+                after,
+                (
+                    reservation.amount,
+                    released_here.free,
+                    released_here.balance,
+                ),
+                Refs::default(),
+                event,
+            )
+            .await
+    }
+
+    /// Releases up to `limit` holds that expired by now, each in its own transaction, taking
+    /// the account's lock and then the reservation's, as every command does, and looking again
+    /// under them: a hold settled or released meanwhile, or by another replica, is left alone,
+    /// so each expires exactly once. Returns how many this call released.
+    pub async fn release_expired(&self, limit: u32) -> Result<u32, CommandError> {
+        let expired = store::expired_reservations(self.store.pool(), self.now(), limit).await?;
+        let mut released = 0;
+        for (user_id, request_id) in expired {
+            if self
+                .store
+                .retrying(|| self.expire_once(&user_id, &request_id))
+                .await?
+            {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    async fn expire_once(&self, user_id: &str, request_id: &str) -> Result<bool, CommandError> {
+        let now = self.now();
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        let reservation = store::lock_reservation(account.tx(), user_id, request_id).await?;
+        let Some(reservation) =
+            reservation.filter(|r| r.status == ReservationStatus::Held && r.expires_at <= now)
+        else {
+            account.rollback().await?;
+            return Ok(false);
+        };
+        account.open_period();
+        self.append_release(&mut account, &reservation, request_id, true)
+            .await?;
+        self.commit(account).await?;
+        metrics::counter!("billing_reservations_expired_total").increment(1);
+        Ok(true)
+    }
+}

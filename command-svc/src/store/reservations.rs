@@ -1,0 +1,196 @@
+//! `reservations`: one row per `ReserveQuota`, its hold and how it ended. Read and changed only
+//! under the account's row lock, which every command on the account takes first, and then the
+//! reservation's own lock: a settle, a release and the sweeper never end one twice.
+
+use chrono::{DateTime, Utc};
+use shared::{account::Hold, money::Micros, period::Period};
+use sqlx::MySqlPool;
+
+use super::{StoreError, Tx, accounts::parse_period};
+
+/// How a reservation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationStatus {
+    Held,
+    Settled,
+    Released,
+    Expired,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Held => "held",
+            ReservationStatus::Settled => "settled",
+            ReservationStatus::Released => "released",
+            ReservationStatus::Expired => "expired",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "held" => ReservationStatus::Held,
+            "settled" => ReservationStatus::Settled,
+            "released" => ReservationStatus::Released,
+            "expired" => ReservationStatus::Expired,
+            _ => {
+                return Err(StoreError::internal(sqlx::Error::Protocol(format!(
+                    "a reservation with status {text:?}"
+                ))));
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct Row {
+    reservation_id: String,
+    api_id: String,
+    amount_micros: i64,
+    free_held_micros: i64,
+    balance_held_micros: i64,
+    period: String,
+    status: String,
+    hold_record_id: String,
+    end_record_id: Option<String>,
+    actual_micros: Option<i64>,
+    expires_at: DateTime<Utc>,
+}
+
+/// A reservation as stored.
+#[derive(Clone, Debug)]
+pub struct Reservation {
+    pub reservation_id: String,
+    pub api_id: String,
+    pub amount: Micros,
+    pub hold: Hold,
+    /// The month whose free quota the hold took.
+    pub period: Period,
+    pub status: ReservationStatus,
+    pub hold_record_id: String,
+    /// The ledger row that ended it: the settle's charge, or the release.
+    pub end_record_id: Option<String>,
+    /// What a settle charged.
+    pub actual: Option<Micros>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl TryFrom<Row> for Reservation {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        Ok(Reservation {
+            reservation_id: row.reservation_id,
+            api_id: row.api_id,
+            amount: Micros::new(row.amount_micros),
+            hold: Hold {
+                free: Micros::new(row.free_held_micros),
+                balance: Micros::new(row.balance_held_micros),
+            },
+            period: parse_period(&row.period)?,
+            status: ReservationStatus::parse(&row.status)?,
+            hold_record_id: row.hold_record_id,
+            end_record_id: row.end_record_id,
+            actual: row.actual_micros.map(Micros::new),
+            expires_at: row.expires_at,
+        })
+    }
+}
+
+/// Locks and reads the reservation under `(user_id, request_id)`, if any.
+pub async fn lock_reservation(
+    tx: &mut Tx,
+    user_id: &str,
+    request_id: &str,
+) -> Result<Option<Reservation>, StoreError> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT reservation_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
+         period, status, hold_record_id, end_record_id, actual_micros, expires_at \
+         FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",
+    )
+    .bind(user_id)
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(Reservation::try_from).transpose()
+}
+
+/// A reservation about to be stored, held.
+pub struct NewReservation<'a> {
+    pub reservation_id: &'a str,
+    pub user_id: &'a str,
+    pub request_id: &'a str,
+    pub api_id: &'a str,
+    pub hold: Hold,
+    pub period: Period,
+    pub hold_record_id: &'a str,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn insert_reservation(
+    tx: &mut Tx,
+    reservation: &NewReservation<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO reservations (reservation_id, user_id, request_id, api_id, amount_micros, \
+         free_held_micros, balance_held_micros, period, status, hold_record_id, created_at, \
+         expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?, ?)",
+    )
+    .bind(reservation.reservation_id)
+    .bind(reservation.user_id)
+    .bind(reservation.request_id)
+    .bind(reservation.api_id)
+    .bind(reservation.hold.total().get())
+    .bind(reservation.hold.free.get())
+    .bind(reservation.hold.balance.get())
+    .bind(reservation.period.to_string())
+    .bind(reservation.hold_record_id)
+    .bind(now)
+    .bind(reservation.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends a held reservation: `status` with the ledger row that ended it (and what a settle
+/// charged).
+pub async fn end_reservation(
+    tx: &mut Tx,
+    reservation_id: &str,
+    status: ReservationStatus,
+    end_record_id: &str,
+    actual: Option<Micros>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE reservations SET status = ?, end_record_id = ?, actual_micros = ?, ended_at = ? \
+         WHERE reservation_id = ?",
+    )
+    .bind(status.as_str())
+    .bind(end_record_id)
+    .bind(actual.map(Micros::get))
+    .bind(now)
+    .bind(reservation_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Up to `limit` held reservations that expired by `now`, oldest expiry first: `(user_id,
+/// request_id)`. Not locked: the sweeper locks each account, then the reservation, and checks
+/// again.
+pub async fn expired_reservations(
+    pool: &MySqlPool,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT user_id, request_id FROM reservations WHERE status = 'held' AND expires_at <= ? \
+         ORDER BY expires_at LIMIT ?",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

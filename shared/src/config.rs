@@ -395,6 +395,12 @@ impl Settings {
                 why: "secrets must not be empty".into(),
             });
         }
+        if !(1_000..=3_600_000).contains(&self.reservations.default_ttl_ms) {
+            return Err(ConfigError::Invalid {
+                key: "reservations.default_ttl_ms",
+                why: "must be 1000 ..= 3600000 (1 s to 1 h, the bounds of ttl_ms)".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -556,6 +562,21 @@ mod tests {
         let path = write_config("billing:\n  time_zone: Nowhere/Land\n");
         let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
         assert!(error.to_string().contains("billing.time_zone"), "{error}");
+    }
+
+    #[test]
+    fn a_reservation_lifetime_outside_the_rpc_bounds_is_refused_at_load() {
+        for ms in [0, 999, 3_600_001] {
+            let path = write_config(&format!("reservations:\n  default_ttl_ms: {ms}\n"));
+            let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+            assert!(
+                error.to_string().contains("reservations.default_ttl_ms"),
+                "{ms}: {error}"
+            );
+        }
+        let path = write_config("reservations:\n  default_ttl_ms: 1000\n");
+        let settings = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert_eq!(settings.reservations.default_ttl_ms, 1000);
     }
 
     #[test]

@@ -197,7 +197,55 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
                             assert_eq!(reason(&status), "REFUND_EXCEEDS_CHARGE", "{status:?}");
                         }
                     }
-                    94 => {
+                    94..=96 => {
+                        // A reservation, settled at some price or released.
+                        let request_id = format!("hold-w{worker}-op{op}");
+                        let amount = (1 + rng.below(3_000)) as i64 * 1_000;
+                        let held = gateway
+                            .reserve_quota(pb::ReserveQuotaRequest {
+                                user_id: user.clone(),
+                                request_id: request_id.clone(),
+                                amount_micros: amount,
+                                api_id: "api.stream".into(),
+                                ttl_ms: 60_000,
+                            })
+                            .await;
+                        match held {
+                            Ok(_) if rng.below(3) > 0 => {
+                                let charge = gateway
+                                    .settle_reservation(pb::SettleReservationRequest {
+                                        user_id: user.clone(),
+                                        request_id,
+                                        actual_amount_micros: 1 + rng.below(amount as u64) as i64,
+                                    })
+                                    .await
+                                    .unwrap()
+                                    .into_inner()
+                                    .charge
+                                    .unwrap();
+                                // A settled reservation is an ordinary charge.
+                                let ack = Acknowledged {
+                                    user: user.clone(),
+                                    free: charge.free_deducted_micros,
+                                    balance: charge.balance_deducted_micros,
+                                };
+                                seen.lock().unwrap().charges.insert(charge.record_id, ack);
+                            }
+                            Ok(_) => {
+                                gateway
+                                    .release_reservation(pb::ReleaseReservationRequest {
+                                        user_id: user.clone(),
+                                        request_id,
+                                    })
+                                    .await
+                                    .unwrap();
+                            }
+                            Err(status) => {
+                                assert_eq!(reason(&status), "INSUFFICIENT_QUOTA", "{status:?}")
+                            }
+                        }
+                    }
+                    97 => {
                         let plan = pb::SetFreeQuotaPlanRequest {
                             user_id: user.clone(),
                             monthly_free_micros: rng.below(20) as i64 * CNY,

@@ -221,6 +221,32 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
     }) {
         answers.push(("RefundCharge", ops.refund_charge(case).await.map(drop)));
     }
+    let bad_ttl = prop_oneof![i64::MIN..0_i64, 1_i64..1_000, 3_600_001..=i64::MAX].boxed();
+    let ttl = prop_oneof![Just(0_i64), 1_000_i64..=3_600_000].boxed();
+    for case in cases(5, |r, bad| pb::ReserveQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        amount_micros: pick(r, bad == 2, &amount, &bad_amount),
+        api_id: pick(r, bad == 3, &text, &bad_text),
+        ttl_ms: pick(r, bad == 4, &ttl, &bad_ttl),
+    }) {
+        answers.push(("ReserveQuota", gateway.reserve_quota(case).await.map(drop)));
+    }
+    for case in cases(3, |r, bad| pb::SettleReservationRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        actual_amount_micros: pick(r, bad == 2, &amount, &bad_amount),
+    }) {
+        let answer = gateway.settle_reservation(case).await.map(drop);
+        answers.push(("SettleReservation", answer));
+    }
+    for case in cases(2, |r, bad| pb::ReleaseReservationRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+    }) {
+        let answer = gateway.release_reservation(case).await.map(drop);
+        answers.push(("ReleaseReservation", answer));
+    }
     let bad_threshold = prop_oneof![
         Just(i64::MIN),
         i64::MIN..0_i64,
@@ -337,7 +363,7 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         .await
         .unwrap();
     // Each RPC with the tags of its text fields and the token of a caller in its scope.
-    let rpcs: [(&'static str, &[u32], &str); 10] = [
+    let rpcs: [(&'static str, &[u32], &str); 13] = [
         ("CheckQuota", &[1], GATEWAY),
         ("DeductQuota", &[1, 3, 4, 5], GATEWAY),
         ("GetAccount", &[1], GATEWAY),
@@ -348,6 +374,9 @@ async fn texts_that_are_not_utf8_are_refused_as_invalid() {
         ("SetFreeQuotaPlan", &[1, 3], OPS),
         ("RefundCharge", &[1, 2, 3, 5], OPS),
         ("SetAlertSettings", &[1, 3], ORDERS),
+        ("ReserveQuota", &[1, 2, 4], GATEWAY),
+        ("SettleReservation", &[1, 2], GATEWAY),
+        ("ReleaseReservation", &[1, 2], GATEWAY),
     ];
     let (broken_text, valid_text) = (not_utf8(), any_text().prop_map(String::into_bytes).boxed());
     let mut runner = TestRunner::new_with_rng(

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use shared::period::BillingZone;
 use sqlx::{MySqlPool, QueryBuilder};
 
-use super::{LEDGER_COLUMNS, LedgerRow};
+use super::{LEDGER_COLUMNS, LEDGER_FROM, LedgerRow};
 use crate::store::projection::{self as writes, RecordRow};
 
 const TABLES: [&str; 4] = ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"];
@@ -53,8 +53,9 @@ pub async fn rebuild(
     let mut usage: HashMap<(String, NaiveDate, String), [i64; 4]> = HashMap::new();
     let mut after_id: u64 = 0;
     loop {
-        let sql =
-            format!("SELECT id, {LEDGER_COLUMNS} FROM ledger WHERE id > ? ORDER BY id LIMIT ?");
+        let sql = format!(
+            "SELECT l.id, {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.id > ? ORDER BY l.id LIMIT ?"
+        );
         let rows: Vec<(u64, LedgerRow)> = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after_id)
             .bind(CHUNK)
@@ -159,7 +160,7 @@ pub async fn catch_up(
     since: DateTime<Utc>,
 ) -> anyhow::Result<u64> {
     let sql = format!(
-        "SELECT {LEDGER_COLUMNS} FROM ledger WHERE created_at >= ? ORDER BY user_id, version"
+        "SELECT {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.created_at >= ? ORDER BY l.user_id, l.version"
     );
     let rows: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(since)

@@ -15,7 +15,7 @@ use prost::Message;
 use shared::{period::BillingZone, proto::v1 as pb};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 
-use super::{LEDGER_COLUMNS, LedgerRow, rebuild::OrderSource};
+use super::{LEDGER_COLUMNS, LEDGER_FROM, LedgerRow, rebuild::OrderSource};
 use crate::store::{
     self,
     projection::{self as writes, RecordRow},
@@ -165,7 +165,9 @@ async fn compare(
         found.push("the read model has an account the write model does not".to_owned());
         return Ok(found);
     };
-    let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = ? ORDER BY version");
+    let sql = format!(
+        "SELECT {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.user_id = ? ORDER BY l.version"
+    );
     let ledger: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user)
         .fetch_all(&mut *tx)
@@ -388,7 +390,9 @@ async fn repair(
         .execute(&mut *tx)
         .await?;
     }
-    let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = ? ORDER BY version");
+    let sql = format!(
+        "SELECT {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.user_id = ? ORDER BY l.version"
+    );
     let ledger: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user)
         .fetch_all(&mut *tx)

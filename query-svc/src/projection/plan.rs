@@ -226,6 +226,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
             // in the daily usage.
             let row = RecordRow {
                 api_id: Some(settled.api_id.clone()),
+                request_id: Some(settled.request_id.clone()),
                 period: settled.free_period.clone(),
                 ..record(
                     &settled.record_id,
@@ -244,8 +245,9 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
             plan.record = Some((row, Some(usage)));
         }
         Kind::ReservationReleased(released) => {
-            plan.record = Some((
-                record(
+            let row = RecordRow {
+                request_id: Some(released.request_id.clone()),
+                ..record(
                     &released.record_id,
                     "release",
                     (
@@ -253,9 +255,9 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                         released.free_released_micros,
                         released.balance_released_micros,
                     ),
-                )?,
-                None,
-            ));
+                )?
+            };
+            plan.record = Some((row, None));
         }
         Kind::ChargeRefunded(refund) => {
             // The whole refund, and the parts given back; daily usage keeps the charge as made.

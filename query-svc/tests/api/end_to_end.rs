@@ -244,6 +244,95 @@ async fn a_plan_and_a_refund_show_in_the_account_and_as_records() {
     stack.cleanup().await;
 }
 
+/// Reservations in the read model: the hold's record (with its request id) and the account's
+/// holds while it is open; the settle as an ordinary charge counted in the daily usage; the
+/// release; the read model equals the write model.
+#[tokio::test]
+async fn reservations_show_in_the_account_records_and_usage() {
+    let stack = spawn_stack().await;
+    let user = new_user("e2e-hold");
+    let mut gateway = stack.gateway().await;
+    let reserve = |request_id: &str, amount| pb::ReserveQuotaRequest {
+        user_id: user.clone(),
+        request_id: request_id.to_owned(),
+        amount_micros: amount,
+        api_id: "api.stream".into(),
+        ttl_ms: 60_000,
+    };
+    gateway
+        .reserve_quota(reserve("s-1", 4 * CNY))
+        .await
+        .unwrap();
+    gateway
+        .reserve_quota(reserve("s-2", 3 * CNY))
+        .await
+        .unwrap();
+    let account = account_caught_up(&stack, &user).await;
+    assert_eq!(
+        account["free_quota"]["held_micros"],
+        json!(7 * CNY),
+        "{account}"
+    );
+    assert_eq!(account["free_quota"]["remaining_micros"], json!(3 * CNY));
+    assert_eq!(account["available_micros"], json!(3 * CNY));
+
+    gateway
+        .settle_reservation(pb::SettleReservationRequest {
+            user_id: user.clone(),
+            request_id: "s-1".into(),
+            actual_amount_micros: CNY,
+        })
+        .await
+        .unwrap();
+    gateway
+        .release_reservation(pb::ReleaseReservationRequest {
+            user_id: user.clone(),
+            request_id: "s-2".into(),
+        })
+        .await
+        .unwrap();
+    let account = account_caught_up(&stack, &user).await;
+    assert_eq!(
+        (
+            &account["free_quota"]["held_micros"],
+            &account["free_quota"]["used_micros"]
+        ),
+        (&json!(0), &json!(CNY))
+    );
+    assert_eq!(account["available_micros"], json!(9 * CNY));
+    let holds = all_records(&stack, &user, "&type=hold", 10).await;
+    assert_eq!(holds.len(), 2);
+    assert!(
+        holds
+            .iter()
+            .any(|r| r["request_id"] == "s-1" && r["amount_micros"] == json!(4 * CNY))
+    );
+    let charges = all_records(&stack, &user, "&type=deduct", 10).await;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(
+        (
+            &charges[0]["amount_micros"],
+            &charges[0]["api_id"],
+            &charges[0]["request_id"]
+        ),
+        (&json!(CNY), &json!("api.stream"), &json!("s-1"))
+    );
+    let releases = all_records(&stack, &user, "&type=release", 10).await;
+    assert_eq!(
+        (&releases[0]["amount_micros"], &releases[0]["request_id"]),
+        (&json!(3 * CNY), &json!("s-2"))
+    );
+    let (status, usage) = stack
+        .get("/api/v1/billing/usage?group_by=api", &stack.token(&user))
+        .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["buckets"][0]["key"], json!("api.stream"));
+    assert_eq!(usage["buckets"][0]["calls"], json!(1));
+    assert_eq!(usage["buckets"][0]["amount_micros"], json!(CNY));
+    crate::projection::assert_models_agree(&stack, &user).await;
+    stack.cleanup().await;
+}
+
 #[tokio::test]
 async fn with_redis_down_reads_stay_correct_from_mysql() {
     let mut redis = testkit::OwnRedis::start().await;

@@ -63,8 +63,8 @@ pub async fn assert_models_agree(stack: &Stack, user: &str) {
          WHERE l.user_id = ? AND (r.record_id IS NULL OR r.version <> l.version OR r.type <> l.kind \
          OR r.amount_micros <> l.amount_micros OR r.free_micros <> l.free_micros \
          OR r.balance_micros <> l.balance_micros OR r.balance_after_micros <> l.balance_after_micros \
-         OR r.free_remaining_after_micros <> l.free_granted_after_micros - l.free_used_after_micros \
-         OR r.period <> l.period OR r.created_at <> l.created_at)",
+         OR r.free_remaining_after_micros <> l.free_granted_after_micros - l.free_used_after_micros - l.free_held_after_micros \
+         OR r.period <> COALESCE(l.free_period, l.period) OR r.created_at <> l.created_at)",
     )
     .bind(user)
     .fetch_one(&stack.db)
@@ -121,6 +121,34 @@ pub async fn some_activity(stack: &Stack, user: &str) {
         .ops()
         .await
         .adjust_balance(adjust(user, -CNY, "fee"))
+        .await
+        .unwrap();
+    // A reservation settled below its hold, and one released.
+    for request_id in ["stream-1", "stream-2"] {
+        gateway
+            .reserve_quota(pb::ReserveQuotaRequest {
+                user_id: user.to_owned(),
+                request_id: request_id.to_owned(),
+                amount_micros: 2 * CNY,
+                api_id: "api.stream".into(),
+                ttl_ms: 60_000,
+            })
+            .await
+            .unwrap();
+    }
+    gateway
+        .settle_reservation(pb::SettleReservationRequest {
+            user_id: user.to_owned(),
+            request_id: "stream-1".into(),
+            actual_amount_micros: CNY + CNY / 2,
+        })
+        .await
+        .unwrap();
+    gateway
+        .release_reservation(pb::ReleaseReservationRequest {
+            user_id: user.to_owned(),
+            request_id: "stream-2".into(),
+        })
         .await
         .unwrap();
 }

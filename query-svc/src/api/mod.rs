@@ -6,6 +6,7 @@
 //! - [`orders`]: `POST /api/v1/billing/recharge`, `GET /api/v1/billing/recharge/orders[/{no}]`.
 //! - [`usage`]: `GET /api/v1/billing/usage`, charges per day or per API.
 //! - [`alerts`]: `PUT /api/v1/billing/alerts`, forwarded to command-svc.
+//! - [`console`]: `GET /console`, the developer console that uses the routes above.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
 //!   failure as one JSON shape, the framework's own rejections, unknown routes and wrong methods
@@ -19,6 +20,7 @@ pub mod account;
 pub mod alerts;
 pub mod auth;
 pub mod command;
+pub mod console;
 pub mod cursor;
 pub mod error;
 pub mod export;
@@ -68,6 +70,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(orders::router())
         .merge(usage::router())
         .merge(alerts::router())
+        .merge(console::router())
 }
 
 /// The OpenAPI document `GET /openapi.json` serves.

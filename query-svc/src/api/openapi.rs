@@ -30,6 +30,8 @@ pub const BEARER: &str = "bearer_jwt";
 pub const BILLING_TAG: &str = "billing";
 /// The tag of the probes, the metrics and this document.
 pub const OPERATIONS_TAG: &str = "operations";
+/// The tag of the developer console's page and files.
+pub const CONSOLE_TAG: &str = "console";
 
 /// What the document says beside its paths; the paths and schemas are added route by route.
 #[derive(OpenApi)]
@@ -47,6 +49,8 @@ pub const OPERATIONS_TAG: &str = "operations";
         (name = BILLING_TAG, description = "The caller's account, records, usage and recharge \
             orders; each needs a bearer JWT whose subject is the user."),
         (name = OPERATIONS_TAG, description = "Probes, metrics and this document; no token."),
+        (name = CONSOLE_TAG, description = "The developer console (HTML, CSS, JavaScript); no \
+            token: the page asks for the developer's JWT and calls the billing routes with it."),
     )
 )]
 pub struct ApiDoc;

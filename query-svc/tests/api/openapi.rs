@@ -24,7 +24,7 @@ const BEARER: &str = "bearer_jwt";
 
 /// Every route query-svc serves, by method and path as the router writes it. A route added
 /// without documentation, or documentation removed from a route, fails the test below.
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 15] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -37,6 +37,9 @@ const ROUTES: [(&str, &str); 12] = [
     ("GET", "/api/v1/billing/recharge/orders"),
     ("GET", "/api/v1/billing/recharge/orders/{order_no}"),
     ("PUT", "/api/v1/billing/alerts"),
+    ("GET", "/console"),
+    ("GET", "/console/console.css"),
+    ("GET", "/console/console.js"),
 ];
 
 /// The methods probed on every path (HEAD is left out: axum answers it wherever GET is served).

@@ -47,6 +47,10 @@ impl Application {
         ] {
             metrics::counter!(rare).increment(0);
         }
+        for why in ["past", "early", "future", "malformed", "undecodable"] {
+            metrics::counter!("billing_reset_commands_ignored_total", "why" => why).increment(0);
+        }
+        metrics::counter!("billing_group_commit_isolated_total").increment(0);
         // Alert webhooks are called over TLS with the process's one crypto provider.
         crate::install_crypto_provider();
         let store = Store::connect_lazy(&settings.database)?;

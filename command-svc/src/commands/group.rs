@@ -6,8 +6,9 @@
 //! in memory with the same rules as a single charge, then every row written with multi-row
 //! statements. Each caller is answered only after the commit, with its own result: a refusal or a
 //! replay in a batch never affects the other charges, and a key sent twice in one batch charges
-//! once. The whole batch is one unit for the database: a conflict runs it again from the start,
-//! a failure answers every caller with it (and nothing of the batch is written).
+//! once. The whole batch is one unit for the database: a conflict runs it again from the start;
+//! a batch that fails otherwise is committed again charge by charge, so one caller's fault is
+//! answered to that caller alone (an unreachable store answers every caller with it).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -128,26 +129,46 @@ enum Decided {
 }
 
 impl Commands {
+    /// Commits the batch and answers each caller. When the batch as a whole fails for a reason
+    /// other than an unreachable store, each charge is committed again on its own, so that one
+    /// caller's faulty row fails only that caller (invariant 10).
     async fn commit_charges(&self, batch: Vec<Pending>) {
-        let optimistic = self.charge_batch_once(&batch, false).await;
-        let outcome = match optimistic {
-            Ok(Some(results)) => Ok(results),
-            Ok(None) => self.charge_batch_looked_up(&batch).await,
-            Err(error) if error.is_conflict() => self.charge_batch_looked_up(&batch).await,
-            Err(error) => Err(error),
+        let outcome = self.charge_batch(&batch).await;
+        let results = match outcome {
+            Ok(results) => results,
+            Err(error) if batch.len() > 1 && !error.is_unavailable() => {
+                tracing::warn!(%error, size = batch.len(), "batch failed; its charges committed one by one");
+                metrics::counter!("billing_group_commit_isolated_total").increment(1);
+                let mut results = Vec::with_capacity(batch.len());
+                for pending in &batch {
+                    results.push(
+                        match self.charge_batch(std::slice::from_ref(pending)).await {
+                            Ok(mut alone) => alone.pop().expect("a batch of one has one result"),
+                            Err(error) => Err(error),
+                        },
+                    );
+                }
+                results
+            }
+            Err(error) => vec![Err(error); batch.len()],
         };
-        match outcome {
-            Ok(results) => {
-                super::count_charges(&results);
-                for (pending, result) in batch.into_iter().zip(results) {
-                    let _ = pending.reply.send(result);
-                }
-            }
-            Err(error) => {
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
-            }
+        super::count_charges(&results);
+        for (pending, result) in batch.into_iter().zip(results) {
+            let _ = pending.reply.send(result);
+        }
+    }
+
+    /// The batch decided and committed: optimistically first, then with every key looked up
+    /// (and again on conflicts) when a key turned out to be a repeat.
+    async fn charge_batch(
+        &self,
+        batch: &[Pending],
+    ) -> Result<Vec<Result<Charged, CommandError>>, CommandError> {
+        match self.charge_batch_once(batch, false).await {
+            Ok(Some(results)) => Ok(results),
+            Ok(None) => self.charge_batch_looked_up(batch).await,
+            Err(error) if error.is_conflict() => self.charge_batch_looked_up(batch).await,
+            Err(error) => Err(error),
         }
     }
 

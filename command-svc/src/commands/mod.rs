@@ -36,7 +36,7 @@ pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
 pub use refunds::Refunded;
 pub use reservations::{Released, Reserved, Settled};
-pub use reset::{ResetBatch, ResetRefused};
+pub use reset::ResetBatch;
 
 use crate::{
     events::AccountOut,
@@ -56,6 +56,8 @@ pub struct Rules {
     pub default_reservation_ttl: Duration,
     /// Where each event is published.
     pub bus: BusNames,
+    /// How long before its start the next period's reset is accepted.
+    pub reset_lead: Duration,
 }
 
 impl Rules {
@@ -75,6 +77,7 @@ impl Rules {
             ),
             default_reservation_ttl: Duration::from_millis(settings.reservations.default_ttl_ms),
             bus: BusNames::from_settings(&settings.nats),
+            reset_lead: settings.reset.next_period_lead.get(),
         })
     }
 
@@ -118,6 +121,13 @@ pub enum CommandError {
     SettleExceedsHold,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl CommandError {
+    /// MySQL could not be reached: every command fails alike, whatever its input.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CommandError::Store(StoreError::Unavailable(_)))
+    }
 }
 
 impl AsStoreError for CommandError {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use shared::{
     account::stored_view,
     money::Micros,
-    period::Period,
+    period::{Period, ResetNotDue},
     proto::v1::{FreeQuotaGranted, billing_event::Kind},
 };
 
@@ -28,13 +28,6 @@ pub struct ResetBatch {
     pub finished: bool,
 }
 
-/// Why a reset command is not carried out.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ResetRefused {
-    #[error("period {0} is neither the current nor the next one")]
-    OutOfRange(Period),
-}
-
 /// A range shorter than this many batches is not worth walking on its own.
 const MIN_BATCHES_PER_SHARD: i64 = 4;
 
@@ -42,15 +35,11 @@ impl Commands {
     /// The largest batch: a ledger row binds 24 values, and a statement takes at most 65,535.
     pub const MAX_RESET_BATCH: u32 = 2_000;
 
-    /// The periods a reset may grant now: the current one and the next one (a scheduler whose
-    /// clock runs a little ahead of this replica's).
-    pub fn check_reset_period(&self, period: Period) -> Result<(), ResetRefused> {
-        let current = self.rules().zone.period_of(self.now());
-        if period == current || period == current.next() {
-            Ok(())
-        } else {
-            Err(ResetRefused::OutOfRange(period))
-        }
+    /// Whether a reset of `period` may be carried out now (see [`shared::period::BillingZone::reset_due`]).
+    pub fn check_reset_period(&self, period: Period) -> Result<(), ResetNotDue> {
+        self.rules()
+            .zone
+            .reset_due(period, self.now(), self.rules().reset_lead)
     }
 
     /// Registers the command and splits the accounts into at most `workers` ranges, once: a

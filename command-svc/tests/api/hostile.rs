@@ -547,3 +547,90 @@ async fn malformed_webhook_deliveries_are_refused_and_change_nothing() {
     assert_eq!(fingerprint(&app.db).await, before, "nothing changed");
     app.cleanup().await;
 }
+
+/// Keys that differ from each other in one byte only: a trailing or leading space, two spaces,
+/// a tab-free case change, a byte more. Each is a key of its own (invariant 10): each charge
+/// and each adjustment applies once, and each replay answers its own record.
+#[tokio::test]
+async fn keys_differing_in_any_byte_are_distinct_keys() {
+    let app = spawn_app().await;
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let base = "[!-~]{1,60}".boxed();
+    let (mut gateway, mut ops) = (app.gateway().await, app.ops().await);
+    for case in 0..40 {
+        let key: String = base.new_tree(&mut runner).expect("a key").current();
+        let mut variants = vec![
+            key.clone(),
+            format!("{key} "),
+            format!(" {key}"),
+            format!("{key}  "),
+            format!("{key}x"),
+        ];
+        let flipped: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_lowercase() {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        if flipped != key {
+            variants.push(flipped);
+        }
+        let user = new_user(&format!("variants{case}"));
+        let mut records = Vec::new();
+        for variant in &variants {
+            let charged = gateway
+                .deduct_quota(deduct(&user, 1_000, variant))
+                .await
+                .unwrap_or_else(|status| panic!("{variant:?}: {status:?}"))
+                .into_inner();
+            assert!(!charged.replayed, "{variant:?} replayed another key");
+            let adjusted = ops
+                .adjust_balance(adjust(&user, 1_000, variant))
+                .await
+                .unwrap_or_else(|status| panic!("{variant:?}: {status:?}"))
+                .into_inner();
+            assert!(
+                !adjusted.replayed,
+                "{variant:?} replayed another adjustment"
+            );
+            records.push((charged.record_id, adjusted.record_id));
+        }
+        for (variant, (charge, adjustment)) in variants.iter().zip(&records) {
+            let again = gateway
+                .deduct_quota(deduct(&user, 1_000, variant))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (again.replayed, &again.record_id),
+                (true, charge),
+                "{variant:?}"
+            );
+            let again = ops
+                .adjust_balance(adjust(&user, 1_000, variant))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (again.replayed, &again.record_id),
+                (true, adjustment),
+                "{variant:?}"
+            );
+        }
+        let account = account(&app, &user).await;
+        let n = variants.len() as i64;
+        assert_eq!(
+            (account.free_used_micros, account.balance_micros),
+            (n * 1_000, n * 1_000)
+        );
+        assert_invariants(&app.db, &user).await;
+    }
+    app.cleanup().await;
+}

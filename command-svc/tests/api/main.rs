@@ -8,6 +8,7 @@ mod charges;
 mod conservation;
 mod hostile;
 mod hot_path;
+mod keys;
 mod observability;
 mod outage;
 mod payments;

@@ -163,6 +163,51 @@ pub struct ResetSettings {
     pub workers: u32,
     /// JetStream redelivers a command not acked (nor marked in progress) for this long.
     pub ack_wait_secs: u64,
+    /// How long before its first instant the next period's reset is accepted (clock skew
+    /// between hosts); earlier, it is ignored. Written `300s`, `5m`, `1h`.
+    pub next_period_lead: DurationSetting,
+}
+
+/// A duration written with its unit: `250ms`, `30s`, `5m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationSetting(pub std::time::Duration);
+
+impl DurationSetting {
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl std::str::FromStr for DurationSetting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{text:?} has no unit (ms, s, m or h)"))?;
+        let (digits, unit) = text.split_at(split);
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} does not start with a number"))?;
+        let millis_per_unit = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
+        };
+        value
+            .checked_mul(millis_per_unit)
+            .map(|ms| DurationSetting(std::time::Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{text:?} is too long"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -395,6 +440,12 @@ impl Settings {
                 why: "secrets must not be empty".into(),
             });
         }
+        if self.reset.next_period_lead.get() > std::time::Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::Invalid {
+                key: "reset.next_period_lead",
+                why: "must be at most 24h: an earlier reset grants next month's quota early".into(),
+            });
+        }
         if !(1_000..=3_600_000).contains(&self.reservations.default_ttl_ms) {
             return Err(ConfigError::Invalid {
                 key: "reservations.default_ttl_ms",
@@ -484,6 +535,7 @@ reset:
   batch_size: 1000
   workers: 4
   ack_wait_secs: 60
+  next_period_lead: 5m
 billing:
   currency: CNY
   default_monthly_free_micros: 10000000
@@ -577,6 +629,24 @@ mod tests {
         let path = write_config("reservations:\n  default_ttl_ms: 1000\n");
         let settings = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
         assert_eq!(settings.reservations.default_ttl_ms, 1000);
+    }
+
+    #[test]
+    fn durations_are_written_with_their_unit() {
+        let parse = |text: &str| text.parse::<DurationSetting>().map(DurationSetting::get);
+        assert_eq!(parse("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(parse("30s"), Ok(std::time::Duration::from_secs(30)));
+        assert_eq!(parse("5m"), Ok(std::time::Duration::from_secs(300)));
+        assert_eq!(parse("1h"), Ok(std::time::Duration::from_secs(3600)));
+        for bad in ["5", "m", "5 m", "-5m", "5d", "", "99999999999999999999h"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let path = write_config("reset:\n  next_period_lead: 2m\n");
+        let settings = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert_eq!(settings.reset.next_period_lead.get().as_secs(), 120);
+        let path = write_config("reset:\n  next_period_lead: 25h\n");
+        let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+        assert!(error.to_string().contains("next_period_lead"), "{error}");
     }
 
     #[test]

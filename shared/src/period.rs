@@ -148,6 +148,67 @@ impl BillingZone {
     }
 }
 
+/// Why a reset of the free quota for a period is not carried out now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResetNotDue {
+    #[error("{period} has ended (the current period is {current})")]
+    Past { period: Period, current: Period },
+    #[error("{period} starts at {starts_at}; a reset is accepted from {lead_secs} s before")]
+    Early {
+        period: Period,
+        starts_at: DateTime<Utc>,
+        lead_secs: i64,
+    },
+    #[error("{period} is further ahead than the next period")]
+    Future { period: Period },
+}
+
+impl ResetNotDue {
+    /// A short label for metrics.
+    pub fn why(&self) -> &'static str {
+        match self {
+            ResetNotDue::Past { .. } => "past",
+            ResetNotDue::Early { .. } => "early",
+            ResetNotDue::Future { .. } => "future",
+        }
+    }
+}
+
+impl BillingZone {
+    /// Whether the free quota of `period` may be granted to every account at `now`: the current
+    /// period always (a re-run grants only what is missing); the next one only within `lead` of
+    /// its first instant, which absorbs clock skew between the scheduler and this host. Any
+    /// other period would hand every account a month's quota that is not due.
+    pub fn reset_due(
+        self,
+        period: Period,
+        now: DateTime<Utc>,
+        lead: std::time::Duration,
+    ) -> Result<(), ResetNotDue> {
+        let current = self.period_of(now);
+        if period == current {
+            return Ok(());
+        }
+        if period < current {
+            return Err(ResetNotDue::Past { period, current });
+        }
+        if period != current.next() {
+            return Err(ResetNotDue::Future { period });
+        }
+        let starts_at = self.period_start(period);
+        let lead = Duration::from_std(lead).unwrap_or(Duration::MAX);
+        if now >= starts_at - lead {
+            Ok(())
+        } else {
+            Err(ResetNotDue::Early {
+                period,
+                starts_at,
+                lead_secs: lead.num_seconds(),
+            })
+        }
+    }
+}
+
 impl FromStr for BillingZone {
     type Err = PeriodError;
 
@@ -248,6 +309,46 @@ mod tests {
         assert_eq!(period("2026-12").next(), period("2027-01"));
         assert_eq!(period("2027-01").previous(), period("2026-12"));
         assert!(period("2026-12") < period("2027-01"));
+    }
+
+    #[test]
+    fn a_reset_of_the_next_period_is_due_only_within_the_lead_of_its_start() {
+        let zone = BillingZone::default();
+        let lead = std::time::Duration::from_secs(300);
+        // 2027-01 starts at 2026-12-31T16:00:00Z.
+        let start = utc("2026-12-31T16:00:00Z");
+        let next = period("2027-01");
+        assert_eq!(zone.reset_due(next, start, lead), Ok(()));
+        assert_eq!(
+            zone.reset_due(next, start - Duration::seconds(300), lead),
+            Ok(())
+        );
+        let early = zone.reset_due(next, start - Duration::seconds(301), lead);
+        assert!(matches!(early, Err(ResetNotDue::Early { .. })), "{early:?}");
+        assert_eq!(early.unwrap_err().why(), "early");
+        let mid_month = utc("2026-12-03T12:00:00Z");
+        assert_eq!(
+            zone.reset_due(next, mid_month, lead).unwrap_err().why(),
+            "early"
+        );
+        assert_eq!(zone.reset_due(period("2026-12"), mid_month, lead), Ok(()));
+        assert_eq!(
+            zone.reset_due(period("2026-11"), mid_month, lead)
+                .unwrap_err()
+                .why(),
+            "past"
+        );
+        assert_eq!(
+            zone.reset_due(period("2027-02"), mid_month, lead)
+                .unwrap_err()
+                .why(),
+            "future"
+        );
+        // Once the period has begun it is the current one.
+        assert_eq!(
+            zone.reset_due(next, start + Duration::days(3), lead),
+            Ok(())
+        );
     }
 
     #[test]

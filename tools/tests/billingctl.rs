@@ -324,5 +324,25 @@ async fn reset_free_quota_runs_again_under_its_own_id() {
         .billingctl(&["reset-free-quota", "--period", "2026-13"])
         .await;
     assert!(!bad.status.success());
+    // Next month's reset is refused before its lead (5 minutes before it starts), as are past
+    // periods and later ones; nothing is published.
+    let next = current.next();
+    let early = zone.reset_due(next, Utc::now(), std::time::Duration::from_secs(300));
+    for period in [current.previous(), next.next()]
+        .into_iter()
+        .chain(early.is_err().then_some(next))
+    {
+        let refused = stack
+            .billingctl(&["reset-free-quota", "--period", &period.to_string()])
+            .await;
+        assert!(!refused.status.success(), "{period}: {refused:?}");
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(said.contains("not published"), "{period}: {said}");
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_progress")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "only the current period's run");
     stack.cleanup().await;
 }

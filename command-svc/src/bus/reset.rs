@@ -148,6 +148,7 @@ impl ResetConsumer {
             Ok(command) => command,
             Err(error) => {
                 tracing::error!(%error, subject = %message.subject, "undecodable command ignored");
+                ignored("undecodable");
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
@@ -156,12 +157,16 @@ impl ResetConsumer {
             Ok(period) => period,
             Err(error) => {
                 tracing::error!(%error, command_id = %command.command_id, "reset with a malformed period ignored");
+                ignored("malformed");
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
         };
-        if let Err(refused) = self.commands.check_reset_period(period) {
-            tracing::warn!(%refused, command_id = %command.command_id, "reset ignored");
+        if let Err(not_due) = self.commands.check_reset_period(period) {
+            // The bus is a trust boundary: a reset that is not due would hand every account a
+            // month's free quota early. Acked so it never comes back.
+            tracing::error!(%not_due, command_id = %command.command_id, "reset not due; ignored");
+            ignored(not_due.why());
             let _ = message.ack().await;
             return;
         }
@@ -277,6 +282,11 @@ impl ResetConsumer {
             }
         }
     }
+}
+
+/// Counts a reset command that was acked without being carried out.
+fn ignored(why: &'static str) {
+    metrics::counter!("billing_reset_commands_ignored_total", "why" => why).increment(1);
 }
 
 /// Counts a reset run in `billing_reset_running` while it lasts, however it ends.

@@ -192,6 +192,70 @@ async fn a_reset_for_any_other_period_is_ignored() {
     app.cleanup().await;
 }
 
+/// How many reset commands the service ignored as early, from its `/metrics`.
+async fn ignored_early(app: &TestApp) -> f64 {
+    let page = reqwest::get(app.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    testkit::metrics::Scrape::parse(&page)
+        .expect("billing_reset_commands_ignored_total", &[("why", "early")])
+}
+
+async fn ignored_early_reaches(app: &TestApp, n: f64) {
+    eventually(
+        Duration::from_secs(30),
+        "the early reset is ignored",
+        || async { (ignored_early(app).await == n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_next_periods_reset_is_ignored_until_the_lead_before_its_start() {
+    let app = spawn_app_at(utc(NOVEMBER), &[KEEP_EVENTS]).await;
+    let users = november_accounts(&app, "early", 3).await;
+    // On 20 November, December's reset would hand out December's quota ten days early.
+    publish_reset(&app.settings, "reset-free-quota:2026-12", "2026-12").await;
+    ignored_early_reaches(&app, 1.0).await;
+    // Six minutes before midnight in Shanghai: still early (the lead is five).
+    app.clock.set(utc("2026-11-30T15:54:00Z"));
+    publish_reset(
+        &app.settings,
+        "reset-free-quota:2026-12:six-minutes",
+        "2026-12",
+    )
+    .await;
+    ignored_early_reaches(&app, 2.0).await;
+    // Four minutes before: due, absorbing the scheduler's clock running ahead.
+    app.clock.set(utc("2026-11-30T15:56:00Z"));
+    publish_reset(
+        &app.settings,
+        "reset-free-quota:2026-12:four-minutes",
+        "2026-12",
+    )
+    .await;
+    reset_finished(
+        &app.db,
+        "reset-free-quota:2026-12:four-minutes",
+        Duration::from_secs(30),
+    )
+    .await;
+    let runs: Vec<String> = sqlx::query_scalar("SELECT command_id FROM command_progress")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(runs, ["reset-free-quota:2026-12:four-minutes"]);
+    for user in &users {
+        assert_eq!(december_grants(&app, user).await, 1);
+        assert_invariants(&app.db, user).await;
+    }
+    assert_eq!(ignored_early(&app).await, 2.0);
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_reset_killed_mid_run_resumes_where_it_stopped() {
     let app = spawn_app_at(

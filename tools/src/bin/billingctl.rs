@@ -127,13 +127,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::ResetFreeQuota { period } => {
             let period: Period = period.parse()?;
-            // command-svc carries out only the current or the next period (by its clock).
-            let current = settings.billing.zone()?.period_of(chrono::Utc::now());
-            if period != current && period != current.next() {
-                anyhow::bail!(
-                    "{period} is neither the current period ({current}) nor the next one"
-                );
-            }
+            // command-svc ignores a reset that is not due; say so before publishing it.
+            settings
+                .billing
+                .zone()?
+                .reset_due(
+                    period,
+                    chrono::Utc::now(),
+                    settings.reset.next_period_lead.get(),
+                )
+                .map_err(|not_due| anyhow::anyhow!("not published: {not_due}"))?;
             let command_id = format!(
                 "{}:{}",
                 scheduler_svc::publisher::command_id(period),

@@ -449,3 +449,18 @@ SET @t = 'alert_deliveries';   EXECUTE build_ddl USING @t, @t; PREPARE nopad FRO
 SET @t = 'reservations';       EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
 DEALLOCATE PREPARE nopad;
 DEALLOCATE PREPARE build_ddl;
+
+-- 0023_add_alert_signing_secret.sql
+-- Each developer's alert deliveries are signed with a secret of their own, generated when their
+-- first webhook is set (or on request) and shown to them once: a developer can no longer forge
+-- another's alerts, and no alert signature is a payment callback's. The column takes the table's
+-- NO PAD binary collation (0022). Added only where missing, so the migration can run again.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'alert_settings'
+                  AND column_name = 'signing_secret');
+SET @ddl = IF(@missing,
+  'ALTER TABLE alert_settings ADD COLUMN signing_secret VARCHAR(128) NULL AFTER webhook_url',
+  'DO 0');
+PREPARE add_secret FROM @ddl;
+EXECUTE add_secret;
+DEALLOCATE PREPARE add_secret;

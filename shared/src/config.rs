@@ -9,12 +9,18 @@ use serde::Deserialize;
 
 use crate::{money::Micros, period::BillingZone};
 
+mod secrets;
+pub use secrets::{MIN_SECRET_BYTES, Service};
+
 /// The default configuration file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "configs/config.yaml";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// A development machine: development secrets (`dev-…`, `…change-me…`) and short ones are
+    /// accepted, with a warning at start. Never in production.
+    pub dev_mode: bool,
     pub command: CommandSettings,
     pub query: QuerySettings,
     pub scheduler: SchedulerSettings,
@@ -280,8 +286,6 @@ pub struct AlertSettings {
     /// `balance_low` fires when the balance falls to or below this, unless the user set their
     /// own threshold.
     pub low_balance_threshold_micros: i64,
-    /// Signs every delivery (the HMAC scheme of the payment webhook).
-    pub webhook_secret: Secret,
     /// The durable consumers of the alert events, `<name>-balance-low` and
     /// `<name>-free-quota-exhausted`, shared by command-svc's replicas.
     pub consumer_name: String,
@@ -432,13 +436,21 @@ impl Settings {
                 why: "every caller needs a token".into(),
             });
         }
-        if self.payment.webhook_secret.expose().is_empty()
-            || self.auth.jwt_secret.expose().is_empty()
-        {
-            return Err(ConfigError::Invalid {
-                key: "payment.webhook_secret / auth.jwt_secret",
-                why: "secrets must not be empty".into(),
-            });
+        // An empty entry in a rotation list (an empty variable, a trailing comma) would be a
+        // key that anyone can sign with.
+        for (key, list) in [
+            ("auth.jwt_previous_secrets", &self.auth.jwt_previous_secrets),
+            (
+                "payment.webhook_previous_secrets",
+                &self.payment.webhook_previous_secrets,
+            ),
+        ] {
+            if list.iter().any(|secret| secret.expose().trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    why: "an empty entry is not \"no secret\": remove it".into(),
+                });
+            }
         }
         if self.reset.next_period_lead.get() > std::time::Duration::from_secs(24 * 3600) {
             return Err(ConfigError::Invalid {
@@ -481,6 +493,7 @@ impl BillingSettings {
 
 /// Every key has a default, so a configuration file only says what differs.
 const DEFAULTS: &str = r#"
+dev_mode: false
 command:
   grpc_addr: 127.0.0.1:50051
   http_addr: 127.0.0.1:8081
@@ -494,7 +507,7 @@ command:
 query:
   http_addr: 127.0.0.1:8080
   command_endpoint: http://127.0.0.1:50051
-  command_token: dev-query-svc-token
+  command_token: ""
   consumer_name: query-svc
   batch_size: 256
   max_deliver: 5
@@ -543,15 +556,14 @@ billing:
   order_ttl_secs: 1800
 auth:
   callers: []
-  jwt_secret: change-me
+  jwt_secret: ""
   jwt_previous_secrets: []
 payment:
-  webhook_secret: change-me
+  webhook_secret: ""
   webhook_previous_secrets: []
   signature_tolerance_secs: 300
 alerts:
   low_balance_threshold_micros: 1000000
-  webhook_secret: change-me
   consumer_name: command-svc-alerts
   delivery_timeout_ms: 5000
   max_attempts: 8
@@ -647,6 +659,29 @@ mod tests {
         let path = write_config("reset:\n  next_period_lead: 25h\n");
         let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
         assert!(error.to_string().contains("next_period_lead"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_entry_in_a_rotation_list_is_refused() {
+        for (name, value) in [
+            ("BILLING__PAYMENT__WEBHOOK_PREVIOUS_SECRETS", "old-secret,"),
+            ("BILLING__PAYMENT__WEBHOOK_PREVIOUS_SECRETS", " "),
+            ("BILLING__AUTH__JWT_PREVIOUS_SECRETS", ",old"),
+        ] {
+            let path = write_config("billing:\n  time_zone: UTC\n");
+            let env = HashMap::from([(name.to_owned(), value.to_owned())]);
+            let error = Settings::load_with_env(&path, Some(env)).unwrap_err();
+            assert!(
+                error.to_string().contains("previous_secrets"),
+                "{value:?}: {error}"
+            );
+        }
+        let path = write_config("payment:\n  webhook_previous_secrets: [\"\"]\n");
+        let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+        assert!(
+            error.to_string().contains("webhook_previous_secrets"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 use shared::{
-    config::{Scope, Settings},
+    config::{Scope, Service, Settings},
     endpoints::{LIVENESS, READINESS},
 };
 
@@ -681,10 +681,6 @@ fn assert_secrets_are_placeholders(what: &str, settings: &Settings) {
             "payment.webhook_secret",
             settings.payment.webhook_secret.expose(),
         ),
-        (
-            "alerts.webhook_secret",
-            settings.alerts.webhook_secret.expose(),
-        ),
     ];
     for caller in &settings.auth.callers {
         secrets.push(("a token of auth.callers", caller.token.expose()));
@@ -693,6 +689,14 @@ fn assert_secrets_are_placeholders(what: &str, settings: &Settings) {
         assert!(
             value.contains(PLACEHOLDER),
             "{what}: {key} must be a {PLACEHOLDER} placeholder in the repository"
+        );
+    }
+    // And no service starts with them: a placeholder left in place stops the deployment.
+    assert!(!settings.dev_mode, "{what}: dev_mode in a deployment");
+    for service in [Service::Command, Service::Query] {
+        assert!(
+            settings.check_secrets(service).is_err(),
+            "{what}: {service:?} would start with the placeholders"
         );
     }
 }

@@ -172,6 +172,7 @@ impl BillingCommandService for GrpcApi {
         Ok(Response::new(pb::SetAlertSettingsResponse {
             low_balance_threshold_micros: saved.low_balance_threshold.get(),
             webhook_url: saved.webhook_url.unwrap_or_default(),
+            signing_secret: saved.new_signing_secret.unwrap_or_default(),
         }))
     }
 

@@ -225,6 +225,7 @@ pub fn set_alert_settings(
         user_id: user_id?,
         low_balance_threshold: threshold?,
         webhook_url: webhook_url?,
+        rotate_signing_secret: request.rotate_signing_secret,
     })
 }
 

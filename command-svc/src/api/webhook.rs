@@ -13,11 +13,20 @@ use axum::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-pub use shared::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
-use shared::{config::Secret, signature};
+pub use shared::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use shared::{
+    config::Secret,
+    signature::{self, Scheme},
+};
 
 use super::{error::HttpError, http::HttpState, parse};
 use crate::events::OrderOut;
+
+/// A payment callback's signature of `body` at `timestamp` with `secret` (for providers' test
+/// tools and this service's tests).
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    signature::sign(Scheme::Payment, secret, timestamp, body)
+}
 
 /// The secrets a signature may be made with, newest first, and how fresh it must be.
 #[derive(Clone, Debug)]
@@ -58,10 +67,9 @@ impl WebhookKeys {
         let signature = header(SIGNATURE_HEADER)
             .filter(|text| text.trim().starts_with("sha256="))
             .ok_or_else(|| unauthorized("missing or malformed X-Billing-Signature"))?;
-        let valid = self
-            .secrets
-            .iter()
-            .any(|secret| signature::verify(secret.expose(), timestamp, body, signature));
+        let valid = self.secrets.iter().any(|secret| {
+            signature::verify(Scheme::Payment, secret.expose(), timestamp, body, signature)
+        });
         if valid {
             Ok(())
         } else {

@@ -1,7 +1,7 @@
 //! Alerts delivered to developers' webhooks. Two durable consumers of `BILLING_EVENTS`, one per
 //! alert kind (`balance_low`, `free_quota_exhausted`), shared by command-svc's replicas, so each
 //! alert is in one replica's hands at a time. Each alert is posted to the user's webhook as JSON,
-//! signed with the HMAC scheme of the payment webhook (`alerts.webhook_secret`); a failed attempt
+//! signed with the user's own secret in the alert scheme (`shared::signature`); a failed attempt
 //! is tried again after a growing pause (the message is handed back with a delay), and after
 //! `alerts.max_attempts` the delivery is recorded as failed. Every attempt is recorded in
 //! `alert_deliveries`. Alerts are raised in the charges' transactions but delivered after their
@@ -26,7 +26,7 @@ use shared::{
     clock::Clock,
     config::{AlertSettings, NatsSettings},
     proto::v1::{BillingEvent, billing_event::Kind},
-    signature,
+    signature::{self, Scheme},
 };
 use tokio::{sync::watch, task::JoinSet};
 
@@ -207,16 +207,23 @@ impl AlertDispatcher {
             event_id: &event.event_id,
             user_id: &event.user_id,
             kind,
-            url: webhook.as_deref(),
+            url: webhook.as_ref().map(|webhook| webhook.url.as_str()),
             status: "no_webhook",
             http_status: None,
             error: None,
         };
-        let Some(url) = webhook.as_deref() else {
+        let Some(webhook) = &webhook else {
             store::record_attempt(pool, &record, self.clock.now()).await?;
             return Ok(None);
         };
-        let outcome = self.post(url, event).await;
+        let outcome = match &webhook.signing_secret {
+            Some(secret) => self.post(&webhook.url, secret, event).await,
+            // Set before secrets were per user: nothing to sign with until it is set again.
+            None => Attempted::Refused {
+                http_status: None,
+                error: "no signing secret: set the webhook again to receive one".to_owned(),
+            },
+        };
         let retry = match &outcome {
             Attempted::Delivered(status) => {
                 metrics::counter!("billing_alert_deliveries_total", "outcome" => "delivered")
@@ -254,7 +261,7 @@ impl AlertDispatcher {
         Duration::from_millis(pause.min(self.settings.retry_max_ms.max(initial)))
     }
 
-    async fn post(&self, url: &str, event: &BillingEvent) -> Attempted {
+    async fn post(&self, url: &str, secret: &str, event: &BillingEvent) -> Attempted {
         let refused = |error: String| Attempted::Refused {
             http_status: None,
             error,
@@ -278,12 +285,13 @@ impl AlertDispatcher {
         };
         let body = delivery_body(event);
         let timestamp = self.clock.now().timestamp();
-        let signed = signature::sign(self.settings.webhook_secret.expose(), timestamp, &body);
+        let signed = signature::sign(Scheme::Alert, secret, timestamp, &body);
+        let (timestamp_header, signature_header) = Scheme::Alert.headers();
         let sent = client
             .post(parsed)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(signature::TIMESTAMP_HEADER, timestamp.to_string())
-            .header(signature::SIGNATURE_HEADER, signed)
+            .header(timestamp_header, timestamp.to_string())
+            .header(signature_header, signed)
             .header("x-billing-event-id", &event.event_id)
             .body(body)
             .send()

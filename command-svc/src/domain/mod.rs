@@ -97,6 +97,8 @@ pub struct SetAlertSettings {
     pub user_id: UserId,
     pub low_balance_threshold: Micros,
     pub webhook_url: Option<WebhookUrl>,
+    /// Replace the signing secret with a new one.
+    pub rotate_signing_secret: bool,
 }
 
 /// An operator's new free quota for each period after the current one. Setting the plan an

@@ -2,41 +2,77 @@
 //! each alert sent to a webhook).
 
 use chrono::{DateTime, Utc};
+use shared::ids::UserId;
 use sqlx::MySqlPool;
 
-use super::StoreError;
+use super::{StoreError, Tx};
+
+/// A developer's settings as stored.
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct AlertSettingsRow {
+    pub low_balance_threshold_micros: Option<i64>,
+    pub webhook_url: Option<String>,
+    pub signing_secret: Option<String>,
+}
+
+/// The user's settings, locked until `tx` ends (none stored: `None`).
+pub async fn lock_alert_settings(
+    tx: &mut Tx,
+    user_id: &UserId,
+) -> Result<Option<AlertSettingsRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT low_balance_threshold_micros, webhook_url, signing_secret \
+         FROM alert_settings WHERE user_id = ? FOR UPDATE",
+    )
+    .bind(user_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?)
+}
 
 /// Stores a developer's settings, replacing earlier ones.
 pub async fn save_alert_settings(
-    pool: &MySqlPool,
-    user_id: &str,
-    low_balance_threshold_micros: i64,
-    webhook_url: Option<&str>,
+    tx: &mut Tx,
+    user_id: &UserId,
+    settings: &AlertSettingsRow,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO alert_settings (user_id, low_balance_threshold_micros, webhook_url, updated_at) \
-         VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+        "INSERT INTO alert_settings (user_id, low_balance_threshold_micros, webhook_url, \
+         signing_secret, updated_at) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
          low_balance_threshold_micros = VALUES(low_balance_threshold_micros), \
-         webhook_url = VALUES(webhook_url), updated_at = VALUES(updated_at)",
+         webhook_url = VALUES(webhook_url), signing_secret = VALUES(signing_secret), \
+         updated_at = VALUES(updated_at)",
     )
-    .bind(user_id)
-    .bind(low_balance_threshold_micros)
-    .bind(webhook_url)
+    .bind(user_id.as_str())
+    .bind(settings.low_balance_threshold_micros)
+    .bind(settings.webhook_url.as_deref())
+    .bind(settings.signing_secret.as_deref())
     .bind(now)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
+/// Where a developer's alerts go and the secret they are signed with.
+pub struct Webhook {
+    pub url: String,
+    /// `None` for a webhook set before secrets were per user: it must be set again.
+    pub signing_secret: Option<String>,
+}
+
 /// The webhook a developer's alerts go to, if any.
-pub async fn webhook_of(pool: &MySqlPool, user_id: &str) -> Result<Option<String>, StoreError> {
-    let url: Option<Option<String>> =
-        sqlx::query_scalar("SELECT webhook_url FROM alert_settings WHERE user_id = ?")
+pub async fn webhook_of(pool: &MySqlPool, user_id: &str) -> Result<Option<Webhook>, StoreError> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT webhook_url, signing_secret FROM alert_settings WHERE user_id = ?")
             .bind(user_id)
             .fetch_optional(pool)
             .await?;
-    Ok(url.flatten())
+    Ok(row.and_then(|(url, signing_secret)| {
+        url.map(|url| Webhook {
+            url,
+            signing_secret,
+        })
+    }))
 }
 
 /// One attempt at delivering an alert, and where the delivery stands after it.

@@ -25,7 +25,8 @@ pub use accounts::{
     parse_period, save_account,
 };
 pub use alerts::{
-    DeliveryAttempt, delivery_settled, record_attempt, save_alert_settings, webhook_of,
+    AlertSettingsRow, DeliveryAttempt, Webhook, delivery_settled, lock_alert_settings,
+    record_attempt, save_alert_settings, webhook_of,
 };
 pub use grants::{Grant, regrant};
 pub use ledger::{

@@ -15,7 +15,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-const ALERT_SECRET: &str = "dev-alert-secret-change-me";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn settings(user: &str, threshold: i64, url: &str) -> pb::SetAlertSettingsRequest {
@@ -23,6 +22,7 @@ fn settings(user: &str, threshold: i64, url: &str) -> pb::SetAlertSettingsReques
         user_id: user.to_owned(),
         low_balance_threshold_micros: threshold,
         webhook_url: url.to_owned(),
+        rotate_signing_secret: false,
     }
 }
 
@@ -141,25 +141,33 @@ impl Receiver {
     }
 }
 
-/// A delivery as the receiver checks it: signed with the alert secret over the raw body.
-fn verified(headers: &HeaderMap, body: &[u8]) -> serde_json::Value {
+/// A delivery as the receiver checks it: signed with the user's own secret, in the alert scheme,
+/// over the raw body; never with another secret, never in the payment scheme's headers.
+fn verified(headers: &HeaderMap, body: &[u8], secret: &str) -> serde_json::Value {
+    use shared::signature::{Scheme, verify};
     let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
-    let timestamp: i64 = header("x-billing-timestamp").parse().unwrap();
+    let timestamp: i64 = header("x-billing-alert-timestamp").parse().unwrap();
+    let signature = header("x-billing-alert-signature");
     assert!(
-        shared::signature::verify(
-            ALERT_SECRET,
-            timestamp,
-            body,
-            &header("x-billing-signature")
-        ),
+        verify(Scheme::Alert, secret, timestamp, body, &signature),
         "the signature verifies"
     );
-    assert!(!shared::signature::verify(
+    assert!(!verify(
+        Scheme::Alert,
         "another secret",
         timestamp,
         body,
-        &header("x-billing-signature")
+        &signature
     ));
+    assert!(!verify(
+        Scheme::Payment,
+        secret,
+        timestamp,
+        body,
+        &signature
+    ));
+    assert!(headers.get("x-billing-signature").is_none());
+    assert!(headers.get("x-billing-timestamp").is_none());
     let json: serde_json::Value = serde_json::from_slice(body).unwrap();
     assert_eq!(
         json["event_id"].as_str().unwrap(),
@@ -185,11 +193,15 @@ async fn alerts_are_delivered_signed_to_the_webhook_and_recorded() {
     let addr = receiver.clone().start().await;
     let user = new_user("delivered");
     recharge(&app, &user, 3 * CNY).await;
-    app.orders()
+    let secret = app
+        .orders()
         .await
         .set_alert_settings(settings(&user, 2 * CNY, &format!("http://{addr}/hook")))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .signing_secret;
+    assert!(secret.starts_with("whsec_"), "{secret:?}");
     // 10 CNY free, then 1.5 CNY of the balance: both alerts.
     app.gateway()
         .await
@@ -204,7 +216,7 @@ async fn alerts_are_delivered_signed_to_the_webhook_and_recorded() {
         .received()
         .iter()
         .map(|(_, headers, body)| {
-            let json = verified(headers, body);
+            let json = verified(headers, body, &secret);
             assert_eq!(json["user_id"], serde_json::json!(user));
             if json["type"] == "balance_low" {
                 assert_eq!(json["balance_micros"], serde_json::json!(1_500_000));
@@ -224,6 +236,98 @@ async fn alerts_are_delivered_signed_to_the_webhook_and_recorded() {
         recorded.iter().all(|(_, _, attempts)| *attempts == 1),
         "{recorded:?}"
     );
+    // A delivery sent on to the payment webhook, its headers as they came, is no callback.
+    let (_, headers, body) = receiver.received().remove(0);
+    let mut forwarded = reqwest::Client::new()
+        .post(app.http("/api/v1/billing/recharge/callback"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in &headers {
+        if name.as_str().starts_with("x-billing") {
+            forwarded = forwarded.header(name.as_str(), value.as_bytes());
+        }
+    }
+    assert_eq!(forwarded.send().await.unwrap().status(), 401);
+    app.cleanup().await;
+}
+
+/// Each developer signs with a secret of their own, shown once; a rotation replaces it.
+#[tokio::test]
+async fn each_developer_has_a_signing_secret_of_their_own_shown_once_and_rotatable() {
+    let app = spawn_app().await;
+    let receiver = Receiver::default();
+    let addr = receiver.clone().start().await;
+    let hook = format!("http://{addr}/hook");
+    let mut orders = app.orders().await;
+    let (alice, bob) = (new_user("alice"), new_user("bob"));
+    let alice_secret = orders
+        .set_alert_settings(settings(&alice, 0, &hook))
+        .await
+        .unwrap()
+        .into_inner()
+        .signing_secret;
+    let bob_secret = orders
+        .set_alert_settings(settings(&bob, 0, &hook))
+        .await
+        .unwrap()
+        .into_inner()
+        .signing_secret;
+    assert!(alice_secret.len() >= 32 && bob_secret.len() >= 32);
+    assert_ne!(alice_secret, bob_secret);
+    // Set again without a rotation: the secret stays and is not shown.
+    let again = orders
+        .set_alert_settings(settings(&alice, CNY, &hook))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.signing_secret, "");
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&alice, 10 * CNY, "alice-uses-it-up"))
+        .await
+        .unwrap();
+    eventually(WAIT, "alice's delivery", || async {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
+    let (_, headers, body) = receiver.received().remove(0);
+    verified(&headers, &body, &alice_secret);
+    let timestamp: i64 = headers["x-billing-alert-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let signature = headers["x-billing-alert-signature"].to_str().unwrap();
+    assert!(!shared::signature::verify(
+        shared::signature::Scheme::Alert,
+        &bob_secret,
+        timestamp,
+        &body,
+        signature
+    ));
+
+    // A rotation: a new secret, shown once; the next delivery is signed with it.
+    let rotated = orders
+        .set_alert_settings(pb::SetAlertSettingsRequest {
+            rotate_signing_secret: true,
+            ..settings(&bob, 0, &hook)
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .signing_secret;
+    assert!(rotated.starts_with("whsec_") && rotated != bob_secret);
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&bob, 10 * CNY, "bob-uses-it-up"))
+        .await
+        .unwrap();
+    eventually(WAIT, "bob's delivery", || async {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    let (_, headers, body) = receiver.received().remove(1);
+    verified(&headers, &body, &rotated);
     app.cleanup().await;
 }
 

@@ -265,6 +265,7 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         user_id: pick(r, bad == 0, &text, &bad_user),
         low_balance_threshold_micros: pick(r, bad == 1, &amount, &bad_threshold),
         webhook_url: pick(r, bad == 2, &Just(String::new()).boxed(), &bad_url),
+        rotate_signing_secret: false,
     }) {
         let answer = orders.set_alert_settings(case).await.map(drop);
         answers.push(("SetAlertSettings", answer));

@@ -18,6 +18,7 @@ mod refunds;
 mod relay;
 mod reservations;
 mod reset;
+mod safety;
 mod schema;
 mod scopes;
 mod validation;

@@ -40,6 +40,9 @@ struct AlertsBody {
     #[serde(default)]
     #[schema(max_length = 2048, example = "https://hooks.example.com/billing")]
     webhook_url: Option<String>,
+    /// `true`: a new signing secret replaces the current one, and the answer shows it.
+    #[serde(default)]
+    rotate_signing_secret: bool,
 }
 
 /// The settings as saved.
@@ -50,6 +53,11 @@ pub struct AlertsJson {
     /// `null` when alerts are not delivered anywhere.
     #[schema(required = true)]
     pub webhook_url: Option<String>,
+    /// The secret deliveries are signed with (`X-Billing-Alert-Signature`), present only in the
+    /// answer that made it (the first webhook set, or a rotation): it is never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "whsec_3f1c…")]
+    pub signing_secret: Option<String>,
 }
 
 fn alerts_request(user: &UserId, body: Value) -> Result<pb::SetAlertSettingsRequest, ApiError> {
@@ -73,6 +81,7 @@ fn alerts_request(user: &UserId, body: Value) -> Result<pb::SetAlertSettingsRequ
             user_id: user.to_string(),
             low_balance_threshold_micros: threshold.get(),
             webhook_url: url.map(|url| url.as_str().to_owned()).unwrap_or_default(),
+            rotate_signing_secret: body.rotate_signing_secret,
         }),
         (Err(violations), ..) => Err(ApiError::invalid(
             violations
@@ -89,9 +98,10 @@ fn alerts_request(user: &UserId, body: Value) -> Result<pb::SetAlertSettingsRequ
 ///
 /// `balance_low` is raised once each time the balance falls from above the threshold to at or
 /// below it; `free_quota_exhausted` once when the month's free quota is used up. Both are
-/// delivered to the webhook, signed like the payment webhook (`X-Billing-Timestamp`,
-/// `X-Billing-Signature`), and retried when it fails. Setting the same values again changes
-/// nothing.
+/// delivered to the webhook, signed with the caller's own secret (`X-Billing-Alert-Timestamp`,
+/// `X-Billing-Alert-Signature`: `sha256=` and the hex HMAC-SHA256 of `alert.<timestamp>.<body>`),
+/// and retried when it fails. The first webhook set gets a signing secret, shown in that answer
+/// only; `rotate_signing_secret` replaces it. Setting the same values again changes nothing.
 #[utoipa::path(
     put,
     path = "/api/v1/billing/alerts",
@@ -123,6 +133,7 @@ async fn put_alerts(
     Ok(Json(AlertsJson {
         low_balance_threshold_micros: saved.low_balance_threshold_micros,
         webhook_url: Some(saved.webhook_url).filter(|url| !url.is_empty()),
+        signing_secret: Some(saved.signing_secret).filter(|secret| !secret.is_empty()),
     }))
 }
 

@@ -332,10 +332,39 @@ async fn alert_settings_are_saved_for_the_tokens_user_only() {
     }))
     .await;
     assert_eq!(status, StatusCode::OK, "{saved}");
+    // The first webhook comes with its signing secret, shown in this answer only.
+    let secret = saved["signing_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(secret.starts_with("whsec_") && secret.len() > 32, "{saved}");
     assert_eq!(
         saved,
-        json!({"low_balance_threshold_micros": 2 * CNY, "webhook_url": "https://hooks.example.com/billing"})
+        json!({"low_balance_threshold_micros": 2 * CNY,
+               "webhook_url": "https://hooks.example.com/billing",
+               "signing_secret": secret})
     );
+    let (_, again) = put(json!({
+        "low_balance_threshold_micros": 2 * CNY,
+        "webhook_url": "https://hooks.example.com/billing"
+    }))
+    .await;
+    assert!(again.get("signing_secret").is_none(), "{again}");
+    let (_, rotated) = put(json!({
+        "low_balance_threshold_micros": 2 * CNY,
+        "webhook_url": "https://hooks.example.com/billing",
+        "rotate_signing_secret": true
+    }))
+    .await;
+    let rotated = rotated["signing_secret"].as_str().unwrap().to_owned();
+    assert!(rotated.starts_with("whsec_") && rotated != secret);
+    let stored_secret: Option<String> =
+        sqlx::query_scalar("SELECT signing_secret FROM alert_settings WHERE user_id = ?")
+            .bind(&user)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(stored_secret.as_deref(), Some(rotated.as_str()));
     let stored: (Option<i64>, Option<String>) = sqlx::query_as(
         "SELECT low_balance_threshold_micros, webhook_url FROM alert_settings WHERE user_id = ?",
     )
@@ -356,6 +385,7 @@ async fn alert_settings_are_saved_for_the_tokens_user_only() {
         json!({"low_balance_threshold_micros": CNY, "webhook_url": "file:///etc/passwd"}),
         json!({"low_balance_threshold_micros": CNY, "user_id": "someone-else"}),
         json!({"webhook_url": "https://x.example"}),
+        json!({"low_balance_threshold_micros": CNY, "rotate_signing_secret": "yes"}),
     ] {
         let answer = put(bad.clone()).await;
         assert_eq!(

@@ -5,9 +5,10 @@
 use shared::cache::SnapshotCache;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use shared::listener::Limits;
 use shared::{clock::Clock, config::Settings, proto::v1 as pb};
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 use crate::{
     api::{auth::Callers, grpc::GrpcApi, http, observe::ObserveLayer, webhook::WebhookKeys},
@@ -26,6 +27,7 @@ pub struct Application {
     reset: ResetConsumer,
     alerts: AlertDispatcher,
     reservations: shared::config::ReservationSettings,
+    listeners: shared::config::ListenerSettings,
     shutdown_grace: Duration,
 }
 
@@ -101,6 +103,7 @@ impl Application {
             reset,
             alerts,
             reservations: settings.reservations.clone(),
+            listeners: settings.listeners.clone(),
             shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
         })
     }
@@ -141,19 +144,28 @@ impl Application {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let callers = self.callers.clone();
-        let billing =
-            pb::billing_command_service_server::BillingCommandServiceServer::with_interceptor(
-                GrpcApi::new(self.commands.clone()),
-                move |request| callers.authenticate(request),
-            );
+        let limits = Limits::from_settings(&self.listeners);
+        let billing = tonic::service::interceptor::InterceptedService::new(
+            pb::billing_command_service_server::BillingCommandServiceServer::new(GrpcApi::new(
+                self.commands.clone(),
+            ))
+            .max_decoding_message_size(self.listeners.grpc_max_message_bytes),
+            move |request| callers.authenticate(request),
+        );
+        // Pinged well within the idle timeout, so a quiet but live connection stays open.
+        let ping_every = limits.idle_timeout / 4;
         let grpc = Server::builder()
             .tcp_nodelay(true)
+            .timeout(limits.request_timeout)
+            .max_concurrent_streams(self.listeners.grpc_max_concurrent_streams)
+            .http2_keepalive_interval(Some(ping_every))
+            .http2_keepalive_timeout(Some(ping_every))
             .layer(ObserveLayer::new())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(billing)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
+                shared::listener::incoming(self.grpc_listener, limits),
                 stopped(stop_rx.clone()),
             );
 
@@ -161,8 +173,12 @@ impl Application {
             commands: self.commands.clone(),
             webhook: self.webhook,
         });
-        let http = axum::serve(self.http_listener, router)
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let http = shared::listener::serve_http(
+            self.http_listener,
+            router,
+            limits,
+            stopped(stop_rx.clone()),
+        );
 
         // The relay stops last, so that it publishes what the last calls committed.
         let (relay_stop_tx, relay_stop_rx) = tokio::sync::watch::channel(false);
@@ -176,7 +192,7 @@ impl Application {
         ));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
-        let http = tokio::spawn(async move { http.await });
+        let http = tokio::spawn(http);
         shutdown.await;
         tracing::info!("command-svc shutting down");
         let _ = stop_tx.send(true);

@@ -34,6 +34,8 @@ pub struct AppState {
 
 pub struct Application {
     listener: TcpListener,
+    /// The listener's bounds: connections, timeouts, body size.
+    limits: shared::listener::Limits,
     state: AppState,
     projector: Projector,
 }
@@ -87,6 +89,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.query.http_addr).await?;
         Ok(Application {
             listener,
+            limits: shared::listener::Limits::from_settings(&settings.listeners),
             state,
             projector,
         })
@@ -111,12 +114,15 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let projection = tokio::spawn(self.projector.run(stop_rx.clone()));
         let mut http_stop = stop_rx.clone();
-        let http = axum::serve(self.listener, api::router(self.state)).with_graceful_shutdown(
+        let http = shared::listener::serve_http(
+            self.listener,
+            api::router(self.state),
+            self.limits,
             async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
             },
         );
-        let http = tokio::spawn(async move { http.await });
+        let http = tokio::spawn(http);
         tracing::info!("query-svc serving");
         shutdown.await;
         tracing::info!("query-svc shutting down");

@@ -32,6 +32,8 @@ struct Scheduler {
 
 pub struct Application {
     listener: TcpListener,
+    /// The listener's bounds: connections, timeouts, body size.
+    limits: shared::listener::Limits,
     nats: async_nats::Client,
     names: BusNames,
     nats_settings: NatsSettings,
@@ -51,6 +53,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.scheduler.http_addr).await?;
         Ok(Application {
             listener,
+            limits: shared::listener::Limits::from_settings(&settings.listeners),
             nats,
             names: BusNames::from_settings(&settings.nats),
             nats_settings: settings.nats.clone(),
@@ -122,10 +125,10 @@ impl Application {
             .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
             .with_state(scheduler.clone());
         let mut http_stop = stop_rx.clone();
-        let http = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let http = shared::listener::serve_http(self.listener, router, self.limits, async move {
             let _ = http_stop.wait_for(|stop| *stop).await;
         });
-        let http = tokio::spawn(async move { http.await });
+        let http = tokio::spawn(http);
         tracing::info!(next = %scheduler.schedule.next_after(scheduler.clock.now()), "scheduler-svc serving");
 
         shutdown.await;

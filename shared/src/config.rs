@@ -34,7 +34,31 @@ pub struct Settings {
     pub payment: PaymentSettings,
     pub alerts: AlertSettings,
     pub reservations: ReservationSettings,
+    pub listeners: ListenerSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// The bounds of every HTTP and gRPC listener of the three services ("Running safely").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    /// Connections open at once per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection's first bytes, and an HTTP request's whole head, must come within this;
+    /// it also ends an HTTP keep-alive connection that sends no next request.
+    pub header_read_timeout_ms: u64,
+    /// A connection that moves no byte either way for this long is closed (gRPC connections
+    /// are pinged well within it).
+    pub idle_timeout_ms: u64,
+    /// A request not answered within this: HTTP `408 REQUEST_TIMEOUT`, gRPC `CANCELLED` (the
+    /// outcome is unknown: retry with the same key).
+    pub request_timeout_ms: u64,
+    /// A REST or webhook body larger than this: `413 PAYLOAD_TOO_LARGE`.
+    pub max_body_bytes: usize,
+    /// A larger gRPC request message is refused (`OUT_OF_RANGE`) before it is decoded.
+    pub grpc_max_message_bytes: usize,
+    /// Calls in flight on one gRPC connection.
+    pub grpc_max_concurrent_streams: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -299,6 +323,10 @@ pub struct AlertSettings {
     /// Webhooks on loopback, private, link-local or unspecified addresses are refused unless
     /// this is set (a webhook must not reach into the service's own network).
     pub allow_private_addresses: bool,
+    /// Settled deliveries (delivered, failed, no webhook) are kept this long, then purged.
+    pub delivery_retention_days: u32,
+    /// How often each replica purges deliveries past their retention.
+    pub purge_interval_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -570,10 +598,20 @@ alerts:
   retry_initial_ms: 1000
   retry_max_ms: 300000
   allow_private_addresses: false
+  delivery_retention_days: 30
+  purge_interval_secs: 3600
 reservations:
   default_ttl_ms: 300000
   sweep_interval_ms: 1000
   sweep_batch: 100
+listeners:
+  max_connections: 1024
+  header_read_timeout_ms: 10000
+  idle_timeout_ms: 120000
+  request_timeout_ms: 15000
+  max_body_bytes: 8192
+  grpc_max_message_bytes: 1048576
+  grpc_max_concurrent_streams: 256
 telemetry:
   filter: info
   format: pretty

@@ -13,7 +13,9 @@
 //! - [`clock`]: the time source, settable in tests.
 //! - [`db`]: MySQL sessions as both services open them, and the migrations; [`sql_script`]:
 //!   several statements with literal values in one round trip.
-//! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides.
+//! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides, and
+//!   the rules their secrets must meet; [`listener`]: every listener bounded (connections,
+//!   timeouts, body size).
 //! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal; [`endpoints`]:
 //!   the probe and metrics paths; [`trace`]: the W3C trace context that follows a command to
 //!   its projection.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod db;
 pub mod endpoints;
 pub mod ids;
+pub mod listener;
 pub mod money;
 pub mod order;
 #[cfg(feature = "otel")]

@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, State},
+    extract::State,
     http::StatusCode,
     routing::{get, post},
 };
@@ -11,9 +11,6 @@ use serde_json::{Value, json};
 
 use super::{error::HttpError, webhook};
 use crate::commands::Commands;
-
-/// Payment notifications are small; anything larger is refused before it is read.
-const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -35,7 +32,6 @@ pub fn router(state: HttpState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
         .with_state(state)
 }

@@ -84,11 +84,12 @@ pub async fn recharge_callback(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, HttpError> {
     let body = body.map_err(|rejection| {
-        HttpError::new(
-            rejection.status(),
-            "INVALID_ARGUMENT",
-            rejection.body_text(),
-        )
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "PAYLOAD_TOO_LARGE"
+        } else {
+            "INVALID_ARGUMENT"
+        };
+        HttpError::new(rejection.status(), code, rejection.body_text())
     })?;
     state
         .webhook

@@ -75,14 +75,45 @@ impl AlertDispatcher {
         }
     }
 
-    /// Delivers until `stop`; deliveries in hand are finished first.
+    /// Delivers until `stop`; deliveries in hand are finished first. Purges settled deliveries
+    /// past their retention meanwhile.
     pub async fn run(self, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let runs = KINDS.map(|kind| {
             let (this, stop) = (this.clone(), stop.clone());
             async move { this.run_kind(kind, stop).await }
         });
-        futures::future::join_all(runs).await;
+        tokio::join!(futures::future::join_all(runs), this.purge_until(stop));
+    }
+
+    /// Every `purge_interval_secs` (and at start), deletes the settled deliveries older than
+    /// `delivery_retention_days`, in chunks, so the table does not grow without end.
+    async fn purge_until(&self, mut stop: watch::Receiver<bool>) {
+        const CHUNK: u32 = 1_000;
+        let every = Duration::from_secs(self.settings.purge_interval_secs.max(1));
+        let retention = chrono::Duration::days(i64::from(self.settings.delivery_retention_days));
+        loop {
+            let before = self.clock.now() - retention;
+            loop {
+                match store::purge_settled_deliveries(self.store.pool(), before, CHUNK).await {
+                    Ok(deleted) => {
+                        metrics::counter!("billing_alert_deliveries_purged_total")
+                            .increment(deleted);
+                        if deleted < u64::from(CHUNK) {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "alert deliveries not purged yet");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     async fn run_kind(self: &Arc<Self>, kind: &'static str, mut stop: watch::Receiver<bool>) {
@@ -203,11 +234,12 @@ impl AlertDispatcher {
         }
         let kind = event.kind.as_ref().map_or("unknown", bus::kind_name);
         let webhook = store::webhook_of(pool, &event.user_id).await?;
+        let shown_url = webhook.as_ref().map(|webhook| redacted(&webhook.url));
         let mut record = DeliveryAttempt {
             event_id: &event.event_id,
             user_id: &event.user_id,
             kind,
-            url: webhook.as_ref().map(|webhook| webhook.url.as_str()),
+            url: shown_url.as_deref(),
             status: "no_webhook",
             http_status: None,
             error: None,
@@ -266,22 +298,31 @@ impl AlertDispatcher {
             http_status: None,
             error,
         };
-        let (parsed, address) = match self.resolve(url).await {
-            Ok(resolved) => resolved,
-            Err(error) => return refused(error),
+        // One budget for the whole attempt, the name's lookup included.
+        let budget = Duration::from_millis(self.settings.delivery_timeout_ms);
+        let started = std::time::Instant::now();
+        let (parsed, address) = match tokio::time::timeout(budget, self.resolve(url)).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(error)) => return refused(error),
+            Err(_) => return refused("the host's name did not resolve in time".to_owned()),
         };
         let host = parsed.host_str().unwrap_or_default().to_owned();
-        // The address checked is the one connected to, and redirects are not followed: a
-        // webhook cannot be turned towards an address it may not reach.
+        let left = budget
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        // The address checked is the one connected to, redirects are not followed and no proxy
+        // of the environment is used: a webhook cannot be turned towards an address it may not
+        // reach.
         let client = match reqwest::Client::builder()
-            .timeout(Duration::from_millis(self.settings.delivery_timeout_ms))
+            .timeout(left)
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .resolve(&host, address)
             .user_agent(concat!("devshare-billing/", env!("CARGO_PKG_VERSION")))
             .build()
         {
             Ok(client) => client,
-            Err(error) => return refused(error.to_string()),
+            Err(error) => return refused(error.without_url().to_string()),
         };
         let body = delivery_body(event);
         let timestamp = self.clock.now().timestamp();
@@ -304,7 +345,8 @@ impl AlertDispatcher {
                 http_status: Some(response.status().as_u16()),
                 error: format!("the webhook answered {}", response.status()),
             },
-            Err(error) => refused(error.to_string()),
+            // The URL may carry credentials: it never goes into the recorded error.
+            Err(error) => refused(error.without_url().to_string()),
         }
     }
 
@@ -334,11 +376,13 @@ impl AlertDispatcher {
 }
 
 /// An address on the public internet: not loopback, private, link-local, shared, unspecified,
-/// broadcast, multicast or for documentation.
+/// broadcast, multicast, reserved, for benchmarking or for documentation; an IPv6 address that
+/// carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by the IPv4 one it carries,
+/// and Teredo, whose IPv4 address is hidden, is refused.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -347,19 +391,64 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 192 && b == 88 && c == 99)
+                || a >= 240
                 || a == 0)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x2001 && segments[1] == 0)
+                || (first == 0x2001 && segments[1] == 0x0db8)
+                || (first == 0x0100 && segments[1..4] == [0, 0, 0])
+                || (first == 0x0064 && segments[1] == 0xff9b))
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one stands for: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:aabb:ccdd::`.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let from = |high: u16, low: u16| {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let compatible = s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1);
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible || nat64 {
+        return Some(from(s[6], s[7]));
+    }
+    (s[0] == 0x2002).then(|| from(s[1], s[2]))
+}
+
+/// A webhook's URL as it may be stored and shown: scheme, host, port and path; never its user
+/// and password, query or fragment, which may hold tokens.
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -429,5 +518,46 @@ mod tests {
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
+    }
+
+    #[test]
+    fn ipv6_forms_of_private_ipv4_and_reserved_ranges_are_not_public() {
+        for private in [
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.0.8",
+            "192.88.99.1",
+            "2001:0:4136:e378::1",
+            "2001:db8::1",
+            "100::1",
+            "fec0::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "::8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "198.20.0.1",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn stored_urls_lose_their_credentials_and_query() {
+        assert_eq!(
+            redacted("https://user:secret@hooks.example.com:8443/billing?token=abc#frag"),
+            "https://hooks.example.com:8443/billing"
+        );
+        assert_eq!(redacted("not a url"), "(not a URL)");
     }
 }

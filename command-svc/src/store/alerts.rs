@@ -136,3 +136,20 @@ pub async fn delivery_settled(pool: &MySqlPool, event_id: &str) -> Result<bool, 
             .await?;
     Ok(status.is_some_and(|status| status != "pending"))
 }
+
+/// Deletes up to `chunk` settled deliveries last attempted before `before`; how many it deleted.
+/// Pending ones stay whatever their age: their alert is still being delivered.
+pub async fn purge_settled_deliveries(
+    pool: &MySqlPool,
+    before: DateTime<Utc>,
+    chunk: u32,
+) -> Result<u64, StoreError> {
+    let deleted = sqlx::query(
+        "DELETE FROM alert_deliveries WHERE status <> 'pending' AND last_attempt_at < ? LIMIT ?",
+    )
+    .bind(before)
+    .bind(chunk)
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}

@@ -26,7 +26,7 @@ pub use accounts::{
 };
 pub use alerts::{
     AlertSettingsRow, DeliveryAttempt, Webhook, delivery_settled, lock_alert_settings,
-    record_attempt, save_alert_settings, webhook_of,
+    purge_settled_deliveries, record_attempt, save_alert_settings, webhook_of,
 };
 pub use grants::{Grant, regrant};
 pub use ledger::{

@@ -519,3 +519,145 @@ async fn alert_settings_are_validated_and_scoped() {
     assert_eq!(status.code(), Code::PermissionDenied);
     app.cleanup().await;
 }
+
+/// A webhook's URL may carry credentials and tokens: they are used, but never stored.
+#[tokio::test]
+async fn credentials_in_a_webhook_url_never_reach_the_records() {
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[
+            ("BILLING__ALERTS__RETRY_INITIAL_MS", "50"),
+            ("BILLING__ALERTS__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::default();
+    *receiver.fail_first.lock().unwrap() = usize::MAX;
+    let addr = receiver.clone().start().await;
+    // Port 9 on loopback answers nothing: the attempt's error is the connection's.
+    let user = new_user("secret-url");
+    app.ops()
+        .await
+        .set_alert_settings(settings(
+            &user,
+            0,
+            "http://hook-user:hunter2@127.0.0.1:9/hook?token=s3cr3t",
+        ))
+        .await
+        .unwrap();
+    let other = new_user("secret-url-answered");
+    app.ops()
+        .await
+        .set_alert_settings(settings(
+            &other,
+            0,
+            &format!("http://hook-user:hunter2@{addr}/hook?token=s3cr3t"),
+        ))
+        .await
+        .unwrap();
+    for who in [&user, &other] {
+        app.gateway()
+            .await
+            .deduct_quota(deduct(who, 10 * CNY, "uses-it-up"))
+            .await
+            .unwrap();
+    }
+    let rows: Vec<(String, Option<String>)> = eventually(WAIT, "both failed", || async {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT url, last_error FROM alert_deliveries WHERE status = 'failed'")
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    for (url, error) in &rows {
+        let seen = format!("{url} {error:?}");
+        assert!(
+            !seen.contains("hunter2") && !seen.contains("s3cr3t"),
+            "{seen}"
+        );
+        assert!(url.ends_with("/hook"), "{url}");
+    }
+    // The receiver was called with its credentials (basic auth) all the same.
+    let (_, headers, _) = receiver.received().remove(0);
+    assert!(headers.contains_key("authorization"));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn settled_deliveries_are_purged_after_their_retention() {
+    let app = spawn_app_at(
+        chrono::Utc::now(),
+        &[("BILLING__ALERTS__PURGE_INTERVAL_SECS", "1")],
+    )
+    .await;
+    let insert = |event: &'static str, status: &'static str, days_ago: i64| {
+        let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
+        sqlx::query(
+            "INSERT INTO alert_deliveries (event_id, user_id, kind, url, status, attempts, \
+             first_attempt_at, last_attempt_at) VALUES (?, 'u', 'balance_low', NULL, ?, 1, ?, ?)",
+        )
+        .bind(event)
+        .bind(status)
+        .bind(at)
+        .bind(at)
+        .execute(&app.db)
+    };
+    insert("old-delivered", "delivered", 31).await.unwrap();
+    insert("old-failed", "failed", 45).await.unwrap();
+    insert("old-pending", "pending", 45).await.unwrap();
+    insert("recent", "delivered", 2).await.unwrap();
+    let left: Vec<String> = eventually(WAIT, "purged", || async {
+        let left: Vec<String> =
+            sqlx::query_scalar("SELECT event_id FROM alert_deliveries ORDER BY event_id")
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        (left.len() == 2).then_some(left)
+    })
+    .await;
+    assert_eq!(left, ["old-pending", "recent"]);
+    app.cleanup().await;
+}
+
+/// A proxy named by the environment never carries a delivery: it would see the alert, and it
+/// would decide where the delivery goes after the address was checked.
+#[tokio::test]
+async fn deliveries_ignore_proxies_named_by_the_environment() {
+    let proxy = Receiver::default();
+    let proxy_addr = proxy.clone().start().await;
+    // SAFETY: set before the service starts, while no other thread of this test process reads
+    // the environment (nextest runs each test in a process of its own).
+    unsafe {
+        for name in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+        ] {
+            std::env::set_var(name, format!("http://{proxy_addr}"));
+        }
+    }
+    let app = spawn_app().await;
+    let receiver = Receiver::default();
+    let addr = receiver.clone().start().await;
+    let user = new_user("proxied");
+    app.ops()
+        .await
+        .set_alert_settings(settings(&user, 0, &format!("http://{addr}/hook")))
+        .await
+        .unwrap();
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&user, 10 * CNY, "uses-it-up"))
+        .await
+        .unwrap();
+    eventually(WAIT, "delivered directly", || async {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
+    assert!(proxy.received().is_empty(), "the proxy saw a delivery");
+    app.cleanup().await;
+}

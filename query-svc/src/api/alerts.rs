@@ -113,7 +113,8 @@ fn alerts_request(user: &UserId, body: Value) -> Result<pb::SetAlertSettingsRequ
         (status = 400, description = "A bad body, every violated field at once \
             (`INVALID_ARGUMENT`)", body = ErrorBody),
         (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
-        (status = 413, description = "A body over 16 KiB (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
+        (status = 413, description = "A body over `listeners.max_body_bytes`, 8 KiB by default \
+            (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
         (status = 415, description = "The body is not `application/json` \
             (`UNSUPPORTED_MEDIA_TYPE`)", body = ErrorBody),
         (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),

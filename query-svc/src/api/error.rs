@@ -186,7 +186,10 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(r) => ApiError::Invalid(r.body_text()),
             JsonRejection::JsonSyntaxError(r) => ApiError::Invalid(r.body_text()),
             JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::TooLarge(format!("the body exceeds {} bytes", super::MAX_BODY_BYTES))
+                ApiError::TooLarge(
+                    "the body is larger than this service accepts (listeners.max_body_bytes)"
+                        .to_owned(),
+                )
             }
             JsonRejection::BytesRejection(r) => ApiError::Invalid(r.body_text()),
             other => ApiError::Invalid(other.body_text()),

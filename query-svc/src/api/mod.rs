@@ -30,10 +30,7 @@ pub mod orders;
 pub mod records;
 pub mod usage;
 
-use axum::{
-    Extension, Json, Router,
-    extract::{DefaultBodyLimit, State},
-};
+use axum::{Extension, Json, Router, extract::State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
@@ -42,16 +39,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use error::{ApiError, ErrorBody};
 
-/// Request bodies are a few fields; anything larger is refused (413) before it is parsed.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
 pub fn router(state: AppState) -> Router {
     let (routes, api) = openapi_router().split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(openapi::Document::new(&api)))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
         .with_state(state)
 }

@@ -306,7 +306,8 @@ fn recharge_request(
         (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
         (status = 409, description = "The key was used with another amount \
             (`IDEMPOTENCY_KEY_REUSED`)", body = ErrorBody),
-        (status = 413, description = "A body over 16 KiB (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
+        (status = 413, description = "A body over `listeners.max_body_bytes`, 8 KiB by default \
+            (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
         (status = 415, description = "The body is not `application/json` \
             (`UNSUPPORTED_MEDIA_TYPE`)", body = ErrorBody),
         (status = 422, description = "The order would take the balance past its limit \

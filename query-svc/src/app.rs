@@ -30,12 +30,16 @@ pub struct AppState {
     pub accounts: AccountRules,
     pub jwt: JwtKeys,
     pub command: CommandClient,
+    /// Requests waiting for `min_version`, woken by the projection's announcements.
+    pub waiters: api::fresh::VersionWaiters,
 }
 
 pub struct Application {
     listener: TcpListener,
     /// The listener's bounds: connections, timeouts, body size.
     limits: shared::listener::Limits,
+    nats: async_nats::Client,
+    names: BusNames,
     state: AppState,
     projector: Projector,
 }
@@ -70,7 +74,7 @@ impl Application {
         };
         let nats = shared::bus::connect(&settings.nats).await?;
         let projector = Projector::new(
-            nats,
+            nats.clone(),
             BusNames::from_settings(&settings.nats),
             settings.nats.clone(),
             settings.query.clone(),
@@ -85,11 +89,14 @@ impl Application {
             accounts,
             jwt: JwtKeys::from_settings(&settings.auth),
             command: CommandClient::new(&settings.query)?,
+            waiters: api::fresh::VersionWaiters::new(settings.query.max_version_waiters),
         };
         let listener = TcpListener::bind(&settings.query.http_addr).await?;
         Ok(Application {
             listener,
             limits: shared::listener::Limits::from_settings(&settings.listeners),
+            nats,
+            names: BusNames::from_settings(&settings.nats),
             state,
             projector,
         })
@@ -113,6 +120,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let projection = tokio::spawn(self.projector.run(stop_rx.clone()));
+        tokio::spawn(wake_waiters(
+            self.nats.clone(),
+            self.names.projected_subject(),
+            self.state.waiters.clone(),
+            stop_rx.clone(),
+        ));
         let mut http_stop = stop_rx.clone();
         let http = shared::listener::serve_http(
             self.listener,
@@ -138,5 +151,38 @@ impl Application {
             tracing::warn!("query-svc did not drain within 10 s");
             Ok(())
         })
+    }
+}
+
+/// Wakes the `min_version` readers of this replica with every replica's announcements of the
+/// account versions projected, until `stop`. A subscription lost with NATS is made again.
+async fn wake_waiters(
+    nats: async_nats::Client,
+    subject: String,
+    waiters: api::fresh::VersionWaiters,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    loop {
+        let subscribed = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            subscribed = nats.subscribe(subject.clone()) => subscribed,
+        };
+        match subscribed {
+            Ok(mut announcements) => loop {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => return,
+                    next = announcements.next() => match next {
+                        Some(message) => waiters.advanced_all(&message.payload),
+                        None => break,
+                    },
+                }
+            },
+            Err(error) => tracing::debug!(%error, "projection announcements not subscribed yet"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }

@@ -90,6 +90,12 @@ impl BusNames {
     pub fn commands_filter(&self) -> String {
         format!("{}.v1.commands.>", self.subject_prefix)
     }
+
+    /// Core NATS (no stream): query-svc's replicas announce the account versions each projected
+    /// batch reached, so every replica wakes its `min_version` readers at once.
+    pub fn projected_subject(&self) -> String {
+        format!("{}.v1.projected", self.subject_prefix)
+    }
 }
 
 /// The snake_case name of the `oneof` field set, as used in the subject.

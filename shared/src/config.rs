@@ -107,6 +107,9 @@ pub struct QuerySettings {
     pub ack_wait_secs: u64,
     /// How long an account snapshot stays in Redis without a newer event (MySQL answers after).
     pub snapshot_ttl_secs: u64,
+    /// Requests waiting at once for `min_version`; past it, a request answers at once with what
+    /// there is (`X-Billing-Stale` when older).
+    pub max_version_waiters: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -541,6 +544,7 @@ query:
   max_deliver: 5
   ack_wait_secs: 30
   snapshot_ttl_secs: 604800
+  max_version_waiters: 1024
 scheduler:
   http_addr: 127.0.0.1:8082
   cron: "0 0 0 1 * *"

@@ -131,12 +131,13 @@ async fn get_account(
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     let min_version = fresh::min_version(params.min_version.as_deref())?;
-    let (found, stale) = fresh::read_at_least(min_version, || async {
-        let found = find(&state, &user).await?;
-        let version = found.as_ref().map_or(0, |found| found.snapshot.version);
-        Ok((found, version))
-    })
-    .await?;
+    let (found, stale) =
+        fresh::read_at_least(&state.waiters, user.as_str(), min_version, || async {
+            let found = find(&state, &user).await?;
+            let version = found.as_ref().map_or(0, |found| found.snapshot.version);
+            Ok((found, version))
+        })
+        .await?;
     let now = state.clock.now();
     let rules = &state.accounts;
     let found = found.unwrap_or_else(|| Found {

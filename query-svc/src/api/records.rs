@@ -283,10 +283,11 @@ async fn list_records(
     let min_version = fresh::min_version(params.min_version.as_deref())?;
     let stale = match min_version {
         Some(_) => {
-            let ((), stale) = fresh::read_at_least(min_version, || async {
-                Ok(((), read_model_version(&state, &user).await?))
-            })
-            .await?;
+            let ((), stale) =
+                fresh::read_at_least(&state.waiters, user.as_str(), min_version, || async {
+                    Ok(((), read_model_version(&state, &user).await?))
+                })
+                .await?;
             stale
         }
         None => false,

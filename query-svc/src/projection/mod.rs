@@ -384,6 +384,27 @@ impl Projector {
         // One pipeline for the batch; a snapshot not written is older than Redis's or waits
         // for the account's next event (Redis is a cache).
         self.cache.put_many_if_newer(&puts).await;
+        self.announce(&snapshots).await;
+    }
+
+    /// Tells every replica which account versions the read model now holds, one `user version`
+    /// line per account, in one core NATS message per batch: their `min_version` readers wake
+    /// at once. At most once: a lost announcement only delays a reader to its next recheck.
+    async fn announce(&self, snapshots: &[(&str, CachedSnapshot)]) {
+        if snapshots.is_empty() {
+            return;
+        }
+        let mut lines = String::with_capacity(snapshots.len() * 32);
+        for (user_id, snapshot) in snapshots {
+            lines.push_str(user_id);
+            lines.push(' ');
+            lines.push_str(&snapshot.version.to_string());
+            lines.push('\n');
+        }
+        let subject = self.names.projected_subject();
+        if let Err(error) = self.nats.publish(subject, lines.into()).await {
+            tracing::debug!(%error, "projection not announced");
+        }
     }
 
     /// Delivers a refused event again later, or, after `max_deliver` deliveries, moves it to the

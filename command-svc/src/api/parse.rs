@@ -100,7 +100,12 @@ pub fn recharge_callback(
     let mut v = Violations::new();
     let order_no = v.take(OrderNo::parse("order_no", order_no));
     let provider_txn_id = v.take(ProviderTxnId::parse("provider_txn_id", provider_txn_id));
-    let paid = if success || paid_amount_micros != 0 {
+    // An authentic success is money that arrived, whatever amount it names: one outside the
+    // contract's range is kept as it is and becomes an unmatched payment, never a refusal that
+    // the provider would retry forever (invariant 7). A failure may carry 0.
+    let paid = if success {
+        Some(Micros::new(paid_amount_micros))
+    } else if paid_amount_micros != 0 {
         v.take(amount("paid_amount_micros", paid_amount_micros))
     } else {
         Some(Micros::ZERO)

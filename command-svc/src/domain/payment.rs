@@ -18,6 +18,8 @@ pub enum Unmatched {
     BalanceLimit,
     /// A failure notice for an order that was already paid: operators should look.
     FailureAfterPaid,
+    /// A success whose amount is outside 1 ..= 10^12 micros: no order can match it.
+    AmountOutOfRange,
 }
 
 impl Unmatched {
@@ -28,6 +30,7 @@ impl Unmatched {
             Unmatched::AlreadyPaid => "already_paid",
             Unmatched::BalanceLimit => "balance_limit",
             Unmatched::FailureAfterPaid => "failure_after_paid",
+            Unmatched::AmountOutOfRange => "amount_out_of_range",
         }
     }
 }
@@ -60,6 +63,9 @@ pub fn decide_callback(
     paid_amount: Micros,
     success: bool,
 ) -> CallbackDecision {
+    if success && shared::money::parse_amount(paid_amount.get()).is_err() {
+        return CallbackDecision::Unmatched(Unmatched::AmountOutOfRange);
+    }
     let Some(order) = order else {
         return CallbackDecision::Unmatched(Unmatched::UnknownOrder);
     };
@@ -108,6 +114,19 @@ mod tests {
     }
 
     const HUNDRED: Micros = Micros::new(100);
+
+    #[test]
+    fn a_success_for_an_amount_out_of_range_is_unmatched_whatever_the_order() {
+        for paid in [0, -1, i64::MIN, 1_000_000_000_001, i64::MAX] {
+            for order in [order(OrderStatus::Pending, None), None] {
+                assert_eq!(
+                    decide_callback(order, &account(5), "t1", Micros::new(paid), true),
+                    CallbackDecision::Unmatched(Unmatched::AmountOutOfRange),
+                    "{paid}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn success_credits_pending_failed_and_expired_orders() {

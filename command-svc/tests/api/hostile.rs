@@ -173,11 +173,19 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         let answer = orders.get_recharge_order(case).await.map(drop);
         answers.push(("GetRechargeOrder", answer));
     }
+    // A success's amount is never refused (invariant 7: the money arrived); a failure notice's
+    // amount must be 0 or within range.
+    let bad_failure_amount = prop_oneof![
+        Just(i64::MIN),
+        i64::MIN..0_i64,
+        1_000_000_000_001..=i64::MAX,
+    ]
+    .boxed();
     for case in cases(3, |r, bad| pb::RechargeCallbackRequest {
         order_no: pick(r, bad == 0, &text, &bad_key),
         provider_txn_id: pick(r, bad == 1, &text, &bad_key),
-        paid_amount_micros: pick(r, bad == 2, &amount, &bad_amount),
-        success: true,
+        paid_amount_micros: pick(r, bad == 2, &amount, &bad_failure_amount),
+        success: bad != 2,
     }) {
         let answer = payment.recharge_callback(case).await.map(drop);
         answers.push(("RechargeCallback", answer));
@@ -451,10 +459,13 @@ fn invalid_body() -> BoxedStrategy<Vec<u8>> {
             .to_string()
             .into_bytes()
         }),
-        (any_text(), any_text(), invalid_amount()).prop_map(|(order, txn, amount)| {
+        // A failure notice's amount must be 0 or in range; a success's amount is never refused
+        // (invariant 7: an authentic one out of range is an unmatched payment).
+        (any_text(), any_text(), invalid_amount().prop_filter("0 is a valid failure amount", |a| *a != 0))
+            .prop_map(|(order, txn, amount)| {
             serde_json::json!({
                 "order_no": order, "provider_txn_id": txn,
-                "paid_amount_micros": amount, "success": true
+                "paid_amount_micros": amount, "success": false
             })
             .to_string()
             .into_bytes()

@@ -10,8 +10,37 @@ use super::{CommandError, Commands, account_tx::AccountTx};
 use crate::{
     domain::RefundCharge,
     events::{self, AccountOut},
-    store::{self, NewRefund, RecordKind, Refs, StoreError},
+    store::{self, LedgerRecord, NewRefund, RecordKind, Refs, ReservationStatus, StoreError, Tx},
 };
+
+/// The charge a refund under `request_id` refers to: the charge made under it, or the charge
+/// that settled the reservation made under it (whose ledger row carries no request id: the
+/// hold's row holds the key). Nothing for a hold still held, released or expired.
+async fn charge_to_refund(
+    tx: &mut Tx,
+    user_id: &str,
+    request_id: &str,
+) -> Result<Option<LedgerRecord>, StoreError> {
+    let Some(record) = store::find_charge(tx, user_id, request_id).await? else {
+        return Ok(None);
+    };
+    if record.kind == RecordKind::Deduct.as_str() {
+        return Ok(Some(record));
+    }
+    if record.kind != RecordKind::Hold.as_str() {
+        return Ok(None);
+    }
+    let settle = store::lock_reservation(tx, user_id, request_id)
+        .await?
+        .filter(|reservation| reservation.status == ReservationStatus::Settled)
+        .and_then(|reservation| reservation.end_record_id);
+    let Some(settle) = settle else {
+        return Ok(None);
+    };
+    Ok(store::find_record(tx, user_id, &settle)
+        .await?
+        .filter(|record| record.kind == RecordKind::Deduct.as_str()))
+}
 
 #[derive(Clone, Debug)]
 pub struct Refunded {
@@ -38,7 +67,7 @@ impl Commands {
             account.rollback().await?;
             return Err(CommandError::ChargeNotFound);
         }
-        let charge = store::find_charge(account.tx(), user_id, command.request_id.as_str()).await?;
+        let charge = charge_to_refund(account.tx(), user_id, command.request_id.as_str()).await?;
 
         if let Some(earlier) =
             store::find_refund(account.tx(), user_id, command.refund_id.as_str()).await?
@@ -67,8 +96,7 @@ impl Commands {
             });
         }
 
-        let Some(charge) = charge.filter(|charge| charge.kind == RecordKind::Deduct.as_str())
-        else {
+        let Some(charge) = charge else {
             account.rollback().await?;
             return Err(CommandError::ChargeNotFound);
         };

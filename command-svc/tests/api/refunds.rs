@@ -247,3 +247,92 @@ async fn concurrent_refunds_never_exceed_the_charge() {
     assert_invariants(&app.db, &user).await;
     app.cleanup().await;
 }
+
+/// A reservation's settle is a charge like any other: refunded by the reservation's request id.
+/// A hold still held, or released, is no charge.
+#[tokio::test]
+async fn the_charge_that_settled_a_reservation_is_refunded_by_its_request_id() {
+    let app = spawn_app().await;
+    let user = new_user("refund-settled");
+    recharge(&app, &user, 5 * CNY).await;
+    let mut gateway = app.gateway().await;
+    let reserve = |request_id: &str, amount: i64| pb::ReserveQuotaRequest {
+        user_id: user.clone(),
+        request_id: request_id.to_owned(),
+        amount_micros: amount,
+        api_id: "api.stream".to_owned(),
+        ttl_ms: 0,
+    };
+    // 12 CNY held: 10 free and 2 of the balance; 11 settled: 10 free, 1 balance.
+    gateway
+        .reserve_quota(reserve("streamed", 12 * CNY))
+        .await
+        .unwrap();
+    let settled = gateway
+        .settle_reservation(pb::SettleReservationRequest {
+            user_id: user.clone(),
+            request_id: "streamed".to_owned(),
+            actual_amount_micros: 11 * CNY,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let charge = settled.charge.unwrap();
+    let mut ops = app.ops().await;
+    let refunded = ops
+        .refund_charge(refund(&user, "rf-1", "streamed", 2 * CNY))
+        .await
+        .expect("the settle's charge is refundable")
+        .into_inner();
+    assert_eq!(
+        (
+            refunded.balance_returned_micros,
+            refunded.free_returned_micros
+        ),
+        (CNY, CNY),
+        "balance part first, then free"
+    );
+    let again = ops
+        .refund_charge(refund(&user, "rf-1", "streamed", 2 * CNY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.record_id, refunded.record_id);
+    let over = ops
+        .refund_charge(refund(&user, "rf-2", "streamed", 10 * CNY))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&over), "REFUND_EXCEEDS_CHARGE");
+    let charge_record: String = sqlx::query_scalar(
+        "SELECT charge_record_id FROM refunds WHERE user_id = ? AND refund_id = 'rf-1'",
+    )
+    .bind(&user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(charge_record, charge.record_id);
+
+    // Held, then released: nothing to refund under either.
+    gateway.reserve_quota(reserve("held", CNY)).await.unwrap();
+    gateway
+        .reserve_quota(reserve("released", CNY))
+        .await
+        .unwrap();
+    gateway
+        .release_reservation(pb::ReleaseReservationRequest {
+            user_id: user.clone(),
+            request_id: "released".to_owned(),
+        })
+        .await
+        .unwrap();
+    for request_id in ["held", "released"] {
+        let status = ops
+            .refund_charge(refund(&user, &format!("rf-{request_id}"), request_id, 1))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), "CHARGE_NOT_FOUND", "{request_id}");
+    }
+    assert_invariants(&app.db, &user).await;
+    app.cleanup().await;
+}

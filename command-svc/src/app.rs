@@ -54,6 +54,8 @@ impl Application {
             metrics::counter!("billing_reset_commands_ignored_total", "why" => why).increment(0);
         }
         metrics::counter!("billing_group_commit_isolated_total").increment(0);
+        metrics::counter!("billing_reservation_sweep_errors_total").increment(0);
+        metrics::counter!("billing_undecodable_rows_total", "table" => "accounts").increment(0);
         // Alert webhooks are called over TLS with the process's one crypto provider.
         crate::install_crypto_provider();
         let store = Store::connect_lazy(&settings.database)?;
@@ -236,16 +238,8 @@ async fn sweep_expired_holds(
             _ = stop.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(every) => {}
         }
-        // A full batch may have more behind it: sweep again at once.
-        loop {
-            match commands.release_expired(settings.sweep_batch.max(1)).await {
-                Ok(released) if released >= settings.sweep_batch.max(1) && !*stop.borrow() => {}
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "expired holds not released yet; trying again");
-                    break;
-                }
-            }
+        if let Err(error) = commands.release_expired(settings.sweep_batch.max(1)).await {
+            tracing::warn!(%error, "expired holds not released yet; trying again");
         }
     }
 }

@@ -302,7 +302,7 @@ pub struct ReservationSettings {
     pub default_ttl_ms: u64,
     /// How often each command-svc replica looks for expired holds to release.
     pub sweep_interval_ms: u64,
-    /// Holds released per look, at most.
+    /// Expired holds read per page of a sweep (each sweep walks them all, page by page).
     pub sweep_batch: u32,
 }
 

@@ -201,11 +201,21 @@ impl Commands {
         let users: Vec<&str> = users.into_iter().collect();
         let rows = store::lock_accounts(&mut tx, &users).await?;
         let mut accounts: HashMap<&str, Working> = HashMap::new();
+        // Accounts whose row cannot be read: their charges fail, the others' go on.
+        let mut unreadable: HashMap<&str, StoreError> = HashMap::new();
         for row in &rows {
+            let state = match row.snapshot() {
+                Ok(state) => state,
+                Err(error) => {
+                    store::undecodable("accounts", &row.user_id, &error);
+                    unreadable.insert(row.user_id.as_str(), error);
+                    continue;
+                }
+            };
             let working = Working {
                 currency: row.currency.clone(),
                 stored_version: row.version,
-                state: row.snapshot()?,
+                state,
                 low_balance_threshold: self
                     .rules
                     .low_balance_threshold(row.low_balance_threshold_micros),
@@ -234,6 +244,10 @@ impl Commands {
         let mut published = Vec::new();
         for (index, command) in commands.iter().enumerate() {
             let user_id = command.user_id.as_str();
+            if let Some(error) = unreadable.get(user_id) {
+                decided.push(Decided::Done(Err(CommandError::Store(error.clone()))));
+                continue;
+            }
             let key = (user_id, command.request_id.as_str());
             if let Some(record) = earlier.get(&key) {
                 // A reservation's hold under this key is no charge to replay: the key is taken.

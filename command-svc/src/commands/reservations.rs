@@ -401,23 +401,45 @@ impl Commands {
             .await
     }
 
-    /// Releases up to `limit` holds that expired by now, each in its own transaction, taking
-    /// the account's lock and then the reservation's, as every command does, and looking again
-    /// under them: a hold settled or released meanwhile, or by another replica, is left alone,
-    /// so each expires exactly once. Returns how many this call released.
-    pub async fn release_expired(&self, limit: u32) -> Result<u32, CommandError> {
-        let expired = store::expired_reservations(self.store.pool(), self.now(), limit).await?;
+    /// Releases every hold that expired by now, `page` at a time, each in its own transaction,
+    /// taking the account's lock and then the reservation's, as every command does, and looking
+    /// again under them: a hold settled or released meanwhile, or by another replica, is left
+    /// alone, so each expires exactly once. A hold that cannot be released (its account's row
+    /// unreadable, say) is counted and passed over, never left to stop the ones behind it; it is
+    /// tried again at the next sweep. Returns how many this call released; stops at an
+    /// unreachable store.
+    pub async fn release_expired(&self, page: u32) -> Result<u32, CommandError> {
+        let now = self.now();
         let mut released = 0;
-        for (user_id, request_id) in expired {
-            if self
-                .store
-                .retrying(|| self.expire_once(&user_id, &request_id))
-                .await?
-            {
-                released += 1;
+        let mut after: Option<store::ExpiredHold> = None;
+        loop {
+            let holds =
+                store::expired_reservations(self.store.pool(), now, after.as_ref(), page).await?;
+            let full = holds.len() >= page as usize;
+            for hold in &holds {
+                match self.expire_hold(&hold.user_id, &hold.request_id).await {
+                    Ok(true) => released += 1,
+                    Ok(false) => {}
+                    Err(error) if error.is_unavailable() => return Err(error),
+                    Err(error) => {
+                        metrics::counter!("billing_reservation_sweep_errors_total").increment(1);
+                        tracing::error!(%error, reservation_id = %hold.reservation_id, "an expired hold could not be released; passed over");
+                    }
+                }
+            }
+            after = holds.last().cloned();
+            if !full {
+                return Ok(released);
             }
         }
-        Ok(released)
+    }
+
+    /// Releases the hold under `(user_id, request_id)` if it is held and expired by now;
+    /// whether it did.
+    pub async fn expire_hold(&self, user_id: &str, request_id: &str) -> Result<bool, CommandError> {
+        self.store
+            .retrying(|| self.expire_once(user_id, request_id))
+            .await
     }
 
     async fn expire_once(&self, user_id: &str, request_id: &str) -> Result<bool, CommandError> {

@@ -191,7 +191,15 @@ impl Commands {
             store::lock_accounts_between(&mut tx, &cursor, end.as_deref(), batch_size).await?;
         let mut decided = Vec::new();
         for row in &accounts {
-            let before = row.snapshot()?;
+            // A row that cannot be read is passed over (and counted), not left to stop the
+            // whole walk at this batch; its account is granted by its first change once repaired.
+            let before = match row.snapshot() {
+                Ok(before) => before,
+                Err(error) => {
+                    store::undecodable("accounts", &row.user_id, &error);
+                    continue;
+                }
+            };
             if let Some(after) = before.open_period(period, before.monthly_free) {
                 decided.push((row, before, after, events::new_id()));
             }

@@ -43,8 +43,8 @@ pub use outbox::{
 };
 pub use refunds::{NewRefund, RefundRow, find_refund, insert_refund, refundable};
 pub use reservations::{
-    NewReservation, Reservation, ReservationStatus, end_reservation, expired_reservations,
-    insert_reservation, lock_reservation,
+    ExpiredHold, NewReservation, Reservation, ReservationStatus, end_reservation,
+    expired_reservations, insert_reservation, lock_reservation,
 };
 pub use writes::Writes;
 
@@ -175,6 +175,14 @@ impl Store {
             }
         }
     }
+}
+
+/// A stored row this build cannot read (a corrupt period, say): logged and counted
+/// (`billing_undecodable_rows_total{table}`, alerted on), so that the work it was part of skips
+/// it and goes on, and operators repair it.
+pub fn undecodable(table: &'static str, key: &str, error: &StoreError) {
+    tracing::error!(table, key, %error, "a row that cannot be read was skipped; repair it");
+    metrics::counter!("billing_undecodable_rows_total", "table" => table).increment(1);
 }
 
 /// Lets [`Store::retrying`] see a conflict inside a caller's own error type.

@@ -177,20 +177,39 @@ pub async fn end_reservation(
     Ok(())
 }
 
-/// Up to `limit` held reservations that expired by `now`, oldest expiry first: `(user_id,
-/// request_id)`. Not locked: the sweeper locks each account, then the reservation, and checks
-/// again.
+/// Up to `limit` held reservations that expired by `now`, after `after` in the order of expiry
+/// then id (from the oldest without it), so that a walk passes over a hold it could not release.
+/// Not locked: the sweeper locks each account, then the reservation, and checks again.
 pub async fn expired_reservations(
     pool: &MySqlPool,
     now: DateTime<Utc>,
+    after: Option<&ExpiredHold>,
     limit: u32,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<ExpiredHold>, StoreError> {
+    let before_any = DateTime::<Utc>::UNIX_EPOCH;
+    let (after_at, after_id) = after.map_or((before_any, ""), |hold| {
+        (hold.expires_at, hold.reservation_id.as_str())
+    });
     Ok(sqlx::query_as(
-        "SELECT user_id, request_id FROM reservations WHERE status = 'held' AND expires_at <= ? \
-         ORDER BY expires_at LIMIT ?",
+        "SELECT reservation_id, user_id, request_id, expires_at FROM reservations \
+         WHERE status = 'held' AND expires_at <= ? \
+           AND (expires_at > ? OR (expires_at = ? AND reservation_id > ?)) \
+         ORDER BY expires_at, reservation_id LIMIT ?",
     )
     .bind(now)
+    .bind(after_at)
+    .bind(after_at)
+    .bind(after_id)
     .bind(limit)
     .fetch_all(pool)
     .await?)
+}
+
+/// A hold past its time, as the sweeper walks them: in order of expiry, then of id.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ExpiredHold {
+    pub reservation_id: String,
+    pub user_id: String,
+    pub request_id: String,
+    pub expires_at: DateTime<Utc>,
 }

@@ -353,3 +353,53 @@ async fn every_text_column_compares_byte_for_byte() {
     assert_eq!(equal, 1);
     app.cleanup().await;
 }
+
+/// An account row that cannot be read (here a corrupt period) fails its own charges only; the
+/// charges batched with it apply, and the row is counted for operators.
+#[tokio::test]
+async fn an_unreadable_account_fails_only_its_own_charges() {
+    let app = spawn_app_at(chrono::Utc::now(), &[WIDE_BATCHES]).await;
+    let broken = new_user("broken");
+    app.gateway()
+        .await
+        .deduct_quota(deduct(&broken, 1_000, "before"))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
+        .bind(&broken)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let users: Vec<String> = (0..50).map(|i| new_user(&format!("healthy{i}"))).collect();
+    let mut calls = Vec::new();
+    for user in users.iter().chain(std::iter::once(&broken)) {
+        let mut gateway = app.gateway().await;
+        let request = deduct(user, CNY, "after");
+        calls.push(tokio::spawn(
+            async move { gateway.deduct_quota(request).await },
+        ));
+    }
+    for (user, call) in users
+        .iter()
+        .chain(std::iter::once(&broken))
+        .zip(join_all(calls).await)
+    {
+        let result = call.unwrap();
+        if user == &broken {
+            assert_eq!(result.unwrap_err().code(), Code::Internal);
+        } else {
+            result.unwrap_or_else(|status| panic!("{user}: {status:?}"));
+            assert_invariants(&app.db, user).await;
+        }
+    }
+    let page = reqwest::get(app.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unreadable = testkit::metrics::Scrape::parse(&page)
+        .expect("billing_undecodable_rows_total", &[("table", "accounts")]);
+    assert!(unreadable >= 1.0, "{unreadable}");
+    app.cleanup().await;
+}

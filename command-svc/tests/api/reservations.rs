@@ -453,19 +453,15 @@ async fn a_late_settle_is_charged() {
     let replica = command_svc::app::Application::build(&app.settings, app.clock.clone())
         .await
         .unwrap();
-    let released = replica.commands().release_expired(1).await.unwrap();
-    assert_eq!(released, 1);
-    let swept = if status_of(&app, &user, "swept").await == "expired" {
-        "swept"
-    } else {
-        "not-swept"
-    };
-    let not_swept = if swept == "swept" {
-        "not-swept"
-    } else {
-        "swept"
-    };
-    for request_id in [swept, not_swept] {
+    let released = replica
+        .commands()
+        .expire_hold(&user, "swept")
+        .await
+        .unwrap();
+    assert!(released);
+    assert_eq!(status_of(&app, &user, "swept").await, "expired");
+    assert_eq!(status_of(&app, &user, "not-swept").await, "held");
+    for request_id in ["swept", "not-swept"] {
         let settled = gateway
             .settle_reservation(settle(&user, request_id, 3 * CNY / 2))
             .await
@@ -522,5 +518,57 @@ async fn reservations_are_validated_and_scoped() {
         .expect_err("payment may not reserve");
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(fingerprint(&app.db).await, before);
+    app.cleanup().await;
+}
+
+/// The sweeper passes over a hold it cannot release (its account's row unreadable) and releases
+/// the ones behind it; it never starts again at the same hold forever.
+#[tokio::test]
+async fn the_sweeper_passes_over_a_hold_it_cannot_release() {
+    let app = spawn_app_at(
+        Utc::now(),
+        &[
+            ("BILLING__RESERVATIONS__SWEEP_INTERVAL_MS", "100"),
+            ("BILLING__RESERVATIONS__SWEEP_BATCH", "1"),
+        ],
+    )
+    .await;
+    let (broken, healthy) = (
+        funded(&app, "sweep-broken").await,
+        funded(&app, "sweep-ok").await,
+    );
+    let mut gateway = app.gateway().await;
+    // The broken account's hold expires first, so a sweep meets it first.
+    gateway
+        .reserve_quota(reserve(&broken, "first", CNY, 1_000))
+        .await
+        .unwrap();
+    app.clock.advance(chrono::Duration::milliseconds(10));
+    gateway
+        .reserve_quota(reserve(&healthy, "second", CNY, 1_000))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
+        .bind(&broken)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.clock.advance(chrono::Duration::seconds(5));
+    eventually(
+        Duration::from_secs(20),
+        "the healthy hold expires",
+        || async { (status_of(&app, &healthy, "second").await == "expired").then_some(()) },
+    )
+    .await;
+    assert_eq!(status_of(&app, &broken, "first").await, "held");
+    let page = reqwest::get(app.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped = testkit::metrics::Scrape::parse(&page);
+    assert!(scraped.expect("billing_reservation_sweep_errors_total", &[]) >= 1.0);
+    assert_invariants(&app.db, &healthy).await;
     app.cleanup().await;
 }

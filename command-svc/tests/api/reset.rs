@@ -453,3 +453,32 @@ async fn a_reset_run_again_grants_nothing_new() {
     }
     app.cleanup().await;
 }
+
+/// A reset passes over an account row it cannot read and grants every other account; it never
+/// stops at that batch.
+#[tokio::test]
+async fn a_reset_passes_over_an_unreadable_account() {
+    let app = spawn_app_at(
+        utc(NOVEMBER),
+        &[KEEP_EVENTS, ("BILLING__RESET__BATCH_SIZE", "10")],
+    )
+    .await;
+    let users = november_accounts(&app, "unreadable", 30).await;
+    let broken = &users[12];
+    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
+        .bind(broken)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.clock.set(utc(DECEMBER_FIRST));
+    publish_reset(&app.settings, "reset-free-quota:2026-12", "2026-12").await;
+    let granted =
+        reset_finished(&app.db, "reset-free-quota:2026-12", Duration::from_secs(30)).await;
+    assert_eq!(granted, 29);
+    for user in users.iter().filter(|user| *user != broken) {
+        assert_eq!(december_grants(&app, user).await, 1, "{user}");
+        assert_invariants(&app.db, user).await;
+    }
+    assert_eq!(december_grants(&app, broken).await, 0);
+    app.cleanup().await;
+}

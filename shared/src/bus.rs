@@ -123,11 +123,56 @@ pub fn kind_name(kind: &Kind) -> &'static str {
 pub async fn connect(
     settings: &NatsSettings,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    connect_options(settings)
+        .await?
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(&settings.url)
         .await
+}
+
+/// The credentials and TLS of `settings` (see [`NatsSettings`]), as connect options.
+pub async fn connect_options(
+    settings: &NatsSettings,
+) -> Result<async_nats::ConnectOptions, async_nats::ConnectError> {
+    let unreadable = |what: &str, error: std::io::Error| {
+        async_nats::ConnectError::with_source(
+            async_nats::ConnectErrorKind::Io,
+            format!("{what}: {error}"),
+        )
+    };
+    let mut options = if !settings.credentials_file.is_empty() {
+        async_nats::ConnectOptions::with_credentials_file(&settings.credentials_file)
+            .await
+            .map_err(|error| unreadable(&settings.credentials_file, error))?
+    } else if !settings.nkey_seed_file.is_empty() {
+        let seed = tokio::fs::read_to_string(&settings.nkey_seed_file)
+            .await
+            .map_err(|error| unreadable(&settings.nkey_seed_file, error))?;
+        async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+    } else if !settings.token.expose().is_empty() {
+        async_nats::ConnectOptions::with_token(settings.token.expose().to_owned())
+    } else if !settings.user.is_empty() {
+        async_nats::ConnectOptions::with_user_and_password(
+            settings.user.clone(),
+            settings.password.expose().to_owned(),
+        )
+    } else {
+        async_nats::ConnectOptions::new()
+    };
+    if !settings.tls_ca_file.is_empty() {
+        options = options.add_root_certificates(settings.tls_ca_file.clone().into());
+    }
+    if !settings.tls_cert_file.is_empty() {
+        options = options.add_client_certificate(
+            settings.tls_cert_file.clone().into(),
+            settings.tls_key_file.clone().into(),
+        );
+    }
+    let tls = settings.tls_required
+        || !settings.tls_ca_file.is_empty()
+        || !settings.tls_cert_file.is_empty();
+    Ok(options.require_tls(tls))
 }
 
 /// Creates the three streams, or updates them to these settings:

@@ -166,6 +166,51 @@ pub struct NatsSettings {
     pub duplicate_window_secs: u64,
     /// Copies of each stream kept by a JetStream cluster (3 in production; 1 on a lone server).
     pub stream_replicas: usize,
+    /// Credentials, one kind at most: `user` with `password`, a `token`, an NKey seed file, or a
+    /// `.creds` file (a user JWT and its NKey seed). None: an open server.
+    pub user: String,
+    pub password: Secret,
+    pub token: Secret,
+    pub nkey_seed_file: String,
+    pub credentials_file: String,
+    /// TLS: the CA that signed the server's certificate (added to the system's roots), a client
+    /// certificate and key for servers that verify clients, and whether plain connections are
+    /// refused (implied by any of the files).
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub tls_required: bool,
+}
+
+impl NatsSettings {
+    /// At most one kind of credentials, a user with a password, and both halves of a client
+    /// certificate.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let kinds = [
+            !self.user.is_empty() || !self.password.expose().is_empty(),
+            !self.token.expose().is_empty(),
+            !self.nkey_seed_file.is_empty(),
+            !self.credentials_file.is_empty(),
+        ];
+        let invalid = |why: &str| {
+            Err(ConfigError::Invalid {
+                key: "nats",
+                why: why.to_owned(),
+            })
+        };
+        if kinds.iter().filter(|set| **set).count() > 1 {
+            return invalid(
+                "one kind of credentials at most: user and password, token, nkey_seed_file or credentials_file",
+            );
+        }
+        if self.user.is_empty() != self.password.expose().is_empty() {
+            return invalid("user and password go together");
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return invalid("tls_cert_file and tls_key_file go together");
+        }
+        Ok(())
+    }
 }
 
 /// The relay that publishes the outbox to NATS (command-svc).
@@ -442,6 +487,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.validate()?;
         self.billing.zone()?;
         self.billing.default_monthly_free()?;
         if self.billing.currency.len() != 3
@@ -569,6 +615,15 @@ nats:
   commands_max_age_hours: 168
   duplicate_window_secs: 120
   stream_replicas: 1
+  user: ""
+  password: ""
+  token: ""
+  nkey_seed_file: ""
+  credentials_file: ""
+  tls_ca_file: ""
+  tls_cert_file: ""
+  tls_key_file: ""
+  tls_required: false
 outbox:
   batch_size: 256
   poll_interval_ms: 250
@@ -724,6 +779,25 @@ mod tests {
             error.to_string().contains("webhook_previous_secrets"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_bus_takes_one_kind_of_credentials_and_whole_pairs() {
+        for (yaml, ok) in [
+            ("nats:\n  user: u\n  password: p\n", true),
+            ("nats:\n  token: t\n", true),
+            ("nats:\n  credentials_file: /etc/billing/nats.creds\n", true),
+            ("nats:\n  user: u\n", false),
+            ("nats:\n  password: p\n", false),
+            ("nats:\n  token: t\n  user: u\n  password: p\n", false),
+            ("nats:\n  token: t\n  nkey_seed_file: /s\n", false),
+            ("nats:\n  tls_cert_file: /c\n", false),
+            ("nats:\n  tls_cert_file: /c\n  tls_key_file: /k\n", true),
+        ] {
+            let path = write_config(yaml);
+            let loaded = Settings::load_with_env(&path, Some(HashMap::new()));
+            assert_eq!(loaded.is_ok(), ok, "{yaml}: {:?}", loaded.err());
+        }
     }
 
     #[test]

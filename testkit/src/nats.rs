@@ -8,6 +8,11 @@ use tokio::process::{Child, Command};
 pub struct OwnNats {
     pub port: u16,
     store_dir: PathBuf,
+    /// More options of the server: credentials it requires, TLS.
+    extra: Vec<String>,
+    /// The options a client needs to reach it (JetStream's readiness is asked with them).
+    client: Option<async_nats::ConnectOptions>,
+    scheme: &'static str,
     child: Option<Child>,
 }
 
@@ -24,6 +29,12 @@ fn server_binary() -> PathBuf {
 impl OwnNats {
     /// Starts a server with a fresh store folder; waits until JetStream answers.
     pub async fn start() -> OwnNats {
+        Self::start_with(&[], None).await
+    }
+
+    /// As [`OwnNats::start`], with more server options (`--user`, `--pass`, `--auth`, `--tls`…)
+    /// and the client options that reach it; a `--tls` server's URL is `tls://`.
+    pub async fn start_with(extra: &[&str], client: Option<async_nats::ConnectOptions>) -> OwnNats {
         let store_dir = std::env::temp_dir().join(format!(
             "billing-test-nats-{}",
             uuid::Uuid::new_v4().simple()
@@ -32,6 +43,13 @@ impl OwnNats {
         let mut nats = OwnNats {
             port: crate::spare_port(),
             store_dir,
+            scheme: if extra.contains(&"--tls") {
+                "tls"
+            } else {
+                "nats"
+            },
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
+            client,
             child: None,
         };
         nats.restart().await;
@@ -39,7 +57,7 @@ impl OwnNats {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// (Re)starts the server on the same port and store folder, so streams and their messages
@@ -55,6 +73,7 @@ impl OwnNats {
                 "-sd",
             ])
             .arg(&self.store_dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -77,7 +96,12 @@ impl OwnNats {
     /// Asks JetStream's API for the account info. (A raw request: async-nats 0.51's
     /// `query_account` cannot parse what nats-server 2.9 answers.)
     async fn jetstream_answers(&self) -> bool {
-        let Ok(client) = async_nats::connect(self.url()).await else {
+        let options = self
+            .client
+            .clone()
+            .unwrap_or_default()
+            .connection_timeout(Duration::from_secs(2));
+        let Ok(client) = options.connect(self.url()).await else {
             return false;
         };
         client

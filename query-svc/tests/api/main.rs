@@ -9,6 +9,7 @@ mod support;
 mod account;
 mod auth;
 mod bad_input;
+mod bus_auth;
 mod console;
 mod hostile;
 mod observability;

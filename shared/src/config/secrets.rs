@@ -88,11 +88,30 @@ impl Settings {
                 .iter()
                 .map(|secret| ("payment.webhook_previous_secrets", secret)),
         );
+        all.extend(self.nats_secrets());
         all
     }
 
-    /// The secrets `service` uses, each with its key.
+    /// The secrets `service` uses, each with its key: its own, and the bus's when set (every
+    /// service talks to NATS).
     fn secrets_of(&self, service: Service) -> Vec<(&'static str, &Secret)> {
+        let mut own = self.own_secrets(service);
+        own.extend(self.nats_secrets());
+        own
+    }
+
+    /// The NATS password or token, when the bus asks for one.
+    fn nats_secrets(&self) -> Vec<(&'static str, &Secret)> {
+        [
+            ("nats.password", &self.nats.password),
+            ("nats.token", &self.nats.token),
+        ]
+        .into_iter()
+        .filter(|(_, secret)| !secret.expose().is_empty())
+        .collect()
+    }
+
+    fn own_secrets(&self, service: Service) -> Vec<(&'static str, &Secret)> {
         match service {
             Service::Command => {
                 let mut own: Vec<(&'static str, &Secret)> = self
@@ -291,6 +310,20 @@ mod tests {
             refused_key(&settings, Service::Query),
             "query.command_token"
         );
+    }
+
+    #[test]
+    fn a_bus_password_follows_the_rules_too() {
+        let mut settings = production();
+        settings.nats.user = "billing".into();
+        settings.nats.password = Secret::new("dev-nats-password");
+        for service in [Service::Command, Service::Query, Service::Scheduler] {
+            assert_eq!(refused_key(&settings, service), "nats.password");
+        }
+        settings.nats.password = settings.auth.jwt_secret.clone();
+        assert_eq!(refused_key(&settings, Service::Scheduler), "nats.password");
+        settings.nats.password = Secret::new(STRONG[6]);
+        settings.check_secrets(Service::Scheduler).unwrap();
     }
 
     #[test]

@@ -272,10 +272,15 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_payment_may_carry_zero_but_a_success_may_not() {
+    fn a_failure_may_carry_zero_and_a_successs_amount_is_never_refused() {
         assert!(recharge_callback("RO1", "t1", 0, false).is_ok());
-        assert!(recharge_callback("RO1", "t1", 0, true).is_err());
         assert!(recharge_callback("RO1", "t1", -5, false).is_err());
+        assert!(recharge_callback("RO1", "t1", MAX_AMOUNT.get() + 1, false).is_err());
+        // Money that arrived: kept as it is, to be stored as an unmatched payment.
+        for paid in [0, -5, MAX_AMOUNT.get() + 1] {
+            let callback = recharge_callback("RO1", "t1", paid, true).unwrap();
+            assert_eq!(callback.paid_amount.get(), paid);
+        }
     }
 
     #[test]

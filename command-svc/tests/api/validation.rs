@@ -183,14 +183,22 @@ async fn bad_fields_are_refused_and_change_nothing() {
     let callbacks = [
         ("callback empty order", paid("", "t", 1), "order_no"),
         ("callback empty txn", paid("RO1", "", 1), "provider_txn_id"),
+        // A success's amount is never refused (an authentic one out of range is stored as an
+        // unmatched payment); a failure notice's must be 0 or in range.
         (
-            "callback zero paid",
-            paid("RO1", "t", 0),
+            "failure notice negative",
+            pb::RechargeCallbackRequest {
+                success: false,
+                ..paid("RO1", "t", -5)
+            },
             "paid_amount_micros",
         ),
         (
-            "callback negative",
-            paid("RO1", "t", -5),
+            "failure notice over max",
+            pb::RechargeCallbackRequest {
+                success: false,
+                ..paid("RO1", "t", 1_000_000_000_001)
+            },
             "paid_amount_micros",
         ),
         (

@@ -60,10 +60,13 @@ run-cron: deps build-cron ## Run the scheduler alone in the foreground (bin/cron
 
 # Uses cargo-nextest when installed (a process per test, clearer output), else cargo test. nextest
 # does not run doctests, so they follow separately, unless the run is filtered with TEST_ARGS.
+# While the tests run, the dependency script watches the three servers: one that stops answering
+# is reported and started again (deploy/dev-deps.sh --watch).
 test: ## Run the whole test suite against real MariaDB, Redis and NATS
 	deploy/dev-deps.sh --clean-test-databases
 	# The multi-process tests run the services' own binaries.
 	$(CARGO) build --bins -p command-svc -p query-svc -p scheduler-svc
+	deploy/dev-deps.sh --watch $$$$ >/dev/null & \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast $(TEST_ARGS); \
 		if [[ -z "$(TEST_ARGS)" ]]; then \

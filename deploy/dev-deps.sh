@@ -14,9 +14,13 @@
 # A missing one is installed from Debian packages when its binary is absent and started in the
 # background, bound to 127.0.0.1 only.
 #
-# Usage: deploy/dev-deps.sh [--clean-test-databases]
+# Usage: deploy/dev-deps.sh [--clean-test-databases] [--watch PID]
 #   --clean-test-databases  also drop test databases and temp dirs left behind by crashed test
 #                           runs (older than 6 hours, so a concurrent run is never disturbed)
+#   --watch PID             then keep watching the three servers while process PID lives (make
+#                           test passes its shell): one that stops answering is reported (its
+#                           process, the kernel's last messages) and started again, NATS with the
+#                           command line it had, so its JetStream store is kept
 #
 # Environment (all optional):
 #   BILLING_DEPS_REDIS_PORT   Redis port (default 6379)
@@ -45,9 +49,17 @@ readonly OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
 readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
 
 clean_test_databases=false
-for arg in "$@"; do
+watch_pid=
+while (($# > 0)); do
+    arg=$1
+    shift
     case "$arg" in
         --clean-test-databases) clean_test_databases=true ;;
+        --watch)
+            [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "dev-deps: --watch needs a process id" >&2; exit 2; }
+            watch_pid=$1
+            shift
+            ;;
         -h | --help)
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
             exit 0
@@ -273,8 +285,9 @@ ensure_nats() {
             mkdir -p "$data_dir"
             # setsid: in a session of its own, so that a later Ctrl-C in this terminal (make run)
             # or closing it does not take the server down with it.
+            # Its standard error goes to the log too: a crash prints only there.
             setsid "$server" -a "$HOST" -p "$NATS_PORT" -js -sd "$data_dir" \
-                -l "$log" -P "$STATE_DIR/nats-$NATS_PORT.pid" </dev/null >/dev/null 2>&1 &
+                -l "$log" -P "$STATE_DIR/nats-$NATS_PORT.pid" </dev/null >>"$log" 2>&1 &
             wait_for_port nats "$NATS_PORT" "$log" $!
             how="started on $HOST:$NATS_PORT with JetStream (log: $log)"
         fi
@@ -348,6 +361,71 @@ ensure_python_validators() {
     echo "openapi-spec-validator: $OPENAPI_SPEC_VALIDATOR_VERSION $how in $VENV_DIR"
 }
 
+# --- watching the servers while the tests run -------------------------------------------------
+
+# The command line of the process listening as nats-server on NATS_PORT, NUL-separated, if any.
+nats_command_line() {
+    local pid
+    for pid in $(pgrep -x nats-server 2>/dev/null); do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE -- "(-p|--port)[ =]$NATS_PORT( |$)"; then
+            cat "/proc/$pid/cmdline"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# What can be learnt of a server that stopped answering: its processes and the kernel's messages
+# (an out-of-memory kill shows there).
+report_stopped() {
+    local name=$1 port=$2
+    echo "dev-deps: $name stopped answering on $HOST:$port at $(date -u +%FT%TZ); restarting it" >&2
+    echo "dev-deps: $name processes now: $(pgrep -a "$3" 2>/dev/null | tr '\n' ';' || true)" >&2
+    if dmesg >/dev/null 2>&1; then
+        echo "--- the kernel's last messages ---" >&2
+        dmesg 2>/dev/null | tail -n 5 >&2
+    fi
+}
+
+# Starts NATS again with the command line it had (same port and JetStream store), its output kept
+# in STATE_DIR; without one, the way ensure_nats starts it.
+restart_nats() {
+    local -a command=()
+    if [[ -s $STATE_DIR/watched-nats.cmdline ]]; then
+        mapfile -d '' command <"$STATE_DIR/watched-nats.cmdline"
+    fi
+    if ((${#command[@]} > 0)); then
+        setsid "${command[@]}" </dev/null >>"$STATE_DIR/nats-restarted.out" 2>&1 &
+        wait_for_port nats "$NATS_PORT" "$STATE_DIR/nats-restarted.out" $!
+        echo "dev-deps: nats started again: ${command[*]}" >&2
+    else
+        ensure_nats >&2
+    fi
+}
+
+# Every second while process <pid> lives: each server that stopped answering is reported and
+# started again, so that one lost server does not fail every test after it.
+watch_servers() {
+    local pid=$1
+    mkdir -p "$STATE_DIR"
+    nats_command_line >"$STATE_DIR/watched-nats.cmdline" || : >"$STATE_DIR/watched-nats.cmdline"
+    while kill -0 "$pid" 2>/dev/null; do
+        if ! port_answers "$NATS_PORT"; then
+            report_stopped nats "$NATS_PORT" nats-server
+            restart_nats
+        fi
+        if ! port_answers "$REDIS_PORT"; then
+            report_stopped redis "$REDIS_PORT" redis-server
+            ensure_redis >&2
+        fi
+        if ! port_answers "$MYSQL_PORT"; then
+            report_stopped mariadb "$MYSQL_PORT" mariadbd
+            ensure_mariadb >&2
+        fi
+        sleep 1
+    done
+}
+
 # --- leftovers of crashed test runs ----------------------------------------------------------
 
 # Uses root over the socket when that needs no password (root, or passwordless sudo); otherwise
@@ -392,4 +470,7 @@ ensure_kubectl
 ensure_python_validators
 if $clean_test_databases; then
     clean_test_leftovers
+fi
+if [[ -n $watch_pid ]]; then
+    watch_servers "$watch_pid"
 fi

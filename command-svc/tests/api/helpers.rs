@@ -217,7 +217,27 @@ pub async fn account(app: &TestApp, user: &str) -> pb::AccountState {
         .unwrap()
 }
 
+/// The service's `/metrics` page, parsed.
+pub async fn scrape(app: &TestApp) -> testkit::metrics::Scrape {
+    let page = reqwest::get(app.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    testkit::metrics::Scrape::parse(&page)
+}
+
 // ---- stored state ---------------------------------------------------------------------------
+
+/// Makes `user`'s account row unreadable (a period that does not parse), as a corrupt row would be.
+pub async fn corrupt_account(app: &TestApp, user: &str) {
+    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
+        .bind(user)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
 
 pub async fn count(pool: &MySqlPool, sql: &'static str, user: &str) -> i64 {
     sqlx::query_scalar(sql)

@@ -365,11 +365,7 @@ async fn an_unreadable_account_fails_only_its_own_charges() {
         .deduct_quota(deduct(&broken, 1_000, "before"))
         .await
         .unwrap();
-    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
-        .bind(&broken)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    corrupt_account(&app, &broken).await;
     let users: Vec<String> = (0..50).map(|i| new_user(&format!("healthy{i}"))).collect();
     let mut calls = Vec::new();
     for user in users.iter().chain(std::iter::once(&broken)) {
@@ -392,13 +388,8 @@ async fn an_unreadable_account_fails_only_its_own_charges() {
             assert_invariants(&app.db, user).await;
         }
     }
-    let page = reqwest::get(app.http("/metrics"))
+    let unreadable = scrape(&app)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let unreadable = testkit::metrics::Scrape::parse(&page)
         .expect("billing_undecodable_rows_total", &[("table", "accounts")]);
     assert!(unreadable >= 1.0, "{unreadable}");
     app.cleanup().await;

@@ -14,16 +14,6 @@ use crate::helpers::*;
 const DEDUCT: &str = "/billing.v1.BillingCommandService/DeductQuota";
 const CALLER_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-async fn scrape(app: &TestApp) -> Scrape {
-    let page = reqwest::get(app.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape::parse(&page)
-}
-
 /// Scrapes until `done` holds (the relay and the samplers run on their own), for ten seconds.
 async fn scrape_until(app: &TestApp, done: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(10);

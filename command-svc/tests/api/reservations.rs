@@ -558,11 +558,7 @@ async fn the_sweeper_passes_over_a_hold_it_cannot_release() {
         .reserve_quota(reserve(&healthy, "second", CNY, 1_000))
         .await
         .unwrap();
-    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
-        .bind(&broken)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    corrupt_account(&app, &broken).await;
     app.clock.advance(chrono::Duration::seconds(5));
     eventually(
         Duration::from_secs(20),
@@ -571,13 +567,7 @@ async fn the_sweeper_passes_over_a_hold_it_cannot_release() {
     )
     .await;
     assert_eq!(status_of(&app, &broken, "first").await, "held");
-    let page = reqwest::get(app.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scraped = testkit::metrics::Scrape::parse(&page);
+    let scraped = scrape(&app).await;
     assert!(scraped.expect("billing_reservation_sweep_errors_total", &[]) >= 1.0);
     assert_invariants(&app.db, &healthy).await;
     app.cleanup().await;

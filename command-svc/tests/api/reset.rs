@@ -194,13 +194,8 @@ async fn a_reset_for_any_other_period_is_ignored() {
 
 /// How many reset commands the service ignored as early, from its `/metrics`.
 async fn ignored_early(app: &TestApp) -> f64 {
-    let page = reqwest::get(app.http("/metrics"))
+    scrape(app)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    testkit::metrics::Scrape::parse(&page)
         .expect("billing_reset_commands_ignored_total", &[("why", "early")])
 }
 
@@ -465,11 +460,7 @@ async fn a_reset_passes_over_an_unreadable_account() {
     .await;
     let users = november_accounts(&app, "unreadable", 30).await;
     let broken = &users[12];
-    sqlx::query("UPDATE accounts SET period = '2026-99' WHERE user_id = ?")
-        .bind(broken)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    corrupt_account(&app, broken).await;
     app.clock.set(utc(DECEMBER_FIRST));
     publish_reset(&app.settings, "reset-free-quota:2026-12", "2026-12").await;
     let granted =

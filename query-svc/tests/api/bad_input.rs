@@ -154,6 +154,26 @@ async fn a_bad_recharge_body_is_refused_and_creates_nothing() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
         ),
+        // Just past listeners.max_body_bytes (8 KiB): refused before it is parsed; just under
+        // it, parsed (and refused for what it says).
+        (
+            json_type,
+            format!(
+                r#"{{"amount_micros": 1, "channel": "{}"}}"#,
+                "x".repeat(8 * 1024)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (
+            json_type,
+            format!(
+                r#"{{"amount_micros": 1, "channel": "{}"}}"#,
+                "x".repeat(8 * 1024 - 64)
+            ),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+        ),
     ];
     for (content_type, body, status, code) in cases {
         let shown = body.chars().take(80).collect::<String>();

@@ -175,17 +175,49 @@ pub async fn connect_options(
     Ok(options.require_tls(tls))
 }
 
-/// Creates the three streams, or updates them to these settings:
+/// Creates the three streams, or updates them to these settings when they differ:
 /// file storage, retention by age (`*_max_age_hours`), deduplication by `Nats-Msg-Id` within
 /// `duplicate_window_secs`, `stream_replicas` copies in a cluster.
+///
+/// A stream that already has them is left alone: every consumer of every replica calls this when
+/// it (re)connects, and nats-server 2.9 can crash on stream updates that race (a nil pointer in
+/// `updateWithAdvisory`, seen under the test suite), so an update is sent only for a change.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &BusNames,
     settings: &NatsSettings,
-) -> Result<(), jetstream::context::CreateStreamError> {
+) -> Result<(), StreamSetupError> {
+    for wanted in stream_configs(names, settings) {
+        match js.get_stream(&wanted.name).await {
+            Ok(stream) => {
+                if !has_settings(&stream.cached_info().config, &wanted) {
+                    js.update_stream(&wanted).await?;
+                }
+            }
+            Err(error) if stream_missing(&error) => {
+                js.create_stream(wanted).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Why the streams could not be set up (NATS away, a refused configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamSetupError {
+    #[error("reading a stream: {0}")]
+    Get(#[from] jetstream::context::GetStreamError),
+    /// (Updates fail with the same error type as creations.)
+    #[error("creating or updating a stream: {0}")]
+    Write(#[from] jetstream::context::CreateStreamError),
+}
+
+/// The three streams as these settings describe them.
+fn stream_configs(names: &BusNames, settings: &NatsSettings) -> Vec<stream::Config> {
     let hours = |h: u64| Duration::from_secs(h * 3600);
     let window = Duration::from_secs(settings.duplicate_window_secs);
-    let streams = [
+    [
         (
             names.events_stream(),
             names.events_filter(),
@@ -201,22 +233,38 @@ pub async fn ensure_streams(
             names.commands_filter(),
             hours(settings.commands_max_age_hours),
         ),
-    ];
-    for (name, subject, max_age) in streams {
-        js.create_or_update_stream(stream::Config {
-            name,
-            subjects: vec![subject],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
-            max_age,
-            // The window may not exceed the age limit.
-            duplicate_window: window.min(max_age),
-            num_replicas: settings.stream_replicas.max(1),
-            ..Default::default()
-        })
-        .await?;
-    }
-    Ok(())
+    ]
+    .into_iter()
+    .map(|(name, subject, max_age)| stream::Config {
+        name,
+        subjects: vec![subject],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age,
+        // The window may not exceed the age limit.
+        duplicate_window: window.min(max_age),
+        num_replicas: settings.stream_replicas.max(1),
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// Whether a stream's configuration already has every setting this service manages.
+fn has_settings(current: &stream::Config, wanted: &stream::Config) -> bool {
+    current.subjects == wanted.subjects
+        && current.storage == wanted.storage
+        && current.retention == wanted.retention
+        && current.max_age == wanted.max_age
+        && current.duplicate_window == wanted.duplicate_window
+        && current.num_replicas == wanted.num_replicas
+}
+
+fn stream_missing(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 #[cfg(test)]

@@ -2,29 +2,40 @@
 # Makes the services' dependencies reachable on loopback for development and tests:
 #   MariaDB  127.0.0.1:3306  (database `billing`, user `billing` / password `billing`)
 #   Redis    127.0.0.1:6379
-#   NATS     127.0.0.1:4222  (with JetStream)
-# and installs what the checks of the Kubernetes manifests (deploy/k8s/validate.py) and of
-# query-svc's OpenAPI document (deploy/openapi/validate.py) need:
+#   NATS     127.0.0.1:4222  (with JetStream: a server that answers without it is fixed when it is
+#                            Debian's own nats-server service, refused otherwise)
+# and, with --test-tools, what the checks of the Kubernetes manifests (deploy/k8s/validate.py) and
+# of query-svc's OpenAPI document (deploy/openapi/validate.py) need:
 #   kubectl  (Debian's kubernetes-client when missing; its `kubectl kustomize` renders them)
-#   a Python virtualenv with kubernetes-validate (the Kubernetes schemas, offline) and
-#   openapi-spec-validator (OpenAPI 3.0 / 3.1)
+#   a Python virtualenv (python3, python3-venv) with kubernetes-validate (the Kubernetes schemas,
+#   offline) and openapi-spec-validator (OpenAPI 3.0 / 3.1), from PyPI
 #
 # Safe to run any number of times. A dependency whose port already answers is left alone (it may
 # be a system service or a container someone else runs), so this never stops or restarts anything.
 # A missing one is installed from Debian packages when its binary is absent and started in the
 # background, bound to 127.0.0.1 only.
 #
-# Usage: deploy/dev-deps.sh [--clean-test-databases] [--watch PID]
+# Usage: deploy/dev-deps.sh [--clean-test-databases] [--test-tools] [--watch PID]
 #   --clean-test-databases  also drop test databases and temp dirs left behind by crashed test
 #                           runs (older than 6 hours, so a concurrent run is never disturbed)
+#   --test-tools            also install the tools of the manifest and OpenAPI checks (make test;
+#                           make run needs none of them)
 #   --watch PID             then keep watching the three servers while process PID lives (make
 #                           test passes its shell): one that stops answering is reported (its
 #                           process, the kernel's last messages) and started again, NATS with the
 #                           command line it had, so its JetStream store is kept
 #
 # Environment (all optional):
+#   BILLING_DEPS_MYSQL_PORT   MariaDB port (default 3306)
+#   BILLING_DEPS_MYSQL_SOCKET the socket MariaDB's root logs in over (default: the client's own)
 #   BILLING_DEPS_REDIS_PORT   Redis port (default 6379)
 #   BILLING_DEPS_NATS_PORT    NATS port (default 4222)
+#   BILLING_DEPS_NATS_CONF    the configuration of Debian's nats-server service, where JetStream is
+#                             switched on when that service answers without it
+#                             (default /etc/nats-server.conf)
+#   BILLING_DEPS_NATS_STORE   its JetStream store, owned by BILLING_DEPS_NATS_OWNER
+#                             (defaults /var/lib/nats-server and nats)
+#   BILLING_DEPS_INIT         the init system: systemd, sysv or none (default: what runs)
 #   BILLING_DEPS_STATE_DIR    where Redis/NATS started by this script keep data and logs
 #                             (default ${XDG_STATE_HOME:-$HOME/.local/state}/billing)
 #   BILLING_DEPS_VENV         the virtualenv of the manifest and OpenAPI checks (default
@@ -34,7 +45,11 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
-readonly MYSQL_PORT=3306
+readonly MYSQL_PORT="${BILLING_DEPS_MYSQL_PORT:-3306}"
+readonly MYSQL_SOCKET="${BILLING_DEPS_MYSQL_SOCKET:-}"
+readonly NATS_CONF="${BILLING_DEPS_NATS_CONF:-/etc/nats-server.conf}"
+readonly NATS_STORE="${BILLING_DEPS_NATS_STORE:-/var/lib/nats-server}"
+readonly NATS_OWNER="${BILLING_DEPS_NATS_OWNER:-nats}"
 readonly REDIS_PORT="${BILLING_DEPS_REDIS_PORT:-6379}"
 readonly NATS_PORT="${BILLING_DEPS_NATS_PORT:-4222}"
 readonly STATE_DIR="${BILLING_DEPS_STATE_DIR:-${XDG_STATE_HOME:-${HOME:-/tmp}/.local/state}/billing}"
@@ -49,12 +64,14 @@ readonly OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
 readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
 
 clean_test_databases=false
+test_tools=false
 watch_pid=
 while (($# > 0)); do
     arg=$1
     shift
     case "$arg" in
         --clean-test-databases) clean_test_databases=true ;;
+        --test-tools) test_tools=true ;;
         --watch)
             [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "dev-deps: --watch needs a process id" >&2; exit 2; }
             watch_pid=$1
@@ -94,8 +111,23 @@ port_answers() {
     timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
 }
 
+# The end of a server's log: a file, or `journal:<unit>` for what systemd's journal holds of it.
+show_log() {
+    local log=$1 unit journalctl
+    if [[ $log == journal:* ]]; then
+        unit=${log#journal:}
+        if journalctl=$(find_binary journalctl); then
+            echo "--- journalctl -u $unit (last 30 lines) ---" >&2
+            as_root "$journalctl" -u "$unit" -n 30 --no-pager >&2 || true
+        fi
+    elif [[ -n $log && -r $log ]]; then
+        echo "--- last lines of $log ---" >&2
+        tail -n 20 "$log" >&2
+    fi
+}
+
 # Waits until <port> answers. Gives up after START_TIMEOUT_SECS, or at once when the optional
-# <pid> (the server just started) has exited, and then shows the end of <log>.
+# <pid> (the server just started) has exited, and then shows the end of <log> (see show_log).
 wait_for_port() {
     local name=$1 port=$2 log=${3:-} pid=${4:-}
     local deadline=$((SECONDS + START_TIMEOUT_SECS)) problem=
@@ -107,10 +139,7 @@ wait_for_port() {
         fi
         if [[ -n $problem ]]; then
             echo "dev-deps: $name $problem" >&2
-            if [[ -n $log && -r $log ]]; then
-                echo "--- last lines of $log ---" >&2
-                tail -n 20 "$log" >&2
-            fi
+            show_log "$log"
             exit 1
         fi
         sleep 0.5
@@ -161,31 +190,65 @@ mysql_client() {
     find_binary mariadb mysql
 }
 
-# A service manager can start MariaDB with the distribution's own configuration: systemd when it
-# is PID 1, else the SysV script that `service` falls back to. Containers usually have neither
-# running, hence the start-stop-daemon fallback.
-service_manager_usable() {
-    command -v service >/dev/null 2>&1 &&
-        { [[ -d /run/systemd/system ]] || [[ -x /etc/init.d/mariadb ]]; }
+# The init system that starts the distribution's services: systemd when it runs (PID 1), else
+# the SysV scripts behind `service` when they are there, else none (a container). Looked up where
+# Debian installs them (/usr/sbin, not on a normal user's PATH).
+init_system() {
+    case "${BILLING_DEPS_INIT:-auto}" in
+        systemd | sysv | none) echo "$BILLING_DEPS_INIT" ;;
+        *)
+            if [[ -d /run/systemd/system ]] && find_binary systemctl >/dev/null; then
+                echo systemd
+            elif [[ -x /etc/init.d/mariadb ]] && find_binary service >/dev/null; then
+                echo sysv
+            else
+                echo none
+            fi
+            ;;
+    esac
 }
 
+# Starts MariaDB as the init system expects (so that `systemctl status mariadb` tells the truth);
+# without one, the server itself in the background, its error output kept in STATE_DIR. A start
+# that fails shows why: the journal, or the server's own output.
 start_mariadb() {
-    local daemon
+    local daemon init output
     if ! daemon=$(find_binary mariadbd mysqld); then
         apt_install mariadb-server
         # The package's post-install script starts the server where a service manager runs.
         port_answers "$MYSQL_PORT" && return 0
         daemon=$(find_binary mariadbd mysqld) || die "mariadb-server installed but mariadbd not found"
     fi
-    if service_manager_usable && as_root service mariadb start >/dev/null 2>&1; then
-        :
-    else
-        # The server writes its socket and pid file there; /run is a tmpfs, so the directory
-        # the package created may be gone after a reboot or in a fresh container.
-        as_root install -d -o mysql -g mysql -m 0755 /run/mysqld
-        as_root start-stop-daemon --start --oknodo --background --exec "$daemon" -- --user=mysql
-    fi
-    wait_for_port mariadb "$MYSQL_PORT" /var/log/mysql/error.log
+    init=$(init_system)
+    case $init in
+        systemd)
+            echo "dev-deps: starting mariadb with systemctl" >&2
+            if ! as_root "$(find_binary systemctl)" start mariadb; then
+                echo "dev-deps: systemctl start mariadb failed" >&2
+                show_log journal:mariadb
+                exit 1
+            fi
+            wait_for_port mariadb "$MYSQL_PORT" journal:mariadb
+            ;;
+        sysv)
+            echo "dev-deps: starting mariadb with service" >&2
+            as_root "$(find_binary service)" mariadb start >&2 ||
+                die "service mariadb start failed (see /var/log/mysql/ or the server's output above)"
+            wait_for_port mariadb "$MYSQL_PORT" /var/log/mysql/error.log
+            ;;
+        *)
+            mkdir -p "$STATE_DIR"
+            output="$STATE_DIR/mariadbd.out"
+            # The server writes its socket and pid file there; /run is a tmpfs, so the directory
+            # the package created may be gone after a reboot or in a fresh container.
+            as_root install -d -o mysql -g mysql -m 0755 /run/mysqld
+            echo "dev-deps: starting $daemon (no init system; its output in $output)" >&2
+            as_root start-stop-daemon --start --oknodo --background --output "$output" \
+                --make-pidfile --pidfile "$STATE_DIR/mariadbd.pid" \
+                --exec "$daemon" -- --user=mysql
+            wait_for_port mariadb "$MYSQL_PORT" "$output" "$(cat "$STATE_DIR/mariadbd.pid" 2>/dev/null)"
+            ;;
+    esac
 }
 
 # Runs SQL (stdin) as MariaDB's root over the local unix socket. A fresh Debian MariaDB lets root
@@ -193,7 +256,8 @@ start_mariadb() {
 root_sql() {
     local client
     client=$(mysql_client) || die "no mariadb/mysql client found"
-    as_root "$client" --protocol=socket -uroot --batch --skip-column-names "$@"
+    as_root "$client" --protocol=socket ${MYSQL_SOCKET:+--socket="$MYSQL_SOCKET"} \
+        -uroot --batch --skip-column-names "$@"
 }
 
 # As the application user over TCP, exactly the way the services and tests connect. The password
@@ -271,27 +335,106 @@ ensure_redis() {
 
 # --- NATS ------------------------------------------------------------------------------------
 
+# Asks the server on NATS_PORT for JetStream's account information ($JS.API.INFO), in NATS's text
+# protocol over bash's /dev/tcp (no client to install). Prints `ok` (JetStream answered), `off`
+# (nobody answered: JetStream is not enabled), `auth` (the server wants credentials) or `down`.
+# An open port is no proof: Debian's own nats-server service runs without JetStream.
+jetstream_state() {
+    timeout 10 bash -c '
+        exec 3<>"/dev/tcp/$0/$1" 2>/dev/null || { echo down; exit; }
+        IFS= read -r -t 3 info <&3 || { echo down; exit; }
+        printf "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.devdeps 1\r\nPUB \$JS.API.INFO _INBOX.devdeps 0\r\n\r\nPING\r\n" >&3
+        while IFS= read -r -t 5 line <&3; do
+            case "$line" in
+                MSG*)
+                    IFS= read -r -t 3 body <&3
+                    case "$body" in *\"error\"*) echo off ;; *) echo ok ;; esac
+                    exit ;;
+                HMSG*) echo off; exit ;;
+                -ERR*[Aa]uthoriz*) echo auth; exit ;;
+                -ERR*) echo off; exit ;;
+            esac
+        done
+        echo off' "$HOST" "$NATS_PORT" 2>/dev/null || echo down
+}
+
+# Whether the server on the port is Debian's own nats-server service (configured by NATS_CONF).
+package_nats_answers() {
+    case $(init_system) in
+        systemd) as_root "$(find_binary systemctl)" is-active --quiet nats-server ;;
+        *) pgrep -f -- "nats-server -c $NATS_CONF" >/dev/null 2>&1 ;;
+    esac
+}
+
+# Switches JetStream on in the package's configuration, with a store owned by the service's user,
+# and restarts the service the way the init system does; then asks JetStream again.
+enable_package_jetstream() {
+    local init
+    init=$(init_system)
+    [[ $init == systemd || $init == sysv ]] ||
+        die "nats on $HOST:$NATS_PORT is the package's server without JetStream, and no init system can restart it: add a jetstream block to $NATS_CONF and restart it"
+    if ! grep -qE '^[[:space:]]*jetstream' "$NATS_CONF" 2>/dev/null; then
+        echo "dev-deps: enabling JetStream in $NATS_CONF (store $NATS_STORE)" >&2
+        as_root install -d -o "$NATS_OWNER" -g "$NATS_OWNER" -m 0750 "$NATS_STORE"
+        printf '\n# Added by the billing service'"'"'s deploy/dev-deps.sh: its services need JetStream.\njetstream {\n  store_dir: "%s"\n}\n' \
+            "$NATS_STORE" | as_root tee -a "$NATS_CONF" >/dev/null
+    fi
+    if [[ $init == systemd ]]; then
+        as_root "$(find_binary systemctl)" restart nats-server ||
+            { show_log journal:nats-server; die "systemctl restart nats-server failed"; }
+    else
+        as_root "$(find_binary service)" nats-server restart >&2 || die "service nats-server restart failed"
+    fi
+    wait_for_port nats "$NATS_PORT" journal:nats-server
+    local state
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        state=$(jetstream_state)
+        [[ $state == ok ]] && return 0
+        sleep 0.5
+    done
+    show_log journal:nats-server
+    die "nats on $HOST:$NATS_PORT still answers without JetStream after enabling it in $NATS_CONF"
+}
+
+# NATS with JetStream on NATS_PORT: left alone when JetStream answers; the package's service
+# without it gets it switched on; another server without it is refused with what to do; nothing
+# on the port: one of our own, with JetStream, is started.
 ensure_nats() {
-    local how="reachable on $HOST:$NATS_PORT" server data_dir log
-    if ! port_answers "$NATS_PORT"; then
-        if ! server=$(find_binary nats-server); then
-            apt_install nats-server
-            server=$(find_binary nats-server) || die "nats-server installed but not found"
-        fi
-        if ! port_answers "$NATS_PORT"; then
+    local how server data_dir log state
+    state=$(jetstream_state)
+    case $state in
+        ok) how="reachable on $HOST:$NATS_PORT with JetStream" ;;
+        auth) how="reachable on $HOST:$NATS_PORT (it asks for credentials: JetStream not checked; set nats.user/password or nats.token for the services)" ;;
+        off)
+            package_nats_answers ||
+                die "something on $HOST:$NATS_PORT answers as NATS without JetStream, and it is not Debian's nats-server service: run it with -js (or a jetstream block), stop it, or set BILLING_DEPS_NATS_PORT and nats.url to another port"
+            enable_package_jetstream
+            how="Debian's nats-server service on $HOST:$NATS_PORT, JetStream enabled in $NATS_CONF"
+            ;;
+        *)
+            if ! server=$(find_binary nats-server); then
+                apt_install nats-server
+                server=$(find_binary nats-server) || die "nats-server installed but not found"
+                # The package starts its own service (without JetStream) where an init system runs.
+                if [[ $(jetstream_state) != down ]]; then
+                    ensure_nats
+                    return
+                fi
+            fi
             # One JetStream store per port, so that a second instance never shares a store.
             data_dir="$STATE_DIR/nats-$NATS_PORT"
             log="$STATE_DIR/nats-$NATS_PORT.log"
             mkdir -p "$data_dir"
             # setsid: in a session of its own, so that a later Ctrl-C in this terminal (make run)
-            # or closing it does not take the server down with it.
-            # Its standard error goes to the log too: a crash prints only there.
+            # or closing it does not take the server down with it. Its standard error goes to
+            # the log too: a crash prints only there.
             setsid "$server" -a "$HOST" -p "$NATS_PORT" -js -sd "$data_dir" \
                 -l "$log" -P "$STATE_DIR/nats-$NATS_PORT.pid" </dev/null >>"$log" 2>&1 &
             wait_for_port nats "$NATS_PORT" "$log" $!
+            [[ $(jetstream_state) == ok ]] || { show_log "$log"; die "the nats-server started on $HOST:$NATS_PORT does not answer JetStream"; }
             how="started on $HOST:$NATS_PORT with JetStream (log: $log)"
-        fi
-    fi
+            ;;
+    esac
     echo "nats: $how"
 }
 
@@ -466,10 +609,14 @@ ensure_curl
 ensure_mariadb
 ensure_redis
 ensure_nats
-ensure_kubectl
-ensure_python_validators
+# Before the tools, so that a tool that cannot be installed (PyPI out of reach) never keeps the
+# leftovers of crashed runs.
 if $clean_test_databases; then
     clean_test_leftovers
+fi
+if $test_tools; then
+    ensure_kubectl
+    ensure_python_validators
 fi
 if [[ -n $watch_pid ]]; then
     watch_servers "$watch_pid"

@@ -141,6 +141,7 @@ fn a_nats_without_jetstream_that_is_not_the_package_service_is_refused_with_what
     assert!(said.contains("run it with -js"), "{said}");
     assert!(!jetstream_answers(port));
     let _ = server.kill();
+    let _ = server.wait();
 }
 
 #[test]

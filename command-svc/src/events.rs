@@ -8,7 +8,7 @@ use shared::{
 };
 use uuid::Uuid;
 
-use shared::order::{ShownStatus, shown_status};
+use shared::order::{OrderStatus, ShownStatus, shown_status};
 
 use crate::store::OrderRow;
 
@@ -90,6 +90,18 @@ impl OrderOut {
     pub fn new(row: OrderRow, now: DateTime<Utc>) -> Result<Self, crate::store::StoreError> {
         let status = shown_status(row.status()?, row.expires_at, now);
         Ok(OrderOut { row, status })
+    }
+
+    /// The order as its creation showed it: pending, not paid, at its creation's instant.
+    pub fn as_created(row: OrderRow) -> Result<Self, crate::store::StoreError> {
+        let created_at = row.created_at;
+        let row = OrderRow {
+            status: OrderStatus::Pending.as_str().to_owned(),
+            provider_txn_id: None,
+            paid_at: None,
+            ..row
+        };
+        Self::new(row, created_at)
     }
 
     pub fn message(&self) -> pb::RechargeOrder {

@@ -464,3 +464,64 @@ SET @ddl = IF(@missing,
 PREPARE add_secret FROM @ddl;
 EXECUTE add_secret;
 DEALLOCATE PREPARE add_secret;
+
+-- 0024_add_reservation_settles.sql
+-- A reservation ends once (end_record_id: the ledger row of its first end, its settle's charge or
+-- its release, never overwritten), but a hold that expired may still be settled afterwards (an
+-- ordinary charge): that charge is linked on its own (settle_record_id), with what the settle's
+-- answer said (settle_released_micros, settled_after_expiry), so replays answer what the first
+-- call answered and the read model's rebuild finds both rows. Added only where missing.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'reservations'
+                  AND column_name = 'settle_record_id');
+SET @ddl = IF(@missing,
+  'ALTER TABLE reservations
+     ADD COLUMN settle_record_id CHAR(36) NULL AFTER end_record_id,
+     ADD COLUMN settle_released_micros BIGINT NULL AFTER actual_micros,
+     ADD COLUMN settled_after_expiry BOOLEAN NULL AFTER settle_released_micros,
+     ADD INDEX reservations_user_settle (user_id, settle_record_id)',
+  'DO 0');
+PREPARE add_settles FROM @ddl;
+EXECUTE add_settles;
+DEALLOCATE PREPARE add_settles;
+-- Reservations settled before this migration: their end is their settle (a settle after expiry
+-- overwrote the release's link then, which cannot be recovered).
+UPDATE reservations
+   SET settle_record_id = end_record_id,
+       settled_after_expiry = ended_at >= expires_at,
+       settle_released_micros = IF(ended_at >= expires_at, 0, amount_micros - actual_micros)
+ WHERE status = 'settled' AND settle_record_id IS NULL;
+
+-- 0025_add_ledger_monthly_free.sql
+-- The account's monthly free quota right after each ledger row, so that the answer to a replayed
+-- command is made from what was recorded (a plan changed since does not change it). NULL in rows
+-- written before: their replays show the account's monthly free quota of now. Added only where
+-- missing.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'ledger'
+                  AND column_name = 'monthly_free_after_micros');
+SET @ddl = IF(@missing,
+  'ALTER TABLE ledger ADD COLUMN monthly_free_after_micros BIGINT NULL AFTER balance_held_after_micros',
+  'DO 0');
+PREPARE add_monthly_free FROM @ddl;
+EXECUTE add_monthly_free;
+DEALLOCATE PREPARE add_monthly_free;
+
+-- 0026_unmatched_payment_replays.sql
+-- A replay of a payment notification is the same provider transaction for the same order and
+-- amount: the same id with another order or amount is a payment of its own, stored as unmatched
+-- too (invariant 7), so the unmatched payments' unique key takes the order and the amount.
+-- account_version: the version of the order's account when the payment was stored, whose ledger
+-- row gives a replay the account the first answer showed. Added only where missing.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'unmatched_payments'
+                  AND column_name = 'account_version');
+SET @ddl = IF(@missing,
+  'ALTER TABLE unmatched_payments
+     ADD COLUMN account_version BIGINT NULL AFTER why,
+     DROP INDEX unmatched_payments_txn,
+     ADD UNIQUE KEY unmatched_payments_txn (provider_txn_id, success, order_no, paid_amount_micros)',
+  'DO 0');
+PREPARE replays FROM @ddl;
+EXECUTE replays;
+DEALLOCATE PREPARE replays;

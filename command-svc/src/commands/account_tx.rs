@@ -243,10 +243,12 @@ impl<'c> AccountTx<'c> {
     /// Ends the transaction of a command that was already applied: nothing is written, and the
     /// reply shows the account as it was right after the original change.
     pub async fn end_in_replay(self, original: &LedgerRecord) -> Result<AccountOut, StoreError> {
-        let state = original.state_after(self.state.monthly_free)?;
-        let out = self
-            .rules
-            .present(self.user_id, Some(&self.currency), Some(&state), self.now);
+        let out = self.rules.present_as_recorded(
+            self.user_id,
+            &self.currency,
+            original,
+            self.state.monthly_free,
+        )?;
         self.rollback().await?;
         Ok(out)
     }

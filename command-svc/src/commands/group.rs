@@ -256,18 +256,17 @@ impl Commands {
                     && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
                 let result = if same {
                     let working = &accounts[user_id];
-                    let state = record.state_after(working.state.monthly_free)?;
                     Ok(Charged {
                         split: Split {
                             free: Micros::new(record.free_micros),
                             balance: Micros::new(record.balance_micros),
                         },
-                        account: self.rules.present(
+                        account: self.rules.present_as_recorded(
                             user_id,
-                            Some(&working.currency),
-                            Some(&state),
-                            now,
-                        ),
+                            &working.currency,
+                            record,
+                            working.state.monthly_free,
+                        )?,
                         record_id: record.record_id.clone(),
                         replayed: true,
                     })

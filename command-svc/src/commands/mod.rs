@@ -40,7 +40,7 @@ pub use reset::ResetBatch;
 
 use crate::{
     events::AccountOut,
-    store::{AsStoreError, Store, StoreError},
+    store::{self, AsStoreError, Store, StoreError},
 };
 
 /// The rules of this deployment, from configuration.
@@ -148,6 +148,20 @@ impl From<shared::account::Refusal> for CommandError {
 }
 
 impl Rules {
+    /// The account as the first answer to `original`'s command showed it: the state recorded
+    /// right after the row, seen at the row's instant, whatever changed since (a replay answers
+    /// what the first call answered). `monthly_free` stands in for rows that do not hold it.
+    pub fn present_as_recorded(
+        &self,
+        user_id: &str,
+        currency: &str,
+        original: &store::LedgerRecord,
+        monthly_free: Micros,
+    ) -> Result<AccountOut, StoreError> {
+        let state = original.state_after(monthly_free)?;
+        Ok(self.present(user_id, Some(currency), Some(&state), original.created_at))
+    }
+
     /// An account exactly as stored, for the events that describe it.
     pub fn present_stored(
         &self,

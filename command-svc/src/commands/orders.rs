@@ -13,7 +13,9 @@ use super::{CommandError, Commands, account_tx::AccountTx};
 use crate::{
     domain::{
         CreateRechargeOrder, GetRechargeOrder, RechargeCallback,
-        payment::{CallbackDecision, OrderFacts, OrderStatus, Unmatched, decide_callback},
+        payment::{
+            CallbackDecision, Notification, OrderFacts, OrderStatus, Unmatched, decide_callback,
+        },
     },
     events::{self, AccountOut, OrderOut},
     store::{self, OrderRow, RecordKind, Refs, StoreError, UnmatchedRow},
@@ -87,8 +89,10 @@ impl Commands {
                     key: "idempotency_key",
                 });
             }
+            // The order as this call created it, whatever became of it since (GetRechargeOrder
+            // tells that).
             return Ok(OrderCreated {
-                order: OrderOut::new(order, now)?,
+                order: OrderOut::as_created(order)?,
                 replayed: true,
             });
         }
@@ -186,17 +190,7 @@ impl Commands {
 
         if let Some(replay) = self.replay_of(account.tx(), callback).await? {
             account.rollback().await?;
-            // The account of the order the transaction actually paid, which is not always the
-            // order this notification names.
-            let owner = replay
-                .order
-                .as_ref()
-                .map_or(found.user_id.as_str(), |order| order.row.user_id.as_str());
-            let account = self.get_account(owner).await?;
-            return Ok(CallbackResult {
-                account: Some(account),
-                ..replay
-            });
+            return Ok(replay);
         }
 
         let facts = OrderFacts {
@@ -204,13 +198,17 @@ impl Commands {
             amount: Micros::new(order.amount_micros),
             provider_txn_id: order.provider_txn_id.as_deref(),
         };
-        let decision = decide_callback(
-            Some(facts),
-            account.state(),
-            txn,
-            callback.paid_amount,
-            callback.success,
-        );
+        let txn_credited = callback.success
+            && store::find_credit_by_txn(&mut **account.tx(), txn)
+                .await?
+                .is_some();
+        let notification = Notification {
+            provider_txn_id: txn,
+            paid_amount: callback.paid_amount,
+            success: callback.success,
+            txn_credited,
+        };
+        let decision = decide_callback(Some(facts), account.state(), notification);
         let outcome = match decision {
             CallbackDecision::Credit(_) => {
                 account.open_period();
@@ -276,7 +274,8 @@ impl Commands {
             }
             CallbackDecision::Replayed => CallbackOutcome::Replayed,
             CallbackDecision::Unmatched(why) => {
-                let row = unmatched_row(callback, Some(&found.user_id), why, now);
+                let mut row = unmatched_row(callback, Some(&found.user_id), why, now);
+                row.account_version = Some(account.state().version);
                 store::insert_unmatched(account.tx(), &row).await?;
                 account.publish(unmatched_event(&row)).await?;
                 let account = self.commit(account).await?;
@@ -332,39 +331,92 @@ impl Commands {
         })
     }
 
-    /// The earlier outcome of this very notification (same provider transaction, same success
-    /// flag), if it was already applied or stored.
+    /// The earlier outcome of this very notification (the same provider transaction, outcome,
+    /// order and amount), answered as it was recorded: the order and the account as the first
+    /// answer showed them. The same transaction with another order or amount is no replay.
     async fn replay_of(
         &self,
         tx: &mut store::Tx,
         callback: &RechargeCallback,
     ) -> Result<Option<CallbackResult>, CommandError> {
-        let now = self.now();
         let txn = callback.provider_txn_id.as_str();
-        let replay =
-            |order: Option<OrderRow>, unmatched_id: Option<String>| -> Result<_, CommandError> {
-                Ok(Some(CallbackResult {
-                    outcome: CallbackOutcome::Replayed,
-                    order: order.map(|row| OrderOut::new(row, now)).transpose()?,
-                    account: None,
-                    replayed: true,
-                    unmatched_id,
-                }))
-            };
+        let order_no = callback.order_no.as_str();
         if callback.success
             && let Some(credit) = store::find_credit_by_txn(&mut **tx, txn).await?
+            && credit.order_no.as_deref() == Some(order_no)
+            && credit.amount_micros == callback.paid_amount.get()
         {
-            let order_no = credit.order_no.unwrap_or_default();
-            return replay(store::find_order(&mut **tx, &order_no).await?, None);
+            let order = store::find_order(&mut **tx, order_no).await?;
+            let account = self
+                .recorded_account(tx, &credit.user_id, credit.version)
+                .await?;
+            return Ok(Some(replayed(order, account, None, credit.created_at)?));
         }
-        if let Some(unmatched) =
-            store::find_unmatched_by_txn(&mut **tx, txn, callback.success).await?
-        {
+        let key = store::UnmatchedKey {
+            provider_txn_id: txn,
+            success: callback.success,
+            order_no,
+            paid_amount_micros: callback.paid_amount.get(),
+        };
+        if let Some(unmatched) = store::find_unmatched(&mut **tx, &key).await? {
             let order = store::find_order(&mut **tx, &unmatched.order_no).await?;
-            return replay(order, Some(unmatched.unmatched_id));
+            let account = match (&unmatched.user_id, unmatched.account_version) {
+                (Some(user_id), Some(version)) => {
+                    self.recorded_account(tx, user_id, version).await?
+                }
+                _ => None,
+            };
+            let at = unmatched.created_at;
+            return Ok(Some(replayed(
+                order,
+                account,
+                Some(unmatched.unmatched_id),
+                at,
+            )?));
         }
         Ok(None)
     }
+
+    /// `user_id`'s account as it stood at `version`, from that version's ledger row (none for an
+    /// account never written).
+    async fn recorded_account(
+        &self,
+        tx: &mut store::Tx,
+        user_id: &str,
+        version: i64,
+    ) -> Result<Option<AccountOut>, CommandError> {
+        let Some(record) = store::find_record_at_version(tx, user_id, version).await? else {
+            return Ok(None);
+        };
+        let stored = store::load_account(&mut **tx, user_id).await?;
+        let (currency, monthly_free) = match &stored {
+            Some(row) => (row.currency.clone(), Micros::new(row.monthly_free_micros)),
+            None => (self.rules.currency.clone(), self.rules.default_monthly_free),
+        };
+        Ok(Some(self.rules.present_as_recorded(
+            user_id,
+            &currency,
+            &record,
+            monthly_free,
+        )?))
+    }
+}
+
+/// The answer to a replayed notification: `REPLAYED`, with what was recorded; the order as it
+/// was at `at` (its status then).
+fn replayed(
+    order: Option<OrderRow>,
+    account: Option<AccountOut>,
+    unmatched_id: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<CallbackResult, CommandError> {
+    Ok(CallbackResult {
+        outcome: CallbackOutcome::Replayed,
+        order: order.map(|row| OrderOut::new(row, at)).transpose()?,
+        account,
+        replayed: true,
+        unmatched_id,
+    })
 }
 
 fn unmatched_row(
@@ -381,6 +433,7 @@ fn unmatched_row(
         success: callback.success,
         paid_amount_micros: callback.paid_amount.get(),
         why: why.as_str().to_owned(),
+        account_version: None,
         created_at: now,
     }
 }

@@ -10,7 +10,7 @@ use super::{CommandError, Commands, account_tx::AccountTx};
 use crate::{
     domain::RefundCharge,
     events::{self, AccountOut},
-    store::{self, LedgerRecord, NewRefund, RecordKind, Refs, ReservationStatus, StoreError, Tx},
+    store::{self, LedgerRecord, NewRefund, RecordKind, Refs, StoreError, Tx},
 };
 
 /// The charge a refund under `request_id` refers to: the charge made under it, or the charge
@@ -32,12 +32,11 @@ async fn charge_to_refund(
     }
     let settle = store::lock_reservation(tx, user_id, request_id)
         .await?
-        .filter(|reservation| reservation.status == ReservationStatus::Settled)
-        .and_then(|reservation| reservation.end_record_id);
+        .and_then(|reservation| reservation.settle);
     let Some(settle) = settle else {
         return Ok(None);
     };
-    Ok(store::find_record(tx, user_id, &settle)
+    Ok(store::find_record(tx, user_id, &settle.record_id)
         .await?
         .filter(|record| record.kind == RecordKind::Deduct.as_str()))
 }

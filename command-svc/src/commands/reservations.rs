@@ -179,12 +179,10 @@ impl Commands {
             account.rollback().await?;
             return Err(CommandError::SettleExceedsHold);
         }
-        if reservation.status == ReservationStatus::Settled {
-            let same = reservation.actual == Some(command.actual);
-            let record = match &reservation.end_record_id {
-                Some(id) => store::find_record(account.tx(), user_id, id).await?,
-                None => None,
-            };
+        if let Some(settle) = &reservation.settle {
+            // Answered from what the settle recorded, whatever happened since.
+            let same = settle.actual == command.actual;
+            let record = store::find_record(account.tx(), user_id, &settle.record_id).await?;
             let record = record_or_missing(record)?;
             let shown = account.end_in_replay(&record).await?;
             if !same {
@@ -196,13 +194,10 @@ impl Commands {
                     free: Micros::new(record.free_micros),
                     balance: Micros::new(record.balance_micros),
                 },
-                released: reservation
-                    .amount
-                    .checked_sub(command.actual)
-                    .unwrap_or(Micros::ZERO),
+                released: settle.released,
                 account: shown,
                 replayed: true,
-                after_expiry: reservation.expires_at <= record.created_at,
+                after_expiry: settle.after_expiry,
             });
         }
 
@@ -239,15 +234,13 @@ impl Commands {
                 .checked_sub(command.actual)
                 .unwrap_or(Micros::ZERO)
         };
-        store::end_reservation(
-            account.tx(),
-            &reservation.reservation_id,
-            ReservationStatus::Settled,
-            &record_id,
-            Some(command.actual),
-            now,
-        )
-        .await?;
+        let settle = store::SettleRecord {
+            record_id: record_id.clone(),
+            actual: command.actual,
+            released,
+            after_expiry: expired,
+        };
+        store::record_settle(account.tx(), &reservation.reservation_id, &settle, now).await?;
         let quota_period = free_period.unwrap_or(after.period);
         let event = Kind::ReservationSettled(ReservationSettled {
             record_id: record_id.clone(),
@@ -310,14 +303,8 @@ impl Commands {
             return Err(CommandError::ReservationNotFound);
         };
         if reservation.status != ReservationStatus::Held {
-            // Already ended: what it gave back then.
-            let released = match reservation.status {
-                ReservationStatus::Settled => reservation
-                    .amount
-                    .checked_sub(reservation.actual.unwrap_or(Micros::ZERO))
-                    .unwrap_or(Micros::ZERO),
-                _ => reservation.amount,
-            };
+            // Already ended: what its end gave back then, as recorded.
+            let released = reservation.released_at_end();
             let record = match &reservation.end_record_id {
                 Some(id) => store::find_record(account.tx(), user_id, id).await?,
                 None => None,
@@ -372,7 +359,6 @@ impl Commands {
             &reservation.reservation_id,
             status,
             &record_id,
-            None,
             self.now(),
         )
         .await?;

@@ -20,6 +20,9 @@ pub enum Unmatched {
     FailureAfterPaid,
     /// A success whose amount is outside 1 ..= 10^12 micros: no order can match it.
     AmountOutOfRange,
+    /// A success under a provider transaction that already credited another order (or another
+    /// amount): not a replay, and not to be credited twice.
+    ProviderTxnReused,
 }
 
 impl Unmatched {
@@ -31,6 +34,7 @@ impl Unmatched {
             Unmatched::BalanceLimit => "balance_limit",
             Unmatched::FailureAfterPaid => "failure_after_paid",
             Unmatched::AmountOutOfRange => "amount_out_of_range",
+            Unmatched::ProviderTxnReused => "provider_txn_reused",
         }
     }
 }
@@ -54,17 +58,36 @@ pub struct OrderFacts<'a> {
     pub provider_txn_id: Option<&'a str>,
 }
 
-/// Decides a notification that is not a replay of an earlier one of the same transaction.
-/// A success credits PENDING, FAILED and expired orders alike: the money arrived.
+/// What is known of the notification itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Notification<'a> {
+    pub provider_txn_id: &'a str,
+    pub paid_amount: Micros,
+    pub success: bool,
+    /// Its provider transaction already credited an order (another order, or another amount:
+    /// the same order and amount is a replay, answered before any decision).
+    pub txn_credited: bool,
+}
+
+/// Decides a notification that is not a replay of an earlier one (the same transaction for the
+/// same order and amount). A success credits PENDING, FAILED and expired orders alike: the money
+/// arrived.
 pub fn decide_callback(
     order: Option<OrderFacts<'_>>,
     account: &AccountSnapshot,
-    provider_txn_id: &str,
-    paid_amount: Micros,
-    success: bool,
+    notification: Notification<'_>,
 ) -> CallbackDecision {
+    let Notification {
+        provider_txn_id,
+        paid_amount,
+        success,
+        txn_credited,
+    } = notification;
     if success && shared::money::parse_amount(paid_amount.get()).is_err() {
         return CallbackDecision::Unmatched(Unmatched::AmountOutOfRange);
+    }
+    if success && txn_credited {
+        return CallbackDecision::Unmatched(Unmatched::ProviderTxnReused);
     }
     let Some(order) = order else {
         return CallbackDecision::Unmatched(Unmatched::UnknownOrder);
@@ -115,12 +138,36 @@ mod tests {
 
     const HUNDRED: Micros = Micros::new(100);
 
+    fn note(provider_txn_id: &str, paid_amount: Micros, success: bool) -> Notification<'_> {
+        Notification {
+            provider_txn_id,
+            paid_amount,
+            success,
+            txn_credited: false,
+        }
+    }
+
+    #[test]
+    fn a_transaction_that_credited_another_order_is_unmatched_not_credited_again() {
+        let reused = Notification {
+            txn_credited: true,
+            ..note("t1", HUNDRED, true)
+        };
+        for status in [OrderStatus::Pending, OrderStatus::Failed, OrderStatus::Paid] {
+            assert_eq!(
+                decide_callback(order(status, None), &account(5), reused),
+                CallbackDecision::Unmatched(Unmatched::ProviderTxnReused),
+                "{status:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_success_for_an_amount_out_of_range_is_unmatched_whatever_the_order() {
         for paid in [0, -1, i64::MIN, 1_000_000_000_001, i64::MAX] {
             for order in [order(OrderStatus::Pending, None), None] {
                 assert_eq!(
-                    decide_callback(order, &account(5), "t1", Micros::new(paid), true),
+                    decide_callback(order, &account(5), note("t1", Micros::new(paid), true)),
                     CallbackDecision::Unmatched(Unmatched::AmountOutOfRange),
                     "{paid}"
                 );
@@ -131,7 +178,11 @@ mod tests {
     #[test]
     fn success_credits_pending_failed_and_expired_orders() {
         for status in [OrderStatus::Pending, OrderStatus::Failed] {
-            match decide_callback(order(status, Some("t0")), &account(5), "t1", HUNDRED, true) {
+            match decide_callback(
+                order(status, Some("t0")),
+                &account(5),
+                note("t1", HUNDRED, true),
+            ) {
                 CallbackDecision::Credit(after) => assert_eq!(after.balance, Micros::new(105)),
                 other => panic!("{status:?}: {other:?}"),
             }
@@ -142,16 +193,14 @@ mod tests {
     fn what_cannot_be_applied_is_unmatched() {
         let a = account(0);
         assert_eq!(
-            decide_callback(None, &a, "t", HUNDRED, true),
+            decide_callback(None, &a, note("t", HUNDRED, true)),
             CallbackDecision::Unmatched(Unmatched::UnknownOrder)
         );
         assert_eq!(
             decide_callback(
                 order(OrderStatus::Pending, None),
                 &a,
-                "t",
-                Micros::new(99),
-                true
+                note("t", Micros::new(99), true)
             ),
             CallbackDecision::Unmatched(Unmatched::AmountMismatch)
         );
@@ -159,9 +208,7 @@ mod tests {
             decide_callback(
                 order(OrderStatus::Paid, Some("t1")),
                 &a,
-                "t2",
-                HUNDRED,
-                true
+                note("t2", HUNDRED, true)
             ),
             CallbackDecision::Unmatched(Unmatched::AlreadyPaid)
         );
@@ -169,9 +216,7 @@ mod tests {
             decide_callback(
                 order(OrderStatus::Pending, None),
                 &account(MAX_BALANCE.get() - 99),
-                "t",
-                HUNDRED,
-                true
+                note("t", HUNDRED, true)
             ),
             CallbackDecision::Unmatched(Unmatched::BalanceLimit)
         );
@@ -179,9 +224,7 @@ mod tests {
             decide_callback(
                 order(OrderStatus::Paid, Some("t1")),
                 &a,
-                "t2",
-                Micros::ZERO,
-                false
+                note("t2", Micros::ZERO, false)
             ),
             CallbackDecision::Unmatched(Unmatched::FailureAfterPaid)
         );
@@ -194,9 +237,7 @@ mod tests {
             decide_callback(
                 order(OrderStatus::Pending, None),
                 &a,
-                "t",
-                Micros::ZERO,
-                false
+                note("t", Micros::ZERO, false)
             ),
             CallbackDecision::MarkFailed
         );
@@ -204,9 +245,7 @@ mod tests {
             decide_callback(
                 order(OrderStatus::Failed, Some("t")),
                 &a,
-                "t",
-                Micros::ZERO,
-                false
+                note("t", Micros::ZERO, false)
             ),
             CallbackDecision::Replayed
         );
@@ -218,9 +257,7 @@ mod tests {
             decide_callback(
                 order(OrderStatus::Paid, Some("t1")),
                 &account(0),
-                "t1",
-                HUNDRED,
-                true
+                note("t1", HUNDRED, true)
             ),
             CallbackDecision::Replayed
         );

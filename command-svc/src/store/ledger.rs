@@ -88,6 +88,9 @@ pub struct LedgerRecord {
     pub free_used_after_micros: i64,
     pub free_held_after_micros: i64,
     pub balance_held_after_micros: i64,
+    /// The account's monthly free quota right after the row (`None` in rows written before it
+    /// was recorded).
+    pub monthly_free_after_micros: Option<i64>,
     /// The month of the free part, when it is not `period`.
     pub free_period: Option<String>,
     pub api_id: Option<String>,
@@ -97,8 +100,12 @@ pub struct LedgerRecord {
 }
 
 impl LedgerRecord {
-    /// The account right after this row, given what the row does not hold.
+    /// The account right after this row; `monthly_free` stands in for a row that does not hold
+    /// it (written before it was recorded).
     pub fn state_after(&self, monthly_free: Micros) -> Result<AccountSnapshot, StoreError> {
+        let monthly_free = self
+            .monthly_free_after_micros
+            .map_or(monthly_free, Micros::new);
         Ok(AccountSnapshot {
             balance: Micros::new(self.balance_after_micros),
             period: super::accounts::parse_period(&self.period)?,
@@ -116,8 +123,8 @@ macro_rules! record_columns {
     () => {
         "record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, period, \
          balance_after_micros, free_granted_after_micros, free_used_after_micros, \
-         free_held_after_micros, balance_held_after_micros, free_period, api_id, request_id, \
-         order_no, created_at"
+         free_held_after_micros, balance_held_after_micros, monthly_free_after_micros, \
+         free_period, api_id, request_id, order_no, created_at"
     };
 }
 
@@ -153,6 +160,24 @@ pub async fn find_record(
     Ok(sqlx::query_as(SQL)
         .bind(record_id)
         .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// `user_id`'s ledger row of `version`, if any.
+pub async fn find_record_at_version(
+    tx: &mut Tx,
+    user_id: &str,
+    version: i64,
+) -> Result<Option<LedgerRecord>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM ledger WHERE user_id = ? AND version = ?"
+    );
+    Ok(sqlx::query_as(SQL)
+        .bind(user_id)
+        .bind(version)
         .fetch_optional(&mut **tx)
         .await?)
 }
@@ -200,8 +225,8 @@ impl Writes {
              balance_after_micros, free_granted_before_micros, free_granted_after_micros, \
              free_used_before_micros, free_used_after_micros, free_held_before_micros, \
              free_held_after_micros, balance_held_before_micros, balance_held_after_micros, \
-             request_id, api_id, description, order_no, provider_txn_id, adjustment_id, reason, \
-             actor, created_at) ",
+             monthly_free_after_micros, request_id, api_id, description, order_no, \
+             provider_txn_id, adjustment_id, reason, actor, created_at) ",
             entries,
             "",
             |row, entry| {
@@ -231,6 +256,7 @@ impl Writes {
                     .int(after.free_held.get())
                     .int(before.balance_held.get())
                     .int(after.balance_held.get())
+                    .int(after.monthly_free.get())
                     .opt_text(refs.request_id)
                     .opt_text(refs.api_id)
                     .opt_text(refs.description)

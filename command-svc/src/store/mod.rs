@@ -31,11 +31,11 @@ pub use alerts::{
 pub use grants::{Grant, regrant};
 pub use ledger::{
     LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge, find_charges,
-    find_credit_by_txn, find_record,
+    find_credit_by_txn, find_record, find_record_at_version,
 };
 pub use orders::{
-    OrderRow, UnmatchedRow, find_order, find_order_by_key, find_unmatched_by_txn, insert_order,
-    insert_unmatched, lock_order, update_order_status,
+    OrderRow, UnmatchedKey, UnmatchedRow, find_order, find_order_by_key, find_unmatched,
+    insert_order, insert_unmatched, lock_order, update_order_status,
 };
 pub use outbox::{
     OutboxRow, Outgoing, PURGE_CHUNK, backlog, claim_unpublished, insert_event,
@@ -43,8 +43,8 @@ pub use outbox::{
 };
 pub use refunds::{NewRefund, RefundRow, find_refund, insert_refund, refundable};
 pub use reservations::{
-    ExpiredHold, NewReservation, Reservation, ReservationStatus, end_reservation,
-    expired_reservations, insert_reservation, lock_reservation,
+    ExpiredHold, NewReservation, Reservation, ReservationStatus, SettleRecord, end_reservation,
+    expired_reservations, insert_reservation, lock_reservation, record_settle,
 };
 pub use writes::Writes;
 

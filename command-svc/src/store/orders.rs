@@ -136,15 +136,20 @@ pub struct UnmatchedRow {
     pub success: bool,
     pub paid_amount_micros: i64,
     pub why: String,
+    /// The version of the order's account when the payment was stored (none for an unknown
+    /// order): its ledger row gives a replay the account the first answer showed.
+    pub account_version: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
-/// Stores a payment that could not be applied. The same provider transaction and outcome twice
-/// is a duplicate key: a concurrent replay, retried and then answered as one.
+/// Stores a payment that could not be applied. The same notification twice (provider
+/// transaction, outcome, order and amount) is a duplicate key: a concurrent replay, retried and
+/// then answered as one.
 pub async fn insert_unmatched(tx: &mut Tx, row: &UnmatchedRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO unmatched_payments (unmatched_id, order_no, user_id, provider_txn_id, \
-         success, paid_amount_micros, why, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         success, paid_amount_micros, why, account_version, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&row.unmatched_id)
     .bind(&row.order_no)
@@ -153,23 +158,36 @@ pub async fn insert_unmatched(tx: &mut Tx, row: &UnmatchedRow) -> Result<(), Sto
     .bind(row.success)
     .bind(row.paid_amount_micros)
     .bind(&row.why)
+    .bind(row.account_version)
     .bind(row.created_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-pub async fn find_unmatched_by_txn<'e>(
+/// The unmatched payment stored for this very notification (provider transaction, outcome,
+/// order and amount), if any.
+pub async fn find_unmatched<'e>(
     executor: impl MySqlExecutor<'e>,
-    provider_txn_id: &str,
-    success: bool,
+    notification: &UnmatchedKey<'_>,
 ) -> Result<Option<UnmatchedRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT unmatched_id, order_no, user_id, provider_txn_id, success, paid_amount_micros, \
-         why, created_at FROM unmatched_payments WHERE provider_txn_id = ? AND success = ?",
+         why, account_version, created_at FROM unmatched_payments \
+         WHERE provider_txn_id = ? AND success = ? AND order_no = ? AND paid_amount_micros = ?",
     )
-    .bind(provider_txn_id)
-    .bind(success)
+    .bind(notification.provider_txn_id)
+    .bind(notification.success)
+    .bind(notification.order_no)
+    .bind(notification.paid_amount_micros)
     .fetch_optional(executor)
     .await?)
+}
+
+/// What makes two payment notifications one: a replay repeats all of it.
+pub struct UnmatchedKey<'a> {
+    pub provider_txn_id: &'a str,
+    pub success: bool,
+    pub order_no: &'a str,
+    pub paid_amount_micros: i64,
 }

@@ -53,7 +53,10 @@ struct Row {
     status: String,
     hold_record_id: String,
     end_record_id: Option<String>,
+    settle_record_id: Option<String>,
     actual_micros: Option<i64>,
+    settle_released_micros: Option<i64>,
+    settled_after_expiry: Option<bool>,
     expires_at: DateTime<Utc>,
 }
 
@@ -68,11 +71,35 @@ pub struct Reservation {
     pub period: Period,
     pub status: ReservationStatus,
     pub hold_record_id: String,
-    /// The ledger row that ended it: the settle's charge, or the release.
+    /// The ledger row that ended it first: the settle's charge, or the release (a caller's, or
+    /// the sweeper's at expiry). Never overwritten.
     pub end_record_id: Option<String>,
-    /// What a settle charged.
-    pub actual: Option<Micros>,
+    /// How it was settled, if it was (before or after its expiry).
+    pub settle: Option<SettleRecord>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// A settle as its first answer gave it: the charge's row, the actual price, what it released
+/// (0 after expiry, when the hold had been given back already) and whether it came after expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettleRecord {
+    pub record_id: String,
+    pub actual: Micros,
+    pub released: Micros,
+    pub after_expiry: bool,
+}
+
+impl Reservation {
+    /// What the end of the hold gave back, as its first answer said: the whole hold when a
+    /// release (or expiry) ended it, the rest of the actual price when a settle did.
+    pub fn released_at_end(&self) -> Micros {
+        match &self.settle {
+            Some(settle) if self.end_record_id.as_deref() == Some(settle.record_id.as_str()) => {
+                settle.released
+            }
+            _ => self.amount,
+        }
+    }
 }
 
 impl TryFrom<Row> for Reservation {
@@ -91,7 +118,15 @@ impl TryFrom<Row> for Reservation {
             status: ReservationStatus::parse(&row.status)?,
             hold_record_id: row.hold_record_id,
             end_record_id: row.end_record_id,
-            actual: row.actual_micros.map(Micros::new),
+            settle: match (row.settle_record_id, row.actual_micros) {
+                (Some(record_id), Some(actual)) => Some(SettleRecord {
+                    record_id,
+                    actual: Micros::new(actual),
+                    released: Micros::new(row.settle_released_micros.unwrap_or(0)),
+                    after_expiry: row.settled_after_expiry.unwrap_or(false),
+                }),
+                _ => None,
+            },
             expires_at: row.expires_at,
         })
     }
@@ -105,7 +140,8 @@ pub async fn lock_reservation(
 ) -> Result<Option<Reservation>, StoreError> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT reservation_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
-         period, status, hold_record_id, end_record_id, actual_micros, expires_at \
+         period, status, hold_record_id, end_record_id, settle_record_id, actual_micros, \
+         settle_released_micros, settled_after_expiry, expires_at \
          FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",
     )
     .bind(user_id)
@@ -153,23 +189,47 @@ pub async fn insert_reservation(
     Ok(())
 }
 
-/// Ends a held reservation: `status` with the ledger row that ended it (and what a settle
-/// charged).
+/// Ends a held reservation by a release: the caller's (`Released`) or at expiry (`Expired`),
+/// with the release's ledger row.
 pub async fn end_reservation(
     tx: &mut Tx,
     reservation_id: &str,
     status: ReservationStatus,
     end_record_id: &str,
-    actual: Option<Micros>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE reservations SET status = ?, end_record_id = ?, actual_micros = ?, ended_at = ? \
+        "UPDATE reservations SET status = ?, end_record_id = ?, ended_at = ? \
          WHERE reservation_id = ?",
     )
     .bind(status.as_str())
     .bind(end_record_id)
-    .bind(actual.map(Micros::get))
+    .bind(now)
+    .bind(reservation_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a reservation's settle. When it is its first end (settled while held), the settle's
+/// row is its end too; after an expiry the release stays its end.
+pub async fn record_settle(
+    tx: &mut Tx,
+    reservation_id: &str,
+    settle: &SettleRecord,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE reservations SET status = 'settled', settle_record_id = ?, actual_micros = ?, \
+         settle_released_micros = ?, settled_after_expiry = ?, \
+         end_record_id = COALESCE(end_record_id, ?), ended_at = COALESCE(ended_at, ?) \
+         WHERE reservation_id = ?",
+    )
+    .bind(&settle.record_id)
+    .bind(settle.actual.get())
+    .bind(settle.released.get())
+    .bind(settle.after_expiry)
+    .bind(&settle.record_id)
     .bind(now)
     .bind(reservation_id)
     .execute(&mut **tx)

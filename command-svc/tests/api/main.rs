@@ -16,6 +16,7 @@ mod periods;
 mod plans;
 mod refunds;
 mod relay;
+mod replays;
 mod reservations;
 mod reset;
 mod safety;

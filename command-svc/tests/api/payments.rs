@@ -381,3 +381,63 @@ async fn a_failure_notice_for_a_paid_order_is_kept_for_operators() {
     assert_eq!(account(&app, &user).await.balance_micros, 4 * CNY);
     app.cleanup().await;
 }
+
+/// A replay is the same provider transaction for the same order and amount. The same id for
+/// another order, or another amount, is a payment of its own: stored as unmatched (with its
+/// event), never answered with the first order's replay, never credited twice.
+#[tokio::test]
+async fn a_provider_transaction_reused_for_another_order_or_amount_is_unmatched_not_replayed() {
+    let app = spawn_app().await;
+    let (alice, bob) = (new_user("txn-alice"), new_user("txn-bob"));
+    let a = create_order(&app, &alice, 5 * CNY).await.order_no;
+    let b = create_order(&app, &bob, 5 * CNY).await.order_no;
+    let first = callback(&app, paid(&a, "T-shared", 5 * CNY)).await;
+    assert_eq!(first.outcome, OUTCOME_CREDITED);
+
+    let reused = callback(&app, paid(&b, "T-shared", 5 * CNY)).await;
+    assert_eq!(reused.outcome, OUTCOME_UNMATCHED, "{reused:?}");
+    assert!(!reused.replayed);
+    assert_eq!(reused.order.as_ref().unwrap().order_no, b);
+    assert_eq!(
+        reused.order.as_ref().unwrap().status,
+        pb::OrderStatus::Pending as i32
+    );
+    let unmatched_id = reused.unmatched_id.clone();
+    assert_eq!(
+        unmatched_why(&app, &unmatched_id).await,
+        "provider_txn_reused"
+    );
+
+    // Sent again, it is that unmatched payment's replay, not alice's.
+    let again = callback(&app, paid(&b, "T-shared", 5 * CNY)).await;
+    assert_eq!(
+        (again.outcome, again.replayed, again.unmatched_id.as_str()),
+        (OUTCOME_REPLAYED, true, unmatched_id.as_str())
+    );
+    assert_eq!(again.order.unwrap().order_no, b);
+    assert_eq!(again.account.unwrap().user_id, bob);
+
+    // The same order with another amount is not a replay either.
+    let other_amount = callback(&app, paid(&a, "T-shared", 6 * CNY)).await;
+    assert_eq!(other_amount.outcome, OUTCOME_UNMATCHED);
+    assert_ne!(other_amount.unmatched_id, unmatched_id);
+
+    // Alice's own replay is still hers.
+    let replay = callback(&app, paid(&a, "T-shared", 5 * CNY)).await;
+    assert_eq!(
+        (replay.outcome, replay.order.unwrap().order_no),
+        (OUTCOME_REPLAYED, a)
+    );
+    assert_eq!(account(&app, &alice).await.balance_micros, 5 * CNY);
+    assert_eq!(account(&app, &bob).await.balance_micros, 0);
+    let events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE subject LIKE '%.payment_unmatched'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(events, 2, "one event per unmatched payment");
+    for user in [&alice, &bob] {
+        assert_invariants(&app.db, user).await;
+    }
+    app.cleanup().await;
+}

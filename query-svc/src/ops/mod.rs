@@ -40,16 +40,19 @@ pub struct LedgerRow {
 }
 
 /// The columns of [`LedgerRow`] in [`LEDGER_FROM`], for every SELECT of the ledger here. The
-/// row that ends a reservation (its settle's charge, or its release) shows the reservation's
-/// request id: the hold's row carries it in the ledger, where it is the charges' unique key.
+/// rows that end a reservation (its release, its settle's charge, or both when it was settled
+/// after it expired) show the reservation's request id: the hold's row carries it in the ledger,
+/// where it is the charges' unique key.
 pub const LEDGER_COLUMNS: &str = "l.record_id, l.user_id, l.version, l.kind, l.amount_micros, \
     l.free_micros, l.balance_micros, l.period, l.balance_after_micros, l.free_granted_after_micros, \
     l.free_used_after_micros, l.free_held_after_micros, l.balance_held_after_micros, l.free_period, \
-    l.api_id, COALESCE(l.request_id, r.request_id) AS request_id, l.order_no, l.created_at";
+    l.api_id, COALESCE(l.request_id, r.request_id, s.request_id) AS request_id, l.order_no, \
+    l.created_at";
 
-/// The ledger (`l`) with the reservation (`r`) a row ended, if any.
-pub const LEDGER_FROM: &str = "ledger l LEFT JOIN reservations r \
-    ON r.user_id = l.user_id AND r.end_record_id = l.record_id";
+/// The ledger (`l`) with the reservation a row ended (`r`) or settled (`s`), if any.
+pub const LEDGER_FROM: &str = "ledger l \
+    LEFT JOIN reservations r ON r.user_id = l.user_id AND r.end_record_id = l.record_id \
+    LEFT JOIN reservations s ON s.user_id = l.user_id AND s.settle_record_id = l.record_id";
 
 impl LedgerRow {
     /// The record the projection writes for the event of this row, with the usage it counts to.

@@ -151,6 +151,29 @@ pub async fn some_activity(stack: &Stack, user: &str) {
         })
         .await
         .unwrap();
+    // A hold left to expire (the sweeper or the settle itself releases it), then settled late:
+    // a release and a charge, each showing the reservation's request id.
+    gateway
+        .reserve_quota(pb::ReserveQuotaRequest {
+            user_id: user.to_owned(),
+            request_id: "stream-3".into(),
+            amount_micros: CNY,
+            api_id: "api.stream".into(),
+            ttl_ms: 1_000,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let late = gateway
+        .settle_reservation(pb::SettleReservationRequest {
+            user_id: user.to_owned(),
+            request_id: "stream-3".into(),
+            actual_amount_micros: CNY / 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(late.after_expiry);
 }
 
 #[tokio::test]

@@ -54,7 +54,7 @@ enum Change {
     Expiry,
     Settle,
     Refund,
-    PlanChange,
+    NewPlan,
     NewPeriod,
 }
 
@@ -62,7 +62,7 @@ const CHANGES: [Change; 5] = [
     Change::Expiry,
     Change::Settle,
     Change::Refund,
-    Change::PlanChange,
+    Change::NewPlan,
     Change::NewPeriod,
 ];
 
@@ -294,7 +294,7 @@ async fn change(app: &TestApp, change: Change, rpc: Rpc, user: &str) {
                 .await
                 .unwrap();
         }
-        Change::PlanChange => {
+        Change::NewPlan => {
             ops.set_free_quota_plan(pb::SetFreeQuotaPlanRequest {
                 user_id: user.to_owned(),
                 monthly_free_micros: 30 * CNY,

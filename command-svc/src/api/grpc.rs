@@ -176,6 +176,21 @@ impl BillingCommandService for GrpcApi {
         }))
     }
 
+    async fn get_alert_settings(
+        &self,
+        request: Request<pb::GetAlertSettingsRequest>,
+    ) -> Result<Response<pb::GetAlertSettingsResponse>, Status> {
+        require(&request, &[Scope::Orders, Scope::Admin])?;
+        let user_id = parse::get_alert_settings(request.get_ref())?;
+        let shown = self.commands.get_alert_settings(&user_id).await?;
+        Ok(Response::new(pb::GetAlertSettingsResponse {
+            low_balance_threshold_micros: shown.low_balance_threshold.get(),
+            webhook_url: shown.webhook_url.unwrap_or_default(),
+            signing_secret_set: shown.signing_secret_set,
+            threshold_set: shown.threshold_set,
+        }))
+    }
+
     async fn reserve_quota(
         &self,
         request: Request<pb::ReserveQuotaRequest>,

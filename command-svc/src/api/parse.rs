@@ -221,17 +221,34 @@ pub fn set_alert_settings(
 ) -> Result<SetAlertSettings, CommandError> {
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
-    let threshold = v.take(
-        money::parse_balance(request.low_balance_threshold_micros)
-            .map_err(|e| FieldViolation::new("low_balance_threshold_micros", e.to_string())),
-    );
-    let webhook_url = v.take(WebhookUrl::parse("webhook_url", &request.webhook_url));
+    // A field kept as stored is not read.
+    let threshold = if request.keep_threshold {
+        Some(Micros::ZERO)
+    } else {
+        v.take(
+            money::parse_balance(request.low_balance_threshold_micros)
+                .map_err(|e| FieldViolation::new("low_balance_threshold_micros", e.to_string())),
+        )
+    };
+    let webhook_url = if request.keep_webhook_url {
+        Some(None)
+    } else {
+        v.take(WebhookUrl::parse("webhook_url", &request.webhook_url))
+    };
     parse_all!(v => SetAlertSettings {
         user_id: user_id?,
         low_balance_threshold: threshold?,
         webhook_url: webhook_url?,
         rotate_signing_secret: request.rotate_signing_secret,
+        keep_webhook_url: request.keep_webhook_url,
+        keep_threshold: request.keep_threshold,
     })
+}
+
+pub fn get_alert_settings(
+    request: &pb::GetAlertSettingsRequest,
+) -> Result<shared::ids::UserId, CommandError> {
+    user_id(&request.user_id)
 }
 
 pub fn set_free_quota_plan(

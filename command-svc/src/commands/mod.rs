@@ -30,7 +30,7 @@ use shared::{
 };
 
 pub use adjust::Adjusted;
-pub use alerts::AlertSettingsSaved;
+pub use alerts::{AlertSettingsSaved, AlertSettingsShown};
 pub use charge::{Charged, Checked};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;

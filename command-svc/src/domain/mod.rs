@@ -99,6 +99,10 @@ pub struct SetAlertSettings {
     pub webhook_url: Option<WebhookUrl>,
     /// Replace the signing secret with a new one.
     pub rotate_signing_secret: bool,
+    /// Keep the stored webhook (a partial update), whatever `webhook_url` says.
+    pub keep_webhook_url: bool,
+    /// Keep the stored threshold, whatever `low_balance_threshold` says.
+    pub keep_threshold: bool,
 }
 
 /// An operator's new free quota for each period after the current one. Setting the plan an

@@ -29,6 +29,20 @@ pub async fn lock_alert_settings(
     .await?)
 }
 
+/// `user_id`'s settings, unlocked (none stored: `None`).
+pub async fn alert_settings_of(
+    pool: &MySqlPool,
+    user_id: &UserId,
+) -> Result<Option<AlertSettingsRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT low_balance_threshold_micros, webhook_url, signing_secret \
+         FROM alert_settings WHERE user_id = ?",
+    )
+    .bind(user_id.as_str())
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Stores a developer's settings, replacing earlier ones.
 pub async fn save_alert_settings(
     tx: &mut Tx,

@@ -25,8 +25,8 @@ pub use accounts::{
     parse_period, save_account,
 };
 pub use alerts::{
-    AlertSettingsRow, DeliveryAttempt, Webhook, delivery_settled, lock_alert_settings,
-    purge_settled_deliveries, record_attempt, save_alert_settings, webhook_of,
+    AlertSettingsRow, DeliveryAttempt, Webhook, alert_settings_of, delivery_settled,
+    lock_alert_settings, purge_settled_deliveries, record_attempt, save_alert_settings, webhook_of,
 };
 pub use grants::{Grant, regrant};
 pub use ledger::{

@@ -23,6 +23,8 @@ fn settings(user: &str, threshold: i64, url: &str) -> pb::SetAlertSettingsReques
         low_balance_threshold_micros: threshold,
         webhook_url: url.to_owned(),
         rotate_signing_secret: false,
+        keep_webhook_url: false,
+        keep_threshold: false,
     }
 }
 
@@ -659,5 +661,59 @@ async fn deliveries_ignore_proxies_named_by_the_environment() {
     })
     .await;
     assert!(proxy.received().is_empty(), "the proxy saw a delivery");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn alert_settings_are_read_back_by_the_callers_that_may_set_them() {
+    let app = spawn_app().await;
+    let user = new_user("get-settings");
+    let get = || pb::GetAlertSettingsRequest {
+        user_id: user.clone(),
+    };
+    let mut orders = app.orders().await;
+    let fresh = orders.get_alert_settings(get()).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            fresh.low_balance_threshold_micros,
+            fresh.threshold_set,
+            fresh.webhook_url.as_str()
+        ),
+        (CNY, false, "")
+    );
+    orders
+        .set_alert_settings(settings(&user, 4 * CNY, "https://hooks.example.com/b"))
+        .await
+        .unwrap();
+    let shown = app
+        .ops()
+        .await
+        .get_alert_settings(get())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            shown.low_balance_threshold_micros,
+            shown.threshold_set,
+            shown.webhook_url.as_str(),
+            shown.signing_secret_set
+        ),
+        (4 * CNY, true, "https://hooks.example.com/b", true)
+    );
+    let denied = app
+        .gateway()
+        .await
+        .get_alert_settings(get())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let invalid = orders
+        .get_alert_settings(pb::GetAlertSettingsRequest {
+            user_id: "no spaces".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
     app.cleanup().await;
 }

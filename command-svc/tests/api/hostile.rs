@@ -274,6 +274,8 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         low_balance_threshold_micros: pick(r, bad == 1, &amount, &bad_threshold),
         webhook_url: pick(r, bad == 2, &Just(String::new()).boxed(), &bad_url),
         rotate_signing_secret: false,
+        keep_webhook_url: false,
+        keep_threshold: false,
     }) {
         let answer = orders.set_alert_settings(case).await.map(drop);
         answers.push(("SetAlertSettings", answer));

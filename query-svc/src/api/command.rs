@@ -101,6 +101,21 @@ impl CommandClient {
             .ok_or_else(|| Status::internal("GetRechargeOrder answered without an order"))
     }
 
+    /// `user_id`'s alert settings as they apply.
+    pub async fn get_alert_settings(
+        &self,
+        user_id: &UserId,
+    ) -> Result<pb::GetAlertSettingsResponse, Status> {
+        let request = pb::GetAlertSettingsRequest {
+            user_id: user_id.to_string(),
+        };
+        let reply = self
+            .client()
+            .get_alert_settings(self.request(request))
+            .await?;
+        Ok(reply.into_inner())
+    }
+
     /// Saves `user_id`'s alert settings.
     pub async fn set_alert_settings(
         &self,

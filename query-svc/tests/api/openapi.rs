@@ -24,7 +24,7 @@ const BEARER: &str = "bearer_jwt";
 
 /// Every route query-svc serves, by method and path as the router writes it. A route added
 /// without documentation, or documentation removed from a route, fails the test below.
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 17] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -36,7 +36,9 @@ const ROUTES: [(&str, &str); 15] = [
     ("POST", "/api/v1/billing/recharge"),
     ("GET", "/api/v1/billing/recharge/orders"),
     ("GET", "/api/v1/billing/recharge/orders/{order_no}"),
+    ("GET", "/api/v1/billing/alerts"),
     ("PUT", "/api/v1/billing/alerts"),
+    ("PATCH", "/api/v1/billing/alerts"),
     ("GET", "/console"),
     ("GET", "/console/console.css"),
     ("GET", "/console/console.js"),

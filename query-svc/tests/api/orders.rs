@@ -412,3 +412,86 @@ async fn alert_settings_are_saved_for_the_tokens_user_only() {
     assert_eq!(unauthorized.0, StatusCode::UNAUTHORIZED);
     stack.cleanup().await;
 }
+
+/// `GET` reads the settings back; `PUT` replaces them whole and refuses a body without
+/// `webhook_url` (it used to remove the webhook unasked); `PATCH` changes only what it names.
+#[tokio::test]
+async fn alert_settings_are_read_back_replaced_whole_or_changed_in_part() {
+    let stack = spawn_stack().await;
+    let user = new_user("alerts-rw");
+    let token = format!("Bearer {}", stack.token(&user));
+    let request = |method: Method, body: Option<serde_json::Value>| {
+        let token = token.clone();
+        let stack = &stack;
+        async move {
+            send(
+                stack,
+                method,
+                "/api/v1/billing/alerts",
+                Some(&token),
+                body.as_ref().map(|_| "application/json"),
+                body.map(|body| body.to_string()),
+            )
+            .await
+        }
+    };
+    // Nothing set yet: the default threshold, no webhook.
+    let (status, shown) = request(Method::GET, None).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(
+        shown,
+        json!({"low_balance_threshold_micros": CNY, "threshold_set": false,
+               "webhook_url": null, "signing_secret_set": false})
+    );
+    let hook = "https://hooks.example.com/billing";
+    let (status, _) = request(
+        Method::PUT,
+        Some(json!({"low_balance_threshold_micros": 2 * CNY, "webhook_url": hook})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // A PUT without the webhook is refused, and removes nothing.
+    let refused = request(
+        Method::PUT,
+        Some(json!({"low_balance_threshold_micros": 3 * CNY})),
+    )
+    .await;
+    assert_eq!(
+        error_code(&refused),
+        (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
+    );
+    // A PATCH of the threshold keeps the webhook.
+    let (status, patched) = request(
+        Method::PATCH,
+        Some(json!({"low_balance_threshold_micros": 3 * CNY})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["webhook_url"], json!(hook));
+    let (_, shown) = request(Method::GET, None).await;
+    assert_eq!(
+        shown,
+        json!({"low_balance_threshold_micros": 3 * CNY, "threshold_set": true,
+               "webhook_url": hook, "signing_secret_set": true})
+    );
+    // A PATCH with null removes the webhook and keeps the threshold and the secret.
+    let (status, _) = request(Method::PATCH, Some(json!({"webhook_url": null}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = request(Method::GET, None).await;
+    assert_eq!(
+        shown,
+        json!({"low_balance_threshold_micros": 3 * CNY, "threshold_set": true,
+               "webhook_url": null, "signing_secret_set": true})
+    );
+    let stranger = send(
+        &stack,
+        Method::GET,
+        "/api/v1/billing/alerts",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(stranger.0, StatusCode::UNAUTHORIZED);
+    stack.cleanup().await;
+}

@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "billing-console-token";
 const PAGE_SIZE = 20;
+// The service's default alert threshold, when the user's own cannot be read.
 const LOW_BALANCE_MICROS = 1000000n;
 const MAX_RECHARGE_MICROS = 1000000000000n;
 const SVG = "http://www.w3.org/2000/svg";
@@ -94,7 +95,11 @@ function useToken(token) {
 // --- wallet ----------------------------------------------------------------------------------
 
 async function loadWallet() {
-  const account = await api("/api/v1/billing/account");
+  const [account, alerts] = await Promise.all([
+    api("/api/v1/billing/account"),
+    // The threshold balance_low fires at: the user's own, else the service's default.
+    api("/api/v1/billing/alerts").catch(() => null),
+  ]);
   state.currency = account.currency;
   const money = (micros) => formatMicros(micros, account.currency);
   const quota = account.free_quota;
@@ -110,7 +115,12 @@ async function loadWallet() {
   $("free-bar").setAttribute("aria-valuenow", String(percent));
   $("free-text").textContent = `${money(quota.used_micros)} used of ${money(quota.granted_micros)}`;
   $("free-resets").textContent = `· resets ${new Date(quota.resets_at).toLocaleString()}`;
-  $("low-balance").hidden = BigInt(account.balance_micros) >= LOW_BALANCE_MICROS;
+  const threshold = alerts ? BigInt(alerts.low_balance_threshold_micros) : LOW_BALANCE_MICROS;
+  const low = $("low-balance");
+  low.textContent =
+    `Your balance is at or below your alert threshold of ${money(threshold)}: ` +
+    "recharge to keep your calls going.";
+  low.hidden = BigInt(account.balance_micros) > threshold;
 }
 
 // --- usage -----------------------------------------------------------------------------------

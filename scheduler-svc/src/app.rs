@@ -47,8 +47,15 @@ impl Application {
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
         settings.check_secrets(shared::config::Service::Scheduler)?;
         let schedule = FireSchedule::new(&settings.scheduler.cron, settings.billing.zone()?)?;
-        // Installed before anything is counted.
+        // Installed before anything is counted; rare events' counters start at zero, so that a
+        // rate sees their first occurrence.
         shared::telemetry::metrics();
+        for rare in [
+            "billing_scheduler_reset_published_total",
+            "billing_scheduler_publish_failures_total",
+        ] {
+            metrics::counter!(rare).increment(0);
+        }
         let nats = shared::bus::connect(&settings.nats).await?;
         let listener = TcpListener::bind(&settings.scheduler.http_addr).await?;
         Ok(Application {

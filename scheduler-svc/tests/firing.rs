@@ -89,6 +89,19 @@ async fn midnight_on_the_first_publishes_the_scheduled_month_under_its_message_i
     assert_eq!(midnight.issued_at_ms, late.timestamp_millis());
     assert_eq!(commands.len(), 2, "one command per month: {commands:?}");
 
+    // Its rare counters are on the page from the start (a rate sees their first occurrence).
+    let page = reqwest::get(format!("http://{probes}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.lines()
+            .any(|line| line.starts_with("billing_scheduler_publish_failures_total ")),
+        "{page}"
+    );
+
     // The next firing is scheduled afresh: local midnight on 1 February.
     let february = zone.period_start("2027-02".parse().unwrap());
     let next_fire = || async {

@@ -181,6 +181,19 @@ async fn operators_adjust_mint_tokens_and_list_unmatched_payments() {
     .unwrap();
     assert_eq!(claims.claims["sub"], "ops-user");
 
+    // `-conf PATH`, as the services take it, works the same.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+    let seed_form = tokio::process::Command::new(env!("CARGO_BIN_EXE_billingctl"))
+        .arg("-conf")
+        .arg(&config)
+        .args(["token", "--user", "ops-user"])
+        .envs(&stack.env)
+        .output()
+        .await
+        .unwrap();
+    assert!(seed_form.status.success(), "{seed_form:?}");
+    assert_eq!(stdout(&seed_form).trim().split('.').count(), 3, "a JWT");
+
     sqlx::query(
         "INSERT INTO unmatched_payments (unmatched_id, order_no, user_id, provider_txn_id, success, \
          paid_amount_micros, why, created_at) VALUES ('u-1', 'RO-x', NULL, 'txn-x', TRUE, 700, 'unknown_order', NOW(6))",

@@ -878,7 +878,9 @@ async fn reconcile_during_load_reports_no_false_difference() {
         async move { charge_until_answered(clients, &users, Duration::from_secs(4), "c").await }
     });
     // Every run while the load goes on (and one at least, however fast the load) finds none.
+    let mut runs = 0;
     loop {
+        runs += 1;
         let output = cluster.billingctl(&["reconcile"]).await;
         assert!(
             output.status.success(),

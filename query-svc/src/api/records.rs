@@ -179,7 +179,8 @@ impl PageRequest {
         let kind = present(&params.kind)
             .map(|text| {
                 RecordType::parse(&text).ok_or_else(|| {
-                    ApiError::invalid("type must be one of deduct, recharge, free_grant, adjust")
+                    let types = RecordType::ALL.map(RecordType::as_str).join(", ");
+                    ApiError::invalid(format!("type must be one of {types}"))
                 })
             })
             .transpose()?;

@@ -228,6 +228,24 @@ async fn bad_parameters_get_a_400_with_a_json_error() {
     let stack = spawn_stack().await;
     let user = new_user(&stack.tag);
     let token = stack.token(&user);
+    // An unknown type is refused with every type there is.
+    let (status, body) = stack
+        .get("/api/v1/billing/records?type=bonus", &token)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for kind in [
+        "deduct",
+        "recharge",
+        "free_grant",
+        "adjust",
+        "plan",
+        "refund",
+        "hold",
+        "release",
+    ] {
+        assert!(message.contains(kind), "{kind}: {message}");
+    }
     for query in [
         "limit=0",
         "limit=101",

@@ -1,6 +1,6 @@
 //! `billingctl`: the operators' command line. It reads the same configuration as the services
-//! (`--config PATH`, or `--conf PATH`, repeatable; default `configs/config.yaml`; `BILLING__`
-//! overrides).
+//! (`-conf PATH` as they take it, or `--config PATH` / `--conf PATH`, repeatable; default
+//! `configs/config.yaml`; `BILLING__` overrides).
 //!
 //! ```text
 //! billingctl migrate [--wait-secs 120]             apply the database migrations
@@ -49,11 +49,14 @@ enum Command {
     /// Publish ResetFreeQuota for a period (the current or the next one), with a unique id so it
     /// runs even when the scheduler's command for that period already ran.
     ResetFreeQuota {
+        /// The month, `YYYY-MM`: the current one, or the next one within
+        /// `reset.next_period_lead` of its start.
         #[arg(long)]
         period: String,
     },
     /// Compare the read model with the write model at equal versions; exit 1 on differences.
     Reconcile {
+        /// Write the write model's view over every difference found (then run it again: 0).
         #[arg(long)]
         repair: bool,
         /// How long to wait before looking again at accounts that differed (events in flight).
@@ -69,20 +72,25 @@ enum Command {
     },
     /// Mint a JWT for the REST API, signed with the configured secret (development and support).
     Token {
+        /// The user id the token is for (its `sub`).
         #[arg(long)]
         user: String,
+        /// How long the token is valid, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: i64,
     },
     /// Credit (positive) or debit (negative) a balance through command-svc's AdjustBalance.
     Adjust {
+        /// The user whose balance changes.
         #[arg(long)]
         user: String,
         /// Signed micros: 1000000 credits one unit, -1000000 debits one.
         #[arg(long, allow_hyphen_values = true)]
         amount: i64,
+        /// Why, kept with the ledger row (1..512 characters).
         #[arg(long)]
         reason: String,
+        /// Who decided it (1..64 characters), kept with the ledger row.
         #[arg(long)]
         actor: String,
         /// The idempotency key; a new one by default. Reuse it to retry safely.
@@ -98,16 +106,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DlqAction {
+    /// Every dead letter: its stream sequence, subject, event id and why it was refused.
     List,
     /// Publish dead letters again on their original subjects (all when none is named).
     Replay {
+        /// Stream sequences of the dead letters to replay, as `list` shows them.
         sequences: Vec<u64>,
     },
 }
 
 #[derive(Subcommand)]
 enum UnmatchedAction {
+    /// The newest unmatched payments first.
     List {
+        /// How many at most.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -115,7 +127,15 @@ enum UnmatchedAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // The services take `-conf PATH` (the seed's form): so does billingctl.
+    let args = std::env::args().map(|arg| {
+        if arg == "-conf" {
+            "--config".to_owned()
+        } else {
+            arg
+        }
+    });
+    let cli = Cli::parse_from(args);
     let settings = Settings::load_files(&cli.config, None)?;
     let names = BusNames::from_settings(&settings.nats);
     match cli.command {

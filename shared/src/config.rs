@@ -568,6 +568,36 @@ impl BillingSettings {
     }
 }
 
+/// Every key the settings have, as dotted paths (`command.group_commit.max_batch`), in the order
+/// of the built-in defaults' sections: what the documentation must name.
+pub fn key_paths() -> Vec<String> {
+    fn walk(prefix: &str, value: config::Value, into: &mut Vec<String>) {
+        match value.kind {
+            config::ValueKind::Table(table) => {
+                let mut entries: Vec<_> = table.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                for (key, value) in entries {
+                    let path = if prefix.is_empty() {
+                        key
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, value, into);
+                }
+            }
+            _ => into.push(prefix.to_owned()),
+        }
+    }
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+        .build()
+        .expect("the built-in defaults load");
+    let mut paths = Vec::new();
+    let root = defaults.cache.clone();
+    walk("", root, &mut paths);
+    paths
+}
+
 /// Every key has a default, so a configuration file only says what differs.
 const DEFAULTS: &str = r#"
 dev_mode: false

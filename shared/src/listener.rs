@@ -34,6 +34,9 @@ use tokio::{
 
 use crate::config::ListenerSettings;
 
+/// The code of the answer to a request that was not whole and answered in time.
+pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
+
 /// The limits of one listener, from [`ListenerSettings`].
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -281,7 +284,7 @@ async fn request_deadline(State(limit): State<Duration>, request: Request, next:
         Err(_) => {
             metrics::counter!("billing_http_request_timeouts_total").increment(1);
             let body = json!({"error": {
-                "code": "REQUEST_TIMEOUT",
+                "code": REQUEST_TIMEOUT,
                 "message": "the request was not complete and answered in time",
             }});
             (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response()

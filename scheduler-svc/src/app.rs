@@ -129,6 +129,15 @@ impl Application {
                     Json(json!({ "error": { "code": "NOT_FOUND", "message": "no such route" } })),
                 )
             })
+            .method_not_allowed_fallback(|| async {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Json(json!({ "error": {
+                        "code": "METHOD_NOT_ALLOWED",
+                        "message": "method not allowed on this route",
+                    } })),
+                )
+            })
             .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
             .with_state(scheduler.clone());
         let mut http_stop = stop_rx.clone();

@@ -89,6 +89,16 @@ async fn midnight_on_the_first_publishes_the_scheduled_month_under_its_message_i
     assert_eq!(midnight.issued_at_ms, late.timestamp_millis());
     assert_eq!(commands.len(), 2, "one command per month: {commands:?}");
 
+    // A wrong method is answered in JSON, as every error of the three services.
+    let wrong = reqwest::Client::new()
+        .post(format!("http://{probes}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
+
     // Its rare counters are on the page from the start (a rate sees their first occurrence).
     let page = reqwest::get(format!("http://{probes}/metrics"))
         .await

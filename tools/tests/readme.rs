@@ -43,10 +43,31 @@ fn shell_commands(text: &str) -> Vec<String> {
         pending.push_str(line);
         let command = std::mem::take(&mut pending);
         if !command.trim().is_empty() && !command.trim_start().starts_with('#') {
+            commands.extend(substitutions(&command));
             commands.push(command);
         }
     }
     commands
+}
+
+/// The commands inside `$(…)` of a command line (`ORDER=$(grpcurl … | sed …)`).
+fn substitutions(command: &str) -> Vec<String> {
+    let mut inner = Vec::new();
+    let mut rest = command;
+    while let Some(start) = rest.find("$(") {
+        let mut depth = 0;
+        let body = &rest[start + 1..];
+        let end = body
+            .char_indices()
+            .find(|(_, c)| {
+                depth += i32::from(*c == '(') - i32::from(*c == ')');
+                depth == 0
+            })
+            .map_or(body.len(), |(i, _)| i);
+        inner.push(body[1..end].to_owned());
+        rest = &body[end..];
+    }
+    inner
 }
 
 /// A command line split into words as the shell would: quotes removed, `$VAR`, `${VAR}` and

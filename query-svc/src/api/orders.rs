@@ -5,8 +5,8 @@
 //!   (0 ..= 32 characters) and `idempotency_key` (0 ..= 128 printable ASCII) optional, and no
 //!   other field — a misspelt field is refused rather than ignored, since this request moves
 //!   money. Everything is validated before it is forwarded.
-//! - A replay of an idempotency key answers 201 with the same order, exactly as the first time
-//!   (its status as it is now).
+//! - A replay of an idempotency key answers 201 with the same order as its creation showed it
+//!   (PENDING, or EXPIRED once past `expires_at`); `GET` of the order tells what became of it.
 //! - One order is read from `rm_orders`; an order created but not projected yet is asked of
 //!   command-svc, which answers only for its owner. Unknown, or another user's: 404.
 //! - The list is `rm_orders` alone, newest first (`created_at`, then `order_no`).
@@ -120,7 +120,8 @@ impl ToSchema for OrderStatusSchema {
 #[schema(as = CreatedOrder)]
 pub struct CreatedJson {
     pub order_no: String,
-    /// `PENDING` for a new order; a replayed key shows the order's status as it is now.
+    /// `PENDING` for a new order; a replayed key shows the order as created (`EXPIRED` once past
+    /// `expires_at`): its status since is read with `GET`.
     #[schema(value_type = OrderStatusSchema)]
     pub status: &'static str,
     pub amount_micros: i64,
@@ -299,7 +300,7 @@ fn recharge_request(
     security(("bearer_jwt" = [])),
     request_body(content = RechargeBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "The order, PENDING (or the key's order as it is now)",
+        (status = 201, description = "The order, PENDING (or the key's order as it was created)",
             body = CreatedJson),
         (status = 400, description = "A bad body, every violated field at once \
             (`INVALID_ARGUMENT`)", body = ErrorBody),

@@ -63,7 +63,7 @@ run-cron: deps build-cron ## Run the scheduler alone in the foreground (bin/cron
 # While the tests run, the dependency script watches the three servers: one that stops answering
 # is reported and started again (deploy/dev-deps.sh --watch).
 test: ## Run the whole test suite against real MariaDB, Redis and NATS
-	deploy/dev-deps.sh --clean-test-databases --test-tools
+	deploy/dev-deps.sh --clean-test-databases --test-tools --browser
 	# The multi-process tests run the services' own binaries.
 	$(CARGO) build --bins -p command-svc -p query-svc -p scheduler-svc
 	deploy/dev-deps.sh --watch $$$$ >/dev/null & \

@@ -9,17 +9,22 @@
 #   kubectl  (Debian's kubernetes-client when missing; its `kubectl kustomize` renders them)
 #   a Python virtualenv (python3, python3-venv) with kubernetes-validate (the Kubernetes schemas,
 #   offline) and openapi-spec-validator (OpenAPI 3.0 / 3.1), from PyPI
+# and, with --browser, what the browser tests of the developer console (query-svc/console/e2e)
+# need:
+#   Chromium (Debian's chromium), Node.js and npm (Debian's nodejs and npm when missing), and
+#   playwright-core, installed by `npm ci` from the lock file into query-svc/console/e2e
 #
 # Safe to run any number of times. A dependency whose port already answers is left alone (it may
 # be a system service or a container someone else runs), so this never stops or restarts anything.
 # A missing one is installed from Debian packages when its binary is absent and started in the
 # background, bound to 127.0.0.1 only.
 #
-# Usage: deploy/dev-deps.sh [--clean-test-databases] [--test-tools] [--watch PID]
+# Usage: deploy/dev-deps.sh [--clean-test-databases] [--test-tools] [--browser] [--watch PID]
 #   --clean-test-databases  also drop test databases and temp dirs left behind by crashed test
 #                           runs (older than 6 hours, so a concurrent run is never disturbed)
 #   --test-tools            also install the tools of the manifest and OpenAPI checks (make test;
 #                           make run needs none of them)
+#   --browser               also install Chromium, Node.js and playwright-core (make test)
 #   --watch PID             then keep watching the three servers while process PID lives (make
 #                           test passes its shell): one that stops answering is reported (its
 #                           process, the kernel's last messages) and started again, NATS with the
@@ -65,6 +70,7 @@ readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
 
 clean_test_databases=false
 test_tools=false
+browser=false
 watch_pid=
 while (($# > 0)); do
     arg=$1
@@ -72,6 +78,7 @@ while (($# > 0)); do
     case "$arg" in
         --clean-test-databases) clean_test_databases=true ;;
         --test-tools) test_tools=true ;;
+        --browser) browser=true ;;
         --watch)
             [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "dev-deps: --watch needs a process id" >&2; exit 2; }
             watch_pid=$1
@@ -569,6 +576,47 @@ watch_servers() {
     done
 }
 
+# --- the console's browser tests: Chromium, Node.js, playwright-core -------------------------
+
+readonly CONSOLE_E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/query-svc/console/e2e"
+
+# The playwright-core version the lock file pins, and the one installed (empty when none).
+playwright_wanted() {
+    node -e 'console.log(require(process.argv[1]).packages["node_modules/playwright-core"].version)' \
+        "$CONSOLE_E2E_DIR/package-lock.json"
+}
+playwright_installed() {
+    node -e 'console.log(require(process.argv[1]).version)' \
+        "$CONSOLE_E2E_DIR/node_modules/playwright-core/package.json" 2>/dev/null || true
+}
+
+ensure_console_browser() {
+    local how=found log
+    if ! command -v chromium >/dev/null 2>&1; then
+        apt_install chromium
+        command -v chromium >/dev/null 2>&1 || die "chromium installed but not found"
+        how=installed
+    fi
+    echo "chromium: $how at $(command -v chromium)"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+        command -v node >/dev/null 2>&1 || die "nodejs installed but node not found"
+    fi
+    how=present
+    if [[ $(playwright_installed) != "$(playwright_wanted)" ]]; then
+        log=$(mktemp "${TMPDIR:-/tmp}/dev-deps-npm.XXXXXX")
+        # playwright-core brings no browser of its own: the tests launch Debian's chromium.
+        if ! (cd "$CONSOLE_E2E_DIR" && npm ci --no-audit --no-fund) >"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            rm -f "$log"
+            die "could not install the console tests' packages (npm ci in $CONSOLE_E2E_DIR)"
+        fi
+        rm -f "$log"
+        how=installed
+    fi
+    echo "playwright-core: $(playwright_installed) $how in $CONSOLE_E2E_DIR/node_modules"
+}
+
 # --- leftovers of crashed test runs ----------------------------------------------------------
 
 # Uses root over the socket when that needs no password (root, or passwordless sudo); otherwise
@@ -617,6 +665,9 @@ fi
 if $test_tools; then
     ensure_kubectl
     ensure_python_validators
+fi
+if $browser; then
+    ensure_console_browser
 fi
 if [[ -n $watch_pid ]]; then
     watch_servers "$watch_pid"

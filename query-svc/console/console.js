@@ -1,39 +1,214 @@
-// The developer console: the caller's wallet, usage, records and recharges, from the public
-// REST API of this origin with the developer's JWT. No dependencies, nothing fetched elsewhere.
+// DevShare billing console: the caller's wallet, usage, records and recharges, read from the
+// REST API of this origin with the developer's JWT. Vanilla ES2020, no dependencies, nothing
+// fetched from anywhere else, no inline code or style attributes (the page's CSP forbids them).
 "use strict";
 
 const TOKEN_KEY = "billing-console-token";
+const API = "/api/v1/billing";
 const PAGE_SIZE = 20;
-// The service's default alert threshold, when the user's own cannot be read.
+const MICROS_PER_UNIT = 1000000n;
+// The service's default alert threshold, used when the user's own cannot be read.
 const LOW_BALANCE_MICROS = 1000000n;
 const MAX_RECHARGE_MICROS = 1000000000000n;
-const SVG = "http://www.w3.org/2000/svg";
+const POLL_INTERVAL_MS = 1000;
+const POLL_LIMIT_MS = 30 * 60 * 1000;
+const USAGE_DAYS = 30;
+const TOP_APIS = 5;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const EXPIRED_MESSAGE =
+  "Your token is invalid or expired. Please paste a new token to continue.";
+const WELCOME_MESSAGE =
+  "Paste your API token (JWT) to open the console. It is kept in this browser tab only.";
 
-const state = { token: null, currency: "", cursor: null, filters: "", order: null, poll: null };
+// --- money: micros as exact integers ----------------------------------------------------------
+
+/**
+ * Micros as currency units with 2 decimals, rounded half up (on the magnitude, so -0.005 shows
+ * as -0.01), prefixed by the currency code: formatMicros(1234567, "CNY") === "CNY 1.23".
+ * Integer (BigInt) arithmetic only; a missing or non-integer value shows as "—".
+ */
+function formatMicros(micros, currency) {
+  let value;
+  try {
+    value = BigInt(micros);
+  } catch (_) {
+    return "—";
+  }
+  const negative = value < 0n;
+  const magnitude = negative ? -value : value;
+  let cents = magnitude / 10000n;
+  if (magnitude % 10000n >= 5000n) cents += 1n;
+  const text = `${cents / 100n}.${(cents % 100n).toString().padStart(2, "0")}`;
+  const signed = negative && cents !== 0n ? `-${text}` : text;
+  return currency ? `${currency} ${signed}` : signed;
+}
+
+/**
+ * A recharge amount typed in currency units, as exact micros: parseUnits("12.5") gives
+ * { micros: 12500000n }; an invalid amount gives { error: "…" }.
+ */
+function parseUnits(input) {
+  const text = String(input == null ? "" : input).trim();
+  if (text === "") return { error: "Enter the amount to recharge, e.g. 50 or 12.50." };
+  if (/^[-\u2212]/.test(text)) return { error: "The amount must be positive." };
+  const match = /^\+?(\d*)(?:\.(\d*))?$/.exec(text);
+  if (!match || (match[1] === "" && !match[2])) {
+    return { error: "Enter a number using digits and at most one decimal point, e.g. 12.50." };
+  }
+  const fraction = match[2] || "";
+  if (fraction.length > 6) return { error: "Use at most 6 decimals." };
+  const micros = BigInt(match[1] || "0") * MICROS_PER_UNIT + BigInt(fraction.padEnd(6, "0"));
+  if (micros <= 0n) return { error: "The amount must be positive." };
+  if (micros > MAX_RECHARGE_MICROS) return { error: "At most 1,000,000 units per recharge." };
+  return { micros };
+}
+
+function toBig(value) {
+  try {
+    return BigInt(value);
+  } catch (_) {
+    return 0n;
+  }
+}
+
+// --- time -------------------------------------------------------------------------------------
+
+/** Milliseconds since the epoch of an RFC 3339 instant (fractions beyond milliseconds dropped). */
+function parseInstant(text) {
+  if (typeof text !== "string") return NaN;
+  return Date.parse(text.replace(/(\.\d{3})\d+/, "$1"));
+}
+
+/** An instant in the browser's time zone. */
+function formatInstant(text) {
+  const at = parseInstant(text);
+  return Number.isNaN(at) ? (text || "—") : new Date(at).toLocaleString();
+}
+
+function pad2(n) {
+  return String(n).padStart(2, "0");
+}
+
+function dateKey(year, month, day) {
+  return `${String(year).padStart(4, "0")}-${pad2(month)}-${pad2(day)}`;
+}
+
+/** A YYYY-MM-DD date moved by `days` (calendar arithmetic, no time zone involved). */
+function addDays(key, days) {
+  const [y, m, d] = key.split("-").map(Number);
+  const at = new Date(Date.UTC(2000, 0, 1));
+  at.setUTCFullYear(y, m - 1, d + days);
+  return dateKey(at.getUTCFullYear(), at.getUTCMonth() + 1, at.getUTCDate());
+}
+
+/**
+ * The billing time zone's offset from UTC in ms, as the account's free quota tells it: the
+ * period YYYY-MM resets at local midnight of the next month's first day, `resets_at` in UTC.
+ * null when the account does not tell.
+ */
+function billingOffsetMs(account) {
+  const quota = account && account.free_quota;
+  if (!quota || typeof quota.period !== "string") return null;
+  const match = /^(\d{4})-(\d{2})$/.exec(quota.period);
+  const resets = parseInstant(quota.resets_at);
+  if (!match || Number.isNaN(resets)) return null;
+  const nextMonthAsUtc = Date.UTC(Number(match[1]), Number(match[2]), 1);
+  const offset = nextMonthAsUtc - resets;
+  return Math.abs(offset) <= 15 * 3600 * 1000 ? offset : null;
+}
+
+/** Today's date in the billing time zone (the browser's own date when it is unknown). */
+function billingToday() {
+  const offset = billingOffsetMs(state.account);
+  if (offset === null) {
+    const now = new Date();
+    return dateKey(now.getFullYear(), now.getMonth() + 1, now.getDate());
+  }
+  const shifted = new Date(Date.now() + offset);
+  return dateKey(shifted.getUTCFullYear(), shifted.getUTCMonth() + 1, shifted.getUTCDate());
+}
+
+/** An instant at the browser's local midnight of a YYYY-MM-DD date plus `days`, or null. */
+function localMidnight(value, days) {
+  const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+  if (!match) return null;
+  const at = new Date(Number(match[1]), Number(match[2]) - 1, Number(match[3]) + days);
+  return Number.isNaN(at.getTime()) ? null : at.toISOString();
+}
+
+// --- state and DOM helpers ------------------------------------------------------------------
+
+const state = {
+  token: null,
+  session: 0, // bumped on every change of token: answers for an older session are dropped
+  account: null,
+  currency: "",
+  // What balance_low compares the balance with: the user's own threshold, else the default.
+  threshold: LOW_BALANCE_MICROS,
+  busy: 0,
+  errorSource: null,
+  records: { filters: { type: "", from: "", to: "" }, cursor: null, seq: 0, count: 0 },
+  usageSeq: 0,
+  poll: null,
+};
+
 const $ = (id) => document.getElementById(id);
 
-// --- money: micros as exact integers -------------------------------------------------------
-
-/** Micros as currency units with two decimals, rounded half up (away from zero). */
-function formatMicros(micros, currency) {
-  let value = BigInt(micros);
-  const negative = value < 0n;
-  if (negative) value = -value;
-  const cents = (value + 5000n) / 10000n;
-  const units = (cents / 100n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-  const text = `${negative && cents > 0n ? "-" : ""}${units}.${(cents % 100n).toString().padStart(2, "0")}`;
-  return currency ? `${currency} ${text}` : text;
+function show(element, visible) {
+  element.hidden = !visible;
 }
 
-/** Currency units typed by a person ("12.5") as micros, or null when it is not an amount. */
-function parseUnits(text) {
-  const match = /^\s*(\d{1,7})(?:\.(\d{1,6}))?\s*$/.exec(text);
-  if (!match) return null;
-  const micros = BigInt(match[1]) * 1000000n + BigInt((match[2] || "").padEnd(6, "0") || "0");
-  return micros > 0n && micros <= MAX_RECHARGE_MICROS ? micros : null;
+function h(tag, props, children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null) continue;
+    if (name === "text") element.textContent = value;
+    else if (name === "className") element.className = value;
+    else element.setAttribute(name, value);
+  }
+  for (const child of children || []) element.append(child);
+  return element;
 }
 
-// --- the API ---------------------------------------------------------------------------------
+function svg(tag, attrs, text) {
+  const element = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs || {})) element.setAttribute(name, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+function delay(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function uuid() {
+  if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  // randomUUID needs a secure context; getRandomValues does not.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function storedToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch (_) {
+    return null;
+  }
+}
+
+function storeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch (_) {
+    // Storage refused (privacy mode): the token lives in memory only.
+  }
+}
+
+// --- the API --------------------------------------------------------------------------------
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -43,325 +218,647 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { Authorization: `Bearer ${state.token}`, ...(options.headers || {}) },
-  });
-  if (response.ok) return options.raw ? response : response.json();
-  let code = "ERROR";
-  let message = `${response.status} ${response.statusText}`;
-  try {
-    const body = await response.json();
-    code = body.error.code;
-    message = body.error.message;
-  } catch (_) {
-    // Not the API's JSON error: keep the status line.
-  }
-  throw new ApiError(response.status, code, message);
+/** The token was refused: the token form is already shown. */
+class Unauthorized extends Error {}
+
+/** The answer belongs to an earlier token: nothing to do with it. */
+class Superseded extends Error {}
+
+function setBusy(delta) {
+  state.busy = Math.max(0, state.busy + delta);
+  show($("loading"), state.busy > 0);
 }
 
-/** Shows an error: a 401 asks for a new token, anything else goes to the banner. */
-function fail(error) {
-  if (error instanceof ApiError && error.status === 401) {
-    askForToken("Your token is invalid or has expired: paste a new one.");
+/**
+ * Calls the API with the token. Resolves with the JSON answer (or the Blob when `blob`); rejects
+ * with ApiError, Unauthorized (after showing the token form) or Superseded.
+ */
+async function api(path, options = {}) {
+  const { method = "GET", body, blob = false, quiet = false } = options;
+  const session = state.session;
+  if (!state.token) throw new Unauthorized("no token");
+  const headers = {
+    Authorization: `Bearer ${state.token}`,
+    Accept: blob ? "text/csv, application/json" : "application/json",
+  };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (!quiet) setBusy(1);
+  try {
+    let response;
+    try {
+      response = await fetch(path, { method, headers, body, cache: "no-store", credentials: "omit" });
+    } catch (error) {
+      throw new ApiError(0, "NETWORK", `The service could not be reached (${error.message}).`);
+    }
+    if (session !== state.session) throw new Superseded();
+    if (response.status === 401) {
+      tokenRefused();
+      throw new Unauthorized("token refused");
+    }
+    if (!response.ok) {
+      let code = `HTTP_${response.status}`;
+      let message = response.statusText || "The request failed.";
+      try {
+        const answer = await response.json();
+        if (answer && answer.error) {
+          code = answer.error.code || code;
+          message = answer.error.message || message;
+        }
+      } catch (_) {
+        // Not JSON: keep the status.
+      }
+      throw new ApiError(response.status, code, message);
+    }
+    const result = blob ? await response.blob() : await response.json();
+    if (session !== state.session) throw new Superseded();
+    return result;
+  } finally {
+    if (!quiet) setBusy(-1);
+  }
+}
+
+/** Whether an error is one to show (not a refused token nor a stale answer). */
+function reportable(error) {
+  return !(error instanceof Unauthorized || error instanceof Superseded);
+}
+
+function showError(error, source) {
+  if (!reportable(error)) return;
+  const code = error instanceof ApiError ? error.code : "ERROR";
+  const status = error instanceof ApiError && error.status ? ` (HTTP ${error.status})` : "";
+  $("error-text").textContent = `${code}: ${error.message}${status}`;
+  state.errorSource = source;
+  show($("error-banner"), true);
+}
+
+function clearError(source) {
+  if (source === undefined || state.errorSource === source) {
+    state.errorSource = null;
+    show($("error-banner"), false);
+    $("error-text").textContent = "";
+  }
+}
+
+// --- token ------------------------------------------------------------------------------------
+
+function tokenFromHash() {
+  const fragment = location.hash.replace(/^#/, "");
+  if (!fragment) return null;
+  const token = new URLSearchParams(fragment).get("token");
+  return token === null ? null : token;
+}
+
+function dropHash() {
+  history.replaceState(history.state, "", location.pathname + location.search);
+}
+
+function showTokenForm(message, isError) {
+  stopPolling();
+  state.account = null;
+  show($("console"), false);
+  show($("sign-out"), false);
+  $("user-id").textContent = "";
+  clearError();
+  const note = $("token-message");
+  note.textContent = message;
+  note.classList.toggle("is-error", Boolean(isError));
+  $("token-input").value = "";
+  show($("token-form"), true);
+  $("token-input").focus();
+}
+
+/** Any 401: forget the token and ask for another. */
+function tokenRefused() {
+  storeToken(null);
+  state.token = null;
+  state.session += 1;
+  showTokenForm(EXPIRED_MESSAGE, true);
+}
+
+function startWithToken(raw) {
+  const token = String(raw || "").trim().replace(/^Bearer\s+/i, "");
+  if (!token) {
+    const note = $("token-message");
+    note.textContent = "Paste a token first.";
+    note.classList.add("is-error");
     return;
   }
-  const banner = $("error-banner");
-  banner.textContent = error instanceof ApiError ? `${error.code}: ${error.message}` : `Error: ${error.message}`;
-  banner.hidden = false;
-}
-
-// --- token -----------------------------------------------------------------------------------
-
-function askForToken(message) {
+  storeToken(token);
+  state.token = token;
+  state.session += 1;
+  state.account = null;
   stopPolling();
-  state.token = null;
-  sessionStorage.removeItem(TOKEN_KEY);
-  $("console").hidden = true;
-  $("token-form").hidden = false;
-  $("token-message").textContent = message;
-  $("token-message").className = message.includes("expired") ? "error" : "muted";
-}
-
-function useToken(token) {
-  state.token = token.trim();
-  sessionStorage.setItem(TOKEN_KEY, state.token);
-  $("token-form").hidden = true;
-  $("error-banner").hidden = true;
+  clearError();
+  show($("token-form"), false);
+  show($("console"), true);
+  show($("sign-out"), true);
+  resetView();
   loadAll();
 }
 
-// --- wallet ----------------------------------------------------------------------------------
+function resetView() {
+  show($("order"), false);
+  show($("recharge-error"), false);
+  show($("low-balance"), false);
+  for (const id of ["balance", "available"]) $(id).textContent = "—";
+  $("free-text").textContent = "";
+  $("free-resets").textContent = "";
+  const box = $("usage-chart-box");
+  box.replaceChildren(h("p", { id: "usage-placeholder", className: "muted", text: "Loading usage…" }));
+  $("top-apis").tBodies[0].replaceChildren();
+  $("records").tBodies[0].replaceChildren();
+  show($("load-more"), false);
+}
 
-async function loadWallet() {
-  const [account, alerts] = await Promise.all([
-    api("/api/v1/billing/account"),
-    // The threshold balance_low fires at: the user's own, else the service's default.
-    api("/api/v1/billing/alerts").catch(() => null),
-  ]);
-  state.currency = account.currency;
-  const money = (micros) => formatMicros(micros, account.currency);
-  const quota = account.free_quota;
-  $("user-id").textContent = account.user_id;
+async function loadAll() {
+  const session = state.session;
+  await loadWallet();
+  if (session !== state.session) return;
+  state.records.filters = readFilters() || { type: "", from: "", to: "" };
+  loadRecords(true);
+  loadUsage();
+}
+
+// --- wallet -----------------------------------------------------------------------------------
+
+async function loadWallet(minVersion) {
+  const query = minVersion == null ? "" : `?min_version=${encodeURIComponent(minVersion)}`;
+  try {
+    const [account, alerts] = await Promise.all([
+      api(`${API}/account${query}`),
+      api(`${API}/alerts`).catch(() => null),
+    ]);
+    if (alerts) state.threshold = toBig(alerts.low_balance_threshold_micros);
+    renderWallet(account);
+    clearError("wallet");
+    return account;
+  } catch (error) {
+    showError(error, "wallet");
+    return null;
+  }
+}
+
+function renderWallet(account) {
+  state.account = account;
+  state.currency = account.currency || "";
+  const money = (micros) => formatMicros(micros, state.currency);
+  $("user-id").textContent = account.user_id || "";
   $("balance").textContent = money(account.balance_micros);
   $("available").textContent = money(account.available_micros);
-  const held = BigInt(account.balance_held_micros) + BigInt(quota.held_micros);
-  $("balance-held").hidden = held === 0n;
+  $("recharge-currency").textContent = state.currency ? `(${state.currency})` : "";
+
+  const held = toBig(account.balance_held_micros);
   $("balance-held").textContent = `${money(held)} held by open reservations`;
-  const granted = BigInt(quota.granted_micros);
-  const percent = granted > 0n ? Number((BigInt(quota.used_micros) * 100n) / granted) : 0;
-  $("free-bar").style.width = `${percent}%`;
-  $("free-bar").setAttribute("aria-valuenow", String(percent));
-  $("free-text").textContent = `${money(quota.used_micros)} used of ${money(quota.granted_micros)}`;
-  $("free-resets").textContent = `· resets ${new Date(quota.resets_at).toLocaleString()}`;
-  const threshold = alerts ? BigInt(alerts.low_balance_threshold_micros) : LOW_BALANCE_MICROS;
+  show($("balance-held"), held > 0n);
+
+  // As balance_low: at or below the threshold.
+  const balance = toBig(account.balance_micros);
   const low = $("low-balance");
   low.textContent =
-    `Your balance is at or below your alert threshold of ${money(threshold)}: ` +
-    "recharge to keep your calls going.";
-  low.hidden = BigInt(account.balance_micros) > threshold;
+    `Low balance: at or below your alert threshold of ${money(state.threshold)}. ` +
+    "Recharge to keep your API calls running.";
+  show(low, balance <= state.threshold);
+
+  const quota = account.free_quota || {};
+  const used = toBig(quota.used_micros);
+  const granted = toBig(quota.granted_micros);
+  let percent = granted > 0n ? (used * 100n) / granted : 0n;
+  if (percent < 0n) percent = 0n;
+  if (percent > 100n) percent = 100n;
+  const bar = $("free-bar");
+  bar.style.width = `${percent}%`;
+  bar.setAttribute("aria-valuenow", String(percent));
+  bar.setAttribute("aria-valuetext", `${percent}% of the free quota used`);
+  bar.classList.toggle("is-high", percent >= 90n);
+  $("free-text").textContent = `${money(used)} / ${money(granted)}`;
+  $("free-period").textContent = quota.period ? `(${quota.period})` : "";
+  const quotaHeld = toBig(quota.held_micros);
+  $("free-held").textContent = `${money(quotaHeld)} held`;
+  show($("free-held"), quotaHeld > 0n);
+  $("free-resets").textContent = quota.resets_at ? `Resets ${formatInstant(quota.resets_at)}` : "";
+  $("wallet-updated").textContent = account.updated_at ? `Updated ${formatInstant(account.updated_at)}` : "";
 }
 
-// --- usage -----------------------------------------------------------------------------------
-
-/** `YYYY-MM-DD` of a UTC date, and the day after it. */
-const isoDay = (date) => date.toISOString().slice(0, 10);
-const nextDay = (day) => isoDay(new Date(Date.parse(`${day}T00:00:00Z`) + 86400000));
+// --- usage ------------------------------------------------------------------------------------
 
 async function loadUsage() {
-  const [days, apis] = await Promise.all([
-    api("/api/v1/billing/usage?group_by=day"),
-    api("/api/v1/billing/usage?group_by=api"),
-  ]);
-  drawChart(days.buckets);
-  const body = $("top-apis").tBodies[0];
-  body.replaceChildren();
-  const top = [...apis.buckets]
-    .sort((a, b) => (BigInt(b.amount_micros) > BigInt(a.amount_micros) ? 1 : -1))
-    .slice(0, 5);
-  for (const bucket of top) {
-    body.append(row([bucket.key, String(bucket.calls), formatMicros(bucket.amount_micros, state.currency)], [1, 2]));
-  }
-  if (top.length === 0) body.append(row(["No charges in the last 30 days", "", ""]));
-}
-
-/** Thirty days ending with the latest day the server counts (the billing zone's today, or the
- * newest bucket), free and balance stacked per day. */
-function drawChart(buckets) {
-  const byDay = new Map(buckets.map((b) => [b.key, b]));
-  const today = isoDay(new Date());
-  let last = buckets.reduce((max, b) => (b.key > max ? b.key : max), today);
-  const days = [];
-  for (let i = 0; i < 30; i += 1) {
-    days.unshift(last);
-    last = isoDay(new Date(Date.parse(`${last}T00:00:00Z`) - 86400000));
-  }
-  const max = days.reduce((m, d) => {
-    const b = byDay.get(d);
-    return b && BigInt(b.amount_micros) > m ? BigInt(b.amount_micros) : m;
-  }, 0n);
-  const width = 900;
-  const height = 180;
-  const slot = width / days.length;
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("id", "usage-chart");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height + 20}`);
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", "Charges per day, free quota and balance stacked");
-  const scale = (micros) => (max === 0n ? 0 : Number((BigInt(micros) * BigInt(height * 1000)) / max) / 1000);
-  days.forEach((day, i) => {
-    const bucket = byDay.get(day);
-    if (bucket) {
-      const free = scale(bucket.free_micros);
-      const balance = scale(bucket.balance_micros);
-      svg.append(bar(i * slot + 3, height - free, slot - 6, free, "free", day, bucket.free_micros));
-      svg.append(bar(i * slot + 3, height - free - balance, slot - 6, balance, "balance", day, bucket.balance_micros));
-    }
-    if (i % 5 === 4 || i === days.length - 1) {
-      const label = document.createElementNS(SVG, "text");
-      label.setAttribute("x", String(i * slot + slot / 2));
-      label.setAttribute("y", String(height + 14));
-      label.setAttribute("text-anchor", "middle");
-      label.textContent = day.slice(5);
-      svg.append(label);
-    }
-  });
-  $("usage-chart-box").replaceChildren(svg);
-}
-
-function bar(x, y, width, height, part, day, micros) {
-  const rect = document.createElementNS(SVG, "rect");
-  for (const [name, value] of Object.entries({ x, y, width, height })) rect.setAttribute(name, String(value));
-  rect.setAttribute("class", part);
-  rect.setAttribute("data-day", day);
-  const title = document.createElementNS(SVG, "title");
-  title.textContent = `${day} ${part}: ${formatMicros(micros, state.currency)}`;
-  rect.append(title);
-  return rect;
-}
-
-// --- records ---------------------------------------------------------------------------------
-
-/** The filters as query parameters; the dates are local days, `to` inclusive. */
-function recordFilters() {
-  const params = new URLSearchParams();
-  const type = $("filter-type").value;
-  if (type) params.set("type", type);
-  const midnight = (value) => {
-    const [y, m, d] = value.split("-").map(Number);
-    return new Date(y, m - 1, d);
-  };
-  if ($("filter-from").value) params.set("from", midnight($("filter-from").value).toISOString());
-  if ($("filter-to").value) {
-    const end = midnight($("filter-to").value);
-    end.setDate(end.getDate() + 1);
-    params.set("to", end.toISOString());
-  }
-  return params;
-}
-
-function row(cells, numeric = []) {
-  const tr = document.createElement("tr");
-  cells.forEach((text, i) => {
-    const td = document.createElement("td");
-    td.textContent = text;
-    if (numeric.includes(i)) td.className = "num";
-    tr.append(td);
-  });
-  return tr;
-}
-
-async function loadRecords(more) {
-  const params = more ? new URLSearchParams(state.filters) : recordFilters();
-  if (!more) state.filters = params.toString();
-  params.set("limit", String(PAGE_SIZE));
-  if (more && state.cursor) params.set("cursor", state.cursor);
-  const page = await api(`/api/v1/billing/records?${params}`);
-  const body = $("records").tBodies[0];
-  if (!more) body.replaceChildren();
-  const money = (micros) => formatMicros(micros, state.currency);
-  for (const r of page.records) {
-    const tr = row(
-      [
-        new Date(r.created_at).toLocaleString(),
-        r.type,
-        money(r.amount_micros),
-        money(r.free_micros),
-        money(r.balance_micros),
-        money(r.balance_after_micros),
-        r.api_id || r.order_no || r.request_id || `period ${r.period}`,
-      ],
-      [2, 3, 4, 5],
+  const seq = ++state.usageSeq;
+  const to = addDays(billingToday(), 1);
+  const from = addDays(to, -USAGE_DAYS);
+  const range = `from=${from}&to=${to}`;
+  try {
+    const [byDay, byApi] = await Promise.all([
+      api(`${API}/usage?${range}&group_by=day`),
+      api(`${API}/usage?${range}&group_by=api`),
+    ]);
+    if (seq !== state.usageSeq) return;
+    renderChart(from, to, byDay.buckets || []);
+    renderTopApis(byApi.buckets || []);
+    clearError("usage");
+  } catch (error) {
+    if (seq !== state.usageSeq || !reportable(error)) return;
+    showError(error, "usage");
+    $("usage-chart-box").replaceChildren(
+      h("p", { id: "usage-placeholder", className: "muted", text: "Usage could not be loaded." })
     );
-    tr.dataset.recordId = r.record_id;
-    body.append(tr);
   }
-  state.cursor = page.next_cursor;
-  $("load-more").hidden = !page.next_cursor;
-  $("records-empty").hidden = body.rows.length > 0;
 }
 
+/** A stacked bar per day of [from, to): free part below, balance part above. */
+function renderChart(from, to, buckets) {
+  const byKey = new Map(buckets.map((bucket) => [bucket.key, bucket]));
+  const days = [];
+  for (let day = from; day < to; day = addDays(day, 1)) days.push(day);
+
+  const width = 960;
+  const height = 260;
+  const left = 70;
+  const right = 12;
+  const top = 16;
+  const bottom = 30;
+  const plotWidth = width - left - right;
+  const plotHeight = height - top - bottom;
+  const slot = plotWidth / days.length;
+  const barWidth = Math.max(2, slot * 0.62);
+
+  let max = 0n;
+  const rows = days.map((day) => {
+    const bucket = byKey.get(day) || {};
+    const free = toBig(bucket.free_micros);
+    const balance = toBig(bucket.balance_micros);
+    const total = free + balance;
+    if (total > max) max = total;
+    return { day, free, balance, total, calls: Number(bucket.calls || 0) };
+  });
+
+  const chart = svg("svg", {
+    id: "usage-chart",
+    class: "chart",
+    viewBox: `0 0 ${width} ${height}`,
+    role: "img",
+    "aria-label": `Daily spend from ${from} to ${addDays(to, -1)}, free quota and balance stacked`,
+    "data-from": from,
+    "data-to": to,
+  });
+  const y = (micros) => (max > 0n ? (Number(micros) / Number(max)) * plotHeight : 0);
+
+  // Grid lines and amounts, in the account's currency (named once, top left).
+  chart.append(svg("text", { x: 4, y: 11, class: "axis-unit" }, state.currency));
+  const ticks = 4;
+  for (let i = 0; i <= ticks; i += 1) {
+    const value = (max * BigInt(i)) / BigInt(ticks);
+    const lineY = top + plotHeight - (max > 0n ? (plotHeight * i) / ticks : 0);
+    if (i > 0 && max === 0n) break;
+    chart.append(svg("line", { x1: left, x2: width - right, y1: lineY, y2: lineY, class: i === 0 ? "axis" : "grid" }));
+    chart.append(svg("text", { x: left - 8, y: lineY + 4, class: "axis-label", "text-anchor": "end" }, formatMicros(value, "")));
+  }
+
+  rows.forEach((row, index) => {
+    const x = left + index * slot + (slot - barWidth) / 2;
+    const group = svg("g", { class: "day", "data-day": row.day });
+    group.append(
+      svg(
+        "title",
+        {},
+        `${row.day}: ${formatMicros(row.total, state.currency)} ` +
+          `(free ${formatMicros(row.free, "")}, balance ${formatMicros(row.balance, "")}), ` +
+          `${row.calls} call${row.calls === 1 ? "" : "s"}`
+      )
+    );
+    group.append(svg("rect", { class: "hit", x: left + index * slot, y: top, width: slot, height: plotHeight }));
+    let base = top + plotHeight;
+    for (const [part, micros] of [["free", row.free], ["balance", row.balance]]) {
+      if (micros <= 0n) continue;
+      const barHeight = Math.max(1, y(micros));
+      base -= barHeight;
+      group.append(
+        svg("rect", {
+          class: `bar bar-${part}`,
+          "data-day": row.day,
+          "data-part": part,
+          x: x.toFixed(2),
+          y: base.toFixed(2),
+          width: barWidth.toFixed(2),
+          height: barHeight.toFixed(2),
+        })
+      );
+    }
+    if ((days.length - 1 - index) % 5 === 0) {
+      chart.append(
+        svg("text", { x: (x + barWidth / 2).toFixed(2), y: height - 10, class: "axis-label", "text-anchor": "middle" }, row.day.slice(5))
+      );
+    }
+    chart.append(group);
+  });
+
+  if (max === 0n) {
+    chart.append(
+      svg("text", { x: left + plotWidth / 2, y: top + plotHeight / 2, class: "chart-empty", "text-anchor": "middle" }, "No charges in the last 30 days")
+    );
+  }
+  const box = $("usage-chart-box");
+  box.replaceChildren(chart);
+  box.scrollLeft = box.scrollWidth; // on a narrow screen, start at today
+}
+
+function renderTopApis(buckets) {
+  const sorted = buckets.slice().sort((a, b) => {
+    const diff = toBig(b.amount_micros) - toBig(a.amount_micros);
+    if (diff !== 0n) return diff > 0n ? 1 : -1;
+    return String(a.key) < String(b.key) ? -1 : String(a.key) > String(b.key) ? 1 : 0;
+  });
+  const top = sorted.slice(0, TOP_APIS);
+  const body = $("top-apis").tBodies[0];
+  if (top.length === 0) {
+    body.replaceChildren(
+      h("tr", { id: "top-apis-empty", className: "empty" }, [h("td", { colspan: "3", text: "No API calls in the last 30 days" })])
+    );
+    return;
+  }
+  const largest = toBig(top[0].amount_micros);
+  body.replaceChildren(
+    ...top.map((bucket) => {
+      const amount = toBig(bucket.amount_micros);
+      const share = largest > 0n ? Number((amount * 1000n) / largest) / 10 : 0;
+      const fill = h("span", { className: "share-fill" });
+      fill.style.width = `${share}%`;
+      return h("tr", { "data-api": bucket.key }, [
+        h("td", {}, [h("code", { text: bucket.key })]),
+        h("td", { className: "num", text: Number(bucket.calls || 0).toLocaleString() }),
+        h("td", { className: "num" }, [
+          h("span", { className: "amount", text: formatMicros(bucket.amount_micros, state.currency) }),
+          h("span", { className: "share", "aria-hidden": "true" }, [fill]),
+        ]),
+      ]);
+    })
+  );
+}
+
+// --- records ----------------------------------------------------------------------------------
+
+/** The filters as the inputs say, as API parameters; null (and a message) when they are wrong. */
+function readFilters() {
+  const type = $("filter-type").value;
+  const fromValue = $("filter-from").value;
+  const toValue = $("filter-to").value;
+  const from = fromValue ? localMidnight(fromValue, 0) : "";
+  const to = toValue ? localMidnight(toValue, 1) : "";
+  let problem = "";
+  if (from === null || to === null) problem = "Enter dates as YYYY-MM-DD.";
+  else if (from && to && Date.parse(from) >= Date.parse(to)) problem = "The From date must not be after the To date.";
+  $("filter-error").textContent = problem;
+  show($("filter-error"), Boolean(problem));
+  return problem ? null : { type, from, to };
+}
+
+function filterQuery(filters) {
+  const parts = [];
+  for (const name of ["type", "from", "to"]) {
+    if (filters[name]) parts.push(`${name}=${encodeURIComponent(filters[name])}`);
+  }
+  return parts.join("&");
+}
+
+function placeholderRow(text, id) {
+  return h("tr", { id, className: "empty" }, [h("td", { colspan: "7", text })]);
+}
+
+function recordRow(record) {
+  const money = (micros) => formatMicros(micros, state.currency);
+  const reference = record.api_id || record.order_no || record.request_id || "—";
+  const details = [
+    record.api_id && `API ${record.api_id}`,
+    record.order_no && `order ${record.order_no}`,
+    record.request_id && `request ${record.request_id}`,
+    record.period && `period ${record.period}`,
+  ].filter(Boolean);
+  return h("tr", { "data-record-id": record.record_id, "data-type": record.type }, [
+    h("td", { className: "nowrap", title: record.created_at, text: formatInstant(record.created_at) }),
+    h("td", {}, [h("span", { className: `badge badge-${record.type}`, text: record.type })]),
+    h("td", { className: "num", text: money(record.amount_micros) }),
+    h("td", { className: "num", text: money(record.free_micros) }),
+    h("td", { className: "num", text: money(record.balance_micros) }),
+    h("td", { className: "num", text: money(record.balance_after_micros) }),
+    h("td", { className: "ref", title: details.join(", ") || undefined }, [h("code", { text: reference })]),
+  ]);
+}
+
+/** The first page (`reset`) or the next one, with the filters last applied. */
+async function loadRecords(reset, minVersion) {
+  const records = state.records;
+  const body = $("records").tBodies[0];
+  const more = $("load-more");
+  if (reset) {
+    records.seq += 1;
+    records.cursor = null;
+    records.count = 0;
+    body.replaceChildren(placeholderRow("Loading records…", "records-loading"));
+    show(more, false);
+  }
+  const seq = records.seq;
+  const parts = [`limit=${PAGE_SIZE}`];
+  const filters = filterQuery(records.filters);
+  if (filters) parts.push(filters);
+  if (!reset && records.cursor) parts.push(`cursor=${encodeURIComponent(records.cursor)}`);
+  if (minVersion != null) parts.push(`min_version=${encodeURIComponent(minVersion)}`);
+  more.disabled = true;
+  more.textContent = "Loading…";
+  try {
+    const page = await api(`${API}/records?${parts.join("&")}`);
+    if (seq !== records.seq) return;
+    const loading = $("records-loading");
+    if (loading) loading.remove();
+    const rows = (page.records || []).map(recordRow);
+    body.append(...rows);
+    records.count += rows.length;
+    if (records.count === 0) body.replaceChildren(placeholderRow("No records", "records-empty"));
+    records.cursor = page.next_cursor || null;
+    show(more, Boolean(records.cursor));
+    clearError("records");
+  } catch (error) {
+    if (seq !== records.seq || !reportable(error)) return;
+    const loading = $("records-loading");
+    if (loading) loading.replaceWith(placeholderRow("Records could not be loaded.", "records-failed"));
+    showError(error, "records");
+  } finally {
+    if (seq === records.seq) {
+      more.disabled = false;
+      more.textContent = "Load more";
+    }
+  }
+}
+
+function applyFilters() {
+  const filters = readFilters();
+  if (!filters) return;
+  state.records.filters = filters;
+  loadRecords(true);
+}
+
+/** The CSV of every record the applied filters select, downloaded through a Blob URL. */
 async function exportCsv() {
-  const response = await api(`/api/v1/billing/records/export?${recordFilters()}`, { raw: true });
-  const url = URL.createObjectURL(await response.blob());
-  const link = document.createElement("a");
-  link.href = url;
-  link.download = "records.csv";
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
+  const button = $("export-csv");
+  const query = filterQuery(state.records.filters);
+  button.disabled = true;
+  button.textContent = "Preparing…";
+  try {
+    const blob = await api(`${API}/records/export${query ? `?${query}` : ""}`, { blob: true });
+    const url = URL.createObjectURL(blob);
+    const link = h("a", { href: url, download: "records.csv", className: "offscreen" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    clearError("export");
+  } catch (error) {
+    showError(error, "export");
+  } finally {
+    button.disabled = false;
+    button.textContent = "Download CSV";
+  }
 }
 
-// --- recharge --------------------------------------------------------------------------------
+// --- recharge ---------------------------------------------------------------------------------
+
+function rechargeError(message) {
+  const element = $("recharge-error");
+  element.textContent = message || "";
+  show(element, Boolean(message));
+  $("recharge-amount").setAttribute("aria-invalid", message ? "true" : "false");
+}
+
+async function submitRecharge(event) {
+  event.preventDefault();
+  const parsed = parseUnits($("recharge-amount").value);
+  if (parsed.error) {
+    rechargeError(parsed.error);
+    return;
+  }
+  rechargeError("");
+  const button = $("recharge-submit");
+  const versionBefore = state.account ? state.account.version : null;
+  button.disabled = true;
+  try {
+    const order = await api(`${API}/recharge`, {
+      method: "POST",
+      body: JSON.stringify({
+        amount_micros: Number(parsed.micros), // at most 10^12: exact as a JSON number
+        channel: "console",
+        idempotency_key: uuid(),
+      }),
+    });
+    clearError("recharge");
+    $("recharge-amount").value = "";
+    renderOrder(order);
+    startPolling(order.order_no, versionBefore);
+  } catch (error) {
+    showError(error, "recharge");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function renderOrder(order) {
+  const status = String(order.status || "");
+  $("order-no").textContent = order.order_no;
+  $("order-amount").textContent = formatMicros(order.amount_micros, state.currency);
+  const badge = $("order-status");
+  badge.textContent = status;
+  badge.className = `status status-${status.toLowerCase()}`;
+  const notes = {
+    PENDING: "Waiting for the payment; checking every second.",
+    PAID: order.paid_at ? `Paid ${formatInstant(order.paid_at)}. Your balance is updated.` : "Paid. Your balance is updated.",
+    FAILED: "The payment failed. No money was taken; you can start a new recharge.",
+    EXPIRED: "The order expired before it was paid. You can start a new recharge.",
+  };
+  $("order-note").textContent = notes[status] || "";
+  show($("order"), true);
+}
+
+function startPolling(orderNo, versionBefore) {
+  stopPolling();
+  const poll = { orderNo, versionBefore, deadline: Date.now() + POLL_LIMIT_MS, timer: null };
+  state.poll = poll;
+  poll.timer = setTimeout(() => pollOrder(poll), POLL_INTERVAL_MS);
+}
 
 function stopPolling() {
-  if (state.poll) clearInterval(state.poll);
+  if (state.poll) clearTimeout(state.poll.timer);
   state.poll = null;
 }
 
-async function recharge() {
-  const error = $("recharge-error");
-  const micros = parseUnits($("recharge-amount").value);
-  if (micros === null) {
-    error.textContent = "Enter a positive amount with at most 6 decimals, up to 1,000,000.";
-    error.hidden = false;
+async function pollOrder(poll) {
+  if (state.poll !== poll) return;
+  if (Date.now() > poll.deadline) {
+    state.poll = null;
+    $("order-note").textContent = "Stopped checking after 30 minutes; reload the page to see the latest status.";
     return;
   }
-  error.hidden = true;
-  $("recharge-submit").disabled = true;
   try {
-    const order = await api("/api/v1/billing/recharge", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      // The micros fit a JavaScript number exactly: at most 10^12.
-      body: JSON.stringify({ amount_micros: Number(micros), channel: "console", idempotency_key: crypto.randomUUID() }),
-    });
-    showOrder(order);
-    followOrder(order.order_no);
-  } catch (e) {
-    fail(e);
-  } finally {
-    $("recharge-submit").disabled = false;
-  }
-}
-
-function showOrder(order) {
-  $("order").hidden = false;
-  $("order-no").textContent = order.order_no;
-  $("order-status").textContent = order.status;
-}
-
-/** Polls the order every second until it is no longer PENDING (for at most 30 minutes). */
-function followOrder(orderNo) {
-  stopPolling();
-  const until = Date.now() + 30 * 60 * 1000;
-  state.poll = setInterval(async () => {
-    if (Date.now() > until) return stopPolling();
-    try {
-      const order = await api(`/api/v1/billing/recharge/orders/${encodeURIComponent(orderNo)}`);
-      showOrder(order);
-      if (order.status !== "PENDING") {
-        stopPolling();
-        if (order.status === "PAID") await Promise.all([loadWallet(), loadRecords(false)]);
-      }
-    } catch (e) {
-      stopPolling();
-      fail(e);
+    const order = await api(`${API}/recharge/orders/${encodeURIComponent(poll.orderNo)}`, { quiet: true });
+    if (state.poll !== poll) return;
+    renderOrder(order);
+    clearError("order");
+    if (order.status === "PENDING") {
+      poll.timer = setTimeout(() => pollOrder(poll), POLL_INTERVAL_MS);
+      return;
     }
-  }, 1000);
-}
-
-// --- start -----------------------------------------------------------------------------------
-
-async function loadAll() {
-  $("loading").hidden = false;
-  try {
-    await loadWallet();
-    await Promise.all([loadUsage(), loadRecords(false)]);
-    $("console").hidden = false;
-  } catch (e) {
-    fail(e);
-  } finally {
-    $("loading").hidden = true;
+    state.poll = null;
+    if (order.status === "PAID") await refreshAfterPayment(poll.versionBefore);
+  } catch (error) {
+    if (state.poll !== poll || !reportable(error)) return;
+    showError(error, "order");
+    poll.timer = setTimeout(() => pollOrder(poll), POLL_INTERVAL_MS);
   }
 }
 
-const guarded = (action) => () => action().catch(fail);
+/** The wallet, records and usage once a recharge is paid, at least as new as the payment. */
+async function refreshAfterPayment(versionBefore) {
+  const session = state.session;
+  const minVersion = typeof versionBefore === "number" ? versionBefore + 1 : null;
+  let account = await loadWallet(minVersion);
+  for (let tries = 0; account && minVersion !== null && account.version < minVersion && tries < 5; tries += 1) {
+    await delay(POLL_INTERVAL_MS);
+    if (session !== state.session) return;
+    account = await loadWallet(minVersion);
+  }
+  if (session !== state.session) return;
+  loadRecords(true, minVersion);
+  loadUsage();
+}
 
-document.addEventListener("DOMContentLoaded", () => {
-  $("token-submit").addEventListener("click", () => {
-    if ($("token-input").value.trim()) useToken($("token-input").value);
+// --- start ------------------------------------------------------------------------------------
+
+function init() {
+  $("token-submit").addEventListener("click", () => startWithToken($("token-input").value));
+  $("token-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) startWithToken($("token-input").value);
   });
-  $("filter-apply").addEventListener("click", guarded(() => loadRecords(false)));
-  $("load-more").addEventListener("click", guarded(() => loadRecords(true)));
-  $("export-csv").addEventListener("click", guarded(exportCsv));
-  $("recharge-submit").addEventListener("click", recharge);
+  $("sign-out").addEventListener("click", () => {
+    storeToken(null);
+    state.token = null;
+    state.session += 1;
+    showTokenForm(WELCOME_MESSAGE, false);
+  });
+  $("error-close").addEventListener("click", () => clearError());
+  $("filter-apply").addEventListener("click", applyFilters);
+  $("load-more").addEventListener("click", () => loadRecords(false));
+  $("export-csv").addEventListener("click", exportCsv);
+  $("recharge-form").addEventListener("submit", submitRecharge);
+  $("recharge-amount").addEventListener("input", () => rechargeError(""));
+  window.addEventListener("hashchange", () => {
+    const token = tokenFromHash();
+    if (token === null) return;
+    dropHash();
+    startWithToken(token);
+  });
 
-  const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fragment) history.replaceState(null, "", location.pathname + location.search);
-  const token = fragment || sessionStorage.getItem(TOKEN_KEY);
-  if (token) useToken(token);
-  else askForToken("Paste your API token (JWT) to see your wallet.");
-});
+  const fromHash = tokenFromHash();
+  if (fromHash !== null) dropHash();
+  const token = fromHash || storedToken();
+  if (token) startWithToken(token);
+  else showTokenForm(WELCOME_MESSAGE, false);
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+else init();

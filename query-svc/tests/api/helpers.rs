@@ -64,6 +64,8 @@ pub struct Stack {
     pub db_name: String,
     pub names: BusNames,
     pub grpc_addr: std::net::SocketAddr,
+    /// command-svc's HTTP listener: the payment webhook.
+    pub command_http: std::net::SocketAddr,
     pub query_http: std::net::SocketAddr,
     command: Option<Running>,
     query: Option<Running>,
@@ -85,6 +87,7 @@ pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack
         .await
         .expect("command-svc builds");
     let grpc_addr = command.grpc_addr();
+    let command_http = command.http_addr();
     let command = run(|stopped| {
         tokio::spawn(command.run_until_stopped(async move {
             let _ = stopped.await;
@@ -109,6 +112,7 @@ pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack
         db,
         db_name,
         grpc_addr,
+        command_http,
         query_http,
         command: Some(command),
         query: Some(query),

@@ -5,8 +5,11 @@
 use shared::cache::SnapshotCache;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use shared::listener::Limits;
 use shared::{clock::Clock, config::Settings, proto::v1 as pb};
+use shared::{
+    listener::Limits,
+    shutdown::{Stop, Stopper, Woken},
+};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
@@ -133,10 +136,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
+        let (stopper, stop) = Stopper::new();
+        let stopped = |mut stop: Stop| async move { stop.stopped().await };
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -168,42 +169,38 @@ impl Application {
             .add_service(billing)
             .serve_with_incoming_shutdown(
                 shared::listener::incoming(self.grpc_listener, limits),
-                stopped(stop_rx.clone()),
+                stopped(stop.clone()),
             );
 
         let router = http::router(http::HttpState {
             commands: self.commands.clone(),
             webhook: self.webhook,
         });
-        let http = shared::listener::serve_http(
-            self.http_listener,
-            router,
-            limits,
-            stopped(stop_rx.clone()),
-        );
+        let http =
+            shared::listener::serve_http(self.http_listener, router, limits, stopped(stop.clone()));
 
         // The relay stops last, so that it publishes what the last calls committed.
-        let (relay_stop_tx, relay_stop_rx) = tokio::sync::watch::channel(false);
-        let relay = tokio::spawn(self.relay.run(relay_stop_rx));
-        let reset = tokio::spawn(self.reset.run(stop_rx.clone()));
-        let alerts = tokio::spawn(self.alerts.run(stop_rx.clone()));
+        let (relay_stopper, relay_stop) = Stopper::new();
+        let relay = tokio::spawn(self.relay.run(relay_stop));
+        let reset = tokio::spawn(self.reset.run(stop.clone()));
+        let alerts = tokio::spawn(self.alerts.run(stop.clone()));
         let sweeper = tokio::spawn(sweep_expired_holds(
             self.commands.clone(),
             self.reservations.clone(),
-            stop_rx.clone(),
+            stop,
         ));
         tracing::info!("command-svc serving");
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(http);
         shutdown.await;
         tracing::info!("command-svc shutting down");
-        let _ = stop_tx.send(true);
+        stopper.stop();
         let drained = tokio::time::timeout(self.shutdown_grace, async {
             let (grpc, http, reset, alerts, sweeper) =
                 tokio::join!(grpc, http, reset, alerts, sweeper);
             alerts?;
             sweeper?;
-            let _ = relay_stop_tx.send(true);
+            relay_stopper.stop();
             let relay = relay.await;
             reset?;
             grpc??;
@@ -230,14 +227,10 @@ impl Application {
 async fn sweep_expired_holds(
     commands: Commands,
     settings: shared::config::ReservationSettings,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     let every = Duration::from_millis(settings.sweep_interval_ms.max(10));
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            () = tokio::time::sleep(every) => {}
-        }
+    while stop.sleep_or_stop(every).await == Woken::AfterPause {
         if let Err(error) = commands.release_expired(settings.sweep_batch.max(1)).await {
             tracing::warn!(%error, "expired holds not released yet; trying again");
         }

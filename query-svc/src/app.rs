@@ -1,7 +1,10 @@
 //! Builds query-svc from its settings: binds its listener (port 0 in tests), prepares the read
 //! model's tables, starts the projection, and serves REST until the shutdown signal.
 
-use shared::cache::SnapshotCache;
+use shared::{
+    cache::SnapshotCache,
+    shutdown::{Stop, Stopper, Woken},
+};
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use shared::{bus::BusNames, clock::Clock, config::Settings, money::Micros, period::BillingZone};
@@ -118,28 +121,28 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let projection = tokio::spawn(self.projector.run(stop_rx.clone()));
+        let (stopper, stop) = Stopper::new();
+        let projection = tokio::spawn(self.projector.run(stop.clone()));
         tokio::spawn(wake_waiters(
             self.nats.clone(),
             self.names.projected_subject(),
             self.state.waiters.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         ));
-        let mut http_stop = stop_rx.clone();
+        let mut http_stop = stop;
         let http = shared::listener::serve_http(
             self.listener,
             api::router(self.state),
             self.limits,
             async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
+                http_stop.stopped().await;
             },
         );
         let http = tokio::spawn(http);
         tracing::info!("query-svc serving");
         shutdown.await;
         tracing::info!("query-svc shutting down");
-        let _ = stop_tx.send(true);
+        stopper.stop();
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             let (projection, http) = tokio::join!(projection, http);
             projection??;
@@ -160,18 +163,18 @@ async fn wake_waiters(
     nats: async_nats::Client,
     subject: String,
     waiters: api::fresh::VersionWaiters,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     use futures::StreamExt;
     loop {
         let subscribed = tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.stopped() => return,
             subscribed = nats.subscribe(subject.clone()) => subscribed,
         };
         match subscribed {
             Ok(mut announcements) => loop {
                 tokio::select! {
-                    _ = stop.wait_for(|stop| *stop) => return,
+                    () = stop.stopped() => return,
                     next = announcements.next() => match next {
                         Some(message) => waiters.advanced_all(&message.payload),
                         None => break,
@@ -180,9 +183,8 @@ async fn wake_waiters(
             },
             Err(error) => tracing::debug!(%error, "projection announcements not subscribed yet"),
         }
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        if stop.sleep_or_stop(Duration::from_secs(1)).await == Woken::ByStop {
+            return;
         }
     }
 }

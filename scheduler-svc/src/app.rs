@@ -13,8 +13,9 @@ use shared::{
     bus::BusNames,
     clock::Clock,
     config::{NatsSettings, Settings},
+    shutdown::{Stop, Stopper, Woken},
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{publisher, schedule::FireSchedule};
@@ -27,7 +28,7 @@ struct Scheduler {
     nats_settings: NatsSettings,
     schedule: FireSchedule,
     clock: Clock,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 }
 
 pub struct Application {
@@ -79,7 +80,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stopper, stop) = Stopper::new();
         let scheduler = Arc::new(Scheduler {
             js: jetstream::new(self.nats.clone()),
             nats: self.nats.clone(),
@@ -87,7 +88,7 @@ impl Application {
             nats_settings: self.nats_settings,
             schedule: self.schedule,
             clock: self.clock,
-            stop: stop_rx.clone(),
+            stop: stop.clone(),
         });
 
         // A scheduler that was down at midnight still triggers the month: the current period is
@@ -140,16 +141,16 @@ impl Application {
             })
             .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
             .with_state(scheduler.clone());
-        let mut http_stop = stop_rx.clone();
+        let mut http_stop = stop;
         let http = shared::listener::serve_http(self.listener, router, self.limits, async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
+            http_stop.stopped().await;
         });
         let http = tokio::spawn(http);
         tracing::info!(next = %scheduler.schedule.next_after(scheduler.clock.now()), "scheduler-svc serving");
 
         shutdown.await;
         tracing::info!("scheduler-svc shutting down");
-        let _ = stop_tx.send(true);
+        stopper.stop();
         let mut jobs = jobs;
         let _ = jobs.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -177,7 +178,7 @@ fn schedule_next(
                 let scheduler = scheduler.clone();
                 Box::pin(async move {
                     fire_at(&scheduler, fire).await;
-                    if !*scheduler.stop.borrow()
+                    if !scheduler.stop.is_stopped()
                         && let Err(error) = schedule_next(jobs, scheduler.clone()).await
                     {
                         tracing::error!(%error, "the next reset could not be scheduled");
@@ -201,9 +202,8 @@ async fn fire_at(scheduler: &Scheduler, scheduled: DateTime<Utc>) {
         if early.is_zero() {
             break;
         }
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            () = tokio::time::sleep(early) => {}
+        if stop.sleep_or_stop(early).await == Woken::ByStop {
+            return;
         }
     }
     let period = scheduler.schedule.period_of(scheduled);

@@ -2,18 +2,17 @@
 //! replicas, a restart, or the start-up publication and the midnight firing together reach
 //! command-svc once within JetStream's window; after it, a second run grants nothing new anyway.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message;
 use shared::{
+    backoff::Backoff,
     bus::{self, BusNames},
     config::NatsSettings,
     period::Period,
     proto::v1::ResetFreeQuota,
+    shutdown::{Stop, Woken},
     trace::TraceContext,
 };
-use tokio::sync::watch;
 
 /// The command id the scheduler uses for `period`.
 pub fn command_id(period: Period) -> String {
@@ -55,7 +54,7 @@ pub async fn publish_until_acked(
     nats: &NatsSettings,
     period: Period,
     issued_at_ms: i64,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Stop,
 ) -> bool {
     let id = command_id(period);
     let mut attempt = 0_u32;
@@ -74,10 +73,8 @@ pub async fn publish_until_acked(
                 attempt += 1;
                 metrics::counter!("billing_scheduler_publish_failures_total").increment(1);
                 tracing::warn!(%error, %period, attempt, "reset command not published yet; retrying");
-                let delay = Duration::from_millis(200 * 2_u64.pow(attempt.min(5)));
-                tokio::select! {
-                    _ = stop.wait_for(|stop| *stop) => return false,
-                    () = tokio::time::sleep(delay) => {}
+                if stop.sleep_or_stop(Backoff::RECONNECT.delay(attempt)).await == Woken::ByStop {
+                    return false;
                 }
             }
         }

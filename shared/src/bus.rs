@@ -13,7 +13,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use crate::{config::NatsSettings, proto::v1::billing_event::Kind};
+use crate::{
+    backoff::Backoff,
+    config::NatsSettings,
+    proto::v1::billing_event::Kind,
+    shutdown::{Stop, Woken},
+};
 
 /// Header naming the subject a dead letter was first published on.
 pub const ORIGINAL_SUBJECT_HEADER: &str = "Billing-Original-Subject";
@@ -115,6 +120,40 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::ReservationReleased(_) => "reservation_released",
         Kind::BalanceLow(_) => "balance_low",
         Kind::FreeQuotaExhausted(_) => "free_quota_exhausted",
+    }
+}
+
+/// Runs `consume` (which sets up a pull consumer and consumes until the stop it is given) until
+/// it ends or the stop comes, setting it up again after a growing pause each time it fails (NATS
+/// away, its consumer gone). The projection, the reset and the alert deliveries run their
+/// consumers so. The first timeout (NATS not reachable yet at start) is not worth a warning.
+pub async fn keep_consuming<F, Fut, E>(what: &'static str, mut stop: Stop, mut consume: F)
+where
+    F: FnMut(Stop) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut failures = 0;
+    while !stop.is_stopped() {
+        // Setting up the consumer waits on NATS; the stop must not wait for NATS.
+        let consuming = consume(stop.clone());
+        let consumed = tokio::select! {
+            () = stop.stopped() => return,
+            consumed = consuming => consumed,
+        };
+        match consumed {
+            Ok(()) => return,
+            Err(error) => {
+                failures += 1;
+                if failures > 1 || !error.to_string().contains("timed out") {
+                    tracing::warn!(%error, consumer = what, "consumer interrupted; reconnecting");
+                }
+                let pause = Backoff::RECONNECT.delay(failures);
+                if stop.sleep_or_stop(pause).await == Woken::ByStop {
+                    return;
+                }
+            }
+        }
     }
 }
 

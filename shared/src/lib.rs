@@ -16,13 +16,15 @@
 //! - [`config`]: settings from `configs/config.yaml` and `BILLING__` environment overrides, and
 //!   the rules their secrets must meet; [`listener`]: every listener bounded (connections,
 //!   timeouts, body size).
-//! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal; [`endpoints`]:
+//! - [`telemetry`]: logging set up in one place; [`shutdown`]: the stop signal and the one
+//!   [`shutdown::Stop`] every loop watches; [`backoff`]: the one jittered backoff; [`endpoints`]:
 //!   the probe and metrics paths; [`trace`]: the W3C trace context that follows a command to
 //!   its projection.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`.
 
 pub mod account;
 pub mod alerts;
+pub mod backoff;
 pub mod bus;
 pub mod cache;
 pub mod clock;

@@ -28,11 +28,14 @@ use serde_json::json;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
 
-use crate::config::ListenerSettings;
+use crate::{
+    config::ListenerSettings,
+    shutdown::{Stop, Stopper},
+};
 
 /// The code of the answer to a request that was not whole and answered in time.
 pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
@@ -214,7 +217,7 @@ pub async fn serve_http(
             request_deadline,
         ));
     let places = Arc::new(Semaphore::new(limits.max_connections));
-    let (stopping, stop) = watch::channel(false);
+    let (stopper, stop) = Stopper::new();
     tokio::pin!(shutdown);
     loop {
         let connection = tokio::select! {
@@ -234,7 +237,7 @@ pub async fn serve_http(
         }
     }
     drop(listener);
-    let _ = stopping.send(true);
+    stopper.stop();
     // Every connection holds a place: all places back means all connections closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _closed = places.acquire_many(all).await;
@@ -245,7 +248,7 @@ async fn serve_connection(
     connection: Guarded<TcpStream>,
     router: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let router = router.clone();
@@ -269,7 +272,7 @@ async fn serve_connection(
             }
             return;
         }
-        _ = stop.wait_for(|stop| *stop) => serving.as_mut().graceful_shutdown(),
+        () = stop.stopped() => serving.as_mut().graceful_shutdown(),
     }
     if let Err(error) = serving.await {
         tracing::debug!(%error, "connection ended while draining");

@@ -7,6 +7,10 @@
 //! `alert_deliveries`. Alerts are raised in the charges' transactions but delivered after their
 //! commit, from the bus: a slow or broken webhook never holds up a charge.
 
+use shared::{
+    backoff::Backoff,
+    shutdown::{Stop, Woken},
+};
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -28,7 +32,7 @@ use shared::{
     proto::v1::{BillingEvent, billing_event::Kind},
     signature::{self, Scheme},
 };
-use tokio::{sync::watch, task::JoinSet};
+use tokio::task::JoinSet;
 
 use crate::store::{self, DeliveryAttempt, Store, StoreError};
 
@@ -77,7 +81,7 @@ impl AlertDispatcher {
 
     /// Delivers until `stop`; deliveries in hand are finished first. Purges settled deliveries
     /// past their retention meanwhile.
-    pub async fn run(self, stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Stop) {
         let this = Arc::new(self);
         let runs = KINDS.map(|kind| {
             let (this, stop) = (this.clone(), stop.clone());
@@ -88,7 +92,7 @@ impl AlertDispatcher {
 
     /// Every `purge_interval_secs` (and at start), deletes the settled deliveries older than
     /// `delivery_retention_days`, in chunks, so the table does not grow without end.
-    async fn purge_until(&self, mut stop: watch::Receiver<bool>) {
+    async fn purge_until(&self, mut stop: Stop) {
         const CHUNK: u32 = 1_000;
         let every = Duration::from_secs(self.settings.purge_interval_secs.max(1));
         let retention = chrono::Duration::days(i64::from(self.settings.delivery_retention_days));
@@ -109,37 +113,19 @@ impl AlertDispatcher {
                     }
                 }
             }
-            tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return,
-                () = tokio::time::sleep(every) => {}
+            if stop.sleep_or_stop(every).await == Woken::ByStop {
+                return;
             }
         }
     }
 
-    async fn run_kind(self: &Arc<Self>, kind: &'static str, mut stop: watch::Receiver<bool>) {
+    async fn run_kind(self: &Arc<Self>, kind: &'static str, stop: Stop) {
         let js = jetstream::new(self.nats.clone());
-        let mut failures = 0_u32;
-        while !*stop.borrow() {
-            let mut consuming = stop.clone();
-            let consumed = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return,
-                consumed = self.consume(&js, kind, &mut consuming) => consumed,
-            };
-            match consumed {
-                Ok(()) => return,
-                Err(error) => {
-                    failures += 1;
-                    if failures > 1 || !error.to_string().contains("timed out") {
-                        tracing::warn!(%error, kind, "alert consumer interrupted; reconnecting");
-                    }
-                    let pause = Duration::from_millis(100 * 2_u64.pow(failures.min(6)));
-                    tokio::select! {
-                        _ = stop.wait_for(|stop| *stop) => return,
-                        () = tokio::time::sleep(pause.min(Duration::from_secs(5))) => {}
-                    }
-                }
-            }
-        }
+        let js = &js;
+        bus::keep_consuming(kind, stop, |mut stop| async move {
+            self.consume(js, kind, &mut stop).await
+        })
+        .await;
     }
 
     async fn consumer(&self, js: &jetstream::Context, kind: &str) -> anyhow::Result<PullConsumer> {
@@ -166,7 +152,7 @@ impl AlertDispatcher {
         self: &Arc<Self>,
         js: &jetstream::Context,
         kind: &'static str,
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Stop,
     ) -> anyhow::Result<()> {
         let consumer = self.consumer(js, kind).await?;
         let mut messages = consumer
@@ -181,7 +167,7 @@ impl AlertDispatcher {
                 in_flight.join_next().await;
             }
             let next = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => break,
+                () = stop.stopped() => break,
                 next = messages.next() => next,
             };
             match next {
@@ -286,11 +272,11 @@ impl AlertDispatcher {
     }
 
     /// The pause after failed attempt `attempt`: `retry_initial_ms`, doubled each time, up to
-    /// `retry_max_ms`.
+    /// `retry_max_ms`, and a little more at random.
     fn backoff(&self, attempt: u32) -> Duration {
-        let initial = self.settings.retry_initial_ms.max(1);
-        let pause = initial.saturating_mul(2_u64.saturating_pow(attempt.saturating_sub(1)));
-        Duration::from_millis(pause.min(self.settings.retry_max_ms.max(initial)))
+        let first = Duration::from_millis(self.settings.retry_initial_ms.max(1));
+        let max = Duration::from_millis(self.settings.retry_max_ms).max(first);
+        Backoff::new(first, max, 10).delay(attempt)
     }
 
     async fn post(&self, url: &str, secret: &str, event: &BillingEvent) -> Attempted {

@@ -12,6 +12,10 @@
 //! replicas or committed while it was busy. Published rows are kept for the retention period, so
 //! events can be re-published after a bus failure, then purged in bounded chunks.
 
+use shared::{
+    backoff::Backoff,
+    shutdown::{Stop, Woken},
+};
 use std::{future::IntoFuture, sync::Arc, time::Duration};
 
 use async_nats::{
@@ -27,16 +31,10 @@ use shared::{
     clock::Clock,
     config::{NatsSettings, OutboxSettings},
 };
-use tokio::{
-    sync::{Notify, watch},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 
 use crate::store::{self, OutboxRow, PURGE_CHUNK, Store, StoreError};
 
-/// The shortest and longest pause after a failed round or a failed stream set-up.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// NATS not connected for this long is an outage worth a warning (a connection still being
 /// made at start-up is not), repeated this often while it lasts.
 const OUTAGE_GRACE: Duration = Duration::from_secs(5);
@@ -123,7 +121,7 @@ impl OutboxRelay {
     /// MySQL, so they run side by side and neither waits for the other's dependency.
     /// At the stop, the outbox is flushed: what is unpublished goes out while NATS is connected
     /// (the caller bounds how long that may take).
-    pub async fn run(self, stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Stop) {
         tokio::join!(
             self.publish_loop(stop.clone()),
             self.purge_loop(stop.clone()),
@@ -158,7 +156,7 @@ impl OutboxRelay {
     /// While NATS is not connected nothing is claimed: a publish would only be buffered by the
     /// client, and the claimed rows locked for a whole ack timeout. A round in hand is always
     /// finished or rolled back before the stop is obeyed.
-    async fn publish_loop(&self, mut stop: watch::Receiver<bool>) {
+    async fn publish_loop(&self, mut stop: Stop) {
         let mut outage = OutageLog::default();
         let mut failures = 0_u32;
         loop {
@@ -166,7 +164,7 @@ impl OutboxRelay {
                 return;
             }
             loop {
-                if *stop.borrow() {
+                if stop.is_stopped() {
                     return;
                 }
                 if !outage.connected(&self.nats) {
@@ -191,7 +189,9 @@ impl OutboxRelay {
                             failures,
                             "outbox batch not published; it stays in the outbox and is retried"
                         );
-                        if pause(&mut stop, backoff(failures)).await {
+                        if stop.sleep_or_stop(Backoff::RECONNECT.delay(failures)).await
+                            == Woken::ByStop
+                        {
                             return;
                         }
                         if error.stream_missing() {
@@ -205,11 +205,7 @@ impl OutboxRelay {
 
     /// Creates the streams or updates them to the configured settings, once NATS is connected,
     /// retrying with backoff; false when the stop came first.
-    async fn ensure_streams(
-        &self,
-        stop: &mut watch::Receiver<bool>,
-        outage: &mut OutageLog,
-    ) -> bool {
+    async fn ensure_streams(&self, stop: &mut Stop, outage: &mut OutageLog) -> bool {
         let mut failures = 0_u32;
         loop {
             if !outage.connected(&self.nats) {
@@ -220,7 +216,7 @@ impl OutboxRelay {
             }
             let ensured = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return false,
+                () = stop.stopped() => return false,
                 ensured = shared::bus::ensure_streams(&self.js, &self.names, &self.nats_settings) => ensured,
             };
             match ensured {
@@ -232,7 +228,8 @@ impl OutboxRelay {
                         failures,
                         "cannot set up the JetStream streams; events wait in the outbox"
                     );
-                    if pause(stop, backoff(failures)).await {
+                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(failures)).await == Woken::ByStop
+                    {
                         return false;
                     }
                 }
@@ -241,10 +238,10 @@ impl OutboxRelay {
     }
 
     /// Waits for a commit's wake-up or the poll interval; true when the relay must stop.
-    async fn idle(&self, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn idle(&self, stop: &mut Stop) -> bool {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => true,
+            () = stop.stopped() => true,
             () = self.wake.notified() => false,
             () = tokio::time::sleep(self.poll_interval) => false,
         }
@@ -309,7 +306,7 @@ impl OutboxRelay {
 
     /// Every [`BACKLOG_SAMPLE_EVERY`], the rows waiting for publication and the age of the
     /// oldest as gauges (0 when none waits). A sample MySQL does not answer leaves the last.
-    async fn sample_backlog(&self, mut stop: watch::Receiver<bool>) {
+    async fn sample_backlog(&self, mut stop: Stop) {
         loop {
             if let Ok((waiting, oldest)) = store::backlog(self.store.pool()).await {
                 let age = oldest.map_or(0.0, |at| {
@@ -318,20 +315,20 @@ impl OutboxRelay {
                 metrics::gauge!("billing_outbox_backlog").set(waiting as f64);
                 metrics::gauge!("billing_outbox_oldest_age_seconds").set(age);
             }
-            if pause(&mut stop, BACKLOG_SAMPLE_EVERY).await {
+            if stop.sleep_or_stop(BACKLOG_SAMPLE_EVERY).await == Woken::ByStop {
                 return;
             }
         }
     }
 
     /// Every `purge_interval`, deletes rows published longer than the retention ago.
-    async fn purge_loop(&self, mut stop: watch::Receiver<bool>) {
+    async fn purge_loop(&self, mut stop: Stop) {
         let mut ticks = tokio::time::interval(self.purge_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.stopped() => return,
                 _ = ticks.tick() => {}
             }
             let cutoff = self
@@ -354,13 +351,13 @@ impl OutboxRelay {
     async fn purge(
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
-        stop: &watch::Receiver<bool>,
+        stop: &Stop,
     ) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             let deleted = store::purge_published_chunk(self.store.pool(), cutoff).await?;
             total += deleted;
-            if deleted < PURGE_CHUNK || *stop.borrow() {
+            if deleted < PURGE_CHUNK || stop.is_stopped() {
                 return Ok(total);
             }
         }
@@ -400,33 +397,5 @@ impl OutageLog {
             );
         }
         false
-    }
-}
-
-/// Sleeps for `duration` unless the stop comes first; true when the relay must stop.
-async fn pause(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
-    tokio::select! {
-        biased;
-        _ = stop.wait_for(|stop| *stop) => true,
-        () = tokio::time::sleep(duration) => false,
-    }
-}
-
-/// 100 ms after the first failure, doubling up to 5 s.
-fn backoff(failures: u32) -> Duration {
-    BACKOFF_MIN
-        .saturating_mul(2_u32.saturating_pow(failures.saturating_sub(1)))
-        .min(BACKOFF_MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_100_ms_up_to_5_s() {
-        let steps: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
-        assert_eq!(steps, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
     }
 }

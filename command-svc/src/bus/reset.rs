@@ -4,6 +4,10 @@
 //! replica that dies mid-run leaves its message unacked; it comes back after the ack wait and
 //! the run resumes at the persisted cursor. The message is acked once the walk is finished.
 
+use shared::{
+    backoff::Backoff,
+    shutdown::{Stop, Woken},
+};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{
@@ -19,7 +23,6 @@ use shared::{
     proto::v1::ResetFreeQuota,
     trace::TraceContext,
 };
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::commands::Commands;
@@ -30,18 +33,6 @@ pub struct ResetConsumer {
     names: BusNames,
     nats_settings: NatsSettings,
     settings: ResetSettings,
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100 * 2_u64.pow(attempt.min(6))).min(Duration::from_secs(5))
-}
-
-/// Sleeps unless asked to stop first; `false` when asked to stop.
-async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
-    tokio::select! {
-        _ = stop.wait_for(|stop| *stop) => false,
-        () = tokio::time::sleep(delay) => true,
-    }
 }
 
 impl ResetConsumer {
@@ -61,29 +52,13 @@ impl ResetConsumer {
     }
 
     /// Consumes until `stop`; a run in hand stops between batches, unacked.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Stop) {
         let js = jetstream::new(self.nats.clone());
-        let mut attempt = 0;
-        while !*stop.borrow() {
-            // Setting up the consumer waits on NATS; the stop must not wait for NATS.
-            let mut consuming = stop.clone();
-            let consumed = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return,
-                consumed = self.consume(&js, &mut consuming) => consumed,
-            };
-            match consumed {
-                Ok(()) => return,
-                Err(error) => {
-                    attempt += 1;
-                    if attempt > 1 || !error.to_string().contains("timed out") {
-                        tracing::warn!(%error, "command consumer interrupted; reconnecting");
-                    }
-                    if !pause(&mut stop, backoff(attempt)).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let (this, js) = (&self, &js);
+        bus::keep_consuming("reset", stop, |mut stop| async move {
+            this.consume(js, &mut stop).await
+        })
+        .await;
     }
 
     async fn consumer(&self, js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
@@ -101,11 +76,7 @@ impl ResetConsumer {
         Ok(stream.create_consumer(config).await?)
     }
 
-    async fn consume(
-        &self,
-        js: &jetstream::Context,
-        stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    async fn consume(&self, js: &jetstream::Context, stop: &mut Stop) -> anyhow::Result<()> {
         let consumer = self.consumer(js).await?;
         let mut messages = consumer
             .stream()
@@ -115,7 +86,7 @@ impl ResetConsumer {
             .await?;
         loop {
             let next = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                () = stop.stopped() => return Ok(()),
                 next = messages.next() => next,
             };
             match next {
@@ -143,7 +114,7 @@ impl ResetConsumer {
         }
     }
 
-    async fn handle(&self, message: &jetstream::Message, stop: &mut watch::Receiver<bool>) {
+    async fn handle(&self, message: &jetstream::Message, stop: &mut Stop) {
         let command = match ResetFreeQuota::decode(message.payload.as_ref()) {
             Ok(command) => command,
             Err(error) => {
@@ -195,7 +166,9 @@ impl ResetConsumer {
                     Err(error) => {
                         failures += 1;
                         tracing::warn!(%error, failures, %command_id, "reset not planned yet; retrying");
-                        if !pause(stop, backoff(failures)).await {
+                        if stop.sleep_or_stop(Backoff::RECONNECT.delay(failures)).await
+                            == Woken::ByStop
+                        {
                             return;
                         }
                     }
@@ -230,7 +203,7 @@ impl ResetConsumer {
                 }
                 Err(error) => {
                     tracing::warn!(%error, %command_id, "reset not marked finished yet; retrying");
-                    if !pause(stop, backoff(1)).await {
+                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(1)).await == Woken::ByStop {
                         return;
                     }
                 }
@@ -246,16 +219,10 @@ impl ResetConsumer {
     }
 
     /// Walks one range batch by batch to its end; `false` when asked to stop first.
-    async fn walk(
-        &self,
-        command_id: &str,
-        shard: i32,
-        period: Period,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn walk(&self, command_id: &str, shard: i32, period: Period, stop: &mut Stop) -> bool {
         let mut failures = 0;
         loop {
-            if *stop.borrow() {
+            if stop.is_stopped() {
                 return false;
             }
             match self
@@ -275,7 +242,8 @@ impl ResetConsumer {
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(%error, failures, %command_id, shard, "reset batch failed; retrying");
-                    if !pause(stop, backoff(failures)).await {
+                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(failures)).await == Woken::ByStop
+                    {
                         return false;
                     }
                 }

@@ -16,7 +16,7 @@ mod writes;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use shared::config::DatabaseSettings;
+use shared::{backoff::Backoff, config::DatabaseSettings};
 use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 use tokio::sync::Notify;
 
@@ -169,7 +169,7 @@ impl Store {
             match attempt().await {
                 Err(error) if error.is_conflict() && tries < self.max_retries => {
                     tries += 1;
-                    tokio::time::sleep(backoff(tries)).await;
+                    tokio::time::sleep(Backoff::CONFLICT.delay(tries)).await;
                 }
                 result => return result,
             }
@@ -194,10 +194,4 @@ impl AsStoreError for StoreError {
     fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict(_))
     }
-}
-
-fn backoff(tries: u32) -> Duration {
-    let base = 2_u64.saturating_pow(tries.min(6)) * 500;
-    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16) % base.max(1);
-    Duration::from_micros(base + jitter)
 }

@@ -12,6 +12,10 @@
 pub mod plan;
 
 use shared::cache::{CachedSnapshot, SnapshotCache};
+use shared::{
+    backoff::Backoff,
+    shutdown::{Stop, Woken},
+};
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
@@ -30,7 +34,6 @@ use shared::{
     period::BillingZone,
     proto::v1 as pb,
 };
-use tokio::sync::watch;
 
 use crate::store::{ReadStore, projection as writes};
 use plan::{Plan, Refused};
@@ -49,18 +52,6 @@ pub struct Projector {
 struct Received {
     message: jetstream::Message,
     event: Result<pb::BillingEvent, Refused>,
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100 * 2_u64.pow(attempt.min(6))).min(Duration::from_secs(5))
-}
-
-/// Sleeps unless asked to stop first; `false` when asked to stop.
-async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
-    tokio::select! {
-        _ = stop.wait_for(|stop| *stop) => false,
-        () = tokio::time::sleep(delay) => true,
-    }
 }
 
 impl Projector {
@@ -86,48 +77,28 @@ impl Projector {
 
     /// Consumes until `stop`; the batch in hand is finished (or left unacked) first. Meanwhile
     /// samples the consumer's backlog and the dead-letter stream for `/metrics`.
-    pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(self, stop: Stop) -> anyhow::Result<()> {
         let js = jetstream::new(self.nats.clone());
-        let (consumed, ()) = tokio::join!(
+        tokio::join!(
             self.consume_until_stopped(&js, stop.clone()),
             self.sample_backlog(&js, stop)
         );
-        consumed
+        Ok(())
     }
 
-    async fn consume_until_stopped(
-        &self,
-        js: &jetstream::Context,
-        mut stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        let mut attempt = 0;
-        while !*stop.borrow() {
-            // Setting up the consumer waits on NATS; the stop must not wait for NATS. Stopping
-            // inside a batch is safe: its transaction rolls back or its acks are never sent, and
-            // the redelivered events are absorbed.
-            let mut consuming = stop.clone();
-            let consumed = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return Ok(()),
-                consumed = self.consume(js, &mut consuming) => consumed,
-            };
-            match consumed {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    tracing::warn!(%error, "event consumer interrupted; reconnecting");
-                    attempt += 1;
-                    if !pause(&mut stop, backoff(attempt)).await {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+    /// Stopping inside a batch is safe: its transaction rolls back or its acks are never sent,
+    /// and the redelivered events are absorbed.
+    async fn consume_until_stopped(&self, js: &jetstream::Context, stop: Stop) {
+        bus::keep_consuming("projection", stop, |mut stop| async move {
+            self.consume(js, &mut stop).await
+        })
+        .await;
     }
 
     /// Every [`BACKLOG_SAMPLE_EVERY`], the consumer's backlog (events not yet delivered, and
     /// delivered but not acked) and the dead-letter stream's size as gauges. A sample that
     /// cannot be taken (NATS away) leaves the last values.
-    async fn sample_backlog(&self, js: &jetstream::Context, mut stop: watch::Receiver<bool>) {
+    async fn sample_backlog(&self, js: &jetstream::Context, mut stop: Stop) {
         loop {
             let connected =
                 self.nats.connection_state() == async_nats::connection::State::Connected;
@@ -150,7 +121,7 @@ impl Projector {
             {
                 metrics::gauge!("billing_dlq_messages").set(info.state.messages as f64);
             }
-            if !pause(&mut stop, BACKLOG_SAMPLE_EVERY).await {
+            if stop.sleep_or_stop(BACKLOG_SAMPLE_EVERY).await == Woken::ByStop {
                 return;
             }
         }
@@ -172,11 +143,7 @@ impl Projector {
         Ok(stream.create_consumer(config).await?)
     }
 
-    async fn consume(
-        &self,
-        js: &jetstream::Context,
-        stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    async fn consume(&self, js: &jetstream::Context, stop: &mut Stop) -> anyhow::Result<()> {
         let consumer = self.consumer(js).await?;
         let mut messages = consumer
             .stream()
@@ -186,7 +153,7 @@ impl Projector {
             .await?;
         loop {
             let first = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                () = stop.stopped() => return Ok(()),
                 next = messages.next() => next,
             };
             let first = match first {
@@ -213,7 +180,7 @@ impl Projector {
         &self,
         js: &jetstream::Context,
         batch: Vec<jetstream::Message>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Stop,
     ) {
         let received: Vec<Received> = batch
             .into_iter()
@@ -252,7 +219,8 @@ impl Projector {
                     for (_, item) in &projectable {
                         let _ = item.message.ack_with(AckKind::Progress).await;
                     }
-                    if !pause(stop, backoff(attempt)).await {
+                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(attempt)).await == Woken::ByStop
+                    {
                         return; // unacked: redelivered after ack_wait
                     }
                 }
@@ -420,7 +388,7 @@ impl Projector {
             .map(|info| info.delivered)
             .unwrap_or(i64::MAX);
         if delivered < self.settings.max_deliver {
-            let delay = backoff(delivered.clamp(0, 6) as u32);
+            let delay = Backoff::RECONNECT.delay(delivered.clamp(0, 6) as u32);
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             return;
         }

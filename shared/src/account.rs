@@ -57,6 +57,11 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// What a settle of `actual` gives back of the hold: the hold less the actual price.
+    pub fn left_after(&self, actual: Micros) -> Micros {
+        self.total().checked_sub(actual).unwrap_or(Micros::ZERO)
+    }
+
     pub fn total(&self) -> Micros {
         self.free.checked_add(self.balance).unwrap_or(Micros::ZERO)
     }
@@ -237,7 +242,8 @@ impl AccountSnapshot {
     /// The part of a hold of `hold_period` still reserved on this account: all of its balance
     /// part; its free part only while the account is still in `hold_period` (a new period's
     /// quota starts with nothing held, and the earlier period's quota has ended).
-    fn held_here(&self, hold: Hold, hold_period: Period) -> Hold {
+    /// What releasing it gives back here.
+    pub fn held_here(&self, hold: Hold, hold_period: Period) -> Hold {
         Hold {
             free: if hold_period == self.period {
                 hold.free.min(self.free_held)

@@ -1,36 +1,28 @@
 //! One command's transaction on one account: the row locked first, the period opened when the
-//! command is the account's first of a new period, then each change appended as a ledger row with
-//! its outbox event, and the final state written once at commit.
+//! command is the account's first of a new period, each change recorded in memory
+//! ([`super::changes`]), and everything written at commit: the rows in one round trip, then the
+//! final state once, guarded by its version.
 
 use chrono::{DateTime, Utc};
-use shared::{
-    account::{AccountSnapshot, command_period},
-    money::Micros,
-    proto::v1::{FreeQuotaGranted, billing_event::Kind},
-};
+use shared::proto::v1::billing_event::Kind;
 
-use super::Rules;
+use super::{
+    Rules,
+    changes::{AccountChanges, Appends, Change},
+};
 use crate::{
-    events::{self, AccountOut},
-    store::{self, LedgerEntry, LedgerRecord, RecordKind, Refs, StoreError, Tx, Writes},
+    events::AccountOut,
+    store::{self, LedgerRecord, StoreError, Tx},
 };
 
 pub(super) struct AccountTx<'c> {
     tx: Tx,
     store: &'c store::Store,
     rules: &'c Rules,
-    user_id: &'c str,
-    currency: String,
-    /// The version stored in MySQL right now (0: no row yet).
-    stored_version: i64,
-    /// What `balance_low` compares the balance with.
-    low_balance_threshold: Micros,
-    /// The state as the command has decided it so far.
-    state: AccountSnapshot,
-    /// A period grant decided but not yet written, with the state before it.
-    pending_grant: Option<AccountSnapshot>,
-    /// Whether the transaction wrote outbox rows, so its commit should wake the relay.
-    wrote_events: bool,
+    account: AccountChanges,
+    appends: Appends<'c>,
+    /// The trace context of the command, which its events carry.
+    traceparent: Option<String>,
     now: DateTime<Utc>,
 }
 
@@ -39,34 +31,21 @@ impl<'c> AccountTx<'c> {
     pub async fn lock(
         store: &'c store::Store,
         rules: &'c Rules,
-        user_id: &'c str,
+        user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<AccountTx<'c>, StoreError> {
         let mut tx = store.begin().await?;
-        let row = store::lock_account(&mut tx, user_id).await?;
-        let low_balance_threshold = rules.low_balance_threshold(
-            row.as_ref()
-                .and_then(|row| row.low_balance_threshold_micros),
-        );
-        let (stored_version, state, currency) = match row {
-            Some(row) => (row.version, row.snapshot()?, row.currency),
-            None => (
-                0,
-                AccountSnapshot::fresh(rules.zone.period_of(now), rules.default_monthly_free),
-                rules.currency.clone(),
-            ),
+        let account = match store::lock_account(&mut tx, user_id).await? {
+            Some(row) => AccountChanges::stored(&row, rules)?,
+            None => AccountChanges::fresh(user_id, rules, now),
         };
         Ok(AccountTx {
             tx,
             store,
             rules,
-            user_id,
-            currency,
-            stored_version,
-            low_balance_threshold,
-            state,
-            pending_grant: None,
-            wrote_events: false,
+            account,
+            appends: Appends::new(rules, now),
+            traceparent: shared::trace::current_traceparent(),
             now,
         })
     }
@@ -75,179 +54,92 @@ impl<'c> AccountTx<'c> {
         &mut self.tx
     }
 
-    pub fn state(&self) -> &AccountSnapshot {
-        &self.state
+    pub fn state(&self) -> &shared::account::AccountSnapshot {
+        &self.account.state
+    }
+
+    pub fn account(&mut self) -> &mut AccountChanges {
+        &mut self.account
     }
 
     pub fn exists(&self) -> bool {
-        self.stored_version > 0
+        self.account.exists()
     }
 
-    pub fn out(&self) -> AccountOut {
-        self.rules.present(
-            self.user_id,
-            Some(&self.currency),
-            Some(&self.state),
-            self.now,
-        )
+    pub fn now_period(&self) -> shared::period::Period {
+        self.rules.zone.period_of(self.now)
     }
 
-    /// Decides, in memory, the grant of the command's period when the account lacks it: the
-    /// first mutating command of a period grants it, exactly as the monthly reset would. Written
-    /// with the first change, so a refused command writes nothing.
+    /// Decides the grant of the command's period when the account lacks it (see
+    /// [`AccountChanges::open_period`]).
     pub fn open_period(&mut self) {
-        let period = command_period(&self.state, self.rules.zone.period_of(self.now));
-        if let Some(granted) = self.state.open_period(period, self.state.monthly_free) {
-            self.pending_grant = Some(self.state);
-            self.state = granted;
-        }
+        let period = shared::account::command_period(&self.account.state, self.now_period());
+        self.account.open_period(period);
     }
 
-    async fn flush_grant(&mut self) -> Result<(), StoreError> {
-        let Some(before) = self.pending_grant.take() else {
-            return Ok(());
-        };
-        let granted = self.state;
-        if self.stored_version == 0 {
+    /// Records one change: its ledger row, its event, and the events of the alerts it raised.
+    pub fn append(&mut self, change: Change) {
+        self.account
+            .append(&mut self.appends, change, self.traceparent.as_deref());
+    }
+
+    /// Records an event about the account as it is now.
+    pub fn publish(&mut self, kind: Kind) {
+        self.account
+            .publish(&mut self.appends, kind, self.traceparent.as_deref());
+    }
+
+    /// Writes what was recorded and the decided state, and commits. Returns the account as
+    /// committed, and as stored when this transaction changed it.
+    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
+        self.account
+            .record_grant(&mut self.appends, self.traceparent.as_deref());
+        self.appends.writes().run(&mut self.tx).await?;
+        let (account, now) = (&self.account, self.now);
+        if account.is_created() {
+            let state = &account.state;
             store::create_account(
                 &mut self.tx,
-                self.user_id,
-                &self.currency,
-                &granted,
-                self.now,
+                &account.user_id,
+                &account.currency,
+                state,
+                now,
             )
             .await?;
-            self.stored_version = granted.version;
+        } else if account.is_changed() {
+            let (user_id, from) = (&account.user_id, account.stored_version);
+            store::save_account(&mut self.tx, user_id, from, &account.state, now).await?;
         }
-        let record_id = events::new_id();
-        let grant = store::Grant {
-            user_id: self.user_id,
-            period: granted.period.to_string(),
-            granted_micros: granted.free_granted.get(),
-            record_id: &record_id,
-        };
-        let entry = LedgerEntry {
-            record_id: &record_id,
-            user_id: self.user_id,
-            kind: RecordKind::FreeGrant,
-            amount: granted.free_granted,
-            free: granted.free_granted,
-            balance: Micros::ZERO,
-            before,
-            after: granted,
-            refs: Refs::default(),
-            created_at: self.now,
-        };
-        let mut writes = Writes::new();
-        writes.grants(&[grant], self.now).entries(&[entry]);
-        writes.run(&mut self.tx).await?;
-        let kind = Kind::FreeQuotaGranted(FreeQuotaGranted {
-            record_id: record_id.clone(),
-            period: granted.period.to_string(),
-            amount_micros: granted.free_granted.get(),
-        });
-        self.write_event(kind).await
-    }
-
-    /// Appends one change: its ledger row (state before = the current state), its event, and
-    /// the events of the alerts it raised.
-    pub async fn append(
-        &mut self,
-        record_id: &str,
-        kind: RecordKind,
-        after: AccountSnapshot,
-        amounts: (Micros, Micros, Micros),
-        refs: Refs<'_>,
-        event: Kind,
-    ) -> Result<(), StoreError> {
-        self.flush_grant().await?;
-        let (amount, free, balance) = amounts;
-        let entry = LedgerEntry {
-            record_id,
-            user_id: self.user_id,
-            kind,
-            amount,
-            free,
-            balance,
-            before: self.state,
-            after,
-            refs,
-            created_at: self.now,
-        };
-        let mut writes = Writes::new();
-        writes.entries(&[entry]);
-        writes.run(&mut self.tx).await?;
-        let alerts = shared::alerts::raised(&self.state, &after, self.low_balance_threshold);
-        self.state = after;
-        self.write_event(event).await?;
-        for alert in events::alert_kinds(record_id, &alerts, after.period) {
-            self.write_event(alert).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes an event about the account as it is now (events that change no state repeat the
-    /// current version).
-    pub async fn publish(&mut self, kind: Kind) -> Result<(), StoreError> {
-        self.flush_grant().await?;
-        self.write_event(kind).await
-    }
-
-    async fn write_event(&mut self, kind: Kind) -> Result<(), StoreError> {
-        let subject = self.rules.bus.event_subject(&kind);
-        let account = self
-            .rules
-            .present_stored(self.user_id, &self.currency, &self.state);
-        let event = events::event(Some(&account), self.user_id, kind, self.now);
-        let traceparent = shared::trace::current_traceparent();
-        store::insert_event(
-            &mut self.tx,
-            &event,
-            &subject,
-            traceparent.as_deref(),
-            self.now,
-        )
-        .await?;
-        self.wrote_events = true;
-        Ok(())
-    }
-
-    /// Writes the decided state and commits. Returns the account as committed, and as stored
-    /// when this transaction changed it.
-    /// Also returns the account as stored when this transaction changed it.
-    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
-        self.flush_grant().await?;
-        let changed = self.state.version != self.stored_version;
-        if changed {
-            store::save_account(
-                &mut self.tx,
-                self.user_id,
-                self.stored_version,
-                &self.state,
-                self.now,
-            )
-            .await?;
-        }
+        let changed = account.is_created() || account.is_changed();
         let out = self.out();
-        let stored = changed.then(|| {
-            self.rules
-                .present_stored(self.user_id, &self.currency, &self.state)
-        });
+        let stored = changed.then(|| self.account.stored_view(self.rules));
         self.tx.commit().await?;
-        if self.wrote_events {
+        if self.appends.has_events() {
             self.store.outbox_written();
         }
         Ok((out, stored))
     }
 
+    /// The account as the command's answer shows it, at the command's instant.
+    pub fn out(&self) -> AccountOut {
+        let account = &self.account;
+        self.rules.present(
+            &account.user_id,
+            Some(&account.currency),
+            Some(&account.state),
+            self.now,
+        )
+    }
+
     /// Ends the transaction of a command that was already applied: nothing is written, and the
     /// reply shows the account as it was right after the original change.
     pub async fn end_in_replay(self, original: &LedgerRecord) -> Result<AccountOut, StoreError> {
+        let account = &self.account;
         let out = self.rules.present_as_recorded(
-            self.user_id,
-            &self.currency,
+            &account.user_id,
+            &account.currency,
             original,
-            self.state.monthly_free,
+            account.state.monthly_free,
         )?;
         self.rollback().await?;
         Ok(out)

@@ -5,11 +5,11 @@ use shared::{
     proto::v1::{BalanceAdjusted, billing_event::Kind},
 };
 
-use super::{CommandError, Commands, account_tx::AccountTx};
+use super::{CommandError, Commands, account_tx::AccountTx, changes::Change};
 use crate::{
     domain::AdjustBalance,
     events::{self, AccountOut},
-    store::{self, RecordKind, Refs},
+    store::{self, Amounts, RecordKind, Refs},
 };
 
 #[derive(Clone, Debug)]
@@ -66,16 +66,23 @@ impl Commands {
             reason: command.reason.to_string(),
             actor: command.actor.to_string(),
         });
-        let refs = Refs {
-            adjustment_id: Some(command.adjustment_id.as_str()),
-            reason: Some(command.reason.as_str()),
-            actor: Some(command.actor.as_str()),
-            ..Refs::default()
-        };
-        let amounts = (command.amount, Micros::ZERO, command.amount);
-        account
-            .append(&record_id, RecordKind::Adjust, after, amounts, refs, event)
-            .await?;
+        account.append(Change {
+            record_id: record_id.clone(),
+            kind: RecordKind::Adjust,
+            after,
+            amounts: Amounts {
+                amount: command.amount,
+                free: Micros::ZERO,
+                balance: command.amount,
+            },
+            refs: Refs {
+                adjustment_id: Some(command.adjustment_id.to_string()),
+                reason: Some(command.reason.to_string()),
+                actor: Some(command.actor.to_string()),
+                ..Refs::default()
+            },
+            event,
+        });
         let account = self.commit(account).await?;
         Ok(Adjusted {
             record_id,

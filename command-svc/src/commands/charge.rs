@@ -1,16 +1,16 @@
 //! Quota checks, charges and account reads: the gateway's hot path.
 
 use shared::{
-    account::Split,
+    account::{AccountSnapshot, Split},
     money::Micros,
     proto::v1::{QuotaDeducted, billing_event::Kind},
 };
 
-use super::{CommandError, Commands, account_tx::AccountTx};
+use super::{CommandError, Commands, changes::Change};
 use crate::{
     domain::{CheckQuota, DeductQuota},
-    events::{self, AccountOut},
-    store::{self, RecordKind, Refs},
+    events::AccountOut,
+    store::{self, Amounts, LedgerRecord, RecordKind, Refs},
 };
 
 #[derive(Clone, Debug)]
@@ -70,84 +70,67 @@ impl Commands {
     }
 
     /// Charges once per `(user_id, request_id)`; a retry of a refused charge is decided afresh.
+    /// With group commit off a charge is a batch of one, decided and written the same way.
     pub async fn deduct_quota(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
         match &self.charges {
             Some(queue) => queue.charge(command.clone()).await,
-            None => {
-                let result = self.store.retrying(|| self.deduct_once(command)).await;
-                super::count_charges(std::slice::from_ref(&result));
-                result
-            }
+            None => self.charge_alone(command.clone()).await,
         }
     }
+}
 
-    async fn deduct_once(&self, command: &DeductQuota) -> Result<Charged, CommandError> {
-        let now = self.now();
-        let user_id = command.user_id.as_str();
-        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
-
-        if account.exists() {
-            let earlier =
-                store::find_charge(account.tx(), user_id, command.request_id.as_str()).await?;
-            if let Some(record) = earlier {
-                // A reservation's hold under this key is no charge to replay: the key is taken.
-                let same = record.kind == RecordKind::Deduct.as_str()
-                    && record.amount_micros == command.amount.get()
-                    && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
-                let account = account.end_in_replay(&record).await?;
-                if !same {
-                    return Err(CommandError::KeyReused { key: "request_id" });
-                }
-                return Ok(Charged {
-                    split: Split {
-                        free: Micros::new(record.free_micros),
-                        balance: Micros::new(record.balance_micros),
-                    },
-                    account,
-                    record_id: record.record_id,
-                    replayed: true,
-                });
-            }
-        }
-
-        account.open_period();
-        let (split, after) = match account.state().charge(command.amount) {
-            Ok(decided) => decided,
-            Err(refusal) => {
-                account.rollback().await?;
-                return Err(refusal.into());
-            }
-        };
-        let record_id = events::new_id();
-        let event = deducted(command, &record_id, split);
-        let refs = Refs {
-            request_id: Some(command.request_id.as_str()),
-            api_id: Some(command.api_id.as_str()),
-            description: Some(command.description.as_str()),
-            ..Refs::default()
-        };
-        account
-            .append(
-                &record_id,
-                RecordKind::Deduct,
-                after,
-                (command.amount, split.free, split.balance),
-                refs,
-                event,
-            )
-            .await?;
-        let account = self.commit(account).await?;
-        Ok(Charged {
-            record_id,
-            split,
+impl Charged {
+    /// The answer to a charge already recorded as `record`, shown as it was then.
+    pub(super) fn replayed(record: &LedgerRecord, account: AccountOut) -> Charged {
+        Charged {
+            record_id: record.record_id.clone(),
+            split: Split {
+                free: Micros::new(record.free_micros),
+                balance: Micros::new(record.balance_micros),
+            },
             account,
-            replayed: false,
-        })
+            replayed: true,
+        }
+    }
+}
+
+/// Whether `record`, found under the command's key, is the same charge (then the command is its
+/// retry). A reservation's hold under the key is no charge to replay: the key is taken.
+pub(super) fn is_same_charge(record: &LedgerRecord, command: &DeductQuota) -> bool {
+    record.kind == RecordKind::Deduct.as_str()
+        && record.amount_micros == command.amount.get()
+        && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str()
+}
+
+/// The ledger row and event of an applied charge.
+pub(super) fn charge_change(
+    command: &DeductQuota,
+    record_id: String,
+    split: Split,
+    after: AccountSnapshot,
+) -> Change {
+    let event = deducted(command, &record_id, split);
+    Change {
+        record_id,
+        kind: RecordKind::Deduct,
+        after,
+        amounts: Amounts {
+            amount: command.amount,
+            free: split.free,
+            balance: split.balance,
+        },
+        refs: Refs {
+            request_id: Some(command.request_id.to_string()),
+            api_id: Some(command.api_id.to_string()),
+            description: Some(command.description.to_string()),
+            ..Refs::default()
+        },
+        event,
     }
 }
 
 /// The event of an applied charge.
-pub(super) fn deducted(command: &DeductQuota, record_id: &str, split: Split) -> Kind {
+fn deducted(command: &DeductQuota, record_id: &str, split: Split) -> Kind {
     Kind::QuotaDeducted(QuotaDeducted {
         record_id: record_id.to_owned(),
         request_id: command.request_id.to_string(),

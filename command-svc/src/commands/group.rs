@@ -16,28 +16,46 @@ use std::{
     time::Duration,
 };
 
-use shared::{
-    account::{AccountSnapshot, Split, command_period, stored_view},
-    config::GroupCommitSettings,
-    money::Micros,
-    proto::v1::{FreeQuotaGranted, billing_event::Kind},
-};
+use chrono::{DateTime, Utc};
+use shared::{account::AccountSnapshot, config::GroupCommitSettings};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Charged, CommandError, Commands};
-use crate::store::AsStoreError;
+use super::{
+    Charged, CommandError, Commands,
+    changes::{AccountChanges, Appends},
+    charge::{charge_change, is_same_charge},
+};
 use crate::{
     domain::DeductQuota,
     events::{self, AccountOut},
-    store::{
-        self, Grant, LedgerEntry, LedgerRecord, Outgoing, RecordKind, Refs, StoreError, Writes,
-    },
+    store::{self, AsStoreError, LedgerRecord, StoreError, Tx},
 };
 
-struct Pending {
+/// A charge as it waits to be decided: the command and the caller's trace context, which the
+/// charge's events carry.
+pub(super) struct ChargeRequest {
     command: DeductQuota,
-    /// The caller's trace context, which the charge's events carry.
     traceparent: Option<String>,
+}
+
+impl ChargeRequest {
+    fn new(command: DeductQuota) -> ChargeRequest {
+        ChargeRequest {
+            command,
+            traceparent: shared::trace::current_traceparent(),
+        }
+    }
+
+    fn key(&self) -> (&str, &str) {
+        (
+            self.command.user_id.as_str(),
+            self.command.request_id.as_str(),
+        )
+    }
+}
+
+struct Pending {
+    request: ChargeRequest,
     reply: oneshot::Sender<Result<Charged, CommandError>>,
 }
 
@@ -70,12 +88,9 @@ impl ChargeQueue {
     pub(super) async fn charge(&self, command: DeductQuota) -> Result<Charged, CommandError> {
         let (reply, answer) = oneshot::channel();
         let closed = || CommandError::Store(StoreError::internal(sqlx::Error::PoolClosed));
+        let request = ChargeRequest::new(command);
         self.sender
-            .send(Pending {
-                command,
-                traceparent: shared::trace::current_traceparent(),
-                reply,
-            })
+            .send(Pending { request, reply })
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
@@ -111,59 +126,65 @@ async fn next_batch(
     Some(batch)
 }
 
-/// One account's state as the batch decides it.
-struct Working {
-    currency: String,
-    /// The version stored now (0: no row yet).
-    stored_version: i64,
-    state: AccountSnapshot,
-    /// What `balance_low` compares the balance with.
-    low_balance_threshold: Micros,
-}
-
 /// What the batch decided for one charge.
+#[derive(Clone)]
 enum Decided {
     Done(Result<Charged, CommandError>),
     /// Same as the charge at this index of the batch, which was applied.
     SameAs(usize),
 }
 
+type Results = Vec<Result<Charged, CommandError>>;
+
+/// The accounts of a batch, locked: those that can be read, and why the others cannot.
+struct Locked {
+    accounts: HashMap<String, AccountChanges>,
+    unreadable: HashMap<String, StoreError>,
+}
+
 impl Commands {
+    /// A charge on its own: a batch of one.
+    pub(super) async fn charge_alone(&self, command: DeductQuota) -> Result<Charged, CommandError> {
+        let request = ChargeRequest::new(command);
+        let mut results = match self.charge_batch(std::slice::from_ref(&request)).await {
+            Ok(results) => results,
+            Err(error) => vec![Err(error)],
+        };
+        super::count_charges(&results);
+        results.pop().expect("a batch of one has one result")
+    }
+
     /// Commits the batch and answers each caller. When the batch as a whole fails for a reason
     /// other than an unreachable store, each charge is committed again on its own, so that one
     /// caller's faulty row fails only that caller (invariant 10).
     async fn commit_charges(&self, batch: Vec<Pending>) {
-        let outcome = self.charge_batch(&batch).await;
-        let results = match outcome {
+        let (requests, replies): (Vec<ChargeRequest>, Vec<_>) = batch
+            .into_iter()
+            .map(|pending| (pending.request, pending.reply))
+            .unzip();
+        let results = match self.charge_batch(&requests).await {
             Ok(results) => results,
-            Err(error) if batch.len() > 1 && !error.is_unavailable() => {
-                tracing::warn!(%error, size = batch.len(), "batch failed; its charges committed one by one");
+            Err(error) if requests.len() > 1 && !error.is_unavailable() => {
+                tracing::warn!(%error, size = requests.len(), "batch failed; its charges committed one by one");
                 metrics::counter!("billing_group_commit_isolated_total").increment(1);
-                let mut results = Vec::with_capacity(batch.len());
-                for pending in &batch {
-                    results.push(
-                        match self.charge_batch(std::slice::from_ref(pending)).await {
-                            Ok(mut alone) => alone.pop().expect("a batch of one has one result"),
-                            Err(error) => Err(error),
-                        },
-                    );
+                let mut results = Vec::with_capacity(requests.len());
+                for request in &requests {
+                    let alone = self.charge_batch(std::slice::from_ref(request)).await;
+                    results.push(alone.and_then(|mut one| one.pop().expect("one result")));
                 }
                 results
             }
-            Err(error) => vec![Err(error); batch.len()],
+            Err(error) => vec![Err(error); requests.len()],
         };
         super::count_charges(&results);
-        for (pending, result) in batch.into_iter().zip(results) {
-            let _ = pending.reply.send(result);
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 
     /// The batch decided and committed: optimistically first, then with every key looked up
     /// (and again on conflicts) when a key turned out to be a repeat.
-    async fn charge_batch(
-        &self,
-        batch: &[Pending],
-    ) -> Result<Vec<Result<Charged, CommandError>>, CommandError> {
+    async fn charge_batch(&self, batch: &[ChargeRequest]) -> Result<Results, CommandError> {
         match self.charge_batch_once(batch, false).await {
             Ok(Some(results)) => Ok(results),
             Ok(None) => self.charge_batch_looked_up(batch).await,
@@ -175,8 +196,8 @@ impl Commands {
     /// The batch with every key looked up first, run again on conflicts.
     async fn charge_batch_looked_up(
         &self,
-        batch: &[Pending],
-    ) -> Result<Vec<Result<Charged, CommandError>>, CommandError> {
+        batch: &[ChargeRequest],
+    ) -> Result<Results, CommandError> {
         self.store
             .retrying(|| async {
                 let results = self.charge_batch_once(batch, true).await?;
@@ -189,362 +210,223 @@ impl Commands {
     /// (the batch must run again with the look-up).
     async fn charge_batch_once(
         &self,
-        batch: &[Pending],
+        batch: &[ChargeRequest],
         look_up: bool,
-    ) -> Result<Option<Vec<Result<Charged, CommandError>>>, CommandError> {
-        let commands: Vec<&DeductQuota> = batch.iter().map(|pending| &pending.command).collect();
+    ) -> Result<Option<Results>, CommandError> {
         let now = self.now();
-        let now_period = self.rules.zone.period_of(now);
         let mut tx = self.store.begin().await?;
-
-        let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
-        let users: Vec<&str> = users.into_iter().collect();
-        let rows = store::lock_accounts(&mut tx, &users).await?;
-        let mut accounts: HashMap<&str, Working> = HashMap::new();
-        // Accounts whose row cannot be read: their charges fail, the others' go on.
-        let mut unreadable: HashMap<&str, StoreError> = HashMap::new();
-        for row in &rows {
-            let state = match row.snapshot() {
-                Ok(state) => state,
-                Err(error) => {
-                    store::undecodable("accounts", &row.user_id, &error);
-                    unreadable.insert(row.user_id.as_str(), error);
-                    continue;
-                }
-            };
-            let working = Working {
-                currency: row.currency.clone(),
-                stored_version: row.version,
-                state,
-                low_balance_threshold: self
-                    .rules
-                    .low_balance_threshold(row.low_balance_threshold_micros),
-            };
-            accounts.insert(row.user_id.as_str(), working);
-        }
+        let mut locked = self.lock_batch(&mut tx, batch).await?;
         // Most keys are new: the optimistic pass does not look them up and lets the ledger's
         // unique key catch a repeated one (then the batch runs again with the look-up).
-        let keys: Vec<(&str, &str)> = commands
-            .iter()
-            .filter(|c| look_up && accounts.contains_key(c.user_id.as_str()))
-            .map(|c| (c.user_id.as_str(), c.request_id.as_str()))
-            .collect();
-        let mut earlier: HashMap<(&str, &str), &LedgerRecord> = HashMap::new();
-        let found = store::find_charges(&mut tx, &keys).await?;
-        for record in &found {
-            if let Some(request_id) = record.request_id.as_deref() {
-                earlier.insert((record.user_id.as_str(), request_id), record);
-            }
-        }
-
-        let mut decided: Vec<Decided> = Vec::with_capacity(commands.len());
-        let mut applied: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut grants = Vec::new();
-        let mut entries = Vec::new();
-        let mut published = Vec::new();
-        for (index, command) in commands.iter().enumerate() {
-            let user_id = command.user_id.as_str();
-            if let Some(error) = unreadable.get(user_id) {
-                decided.push(Decided::Done(Err(CommandError::Store(error.clone()))));
-                continue;
-            }
-            let key = (user_id, command.request_id.as_str());
-            if let Some(record) = earlier.get(&key) {
-                // A reservation's hold under this key is no charge to replay: the key is taken.
-                let same = record.kind == RecordKind::Deduct.as_str()
-                    && record.amount_micros == command.amount.get()
-                    && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str();
-                let result = if same {
-                    let working = &accounts[user_id];
-                    Ok(Charged {
-                        split: Split {
-                            free: Micros::new(record.free_micros),
-                            balance: Micros::new(record.balance_micros),
-                        },
-                        account: self.rules.present_as_recorded(
-                            user_id,
-                            &working.currency,
-                            record,
-                            working.state.monthly_free,
-                        )?,
-                        record_id: record.record_id.clone(),
-                        replayed: true,
-                    })
-                } else {
-                    Err(CommandError::KeyReused { key: "request_id" })
-                };
-                decided.push(Decided::Done(result));
-                continue;
-            }
-            if let Some(&first) = applied.get(&key) {
-                let original = commands[first];
-                let same = original.amount == command.amount && original.api_id == command.api_id;
-                decided.push(if same {
-                    Decided::SameAs(first)
-                } else {
-                    Decided::Done(Err(CommandError::KeyReused { key: "request_id" }))
-                });
-                continue;
-            }
-
-            let working = accounts.entry(user_id).or_insert_with(|| Working {
-                currency: self.rules.currency.clone(),
-                stored_version: 0,
-                state: AccountSnapshot::fresh(now_period, self.rules.default_monthly_free),
-                low_balance_threshold: self.rules.default_low_balance_threshold,
-            });
-            // The period's grant and the charge are decided together: a refused charge writes
-            // nothing, not even the grant.
-            let period = command_period(&working.state, now_period);
-            let opened = working
-                .state
-                .open_period(period, working.state.monthly_free);
-            let base = opened.unwrap_or(working.state);
-            let (split, after) = match base.charge(command.amount) {
-                Ok(charged) => charged,
-                Err(refusal) => {
-                    decided.push(Decided::Done(Err(refusal.into())));
-                    continue;
-                }
-            };
-            if let Some(granted) = opened {
-                let record_id = events::new_id();
-                grants.push((
-                    user_id,
-                    granted.period.to_string(),
-                    granted.free_granted.get(),
-                    record_id.clone(),
-                ));
-                entries.push(self.entry(
-                    user_id,
-                    RecordKind::FreeGrant,
-                    &record_id,
-                    working.state,
-                    granted,
-                    (granted.free_granted, granted.free_granted, Micros::ZERO),
-                    None,
-                    now,
-                ));
-                let kind = Kind::FreeQuotaGranted(FreeQuotaGranted {
-                    record_id: record_id.clone(),
-                    period: granted.period.to_string(),
-                    amount_micros: granted.free_granted.get(),
-                });
-                published.push(self.event_about(
-                    user_id,
-                    &working.currency,
-                    &granted,
-                    kind,
-                    &batch[index].traceparent,
-                    now,
-                ));
-            }
-            let record_id = events::new_id();
-            entries.push(self.entry(
-                user_id,
-                RecordKind::Deduct,
-                &record_id,
-                base,
-                after,
-                (command.amount, split.free, split.balance),
-                Some(command),
-                now,
-            ));
-            let kind = super::charge::deducted(command, &record_id, split);
-            let alerts = shared::alerts::raised(&base, &after, working.low_balance_threshold);
-            for kind in
-                std::iter::once(kind).chain(events::alert_kinds(&record_id, &alerts, after.period))
-            {
-                published.push(self.event_about(
-                    user_id,
-                    &working.currency,
-                    &after,
-                    kind,
-                    &batch[index].traceparent,
-                    now,
-                ));
-            }
-            working.state = after;
-            applied.insert(key, index);
-            decided.push(Decided::Done(Ok(Charged {
-                record_id,
-                split,
-                account: self
-                    .rules
-                    .present(user_id, Some(&working.currency), Some(&after), now),
-                replayed: false,
-            })));
-        }
-
+        let earlier = if look_up {
+            let keys = known_keys(batch, &locked.accounts, |_| true);
+            store::find_charges(&mut tx, &keys).await?
+        } else {
+            Vec::new()
+        };
+        let mut appends = Appends::new(&self.rules, now);
+        let decided = self.decide_batch(batch, &mut locked, &earlier, &mut appends, now);
         if !look_up {
             // A refused charge may be the retry of one applied earlier, whose answer is the
             // original, not a refusal: those keys are looked up before a refusal is final.
-            let refused: Vec<(&str, &str)> = commands
-                .iter()
-                .zip(&decided)
-                .filter(|(command, decision)| {
-                    matches!(decision, Decided::Done(Err(_)))
-                        && accounts
-                            .get(command.user_id.as_str())
-                            .is_some_and(|w| w.stored_version > 0)
-                })
-                .map(|(command, _)| (command.user_id.as_str(), command.request_id.as_str()))
-                .collect();
+            let refused = known_keys(batch, &locked.accounts, |index| {
+                matches!(decided[index], Decided::Done(Err(_)))
+            });
             if !store::find_charges(&mut tx, &refused).await?.is_empty() {
                 tx.rollback().await.map_err(StoreError::from)?;
                 return Ok(None);
             }
         }
-
-        if !entries.is_empty() {
-            let created: Vec<(&str, &str, AccountSnapshot)> = accounts
-                .iter()
-                .filter(|(_, w)| w.stored_version == 0 && w.state.version > 0)
-                .map(|(user, w)| (*user, w.currency.as_str(), w.state))
-                .collect();
-            let changed: Vec<(&str, &str, AccountSnapshot)> = accounts
-                .iter()
-                .filter(|(_, w)| w.stored_version > 0 && w.state.version != w.stored_version)
-                .map(|(user, w)| (*user, w.currency.as_str(), w.state))
-                .collect();
-            let grant_rows: Vec<Grant> = grants
-                .iter()
-                .map(|(user_id, period, granted, record_id)| Grant {
-                    user_id,
-                    period: period.clone(),
-                    granted_micros: *granted,
-                    record_id,
-                })
-                .collect();
-            let ledger: Vec<LedgerEntry> = entries.iter().map(|e| e.borrowed()).collect();
-            let mut writes = Writes::new();
-            writes
-                .create_accounts(&created, now)
-                .save_accounts(&changed, now)
-                .grants(&grant_rows, now)
-                .entries(&ledger)
-                .events(&published, now);
-            writes.run(&mut tx).await?;
-            tx.commit().await.map_err(StoreError::from)?;
-            self.store.outbox_written();
-            let written: Vec<AccountOut> = accounts
-                .iter()
-                .filter(|(_, w)| w.state.version != w.stored_version)
-                .map(|(user, w)| self.rules.present_stored(user, &w.currency, &w.state))
-                .collect();
-            self.write_through(&written).await;
-        } else {
+        if appends.is_empty() {
             tx.rollback().await.map_err(StoreError::from)?;
+        } else {
+            self.write_batch(tx, &locked.accounts, &appends, now)
+                .await?;
         }
+        Ok(Some(answers(decided)))
+    }
 
-        let mut results: Vec<Option<Result<Charged, CommandError>>> =
-            Vec::with_capacity(decided.len());
-        for decision in &decided {
-            results.push(match decision {
-                Decided::Done(result) => Some(result.clone()),
-                Decided::SameAs(_) => None,
-            });
-        }
-        for (index, decision) in decided.iter().enumerate() {
-            if let Decided::SameAs(first) = decision {
-                let original = results[*first]
-                    .clone()
-                    .expect("an applied charge has its result");
-                results[index] = Some(original.map(|charged| Charged {
-                    replayed: true,
-                    ..charged
-                }));
+    /// Locks the batch's accounts in primary-key order. An account whose row cannot be read
+    /// fails its charges; the others go on.
+    async fn lock_batch(&self, tx: &mut Tx, batch: &[ChargeRequest]) -> Result<Locked, StoreError> {
+        let users: BTreeSet<&str> = batch.iter().map(|r| r.command.user_id.as_str()).collect();
+        let users: Vec<&str> = users.into_iter().collect();
+        let mut locked = Locked {
+            accounts: HashMap::new(),
+            unreadable: HashMap::new(),
+        };
+        for row in store::lock_accounts(tx, &users).await? {
+            match AccountChanges::stored(&row, &self.rules) {
+                Ok(account) => {
+                    locked.accounts.insert(row.user_id, account);
+                }
+                Err(error) => {
+                    store::undecodable("accounts", &row.user_id, &error);
+                    locked.unreadable.insert(row.user_id, error);
+                }
             }
         }
-        Ok(Some(
-            results
-                .into_iter()
-                .map(|r| r.expect("every charge decided"))
-                .collect(),
-        ))
+        Ok(locked)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn entry(
+    /// Decides every charge of the batch in order, in memory, recording the applied ones.
+    fn decide_batch(
         &self,
-        user_id: &str,
-        kind: RecordKind,
-        record_id: &str,
-        before: AccountSnapshot,
-        after: AccountSnapshot,
-        amounts: (Micros, Micros, Micros),
-        charge: Option<&DeductQuota>,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> OwnedEntry {
-        OwnedEntry {
-            record_id: record_id.to_owned(),
-            user_id: user_id.to_owned(),
-            kind,
-            amounts,
-            before,
-            after,
-            request_id: charge.map(|c| c.request_id.to_string()),
-            api_id: charge.map(|c| c.api_id.to_string()),
-            description: charge.map(|c| c.description.to_string()),
-            created_at: now,
+        batch: &[ChargeRequest],
+        locked: &mut Locked,
+        earlier: &[LedgerRecord],
+        appends: &mut Appends<'_>,
+        now: DateTime<Utc>,
+    ) -> Vec<Decided> {
+        let earlier: HashMap<(&str, &str), &LedgerRecord> = earlier
+            .iter()
+            .filter_map(|record| {
+                let request_id = record.request_id.as_deref()?;
+                Some(((record.user_id.as_str(), request_id), record))
+            })
+            .collect();
+        let mut applied: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut decided = Vec::with_capacity(batch.len());
+        for (index, request) in batch.iter().enumerate() {
+            let (user_id, key) = (request.command.user_id.as_str(), request.key());
+            let decision = if let Some(error) = locked.unreadable.get(user_id) {
+                Decided::Done(Err(CommandError::Store(error.clone())))
+            } else if let Some(record) = earlier.get(&key) {
+                Decided::Done(self.replay(&locked.accounts[user_id], record, &request.command))
+            } else if let Some(&first) = applied.get(&key) {
+                same_in_batch(&batch[first].command, &request.command, first)
+            } else {
+                let account = locked
+                    .accounts
+                    .entry(user_id.to_owned())
+                    .or_insert_with(|| AccountChanges::fresh(user_id, &self.rules, now));
+                let result = self.decide_charge(account, request, appends, now);
+                if result.is_ok() {
+                    applied.insert(key, index);
+                }
+                Decided::Done(result)
+            };
+            decided.push(decision);
         }
+        decided
     }
 
-    fn event_about(
+    /// The answer to a charge whose key was recorded before `record`.
+    fn replay(
         &self,
-        user_id: &str,
-        currency: &str,
-        state: &AccountSnapshot,
-        kind: Kind,
-        traceparent: &Option<String>,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Outgoing {
-        let subject = self.rules.bus.event_subject(&kind);
-        let account = AccountOut {
-            user_id: user_id.to_owned(),
-            currency: currency.to_owned(),
-            view: stored_view(state, self.rules.zone),
+        account: &AccountChanges,
+        record: &LedgerRecord,
+        command: &DeductQuota,
+    ) -> Result<Charged, CommandError> {
+        if !is_same_charge(record, command) {
+            return Err(CommandError::KeyReused { key: "request_id" });
+        }
+        let shown = self.rules.present_as_recorded(
+            &account.user_id,
+            &account.currency,
+            record,
+            account.state.monthly_free,
+        )?;
+        Ok(Charged::replayed(record, shown))
+    }
+
+    /// One new charge decided on `account` and, when applied, recorded.
+    fn decide_charge(
+        &self,
+        account: &mut AccountChanges,
+        request: &ChargeRequest,
+        appends: &mut Appends<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Charged, CommandError> {
+        let command = &request.command;
+        let (split, after) =
+            account.decide_charge(command.amount, self.rules.zone.period_of(now))?;
+        let record_id = events::new_id();
+        let change = charge_change(command, record_id.clone(), split, after);
+        account.append(appends, change, request.traceparent.as_deref());
+        let shown =
+            self.rules
+                .present(&account.user_id, Some(&account.currency), Some(&after), now);
+        Ok(Charged {
+            record_id,
+            split,
+            account: shown,
+            replayed: false,
+        })
+    }
+
+    /// Writes the batch's rows and accounts in one round trip, commits, and writes the changed
+    /// accounts through to Redis.
+    async fn write_batch(
+        &self,
+        mut tx: Tx,
+        accounts: &HashMap<String, AccountChanges>,
+        appends: &Appends<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let rows = |pick: fn(&AccountChanges) -> bool| -> Vec<(&str, &str, AccountSnapshot)> {
+            accounts
+                .values()
+                .filter(|account| pick(account))
+                .map(|a| (a.user_id.as_str(), a.currency.as_str(), a.state))
+                .collect()
         };
-        Outgoing {
-            event: events::event(Some(&account), user_id, kind, now),
-            subject,
-            traceparent: traceparent.clone(),
-        }
+        let mut writes = appends.writes();
+        writes
+            .create_accounts(&rows(AccountChanges::is_created), now)
+            .save_accounts(&rows(AccountChanges::is_changed), now);
+        writes.run(&mut tx).await?;
+        tx.commit().await?;
+        self.store.outbox_written();
+        let written: Vec<AccountOut> = accounts
+            .values()
+            .filter(|account| account.is_created() || account.is_changed())
+            .map(|account| account.stored_view(&self.rules))
+            .collect();
+        self.write_through(&written).await;
+        Ok(())
     }
 }
 
-/// A ledger row owned by the batch until it is written.
-struct OwnedEntry {
-    record_id: String,
-    user_id: String,
-    kind: RecordKind,
-    amounts: (Micros, Micros, Micros),
-    before: AccountSnapshot,
-    after: AccountSnapshot,
-    request_id: Option<String>,
-    api_id: Option<String>,
-    description: Option<String>,
-    created_at: chrono::DateTime<chrono::Utc>,
+/// The keys of the batch's charges on accounts that exist, among those `pick` takes by index.
+fn known_keys<'b>(
+    batch: &'b [ChargeRequest],
+    accounts: &HashMap<String, AccountChanges>,
+    pick: impl Fn(usize) -> bool,
+) -> Vec<(&'b str, &'b str)> {
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(index, request)| {
+            pick(*index)
+                && accounts
+                    .get(request.command.user_id.as_str())
+                    .is_some_and(AccountChanges::exists)
+        })
+        .map(|(_, request)| request.key())
+        .collect()
 }
 
-impl OwnedEntry {
-    fn borrowed(&self) -> LedgerEntry<'_> {
-        LedgerEntry {
-            record_id: &self.record_id,
-            user_id: &self.user_id,
-            kind: self.kind,
-            amount: self.amounts.0,
-            free: self.amounts.1,
-            balance: self.amounts.2,
-            before: self.before,
-            after: self.after,
-            refs: Refs {
-                request_id: self.request_id.as_deref(),
-                api_id: self.api_id.as_deref(),
-                description: self.description.as_deref(),
-                ..Refs::default()
-            },
-            created_at: self.created_at,
-        }
+/// A key sent twice in one batch: the same charge answers as the first, applied once.
+fn same_in_batch(first: &DeductQuota, command: &DeductQuota, index: usize) -> Decided {
+    if first.amount == command.amount && first.api_id == command.api_id {
+        Decided::SameAs(index)
+    } else {
+        Decided::Done(Err(CommandError::KeyReused { key: "request_id" }))
     }
+}
+
+/// Each charge's answer; a repeat within the batch answers as its first, marked a replay.
+fn answers(decided: Vec<Decided>) -> Results {
+    let mut results: Vec<Result<Charged, CommandError>> = Vec::with_capacity(decided.len());
+    for decision in &decided {
+        results.push(match decision {
+            Decided::Done(result) => result.clone(),
+            Decided::SameAs(first) => results[*first].clone().map(|charged| Charged {
+                replayed: true,
+                ..charged
+            }),
+        });
+    }
+    results
 }

@@ -5,6 +5,7 @@
 mod account_tx;
 mod adjust;
 mod alerts;
+mod changes;
 mod charge;
 mod group;
 mod orders;

@@ -9,7 +9,7 @@ use shared::{
     },
 };
 
-use super::{CommandError, Commands, account_tx::AccountTx};
+use super::{CommandError, Commands, account_tx::AccountTx, changes::Change};
 use crate::{
     domain::{
         CreateRechargeOrder, GetRechargeOrder, RechargeCallback,
@@ -18,7 +18,7 @@ use crate::{
         },
     },
     events::{self, AccountOut, OrderOut},
-    store::{self, OrderRow, RecordKind, Refs, StoreError, UnmatchedRow},
+    store::{self, Amounts, OrderRow, RecordKind, Refs, StoreError, UnmatchedRow},
 };
 
 #[derive(Clone, Debug)]
@@ -123,11 +123,9 @@ impl Commands {
         };
         store::insert_order(account.tx(), &row).await?;
         let order = OrderOut::new(row, now)?;
-        account
-            .publish(Kind::RechargeOrderCreated(RechargeOrderCreated {
-                order: Some(order.message()),
-            }))
-            .await?;
+        account.publish(Kind::RechargeOrderCreated(RechargeOrderCreated {
+            order: Some(order.message()),
+        }));
         self.commit(account).await?;
         Ok(OrderCreated {
             order,
@@ -233,22 +231,22 @@ impl Commands {
                     amount_micros: callback.paid_amount.get(),
                     order: Some(OrderOut::new(paid, now)?.message()),
                 });
-                let refs = Refs {
-                    order_no: Some(order_no),
-                    provider_txn_id: Some(txn),
-                    ..Refs::default()
-                };
-                let amounts = (callback.paid_amount, Micros::ZERO, callback.paid_amount);
-                account
-                    .append(
-                        &record_id,
-                        RecordKind::Recharge,
-                        after,
-                        amounts,
-                        refs,
-                        event,
-                    )
-                    .await?;
+                account.append(Change {
+                    record_id,
+                    kind: RecordKind::Recharge,
+                    after,
+                    amounts: Amounts {
+                        amount: callback.paid_amount,
+                        free: Micros::ZERO,
+                        balance: callback.paid_amount,
+                    },
+                    refs: Refs {
+                        order_no: Some(order_no.to_owned()),
+                        provider_txn_id: Some(txn.to_owned()),
+                        ..Refs::default()
+                    },
+                    event,
+                });
                 CallbackOutcome::Credited
             }
             CallbackDecision::MarkFailed => {
@@ -265,11 +263,9 @@ impl Commands {
                     .await?
                     .expect("locked above");
                 let message = OrderOut::new(failed, now)?.message();
-                account
-                    .publish(Kind::RechargeOrderFailed(RechargeOrderFailed {
-                        order: Some(message),
-                    }))
-                    .await?;
+                account.publish(Kind::RechargeOrderFailed(RechargeOrderFailed {
+                    order: Some(message),
+                }));
                 CallbackOutcome::MarkedFailed
             }
             CallbackDecision::Replayed => CallbackOutcome::Replayed,
@@ -277,7 +273,7 @@ impl Commands {
                 let mut row = unmatched_row(callback, Some(&found.user_id), why, now);
                 row.account_version = Some(account.state().version);
                 store::insert_unmatched(account.tx(), &row).await?;
-                account.publish(unmatched_event(&row)).await?;
+                account.publish(unmatched_event(&row));
                 let account = self.commit(account).await?;
                 let order = store::find_order(self.store.pool(), order_no).await?;
                 return Ok(CallbackResult {

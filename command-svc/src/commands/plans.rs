@@ -1,12 +1,15 @@
 //! Per-user plans: the free quota each period grants an account, set by an operator.
 
-use shared::proto::v1::{FreeQuotaPlanSet, billing_event::Kind};
+use shared::{
+    money::Micros,
+    proto::v1::{FreeQuotaPlanSet, billing_event::Kind},
+};
 
-use super::{CommandError, Commands, account_tx::AccountTx};
+use super::{CommandError, Commands, account_tx::AccountTx, changes::Change};
 use crate::{
     domain::SetFreeQuotaPlan,
     events::{self, AccountOut},
-    store::{self, RecordKind, Refs},
+    store::{self, Amounts, RecordKind, Refs},
 };
 
 #[derive(Clone, Debug)]
@@ -58,18 +61,21 @@ impl Commands {
             effective_period: now_period.next().to_string(),
             actor: command.actor.to_string(),
         });
-        let refs = Refs {
-            actor: Some(command.actor.as_str()),
-            ..Refs::default()
-        };
-        let amounts = (
-            command.monthly_free,
-            shared::money::Micros::ZERO,
-            shared::money::Micros::ZERO,
-        );
-        account
-            .append(&record_id, RecordKind::Plan, after, amounts, refs, event)
-            .await?;
+        account.append(Change {
+            record_id,
+            kind: RecordKind::Plan,
+            after,
+            amounts: Amounts {
+                amount: command.monthly_free,
+                free: Micros::ZERO,
+                balance: Micros::ZERO,
+            },
+            refs: Refs {
+                actor: Some(command.actor.to_string()),
+                ..Refs::default()
+            },
+            event,
+        });
         let account = self.commit(account).await?;
         Ok(PlanSet {
             account,

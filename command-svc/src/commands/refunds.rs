@@ -6,11 +6,11 @@ use shared::{
     proto::v1::{ChargeRefunded, billing_event::Kind},
 };
 
-use super::{CommandError, Commands, account_tx::AccountTx};
+use super::{CommandError, Commands, account_tx::AccountTx, changes::Change};
 use crate::{
     domain::RefundCharge,
     events::{self, AccountOut},
-    store::{self, LedgerRecord, NewRefund, RecordKind, Refs, StoreError, Tx},
+    store::{self, Amounts, LedgerRecord, NewRefund, RecordKind, Refs, StoreError, Tx},
 };
 
 /// The charge a refund under `request_id` refers to: the charge made under it, or the charge
@@ -136,14 +136,21 @@ impl Commands {
             free_forfeited_micros: split.forfeited.get(),
             reason: command.reason.to_string(),
         });
-        let refs = Refs {
-            reason: Some(command.reason.as_str()),
-            ..Refs::default()
-        };
-        let amounts = (command.amount, split.free, split.balance);
-        account
-            .append(&record_id, RecordKind::Refund, after, amounts, refs, event)
-            .await?;
+        account.append(Change {
+            record_id: record_id.clone(),
+            kind: RecordKind::Refund,
+            after,
+            amounts: Amounts {
+                amount: command.amount,
+                free: split.free,
+                balance: split.balance,
+            },
+            refs: Refs {
+                reason: Some(command.reason.to_string()),
+                ..Refs::default()
+            },
+            event,
+        });
         let account = self.commit(account).await?;
         Ok(Refunded {
             record_id,

@@ -8,16 +8,24 @@
 
 use chrono::{DateTime, Utc};
 use shared::{
-    account::{Hold, Split},
+    account::{AccountSnapshot, Hold, Refusal, Split},
     money::Micros,
+    period::Period,
     proto::v1::{QuotaReserved, ReservationReleased, ReservationSettled, billing_event::Kind},
 };
 
-use super::{CommandError, Commands, account_tx::AccountTx};
+use super::{
+    CommandError, Commands,
+    account_tx::AccountTx,
+    changes::{AccountChanges, Change},
+};
 use crate::{
     domain::{ReleaseReservation, ReserveQuota, SettleReservation},
     events::{self, AccountOut},
-    store::{self, NewReservation, RecordKind, Refs, Reservation, ReservationStatus, StoreError},
+    store::{
+        self, Amounts, NewReservation, RecordKind, Refs, Reservation, ReservationStatus,
+        SettleRecord, StoreError,
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -128,21 +136,22 @@ impl Commands {
             expires_at_ms: expires_at.timestamp_millis(),
             period: period.to_string(),
         });
-        let refs = Refs {
-            request_id: Some(request_id),
-            api_id: Some(command.api_id.as_str()),
-            ..Refs::default()
-        };
-        account
-            .append(
-                &record_id,
-                RecordKind::Hold,
-                after,
-                (command.amount, hold.free, hold.balance),
-                refs,
-                event,
-            )
-            .await?;
+        account.append(Change {
+            record_id,
+            kind: RecordKind::Hold,
+            after,
+            amounts: Amounts {
+                amount: command.amount,
+                free: hold.free,
+                balance: hold.balance,
+            },
+            refs: Refs {
+                request_id: Some(request_id.to_owned()),
+                api_id: Some(command.api_id.to_string()),
+                ..Refs::default()
+            },
+            event,
+        });
         let account = self.commit(account).await?;
         Ok(Reserved {
             reservation_id,
@@ -204,77 +213,39 @@ impl Commands {
         account.open_period();
         let expired =
             reservation.status == ReservationStatus::Expired || now >= reservation.expires_at;
-        let (split, after, free_period) = if expired {
+        if expired && reservation.status == ReservationStatus::Held {
             // Past its time the hold is given back, and the call is an ordinary charge.
-            if reservation.status == ReservationStatus::Held {
-                self.append_release(&mut account, &reservation, request_id, true)
-                    .await?;
+            self.append_release(&mut account, &reservation, true)
+                .await?;
+        }
+        let now_period = account.now_period();
+        let decided = match decide_settle(
+            account.account(),
+            &reservation,
+            command.actual,
+            expired,
+            now_period,
+        ) {
+            Ok(decided) => decided,
+            Err(refusal) => {
+                account.rollback().await?;
+                return Err(refusal.into());
             }
-            match account.state().charge(command.actual) {
-                Ok((split, after)) => (split, after, None),
-                Err(refusal) => {
-                    account.rollback().await?;
-                    return Err(refusal.into());
-                }
-            }
-        } else {
-            let (split, after) =
-                account
-                    .state()
-                    .settle(reservation.hold, reservation.period, command.actual)?;
-            let free_period = (reservation.period != after.period).then_some(reservation.period);
-            (split, after, free_period)
         };
         let record_id = events::new_id();
-        let released = if expired {
-            Micros::ZERO
-        } else {
-            reservation
-                .amount
-                .checked_sub(command.actual)
-                .unwrap_or(Micros::ZERO)
-        };
         let settle = store::SettleRecord {
             record_id: record_id.clone(),
             actual: command.actual,
-            released,
+            released: decided.released,
             after_expiry: expired,
         };
         store::record_settle(account.tx(), &reservation.reservation_id, &settle, now).await?;
-        let quota_period = free_period.unwrap_or(after.period);
-        let event = Kind::ReservationSettled(ReservationSettled {
-            record_id: record_id.clone(),
-            reservation_id: reservation.reservation_id.clone(),
-            request_id: request_id.to_owned(),
-            api_id: reservation.api_id.clone(),
-            amount_micros: command.actual.get(),
-            free_micros: split.free.get(),
-            balance_micros: split.balance.get(),
-            released_micros: released.get(),
-            after_expiry: expired,
-            free_period: quota_period.to_string(),
-        });
-        let free_period_text = free_period.map(|period| period.to_string());
-        let refs = Refs {
-            api_id: Some(&reservation.api_id),
-            free_period: free_period_text.as_deref(),
-            ..Refs::default()
-        };
-        account
-            .append(
-                &record_id,
-                RecordKind::Deduct,
-                after,
-                (command.actual, split.free, split.balance),
-                refs,
-                event,
-            )
-            .await?;
+        account.append(settle_change(&reservation, &settle, &decided));
         let account = self.commit(account).await?;
         Ok(Settled {
             record_id,
-            split,
-            released,
+            split: decided.split,
+            released: decided.released,
             account,
             replayed: false,
             after_expiry: expired,
@@ -317,7 +288,7 @@ impl Commands {
             });
         }
         account.open_period();
-        self.append_release(&mut account, &reservation, request_id, false)
+        self.append_release(&mut account, &reservation, false)
             .await?;
         let account = self.commit(account).await?;
         Ok(Released {
@@ -333,21 +304,8 @@ impl Commands {
         &self,
         account: &mut AccountTx<'_>,
         reservation: &Reservation,
-        request_id: &str,
         expired: bool,
     ) -> Result<(), StoreError> {
-        let before = *account.state();
-        let after = before.release(reservation.hold, reservation.period);
-        let released_here = Hold {
-            free: before
-                .free_held
-                .checked_sub(after.free_held)
-                .unwrap_or(Micros::ZERO),
-            balance: before
-                .balance_held
-                .checked_sub(after.balance_held)
-                .unwrap_or(Micros::ZERO),
-        };
         let record_id = events::new_id();
         let status = if expired {
             ReservationStatus::Expired
@@ -362,29 +320,9 @@ impl Commands {
             self.now(),
         )
         .await?;
-        let event = Kind::ReservationReleased(ReservationReleased {
-            record_id: record_id.clone(),
-            reservation_id: reservation.reservation_id.clone(),
-            request_id: request_id.to_owned(),
-            released_micros: reservation.amount.get(),
-            expired,
-            free_released_micros: released_here.free.get(),
-            balance_released_micros: released_here.balance.get(),
-        });
-        account
-            .append(
-                &record_id,
-                RecordKind::Release,
-                after,
-                (
-                    reservation.amount,
-                    released_here.free,
-                    released_here.balance,
-                ),
-                Refs::default(),
-                event,
-            )
-            .await
+        let change = release_change(account.state(), reservation, record_id, expired);
+        account.append(change);
+        Ok(())
     }
 
     /// Releases every hold that expired by now, `page` at a time, each in its own transaction,
@@ -439,10 +377,125 @@ impl Commands {
             return Ok(false);
         };
         account.open_period();
-        self.append_release(&mut account, &reservation, request_id, true)
+        self.append_release(&mut account, &reservation, true)
             .await?;
         self.commit(account).await?;
         metrics::counter!("billing_reservations_expired_total").increment(1);
         Ok(true)
+    }
+}
+
+/// A settle's charge, decided.
+struct SettleDecided {
+    split: Split,
+    after: AccountSnapshot,
+    /// What the settle gives back of the hold (nothing after expiry: the hold was given back).
+    released: Micros,
+    /// The month of the free part, when it is not the account's (a hold settled after its
+    /// month ended).
+    free_period: Option<Period>,
+}
+
+/// Decides a settle of `actual` on `account`: past the reservation's expiry the hold was given
+/// back and the call is an ordinary charge ([`AccountChanges::decide_charge`]); before it, the
+/// price is taken from what the hold reserved, its free part from the hold's month.
+fn decide_settle(
+    account: &mut AccountChanges,
+    reservation: &Reservation,
+    actual: Micros,
+    expired: bool,
+    now_period: Period,
+) -> Result<SettleDecided, Refusal> {
+    if expired {
+        let (split, after) = account.decide_charge(actual, now_period)?;
+        return Ok(SettleDecided {
+            split,
+            after,
+            released: Micros::ZERO,
+            free_period: None,
+        });
+    }
+    let (split, after) = account
+        .state
+        .settle(reservation.hold, reservation.period, actual)?;
+    Ok(SettleDecided {
+        split,
+        after,
+        released: reservation.hold.left_after(actual),
+        free_period: (reservation.period != after.period).then_some(reservation.period),
+    })
+}
+
+/// The ledger row and event of a settle's charge.
+fn settle_change(
+    reservation: &Reservation,
+    settle: &SettleRecord,
+    decided: &SettleDecided,
+) -> Change {
+    let SettleDecided {
+        split,
+        after,
+        released,
+        free_period,
+    } = *decided;
+    let event = Kind::ReservationSettled(ReservationSettled {
+        record_id: settle.record_id.clone(),
+        reservation_id: reservation.reservation_id.clone(),
+        request_id: reservation.request_id.clone(),
+        api_id: reservation.api_id.clone(),
+        amount_micros: settle.actual.get(),
+        free_micros: split.free.get(),
+        balance_micros: split.balance.get(),
+        released_micros: released.get(),
+        after_expiry: settle.after_expiry,
+        free_period: free_period.unwrap_or(after.period).to_string(),
+    });
+    Change {
+        record_id: settle.record_id.clone(),
+        kind: RecordKind::Deduct,
+        after,
+        amounts: Amounts {
+            amount: settle.actual,
+            free: split.free,
+            balance: split.balance,
+        },
+        refs: Refs {
+            api_id: Some(reservation.api_id.clone()),
+            free_period: free_period.map(|period| period.to_string()),
+            ..Refs::default()
+        },
+        event,
+    }
+}
+
+/// The ledger row and event of a hold given back whole, from the account as it is `before`.
+fn release_change(
+    before: &AccountSnapshot,
+    reservation: &Reservation,
+    record_id: String,
+    expired: bool,
+) -> Change {
+    let after = before.release(reservation.hold, reservation.period);
+    let released_here = before.held_here(reservation.hold, reservation.period);
+    let event = Kind::ReservationReleased(ReservationReleased {
+        record_id: record_id.clone(),
+        reservation_id: reservation.reservation_id.clone(),
+        request_id: reservation.request_id.clone(),
+        released_micros: reservation.amount.get(),
+        expired,
+        free_released_micros: released_here.free.get(),
+        balance_released_micros: released_here.balance.get(),
+    });
+    Change {
+        record_id,
+        kind: RecordKind::Release,
+        after,
+        amounts: Amounts {
+            amount: reservation.amount,
+            free: released_here.free,
+            balance: released_here.balance,
+        },
+        refs: Refs::default(),
+        event,
     }
 }

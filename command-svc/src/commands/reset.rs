@@ -6,18 +6,13 @@
 //! passed over, as is one granted by an earlier run of the period.
 
 use chrono::{DateTime, Utc};
-use shared::{
-    account::stored_view,
-    money::Micros,
-    period::{Period, ResetNotDue},
-    proto::v1::{FreeQuotaGranted, billing_event::Kind},
-};
+use shared::period::{Period, ResetNotDue};
 
-use super::{CommandError, Commands};
-use crate::{
-    events::{self, AccountOut},
-    store::{self, Grant, LedgerEntry, Outgoing, RecordKind, Refs, StoreError, Writes},
+use super::{
+    CommandError, Commands,
+    changes::{AccountChanges, Appends},
 };
+use crate::store::{self, StoreError, Writes};
 
 /// What one batch did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,78 +184,7 @@ impl Commands {
         let batch_size = batch_size.clamp(1, Self::MAX_RESET_BATCH);
         let accounts =
             store::lock_accounts_between(&mut tx, &cursor, end.as_deref(), batch_size).await?;
-        let mut decided = Vec::new();
-        for row in &accounts {
-            // A row that cannot be read is passed over (and counted), not left to stop the
-            // whole walk at this batch; its account is granted by its first change once repaired.
-            let before = match row.snapshot() {
-                Ok(before) => before,
-                Err(error) => {
-                    store::undecodable("accounts", &row.user_id, &error);
-                    continue;
-                }
-            };
-            if let Some(after) = before.open_period(period, before.monthly_free) {
-                decided.push((row, before, after, events::new_id()));
-            }
-        }
-
-        let grants: Vec<Grant> = decided
-            .iter()
-            .map(|(row, _, after, record_id)| Grant {
-                user_id: &row.user_id,
-                period: period.to_string(),
-                granted_micros: after.free_granted.get(),
-                record_id,
-            })
-            .collect();
-        let entries: Vec<LedgerEntry> = decided
-            .iter()
-            .map(|(row, before, after, record_id)| LedgerEntry {
-                record_id,
-                user_id: &row.user_id,
-                kind: RecordKind::FreeGrant,
-                amount: after.free_granted,
-                free: after.free_granted,
-                balance: Micros::ZERO,
-                before: *before,
-                after: *after,
-                refs: Refs::default(),
-                created_at: now,
-            })
-            .collect();
-        let zone = self.rules().zone;
-        let published: Vec<_> = decided
-            .iter()
-            .map(|(row, _, after, record_id)| {
-                let kind = Kind::FreeQuotaGranted(FreeQuotaGranted {
-                    record_id: record_id.clone(),
-                    period: period.to_string(),
-                    amount_micros: after.free_granted.get(),
-                });
-                let subject = self.rules().bus.event_subject(&kind);
-                let account = AccountOut {
-                    user_id: row.user_id.clone(),
-                    currency: row.currency.clone(),
-                    view: stored_view(after, zone),
-                };
-                Outgoing::in_current_trace(
-                    events::event(Some(&account), &row.user_id, kind, now),
-                    subject,
-                )
-            })
-            .collect();
-        let states: Vec<(&str, &str, _)> = decided
-            .iter()
-            .map(|(row, _, after, _)| (row.user_id.as_str(), row.currency.as_str(), *after))
-            .collect();
-
-        let mut writes = Writes::new();
-        writes
-            .grants(&grants, now)
-            .entries(&entries)
-            .events(&published, now)
-            .save_accounts(&states, now);
+        let (granted, writes) = self.grant_period(&accounts, period, now);
         writes.run(&mut tx).await?;
 
         let finished = (accounts.len() as u64) < u64::from(batch_size);
@@ -270,7 +194,7 @@ impl Commands {
              WHERE command_id = ? AND shard = ?",
         )
         .bind(accounts.last().map(|row| row.user_id.as_str()))
-        .bind(decided.len() as i64)
+        .bind(granted as i64)
         .bind(finished)
         .bind(now)
         .bind(command_id)
@@ -279,13 +203,43 @@ impl Commands {
         .await
         .map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
-        if !decided.is_empty() {
+        if granted > 0 {
             self.store.outbox_written();
         }
-        Ok(ResetBatch {
-            granted: decided.len() as u64,
-            finished,
-        })
+        Ok(ResetBatch { granted, finished })
+    }
+
+    /// Decides the grant of `period` for each of these locked accounts that lacks it, recorded
+    /// as every grant is ([`AccountChanges::record_grant`]); returns how many were granted and
+    /// the statements that write them. A row that cannot be read is passed over (and counted),
+    /// not left to stop the whole walk at this batch; its account is granted by its first
+    /// change once repaired.
+    fn grant_period(
+        &self,
+        rows: &[store::AccountRow],
+        period: Period,
+        now: DateTime<Utc>,
+    ) -> (u64, Writes) {
+        let trace = shared::trace::current_traceparent();
+        let mut appends = Appends::new(&self.rules, now);
+        let mut granted = Vec::new();
+        for row in rows {
+            let mut account = match AccountChanges::stored(row, &self.rules) {
+                Ok(account) => account,
+                Err(error) => {
+                    store::undecodable("accounts", &row.user_id, &error);
+                    continue;
+                }
+            };
+            account.open_period(period);
+            if account.is_changed() {
+                account.record_grant(&mut appends, trace.as_deref());
+                granted.push((row.user_id.as_str(), row.currency.as_str(), account.state));
+            }
+        }
+        let mut writes = appends.writes();
+        writes.save_accounts(&granted, now);
+        (granted.len() as u64, writes)
     }
 
     /// Marks the command finished once every shard is; returns the accounts granted by the

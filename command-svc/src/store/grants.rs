@@ -2,28 +2,29 @@
 //! "a period is granted once": a second grant of the same period fails as a duplicate key.
 
 use chrono::{DateTime, Utc};
+use shared::{money::Micros, period::Period};
 
 use super::Writes;
 
 #[derive(Clone, Debug)]
-pub struct Grant<'a> {
-    pub user_id: &'a str,
-    pub period: String,
-    pub granted_micros: i64,
-    pub record_id: &'a str,
+pub struct Grant {
+    pub user_id: String,
+    pub period: Period,
+    pub granted: Micros,
+    pub record_id: String,
 }
 
 impl Writes {
-    pub fn grants(&mut self, grants: &[Grant<'_>], now: DateTime<Utc>) -> &mut Self {
+    pub fn grants(&mut self, grants: &[Grant], now: DateTime<Utc>) -> &mut Self {
         self.script.insert(
             "INSERT INTO free_quota_grants (user_id, period, granted_micros, record_id, created_at) ",
             grants,
             "",
             |row, grant| {
-                row.text(grant.user_id)
-                    .text(&grant.period)
-                    .int(grant.granted_micros)
-                    .text(grant.record_id)
+                row.text(&grant.user_id)
+                    .text(&grant.period.to_string())
+                    .int(grant.granted.get())
+                    .text(&grant.record_id)
                     .instant(now);
             },
         );

@@ -41,34 +41,40 @@ impl RecordKind {
 }
 
 /// The references a row may carry, depending on its kind.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Refs<'a> {
-    pub request_id: Option<&'a str>,
-    pub api_id: Option<&'a str>,
-    pub description: Option<&'a str>,
-    pub order_no: Option<&'a str>,
-    pub provider_txn_id: Option<&'a str>,
-    pub adjustment_id: Option<&'a str>,
-    pub reason: Option<&'a str>,
-    pub actor: Option<&'a str>,
+#[derive(Clone, Debug, Default)]
+pub struct Refs {
+    pub request_id: Option<String>,
+    pub api_id: Option<String>,
+    pub description: Option<String>,
+    pub order_no: Option<String>,
+    pub provider_txn_id: Option<String>,
+    pub adjustment_id: Option<String>,
+    pub reason: Option<String>,
+    pub actor: Option<String>,
     /// The month whose free quota the row's free part belongs to, when it is not the row's
     /// period (a hold settled after its month ended).
-    pub free_period: Option<&'a str>,
+    pub free_period: Option<String>,
 }
 
-/// A row about to be appended: the change, its split, and the state before and after it.
-#[derive(Clone, Debug)]
-pub struct LedgerEntry<'a> {
-    pub record_id: &'a str,
-    pub user_id: &'a str,
-    pub kind: RecordKind,
+/// The amounts of a row: `amount` the change as asked, `free` and `balance` its parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Amounts {
     /// A magnitude, except for adjustments (signed: + credit, - debit).
     pub amount: Micros,
     pub free: Micros,
     pub balance: Micros,
+}
+
+/// A row about to be appended: the change, its split, and the state before and after it.
+#[derive(Clone, Debug)]
+pub struct LedgerEntry {
+    pub record_id: String,
+    pub user_id: String,
+    pub kind: RecordKind,
+    pub amounts: Amounts,
     pub before: AccountSnapshot,
     pub after: AccountSnapshot,
-    pub refs: Refs<'a>,
+    pub refs: Refs,
     pub created_at: DateTime<Utc>,
 }
 
@@ -218,7 +224,7 @@ pub async fn find_credit_by_txn<'e>(
 
 impl Writes {
     /// Appends ledger rows, in the order given.
-    pub fn entries(&mut self, entries: &[LedgerEntry<'_>]) -> &mut Self {
+    pub fn entries(&mut self, entries: &[LedgerEntry]) -> &mut Self {
         self.script.insert(
             "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, \
              balance_micros, period, period_before, free_period, balance_before_micros, \
@@ -231,21 +237,22 @@ impl Writes {
             "",
             |row, entry| {
                 let LedgerEntry {
+                    amounts,
                     before,
                     after,
                     refs,
                     ..
                 } = entry;
-                row.text(entry.record_id)
-                    .text(entry.user_id)
+                row.text(&entry.record_id)
+                    .text(&entry.user_id)
                     .int(after.version)
                     .text(entry.kind.as_str())
-                    .int(entry.amount.get())
-                    .int(entry.free.get())
-                    .int(entry.balance.get())
+                    .int(amounts.amount.get())
+                    .int(amounts.free.get())
+                    .int(amounts.balance.get())
                     .text(&after.period.to_string())
                     .text(&before.period.to_string())
-                    .opt_text(refs.free_period)
+                    .opt_text(refs.free_period.as_deref())
                     .int(before.balance.get())
                     .int(after.balance.get())
                     .int(before.free_granted.get())
@@ -257,14 +264,14 @@ impl Writes {
                     .int(before.balance_held.get())
                     .int(after.balance_held.get())
                     .int(after.monthly_free.get())
-                    .opt_text(refs.request_id)
-                    .opt_text(refs.api_id)
-                    .opt_text(refs.description)
-                    .opt_text(refs.order_no)
-                    .opt_text(refs.provider_txn_id)
-                    .opt_text(refs.adjustment_id)
-                    .opt_text(refs.reason)
-                    .opt_text(refs.actor)
+                    .opt_text(refs.request_id.as_deref())
+                    .opt_text(refs.api_id.as_deref())
+                    .opt_text(refs.description.as_deref())
+                    .opt_text(refs.order_no.as_deref())
+                    .opt_text(refs.provider_txn_id.as_deref())
+                    .opt_text(refs.adjustment_id.as_deref())
+                    .opt_text(refs.reason.as_deref())
+                    .opt_text(refs.actor.as_deref())
                     .instant(entry.created_at);
             },
         );

@@ -45,6 +45,7 @@ impl ReservationStatus {
 #[derive(Clone, Debug, sqlx::FromRow)]
 struct Row {
     reservation_id: String,
+    request_id: String,
     api_id: String,
     amount_micros: i64,
     free_held_micros: i64,
@@ -64,6 +65,7 @@ struct Row {
 #[derive(Clone, Debug)]
 pub struct Reservation {
     pub reservation_id: String,
+    pub request_id: String,
     pub api_id: String,
     pub amount: Micros,
     pub hold: Hold,
@@ -108,6 +110,7 @@ impl TryFrom<Row> for Reservation {
     fn try_from(row: Row) -> Result<Self, StoreError> {
         Ok(Reservation {
             reservation_id: row.reservation_id,
+            request_id: row.request_id,
             api_id: row.api_id,
             amount: Micros::new(row.amount_micros),
             hold: Hold {
@@ -139,7 +142,7 @@ pub async fn lock_reservation(
     request_id: &str,
 ) -> Result<Option<Reservation>, StoreError> {
     let row: Option<Row> = sqlx::query_as(
-        "SELECT reservation_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
+        "SELECT reservation_id, request_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
          period, status, hold_record_id, end_record_id, settle_record_id, actual_micros, \
          settle_released_micros, settled_after_expiry, expires_at \
          FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",

@@ -45,7 +45,7 @@
 #                             (default ${XDG_STATE_HOME:-$HOME/.local/state}/billing)
 #   BILLING_DEPS_VENV         the virtualenv of the manifest and OpenAPI checks (default
 #                             ${XDG_CACHE_HOME:-$HOME/.cache}/billing-service/venv; the tests
-#                             shared/tests/deploy_manifests.rs and query-svc/tests/api/openapi.rs
+#                             deploy/tests/manifests.rs and query-svc/tests/api/openapi.rs
 #                             look in the same place)
 set -euo pipefail
 

@@ -12,9 +12,6 @@ use shared::order::{OrderStatus, ShownStatus, shown_status};
 
 use crate::store::OrderRow;
 
-/// Events of this build; consumers refuse versions they do not know.
-pub const SCHEMA_VERSION: i32 = 1;
-
 /// The events of the alerts a change (`record_id`) raised.
 pub fn alert_kinds(
     record_id: &str,
@@ -138,7 +135,7 @@ pub fn event(
         version: account.map_or(0, |a| a.view.version),
         occurred_at_ms: now.timestamp_millis(),
         account: account.map(AccountOut::message),
-        schema_version: SCHEMA_VERSION,
+        schema_version: shared::proto::EVENT_SCHEMA_VERSION,
         kind: Some(kind),
     }
 }

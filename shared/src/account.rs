@@ -95,6 +95,16 @@ impl RefundSplit {
     }
 }
 
+/// The free quota left of `granted` once `used` and `held` are taken: never below zero (a
+/// period's use may pass a grant lowered afterwards by a new plan).
+pub fn free_left(granted: Micros, used: Micros, held: Micros) -> Micros {
+    granted
+        .checked_sub(used)
+        .and_then(|left| left.checked_sub(held))
+        .filter(|left| *left >= Micros::ZERO)
+        .unwrap_or(Micros::ZERO)
+}
+
 /// The free-first split of `amount`, or `None` when free quota and balance together fall short.
 pub fn split_charge(amount: Micros, free_remaining: Micros, balance: Micros) -> Option<Split> {
     let free = amount.min(free_remaining.max(Micros::ZERO));
@@ -132,11 +142,7 @@ impl AccountSnapshot {
 
     /// The period's free quota neither used nor held.
     pub fn free_remaining(&self) -> Micros {
-        self.free_granted
-            .checked_sub(self.free_used)
-            .and_then(|left| left.checked_sub(self.free_held))
-            .filter(|left| *left >= Micros::ZERO)
-            .unwrap_or(Micros::ZERO)
+        free_left(self.free_granted, self.free_used, self.free_held)
     }
 
     /// The balance not held: what a charge or a debit may take.
@@ -441,11 +447,7 @@ fn view(
     (free_used, free_held): (Micros, Micros),
     zone: BillingZone,
 ) -> AccountView {
-    let free_remaining = free_granted
-        .checked_sub(free_used)
-        .and_then(|left| left.checked_sub(free_held))
-        .filter(|left| *left >= Micros::ZERO)
-        .unwrap_or(Micros::ZERO);
+    let free_remaining = free_left(free_granted, free_used, free_held);
     AccountView {
         balance: snapshot.balance,
         period,

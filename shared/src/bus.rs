@@ -13,11 +13,16 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
+use async_nats::jetstream::{context::PublishError, message::PublishMessage};
+use prost::Message;
+
 use crate::{
     backoff::Backoff,
     config::NatsSettings,
-    proto::v1::billing_event::Kind,
+    period::Period,
+    proto::v1::{ResetFreeQuota, billing_event::Kind},
     shutdown::{Stop, Woken},
+    trace::TraceContext,
 };
 
 /// Header naming the subject a dead letter was first published on.
@@ -304,6 +309,40 @@ fn stream_missing(error: &jetstream::context::GetStreamError) -> bool {
         jetstream::context::GetStreamErrorKind::JetStream(inner)
             if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
+}
+
+/// The id of the reset command of `period`, also its `Nats-Msg-Id`: the scheduler's replicas, a
+/// restart, an operator and the midnight firing all publish the same one, so JetStream keeps it
+/// once within its duplicate window (and command-svc's progress row once after it).
+pub fn reset_command_id(period: Period) -> String {
+    format!("reset-free-quota:{period}")
+}
+
+/// Publishes `ResetFreeQuota{period}` under `command_id` and waits for JetStream's ack (a
+/// duplicate's ack counts). The command carries a `traceparent`, the current trace continued or
+/// a new one, which the grants' events then carry. Returns the trace id.
+pub async fn publish_reset(
+    js: &jetstream::Context,
+    names: &BusNames,
+    command_id: &str,
+    period: Period,
+    issued_at_ms: i64,
+) -> Result<String, PublishError> {
+    let trace =
+        crate::trace::current().map_or_else(TraceContext::new_root, |current| current.child());
+    let command = ResetFreeQuota {
+        command_id: command_id.to_owned(),
+        period: period.to_string(),
+        issued_at_ms,
+    };
+    let message = PublishMessage::build()
+        .payload(command.encode_to_vec().into())
+        .message_id(command_id)
+        .header(crate::trace::TRACEPARENT, trace.traceparent());
+    js.send_publish(names.reset_free_quota_subject(), message)
+        .await?
+        .await?;
+    Ok(trace.trace_id_hex())
 }
 
 #[cfg(test)]

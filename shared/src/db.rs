@@ -102,9 +102,27 @@ pub fn padded<T: Clone>(items: &[T]) -> Vec<T> {
     list
 }
 
-/// Whether a failed statement or transaction is worth running again as it is: the server was
-/// unreachable or went away, or the transaction lost a deadlock or a lock wait.
-pub fn is_transient(error: &sqlx::Error) -> bool {
+/// What a failed statement means, in the terms its caller acts on: the one reading of MySQL's
+/// errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The server could not be reached, or went away: the outcome is unknown.
+    Unreachable,
+    /// The transaction lost a deadlock or a lock wait: it was rolled back and can run again.
+    LockConflict,
+    /// A unique key refused the row.
+    DuplicateKey,
+    /// Anything else: a fault of the statement, the schema or the data.
+    Other,
+}
+
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_DUP_ENTRY: u16 = 1062;
+const ER_SERVER_SHUTDOWN: u16 = 1053;
+const ER_CONNECTION_KILLED: u16 = 1927;
+
+pub fn failure(error: &sqlx::Error) -> Failure {
     use sqlx::Error as E;
     match error {
         E::Io(_)
@@ -112,15 +130,24 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | E::PoolTimedOut
         | E::PoolClosed
         | E::WorkerCrashed
-        | E::Protocol(_) => true,
-        E::Database(db) => matches!(
-            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .map(|e| e.number()),
-            // lock wait timeout, deadlock, server shutdown, connection killed
-            Some(1205 | 1213 | 1053 | 1927)
-        ),
-        _ => false,
+        | E::Protocol(_) => Failure::Unreachable,
+        E::Database(db) => match db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|e| e.number())
+        {
+            Some(ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK) => Failure::LockConflict,
+            Some(ER_DUP_ENTRY) => Failure::DuplicateKey,
+            Some(ER_SERVER_SHUTDOWN | ER_CONNECTION_KILLED) => Failure::Unreachable,
+            _ => Failure::Other,
+        },
+        _ => Failure::Other,
     }
+}
+
+/// Whether a failed statement or transaction is worth running again as it is: the server was
+/// unreachable or went away, or the transaction lost a deadlock or a lock wait.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    matches!(failure(error), Failure::Unreachable | Failure::LockConflict)
 }
 
 /// MySQL answers and every migration this build knows is applied.

@@ -9,7 +9,8 @@
 //!   [`signature`]: the HMAC scheme of signed HTTP deliveries, both ways.
 //! - [`bus`]: NATS JetStream stream and subject names, stream settings, connecting.
 //! - [`cache`]: account snapshots in Redis, version-guarded.
-//! - [`order`]: how a recharge order's status is shown.
+//! - [`order`]: how a recharge order's status is shown; [`record`]: the kinds of record, one
+//!   name each in the ledger, the read model and the API.
 //! - [`clock`]: the time source, settable in tests.
 //! - [`db`]: MySQL sessions as both services open them, and the migrations; [`sql_script`]:
 //!   several statements with literal values in one round trip.
@@ -39,6 +40,7 @@ pub mod order;
 mod otel;
 pub mod period;
 pub mod proto;
+pub mod record;
 pub mod shutdown;
 pub mod signature;
 pub mod sql_script;

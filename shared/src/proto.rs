@@ -9,6 +9,10 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/billing_descriptor.bin"));
 }
 
+/// The `schema_version` of the events this build writes and reads; a consumer refuses (and
+/// dead-letters) a version it does not know.
+pub const EVENT_SCHEMA_VERSION: i32 = 1;
+
 /// The HTTP/2 path of every RPC the billing protos declare, `/billing.v1.Service/Method`.
 pub fn method_paths() -> Vec<String> {
     use prost::Message;

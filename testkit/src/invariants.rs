@@ -93,66 +93,91 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
             row.get("free_micros"),
             row.get("balance_micros"),
         );
-        match row.get::<String, _>("kind").as_str() {
+        let kind: String = row.get("kind");
+        // Which account, which row, which rule: the message of every check below.
+        let at = format!("account {user}, version {v} ({kind})");
+        match kind.as_str() {
             "deduct" => {
-                assert_eq!(free + part, amount, "{user}: split must add up");
-                assert_eq!(after.0, before.0 - part);
+                assert_eq!(free + part, amount, "{at}: split must add up");
+                assert_eq!(after.0, before.0 - part, "{at}: the balance part taken");
                 if free_here {
-                    assert_eq!(after.3, before.3 + free);
+                    assert_eq!(after.3, before.3 + free, "{at}: the free part used");
                     if after.1 == period {
                         free_in_period += free;
                     }
                 } else {
-                    assert_eq!(after.3, before.3, "{user}: an earlier month's quota paid");
+                    assert_eq!(after.3, before.3, "{at}: an earlier month's quota paid");
                 }
                 debits += part;
             }
             "recharge" | "adjust" => {
-                assert_eq!(after.0, before.0 + part);
-                assert_eq!((after.2, after.3), (before.2, before.3));
+                assert_eq!(after.0, before.0 + part, "{at}: the balance credited");
+                assert_eq!(
+                    (after.2, after.3),
+                    (before.2, before.3),
+                    "{at}: the free quota untouched"
+                );
                 credits += part;
             }
             "free_grant" => {
                 assert!(
                     after.1 > before.1 || index == 0,
-                    "{user}: a grant opens a later period"
+                    "{at}: a grant opens a later period"
                 );
-                assert_eq!((after.0, after.2, after.3), (before.0, free, 0));
+                assert_eq!(
+                    (after.0, after.2, after.3),
+                    (before.0, free, 0),
+                    "{at}: a grant sets the period's quota, unused, and moves no money"
+                );
                 if after.1 == period {
                     granted_in_period = Some(free);
                 }
             }
             "hold" => {
                 // Free quota first, then balance: held, neither used nor taken.
-                assert_eq!(free + part, amount, "{user}: a hold's parts add up");
+                assert_eq!(free + part, amount, "{at}: a hold's parts add up");
                 assert_eq!(
                     (after.0, &after.1, after.2, after.3),
-                    (before.0, &before.1, before.2, before.3)
+                    (before.0, &before.1, before.2, before.3),
+                    "{at}: a hold takes and uses nothing"
                 );
-                assert_eq!((after.4, after.5), (before.4 + free, before.5 + part));
+                assert_eq!(
+                    (after.4, after.5),
+                    (before.4 + free, before.5 + part),
+                    "{at}: the hold's parts held"
+                );
             }
             "release" => {
                 // What became available again; a free part of an ended month is not.
                 assert!(
                     free + part <= amount,
-                    "{user}: a release gives back at most the hold"
+                    "{at}: a release gives back at most the hold"
                 );
                 assert_eq!(
                     (after.0, &after.1, after.2, after.3),
-                    (before.0, &before.1, before.2, before.3)
+                    (before.0, &before.1, before.2, before.3),
+                    "{at}: a release takes and uses nothing"
                 );
-                assert_eq!((after.4, after.5), (before.4 - free, before.5 - part));
+                assert_eq!(
+                    (after.4, after.5),
+                    (before.4 - free, before.5 - part),
+                    "{at}: the released parts no longer held"
+                );
             }
             "refund" => {
                 // The balance part back to the balance; the free part back to the quota only
                 // in the charge's period (the rest of `amount` was forfeited).
                 assert!(
                     free >= 0 && part >= 0 && free + part <= amount,
-                    "{user}: refund parts"
+                    "{at}: refund parts"
                 );
-                assert_eq!(after.0, before.0 + part);
-                assert_eq!((&after.1, after.2), (&before.1, before.2));
-                assert_eq!(after.3, before.3 - free);
+                assert_eq!(after.0, before.0 + part, "{at}: the balance part returned");
+                assert_eq!(
+                    (&after.1, after.2),
+                    (&before.1, before.2),
+                    "{at}: the grant untouched"
+                );
+                assert_eq!(after.3, before.3 - free, "{at}: the free part returned");
                 credits += part;
                 if after.1 == period {
                     free_in_period -= free;
@@ -163,10 +188,11 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
                 // never below what it used. No money moves.
                 assert_eq!(
                     (after.0, &after.1, after.3),
-                    (before.0, &before.1, before.3)
+                    (before.0, &before.1, before.3),
+                    "{at}: a plan moves no money"
                 );
-                assert_eq!((free, part), (0, 0), "{user}: a plan moves no money");
-                assert!(after.2 >= after.3);
+                assert_eq!((free, part), (0, 0), "{at}: a plan moves no money");
+                assert!(after.2 >= after.3, "{at}: a new grant below what was used");
                 if after.1 == period {
                     granted_in_period = Some(after.2);
                 }
@@ -175,7 +201,7 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
         }
         assert!(
             after.0 >= 0 && after.3 + after.4 <= after.2 && (0..=after.0).contains(&after.5),
-            "{user}: invariant 1 broken in the ledger"
+            "{at}: invariant 1 broken in the ledger"
         );
         state = after;
     }

@@ -4,8 +4,11 @@
 //!   a Redis key prefix ([`unique_tag`], [`TestDatabase`]); leftovers of crashed runs are
 //!   recognised by their time and swept ([`sweep_stale_test_streams`], `deploy/dev-deps.sh`);
 //! - servers of its own for the tests that stop one ([`OwnMariaDb`], [`OwnNats`], [`OwnRedis`]);
+//! - a guard that removes what a test leaves on the shared servers even when it panics
+//!   ([`Leftovers`]);
 //! - gRPC clients of command-svc with a caller's token, and the requests the tests send.
 
+mod cleanup;
 pub mod invariants;
 mod mariadb;
 pub mod metrics;
@@ -24,6 +27,7 @@ use tonic::{
     transport::Channel,
 };
 
+pub use cleanup::{Leftovers, delete_streams_at};
 pub use mariadb::OwnMariaDb;
 pub use nats::OwnNats;
 pub use redis::{OwnRedis, OwnRedisCluster};
@@ -149,16 +153,7 @@ pub async fn sweep_stale_test_streams() {
 
 /// Deletes the three streams of these bus names (at the end of a test).
 pub async fn delete_streams(names: &shared::bus::BusNames) {
-    if let Ok(nats) = async_nats::connect(nats_url()).await {
-        let js = async_nats::jetstream::new(nats);
-        for stream in [
-            names.events_stream(),
-            names.dlq_stream(),
-            names.commands_stream(),
-        ] {
-            let _ = js.delete_stream(stream).await;
-        }
-    }
+    delete_streams_at(&nats_url(), names).await;
 }
 
 /// Adds a caller's bearer token to every call.

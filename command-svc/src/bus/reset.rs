@@ -115,13 +115,43 @@ impl ResetConsumer {
     }
 
     async fn handle(&self, message: &jetstream::Message, stop: &mut Stop) {
+        let Some((command_id, period)) = self.accept(message).await else {
+            return;
+        };
+        tracing::info!(%period, %command_id, "reset started");
+        let started = Instant::now();
+        let _running = Running::start();
+        let Some(shards) = self.plan(&command_id, period, stop).await else {
+            return;
+        };
+        if !self
+            .walk_all(message, &command_id, &shards, period, stop)
+            .await
+        {
+            return; // stopped: unacked, resumed from the cursors after redelivery
+        }
+        let Some(granted) = self.finish(&command_id, stop).await else {
+            return;
+        };
+        if let Err(error) = message.double_ack().await {
+            tracing::warn!(%error, %command_id, "reset done but its ack was lost; a redelivery finds it finished");
+        }
+        metrics::counter!("billing_reset_finished_total").increment(1);
+        metrics::gauge!("billing_reset_last_finished_timestamp_seconds")
+            .set(chrono::Utc::now().timestamp() as f64);
+        tracing::info!(%period, %command_id, granted, elapsed_ms = started.elapsed().as_millis() as u64, "reset finished");
+    }
+
+    /// The command's id and period, when it may be carried out; otherwise it is acked for good
+    /// and counted as ignored.
+    async fn accept(&self, message: &jetstream::Message) -> Option<(String, Period)> {
         let command = match ResetFreeQuota::decode(message.payload.as_ref()) {
             Ok(command) => command,
             Err(error) => {
                 tracing::error!(%error, subject = %message.subject, "undecodable command ignored");
                 ignored("undecodable");
                 let _ = message.ack_with(AckKind::Term).await;
-                return;
+                return None;
             }
         };
         let period: Period = match command.period.parse() {
@@ -130,7 +160,7 @@ impl ResetConsumer {
                 tracing::error!(%error, command_id = %command.command_id, "reset with a malformed period ignored");
                 ignored("malformed");
                 let _ = message.ack_with(AckKind::Term).await;
-                return;
+                return None;
             }
         };
         if let Err(not_due) = self.commands.check_reset_period(period) {
@@ -139,46 +169,51 @@ impl ResetConsumer {
             tracing::error!(%not_due, command_id = %command.command_id, "reset not due; ignored");
             ignored(not_due.why());
             let _ = message.ack().await;
-            return;
+            return None;
         }
         let command_id = if command.command_id.is_empty() {
-            format!("reset-free-quota:{period}")
+            shared::bus::reset_command_id(period)
         } else {
             command.command_id
         };
-        tracing::info!(%period, %command_id, "reset started");
-        let started = Instant::now();
-        let _running = Running::start();
-        let shards = {
-            let mut failures = 0;
-            loop {
-                match self
-                    .commands
-                    .plan_reset(
-                        &command_id,
-                        period,
-                        self.settings.workers,
-                        self.settings.batch_size,
-                    )
-                    .await
-                {
-                    Ok(shards) => break shards,
-                    Err(error) => {
-                        failures += 1;
-                        tracing::warn!(%error, failures, %command_id, "reset not planned yet; retrying");
-                        if stop.sleep_or_stop(Backoff::RECONNECT.delay(failures)).await
-                            == Woken::ByStop
-                        {
-                            return;
-                        }
+        Some((command_id, period))
+    }
+
+    /// The shards still to walk, planned once per command; `None` when asked to stop first.
+    async fn plan(&self, command_id: &str, period: Period, stop: &mut Stop) -> Option<Vec<i32>> {
+        let (workers, batch) = (self.settings.workers, self.settings.batch_size);
+        let mut failures = 0;
+        loop {
+            match self
+                .commands
+                .plan_reset(command_id, period, workers, batch)
+                .await
+            {
+                Ok(shards) => return Some(shards),
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, %command_id, "reset not planned yet; retrying");
+                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(failures)).await == Woken::ByStop
+                    {
+                        return None;
                     }
                 }
             }
-        };
-        // Each range is walked by its own loop; the message is marked in progress meanwhile.
+        }
+    }
+
+    /// Walks each range in a loop of its own, the message marked in progress meanwhile;
+    /// whether every walk reached its end (`false` when asked to stop first).
+    async fn walk_all(
+        &self,
+        message: &jetstream::Message,
+        command_id: &str,
+        shards: &[i32],
+        period: Period,
+        stop: &Stop,
+    ) -> bool {
         let walks = futures::future::join_all(shards.iter().map(|&shard| {
             let mut stop = stop.clone();
-            let command_id = command_id.as_str();
             async move { self.walk(command_id, shard, period, &mut stop).await }
         }));
         let progress = async {
@@ -191,31 +226,27 @@ impl ResetConsumer {
             walked = walks => walked,
             () = progress => unreachable!("marking progress never ends"),
         };
-        if walked.iter().any(|done| !done) {
-            return; // stopped: unacked, resumed from the cursors after redelivery
-        }
-        let granted = loop {
-            match self.commands.finish_reset(&command_id).await {
-                Ok(Some(granted)) => break granted,
+        walked.iter().all(|done| *done)
+    }
+
+    /// Marks the command finished; the accounts it granted, or `None` when it cannot be
+    /// finished yet (the command comes back) or when asked to stop first.
+    async fn finish(&self, command_id: &str, stop: &mut Stop) -> Option<i64> {
+        loop {
+            match self.commands.finish_reset(command_id).await {
+                Ok(Some(granted)) => return Some(granted),
                 Ok(None) => {
                     tracing::error!(%command_id, "a shard is still open after its walk; the command comes back");
-                    return;
+                    return None;
                 }
                 Err(error) => {
                     tracing::warn!(%error, %command_id, "reset not marked finished yet; retrying");
                     if stop.sleep_or_stop(Backoff::RECONNECT.delay(1)).await == Woken::ByStop {
-                        return;
+                        return None;
                     }
                 }
             }
-        };
-        if let Err(error) = message.double_ack().await {
-            tracing::warn!(%error, %command_id, "reset done but its ack was lost; a redelivery finds it finished");
         }
-        metrics::counter!("billing_reset_finished_total").increment(1);
-        metrics::gauge!("billing_reset_last_finished_timestamp_seconds")
-            .set(chrono::Utc::now().timestamp() as f64);
-        tracing::info!(%period, %command_id, granted, elapsed_ms = started.elapsed().as_millis() as u64, "reset finished");
     }
 
     /// Walks one range batch by batch to its end; `false` when asked to stop first.

@@ -97,7 +97,7 @@ impl Charged {
 /// Whether `record`, found under the command's key, is the same charge (then the command is its
 /// retry). A reservation's hold under the key is no charge to replay: the key is taken.
 pub(super) fn is_same_charge(record: &LedgerRecord, command: &DeductQuota) -> bool {
-    record.kind == RecordKind::Deduct.as_str()
+    RecordKind::Deduct.is(&record.kind)
         && record.amount_micros == command.amount.get()
         && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str()
 }

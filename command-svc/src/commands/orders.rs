@@ -207,65 +207,14 @@ impl Commands {
             txn_credited,
         };
         let decision = decide_callback(Some(facts), account.state(), notification);
+        let mut unmatched_id = None;
         let outcome = match decision {
             CallbackDecision::Credit(_) => {
-                account.open_period();
-                let after = account.state().credit(callback.paid_amount)?;
-                store::update_order_status(
-                    account.tx(),
-                    order_no,
-                    OrderStatus::Paid,
-                    txn,
-                    Some(now),
-                    now,
-                )
-                .await?;
-                let paid = store::find_order(&mut **account.tx(), order_no)
-                    .await?
-                    .expect("locked above");
-                let record_id = events::new_id();
-                let event = Kind::BalanceRecharged(BalanceRecharged {
-                    record_id: record_id.clone(),
-                    order_no: order_no.to_owned(),
-                    provider_txn_id: txn.to_owned(),
-                    amount_micros: callback.paid_amount.get(),
-                    order: Some(OrderOut::new(paid, now)?.message()),
-                });
-                account.append(Change {
-                    record_id,
-                    kind: RecordKind::Recharge,
-                    after,
-                    amounts: Amounts {
-                        amount: callback.paid_amount,
-                        free: Micros::ZERO,
-                        balance: callback.paid_amount,
-                    },
-                    refs: Refs {
-                        order_no: Some(order_no.to_owned()),
-                        provider_txn_id: Some(txn.to_owned()),
-                        ..Refs::default()
-                    },
-                    event,
-                });
+                self.credit_order(&mut account, callback).await?;
                 CallbackOutcome::Credited
             }
             CallbackDecision::MarkFailed => {
-                store::update_order_status(
-                    account.tx(),
-                    order_no,
-                    OrderStatus::Failed,
-                    txn,
-                    None,
-                    now,
-                )
-                .await?;
-                let failed = store::find_order(&mut **account.tx(), order_no)
-                    .await?
-                    .expect("locked above");
-                let message = OrderOut::new(failed, now)?.message();
-                account.publish(Kind::RechargeOrderFailed(RechargeOrderFailed {
-                    order: Some(message),
-                }));
+                self.fail_order(&mut account, callback).await?;
                 CallbackOutcome::MarkedFailed
             }
             CallbackDecision::Replayed => CallbackOutcome::Replayed,
@@ -274,15 +223,8 @@ impl Commands {
                 row.account_version = Some(account.state().version);
                 store::insert_unmatched(account.tx(), &row).await?;
                 account.publish(unmatched_event(&row));
-                let account = self.commit(account).await?;
-                let order = store::find_order(self.store.pool(), order_no).await?;
-                return Ok(CallbackResult {
-                    outcome: CallbackOutcome::Unmatched,
-                    order: order.map(|row| OrderOut::new(row, now)).transpose()?,
-                    account: Some(account),
-                    replayed: false,
-                    unmatched_id: Some(row.unmatched_id),
-                });
+                unmatched_id = Some(row.unmatched_id);
+                CallbackOutcome::Unmatched
             }
         };
         let account = self.commit(account).await?;
@@ -292,8 +234,77 @@ impl Commands {
             order: order.map(|row| OrderOut::new(row, now)).transpose()?,
             account: Some(account),
             replayed: outcome == CallbackOutcome::Replayed,
-            unmatched_id: None,
+            unmatched_id,
         })
+    }
+
+    /// Marks the locked order paid and credits its amount: the `recharge` row and its event.
+    async fn credit_order(
+        &self,
+        account: &mut AccountTx<'_>,
+        callback: &RechargeCallback,
+    ) -> Result<(), CommandError> {
+        let now = self.now();
+        let (order_no, txn) = (
+            callback.order_no.as_str(),
+            callback.provider_txn_id.as_str(),
+        );
+        account.open_period();
+        let after = account.state().credit(callback.paid_amount)?;
+        let paid = Some(now);
+        store::update_order_status(account.tx(), order_no, OrderStatus::Paid, txn, paid, now)
+            .await?;
+        let paid = store::find_order(&mut **account.tx(), order_no)
+            .await?
+            .expect("locked above");
+        let record_id = events::new_id();
+        let event = Kind::BalanceRecharged(BalanceRecharged {
+            record_id: record_id.clone(),
+            order_no: order_no.to_owned(),
+            provider_txn_id: txn.to_owned(),
+            amount_micros: callback.paid_amount.get(),
+            order: Some(OrderOut::new(paid, now)?.message()),
+        });
+        account.append(Change {
+            record_id,
+            kind: RecordKind::Recharge,
+            after,
+            amounts: Amounts {
+                amount: callback.paid_amount,
+                free: Micros::ZERO,
+                balance: callback.paid_amount,
+            },
+            refs: Refs {
+                order_no: Some(order_no.to_owned()),
+                provider_txn_id: Some(txn.to_owned()),
+                ..Refs::default()
+            },
+            event,
+        });
+        Ok(())
+    }
+
+    /// Marks the locked order failed, with its event; no money moves.
+    async fn fail_order(
+        &self,
+        account: &mut AccountTx<'_>,
+        callback: &RechargeCallback,
+    ) -> Result<(), CommandError> {
+        let now = self.now();
+        let (order_no, txn) = (
+            callback.order_no.as_str(),
+            callback.provider_txn_id.as_str(),
+        );
+        store::update_order_status(account.tx(), order_no, OrderStatus::Failed, txn, None, now)
+            .await?;
+        let failed = store::find_order(&mut **account.tx(), order_no)
+            .await?
+            .expect("locked above");
+        let message = OrderOut::new(failed, now)?.message();
+        account.publish(Kind::RechargeOrderFailed(RechargeOrderFailed {
+            order: Some(message),
+        }));
+        Ok(())
     }
 
     /// A notification naming an order that does not exist: stored for operators, once.

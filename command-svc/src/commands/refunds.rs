@@ -1,7 +1,7 @@
 //! Refunds of charges, partial or whole, by operators.
 
 use shared::{
-    account::RefundSplit,
+    account::{AccountSnapshot, RefundSplit},
     money::Micros,
     proto::v1::{ChargeRefunded, billing_event::Kind},
 };
@@ -24,10 +24,10 @@ async fn charge_to_refund(
     let Some(record) = store::find_charge(tx, user_id, request_id).await? else {
         return Ok(None);
     };
-    if record.kind == RecordKind::Deduct.as_str() {
+    if RecordKind::Deduct.is(&record.kind) {
         return Ok(Some(record));
     }
-    if record.kind != RecordKind::Hold.as_str() {
+    if !RecordKind::Hold.is(&record.kind) {
         return Ok(None);
     }
     let settle = store::lock_reservation(tx, user_id, request_id)
@@ -38,7 +38,7 @@ async fn charge_to_refund(
     };
     Ok(store::find_record(tx, user_id, &settle.record_id)
         .await?
-        .filter(|record| record.kind == RecordKind::Deduct.as_str()))
+        .filter(|record| RecordKind::Deduct.is(&record.kind)))
 }
 
 #[derive(Clone, Debug)]
@@ -111,46 +111,17 @@ impl Commands {
         };
 
         let record_id = events::new_id();
-        store::insert_refund(
-            account.tx(),
-            &NewRefund {
-                record_id: &record_id,
-                user_id,
-                refund_id: command.refund_id.as_str(),
-                charge_record_id: &charge.record_id,
-                amount: command.amount,
-                split,
-                reason: command.reason.as_str(),
-            },
-            now,
-        )
-        .await?;
-        let event = Kind::ChargeRefunded(ChargeRefunded {
-            record_id: record_id.clone(),
-            refund_id: command.refund_id.to_string(),
-            request_id: command.request_id.to_string(),
-            charge_record_id: charge.record_id.clone(),
-            amount_micros: command.amount.get(),
-            balance_returned_micros: split.balance.get(),
-            free_returned_micros: split.free.get(),
-            free_forfeited_micros: split.forfeited.get(),
-            reason: command.reason.to_string(),
-        });
-        account.append(Change {
-            record_id: record_id.clone(),
-            kind: RecordKind::Refund,
-            after,
-            amounts: Amounts {
-                amount: command.amount,
-                free: split.free,
-                balance: split.balance,
-            },
-            refs: Refs {
-                reason: Some(command.reason.to_string()),
-                ..Refs::default()
-            },
-            event,
-        });
+        let refund = NewRefund {
+            record_id: &record_id,
+            user_id,
+            refund_id: command.refund_id.as_str(),
+            charge_record_id: &charge.record_id,
+            amount: command.amount,
+            split,
+            reason: command.reason.as_str(),
+        };
+        store::insert_refund(account.tx(), &refund, now).await?;
+        account.append(refund_change(command, &refund, after));
         let account = self.commit(account).await?;
         Ok(Refunded {
             record_id,
@@ -158,5 +129,36 @@ impl Commands {
             account,
             replayed: false,
         })
+    }
+}
+
+/// The ledger row and event of a refund.
+fn refund_change(command: &RefundCharge, refund: &NewRefund<'_>, after: AccountSnapshot) -> Change {
+    let split = refund.split;
+    let event = Kind::ChargeRefunded(ChargeRefunded {
+        record_id: refund.record_id.to_owned(),
+        refund_id: command.refund_id.to_string(),
+        request_id: command.request_id.to_string(),
+        charge_record_id: refund.charge_record_id.to_owned(),
+        amount_micros: command.amount.get(),
+        balance_returned_micros: split.balance.get(),
+        free_returned_micros: split.free.get(),
+        free_forfeited_micros: split.forfeited.get(),
+        reason: command.reason.to_string(),
+    });
+    Change {
+        record_id: refund.record_id.to_owned(),
+        kind: RecordKind::Refund,
+        after,
+        amounts: Amounts {
+            amount: command.amount,
+            free: split.free,
+            balance: split.balance,
+        },
+        refs: Refs {
+            reason: Some(command.reason.to_string()),
+            ..Refs::default()
+        },
+        event,
     }
 }

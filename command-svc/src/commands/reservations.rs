@@ -109,49 +109,18 @@ impl Commands {
         let ttl = command.ttl.unwrap_or(self.rules.default_reservation_ttl);
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let (reservation_id, record_id) = (events::new_id(), events::new_id());
-        let period = account.state().period;
-        store::insert_reservation(
-            account.tx(),
-            &NewReservation {
-                reservation_id: &reservation_id,
-                user_id,
-                request_id,
-                api_id: command.api_id.as_str(),
-                hold,
-                period,
-                hold_record_id: &record_id,
-                expires_at,
-            },
-            now,
-        )
-        .await?;
-        let event = Kind::QuotaReserved(QuotaReserved {
-            record_id: record_id.clone(),
-            reservation_id: reservation_id.clone(),
-            request_id: request_id.to_owned(),
-            api_id: command.api_id.to_string(),
-            amount_micros: command.amount.get(),
-            free_held_micros: hold.free.get(),
-            balance_held_micros: hold.balance.get(),
-            expires_at_ms: expires_at.timestamp_millis(),
-            period: period.to_string(),
-        });
-        account.append(Change {
-            record_id,
-            kind: RecordKind::Hold,
-            after,
-            amounts: Amounts {
-                amount: command.amount,
-                free: hold.free,
-                balance: hold.balance,
-            },
-            refs: Refs {
-                request_id: Some(request_id.to_owned()),
-                api_id: Some(command.api_id.to_string()),
-                ..Refs::default()
-            },
-            event,
-        });
+        let reservation = NewReservation {
+            reservation_id: &reservation_id,
+            user_id,
+            request_id,
+            api_id: command.api_id.as_str(),
+            hold,
+            period: account.state().period,
+            hold_record_id: &record_id,
+            expires_at,
+        };
+        store::insert_reservation(account.tx(), &reservation, now).await?;
+        account.append(hold_change(command, &reservation, after));
         let account = self.commit(account).await?;
         Ok(Reserved {
             reservation_id,
@@ -496,6 +465,42 @@ fn release_change(
             balance: released_here.balance,
         },
         refs: Refs::default(),
+        event,
+    }
+}
+
+/// The ledger row and event of a reservation's hold.
+fn hold_change(
+    command: &ReserveQuota,
+    reservation: &NewReservation<'_>,
+    after: AccountSnapshot,
+) -> Change {
+    let hold = reservation.hold;
+    let event = Kind::QuotaReserved(QuotaReserved {
+        record_id: reservation.hold_record_id.to_owned(),
+        reservation_id: reservation.reservation_id.to_owned(),
+        request_id: reservation.request_id.to_owned(),
+        api_id: reservation.api_id.to_owned(),
+        amount_micros: command.amount.get(),
+        free_held_micros: hold.free.get(),
+        balance_held_micros: hold.balance.get(),
+        expires_at_ms: reservation.expires_at.timestamp_millis(),
+        period: reservation.period.to_string(),
+    });
+    Change {
+        record_id: reservation.hold_record_id.to_owned(),
+        kind: RecordKind::Hold,
+        after,
+        amounts: Amounts {
+            amount: command.amount,
+            free: hold.free,
+            balance: hold.balance,
+        },
+        refs: Refs {
+            request_id: Some(reservation.request_id.to_owned()),
+            api_id: Some(reservation.api_id.to_owned()),
+            ..Refs::default()
+        },
         event,
     }
 }

@@ -101,42 +101,9 @@ impl Commands {
                 .collect());
         }
 
-        // Split points at equal counts of the accounts there are now; accounts made later fall
-        // in the last, open-ended range (and were granted by their first command anyway).
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        let shards = (total / per_shard).clamp(1, i64::from(workers.max(1)));
-        let mut bounds: Vec<String> = Vec::new();
-        for n in 1..shards {
-            let bound: String = sqlx::query_scalar(
-                "SELECT user_id FROM accounts ORDER BY user_id LIMIT 1 OFFSET ?",
-            )
-            .bind(total * n / shards)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            bounds.push(bound);
-        }
-        let mut start = String::new();
-        for shard in 0..shards as i32 {
-            let end = bounds.get(shard as usize).cloned();
-            sqlx::query(
-                "INSERT INTO command_shards (command_id, shard, cursor_user_id, end_user_id, accounts_granted) \
-                 VALUES (?, ?, ?, ?, 0)",
-            )
-            .bind(command_id)
-            .bind(shard)
-            .bind(&start)
-            .bind(&end)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            start = end.unwrap_or_default();
-        }
+        let shards = split_into_shards(&mut tx, command_id, workers, per_shard).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok((0..shards as i32).collect())
+        Ok(shards)
     }
 
     /// Grants `period` to the next `batch_size` accounts (at most [`Self::MAX_RESET_BATCH`]) of
@@ -274,4 +241,44 @@ impl Commands {
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Some(granted))
     }
+}
+
+/// Splits the accounts into at most `workers` ranges of about `per_shard` or more, and records
+/// them: split points at equal counts of the accounts there are now; accounts made later fall in
+/// the last, open-ended range (and were granted by their first command anyway).
+async fn split_into_shards(
+    tx: &mut store::Tx,
+    command_id: &str,
+    workers: u32,
+    per_shard: i64,
+) -> Result<Vec<i32>, StoreError> {
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+        .fetch_one(&mut **tx)
+        .await?;
+    let shards = (total / per_shard).clamp(1, i64::from(workers.max(1)));
+    let mut bounds: Vec<String> = Vec::new();
+    for n in 1..shards {
+        let bound: String =
+            sqlx::query_scalar("SELECT user_id FROM accounts ORDER BY user_id LIMIT 1 OFFSET ?")
+                .bind(total * n / shards)
+                .fetch_one(&mut **tx)
+                .await?;
+        bounds.push(bound);
+    }
+    let mut start = String::new();
+    for shard in 0..shards as i32 {
+        let end = bounds.get(shard as usize).cloned();
+        sqlx::query(
+            "INSERT INTO command_shards (command_id, shard, cursor_user_id, end_user_id, accounts_granted) \
+             VALUES (?, ?, ?, ?, 0)",
+        )
+        .bind(command_id)
+        .bind(shard)
+        .bind(&start)
+        .bind(&end)
+        .execute(&mut **tx)
+        .await?;
+        start = end.unwrap_or_default();
+    }
+    Ok((0..shards as i32).collect())
 }

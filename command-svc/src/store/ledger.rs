@@ -6,39 +6,7 @@ use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    Deduct,
-    Recharge,
-    FreeGrant,
-    Adjust,
-    /// A new plan: `amount` is the new monthly free quota; no money moves.
-    Plan,
-    /// A refund of a charge: `balance` back to the balance, `free` back to the free quota,
-    /// `amount` the whole refund (with the forfeited free part).
-    Refund,
-    /// A reservation's hold: `free` and `balance` held, `amount` their sum; the row carries
-    /// the reservation's request id, in the charges' key space.
-    Hold,
-    /// A hold given back: `free` and `balance` released here, `amount` the whole hold.
-    Release,
-}
-
-impl RecordKind {
-    /// The stored and published name, also the `type` of a REST record.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordKind::Deduct => "deduct",
-            RecordKind::Recharge => "recharge",
-            RecordKind::FreeGrant => "free_grant",
-            RecordKind::Adjust => "adjust",
-            RecordKind::Plan => "plan",
-            RecordKind::Refund => "refund",
-            RecordKind::Hold => "hold",
-            RecordKind::Release => "release",
-        }
-    }
-}
+pub use shared::record::RecordKind;
 
 /// The references a row may carry, depending on its kind.
 #[derive(Clone, Debug, Default)]

@@ -16,8 +16,8 @@ mod writes;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use shared::{backoff::Backoff, config::DatabaseSettings};
-use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
+use shared::{backoff::Backoff, config::DatabaseSettings, db::Failure};
+use sqlx::{MySql, MySqlPool, Transaction};
 use tokio::sync::Notify;
 
 pub use accounts::{
@@ -74,36 +74,14 @@ impl StoreError {
     }
 }
 
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
-const ER_LOCK_DEADLOCK: u16 = 1213;
-const ER_DUP_ENTRY: u16 = 1062;
-/// The server went away or is shutting down.
-const ER_SERVER_SHUTDOWN: u16 = 1053;
-const ER_CONNECTION_KILLED: u16 = 1927;
-
 impl From<sqlx::Error> for StoreError {
+    /// A unique-key refusal is a race with a concurrent command (two first commands of one
+    /// account, say): run again, the command finds the other's row.
     fn from(error: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        match &error {
-            E::Io(_)
-            | E::Tls(_)
-            | E::PoolTimedOut
-            | E::PoolClosed
-            | E::WorkerCrashed
-            | E::Protocol(_) => StoreError::Unavailable(Arc::new(error)),
-            E::Database(db) => match db
-                .try_downcast_ref::<MySqlDatabaseError>()
-                .map(|e| e.number())
-            {
-                Some(ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK | ER_DUP_ENTRY) => {
-                    StoreError::Conflict(Arc::new(error))
-                }
-                Some(ER_SERVER_SHUTDOWN | ER_CONNECTION_KILLED) => {
-                    StoreError::Unavailable(Arc::new(error))
-                }
-                _ => StoreError::Internal(Arc::new(error)),
-            },
-            _ => StoreError::Internal(Arc::new(error)),
+        match shared::db::failure(&error) {
+            Failure::Unreachable => StoreError::Unavailable(Arc::new(error)),
+            Failure::LockConflict | Failure::DuplicateKey => StoreError::Conflict(Arc::new(error)),
+            Failure::Other => StoreError::Internal(Arc::new(error)),
         }
     }
 }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use command_svc::app::Application;
 use shared::{bus::BusNames, clock::Clock, config::Settings, proto::v1 as pb};
 use sqlx::{MySqlPool, mysql::MySqlPoolOptions};
+use testkit::Leftovers;
 
 pub use testkit::invariants::assert_invariants;
 pub use testkit::{
@@ -24,6 +25,9 @@ pub struct TestApp {
     pub settings: Settings,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// What the test leaves on the shared servers: owned by the instance that made it, removed
+    /// by [`TestApp::cleanup`] or, when the test panics, when the instance is dropped.
+    leftovers: Leftovers,
 }
 
 /// The repository's configuration, pointed at a fresh database, NATS streams and subjects of the
@@ -75,9 +79,17 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_at(now: DateTime<Utc>, overrides: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create(&unique_tag()).await;
     let settings = test_settings(&db.url, overrides);
-    spawn_with(settings, Clock::manual(now), db.name).await
+    let leftovers = Leftovers::new()
+        .database(&db.name)
+        .streams(&settings.nats.url, &BusNames::from_settings(&settings.nats))
+        .redis_keys(&format!("{}*", settings.redis.key_prefix));
+    let mut app = spawn_with(settings, Clock::manual(now), db.name).await;
+    app.leftovers = leftovers;
+    app
 }
 
+/// A service on an existing test database (a second replica, a restart): the instance that
+/// made the database keeps the duty of removing it.
 pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> TestApp {
     shared::telemetry::init(&settings.telemetry);
     testkit::sweep_stale_test_streams().await;
@@ -103,6 +115,7 @@ pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> Te
         settings,
         stop: Some(stop),
         server: Some(server),
+        leftovers: Leftovers::new(),
     }
 }
 
@@ -164,29 +177,17 @@ impl TestApp {
 
     /// Deletes the test's three streams, if their server can be reached.
     pub async fn delete_streams(&self) {
-        let connect = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(&self.settings.nats.url);
-        let Ok(Ok(nats)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
-            return;
-        };
-        let js = async_nats::jetstream::new(nats);
-        let names = self.bus_names();
-        for stream in [
-            names.events_stream(),
-            names.dlq_stream(),
-            names.commands_stream(),
-        ] {
-            let _ = js.delete_stream(stream).await;
-        }
+        testkit::delete_streams_at(&self.settings.nats.url, &self.bus_names()).await;
     }
 
-    /// Drops the test's database and streams; called at the end of a test that passed.
+    /// Stops the service and removes the test's database, streams and Redis keys; called at the
+    /// end of a test that passed (a test that panics has them removed when it is dropped).
     pub async fn cleanup(mut self) {
         self.stop().await;
         self.delete_streams().await;
         self.db.close().await;
         TestDatabase::drop_named(&self.db_name).await;
+        std::mem::take(&mut self.leftovers).remove().await;
     }
 }
 
@@ -348,7 +349,7 @@ pub async fn publish_reset(settings: &Settings, command_id: &str, period: &str) 
     shared::bus::ensure_streams(&js, &names, &settings.nats)
         .await
         .unwrap();
-    scheduler_svc::publisher::publish_reset(&js, &names, command_id, period.parse().unwrap(), 0)
+    shared::bus::publish_reset(&js, &names, command_id, period.parse().unwrap(), 0)
         .await
         .unwrap()
 }

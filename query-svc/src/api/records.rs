@@ -15,6 +15,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use shared::record::RecordKind;
 use utoipa::{IntoParams, PartialSchema, ToSchema, openapi::RefOr, openapi::schema::Schema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -36,59 +37,12 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default().routes(routes!(list_records))
 }
 
-/// The record types of the contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordType {
-    Deduct,
-    Recharge,
-    FreeGrant,
-    Adjust,
-    /// A new free-quota plan (`amount_micros` is the new monthly amount; no money moves).
-    Plan,
-    /// A refund of a charge: `balance_micros` and `free_micros` given back, `amount_micros` the
-    /// whole refund (a free part forfeited after the charge's period included).
-    Refund,
-    /// A reservation's hold: `free_micros` and `balance_micros` held, `amount_micros` their sum.
-    Hold,
-    /// A hold given back: `amount_micros` the whole hold, `free_micros` and `balance_micros`
-    /// what became available again.
-    Release,
-}
+/// The schema of a record's `type`: the names of [`RecordKind::ALL`].
+pub struct RecordType;
 
-impl RecordType {
-    pub const ALL: [RecordType; 8] = [
-        RecordType::Deduct,
-        RecordType::Recharge,
-        RecordType::FreeGrant,
-        RecordType::Adjust,
-        RecordType::Plan,
-        RecordType::Refund,
-        RecordType::Hold,
-        RecordType::Release,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordType::Deduct => "deduct",
-            RecordType::Recharge => "recharge",
-            RecordType::FreeGrant => "free_grant",
-            RecordType::Adjust => "adjust",
-            RecordType::Plan => "plan",
-            RecordType::Refund => "refund",
-            RecordType::Hold => "hold",
-            RecordType::Release => "release",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
-    }
-}
-
-/// The schema of a record type: the strings of [`RecordType::ALL`].
 impl PartialSchema for RecordType {
     fn schema() -> RefOr<Schema> {
-        openapi::string_enum(RecordType::ALL.map(RecordType::as_str))
+        openapi::string_enum(RecordKind::names())
     }
 }
 
@@ -165,7 +119,7 @@ pub struct RecordJson {
 /// A page request, validated.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct PageRequest {
-    kind: Option<RecordType>,
+    kind: Option<RecordKind>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     before: Option<i64>,
@@ -178,8 +132,8 @@ impl PageRequest {
         let limit = cursor::parse_limit(params.limit.as_deref())?;
         let kind = present(&params.kind)
             .map(|text| {
-                RecordType::parse(&text).ok_or_else(|| {
-                    let types = RecordType::ALL.map(RecordType::as_str).join(", ");
+                RecordKind::parse(&text).ok_or_else(|| {
+                    let types = RecordKind::names().join(", ");
                     ApiError::invalid(format!("type must be one of {types}"))
                 })
             })
@@ -220,7 +174,7 @@ impl PageRequest {
     /// What the request selects, for the store.
     pub(super) fn filter(&self) -> RecordFilter<'static> {
         RecordFilter {
-            kind: self.kind.map(RecordType::as_str),
+            kind: self.kind.map(RecordKind::as_str),
             from: self.from,
             to: self.to,
         }
@@ -234,7 +188,7 @@ impl PageRequest {
         };
         format!(
             "type={};from={};to={}",
-            self.kind.map_or("", RecordType::as_str),
+            self.kind.map_or("", RecordKind::as_str),
             micros(self.from),
             micros(self.to)
         )
@@ -320,7 +274,7 @@ async fn list_records(
 
 /// Empty references are shown as absent, like the ones never given.
 pub(super) fn record_json(row: RecordRow) -> RecordJson {
-    let amount = if row.kind == RecordType::Adjust.as_str() {
+    let amount = if RecordKind::Adjust.is(&row.kind) {
         row.amount_micros
     } else {
         row.amount_micros.saturating_abs()
@@ -377,7 +331,7 @@ mod tests {
             ("limit", "7"),
         ]))
         .unwrap();
-        assert_eq!(request.kind, Some(RecordType::FreeGrant));
+        assert_eq!(request.kind, Some(RecordKind::FreeGrant));
         assert_eq!(
             request.from.unwrap().to_rfc3339(),
             "2026-10-31T16:00:00+00:00"

@@ -10,7 +10,7 @@ pub mod rebuild;
 pub mod reconcile;
 
 use chrono::{DateTime, Utc};
-use shared::period::BillingZone;
+use shared::{account::free_left, money::Micros, period::BillingZone, record::RecordKind};
 use sqlx::FromRow;
 
 use crate::store::projection::{RecordRow, UsageKey};
@@ -66,9 +66,12 @@ impl LedgerRow {
             free_micros: self.free_micros,
             balance_micros: self.balance_micros,
             balance_after_micros: self.balance_after_micros,
-            free_remaining_after_micros: self.free_granted_after_micros
-                - self.free_used_after_micros
-                - self.free_held_after_micros,
+            free_remaining_after_micros: free_left(
+                Micros::new(self.free_granted_after_micros),
+                Micros::new(self.free_used_after_micros),
+                Micros::new(self.free_held_after_micros),
+            )
+            .get(),
             api_id: self.api_id.clone(),
             request_id: self.request_id.clone(),
             order_no: self.order_no.clone(),
@@ -78,10 +81,54 @@ impl LedgerRow {
                 .unwrap_or_else(|| self.period.clone()),
             created_at: self.created_at,
         };
-        let usage = (self.kind == "deduct").then(|| UsageKey {
+        let usage = (RecordKind::Deduct.is(&self.kind)).then(|| UsageKey {
             day: self.created_at.with_timezone(&zone.tz()).date_naive(),
             api_id: self.api_id.clone().unwrap_or_default(),
         });
         (record, usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(granted: i64, used: i64, held: i64) -> LedgerRow {
+        LedgerRow {
+            record_id: "r".into(),
+            user_id: "u".into(),
+            version: 3,
+            kind: RecordKind::Deduct.as_str().into(),
+            amount_micros: 5,
+            free_micros: 5,
+            balance_micros: 0,
+            period: "2026-11".into(),
+            balance_after_micros: 0,
+            free_granted_after_micros: granted,
+            free_used_after_micros: used,
+            free_held_after_micros: held,
+            balance_held_after_micros: 0,
+            free_period: None,
+            api_id: Some("chat".into()),
+            request_id: Some("q".into()),
+            order_no: None,
+            created_at: DateTime::from_timestamp_millis(1_795_000_000_000).unwrap(),
+        }
+    }
+
+    /// The rebuilt record shows the free quota left as the projection does: never below zero,
+    /// even where use passed a grant lowered later by a new plan.
+    #[test]
+    fn the_free_quota_left_after_a_row_is_never_below_zero() {
+        let zone = BillingZone::default();
+        assert_eq!(
+            row(100, 30, 20).record(zone).0.free_remaining_after_micros,
+            50
+        );
+        assert_eq!(
+            row(100, 90, 20).record(zone).0.free_remaining_after_micros,
+            0
+        );
+        assert_eq!(row(0, 5, 0).record(zone).0.free_remaining_after_micros, 0);
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use chrono::NaiveDate;
 use prost::Message;
-use shared::{period::BillingZone, proto::v1 as pb};
+use shared::{period::BillingZone, proto::v1 as pb, record::RecordKind};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 
 use super::{LEDGER_COLUMNS, LEDGER_FROM, LedgerRow, rebuild::OrderSource};
@@ -251,7 +251,7 @@ async fn compare(
     .fetch_all(&mut *tx)
     .await?;
     let mut sums: HashMap<(NaiveDate, String), [i64; 4]> = HashMap::new();
-    for record in records.iter().filter(|r| r.kind == "deduct") {
+    for record in records.iter().filter(|r| RecordKind::Deduct.is(&r.kind)) {
         let day = record.created_at.with_timezone(&zone.tz()).date_naive();
         let entry = sums
             .entry((day, record.api_id.clone().unwrap_or_default()))

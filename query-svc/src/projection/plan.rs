@@ -7,13 +7,14 @@ use prost::Message;
 use shared::{
     order::OrderStatus,
     period::BillingZone,
-    proto::v1::{self as pb, billing_event::Kind},
+    proto::{
+        EVENT_SCHEMA_VERSION,
+        v1::{self as pb, billing_event::Kind},
+    },
+    record::RecordKind,
 };
 
 use crate::store::projection::{OrderRow, RecordRow, SnapshotRow, UsageKey};
-
-/// The schema version of events this build knows.
-pub const SCHEMA_VERSION: i32 = 1;
 
 /// Why an event cannot be projected by this build.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +42,7 @@ pub struct Plan<'e> {
 pub fn decode(payload: &[u8]) -> Result<pb::BillingEvent, Refused> {
     let event =
         pb::BillingEvent::decode(payload).map_err(|e| Refused::Undecodable(e.to_string()))?;
-    if event.schema_version != SCHEMA_VERSION {
+    if event.schema_version != EVENT_SCHEMA_VERSION {
         return Err(Refused::UnsupportedSchema(event.schema_version));
     }
     if event.kind.is_none() {
@@ -110,27 +111,29 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
         })
         .transpose()?;
 
-    let record =
-        |record_id: &str, kind: &str, amounts: (i64, i64, i64)| -> Result<RecordRow, Refused> {
-            let account = account
-                .ok_or_else(|| Refused::Invalid("a record event without its account".into()))?;
-            Ok(RecordRow {
-                record_id: record_id.to_owned(),
-                user_id: event.user_id.clone(),
-                version: event.version,
-                kind: kind.to_owned(),
-                amount_micros: amounts.0,
-                free_micros: amounts.1,
-                balance_micros: amounts.2,
-                balance_after_micros: account.balance_micros,
-                free_remaining_after_micros: account.free_remaining_micros,
-                api_id: None,
-                request_id: None,
-                order_no: None,
-                period: account.period.clone(),
-                created_at: occurred_at,
-            })
-        };
+    let record = |record_id: &str,
+                  kind: RecordKind,
+                  amounts: (i64, i64, i64)|
+     -> Result<RecordRow, Refused> {
+        let account =
+            account.ok_or_else(|| Refused::Invalid("a record event without its account".into()))?;
+        Ok(RecordRow {
+            record_id: record_id.to_owned(),
+            user_id: event.user_id.clone(),
+            version: event.version,
+            kind: kind.as_str().to_owned(),
+            amount_micros: amounts.0,
+            free_micros: amounts.1,
+            balance_micros: amounts.2,
+            balance_after_micros: account.balance_micros,
+            free_remaining_after_micros: account.free_remaining_micros,
+            api_id: None,
+            request_id: None,
+            order_no: None,
+            period: account.period.clone(),
+            created_at: occurred_at,
+        })
+    };
 
     let mut plan = Plan {
         snapshot,
@@ -143,7 +146,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 request_id: Some(charge.request_id.clone()),
                 ..record(
                     &charge.record_id,
-                    "deduct",
+                    RecordKind::Deduct,
                     (
                         charge.amount_micros,
                         charge.free_micros,
@@ -162,7 +165,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 order_no: Some(recharge.order_no.clone()),
                 ..record(
                     &recharge.record_id,
-                    "recharge",
+                    RecordKind::Recharge,
                     (recharge.amount_micros, 0, recharge.amount_micros),
                 )?
             };
@@ -174,7 +177,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 period: grant.period.clone(),
                 ..record(
                     &grant.record_id,
-                    "free_grant",
+                    RecordKind::FreeGrant,
                     (grant.amount_micros, grant.amount_micros, 0),
                 )?
             };
@@ -183,7 +186,11 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
         Kind::BalanceAdjusted(adjustment) => {
             let amount = adjustment.amount_micros;
             plan.record = Some((
-                record(&adjustment.record_id, "adjust", (amount, 0, amount))?,
+                record(
+                    &adjustment.record_id,
+                    RecordKind::Adjust,
+                    (amount, 0, amount),
+                )?,
                 None,
             ));
         }
@@ -199,7 +206,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
             plan.record = Some((
                 record(
                     &planned.record_id,
-                    "plan",
+                    RecordKind::Plan,
                     (planned.monthly_free_micros, 0, 0),
                 )?,
                 None,
@@ -211,7 +218,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 request_id: Some(hold.request_id.clone()),
                 ..record(
                     &hold.record_id,
-                    "hold",
+                    RecordKind::Hold,
                     (
                         hold.amount_micros,
                         hold.free_held_micros,
@@ -230,7 +237,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 period: settled.free_period.clone(),
                 ..record(
                     &settled.record_id,
-                    "deduct",
+                    RecordKind::Deduct,
                     (
                         settled.amount_micros,
                         settled.free_micros,
@@ -249,7 +256,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
                 request_id: Some(released.request_id.clone()),
                 ..record(
                     &released.record_id,
-                    "release",
+                    RecordKind::Release,
                     (
                         released.released_micros,
                         released.free_released_micros,
@@ -264,7 +271,7 @@ pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Ref
             plan.record = Some((
                 record(
                     &refund.record_id,
-                    "refund",
+                    RecordKind::Refund,
                     (
                         refund.amount_micros,
                         refund.free_returned_micros,

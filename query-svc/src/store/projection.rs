@@ -7,8 +7,8 @@
 //! - an order's status only moves forward (PENDING → FAILED → PAID).
 
 use chrono::{DateTime, NaiveDate, Utc};
-use shared::order::OrderStatus;
-use sqlx::{MySqlConnection, mysql::MySqlDatabaseError};
+use shared::{db::Failure, order::OrderStatus};
+use sqlx::MySqlConnection;
 
 /// An account snapshot from an event.
 #[derive(Clone, Debug)]
@@ -91,8 +91,6 @@ pub struct UsageKey {
     pub api_id: String,
 }
 
-const ER_DUP_ENTRY: u16 = 1062;
-
 /// Inserts the record unless it is already there; a charge's usage counters move only when it
 /// was inserted. Returns whether it was. A different record already holding this account
 /// version is an error: the write model never gives one version to two changes.
@@ -124,12 +122,7 @@ pub async fn insert_record(
     .await;
     match inserted {
         Ok(_) => {}
-        Err(sqlx::Error::Database(error))
-            if error
-                .try_downcast_ref::<MySqlDatabaseError>()
-                .map(|e| e.number())
-                == Some(ER_DUP_ENTRY) =>
-        {
+        Err(error) if shared::db::failure(&error) == Failure::DuplicateKey => {
             // A statement's duplicate-key error leaves the transaction usable. A locking read
             // sees the latest committed row whatever the session's isolation level.
             let present: Option<i64> = sqlx::query_scalar(
@@ -140,7 +133,7 @@ pub async fn insert_record(
             .await?;
             return match present {
                 Some(_) => Ok(false),
-                None => Err(sqlx::Error::Database(error)),
+                None => Err(error),
             };
         }
         Err(error) => return Err(error),

@@ -6,11 +6,12 @@ use std::{path::Path, time::Duration};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::{bus::BusNames, clock::Clock, config::Settings};
-use sqlx::{Connection, MySqlConnection, MySqlPool};
+use sqlx::MySqlPool;
+use testkit::Leftovers;
 
 pub use testkit::{
-    Bearer, CNY, Client, GATEWAY, JWT_SECRET, OPS, ORDERS, PAYMENT, adjust, admin_url, deduct,
-    nats_url, new_user, redis_url, unique_tag,
+    Bearer, CNY, Client, GATEWAY, JWT_SECRET, OPS, ORDERS, PAYMENT, adjust, deduct, nats_url,
+    new_user, redis_url, unique_tag,
 };
 
 /// The repository's configuration, isolated for one test: its database, NATS names, Redis prefix,
@@ -61,7 +62,6 @@ pub struct Stack {
     pub settings: Settings,
     pub clock: Clock,
     pub db: MySqlPool,
-    pub db_name: String,
     pub names: BusNames,
     pub grpc_addr: std::net::SocketAddr,
     /// command-svc's HTTP listener: the payment webhook.
@@ -69,6 +69,9 @@ pub struct Stack {
     pub query_http: std::net::SocketAddr,
     command: Option<Running>,
     query: Option<Running>,
+    /// The test's database, streams and Redis keys: removed by [`Stack::cleanup`] or, when the
+    /// test panics, when the stack is dropped.
+    leftovers: Leftovers,
 }
 
 pub async fn spawn_stack() -> Stack {
@@ -81,6 +84,10 @@ pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack
     let database = testkit::TestDatabase::create(&tag).await;
     let (db_name, url) = (database.name, database.url);
     let mut settings = test_settings(&tag, &url, overrides);
+    let leftovers = Leftovers::new()
+        .database(&db_name)
+        .streams(&settings.nats.url, &BusNames::from_settings(&settings.nats))
+        .redis_keys(&format!("{}*", settings.redis.key_prefix));
     shared::telemetry::init(&settings.telemetry);
 
     let command = command_svc::app::Application::build(&settings, clock.clone())
@@ -110,12 +117,12 @@ pub async fn spawn_stack_with(clock: Clock, overrides: &[(&str, &str)]) -> Stack
         settings,
         clock,
         db,
-        db_name,
         grpc_addr,
         command_http,
         query_http,
         command: Some(command),
         query: Some(query),
+        leftovers,
     }
 }
 
@@ -200,28 +207,8 @@ impl Stack {
     pub async fn cleanup(mut self) {
         self.stop_query().await;
         self.stop_command().await;
-        testkit::delete_streams(&self.names).await;
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut redis) = client.get_multiplexed_async_connection().await
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("test:{}:*", self.tag))
-                .query_async(&mut redis)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
-            }
-        }
         self.db.close().await;
-        let mut conn = MySqlConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            self.db_name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        std::mem::take(&mut self.leftovers).remove().await;
     }
 }
 

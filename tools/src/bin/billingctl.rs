@@ -159,15 +159,14 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|not_due| anyhow::anyhow!("not published: {not_due}"))?;
             let command_id = format!(
                 "{}:{}",
-                scheduler_svc::publisher::command_id(period),
+                shared::bus::reset_command_id(period),
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             );
             let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
             shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
             let now = chrono::Utc::now().timestamp_millis();
             let trace_id =
-                scheduler_svc::publisher::publish_reset(&js, &names, &command_id, period, now)
-                    .await?;
+                shared::bus::publish_reset(&js, &names, &command_id, period, now).await?;
             println!("published {command_id} (trace {trace_id})");
         }
         Command::Reconcile { repair, settle_ms } => {

@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let names = shared::bus::BusNames::from_settings(&settings.nats);
     shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
     let started = Instant::now();
-    scheduler_svc::publisher::publish_reset(
+    shared::bus::publish_reset(
         &js,
         &names,
         "reset-free-quota:2026-12",

@@ -1,0 +1,89 @@
+//! The kinds of change an account's history records: the `kind` of a ledger row, the `type` of a
+//! read-model record and of a REST record, one vocabulary for all three.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    Deduct,
+    Recharge,
+    FreeGrant,
+    Adjust,
+    /// A new free-quota plan: `amount` is the new monthly free quota; no money moves.
+    Plan,
+    /// A refund of a charge: `balance` back to the balance, `free` back to the free quota,
+    /// `amount` the whole refund (with a free part forfeited after the charge's period).
+    Refund,
+    /// A reservation's hold: `free` and `balance` held, `amount` their sum; the row carries
+    /// the reservation's request id, in the charges' key space.
+    Hold,
+    /// A hold given back: `free` and `balance` available again, `amount` the whole hold.
+    Release,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 8] = [
+        RecordKind::Deduct,
+        RecordKind::Recharge,
+        RecordKind::FreeGrant,
+        RecordKind::Adjust,
+        RecordKind::Plan,
+        RecordKind::Refund,
+        RecordKind::Hold,
+        RecordKind::Release,
+    ];
+
+    /// The stored and published name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Deduct => "deduct",
+            RecordKind::Recharge => "recharge",
+            RecordKind::FreeGrant => "free_grant",
+            RecordKind::Adjust => "adjust",
+            RecordKind::Plan => "plan",
+            RecordKind::Refund => "refund",
+            RecordKind::Hold => "hold",
+            RecordKind::Release => "release",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RecordKind> {
+        RecordKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether `text` (a stored kind) names this kind.
+    pub fn is(self, text: &str) -> bool {
+        self.as_str() == text
+    }
+
+    /// The names of every kind, for error messages and schemas.
+    pub fn names() -> [&'static str; 8] {
+        RecordKind::ALL.map(RecordKind::as_str)
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_name_and_names_are_distinct() {
+        for kind in RecordKind::ALL {
+            assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
+        }
+        let mut names = RecordKind::names().to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), RecordKind::ALL.len());
+        assert_eq!(RecordKind::parse("Deduct"), None);
+        assert_eq!(RecordKind::parse(""), None);
+    }
+}

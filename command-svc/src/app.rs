@@ -7,11 +7,13 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use shared::{clock::Clock, config::Settings, proto::v1 as pb};
 use shared::{
+    config::ListenerSettings,
     listener::Limits,
     shutdown::{Stop, Stopper, Woken},
 };
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::Router};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::{auth::Callers, grpc::GrpcApi, http, observe::ObserveLayer, webhook::WebhookKeys},
@@ -139,34 +141,9 @@ impl Application {
         let (stopper, stop) = Stopper::new();
         let stopped = |mut stop: Stop| async move { stop.stopped().await };
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<pb::billing_command_service_server::BillingCommandServiceServer<GrpcApi>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let callers = self.callers.clone();
         let limits = Limits::from_settings(&self.listeners);
-        let billing = tonic::service::interceptor::InterceptedService::new(
-            pb::billing_command_service_server::BillingCommandServiceServer::new(GrpcApi::new(
-                self.commands.clone(),
-            ))
-            .max_decoding_message_size(self.listeners.grpc_max_message_bytes),
-            move |request| callers.authenticate(request),
-        );
-        // Pinged well within the idle timeout, so a quiet but live connection stays open.
-        let ping_every = limits.idle_timeout / 4;
-        let grpc = Server::builder()
-            .tcp_nodelay(true)
-            .timeout(limits.request_timeout)
-            .max_concurrent_streams(self.listeners.grpc_max_concurrent_streams)
-            .http2_keepalive_interval(Some(ping_every))
-            .http2_keepalive_timeout(Some(ping_every))
-            .layer(ObserveLayer::new())
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(billing)
+        let grpc = grpc_server(&self.listeners, self.commands.clone(), self.callers.clone())
+            .await?
             .serve_with_incoming_shutdown(
                 shared::listener::incoming(self.grpc_listener, limits),
                 stopped(stop.clone()),
@@ -220,6 +197,42 @@ impl Application {
             }
         }
     }
+}
+
+/// The gRPC server: health, reflection and the billing service behind its callers' check, bounded
+/// by the listener settings (deadline, streams, message size, keep-alive pings).
+async fn grpc_server(
+    listeners: &ListenerSettings,
+    commands: Commands,
+    callers: Callers,
+) -> anyhow::Result<Router<Stack<ObserveLayer, Identity>>> {
+    let limits = Limits::from_settings(listeners);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::billing_command_service_server::BillingCommandServiceServer<GrpcApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let billing = tonic::service::interceptor::InterceptedService::new(
+        pb::billing_command_service_server::BillingCommandServiceServer::new(GrpcApi::new(
+            commands,
+        ))
+        .max_decoding_message_size(listeners.grpc_max_message_bytes),
+        move |request| callers.authenticate(request),
+    );
+    // Pinged well within the idle timeout, so a quiet but live connection stays open.
+    let ping_every = limits.idle_timeout / 4;
+    Ok(Server::builder()
+        .tcp_nodelay(true)
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(listeners.grpc_max_concurrent_streams)
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_every))
+        .layer(ObserveLayer::new())
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(billing))
 }
 
 /// Releases the holds that expired, every `sweep_interval_ms`, until `stop`. Replicas sweep side

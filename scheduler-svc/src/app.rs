@@ -114,33 +114,7 @@ impl Application {
         schedule_next(jobs.clone(), scheduler.clone()).await?;
         jobs.start().await?;
 
-        let router = Router::new()
-            .route(
-                shared::endpoints::LIVENESS,
-                get(|| async { Json(json!({ "status": "ok" })) }),
-            )
-            .route(shared::endpoints::READINESS, get(readyz))
-            .route(
-                shared::endpoints::METRICS,
-                get(|| async { shared::telemetry::metrics().render() }),
-            )
-            .fallback(|| async {
-                (
-                    StatusCode::NOT_FOUND,
-                    Json(json!({ "error": { "code": "NOT_FOUND", "message": "no such route" } })),
-                )
-            })
-            .method_not_allowed_fallback(|| async {
-                (
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Json(json!({ "error": {
-                        "code": "METHOD_NOT_ALLOWED",
-                        "message": "method not allowed on this route",
-                    } })),
-                )
-            })
-            .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
-            .with_state(scheduler.clone());
+        let router = router(scheduler.clone());
         let mut http_stop = stop;
         let http = shared::listener::serve_http(self.listener, router, self.limits, async move {
             http_stop.stopped().await;
@@ -159,6 +133,37 @@ impl Application {
         .await;
         Ok(())
     }
+}
+
+/// The probes and metrics; anything else answers 404 or 405 with the common JSON error body.
+fn router(scheduler: Arc<Scheduler>) -> Router {
+    Router::new()
+        .route(
+            shared::endpoints::LIVENESS,
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route(shared::endpoints::READINESS, get(readyz))
+        .route(
+            shared::endpoints::METRICS,
+            get(|| async { shared::telemetry::metrics().render() }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": { "code": "NOT_FOUND", "message": "no such route" } })),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({ "error": {
+                    "code": "METHOD_NOT_ALLOWED",
+                    "message": "method not allowed on this route",
+                } })),
+            )
+        })
+        .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
+        .with_state(scheduler)
 }
 
 /// Adds the one-shot job of the next firing; the job publishes for its *scheduled* instant and

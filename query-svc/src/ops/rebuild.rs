@@ -37,81 +37,9 @@ pub async fn rebuild(
 ) -> anyhow::Result<RebuildReport> {
     let since = now - CATCH_UP_MARGIN;
     let mut report = RebuildReport::default();
-    for table in TABLES {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS {table}_shadow"
-        )))
-        .execute(pool)
-        .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {table}_shadow LIKE {table}"
-        )))
-        .execute(pool)
-        .await?;
-    }
-
-    let mut usage: HashMap<(String, NaiveDate, String), [i64; 4]> = HashMap::new();
-    let mut after_id: u64 = 0;
-    loop {
-        let sql = format!(
-            "SELECT l.id, {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.id > ? ORDER BY l.id LIMIT ?"
-        );
-        let rows: Vec<(u64, LedgerRow)> = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(after_id)
-            .bind(CHUNK)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    sqlx::Row::try_get(row, "id")?,
-                    sqlx::FromRow::from_row(row)?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let Some((last, _)) = rows.last() else { break };
-        after_id = *last;
-        let records: Vec<RecordRow> = rows
-            .iter()
-            .map(|(_, row)| {
-                let (record, key) = row.record(zone);
-                if let Some(key) = key {
-                    let counters = usage
-                        .entry((record.user_id.clone(), key.day, key.api_id))
-                        .or_default();
-                    counters[0] += 1;
-                    counters[1] += record.amount_micros;
-                    counters[2] += record.free_micros;
-                    counters[3] += record.balance_micros;
-                }
-                record
-            })
-            .collect();
-        let rows: Vec<&RecordRow> = records.iter().collect();
-        writes::insert_records_into(
-            &mut *pool.acquire().await?,
-            writes::Table::RecordsShadow,
-            &rows,
-        )
-        .await?;
-        report.records += records.len() as u64;
-    }
-
-    let usage: Vec<_> = usage.into_iter().collect();
-    for chunk in usage.chunks(CHUNK as usize) {
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO rm_daily_usage_shadow (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
-        );
-        insert.push_values(chunk, |mut row, ((user_id, day, api_id), counters)| {
-            row.push_bind(user_id).push_bind(day).push_bind(api_id);
-            for counter in counters {
-                row.push_bind(counter);
-            }
-        });
-        insert.build().execute(pool).await?;
-        report.usage_rows += chunk.len() as u64;
-    }
-
+    create_shadows(pool).await?;
+    let usage = fill_records(pool, zone, &mut report).await?;
+    report.usage_rows = fill_usage(pool, usage).await?;
     report.accounts = sqlx::query(
         "INSERT INTO rm_accounts_shadow (user_id, currency, balance_micros, period, free_granted_micros, \
          free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
@@ -131,25 +59,119 @@ pub async fn rebuild(
     .execute(pool)
     .await?
     .rows_affected();
+    swap_in_shadows(pool).await?;
+    report.caught_up = catch_up(pool, zone, since).await?;
+    Ok(report)
+}
 
+/// Empty shadow tables beside the live ones.
+async fn create_shadows(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    for table in TABLES {
+        let drop = format!("DROP TABLE IF EXISTS {table}_shadow");
+        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pool).await?;
+        let create = format!("CREATE TABLE {table}_shadow LIKE {table}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The daily usage counters of the rebuild: calls, amount, free part, balance part, by user,
+/// day and API.
+type UsageSums = HashMap<(String, NaiveDate, String), [i64; 4]>;
+
+/// Writes a record per ledger row into the shadow records, chunk by chunk, and sums the usage
+/// the charges count to.
+async fn fill_records(
+    pool: &MySqlPool,
+    zone: BillingZone,
+    report: &mut RebuildReport,
+) -> anyhow::Result<UsageSums> {
+    let mut usage = UsageSums::new();
+    let mut after_id: u64 = 0;
+    loop {
+        let rows = ledger_chunk(pool, after_id).await?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(usage);
+        };
+        after_id = *last;
+        let records: Vec<RecordRow> = rows
+            .iter()
+            .map(|(_, row)| {
+                let (record, key) = row.record(zone);
+                if let Some(key) = key {
+                    let counters = usage
+                        .entry((record.user_id.clone(), key.day, key.api_id))
+                        .or_default();
+                    counters[0] += 1;
+                    counters[1] += record.amount_micros;
+                    counters[2] += record.free_micros;
+                    counters[3] += record.balance_micros;
+                }
+                record
+            })
+            .collect();
+        let rows: Vec<&RecordRow> = records.iter().collect();
+        let mut conn = pool.acquire().await?;
+        writes::insert_records_into(&mut conn, writes::Table::RecordsShadow, &rows).await?;
+        report.records += records.len() as u64;
+    }
+}
+
+/// The next [`CHUNK`] ledger rows after row id `after_id`, with their ids.
+async fn ledger_chunk(pool: &MySqlPool, after_id: u64) -> anyhow::Result<Vec<(u64, LedgerRow)>> {
+    let sql = format!(
+        "SELECT l.id, {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.id > ? ORDER BY l.id LIMIT ?"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after_id)
+        .bind(CHUNK)
+        .fetch_all(pool)
+        .await?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let id = sqlx::Row::try_get(row, "id")?;
+            Ok((id, sqlx::FromRow::from_row(row)?))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(rows)
+}
+
+/// Writes the usage counters into the shadow table; how many rows.
+async fn fill_usage(pool: &MySqlPool, usage: UsageSums) -> Result<u64, sqlx::Error> {
+    let usage: Vec<_> = usage.into_iter().collect();
+    for chunk in usage.chunks(CHUNK as usize) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO rm_daily_usage_shadow (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
+        );
+        insert.push_values(chunk, |mut row, ((user_id, day, api_id), counters)| {
+            row.push_bind(user_id).push_bind(day).push_bind(api_id);
+            for counter in counters {
+                row.push_bind(counter);
+            }
+        });
+        insert.build().execute(pool).await?;
+    }
+    Ok(usage.len() as u64)
+}
+
+/// Puts the shadow tables in place of the live ones in one atomic rename, and drops the old.
+async fn swap_in_shadows(pool: &MySqlPool) -> Result<(), sqlx::Error> {
     let renames: Vec<String> = TABLES
         .iter()
         .flat_map(|t| [format!("{t} TO {t}_old"), format!("{t}_shadow TO {t}")])
         .collect();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "RENAME TABLE {}",
-        renames.join(", ")
-    )))
-    .execute(pool)
-    .await?;
+    let rename = format!("RENAME TABLE {}", renames.join(", "));
+    sqlx::query(sqlx::AssertSqlSafe(rename))
+        .execute(pool)
+        .await?;
     for table in TABLES {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}_old")))
-            .execute(pool)
-            .await?;
+        let drop = format!("DROP TABLE {table}_old");
+        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pool).await?;
     }
-
-    report.caught_up = catch_up(pool, zone, since).await?;
-    Ok(report)
+    Ok(())
 }
 
 /// Projects again, into the live tables, every change committed since `since`. Returns the

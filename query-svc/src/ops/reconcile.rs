@@ -139,177 +139,231 @@ async fn compare(
     zone: BillingZone,
     user: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let mut found = Vec::new();
     // Redis first: its snapshots are written after the projection's commit, so the MySQL
     // instant below holds every version Redis can show.
     let cached = match cache {
         Some(cache) => cache.get(user).await,
         None => None,
     };
-    // Both models in MySQL as of one instant: the projection commits after the write side, so at
-    // any instant the read model is at or behind the write model, and its snapshot, records and
-    // usage counters (written in one transaction) agree with one another.
-    let mut connection = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *connection)
-        .await?;
-    let mut tx = connection
-        .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await?;
-    let written: Option<(i64, i64)> =
-        sqlx::query_as("SELECT version, monthly_free_micros FROM accounts WHERE user_id = ?")
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((write_version, monthly_free)) = written else {
-        found.push("the read model has an account the write model does not".to_owned());
-        return Ok(found);
+    let Some(models) = Models::read(pool, user).await? else {
+        return Ok(vec![
+            "the read model has an account the write model does not".to_owned(),
+        ]);
     };
-    let sql = format!(
-        "SELECT {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.user_id = ? ORDER BY l.version"
-    );
-    let ledger: Vec<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user)
-        .fetch_all(&mut *tx)
-        .await?;
-    let at = |version: i64| {
-        ledger
+    let mut found = models.snapshot_differences();
+    found.extend(models.record_differences(zone));
+    found.extend(models.usage_differences(zone));
+    found.extend(models.order_differences());
+    if let Some(cached) = cached {
+        let state = pb::AccountState::decode(cached.state.as_slice())?;
+        found.extend(models.cache_differences(cached.version, state));
+    }
+    Ok(found)
+}
+
+/// One account in both models, read at one instant.
+struct Models {
+    write_version: i64,
+    monthly_free: i64,
+    ledger: Vec<LedgerRow>,
+    snapshot: Option<store::RmAccount>,
+    records: Vec<RecordRow>,
+    /// `rm_daily_usage`: day, API, calls, amount, free part, balance part.
+    usage: Vec<(NaiveDate, String, i64, i64, i64, i64)>,
+    read_orders: HashMap<String, String>,
+    write_orders: HashMap<String, String>,
+}
+
+impl Models {
+    /// Both models in MySQL as of one instant: the projection commits after the write side, so
+    /// at any instant the read model is at or behind the write model, and its snapshot, records
+    /// and usage counters (written in one transaction) agree with one another. `None` when the
+    /// write model has no such account.
+    async fn read(pool: &MySqlPool, user: &str) -> anyhow::Result<Option<Models>> {
+        let mut connection = pool.acquire().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *connection)
+            .await?;
+        let mut tx = connection
+            .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await?;
+        let written: Option<(i64, i64)> =
+            sqlx::query_as("SELECT version, monthly_free_micros FROM accounts WHERE user_id = ?")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((write_version, monthly_free)) = written else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.user_id = ? ORDER BY l.version"
+        );
+        let models = Models {
+            write_version,
+            monthly_free,
+            ledger: sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(user)
+                .fetch_all(&mut *tx)
+                .await?,
+            snapshot: store::load_account(&mut *tx, user).await?,
+            records: sqlx::query_as(
+                "SELECT record_id, user_id, version, type, amount_micros, free_micros, \
+                 balance_micros, balance_after_micros, free_remaining_after_micros, api_id, \
+                 request_id, order_no, period, created_at FROM rm_records WHERE user_id = ?",
+            )
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?,
+            usage: sqlx::query_as(
+                "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros \
+                 FROM rm_daily_usage WHERE user_id = ?",
+            )
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?,
+            read_orders: orders(&mut tx, "rm_orders", user).await?,
+            write_orders: orders(&mut tx, "recharge_orders", user).await?,
+        };
+        tx.rollback().await?;
+        Ok(Some(models))
+    }
+
+    /// The state the ledger records right after `version`.
+    fn state_at(&self, version: i64) -> Option<StateAt> {
+        self.ledger
             .iter()
             .find(|row| row.version == version)
             .map(StateAt::of)
-    };
+    }
 
-    let snapshot = store::load_account(&mut *tx, user).await?;
-    let read_version = snapshot.as_ref().map_or(0, |s| s.version);
-    match &snapshot {
-        None => found.push(format!(
-            "no snapshot in the read model (write model at version {write_version})"
-        )),
-        Some(s) if s.version > write_version => found.push(format!(
-            "snapshot at version {} is ahead of the write model ({write_version})",
-            s.version
-        )),
-        Some(s) => {
-            let read = StateAt {
-                balance: s.balance_micros,
-                period: s.period.clone(),
-                granted: s.free_granted_micros,
-                used: s.free_used_micros,
-                free_held: s.free_held_micros,
-                balance_held: s.balance_held_micros,
-            };
-            if at(s.version).as_ref() != Some(&read) {
-                found.push(format!(
-                    "snapshot at version {} is {read:?}, the ledger says {:?}",
-                    s.version,
-                    at(s.version)
-                ));
-            }
-            if s.version == write_version && s.monthly_free_micros != monthly_free {
-                found.push(format!(
-                    "monthly free amount {} differs from {monthly_free}",
-                    s.monthly_free_micros
-                ));
-            }
+    fn read_version(&self) -> i64 {
+        self.snapshot.as_ref().map_or(0, |s| s.version)
+    }
+
+    fn snapshot_differences(&self) -> Vec<String> {
+        let write_version = self.write_version;
+        let Some(s) = &self.snapshot else {
+            return vec![format!(
+                "no snapshot in the read model (write model at version {write_version})"
+            )];
+        };
+        if s.version > write_version {
+            return vec![format!(
+                "snapshot at version {} is ahead of the write model ({write_version})",
+                s.version
+            )];
         }
-    }
-
-    let records: Vec<RecordRow> = sqlx::query_as(
-        "SELECT record_id, user_id, version, type, amount_micros, free_micros, balance_micros, \
-         balance_after_micros, free_remaining_after_micros, api_id, request_id, order_no, period, \
-         created_at FROM rm_records WHERE user_id = ?",
-    )
-    .bind(user)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut expected: BTreeMap<&str, RecordRow> = ledger
-        .iter()
-        .filter(|row| row.version <= read_version)
-        .map(|row| (row.record_id.as_str(), row.record(zone).0))
-        .collect();
-    for record in &records {
-        match expected.remove(record.record_id.as_str()) {
-            None => found.push(format!(
-                "record {} is not in the ledger up to version {read_version}",
-                record.record_id
-            )),
-            Some(want) if &want != record => found.push(format!(
-                "record {} is {record:?}, the ledger says {want:?}",
-                record.record_id
-            )),
-            Some(_) => {}
+        let mut found = Vec::new();
+        let read = StateAt {
+            balance: s.balance_micros,
+            period: s.period.clone(),
+            granted: s.free_granted_micros,
+            used: s.free_used_micros,
+            free_held: s.free_held_micros,
+            balance_held: s.balance_held_micros,
+        };
+        let recorded = self.state_at(s.version);
+        if recorded.as_ref() != Some(&read) {
+            found.push(format!(
+                "snapshot at version {} is {read:?}, the ledger says {recorded:?}",
+                s.version
+            ));
         }
-    }
-    for missing in expected.keys() {
-        found.push(format!("record {missing} is missing"));
-    }
-
-    let counted: Vec<(NaiveDate, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros FROM rm_daily_usage WHERE user_id = ?",
-    )
-    .bind(user)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut sums: HashMap<(NaiveDate, String), [i64; 4]> = HashMap::new();
-    for record in records.iter().filter(|r| RecordKind::Deduct.is(&r.kind)) {
-        let day = record.created_at.with_timezone(&zone.tz()).date_naive();
-        let entry = sums
-            .entry((day, record.api_id.clone().unwrap_or_default()))
-            .or_default();
-        *entry = [
-            entry[0] + 1,
-            entry[1] + record.amount_micros,
-            entry[2] + record.free_micros,
-            entry[3] + record.balance_micros,
-        ];
-    }
-    for (day, api_id, calls, amount, free, balance) in counted {
-        let have = [calls, amount, free, balance];
-        match sums.remove(&(day, api_id.clone())) {
-            Some(want) if want == have => {}
-            want => found.push(format!(
-                "usage of {day} {api_id:?} is {have:?}, its records make {want:?}"
-            )),
+        if s.version == write_version && s.monthly_free_micros != self.monthly_free {
+            found.push(format!(
+                "monthly free amount {} differs from {}",
+                s.monthly_free_micros, self.monthly_free
+            ));
         }
-    }
-    for ((day, api_id), want) in sums {
-        found.push(format!(
-            "usage of {day} {api_id:?} is missing, its records make {want:?}"
-        ));
+        found
     }
 
-    let read_orders: HashMap<String, String> =
-        sqlx::query_as("SELECT order_no, status FROM rm_orders WHERE user_id = ?")
-            .bind(user)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
+    /// The records against the ledger's rows up to the snapshot's version.
+    fn record_differences(&self, zone: BillingZone) -> Vec<String> {
+        let read_version = self.read_version();
+        let mut expected: BTreeMap<&str, RecordRow> = self
+            .ledger
+            .iter()
+            .filter(|row| row.version <= read_version)
+            .map(|row| (row.record_id.as_str(), row.record(zone).0))
             .collect();
-    let write_orders: HashMap<String, String> =
-        sqlx::query_as("SELECT order_no, status FROM recharge_orders WHERE user_id = ?")
-            .bind(user)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-    for (order_no, status) in &write_orders {
-        match read_orders.get(order_no) {
-            Some(read) if read == status => {}
-            read => found.push(format!(
-                "order {order_no} is {read:?} in the read model, {status} in the write model"
-            )),
+        let mut found = Vec::new();
+        for record in &self.records {
+            match expected.remove(record.record_id.as_str()) {
+                None => found.push(format!(
+                    "record {} is not in the ledger up to version {read_version}",
+                    record.record_id
+                )),
+                Some(want) if &want != record => found.push(format!(
+                    "record {} is {record:?}, the ledger says {want:?}",
+                    record.record_id
+                )),
+                Some(_) => {}
+            }
         }
-    }
-    for order_no in read_orders
-        .keys()
-        .filter(|no| !write_orders.contains_key(*no))
-    {
-        found.push(format!("order {order_no} is not in the write model"));
+        found.extend(
+            expected
+                .keys()
+                .map(|missing| format!("record {missing} is missing")),
+        );
+        found
     }
 
-    tx.rollback().await?;
-    if let Some(cached) = cached {
-        let state = pb::AccountState::decode(cached.state.as_slice())?;
+    /// The daily usage counters against the sums of the charges' records.
+    fn usage_differences(&self, zone: BillingZone) -> Vec<String> {
+        let mut sums: HashMap<(NaiveDate, String), [i64; 4]> = HashMap::new();
+        for record in self
+            .records
+            .iter()
+            .filter(|r| RecordKind::Deduct.is(&r.kind))
+        {
+            let day = record.created_at.with_timezone(&zone.tz()).date_naive();
+            let entry = sums
+                .entry((day, record.api_id.clone().unwrap_or_default()))
+                .or_default();
+            *entry = [
+                entry[0] + 1,
+                entry[1] + record.amount_micros,
+                entry[2] + record.free_micros,
+                entry[3] + record.balance_micros,
+            ];
+        }
+        let mut found = Vec::new();
+        for (day, api_id, calls, amount, free, balance) in &self.usage {
+            let have = [*calls, *amount, *free, *balance];
+            match sums.remove(&(*day, api_id.clone())) {
+                Some(want) if want == have => {}
+                want => found.push(format!(
+                    "usage of {day} {api_id:?} is {have:?}, its records make {want:?}"
+                )),
+            }
+        }
+        found.extend(sums.into_iter().map(|((day, api_id), want)| {
+            format!("usage of {day} {api_id:?} is missing, its records make {want:?}")
+        }));
+        found
+    }
+
+    fn order_differences(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (order_no, status) in &self.write_orders {
+            match self.read_orders.get(order_no) {
+                Some(read) if read == status => {}
+                read => found.push(format!(
+                    "order {order_no} is {read:?} in the read model, {status} in the write model"
+                )),
+            }
+        }
+        let unknown = self
+            .read_orders
+            .keys()
+            .filter(|no| !self.write_orders.contains_key(*no));
+        found.extend(unknown.map(|no| format!("order {no} is not in the write model")));
+        found
+    }
+
+    /// Redis's snapshot (`state` at `version`) against the ledger.
+    fn cache_differences(&self, version: i64, state: pb::AccountState) -> Option<String> {
         let read = StateAt {
             balance: state.balance_micros,
             period: state.period,
@@ -318,15 +372,25 @@ async fn compare(
             free_held: state.free_held_micros,
             balance_held: state.balance_held_micros,
         };
-        if cached.version > write_version || at(cached.version).as_ref() != Some(&read) {
-            found.push(format!(
-                "Redis snapshot at version {} is {read:?}, the ledger says {:?}",
-                cached.version,
-                at(cached.version)
-            ));
-        }
+        let recorded = self.state_at(version);
+        (version > self.write_version || recorded.as_ref() != Some(&read)).then(|| {
+            format!("Redis snapshot at version {version} is {read:?}, the ledger says {recorded:?}")
+        })
     }
-    Ok(found)
+}
+
+/// A user's orders and their statuses in `table` (`rm_orders` or `recharge_orders`).
+async fn orders(
+    conn: &mut MySqlConnection,
+    table: &'static str,
+    user: &str,
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let sql = format!("SELECT order_no, status FROM {table} WHERE user_id = ?");
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Writes the account's snapshot from the write model, locking its read-model row (the

@@ -87,204 +87,209 @@ fn order_row<'e>(order: &'e pb::RechargeOrder) -> Result<OrderRow<'e>, Refused> 
 /// The writes of `event`; `zone` decides the day a charge counts towards.
 pub fn plan(event: &pb::BillingEvent, zone: BillingZone) -> Result<Plan<'_>, Refused> {
     let occurred_at = instant(event.occurred_at_ms, "occurred_at")?;
-    let account = event.account.as_ref();
-    let snapshot = account
-        .map(|account| {
-            if account.user_id != event.user_id || account.version != event.version {
-                return Err(Refused::Invalid(
-                    "the account does not match the event".into(),
-                ));
-            }
-            Ok(SnapshotRow {
-                user_id: &account.user_id,
-                currency: &account.currency,
-                balance_micros: account.balance_micros,
-                period: &account.period,
-                free_granted_micros: account.free_granted_micros,
-                free_used_micros: account.free_used_micros,
-                free_held_micros: account.free_held_micros,
-                balance_held_micros: account.balance_held_micros,
-                monthly_free_micros: account.monthly_free_micros,
-                version: account.version,
-                updated_at: occurred_at,
-            })
-        })
-        .transpose()?;
+    let kind = event.kind.as_ref().ok_or(Refused::UnknownKind)?;
+    Ok(Plan {
+        snapshot: snapshot_row(event, occurred_at)?,
+        record: record_of(event, kind, occurred_at, zone)?,
+        order: order_of(kind).map(order_row).transpose()?,
+    })
+}
 
-    let record = |record_id: &str,
-                  kind: RecordKind,
-                  amounts: (i64, i64, i64)|
-     -> Result<RecordRow, Refused> {
-        let account =
-            account.ok_or_else(|| Refused::Invalid("a record event without its account".into()))?;
-        Ok(RecordRow {
-            record_id: record_id.to_owned(),
-            user_id: event.user_id.clone(),
-            version: event.version,
-            kind: kind.as_str().to_owned(),
-            amount_micros: amounts.0,
-            free_micros: amounts.1,
-            balance_micros: amounts.2,
-            balance_after_micros: account.balance_micros,
-            free_remaining_after_micros: account.free_remaining_micros,
+/// The account right after the event, which every event carries (but an unmatched payment's).
+fn snapshot_row(
+    event: &pb::BillingEvent,
+    occurred_at: DateTime<Utc>,
+) -> Result<Option<SnapshotRow<'_>>, Refused> {
+    let Some(account) = event.account.as_ref() else {
+        return Ok(None);
+    };
+    if account.user_id != event.user_id || account.version != event.version {
+        return Err(Refused::Invalid(
+            "the account does not match the event".into(),
+        ));
+    }
+    Ok(Some(SnapshotRow {
+        user_id: &account.user_id,
+        currency: &account.currency,
+        balance_micros: account.balance_micros,
+        period: &account.period,
+        free_granted_micros: account.free_granted_micros,
+        free_used_micros: account.free_used_micros,
+        free_held_micros: account.free_held_micros,
+        balance_held_micros: account.balance_held_micros,
+        monthly_free_micros: account.monthly_free_micros,
+        version: account.version,
+        updated_at: occurred_at,
+    }))
+}
+
+/// The order an event carries as it is now, if any.
+fn order_of(kind: &Kind) -> Option<&pb::RechargeOrder> {
+    match kind {
+        Kind::BalanceRecharged(recharge) => recharge.order.as_ref(),
+        Kind::RechargeOrderCreated(created) => created.order.as_ref(),
+        Kind::RechargeOrderFailed(failed) => failed.order.as_ref(),
+        _ => None,
+    }
+}
+
+/// What a record of the history shows of its event: the row's kind and amounts (the change,
+/// its free part, its balance part) and its references.
+struct Shown<'e> {
+    record_id: &'e str,
+    kind: RecordKind,
+    amounts: (i64, i64, i64),
+    api_id: Option<&'e str>,
+    request_id: Option<&'e str>,
+    order_no: Option<&'e str>,
+    /// The month shown when it is not the account's (a grant's, a late settle's free part's).
+    period: Option<&'e str>,
+    /// A charge: counted in the daily usage of its API.
+    is_call: bool,
+}
+
+impl<'e> Shown<'e> {
+    fn new(record_id: &'e str, kind: RecordKind, amounts: (i64, i64, i64)) -> Shown<'e> {
+        Shown {
+            record_id,
+            kind,
+            amounts,
             api_id: None,
             request_id: None,
             order_no: None,
-            period: account.period.clone(),
-            created_at: occurred_at,
-        })
-    };
+            period: None,
+            is_call: false,
+        }
+    }
 
-    let mut plan = Plan {
-        snapshot,
-        ..Plan::default()
-    };
-    match event.kind.as_ref().ok_or(Refused::UnknownKind)? {
-        Kind::QuotaDeducted(charge) => {
-            let row = RecordRow {
-                api_id: Some(charge.api_id.clone()),
-                request_id: Some(charge.request_id.clone()),
-                ..record(
-                    &charge.record_id,
-                    RecordKind::Deduct,
-                    (
-                        charge.amount_micros,
-                        charge.free_micros,
-                        charge.balance_micros,
-                    ),
-                )?
-            };
-            let usage = UsageKey {
-                day: occurred_at.with_timezone(&zone.tz()).date_naive(),
-                api_id: charge.api_id.clone(),
-            };
-            plan.record = Some((row, Some(usage)));
+    /// A call: its API and request, counted in the daily usage.
+    fn call(self, api_id: &'e str, request_id: &'e str) -> Shown<'e> {
+        Shown {
+            api_id: Some(api_id),
+            request_id: Some(request_id),
+            is_call: true,
+            ..self
         }
-        Kind::BalanceRecharged(recharge) => {
-            let row = RecordRow {
-                order_no: Some(recharge.order_no.clone()),
-                ..record(
-                    &recharge.record_id,
-                    RecordKind::Recharge,
-                    (recharge.amount_micros, 0, recharge.amount_micros),
-                )?
-            };
-            plan.record = Some((row, None));
-            plan.order = recharge.order.as_ref().map(order_row).transpose()?;
+    }
+}
+
+/// What the record of an event shows; `None` for the events that are no change of the
+/// account's history (orders opened or failed, alerts, unmatched payments).
+fn shown(kind: &Kind) -> Option<Shown<'_>> {
+    use RecordKind as K;
+    Some(match kind {
+        Kind::QuotaDeducted(c) => {
+            let amounts = (c.amount_micros, c.free_micros, c.balance_micros);
+            Shown::new(&c.record_id, K::Deduct, amounts).call(&c.api_id, &c.request_id)
         }
-        Kind::FreeQuotaGranted(grant) => {
-            let row = RecordRow {
-                period: grant.period.clone(),
-                ..record(
-                    &grant.record_id,
-                    RecordKind::FreeGrant,
-                    (grant.amount_micros, grant.amount_micros, 0),
-                )?
-            };
-            plan.record = Some((row, None));
+        Kind::BalanceRecharged(r) => Shown {
+            order_no: Some(&r.order_no),
+            ..Shown::new(
+                &r.record_id,
+                K::Recharge,
+                (r.amount_micros, 0, r.amount_micros),
+            )
+        },
+        Kind::FreeQuotaGranted(g) => Shown {
+            period: Some(&g.period),
+            ..Shown::new(
+                &g.record_id,
+                K::FreeGrant,
+                (g.amount_micros, g.amount_micros, 0),
+            )
+        },
+        Kind::BalanceAdjusted(a) => Shown::new(
+            &a.record_id,
+            K::Adjust,
+            (a.amount_micros, 0, a.amount_micros),
+        ),
+        // No money moves: the record shows the new monthly amount, and the snapshot (with a
+        // next period granted in advance corrected) carries the rest.
+        Kind::FreeQuotaPlanSet(p) => {
+            Shown::new(&p.record_id, K::Plan, (p.monthly_free_micros, 0, 0))
         }
-        Kind::BalanceAdjusted(adjustment) => {
-            let amount = adjustment.amount_micros;
-            plan.record = Some((
-                record(
-                    &adjustment.record_id,
-                    RecordKind::Adjust,
-                    (amount, 0, amount),
-                )?,
-                None,
-            ));
+        Kind::QuotaReserved(h) => {
+            let amounts = (h.amount_micros, h.free_held_micros, h.balance_held_micros);
+            Shown {
+                api_id: Some(&h.api_id),
+                request_id: Some(&h.request_id),
+                ..Shown::new(&h.record_id, K::Hold, amounts)
+            }
         }
-        Kind::RechargeOrderCreated(created) => {
-            plan.order = created.order.as_ref().map(order_row).transpose()?;
+        // An ordinary charge: its record (in the month of the free quota that paid it) and its
+        // call in the daily usage.
+        Kind::ReservationSettled(s) => {
+            let amounts = (s.amount_micros, s.free_micros, s.balance_micros);
+            Shown {
+                period: Some(&s.free_period),
+                ..Shown::new(&s.record_id, K::Deduct, amounts).call(&s.api_id, &s.request_id)
+            }
         }
-        Kind::RechargeOrderFailed(failed) => {
-            plan.order = failed.order.as_ref().map(order_row).transpose()?;
+        Kind::ReservationReleased(r) => {
+            let amounts = (
+                r.released_micros,
+                r.free_released_micros,
+                r.balance_released_micros,
+            );
+            Shown {
+                request_id: Some(&r.request_id),
+                ..Shown::new(&r.record_id, K::Release, amounts)
+            }
         }
-        Kind::FreeQuotaPlanSet(planned) => {
-            // No money moves: the record shows the new monthly amount, and the snapshot (with
-            // a next period granted in advance corrected) carries the rest.
-            plan.record = Some((
-                record(
-                    &planned.record_id,
-                    RecordKind::Plan,
-                    (planned.monthly_free_micros, 0, 0),
-                )?,
-                None,
-            ));
-        }
-        Kind::QuotaReserved(hold) => {
-            let row = RecordRow {
-                api_id: Some(hold.api_id.clone()),
-                request_id: Some(hold.request_id.clone()),
-                ..record(
-                    &hold.record_id,
-                    RecordKind::Hold,
-                    (
-                        hold.amount_micros,
-                        hold.free_held_micros,
-                        hold.balance_held_micros,
-                    ),
-                )?
-            };
-            plan.record = Some((row, None));
-        }
-        Kind::ReservationSettled(settled) => {
-            // An ordinary charge: its record (the free quota's month that paid it) and its call
-            // in the daily usage.
-            let row = RecordRow {
-                api_id: Some(settled.api_id.clone()),
-                request_id: Some(settled.request_id.clone()),
-                period: settled.free_period.clone(),
-                ..record(
-                    &settled.record_id,
-                    RecordKind::Deduct,
-                    (
-                        settled.amount_micros,
-                        settled.free_micros,
-                        settled.balance_micros,
-                    ),
-                )?
-            };
-            let usage = UsageKey {
-                day: occurred_at.with_timezone(&zone.tz()).date_naive(),
-                api_id: settled.api_id.clone(),
-            };
-            plan.record = Some((row, Some(usage)));
-        }
-        Kind::ReservationReleased(released) => {
-            let row = RecordRow {
-                request_id: Some(released.request_id.clone()),
-                ..record(
-                    &released.record_id,
-                    RecordKind::Release,
-                    (
-                        released.released_micros,
-                        released.free_released_micros,
-                        released.balance_released_micros,
-                    ),
-                )?
-            };
-            plan.record = Some((row, None));
-        }
-        Kind::ChargeRefunded(refund) => {
-            // The whole refund, and the parts given back; daily usage keeps the charge as made.
-            plan.record = Some((
-                record(
-                    &refund.record_id,
-                    RecordKind::Refund,
-                    (
-                        refund.amount_micros,
-                        refund.free_returned_micros,
-                        refund.balance_returned_micros,
-                    ),
-                )?,
-                None,
-            ));
+        // The whole refund, and the parts given back; daily usage keeps the charge as made.
+        Kind::ChargeRefunded(r) => {
+            let amounts = (
+                r.amount_micros,
+                r.free_returned_micros,
+                r.balance_returned_micros,
+            );
+            Shown::new(&r.record_id, K::Refund, amounts)
         }
         // Alerts change nothing: their snapshot repeats the change that raised them.
-        Kind::PaymentUnmatched(_) | Kind::BalanceLow(_) | Kind::FreeQuotaExhausted(_) => {}
-    }
-    Ok(plan)
+        Kind::RechargeOrderCreated(_)
+        | Kind::RechargeOrderFailed(_)
+        | Kind::PaymentUnmatched(_)
+        | Kind::BalanceLow(_)
+        | Kind::FreeQuotaExhausted(_) => return None,
+    })
+}
+
+/// The record of a change of the account's history, with the daily usage a call counts to.
+fn record_of(
+    event: &pb::BillingEvent,
+    kind: &Kind,
+    occurred_at: DateTime<Utc>,
+    zone: BillingZone,
+) -> Result<Option<(RecordRow, Option<UsageKey>)>, Refused> {
+    let Some(shown) = shown(kind) else {
+        return Ok(None);
+    };
+    let account = event
+        .account
+        .as_ref()
+        .ok_or_else(|| Refused::Invalid("a record event without its account".into()))?;
+    let (amount, free, balance) = shown.amounts;
+    let row = RecordRow {
+        record_id: shown.record_id.to_owned(),
+        user_id: event.user_id.clone(),
+        version: event.version,
+        kind: shown.kind.as_str().to_owned(),
+        amount_micros: amount,
+        free_micros: free,
+        balance_micros: balance,
+        balance_after_micros: account.balance_micros,
+        free_remaining_after_micros: account.free_remaining_micros,
+        api_id: shown.api_id.map(str::to_owned),
+        request_id: shown.request_id.map(str::to_owned),
+        order_no: shown.order_no.map(str::to_owned),
+        period: shown.period.unwrap_or(&account.period).to_owned(),
+        created_at: occurred_at,
+    };
+    let usage = shown.is_call.then(|| UsageKey {
+        day: occurred_at.with_timezone(&zone.tz()).date_naive(),
+        api_id: shown.api_id.unwrap_or_default().to_owned(),
+    });
+    Ok(Some((row, usage)))
 }
 
 #[cfg(test)]

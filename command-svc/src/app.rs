@@ -42,7 +42,7 @@ impl Application {
     /// is away the service still starts, is ready and takes commands; their events wait in the
     /// outbox.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
-        settings.check_secrets(shared::config::Service::Command)?;
+        settings.check_for(shared::config::Service::Command)?;
         // Installed before anything is counted; rare events' counters start at zero, so that a
         // rate sees their first occurrence.
         shared::telemetry::metrics();

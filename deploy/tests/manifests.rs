@@ -695,7 +695,7 @@ fn assert_secrets_are_placeholders(what: &str, settings: &Settings) {
     assert!(!settings.dev_mode, "{what}: dev_mode in a deployment");
     for service in [Service::Command, Service::Query] {
         assert!(
-            settings.check_secrets(service).is_err(),
+            settings.check_for(service).is_err(),
             "{what}: {service:?} would start with the placeholders"
         );
     }

@@ -54,7 +54,7 @@ impl Application {
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
         // Installed before anything is counted; rare events' counters start at zero, so that a
         // rate sees their first occurrence.
-        settings.check_secrets(shared::config::Service::Query)?;
+        settings.check_for(shared::config::Service::Query)?;
         shared::telemetry::metrics();
         for rare in [
             "billing_projection_dead_letters_total",

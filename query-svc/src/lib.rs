@@ -5,11 +5,9 @@
 //! - [`store`]: the `rm_` tables in MySQL (accounts, records, daily usage, orders).
 //! - [`api`]: the REST API for the frontend (JWT), and the forwarding of recharge orders to
 //!   command-svc over gRPC.
-//! - [`ops`]: rebuild of the read model from the ledger, reconcile, and dead-letter replay.
 //! - [`app`]: builds the service from settings, serves it, and shuts it down gracefully.
 
 pub mod api;
 pub mod app;
-pub mod ops;
 pub mod projection;
 pub mod store;

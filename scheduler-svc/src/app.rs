@@ -46,7 +46,7 @@ impl Application {
     /// Binds the probes' address and connects to NATS in the background (the probes answer, and
     /// `/readyz` says not ready, while NATS is away).
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
-        settings.check_secrets(shared::config::Service::Scheduler)?;
+        settings.check_for(shared::config::Service::Scheduler)?;
         let schedule = FireSchedule::new(&settings.scheduler.cron, settings.billing.zone()?)?;
         // Installed before anything is counted; rare events' counters start at zero, so that a
         // rate sees their first occurrence.

@@ -502,46 +502,31 @@ impl Settings {
                 why: "must be a three-letter ISO 4217 code such as CNY".into(),
             });
         }
-        if self
-            .auth
-            .callers
-            .iter()
-            .any(|caller| caller.token.expose().is_empty())
-        {
-            return Err(ConfigError::Invalid {
-                key: "auth.callers",
-                why: "every caller needs a token".into(),
-            });
-        }
-        // An empty entry in a rotation list (an empty variable, a trailing comma) would be a
-        // key that anyone can sign with.
-        for (key, list) in [
-            ("auth.jwt_previous_secrets", &self.auth.jwt_previous_secrets),
-            (
-                "payment.webhook_previous_secrets",
-                &self.payment.webhook_previous_secrets,
-            ),
-        ] {
-            if list.iter().any(|secret| secret.expose().trim().is_empty()) {
-                return Err(ConfigError::Invalid {
-                    key,
-                    why: "an empty entry is not \"no secret\": remove it".into(),
-                });
-            }
-        }
         if self.reset.next_period_lead.get() > std::time::Duration::from_secs(24 * 3600) {
             return Err(ConfigError::Invalid {
                 key: "reset.next_period_lead",
                 why: "must be at most 24h: an earlier reset grants next month's quota early".into(),
             });
         }
-        if !(1_000..=3_600_000).contains(&self.reservations.default_ttl_ms) {
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Refuses to start `service` with one of its own settings wrong: its secrets
+    /// ([`Settings::check_secrets`]) and the bounds only it reads. Loading checks what every
+    /// service reads (the bus, the billing zone, the currency); each service then checks only
+    /// what it uses, so the scheduler needs no caller, webhook secret or JWT key.
+    pub fn check_for(&self, service: Service) -> Result<(), ConfigError> {
+        if service == Service::Command
+            && !(1_000..=3_600_000).contains(&self.reservations.default_ttl_ms)
+        {
             return Err(ConfigError::Invalid {
                 key: "reservations.default_ttl_ms",
                 why: "must be 1000 ..= 3600000 (1 s to 1 h, the bounds of ttl_ms)".into(),
             });
         }
-        Ok(())
+        self.check_secrets(service)
     }
 }
 
@@ -711,6 +696,14 @@ telemetry:
 mod tests {
     use super::*;
 
+    /// `text` over the repository's development configuration, whose secrets every service
+    /// accepts (`dev_mode`).
+    fn load_over_repository_config(text: &str, env: HashMap<String, String>) -> Settings {
+        let repository =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+        Settings::load_files(&[repository, write_config(text)], Some(env)).unwrap()
+    }
+
     fn write_config(text: &str) -> std::path::PathBuf {
         static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -756,17 +749,22 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_lifetime_outside_the_rpc_bounds_is_refused_at_load() {
+    fn a_reservation_lifetime_outside_the_rpc_bounds_is_refused_by_command_svc() {
         for ms in [0, 999, 3_600_001] {
-            let path = write_config(&format!("reservations:\n  default_ttl_ms: {ms}\n"));
-            let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+            let settings = load_over_repository_config(
+                &format!("reservations:\n  default_ttl_ms: {ms}\n"),
+                HashMap::new(),
+            );
+            let error = settings.check_for(Service::Command).unwrap_err();
             assert!(
                 error.to_string().contains("reservations.default_ttl_ms"),
                 "{ms}: {error}"
             );
+            settings.check_for(Service::Scheduler).unwrap();
         }
-        let path = write_config("reservations:\n  default_ttl_ms: 1000\n");
-        let settings = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        let settings =
+            load_over_repository_config("reservations:\n  default_ttl_ms: 1000\n", HashMap::new());
+        settings.check_for(Service::Command).unwrap();
         assert_eq!(settings.reservations.default_ttl_ms, 1000);
     }
 
@@ -789,22 +787,38 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_entry_in_a_rotation_list_is_refused() {
-        for (name, value) in [
-            ("BILLING__PAYMENT__WEBHOOK_PREVIOUS_SECRETS", "old-secret,"),
-            ("BILLING__PAYMENT__WEBHOOK_PREVIOUS_SECRETS", " "),
-            ("BILLING__AUTH__JWT_PREVIOUS_SECRETS", ",old"),
+    fn an_empty_entry_in_a_rotation_list_is_refused_by_the_service_that_signs_with_it() {
+        for (name, value, service) in [
+            (
+                "BILLING__PAYMENT__WEBHOOK_PREVIOUS_SECRETS",
+                "old-secret,",
+                Service::Command,
+            ),
+            (
+                "BILLING__PAYMENT__WEBHOOK_PREVIOUS_SECRETS",
+                " ",
+                Service::Command,
+            ),
+            (
+                "BILLING__AUTH__JWT_PREVIOUS_SECRETS",
+                ",old",
+                Service::Query,
+            ),
         ] {
-            let path = write_config("billing:\n  time_zone: UTC\n");
             let env = HashMap::from([(name.to_owned(), value.to_owned())]);
-            let error = Settings::load_with_env(&path, Some(env)).unwrap_err();
+            let settings = load_over_repository_config("dev_mode: true\n", env);
+            let error = settings.check_for(service).unwrap_err();
             assert!(
                 error.to_string().contains("previous_secrets"),
                 "{value:?}: {error}"
             );
+            settings.check_for(Service::Scheduler).unwrap();
         }
-        let path = write_config("payment:\n  webhook_previous_secrets: [\"\"]\n");
-        let error = Settings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+        let settings = load_over_repository_config(
+            "payment:\n  webhook_previous_secrets: [\"\"]\n",
+            HashMap::new(),
+        );
+        let error = settings.check_for(Service::Command).unwrap_err();
         assert!(
             error.to_string().contains("webhook_previous_secrets"),
             "{error}"

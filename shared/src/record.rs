@@ -1,7 +1,10 @@
-//! The kinds of change an account's history records: the `kind` of a ledger row, the `type` of a
-//! read-model record and of a REST record, one vocabulary for all three.
+//! The kinds of change an account's history records (the `kind` of a ledger row, the `type` of a
+//! read-model record and of a REST record, one vocabulary for all three), and the ledger row as
+//! stored, read back by the write side's replays and by the operators' rebuild and reconcile.
 
 use std::fmt;
+
+use chrono::{DateTime, Utc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RecordKind {
@@ -86,4 +89,32 @@ mod tests {
         assert_eq!(RecordKind::parse("Deduct"), None);
         assert_eq!(RecordKind::parse(""), None);
     }
+}
+
+/// A ledger row as stored: the change, its split, and the account right after it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LedgerRow {
+    pub record_id: String,
+    pub user_id: String,
+    pub version: i64,
+    pub kind: String,
+    /// A magnitude, except for adjustments (signed: + credit, - debit).
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+    pub period: String,
+    pub balance_after_micros: i64,
+    pub free_granted_after_micros: i64,
+    pub free_used_after_micros: i64,
+    pub free_held_after_micros: i64,
+    pub balance_held_after_micros: i64,
+    /// The account's monthly free quota right after the row (`None` in rows written before it
+    /// was recorded).
+    pub monthly_free_after_micros: Option<i64>,
+    /// The month of the free part, when it is not `period` (a hold settled after its month).
+    pub free_period: Option<String>,
+    pub api_id: Option<String>,
+    pub request_id: Option<String>,
+    pub order_no: Option<String>,
+    pub created_at: DateTime<Utc>,
 }

@@ -1,255 +1,305 @@
 //! The invariants of ARCHITECTURE.md checked against what MySQL holds, for any test that has
 //! written through the services.
+//!
+//! `assert_invariants` reads the account and its ledger once, then checks one rule (or one
+//! family of rules) per function, in order: the account's bounds, the ledger chain and each
+//! row's rule, the ledger ending at the account, conservation, holds, refunds, events.
 
 use prost::Message;
 use shared::proto::v1 as pb;
+use shared::record::RecordKind;
+use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlPool, Row};
 
 /// Invariants 1, 4 and 5 of ARCHITECTURE.md for one account, from what MySQL holds:
 /// the ledger chain, conservation of balance and free quota, every change with its event.
 pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
-    let account = sqlx::query(
-        "SELECT balance_micros, period, free_granted_micros, free_used_micros, free_held_micros, \
-         balance_held_micros, version FROM accounts WHERE user_id = ?",
-    )
-    .bind(user)
-    .fetch_optional(pool)
-    .await
-    .unwrap();
-    let rows = sqlx::query(
-        "SELECT record_id, version, kind, amount_micros, free_micros, balance_micros, period, \
-         period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
-         free_granted_after_micros, free_used_before_micros, free_used_after_micros, \
-         free_held_before_micros, free_held_after_micros, balance_held_before_micros, \
-         balance_held_after_micros, free_period FROM ledger WHERE user_id = ? ORDER BY version",
-    )
-    .bind(user)
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let account = fetch_account(pool, user).await;
+    let ledger = fetch_ledger(pool, user).await;
     let Some(account) = account else {
-        assert!(rows.is_empty(), "{user}: ledger rows without an account");
+        assert!(ledger.is_empty(), "{user}: ledger rows without an account");
         return;
     };
-
-    let balance: i64 = account.get("balance_micros");
-    let period: String = account.get("period");
-    let (granted, used): (i64, i64) = (
-        account.get("free_granted_micros"),
-        account.get("free_used_micros"),
-    );
-    let version: i64 = account.get("version");
-    let (free_held, balance_held): (i64, i64) = (
-        account.get("free_held_micros"),
-        account.get("balance_held_micros"),
-    );
     assert!(
-        balance >= 0
-            && 0 <= used
-            && free_held >= 0
-            && used + free_held <= granted
-            && (0..=balance).contains(&balance_held),
+        account.state.within_account_bounds(),
         "{user}: invariant 1 broken"
     );
+    let sums = assert_ledger_chain(user, &ledger, &account.state.period);
+    assert_ledger_ends_at_account(user, &ledger, &account);
+    assert_ledger_conserves_account(user, &sums, &account.state);
+    assert_holds_are_open_reservations(pool, user, &account.state).await;
+    assert_refunds_match_their_rows_and_charges(pool, user).await;
+    assert_one_event_per_ledger_row(pool, user, &ledger).await;
+}
 
-    // The chain: versions 1..=n, each row's before is the previous row's after.
-    // (balance, period, granted, used, free held, balance held)
-    let mut state = (0_i64, String::new(), 0_i64, 0_i64, 0_i64, 0_i64);
-    let (mut credits, mut debits, mut free_in_period, mut granted_in_period) =
-        (0_i64, 0_i64, 0_i64, None);
-    for (index, row) in rows.iter().enumerate() {
-        let v: i64 = row.get("version");
+/// The chain: versions 1..=n, the first row starting empty, each row's before the previous
+/// row's after, each row true to its kind's rule and to invariant 1. Returns what the rows add
+/// up to, for the conservation checks.
+fn assert_ledger_chain<'a>(user: &str, ledger: &[LedgerRow], period: &'a str) -> LedgerSums<'a> {
+    let mut sums = LedgerSums::for_period(period);
+    let mut previous: Option<&Balances> = None;
+    for (index, row) in ledger.iter().enumerate() {
+        let v = row.version;
         assert_eq!(v, index as i64 + 1, "{user}: versions must be consecutive");
-        let before = (
-            row.get::<i64, _>("balance_before_micros"),
-            row.get::<String, _>("period_before"),
-            row.get::<i64, _>("free_granted_before_micros"),
-            row.get::<i64, _>("free_used_before_micros"),
-            row.get::<i64, _>("free_held_before_micros"),
-            row.get::<i64, _>("balance_held_before_micros"),
-        );
-        let after = (
-            row.get::<i64, _>("balance_after_micros"),
-            row.get::<String, _>("period"),
-            row.get::<i64, _>("free_granted_after_micros"),
-            row.get::<i64, _>("free_used_after_micros"),
-            row.get::<i64, _>("free_held_after_micros"),
-            row.get::<i64, _>("balance_held_after_micros"),
-        );
-        // The free part of a hold settled after its month belongs to that month's quota.
-        let free_period: Option<String> = row.get("free_period");
-        let free_here = free_period.as_ref().is_none_or(|p| *p == after.1);
-        if index == 0 {
-            assert_eq!(
-                (before.0, before.2, before.3, before.4, before.5),
-                (0, 0, 0, 0, 0),
+        match previous {
+            None => assert_eq!(
+                row.before,
+                Balances::empty_in(&row.before.period),
                 "{user}: the first row starts empty"
-            );
-        } else {
-            assert_eq!(before, state, "{user}: chain broken at version {v}");
+            ),
+            Some(state) => assert_eq!(&row.before, state, "{user}: chain broken at version {v}"),
         }
-        let (amount, free, part): (i64, i64, i64) = (
-            row.get("amount_micros"),
-            row.get("free_micros"),
-            row.get("balance_micros"),
-        );
-        let kind: String = row.get("kind");
         // Which account, which row, which rule: the message of every check below.
-        let at = format!("account {user}, version {v} ({kind})");
-        match kind.as_str() {
-            "deduct" => {
-                assert_eq!(free + part, amount, "{at}: split must add up");
-                assert_eq!(after.0, before.0 - part, "{at}: the balance part taken");
-                if free_here {
-                    assert_eq!(after.3, before.3 + free, "{at}: the free part used");
-                    if after.1 == period {
-                        free_in_period += free;
-                    }
-                } else {
-                    assert_eq!(after.3, before.3, "{at}: an earlier month's quota paid");
-                }
-                debits += part;
-            }
-            "recharge" | "adjust" => {
-                assert_eq!(after.0, before.0 + part, "{at}: the balance credited");
-                assert_eq!(
-                    (after.2, after.3),
-                    (before.2, before.3),
-                    "{at}: the free quota untouched"
-                );
-                credits += part;
-            }
-            "free_grant" => {
-                assert!(
-                    after.1 > before.1 || index == 0,
-                    "{at}: a grant opens a later period"
-                );
-                assert_eq!(
-                    (after.0, after.2, after.3),
-                    (before.0, free, 0),
-                    "{at}: a grant sets the period's quota, unused, and moves no money"
-                );
-                if after.1 == period {
-                    granted_in_period = Some(free);
-                }
-            }
-            "hold" => {
-                // Free quota first, then balance: held, neither used nor taken.
-                assert_eq!(free + part, amount, "{at}: a hold's parts add up");
-                assert_eq!(
-                    (after.0, &after.1, after.2, after.3),
-                    (before.0, &before.1, before.2, before.3),
-                    "{at}: a hold takes and uses nothing"
-                );
-                assert_eq!(
-                    (after.4, after.5),
-                    (before.4 + free, before.5 + part),
-                    "{at}: the hold's parts held"
-                );
-            }
-            "release" => {
-                // What became available again; a free part of an ended month is not.
-                assert!(
-                    free + part <= amount,
-                    "{at}: a release gives back at most the hold"
-                );
-                assert_eq!(
-                    (after.0, &after.1, after.2, after.3),
-                    (before.0, &before.1, before.2, before.3),
-                    "{at}: a release takes and uses nothing"
-                );
-                assert_eq!(
-                    (after.4, after.5),
-                    (before.4 - free, before.5 - part),
-                    "{at}: the released parts no longer held"
-                );
-            }
-            "refund" => {
-                // The balance part back to the balance; the free part back to the quota only
-                // in the charge's period (the rest of `amount` was forfeited).
-                assert!(
-                    free >= 0 && part >= 0 && free + part <= amount,
-                    "{at}: refund parts"
-                );
-                assert_eq!(after.0, before.0 + part, "{at}: the balance part returned");
-                assert_eq!(
-                    (&after.1, after.2),
-                    (&before.1, before.2),
-                    "{at}: the grant untouched"
-                );
-                assert_eq!(after.3, before.3 - free, "{at}: the free part returned");
-                credits += part;
-                if after.1 == period {
-                    free_in_period -= free;
-                }
-            }
-            "plan" => {
-                // The monthly amount changes; a period granted in advance may be granted anew,
-                // never below what it used. No money moves.
-                assert_eq!(
-                    (after.0, &after.1, after.3),
-                    (before.0, &before.1, before.3),
-                    "{at}: a plan moves no money"
-                );
-                assert_eq!((free, part), (0, 0), "{at}: a plan moves no money");
-                assert!(after.2 >= after.3, "{at}: a new grant below what was used");
-                if after.1 == period {
-                    granted_in_period = Some(after.2);
-                }
-            }
-            other => panic!("{user}: unknown ledger kind {other}"),
-        }
+        let at = format!("account {user}, version {v} ({})", row.kind);
+        assert_kind_rule(user, row, &at, previous.is_none(), &mut sums);
         assert!(
-            after.0 >= 0 && after.3 + after.4 <= after.2 && (0..=after.0).contains(&after.5),
+            row.after.within_ledger_bounds(),
             "{at}: invariant 1 broken in the ledger"
         );
-        state = after;
+        previous = Some(&row.after);
     }
+    sums
+}
+
+/// One ledger row against the rule of its kind; `first` says whether it opens the chain.
+fn assert_kind_rule(user: &str, row: &LedgerRow, at: &str, first: bool, sums: &mut LedgerSums) {
+    match RecordKind::parse(&row.kind) {
+        Some(RecordKind::Deduct) => assert_deduct_splits_free_then_balance(row, at, sums),
+        Some(RecordKind::Recharge | RecordKind::Adjust) => {
+            assert_credit_moves_only_balance(row, at, sums)
+        }
+        Some(RecordKind::FreeGrant) => assert_grant_opens_later_period(row, at, first, sums),
+        Some(RecordKind::Hold) => assert_hold_only_holds(row, at),
+        Some(RecordKind::Release) => assert_release_only_unholds(row, at),
+        Some(RecordKind::Refund) => assert_refund_returns_its_parts(row, at, sums),
+        Some(RecordKind::Plan) => assert_plan_moves_no_money(row, at, sums),
+        None => panic!("{user}: unknown ledger kind {}", row.kind),
+    }
+}
+
+/// A charge: its free and balance parts add up to it; the free part is used from this month's
+/// quota, or, settled after its month, was paid from that month's quota.
+fn assert_deduct_splits_free_then_balance(row: &LedgerRow, at: &str, sums: &mut LedgerSums) {
+    let (before, after) = (&row.before, &row.after);
     assert_eq!(
-        state,
+        row.free_part + row.balance_part,
+        row.amount,
+        "{at}: split must add up"
+    );
+    assert_eq!(
+        after.balance,
+        before.balance - row.balance_part,
+        "{at}: the balance part taken"
+    );
+    if row.free_belongs_to_its_period() {
+        assert_eq!(
+            after.used,
+            before.used + row.free_part,
+            "{at}: the free part used"
+        );
+        if sums.counts(row) {
+            sums.free_used_in_period += row.free_part;
+        }
+    } else {
+        assert_eq!(
+            after.used, before.used,
+            "{at}: an earlier month's quota paid"
+        );
+    }
+    sums.debits += row.balance_part;
+}
+
+/// A recharge or an adjustment: the balance credited, the free quota untouched.
+fn assert_credit_moves_only_balance(row: &LedgerRow, at: &str, sums: &mut LedgerSums) {
+    let (before, after) = (&row.before, &row.after);
+    assert_eq!(
+        after.balance,
+        before.balance + row.balance_part,
+        "{at}: the balance credited"
+    );
+    assert_eq!(
+        (after.granted, after.used),
+        (before.granted, before.used),
+        "{at}: the free quota untouched"
+    );
+    sums.credits += row.balance_part;
+}
+
+/// A free grant opens a later period (or the first one) with its quota, unused, moving no money.
+fn assert_grant_opens_later_period(row: &LedgerRow, at: &str, first: bool, sums: &mut LedgerSums) {
+    let (before, after) = (&row.before, &row.after);
+    assert!(
+        after.period > before.period || first,
+        "{at}: a grant opens a later period"
+    );
+    assert_eq!(
+        (after.balance, after.granted, after.used),
+        (before.balance, row.free_part, 0),
+        "{at}: a grant sets the period's quota, unused, and moves no money"
+    );
+    if sums.counts(row) {
+        sums.granted_in_period = Some(row.free_part);
+    }
+}
+
+/// A hold: free quota first, then balance, held, neither used nor taken.
+fn assert_hold_only_holds(row: &LedgerRow, at: &str) {
+    let (before, after) = (&row.before, &row.after);
+    assert_eq!(
+        row.free_part + row.balance_part,
+        row.amount,
+        "{at}: a hold's parts add up"
+    );
+    assert_eq!(
+        after.apart_from_holds(),
+        before.apart_from_holds(),
+        "{at}: a hold takes and uses nothing"
+    );
+    assert_eq!(
+        (after.free_held, after.balance_held),
         (
-            balance,
-            period.clone(),
-            granted,
-            used,
-            free_held,
-            balance_held
+            before.free_held + row.free_part,
+            before.balance_held + row.balance_part
         ),
+        "{at}: the hold's parts held"
+    );
+}
+
+/// A release: what became available again, at most the hold; a free part of an ended month
+/// is not.
+fn assert_release_only_unholds(row: &LedgerRow, at: &str) {
+    let (before, after) = (&row.before, &row.after);
+    assert!(
+        row.free_part + row.balance_part <= row.amount,
+        "{at}: a release gives back at most the hold"
+    );
+    assert_eq!(
+        after.apart_from_holds(),
+        before.apart_from_holds(),
+        "{at}: a release takes and uses nothing"
+    );
+    assert_eq!(
+        (after.free_held, after.balance_held),
+        (
+            before.free_held - row.free_part,
+            before.balance_held - row.balance_part
+        ),
+        "{at}: the released parts no longer held"
+    );
+}
+
+/// A refund: the balance part back to the balance; the free part back to the quota only in
+/// the charge's period (the rest of `amount` was forfeited).
+fn assert_refund_returns_its_parts(row: &LedgerRow, at: &str, sums: &mut LedgerSums) {
+    let (before, after) = (&row.before, &row.after);
+    assert!(
+        row.free_part >= 0
+            && row.balance_part >= 0
+            && row.free_part + row.balance_part <= row.amount,
+        "{at}: refund parts"
+    );
+    assert_eq!(
+        after.balance,
+        before.balance + row.balance_part,
+        "{at}: the balance part returned"
+    );
+    assert_eq!(
+        (&after.period, after.granted),
+        (&before.period, before.granted),
+        "{at}: the grant untouched"
+    );
+    assert_eq!(
+        after.used,
+        before.used - row.free_part,
+        "{at}: the free part returned"
+    );
+    sums.credits += row.balance_part;
+    if sums.counts(row) {
+        sums.free_used_in_period -= row.free_part;
+    }
+}
+
+/// A plan: the monthly amount changes; a period granted in advance may be granted anew, never
+/// below what it used. No money moves.
+fn assert_plan_moves_no_money(row: &LedgerRow, at: &str, sums: &mut LedgerSums) {
+    let (before, after) = (&row.before, &row.after);
+    assert_eq!(
+        (after.balance, &after.period, after.used),
+        (before.balance, &before.period, before.used),
+        "{at}: a plan moves no money"
+    );
+    assert_eq!(
+        (row.free_part, row.balance_part),
+        (0, 0),
+        "{at}: a plan moves no money"
+    );
+    assert!(
+        after.granted >= after.used,
+        "{at}: a new grant below what was used"
+    );
+    if sums.counts(row) {
+        sums.granted_in_period = Some(after.granted);
+    }
+}
+
+/// The last row is the account (an empty ledger an empty account), one row per version.
+fn assert_ledger_ends_at_account(user: &str, ledger: &[LedgerRow], account: &Account) {
+    let last = ledger
+        .last()
+        .map_or_else(Balances::default, |row| row.after.clone());
+    assert_eq!(
+        last, account.state,
         "{user}: the last row must be the account"
     );
     assert_eq!(
-        version,
-        rows.len() as i64,
+        account.version,
+        ledger.len() as i64,
         "{user}: one ledger row per version"
     );
-    assert_eq!(balance, credits - debits, "{user}: balance conservation");
-    assert_eq!(used, free_in_period, "{user}: free quota conservation");
+}
+
+/// Conservation: the balance is what was credited less what was taken; the period's free quota
+/// used and granted are what its rows used and granted.
+fn assert_ledger_conserves_account(user: &str, sums: &LedgerSums, account: &Balances) {
     assert_eq!(
-        Some(granted),
-        granted_in_period,
+        account.balance,
+        sums.credits - sums.debits,
+        "{user}: balance conservation"
+    );
+    assert_eq!(
+        account.used, sums.free_used_in_period,
+        "{user}: free quota conservation"
+    );
+    assert_eq!(
+        Some(account.granted),
+        sums.granted_in_period,
         "{user}: the period's grant"
     );
+}
 
-    // Holds: what the account holds is exactly what its open reservations hold (the free part
-    // only of those of the account's period), each counted once.
-    let (held_free, held_balance): (i64, i64) = sqlx::query_as(
+/// Holds: what the account holds is exactly what its open reservations hold (the free part
+/// only of those of the account's period), each counted once.
+async fn assert_holds_are_open_reservations(pool: &MySqlPool, user: &str, account: &Balances) {
+    let reserved: (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(IF(period = ?, free_held_micros, 0)), 0) AS SIGNED), \
          CAST(COALESCE(SUM(balance_held_micros), 0) AS SIGNED) \
          FROM reservations WHERE user_id = ? AND status = 'held'",
     )
-    .bind(&period)
+    .bind(&account.period)
     .bind(user)
     .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(
-        (free_held, balance_held),
-        (held_free, held_balance),
+        (account.free_held, account.balance_held),
+        reserved,
         "{user}: the account's holds are its open reservations"
     );
+}
 
-    // Refunds: each has its ledger row with the same parts, and the refunds of a charge never
-    // exceed it, part by part.
+/// Refunds: each has its ledger row with the same parts, and the refunds of a charge never
+/// exceed it, part by part.
+async fn assert_refunds_match_their_rows_and_charges(pool: &MySqlPool, user: &str) {
     let (unmatched, excessive): (i64, i64) = sqlx::query_as(
         "SELECT \
            (SELECT COUNT(*) FROM refunds r LEFT JOIN ledger l ON l.record_id = r.record_id \
@@ -270,8 +320,11 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
     .unwrap();
     assert_eq!(unmatched, 0, "{user}: a refund without its ledger row");
     assert_eq!(excessive, 0, "{user}: refunds exceeding their charge");
+}
 
-    // Invariant 4 on the write side: every ledger row has its event in the outbox.
+/// Invariant 4 on the write side: every ledger row has its event in the outbox, and every
+/// change event in the outbox its ledger row.
+async fn assert_one_event_per_ledger_row(pool: &MySqlPool, user: &str, ledger: &[LedgerRow]) {
     let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox WHERE user_id = ?")
         .bind(user)
         .fetch_all(pool)
@@ -281,13 +334,199 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
         .iter()
         .filter_map(|payload| record_id_of(&pb::BillingEvent::decode(payload.as_slice()).unwrap()))
         .collect();
-    let mut ledger_records: Vec<String> = rows.iter().map(|row| row.get("record_id")).collect();
+    let mut ledger_records: Vec<String> = ledger.iter().map(|row| row.record_id.clone()).collect();
     event_records.sort();
     ledger_records.sort();
     assert_eq!(
         event_records, ledger_records,
         "{user}: one event per ledger row"
     );
+}
+
+/// An account's amounts at one version: the account row itself, or a ledger row's before or
+/// after.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Balances {
+    balance: i64,
+    period: String,
+    granted: i64,
+    used: i64,
+    free_held: i64,
+    balance_held: i64,
+}
+
+/// The columns of `Balances`, in its field order, as the account row names them.
+const ACCOUNT_COLUMNS: [&str; 6] = [
+    "balance_micros",
+    "period",
+    "free_granted_micros",
+    "free_used_micros",
+    "free_held_micros",
+    "balance_held_micros",
+];
+/// The same, for a ledger row's state before it.
+const BEFORE_COLUMNS: [&str; 6] = [
+    "balance_before_micros",
+    "period_before",
+    "free_granted_before_micros",
+    "free_used_before_micros",
+    "free_held_before_micros",
+    "balance_held_before_micros",
+];
+/// The same, for a ledger row's state after it.
+const AFTER_COLUMNS: [&str; 6] = [
+    "balance_after_micros",
+    "period",
+    "free_granted_after_micros",
+    "free_used_after_micros",
+    "free_held_after_micros",
+    "balance_held_after_micros",
+];
+
+impl Balances {
+    /// Reads the six `columns` (named in the field order) of one row.
+    fn read(row: &MySqlRow, columns: [&str; 6]) -> Self {
+        let [balance, period, granted, used, free_held, balance_held] = columns;
+        Balances {
+            balance: row.get(balance),
+            period: row.get(period),
+            granted: row.get(granted),
+            used: row.get(used),
+            free_held: row.get(free_held),
+            balance_held: row.get(balance_held),
+        }
+    }
+
+    /// Nothing yet, in `period`: where the first ledger row starts.
+    fn empty_in(period: &str) -> Self {
+        Balances {
+            period: period.to_owned(),
+            ..Balances::default()
+        }
+    }
+
+    /// Everything but the holds: what a hold or a release leaves alone.
+    fn apart_from_holds(&self) -> (i64, &str, i64, i64) {
+        (self.balance, &self.period, self.granted, self.used)
+    }
+
+    /// Invariant 1 on the account: nothing negative, the free quota used and held within the
+    /// grant, the balance held within the balance.
+    fn within_account_bounds(&self) -> bool {
+        self.balance >= 0
+            && 0 <= self.used
+            && self.free_held >= 0
+            && self.used + self.free_held <= self.granted
+            && (0..=self.balance).contains(&self.balance_held)
+    }
+
+    /// Invariant 1 as every ledger row's after must keep it.
+    fn within_ledger_bounds(&self) -> bool {
+        self.balance >= 0
+            && self.used + self.free_held <= self.granted
+            && (0..=self.balance).contains(&self.balance_held)
+    }
+}
+
+/// The account row: its amounts and its version.
+struct Account {
+    state: Balances,
+    version: i64,
+}
+
+async fn fetch_account(pool: &MySqlPool, user: &str) -> Option<Account> {
+    let row = sqlx::query(
+        "SELECT balance_micros, period, free_granted_micros, free_used_micros, free_held_micros, \
+         balance_held_micros, version FROM accounts WHERE user_id = ?",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .unwrap()?;
+    Some(Account {
+        state: Balances::read(&row, ACCOUNT_COLUMNS),
+        version: row.get("version"),
+    })
+}
+
+/// One ledger row: its parts (`free_part` from the quota, `balance_part` from the balance,
+/// `amount` the whole) and the account before and after it.
+struct LedgerRow {
+    record_id: String,
+    version: i64,
+    kind: String,
+    amount: i64,
+    free_part: i64,
+    balance_part: i64,
+    before: Balances,
+    after: Balances,
+    free_period: Option<String>,
+}
+
+impl LedgerRow {
+    fn read(row: &MySqlRow) -> Self {
+        LedgerRow {
+            record_id: row.get("record_id"),
+            version: row.get("version"),
+            kind: row.get("kind"),
+            amount: row.get("amount_micros"),
+            free_part: row.get("free_micros"),
+            balance_part: row.get("balance_micros"),
+            before: Balances::read(row, BEFORE_COLUMNS),
+            after: Balances::read(row, AFTER_COLUMNS),
+            free_period: row.get("free_period"),
+        }
+    }
+
+    /// The free part of a hold settled after its month belongs to that month's quota, not to
+    /// this row's period.
+    fn free_belongs_to_its_period(&self) -> bool {
+        self.free_period
+            .as_ref()
+            .is_none_or(|period| *period == self.after.period)
+    }
+}
+
+async fn fetch_ledger(pool: &MySqlPool, user: &str) -> Vec<LedgerRow> {
+    let rows = sqlx::query(
+        "SELECT record_id, version, kind, amount_micros, free_micros, balance_micros, period, \
+         period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
+         free_granted_after_micros, free_used_before_micros, free_used_after_micros, \
+         free_held_before_micros, free_held_after_micros, balance_held_before_micros, \
+         balance_held_after_micros, free_period FROM ledger WHERE user_id = ? ORDER BY version",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.iter().map(LedgerRow::read).collect()
+}
+
+/// What the ledger adds up to, to compare with the account: money credited and taken over the
+/// whole history, the free quota used and granted in the account's period only.
+struct LedgerSums<'a> {
+    period: &'a str,
+    credits: i64,
+    debits: i64,
+    free_used_in_period: i64,
+    granted_in_period: Option<i64>,
+}
+
+impl<'a> LedgerSums<'a> {
+    fn for_period(period: &'a str) -> Self {
+        LedgerSums {
+            period,
+            credits: 0,
+            debits: 0,
+            free_used_in_period: 0,
+            granted_in_period: None,
+        }
+    }
+
+    /// Whether `row`'s free quota counts: it ends in the account's period.
+    fn counts(&self, row: &LedgerRow) -> bool {
+        row.after.period == self.period
+    }
 }
 
 fn record_id_of(event: &pb::BillingEvent) -> Option<String> {

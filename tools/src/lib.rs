@@ -4,7 +4,8 @@
 use std::{str::FromStr, time::Duration};
 
 use shared::{
-    config::Settings, proto::v1::billing_command_service_client::BillingCommandServiceClient,
+    bus::BusNames, config::Settings,
+    proto::v1::billing_command_service_client::BillingCommandServiceClient,
 };
 use tonic::{
     Request, Status,
@@ -65,6 +66,16 @@ pub fn user_token(
         &claims,
         &key,
     )?)
+}
+
+/// JetStream on the configured NATS, with the service's streams in place.
+pub async fn jetstream(
+    settings: &Settings,
+    names: &BusNames,
+) -> anyhow::Result<async_nats::jetstream::Context> {
+    let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
+    shared::bus::ensure_streams(&js, names, &settings.nats).await?;
+    Ok(js)
 }
 
 /// `host:port` as an `http://` URL.

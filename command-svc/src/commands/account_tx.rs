@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     events::AccountOut,
-    store::{self, LedgerRecord, StoreError, Tx},
+    store::{self, LedgerRow, StoreError, Tx},
 };
 
 pub(super) struct AccountTx<'c> {
@@ -133,7 +133,7 @@ impl<'c> AccountTx<'c> {
 
     /// Ends the transaction of a command that was already applied: nothing is written, and the
     /// reply shows the account as it was right after the original change.
-    pub async fn end_in_replay(self, original: &LedgerRecord) -> Result<AccountOut, StoreError> {
+    pub async fn end_in_replay(self, original: &LedgerRow) -> Result<AccountOut, StoreError> {
         let account = &self.account;
         let out = self.rules.present_as_recorded(
             &account.user_id,

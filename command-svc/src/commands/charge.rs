@@ -10,7 +10,7 @@ use super::{CommandError, Commands, changes::Change};
 use crate::{
     domain::{CheckQuota, DeductQuota},
     events::AccountOut,
-    store::{self, Amounts, LedgerRecord, RecordKind, Refs},
+    store::{self, Amounts, LedgerRow, RecordKind, Refs},
 };
 
 #[derive(Clone, Debug)]
@@ -81,7 +81,7 @@ impl Commands {
 
 impl Charged {
     /// The answer to a charge already recorded as `record`, shown as it was then.
-    pub(super) fn replayed(record: &LedgerRecord, account: AccountOut) -> Charged {
+    pub(super) fn replayed(record: &LedgerRow, account: AccountOut) -> Charged {
         Charged {
             record_id: record.record_id.clone(),
             split: Split {
@@ -96,7 +96,7 @@ impl Charged {
 
 /// Whether `record`, found under the command's key, is the same charge (then the command is its
 /// retry). A reservation's hold under the key is no charge to replay: the key is taken.
-pub(super) fn is_same_charge(record: &LedgerRecord, command: &DeductQuota) -> bool {
+pub(super) fn is_same_charge(record: &LedgerRow, command: &DeductQuota) -> bool {
     RecordKind::Deduct.is(&record.kind)
         && record.amount_micros == command.amount.get()
         && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str()

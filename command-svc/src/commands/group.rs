@@ -28,7 +28,7 @@ use super::{
 use crate::{
     domain::DeductQuota,
     events::{self, AccountOut},
-    store::{self, AsStoreError, LedgerRecord, StoreError, Tx},
+    store::{self, AsStoreError, LedgerRow, StoreError, Tx},
 };
 
 /// A charge as it waits to be decided: the command and the caller's trace context, which the
@@ -274,11 +274,11 @@ impl Commands {
         &self,
         batch: &[ChargeRequest],
         locked: &mut Locked,
-        earlier: &[LedgerRecord],
+        earlier: &[LedgerRow],
         appends: &mut Appends<'_>,
         now: DateTime<Utc>,
     ) -> Vec<Decided> {
-        let earlier: HashMap<(&str, &str), &LedgerRecord> = earlier
+        let earlier: HashMap<(&str, &str), &LedgerRow> = earlier
             .iter()
             .filter_map(|record| {
                 let request_id = record.request_id.as_deref()?;
@@ -315,7 +315,7 @@ impl Commands {
     fn replay(
         &self,
         account: &AccountChanges,
-        record: &LedgerRecord,
+        record: &LedgerRow,
         command: &DeductQuota,
     ) -> Result<Charged, CommandError> {
         if !is_same_charge(record, command) {

@@ -156,10 +156,10 @@ impl Rules {
         &self,
         user_id: &str,
         currency: &str,
-        original: &store::LedgerRecord,
+        original: &store::LedgerRow,
         monthly_free: Micros,
     ) -> Result<AccountOut, StoreError> {
-        let state = original.state_after(monthly_free)?;
+        let state = store::state_after(original, monthly_free)?;
         Ok(self.present(user_id, Some(currency), Some(&state), original.created_at))
     }
 

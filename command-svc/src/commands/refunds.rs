@@ -10,7 +10,7 @@ use super::{CommandError, Commands, account_tx::AccountTx, changes::Change};
 use crate::{
     domain::RefundCharge,
     events::{self, AccountOut},
-    store::{self, Amounts, LedgerRecord, NewRefund, RecordKind, Refs, StoreError, Tx},
+    store::{self, Amounts, LedgerRow, NewRefund, RecordKind, Refs, StoreError, Tx},
 };
 
 /// The charge a refund under `request_id` refers to: the charge made under it, or the charge
@@ -20,7 +20,7 @@ async fn charge_to_refund(
     tx: &mut Tx,
     user_id: &str,
     request_id: &str,
-) -> Result<Option<LedgerRecord>, StoreError> {
+) -> Result<Option<LedgerRow>, StoreError> {
     let Some(record) = store::find_charge(tx, user_id, request_id).await? else {
         return Ok(None);
     };

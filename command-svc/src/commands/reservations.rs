@@ -158,25 +158,7 @@ impl Commands {
             return Err(CommandError::SettleExceedsHold);
         }
         if let Some(settle) = &reservation.settle {
-            // Answered from what the settle recorded, whatever happened since.
-            let same = settle.actual == command.actual;
-            let record = store::find_record(account.tx(), user_id, &settle.record_id).await?;
-            let record = record_or_missing(record)?;
-            let shown = account.end_in_replay(&record).await?;
-            if !same {
-                return Err(CommandError::KeyReused { key: "request_id" });
-            }
-            return Ok(Settled {
-                record_id: record.record_id,
-                split: Split {
-                    free: Micros::new(record.free_micros),
-                    balance: Micros::new(record.balance_micros),
-                },
-                released: settle.released,
-                account: shown,
-                replayed: true,
-                after_expiry: settle.after_expiry,
-            });
+            return self.settle_replayed(account, command, settle).await;
         }
 
         account.open_period();
@@ -218,6 +200,34 @@ impl Commands {
             account,
             replayed: false,
             after_expiry: expired,
+        })
+    }
+
+    /// A settle already recorded, answered from what it recorded, whatever happened since; the
+    /// same key with another amount is refused.
+    async fn settle_replayed(
+        &self,
+        mut account: AccountTx<'_>,
+        command: &SettleReservation,
+        settle: &store::SettleRecord,
+    ) -> Result<Settled, CommandError> {
+        let record =
+            store::find_record(account.tx(), command.user_id.as_str(), &settle.record_id).await?;
+        let record = record_or_missing(record)?;
+        let shown = account.end_in_replay(&record).await?;
+        if settle.actual != command.actual {
+            return Err(CommandError::KeyReused { key: "request_id" });
+        }
+        Ok(Settled {
+            record_id: record.record_id,
+            split: Split {
+                free: Micros::new(record.free_micros),
+                balance: Micros::new(record.balance_micros),
+            },
+            released: settle.released,
+            account: shown,
+            replayed: true,
+            after_expiry: settle.after_expiry,
         })
     }
 

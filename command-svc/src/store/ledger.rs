@@ -6,7 +6,7 @@ use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
 
-pub use shared::record::RecordKind;
+pub use shared::record::{LedgerRow, RecordKind};
 
 /// The references a row may carry, depending on its kind.
 #[derive(Clone, Debug, Default)]
@@ -46,51 +46,22 @@ pub struct LedgerEntry {
     pub created_at: DateTime<Utc>,
 }
 
-/// A stored row, as idempotent replays need it back.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct LedgerRecord {
-    pub record_id: String,
-    pub user_id: String,
-    pub version: i64,
-    pub kind: String,
-    pub amount_micros: i64,
-    pub free_micros: i64,
-    pub balance_micros: i64,
-    pub period: String,
-    pub balance_after_micros: i64,
-    pub free_granted_after_micros: i64,
-    pub free_used_after_micros: i64,
-    pub free_held_after_micros: i64,
-    pub balance_held_after_micros: i64,
-    /// The account's monthly free quota right after the row (`None` in rows written before it
-    /// was recorded).
-    pub monthly_free_after_micros: Option<i64>,
-    /// The month of the free part, when it is not `period`.
-    pub free_period: Option<String>,
-    pub api_id: Option<String>,
-    pub request_id: Option<String>,
-    pub order_no: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl LedgerRecord {
-    /// The account right after this row; `monthly_free` stands in for a row that does not hold
-    /// it (written before it was recorded).
-    pub fn state_after(&self, monthly_free: Micros) -> Result<AccountSnapshot, StoreError> {
-        let monthly_free = self
-            .monthly_free_after_micros
-            .map_or(monthly_free, Micros::new);
-        Ok(AccountSnapshot {
-            balance: Micros::new(self.balance_after_micros),
-            period: super::accounts::parse_period(&self.period)?,
-            free_granted: Micros::new(self.free_granted_after_micros),
-            free_used: Micros::new(self.free_used_after_micros),
-            free_held: Micros::new(self.free_held_after_micros),
-            balance_held: Micros::new(self.balance_held_after_micros),
-            monthly_free,
-            version: self.version,
-        })
-    }
+/// The account right after `row`; `monthly_free` stands in for a row that does not hold it
+/// (written before it was recorded).
+pub fn state_after(row: &LedgerRow, monthly_free: Micros) -> Result<AccountSnapshot, StoreError> {
+    let monthly_free = row
+        .monthly_free_after_micros
+        .map_or(monthly_free, Micros::new);
+    Ok(AccountSnapshot {
+        balance: Micros::new(row.balance_after_micros),
+        period: super::accounts::parse_period(&row.period)?,
+        free_granted: Micros::new(row.free_granted_after_micros),
+        free_used: Micros::new(row.free_used_after_micros),
+        free_held: Micros::new(row.free_held_after_micros),
+        balance_held: Micros::new(row.balance_held_after_micros),
+        monthly_free,
+        version: row.version,
+    })
 }
 
 macro_rules! record_columns {
@@ -107,7 +78,7 @@ pub async fn find_charge(
     tx: &mut Tx,
     user_id: &str,
     request_id: &str,
-) -> Result<Option<LedgerRecord>, StoreError> {
+) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         record_columns!(),
@@ -125,7 +96,7 @@ pub async fn find_record(
     tx: &mut Tx,
     user_id: &str,
     record_id: &str,
-) -> Result<Option<LedgerRecord>, StoreError> {
+) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         record_columns!(),
@@ -143,7 +114,7 @@ pub async fn find_record_at_version(
     tx: &mut Tx,
     user_id: &str,
     version: i64,
-) -> Result<Option<LedgerRecord>, StoreError> {
+) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         record_columns!(),
@@ -161,7 +132,7 @@ pub async fn find_adjustment(
     tx: &mut Tx,
     user_id: &str,
     adjustment_id: &str,
-) -> Result<Option<LedgerRecord>, StoreError> {
+) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         record_columns!(),
@@ -178,7 +149,7 @@ pub async fn find_adjustment(
 pub async fn find_credit_by_txn<'e>(
     executor: impl MySqlExecutor<'e>,
     provider_txn_id: &str,
-) -> Result<Option<LedgerRecord>, StoreError> {
+) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         record_columns!(),
@@ -252,7 +223,7 @@ impl Writes {
 pub async fn find_charges(
     tx: &mut Tx,
     keys: &[(&str, &str)],
-) -> Result<Vec<LedgerRecord>, StoreError> {
+) -> Result<Vec<LedgerRow>, StoreError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }

@@ -30,8 +30,8 @@ pub use alerts::{
 };
 pub use grants::{Grant, regrant};
 pub use ledger::{
-    Amounts, LedgerEntry, LedgerRecord, RecordKind, Refs, find_adjustment, find_charge,
-    find_charges, find_credit_by_txn, find_record, find_record_at_version,
+    Amounts, LedgerEntry, LedgerRow, RecordKind, Refs, find_adjustment, find_charge, find_charges,
+    find_credit_by_txn, find_record, find_record_at_version, state_after,
 };
 pub use orders::{
     OrderRow, UnmatchedKey, UnmatchedRow, find_order, find_order_by_key, find_unmatched,

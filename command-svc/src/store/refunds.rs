@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use shared::{account::Refundable, money::Micros};
 
-use super::{LedgerRecord, StoreError, Tx};
+use super::{LedgerRow, StoreError, Tx};
 
 /// A refund as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -36,7 +36,7 @@ pub async fn find_refund(
 }
 
 /// What is left to refund of `charge`: its parts less the parts of its refunds so far.
-pub async fn refundable(tx: &mut Tx, charge: &LedgerRecord) -> Result<Refundable, StoreError> {
+pub async fn refundable(tx: &mut Tx, charge: &LedgerRow) -> Result<Refundable, StoreError> {
     let (balance, free): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(balance_micros), 0) AS SIGNED), \
          CAST(COALESCE(SUM(free_micros + free_forfeited_micros), 0) AS SIGNED) \

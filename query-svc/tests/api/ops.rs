@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use query_svc::ops::{dlq, rebuild, reconcile};
+use billing_ops::{dlq, rebuild, reconcile};
 use shared::{
     cache::{CachedSnapshot, SnapshotCache},
     period::BillingZone,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use billing_ops::dlq;
 use prost::Message;
-use query_svc::ops::dlq;
 use shared::proto::v1 as pb;
 use sqlx::Row;
 
@@ -299,7 +299,7 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
         .await;
 
     assert_models_agree(&stack, &user).await;
-    let options = query_svc::ops::reconcile::Options {
+    let options = billing_ops::reconcile::Options {
         repair: false,
         settle: Duration::from_millis(300),
     };
@@ -309,7 +309,7 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
         Duration::from_secs(60),
     )
     .unwrap();
-    let differences = query_svc::ops::reconcile::reconcile(
+    let differences = billing_ops::reconcile::reconcile(
         &stack.db,
         Some(&cache),
         shared::period::BillingZone::default(),

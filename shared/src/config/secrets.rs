@@ -48,6 +48,11 @@ fn check_one(key: &'static str, secret: &Secret, dev_mode: bool) -> Result<(), C
         })
     };
     if value.trim().is_empty() {
+        // An empty entry in a rotation list (an empty variable, a trailing comma) would be a
+        // key that anyone can sign with.
+        if key.ends_with("_previous_secrets") {
+            return refuse("an empty entry is not \"no secret\": remove it");
+        }
         return refuse("missing: every secret must be set");
     }
     if dev_mode {
@@ -153,19 +158,7 @@ impl Settings {
         for (key, secret) in self.secrets_of(service) {
             check_one(key, secret, self.dev_mode)?;
         }
-        let mut seen: HashMap<&str, &'static str> = HashMap::new();
-        for (key, secret) in self.all_secrets() {
-            let value = secret.expose();
-            if value.is_empty() {
-                continue;
-            }
-            if let Some(first) = seen.insert(value, key) {
-                return Err(ConfigError::Invalid {
-                    key,
-                    why: format!("the same value as {first}: every secret must be distinct"),
-                });
-            }
-        }
+        self.check_distinct(service)?;
         if service == Service::Command && self.auth.callers.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "auth.callers",
@@ -184,6 +177,30 @@ impl Settings {
             tracing::warn!(
                 "dev_mode is on: development and short secrets are accepted; never run so in production"
             );
+        }
+        Ok(())
+    }
+
+    /// Refuses a secret of `service` that has the same value as another secret of the file (a
+    /// token that is also a signing key lets whoever holds one forge the other). Pairs of other
+    /// services' secrets are theirs to refuse.
+    fn check_distinct(&self, service: Service) -> Result<(), ConfigError> {
+        let own = self.secrets_of(service);
+        let is_own = |secret: &Secret| own.iter().any(|(_, mine)| std::ptr::eq(*mine, secret));
+        let mut seen: HashMap<&str, (&'static str, &Secret)> = HashMap::new();
+        for (key, secret) in self.all_secrets() {
+            let value = secret.expose();
+            if value.is_empty() {
+                continue;
+            }
+            if let Some((first_key, first)) = seen.insert(value, (key, secret))
+                && (is_own(first) || is_own(secret))
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    why: format!("the same value as {first_key}: every secret must be distinct"),
+                });
+            }
         }
         Ok(())
     }
@@ -237,7 +254,7 @@ mod tests {
     }
 
     fn refused_key(settings: &Settings, service: Service) -> &'static str {
-        match settings.check_secrets(service) {
+        match settings.check_for(service) {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("accepted: {other:?}"),
         }
@@ -247,7 +264,7 @@ mod tests {
     fn strong_distinct_secrets_start_every_service() {
         let settings = production();
         for service in [Service::Command, Service::Query, Service::Scheduler] {
-            settings.check_secrets(service).unwrap();
+            settings.check_for(service).unwrap();
         }
     }
 
@@ -259,8 +276,8 @@ mod tests {
             refused_key(&settings, Service::Command),
             "payment.webhook_secret"
         );
-        settings.check_secrets(Service::Scheduler).unwrap();
-        settings.check_secrets(Service::Query).unwrap();
+        settings.check_for(Service::Scheduler).unwrap();
+        settings.check_for(Service::Query).unwrap();
         let mut settings = production();
         settings.auth.jwt_secret = Secret::new("   ");
         assert_eq!(refused_key(&settings, Service::Query), "auth.jwt_secret");
@@ -285,7 +302,7 @@ mod tests {
                 "{weak}"
             );
             settings.dev_mode = true;
-            settings.check_secrets(Service::Command).unwrap();
+            settings.check_for(Service::Command).unwrap();
         }
     }
 
@@ -294,10 +311,11 @@ mod tests {
         let mut settings = production();
         settings.payment.webhook_secret = settings.auth.jwt_secret.clone();
         settings.dev_mode = true;
-        assert_eq!(
-            refused_key(&settings, Service::Scheduler),
-            "payment.webhook_secret"
-        );
+        for service in [Service::Command, Service::Query] {
+            assert_eq!(refused_key(&settings, service), "payment.webhook_secret");
+        }
+        // Neither is the scheduler's: it checks only its own settings.
+        settings.check_for(Service::Scheduler).unwrap();
         let mut settings = production();
         settings.auth.callers[2].token = settings.auth.callers[0].token.clone();
         assert_eq!(
@@ -323,7 +341,7 @@ mod tests {
         settings.nats.password = settings.auth.jwt_secret.clone();
         assert_eq!(refused_key(&settings, Service::Scheduler), "nats.password");
         settings.nats.password = Secret::new(STRONG[6]);
-        settings.check_secrets(Service::Scheduler).unwrap();
+        settings.check_for(Service::Scheduler).unwrap();
     }
 
     #[test]
@@ -339,7 +357,7 @@ mod tests {
         let mut settings = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
         assert!(settings.dev_mode);
         for service in [Service::Command, Service::Query, Service::Scheduler] {
-            settings.check_secrets(service).unwrap();
+            settings.check_for(service).unwrap();
         }
         settings.dev_mode = false;
         assert_eq!(

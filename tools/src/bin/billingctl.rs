@@ -15,9 +15,10 @@
 
 use std::time::Duration;
 
-use billing_tools::{command_client, user_token};
+use async_nats::jetstream::Context;
+use billing_ops::{dlq, rebuild, reconcile};
+use billing_tools::{command_client, jetstream, user_token};
 use clap::{Parser, Subcommand};
-use query_svc::ops::{dlq, rebuild, reconcile};
 use shared::cache::SnapshotCache;
 use shared::{
     bus::BusNames,
@@ -127,110 +128,26 @@ enum UnmatchedAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The services take `-conf PATH` (the seed's form): so does billingctl.
-    let args = std::env::args().map(|arg| {
-        if arg == "-conf" {
-            "--config".to_owned()
-        } else {
-            arg
-        }
-    });
-    let cli = Cli::parse_from(args);
+    let cli = Cli::parse_from(conf_as_config(std::env::args()));
     let settings = Settings::load_files(&cli.config, None)?;
     let names = BusNames::from_settings(&settings.nats);
     match cli.command {
-        Command::Migrate { wait_secs } => {
-            let pool = shared::db::connect_lazy(&settings.database)?;
-            shared::db::migrate(&pool, Duration::from_secs(wait_secs)).await?;
-            let latest = shared::db::MIGRATOR.iter().map(|m| m.version).max();
-            println!("migrated to version {}", latest.unwrap_or_default());
-        }
-        Command::ResetFreeQuota { period } => {
-            let period: Period = period.parse()?;
-            // command-svc ignores a reset that is not due; say so before publishing it.
-            settings
-                .billing
-                .zone()?
-                .reset_due(
-                    period,
-                    chrono::Utc::now(),
-                    settings.reset.next_period_lead.get(),
-                )
-                .map_err(|not_due| anyhow::anyhow!("not published: {not_due}"))?;
-            let command_id = format!(
-                "{}:{}",
-                shared::bus::reset_command_id(period),
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            );
-            let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
-            shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
-            let now = chrono::Utc::now().timestamp_millis();
-            let trace_id =
-                shared::bus::publish_reset(&js, &names, &command_id, period, now).await?;
-            println!("published {command_id} (trace {trace_id})");
-        }
+        Command::Migrate { wait_secs } => migrate(&settings, wait_secs).await?,
+        Command::ResetFreeQuota { period } => reset_free_quota(&settings, &names, &period).await?,
         Command::Reconcile { repair, settle_ms } => {
-            let pool = shared::db::connect_lazy(&settings.database)?;
-            let cache = SnapshotCache::read_model(
-                &settings.redis,
-                Duration::from_secs(settings.query.snapshot_ttl_secs),
-            )?;
-            let options = reconcile::Options {
-                repair,
-                settle: Duration::from_millis(settle_ms),
-            };
-            let differences =
-                reconcile::reconcile(&pool, Some(&cache), settings.billing.zone()?, &options)
-                    .await?;
-            for difference in &differences {
-                println!("{difference}");
-            }
-            let repaired = if repair && !differences.is_empty() {
-                ", repaired"
-            } else {
-                ""
-            };
-            println!("{} difference(s){repaired}", differences.len());
-            if !differences.is_empty() {
+            if reconcile_models(&settings, repair, settle_ms).await? > 0 {
                 std::process::exit(1);
             }
         }
-        Command::RebuildReadModel => {
-            let pool = shared::db::connect_lazy(&settings.database)?;
-            let report =
-                rebuild::rebuild(&pool, settings.billing.zone()?, chrono::Utc::now()).await?;
-            println!(
-                "rebuilt: {} accounts, {} records, {} usage rows, {} orders; {} records caught up",
-                report.accounts, report.records, report.usage_rows, report.orders, report.caught_up
-            );
-        }
+        Command::RebuildReadModel => rebuild_read_model(&settings).await?,
         Command::Dlq { action } => {
-            let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
-            shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
+            let js = jetstream(&settings, &names).await?;
             match action {
-                DlqAction::List => {
-                    let letters = dlq::list(&js, &names).await?;
-                    for l in &letters {
-                        println!(
-                            "{}\t{}\t{}\t{} bytes\t{}",
-                            l.sequence, l.time, l.original_subject, l.bytes, l.reason
-                        );
-                    }
-                    println!("{} dead letter(s)", letters.len());
-                }
-                DlqAction::Replay { sequences } => {
-                    let replayed = dlq::replay(&js, &names, &sequences).await?;
-                    println!("replayed {} dead letter(s): {replayed:?}", replayed.len());
-                }
+                DlqAction::List => dlq_list(&js, &names).await?,
+                DlqAction::Replay { sequences } => dlq_replay(&js, &names, &sequences).await?,
             }
         }
-        Command::Token { user, ttl_secs } => {
-            shared::ids::UserId::parse("user", &user).map_err(|v| anyhow::anyhow!("{v}"))?;
-            println!(
-                "{}",
-                user_token(&settings, &user, chrono::Duration::seconds(ttl_secs))?
-            );
-        }
+        Command::Token { user, ttl_secs } => println!("{}", token(&settings, &user, ttl_secs)?),
         Command::Adjust {
             user,
             amount,
@@ -238,63 +155,195 @@ async fn main() -> anyhow::Result<()> {
             actor,
             adjustment_id,
         } => {
-            let token = settings
-                .auth
-                .callers
-                .iter()
-                .find(|caller| caller.scopes.contains(&Scope::Admin))
-                .map(|caller| caller.token.expose().to_owned())
-                .ok_or_else(|| anyhow::anyhow!("no caller with the admin scope in auth.callers"))?;
-            // command-svc as its clients reach it (its own listen address may be 0.0.0.0).
-            let mut client = command_client(&settings.query.command_endpoint, &token).await?;
-            let request = pb::AdjustBalanceRequest {
-                user_id: user,
-                adjustment_id: adjustment_id
-                    .unwrap_or_else(|| format!("billingctl:{}", uuid::Uuid::now_v7())),
-                amount_micros: amount,
-                reason,
-                actor,
-            };
-            let adjustment_id = request.adjustment_id.clone();
-            let reply = client
-                .adjust_balance(request)
-                .await
-                .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
-                .into_inner();
-            let balance = reply.account.map_or(0, |a| a.balance_micros);
-            let replayed = if reply.replayed { " (replayed)" } else { "" };
-            println!(
-                "adjusted {adjustment_id}: record {}, balance now {balance} micros{replayed}",
-                reply.record_id
-            );
+            let request = adjustment(user, amount, reason, actor, adjustment_id);
+            adjust(&settings, request).await?;
         }
         Command::Unmatched {
             action: UnmatchedAction::List { limit },
-        } => {
-            let pool = shared::db::connect_lazy(&settings.database)?;
-            let rows: Vec<Unmatched> = sqlx::query_as(
-                "SELECT unmatched_id, created_at, order_no, user_id, provider_txn_id, success, \
-                 paid_amount_micros, why FROM unmatched_payments ORDER BY created_at DESC LIMIT ?",
-            )
-            .bind(limit)
-            .fetch_all(&pool)
-            .await?;
-            for row in &rows {
-                let outcome = if row.success { "paid" } else { "failed" };
-                println!(
-                    "{}\t{}\t{}\torder {}\tuser {}\ttxn {}\t{outcome}\t{} micros",
-                    row.unmatched_id,
-                    row.created_at,
-                    row.why,
-                    row.order_no,
-                    row.user_id.as_deref().unwrap_or("-"),
-                    row.provider_txn_id,
-                    row.paid_amount_micros
-                );
-            }
-            println!("{} unmatched payment(s)", rows.len());
-        }
+        } => unmatched_list(&settings, limit).await?,
     }
+    Ok(())
+}
+
+/// The services take `-conf PATH` (the seed's form): so does billingctl.
+fn conf_as_config(args: impl Iterator<Item = String>) -> impl Iterator<Item = String> {
+    args.map(|arg| {
+        if arg == "-conf" {
+            "--config".to_owned()
+        } else {
+            arg
+        }
+    })
+}
+
+/// Applies the migrations, waiting up to `wait_secs` for MySQL, and says which version it is at.
+async fn migrate(settings: &Settings, wait_secs: u64) -> anyhow::Result<()> {
+    let pool = shared::db::connect_lazy(&settings.database)?;
+    shared::db::migrate(&pool, Duration::from_secs(wait_secs)).await?;
+    let latest = shared::db::MIGRATOR.iter().map(|m| m.version).max();
+    println!("migrated to version {}", latest.unwrap_or_default());
+    Ok(())
+}
+
+/// Publishes ResetFreeQuota for `period` under an id of its own, once it is due.
+async fn reset_free_quota(
+    settings: &Settings,
+    names: &BusNames,
+    period: &str,
+) -> anyhow::Result<()> {
+    let period: Period = period.parse()?;
+    // command-svc ignores a reset that is not due; say so before publishing it.
+    settings
+        .billing
+        .zone()?
+        .reset_due(
+            period,
+            chrono::Utc::now(),
+            settings.reset.next_period_lead.get(),
+        )
+        .map_err(|not_due| anyhow::anyhow!("not published: {not_due}"))?;
+    let command_id = format!(
+        "{}:{}",
+        shared::bus::reset_command_id(period),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let js = jetstream(settings, names).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let trace_id = shared::bus::publish_reset(&js, names, &command_id, period, now).await?;
+    println!("published {command_id} (trace {trace_id})");
+    Ok(())
+}
+
+/// Compares the read model with the write model (repairing when asked), prints every difference
+/// and returns how many there were.
+async fn reconcile_models(
+    settings: &Settings,
+    repair: bool,
+    settle_ms: u64,
+) -> anyhow::Result<usize> {
+    let pool = shared::db::connect_lazy(&settings.database)?;
+    let cache = SnapshotCache::read_model(
+        &settings.redis,
+        Duration::from_secs(settings.query.snapshot_ttl_secs),
+    )?;
+    let options = reconcile::Options {
+        repair,
+        settle: Duration::from_millis(settle_ms),
+    };
+    let differences =
+        reconcile::reconcile(&pool, Some(&cache), settings.billing.zone()?, &options).await?;
+    for difference in &differences {
+        println!("{difference}");
+    }
+    let repaired = if repair && !differences.is_empty() {
+        ", repaired"
+    } else {
+        ""
+    };
+    println!("{} difference(s){repaired}", differences.len());
+    Ok(differences.len())
+}
+
+/// Rebuilds the read model from the ledger and says what it holds now.
+async fn rebuild_read_model(settings: &Settings) -> anyhow::Result<()> {
+    let pool = shared::db::connect_lazy(&settings.database)?;
+    let report = rebuild::rebuild(&pool, settings.billing.zone()?, chrono::Utc::now()).await?;
+    println!(
+        "rebuilt: {} accounts, {} records, {} usage rows, {} orders; {} records caught up",
+        report.accounts, report.records, report.usage_rows, report.orders, report.caught_up
+    );
+    Ok(())
+}
+
+/// Prints every dead letter, one a line, then how many.
+async fn dlq_list(js: &Context, names: &BusNames) -> anyhow::Result<()> {
+    let letters = dlq::list(js, names).await?;
+    for l in &letters {
+        println!(
+            "{}\t{}\t{}\t{} bytes\t{}",
+            l.sequence, l.time, l.original_subject, l.bytes, l.reason
+        );
+    }
+    println!("{} dead letter(s)", letters.len());
+    Ok(())
+}
+
+/// Publishes the dead letters `sequences` (all when empty) again and says which.
+async fn dlq_replay(js: &Context, names: &BusNames, sequences: &[u64]) -> anyhow::Result<()> {
+    let replayed = dlq::replay(js, names, sequences).await?;
+    println!("replayed {} dead letter(s): {replayed:?}", replayed.len());
+    Ok(())
+}
+
+/// A REST token for `user`, a valid user id, for `ttl_secs` seconds.
+fn token(settings: &Settings, user: &str, ttl_secs: i64) -> anyhow::Result<String> {
+    shared::ids::UserId::parse("user", user).map_err(|v| anyhow::anyhow!("{v}"))?;
+    user_token(settings, user, chrono::Duration::seconds(ttl_secs))
+}
+
+/// The AdjustBalance request of the command line; a new idempotency key unless one is given.
+fn adjustment(
+    user: String,
+    amount: i64,
+    reason: String,
+    actor: String,
+    adjustment_id: Option<String>,
+) -> pb::AdjustBalanceRequest {
+    pb::AdjustBalanceRequest {
+        user_id: user,
+        adjustment_id: adjustment_id
+            .unwrap_or_else(|| format!("billingctl:{}", uuid::Uuid::now_v7())),
+        amount_micros: amount,
+        reason,
+        actor,
+    }
+}
+
+/// Sends `request` to command-svc as the configured admin caller and prints the outcome.
+async fn adjust(settings: &Settings, request: pb::AdjustBalanceRequest) -> anyhow::Result<()> {
+    // command-svc as its clients reach it (its own listen address may be 0.0.0.0).
+    let mut client =
+        command_client(&settings.query.command_endpoint, &admin_token(settings)?).await?;
+    let adjustment_id = request.adjustment_id.clone();
+    let reply = client
+        .adjust_balance(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+        .into_inner();
+    let balance = reply.account.map_or(0, |a| a.balance_micros);
+    let replayed = if reply.replayed { " (replayed)" } else { "" };
+    println!(
+        "adjusted {adjustment_id}: record {}, balance now {balance} micros{replayed}",
+        reply.record_id
+    );
+    Ok(())
+}
+
+/// The token of the first configured caller with the admin scope.
+fn admin_token(settings: &Settings) -> anyhow::Result<String> {
+    settings
+        .auth
+        .callers
+        .iter()
+        .find(|caller| caller.scopes.contains(&Scope::Admin))
+        .map(|caller| caller.token.expose().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("no caller with the admin scope in auth.callers"))
+}
+
+/// Prints the newest `limit` unmatched payments, one a line, then how many.
+async fn unmatched_list(settings: &Settings, limit: u32) -> anyhow::Result<()> {
+    let pool = shared::db::connect_lazy(&settings.database)?;
+    let rows: Vec<Unmatched> = sqlx::query_as(
+        "SELECT unmatched_id, created_at, order_no, user_id, provider_txn_id, success, \
+         paid_amount_micros, why FROM unmatched_payments ORDER BY created_at DESC LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(&pool)
+    .await?;
+    for row in &rows {
+        println!("{}", row.line());
+    }
+    println!("{} unmatched payment(s)", rows.len());
     Ok(())
 }
 
@@ -309,4 +358,21 @@ struct Unmatched {
     success: bool,
     paid_amount_micros: i64,
     why: String,
+}
+
+impl Unmatched {
+    /// The row as `unmatched list` prints it, tab-separated.
+    fn line(&self) -> String {
+        let outcome = if self.success { "paid" } else { "failed" };
+        format!(
+            "{}\t{}\t{}\torder {}\tuser {}\ttxn {}\t{outcome}\t{} micros",
+            self.unmatched_id,
+            self.created_at,
+            self.why,
+            self.order_no,
+            self.user_id.as_deref().unwrap_or("-"),
+            self.provider_txn_id,
+            self.paid_amount_micros
+        )
+    }
 }

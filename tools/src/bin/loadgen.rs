@@ -31,7 +31,7 @@ use billing_tools::{CommandClient, caller_token, command_client, http_url};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use shared::{config::Settings, proto::v1 as pb};
-use sqlx::{MySqlPool, QueryBuilder};
+use sqlx::{MySql, MySqlPool, QueryBuilder};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Parser)]
@@ -213,93 +213,131 @@ type Acknowledged = Arc<Mutex<HashMap<String, (i64, i64)>>>;
 type Call =
     Arc<dyn Fn(u64) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// Runs `call` closed-loop with `concurrency` callers, or open-loop at `rate`, for `seconds`.
-async fn drive(name: &str, load: &Load, call: Call) -> Measured {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let histogram = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-    ));
-    let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let ok = Arc::new(AtomicU64::new(0));
-    let record = {
-        let (histogram, errors, ok) = (histogram.clone(), errors.clone(), ok.clone());
-        move |began: Instant, result: Result<(), String>| match result {
+/// A histogram of microseconds, up to a minute.
+fn micros_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// What a run's calls add up to: successes timed from their start, failures counted by code.
+struct Tally {
+    ok: AtomicU64,
+    errors: Mutex<HashMap<String, u64>>,
+    histogram: Mutex<Histogram<u64>>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            ok: AtomicU64::new(0),
+            errors: Mutex::default(),
+            histogram: Mutex::new(micros_histogram()),
+        }
+    }
+
+    fn record(&self, began: Instant, result: Result<(), String>) {
+        match result {
             Ok(()) => {
-                ok.fetch_add(1, Ordering::Relaxed);
-                let _ = histogram
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                let _ = self
+                    .histogram
                     .lock()
                     .unwrap()
                     .record(began.elapsed().as_micros() as u64);
             }
-            Err(code) => *errors.lock().unwrap().entry(code).or_default() += 1,
-        }
-    };
-    let lateness = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-    ));
-    let mut tasks = Vec::new();
-    match load.rate {
-        None => {
-            for worker in 0..load.concurrency {
-                let (stop, call, record) = (stop.clone(), call.clone(), record.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut seed = worker as u64 * 0x1000_0000_0001 + 7;
-                    while !stop.load(Ordering::Relaxed) {
-                        let began = Instant::now();
-                        let result = call(random(&mut seed)).await;
-                        record(began, result);
-                    }
-                }));
-            }
-        }
-        Some(rate) => {
-            let (stop, call, record) = (stop.clone(), call.clone(), record.clone());
-            let lateness = lateness.clone();
-            tasks.push(tokio::spawn(async move {
-                // Timers fire to the millisecond: every millisecond, the calls due by then are
-                // started, each timed from its start. The generator never waits for an answer
-                // (no coordinated omission); how late its ticks ran is reported beside.
-                let mut ticks = tokio::time::interval(Duration::from_millis(1));
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let begun = Instant::now();
-                let (mut seed, mut started) = (11_u64, 0_u64);
-                let mut inflight = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let scheduled = ticks.tick().await.into_std();
-                    let late = scheduled.elapsed().as_micros().max(1) as u64;
-                    let _ = lateness.lock().unwrap().record(late);
-                    let due = (begun.elapsed().as_secs_f64() * rate as f64) as u64;
-                    for _ in started..due {
-                        let (call, record, r) = (call.clone(), record.clone(), random(&mut seed));
-                        inflight.push(tokio::spawn(async move {
-                            let began = Instant::now();
-                            record(began, call(r).await)
-                        }));
-                    }
-                    started = due.max(started);
-                    inflight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
-                }
-                for task in inflight {
-                    let _ = task.await;
-                }
-            }));
+            Err(code) => *self.errors.lock().unwrap().entry(code).or_default() += 1,
         }
     }
+}
+
+/// Runs `call` closed-loop with `concurrency` callers, or open-loop at `rate`, for `seconds`.
+async fn drive(name: &str, load: &Load, call: Call) -> Measured {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tally = Arc::new(Tally::new());
+    let lateness = Arc::new(Mutex::new(micros_histogram()));
+    let tasks = match load.rate {
+        None => closed_loop(load.concurrency, &stop, &call, &tally),
+        Some(rate) => vec![tokio::spawn(open_loop(
+            rate,
+            stop.clone(),
+            call,
+            tally.clone(),
+            lateness.clone(),
+        ))],
+    };
     tokio::time::sleep(Duration::from_secs(load.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
     }
-    let histogram = histogram.lock().unwrap().clone();
-    let errors = errors.lock().unwrap().clone();
+    let histogram = tally.histogram.lock().unwrap().clone();
+    let errors = tally.errors.lock().unwrap().clone();
     Measured {
         name: name.to_owned(),
-        ok: ok.load(Ordering::Relaxed),
+        ok: tally.ok.load(Ordering::Relaxed),
         errors,
         elapsed: started.elapsed(),
         histogram,
         lateness: load.rate.map(|_| lateness.lock().unwrap().clone()),
+    }
+}
+
+/// `concurrency` callers, each sending its next call when the last is answered, until stopped.
+fn closed_loop(
+    concurrency: usize,
+    stop: &Arc<AtomicBool>,
+    call: &Call,
+    tally: &Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..concurrency)
+        .map(|worker| {
+            let (stop, call, tally) = (stop.clone(), call.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut seed = worker as u64 * 0x1000_0000_0001 + 7;
+                while !stop.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    let result = call(random(&mut seed)).await;
+                    tally.record(began, result);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Calls started at `rate` per second whatever the answers, until stopped; then waits for the
+/// calls in flight.
+async fn open_loop(
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    call: Call,
+    tally: Arc<Tally>,
+    lateness: Arc<Mutex<Histogram<u64>>>,
+) {
+    // Timers fire to the millisecond: every millisecond, the calls due by then are started,
+    // each timed from its start. The generator never waits for an answer (no coordinated
+    // omission); how late its ticks ran is reported beside.
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let begun = Instant::now();
+    let (mut seed, mut started) = (11_u64, 0_u64);
+    let mut inflight = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let scheduled = ticks.tick().await.into_std();
+        let late = scheduled.elapsed().as_micros().max(1) as u64;
+        let _ = lateness.lock().unwrap().record(late);
+        let due = (begun.elapsed().as_secs_f64() * rate as f64) as u64;
+        for _ in started..due {
+            let (call, tally, r) = (call.clone(), tally.clone(), random(&mut seed));
+            inflight.push(tokio::spawn(async move {
+                let began = Instant::now();
+                tally.record(began, call(r).await)
+            }));
+        }
+        started = due.max(started);
+        inflight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+    }
+    for task in inflight {
+        let _ = task.await;
     }
 }
 
@@ -367,12 +405,12 @@ async fn deduct(
         (false, Some(s), _) => format!("{} accounts, Zipf {s}", load.accounts),
         (false, None, _) => format!("{} accounts", load.accounts),
     };
-    let mode = load
-        .rate
-        .map_or(format!("{} callers", load.concurrency), |r| {
-            format!("{r}/s open loop")
-        });
-    Ok(drive(&format!("DeductQuota gRPC, {mode}, {shape}"), load, call).await)
+    Ok(drive(
+        &format!("DeductQuota gRPC, {}, {shape}", shape_of(load)),
+        load,
+        call,
+    )
+    .await)
 }
 
 async fn check(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
@@ -526,54 +564,78 @@ async fn seed(pool: &MySqlPool, settings: &Settings, prefix: &str) -> anyhow::Re
     }
     for chunk in names.chunks(2_000) {
         let mut tx = pool.begin().await?;
-        let mut accounts = QueryBuilder::new(
-            "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-             free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
-        );
-        accounts.push_values(chunk, |mut row, name| {
-            row.push_bind(name)
-                .push_bind("CNY")
-                .push_bind(SEED_BALANCE)
-                .push_bind(&period)
-                .push_bind(0_i64)
-                .push_bind(0_i64)
-                .push_bind(0_i64)
-                .push_bind(1_i64)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        accounts.build().execute(&mut *tx).await?;
-        let mut ledger = QueryBuilder::new(
-            "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, \
-             period, period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
-             free_granted_after_micros, free_used_before_micros, free_used_after_micros, adjustment_id, \
-             reason, actor, created_at) ",
-        );
-        ledger.push_values(chunk, |mut row, name| {
-            row.push_bind(uuid::Uuid::now_v7().to_string())
-                .push_bind(name)
-                .push_bind(1_i64)
-                .push_bind("adjust")
-                .push_bind(SEED_BALANCE)
-                .push_bind(0_i64)
-                .push_bind(SEED_BALANCE)
-                .push_bind(&period)
-                .push_bind(&period)
-                .push_bind(0_i64)
-                .push_bind(SEED_BALANCE)
-                .push_bind(0_i64)
-                .push_bind(0_i64)
-                .push_bind(0_i64)
-                .push_bind(0_i64)
-                .push_bind(format!("seed-{name}"))
-                .push_bind("benchmark float")
-                .push_bind("loadgen")
-                .push_bind(now);
-        });
-        ledger.build().execute(&mut *tx).await?;
+        seeded_accounts(chunk, &period, now)
+            .build()
+            .execute(&mut *tx)
+            .await?;
+        seeded_ledger(chunk, &period, now)
+            .build()
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     }
     Ok(())
+}
+
+/// The accounts `names`, each holding `SEED_BALANCE` at version 1.
+fn seeded_accounts(
+    names: &[String],
+    period: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> QueryBuilder<MySql> {
+    let mut accounts = QueryBuilder::new(
+        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
+         free_used_micros, monthly_free_micros, version, created_at, updated_at) ",
+    );
+    accounts.push_values(names, |mut row, name| {
+        row.push_bind(name)
+            .push_bind("CNY")
+            .push_bind(SEED_BALANCE)
+            .push_bind(period)
+            .push_bind(0_i64)
+            .push_bind(0_i64)
+            .push_bind(0_i64)
+            .push_bind(1_i64)
+            .push_bind(now)
+            .push_bind(now);
+    });
+    accounts
+}
+
+/// The first ledger row of each of `names`: the adjustment that gave it `SEED_BALANCE`.
+fn seeded_ledger(
+    names: &[String],
+    period: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> QueryBuilder<MySql> {
+    let mut ledger = QueryBuilder::new(
+        "INSERT INTO ledger (record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, \
+         period, period_before, balance_before_micros, balance_after_micros, free_granted_before_micros, \
+         free_granted_after_micros, free_used_before_micros, free_used_after_micros, adjustment_id, \
+         reason, actor, created_at) ",
+    );
+    ledger.push_values(names, |mut row, name| {
+        row.push_bind(uuid::Uuid::now_v7().to_string())
+            .push_bind(name)
+            .push_bind(1_i64)
+            .push_bind("adjust")
+            .push_bind(SEED_BALANCE)
+            .push_bind(0_i64)
+            .push_bind(SEED_BALANCE)
+            .push_bind(period)
+            .push_bind(period)
+            .push_bind(0_i64)
+            .push_bind(SEED_BALANCE)
+            .push_bind(0_i64)
+            .push_bind(0_i64)
+            .push_bind(0_i64)
+            .push_bind(0_i64)
+            .push_bind(format!("seed-{name}"))
+            .push_bind("benchmark float")
+            .push_bind("loadgen")
+            .push_bind(now);
+    });
+    ledger
 }
 
 /// The ledger and the account states agree with the replies: every acknowledged charge of this
@@ -694,10 +756,9 @@ async fn main() -> anyhow::Result<()> {
     durability(&pool).await?;
     seed(&pool, &settings, "bench").await?;
     let base = baseline_database(&settings).await?;
-    let run = || format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     match cli.command {
         Command::Deduct(load) => {
-            let (run, acknowledged) = (run(), Acknowledged::default());
+            let (run, acknowledged) = (run_id(), Acknowledged::default());
             deduct(&settings, &load, &run, acknowledged.clone())
                 .await?
                 .print();
@@ -711,7 +772,7 @@ async fn main() -> anyhow::Result<()> {
             accounts,
             hot,
         } => {
-            baseline(&base, connections, seconds, accounts, hot, &run())
+            baseline(&base, connections, seconds, accounts, hot, &run_id())
                 .await
                 .print();
         }
@@ -720,163 +781,295 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every scenario, each printed as it ends, then the table with the targets.
 async fn suite(
     settings: &Settings,
     pool: &MySqlPool,
     base: &MySqlPool,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let load = |concurrency, hot| Load {
-        concurrency,
+    warm_up(settings, base).await?;
+    let runs = measure_suite(settings, pool, base, seconds).await?;
+    print_table(&runs);
+    Ok(())
+}
+
+/// The suite's closed loop: 64 callers over the seeded accounts (or the hot one).
+fn suite_load(seconds: u64, hot: bool) -> Load {
+    Load {
+        concurrency: 64,
         rate: None,
         seconds,
         accounts: ACCOUNTS,
         hot,
         zipf: None,
-    };
-    // Warm-up: connections, statement caches, buffer pool.
-    let warm = Load {
-        seconds: 2,
-        ..load(64, false)
-    };
-    let _ = deduct(settings, &warm, &run_id(), Acknowledged::default()).await?;
-    let _ = baseline(base, 32, 2, ACCOUNTS, false, &run_id()).await;
+    }
+}
 
-    let mut verdicts = Vec::new();
+/// An open loop at half the rate `measured` reached: latency below saturation.
+fn at_half_rate(measured: &Measured, seconds: u64) -> Load {
+    Load {
+        rate: Some((measured.rate() / 2.0).max(1.0) as u64),
+        ..suite_load(seconds, false)
+    }
+}
+
+/// Connections, statement caches, buffer pool.
+async fn warm_up(settings: &Settings, base: &MySqlPool) -> anyhow::Result<()> {
+    let _ = deduct(
+        settings,
+        &suite_load(2, false),
+        &run_id(),
+        Acknowledged::default(),
+    )
+    .await?;
+    let _ = baseline(base, 32, 2, ACCOUNTS, false, &run_id()).await;
+    Ok(())
+}
+
+/// What the suite's table is made of; `*_check` are the invariants' verdicts of charging runs.
+struct SuiteRuns {
+    base_wide: Measured,
+    wide: Measured,
+    wide_check: String,
+    base_hot: Measured,
+    hot: Measured,
+    hot_check: String,
+    zipf: Measured,
+    zipf_check: String,
+    /// DeductQuota in an open loop at `open_rate`, half the wide rate.
+    open: Measured,
+    open_check: String,
+    open_rate: u64,
+    health: Measured,
+    checks: Measured,
+    /// CheckQuota in an open loop at `open_checks_rate`, half its closed-loop rate.
+    open_checks: Measured,
+    open_checks_rate: u64,
+}
+
+impl SuiteRuns {
+    /// Errors of the gRPC runs the targets are about.
+    fn grpc_errors(&self) -> u64 {
+        [
+            &self.wide,
+            &self.hot,
+            &self.zipf,
+            &self.open,
+            &self.checks,
+            &self.open_checks,
+        ]
+        .iter()
+        .map(|m| m.errors.values().sum::<u64>())
+        .sum()
+    }
+}
+
+/// Runs the suite's scenarios one after the other, printing each.
+async fn measure_suite(
+    settings: &Settings,
+    pool: &MySqlPool,
+    base: &MySqlPool,
+    seconds: u64,
+) -> anyhow::Result<SuiteRuns> {
     let base_wide = baseline(base, 32, seconds, ACCOUNTS, false, &run_id()).await;
     base_wide.print();
-    let (wide, wide_check) = charged(settings, pool, &load(64, false)).await?;
+    let (wide, wide_check) = charged(settings, pool, &suite_load(seconds, false)).await?;
     wide.print();
     let base_hot = baseline(base, 32, seconds, 1, true, &run_id()).await;
     base_hot.print();
-    let (hot, hot_check) = charged(settings, pool, &load(64, true)).await?;
+    let (hot, hot_check) = charged(settings, pool, &suite_load(seconds, true)).await?;
     hot.print();
     let zipf_load = Load {
         zipf: Some(1.1),
-        ..load(64, false)
+        ..suite_load(seconds, false)
     };
     let (zipf, zipf_check) = charged(settings, pool, &zipf_load).await?;
     zipf.print();
-    let half = Load {
-        rate: Some((wide.rate() / 2.0).max(1.0) as u64),
-        ..load(64, false)
-    };
+    let half = at_half_rate(&wide, seconds);
     let (open, open_check) = charged(settings, pool, &half).await?;
     open.print();
-    let health = health(settings, &load(64, false)).await?;
+    let health = health(settings, &suite_load(seconds, false)).await?;
     health.print();
-    let checks = check(settings, &load(64, false)).await?;
+    let checks = check(settings, &suite_load(seconds, false)).await?;
     checks.print();
     // Latency is measured below saturation, as for DeductQuota: in a closed loop at full rate
     // every caller also waits for the 63 others (the health check's own p99 is then ~3 ms).
-    let half_checks = Load {
-        rate: Some((checks.rate() / 2.0).max(1.0) as u64),
-        ..load(64, false)
-    };
+    let half_checks = at_half_rate(&checks, seconds);
     let open_checks = check(settings, &half_checks).await?;
     open_checks.print();
+    Ok(SuiteRuns {
+        base_wide,
+        wide,
+        wide_check,
+        base_hot,
+        hot,
+        hot_check,
+        zipf,
+        zipf_check,
+        open,
+        open_check,
+        open_rate: half.rate.unwrap_or(0),
+        health,
+        checks,
+        open_checks,
+        open_checks_rate: half_checks.rate.unwrap_or(0),
+    })
+}
 
-    let row = |scenario: &str,
-               ours: String,
-               baseline: String,
-               ratio: String,
-               target: &str,
-               met: bool,
-               invariants: &str| {
-        println!(
-            "| {scenario} | {ours} | {baseline} | {ratio} | {target} | {} | {invariants} |",
-            if met { "met" } else { "MISSED" }
-        );
-        met
-    };
+/// One line of the suite's table.
+struct Row {
+    scenario: String,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    met: bool,
+    invariants: String,
+    /// One of the targets; the other rows are informative.
+    counted: bool,
+}
+
+impl Row {
+    /// Our rate against a reference rate; met at `at_least` times it.
+    fn ratio(
+        scenario: &str,
+        ours: &Measured,
+        reference: &Measured,
+        at_least: f64,
+        invariants: &str,
+    ) -> Row {
+        let ratio = ours.rate() / reference.rate();
+        Row {
+            scenario: scenario.to_owned(),
+            ours: format!("{:.0}/s", ours.rate()),
+            baseline: format!("{:.0}/s", reference.rate()),
+            ratio: format!("{ratio:.2}x"),
+            target: format!(">= {at_least}x"),
+            met: ratio >= at_least,
+            invariants: invariants.to_owned(),
+            counted: true,
+        }
+    }
+
+    /// The p99 of `operation` in an open loop at `rate`, half the max; met below `below_ms`.
+    fn p99(
+        operation: &str,
+        measured: &Measured,
+        rate: u64,
+        below_ms: f64,
+        invariants: &str,
+    ) -> Row {
+        let p99 = measured.quantile_ms(0.99);
+        Row {
+            scenario: format!("{operation} p99 at {rate}/s (half the max)"),
+            ours: format!("{p99:.2} ms"),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: format!("< {below_ms} ms"),
+            met: p99 < below_ms,
+            invariants: invariants.to_owned(),
+            counted: true,
+        }
+    }
+
+    /// A figure shown beside the targets.
+    fn informative(scenario: &str, ours: String, invariants: &str) -> Row {
+        Row {
+            scenario: scenario.to_owned(),
+            ours,
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "(informative)".into(),
+            met: true,
+            invariants: invariants.to_owned(),
+            counted: false,
+        }
+    }
+
+    /// The row as a Markdown table line.
+    fn line(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            self.scenario,
+            self.ours,
+            self.baseline,
+            self.ratio,
+            self.target,
+            if self.met { "met" } else { "MISSED" },
+            self.invariants
+        )
+    }
+}
+
+/// The table's rows, in its order.
+fn table_rows(runs: &SuiteRuns) -> Vec<Row> {
+    vec![
+        Row::ratio(
+            "DeductQuota, 64 callers, 10,000 accounts",
+            &runs.wide,
+            &runs.base_wide,
+            2.0,
+            &runs.wide_check,
+        ),
+        Row::ratio(
+            "DeductQuota, 64 callers, one hot account",
+            &runs.hot,
+            &runs.base_hot,
+            3.0,
+            &runs.hot_check,
+        ),
+        Row::informative(
+            "DeductQuota, 64 callers, Zipf 1.1",
+            format!("{:.0}/s", runs.zipf.rate()),
+            &runs.zipf_check,
+        ),
+        Row::p99(
+            "DeductQuota",
+            &runs.open,
+            runs.open_rate,
+            10.0,
+            &runs.open_check,
+        ),
+        Row::p99(
+            "CheckQuota",
+            &runs.open_checks,
+            runs.open_checks_rate,
+            2.0,
+            "-",
+        ),
+        Row::informative(
+            "CheckQuota p99, 64 callers at full rate",
+            format!("{:.2} ms", runs.checks.quantile_ms(0.99)),
+            "-",
+        ),
+        Row::ratio(
+            "CheckQuota rate vs gRPC health check",
+            &runs.checks,
+            &runs.health,
+            0.7,
+            "-",
+        ),
+    ]
+}
+
+/// The table, then the errors and how many targets were met.
+fn print_table(runs: &SuiteRuns) {
+    let rows = table_rows(runs);
     println!();
     println!("| scenario | ours | baseline | ratio | target | result | invariants |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let ratio_wide = wide.rate() / base_wide.rate();
-    verdicts.push(row(
-        "DeductQuota, 64 callers, 10,000 accounts",
-        format!("{:.0}/s", wide.rate()),
-        format!("{:.0}/s", base_wide.rate()),
-        format!("{ratio_wide:.2}x"),
-        ">= 2x",
-        ratio_wide >= 2.0,
-        &wide_check,
-    ));
-    let ratio_hot = hot.rate() / base_hot.rate();
-    verdicts.push(row(
-        "DeductQuota, 64 callers, one hot account",
-        format!("{:.0}/s", hot.rate()),
-        format!("{:.0}/s", base_hot.rate()),
-        format!("{ratio_hot:.2}x"),
-        ">= 3x",
-        ratio_hot >= 3.0,
-        &hot_check,
-    ));
-    row(
-        "DeductQuota, 64 callers, Zipf 1.1",
-        format!("{:.0}/s", zipf.rate()),
-        "-".into(),
-        "-".into(),
-        "(informative)",
-        true,
-        &zipf_check,
-    );
-    let p99 = open.quantile_ms(0.99);
-    verdicts.push(row(
-        &format!(
-            "DeductQuota p99 at {}/s (half the max)",
-            half.rate.unwrap_or(0)
-        ),
-        format!("{p99:.2} ms"),
-        "-".into(),
-        "-".into(),
-        "< 10 ms",
-        p99 < 10.0,
-        &open_check,
-    ));
-    let check_p99 = open_checks.quantile_ms(0.99);
-    verdicts.push(row(
-        &format!(
-            "CheckQuota p99 at {}/s (half the max)",
-            half_checks.rate.unwrap_or(0)
-        ),
-        format!("{check_p99:.2} ms"),
-        "-".into(),
-        "-".into(),
-        "< 2 ms",
-        check_p99 < 2.0,
-        "-",
-    ));
-    row(
-        "CheckQuota p99, 64 callers at full rate",
-        format!("{:.2} ms", checks.quantile_ms(0.99)),
-        "-".into(),
-        "-".into(),
-        "(informative)",
-        true,
-        "-",
-    );
-    let ratio_check = checks.rate() / health.rate();
-    verdicts.push(row(
-        "CheckQuota rate vs gRPC health check",
-        format!("{:.0}/s", checks.rate()),
-        format!("{:.0}/s", health.rate()),
-        format!("{ratio_check:.2}x"),
-        ">= 0.7x",
-        ratio_check >= 0.7,
-        "-",
-    ));
-    let all_errors: u64 = [&wide, &hot, &zipf, &open, &checks, &open_checks]
-        .iter()
-        .map(|m| m.errors.values().sum::<u64>())
-        .sum();
+    for row in &rows {
+        println!("{}", row.line());
+    }
+    let targets: Vec<&Row> = rows.iter().filter(|row| row.counted).collect();
     println!();
     println!(
-        "errors in the gRPC runs: {all_errors}; targets met: {} of {}",
-        verdicts.iter().filter(|m| **m).count(),
-        verdicts.len()
+        "errors in the gRPC runs: {}; targets met: {} of {}",
+        runs.grpc_errors(),
+        targets.iter().filter(|row| row.met).count(),
+        targets.len()
     );
-    Ok(())
 }
 
 fn run_id() -> String {
@@ -893,4 +1086,43 @@ async fn charged(
     let measured = deduct(settings, load, &run, acknowledged.clone()).await?;
     let verdict = verify(pool, &run, &acknowledged).await?;
     Ok((measured, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(ok: u64, p99_micros: u64) -> Measured {
+        let mut histogram = micros_histogram();
+        histogram.record(p99_micros).unwrap();
+        Measured {
+            name: "test".into(),
+            ok,
+            errors: HashMap::new(),
+            elapsed: Duration::from_secs(1),
+            histogram,
+            lateness: None,
+        }
+    }
+
+    #[test]
+    fn table_rows_read_as_the_suite_prints_them() {
+        let (ours, reference) = (measured(300, 1_000), measured(100, 1_000));
+        assert_eq!(
+            Row::ratio("wide", &ours, &reference, 2.0, "ok").line(),
+            "| wide | 300/s | 100/s | 3.00x | >= 2x | met | ok |"
+        );
+        assert_eq!(
+            Row::ratio("vs health", &reference, &ours, 0.7, "-").line(),
+            "| vs health | 100/s | 300/s | 0.33x | >= 0.7x | MISSED | - |"
+        );
+        assert_eq!(
+            Row::p99("CheckQuota", &measured(1, 3_000), 50, 2.0, "-").line(),
+            "| CheckQuota p99 at 50/s (half the max) | 3.00 ms | - | - | < 2 ms | MISSED | - |"
+        );
+        assert_eq!(
+            Row::informative("zipf", "7/s".into(), "ok").line(),
+            "| zipf | 7/s | - | - | (informative) | met | ok |"
+        );
+    }
 }

@@ -14,10 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use async_nats::jetstream::Context;
+use billing_tools::jetstream;
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use shared::{clock::Clock, config::Settings, period::Period};
+use shared::{bus::BusNames, clock::Clock, config::Settings, period::Period};
 use sqlx::{Connection, MySqlConnection, MySqlPool, QueryBuilder};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 struct Args {
@@ -53,6 +56,8 @@ struct Args {
 }
 
 const SEED_CHUNK: u64 = 2_000;
+/// The reset under test, as the scheduler publishes December's.
+const RESET_ID: &str = "reset-free-quota:2026-12";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -68,14 +73,40 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut admin)
         .await?;
     let url = format!("{}/{db_name}", args.database.trim_end_matches('/'));
-    let spare = || {
-        std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.to_string()))
-    };
-    let env = HashMap::from([
-        ("BILLING__DATABASE__URL".to_owned(), url.clone()),
-        ("BILLING__COMMAND__GRPC_ADDR".to_owned(), spare()??),
-        ("BILLING__COMMAND__HTTP_ADDR".to_owned(), spare()??),
-        ("BILLING__QUERY__HTTP_ADDR".to_owned(), spare()??),
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
+    let mut settings = Settings::load_with_env(&path, Some(bench_env(&args, &tag, &url)?))?;
+    shared::telemetry::init(&settings.telemetry);
+
+    // The reset runs at 00:00:05 on 2026-12-01 in the billing zone; accounts are in November.
+    let zone = settings.billing.zone()?;
+    let december: Period = "2026-12".parse()?;
+    let now: DateTime<Utc> = zone.period_start(december) + chrono::Duration::seconds(5);
+    let pool = seeded_database(&settings, &url, args.accounts, now).await?;
+    let (stop, command, query) = start_services(&mut settings, Clock::manual(now)).await?;
+
+    let names = BusNames::from_settings(&settings.nats);
+    let js = jetstream(&settings, &names).await?;
+    let started = Instant::now();
+    shared::bus::publish_reset(&js, &names, RESET_ID, december, now.timestamp_millis()).await?;
+    let (granted, write_side) = wait_for_write_side(&pool, started).await?;
+    wait_for_read_model(&pool, granted, started, write_side).await?;
+
+    let _ = stop.send(true);
+    let _ = tokio::join!(command, query);
+    if !args.keep {
+        clean_up(&js, &names, pool, &mut admin, &db_name).await?;
+    }
+    Ok(())
+}
+
+/// The services' settings for this run: its database, spare ports, and streams, subjects and
+/// keys of its own under `tag`.
+fn bench_env(args: &Args, tag: &str, url: &str) -> anyhow::Result<HashMap<String, String>> {
+    Ok(HashMap::from([
+        ("BILLING__DATABASE__URL".to_owned(), url.to_owned()),
+        ("BILLING__COMMAND__GRPC_ADDR".to_owned(), spare_addr()?),
+        ("BILLING__COMMAND__HTTP_ADDR".to_owned(), spare_addr()?),
+        ("BILLING__QUERY__HTTP_ADDR".to_owned(), spare_addr()?),
         ("BILLING__NATS__URL".to_owned(), args.nats.clone()),
         (
             "BILLING__NATS__STREAM_PREFIX".to_owned(),
@@ -103,58 +134,69 @@ async fn main() -> anyhow::Result<()> {
             "100000".to_owned(),
         ),
         ("BILLING__TELEMETRY__FILTER".to_owned(), "warn".to_owned()),
-    ]);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/config.yaml");
-    let mut settings = Settings::load_with_env(&path, Some(env))?;
-    shared::telemetry::init(&settings.telemetry);
+    ]))
+}
 
-    // The reset runs at 00:00:05 on 2026-12-01 in the billing zone; accounts are in November.
-    let zone = settings.billing.zone()?;
-    let december: Period = "2026-12".parse()?;
-    let now: DateTime<Utc> = zone.period_start(december) + chrono::Duration::seconds(5);
-    let clock = Clock::manual(now);
+/// A local address nothing listens on (just now).
+fn spare_addr() -> std::io::Result<String> {
+    std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()
+        .map(|a| a.to_string())
+}
 
+/// The run's database migrated and seeded with `accounts` accounts last month, timed.
+async fn seeded_database(
+    settings: &Settings,
+    url: &str,
+    accounts: u64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<MySqlPool> {
     shared::db::migrate(
         &shared::db::connect_lazy(&settings.database)?,
         Duration::from_secs(60),
     )
     .await?;
-    let pool = MySqlPool::connect(&url).await?;
+    let pool = MySqlPool::connect(url).await?;
     let seeding = Instant::now();
-    seed(&pool, args.accounts, now - chrono::Duration::days(10)).await?;
+    seed(&pool, accounts, now - chrono::Duration::days(10)).await?;
     println!(
-        "seeded {} accounts in {:.1} s",
-        args.accounts,
+        "seeded {accounts} accounts in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
+    Ok(pool)
+}
 
-    let command = command_svc::app::Application::build(&settings, clock.clone()).await?;
+type Service = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// command-svc and query-svc running in this process (query-svc calling command-svc's gRPC
+/// address) until `true` is sent on the returned sender.
+async fn start_services(
+    settings: &mut Settings,
+    clock: Clock,
+) -> anyhow::Result<(watch::Sender<bool>, Service, Service)> {
+    let command = command_svc::app::Application::build(settings, clock.clone()).await?;
     settings.query.command_endpoint = format!("http://{}", command.grpc_addr());
-    let query = query_svc::app::Application::build(&settings, clock).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let waiter = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+    let query = query_svc::app::Application::build(settings, clock).await?;
+    let (stop, stopped) = watch::channel(false);
+    let waiter = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let command = tokio::spawn(command.run_until_stopped(waiter(stopped.clone())));
     let query = tokio::spawn(query.run_until_stopped(waiter(stopped.clone())));
+    Ok((stop, command, query))
+}
 
-    let js = async_nats::jetstream::new(shared::bus::connect(&settings.nats).await?);
-    let names = shared::bus::BusNames::from_settings(&settings.nats);
-    shared::bus::ensure_streams(&js, &names, &settings.nats).await?;
-    let started = Instant::now();
-    shared::bus::publish_reset(
-        &js,
-        &names,
-        "reset-free-quota:2026-12",
-        december,
-        now.timestamp_millis(),
-    )
-    .await?;
-
+/// Waits for the reset's progress row to be finished; prints and returns how many accounts
+/// were granted and how long it took since `started`.
+async fn wait_for_write_side(
+    pool: &MySqlPool,
+    started: Instant,
+) -> anyhow::Result<(i64, Duration)> {
     loop {
         let finished: Option<Option<DateTime<Utc>>> =
-            sqlx::query_scalar("SELECT finished_at FROM command_progress WHERE command_id = 'reset-free-quota:2026-12'")
-                .fetch_optional(&pool)
+            sqlx::query_scalar("SELECT finished_at FROM command_progress WHERE command_id = ?")
+                .bind(RESET_ID)
+                .fetch_optional(pool)
                 .await?;
         if matches!(finished, Some(Some(_))) {
             break;
@@ -164,20 +206,30 @@ async fn main() -> anyhow::Result<()> {
     let write_side = started.elapsed();
     let granted: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM free_quota_grants WHERE period = '2026-12'")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
     println!(
         "write side: {granted} accounts granted (grants, ledger and outbox rows committed) in {:.1} s, {:.0} accounts/s",
         write_side.as_secs_f64(),
         granted as f64 / write_side.as_secs_f64()
     );
+    Ok((granted, write_side))
+}
 
+/// Waits for the read model to show all `granted` grants, saying how far it is every 10 s, and
+/// prints how long that took.
+async fn wait_for_read_model(
+    pool: &MySqlPool,
+    granted: i64,
+    started: Instant,
+    write_side: Duration,
+) -> anyhow::Result<()> {
     let mut last_report = Instant::now();
     loop {
         let projected: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM rm_records WHERE type = 'free_grant' AND period = '2026-12'",
         )
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
         if projected >= granted {
             break;
@@ -197,22 +249,28 @@ async fn main() -> anyhow::Result<()> {
         read_side.as_secs_f64(),
         (read_side - write_side).as_secs_f64()
     );
+    Ok(())
+}
 
-    let _ = stop.send(true);
-    let _ = tokio::join!(command, query);
-    if !args.keep {
-        for stream in [
-            names.events_stream(),
-            names.dlq_stream(),
-            names.commands_stream(),
-        ] {
-            let _ = js.delete_stream(stream).await;
-        }
-        pool.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db_name}`")))
-            .execute(&mut admin)
-            .await?;
+/// Removes the run's streams and database.
+async fn clean_up(
+    js: &Context,
+    names: &BusNames,
+    pool: MySqlPool,
+    admin: &mut MySqlConnection,
+    db_name: &str,
+) -> anyhow::Result<()> {
+    for stream in [
+        names.events_stream(),
+        names.dlq_stream(),
+        names.commands_stream(),
+    ] {
+        let _ = js.delete_stream(stream).await;
     }
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db_name}`")))
+        .execute(&mut *admin)
+        .await?;
     Ok(())
 }
 

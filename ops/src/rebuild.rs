@@ -13,8 +13,10 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use shared::period::BillingZone;
 use sqlx::{MySqlPool, QueryBuilder};
 
-use super::{LEDGER_COLUMNS, LEDGER_FROM, LedgerRow};
-use crate::store::projection::{self as writes, RecordRow};
+use shared::record::LedgerRow;
+
+use super::{LEDGER_COLUMNS, LEDGER_FROM, record_of};
+use query_svc::store::projection::{self as writes, RecordRow};
 
 const TABLES: [&str; 4] = ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"];
 const CHUNK: i64 = 5_000;
@@ -99,7 +101,7 @@ async fn fill_records(
         let records: Vec<RecordRow> = rows
             .iter()
             .map(|(_, row)| {
-                let (record, key) = row.record(zone);
+                let (record, key) = record_of(row, zone);
                 if let Some(key) = key {
                     let counters = usage
                         .entry((record.user_id.clone(), key.day, key.api_id))
@@ -195,7 +197,7 @@ pub async fn catch_up(
         let mut tx = pool.begin().await?;
         super::reconcile::refresh_snapshot(&mut tx, user, false).await?;
         for row in rows.iter().filter(|row| row.user_id == user) {
-            let (record, usage) = row.record(zone);
+            let (record, usage) = record_of(row, zone);
             if writes::insert_record(&mut tx, &record, usage.as_ref()).await? {
                 inserted += 1;
             }

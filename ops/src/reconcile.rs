@@ -15,8 +15,10 @@ use prost::Message;
 use shared::{period::BillingZone, proto::v1 as pb, record::RecordKind};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 
-use super::{LEDGER_COLUMNS, LEDGER_FROM, LedgerRow, rebuild::OrderSource};
-use crate::store::{
+use shared::record::LedgerRow;
+
+use super::{LEDGER_COLUMNS, LEDGER_FROM, rebuild::OrderSource, record_of};
+use query_svc::store::{
     self,
     projection::{self as writes, RecordRow},
 };
@@ -285,7 +287,7 @@ impl Models {
             .ledger
             .iter()
             .filter(|row| row.version <= read_version)
-            .map(|row| (row.record_id.as_str(), row.record(zone).0))
+            .map(|row| (row.record_id.as_str(), record_of(row, zone).0))
             .collect();
         let mut found = Vec::new();
         for record in &self.records {
@@ -462,7 +464,7 @@ async fn repair(
         .fetch_all(&mut *tx)
         .await?;
     for row in &ledger {
-        let (record, usage) = row.record(zone);
+        let (record, usage) = record_of(row, zone);
         writes::insert_record(&mut tx, &record, usage.as_ref()).await?;
     }
     let orders: Vec<OrderSource> = sqlx::query_as(

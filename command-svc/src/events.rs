@@ -105,7 +105,7 @@ impl OrderOut {
         let row = &self.row;
         pb::RechargeOrder {
             order_no: row.order_no.clone(),
-            user_id: row.user_id.clone(),
+            user_id: row.user_id.to_string(),
             amount_micros: row.amount_micros,
             channel: row.channel.clone(),
             status: match self.status {

@@ -41,9 +41,9 @@ pub const LEDGER_FROM: &str = "ledger l \
 pub fn record_of(row: &LedgerRow, zone: BillingZone) -> (RecordRow, Option<UsageKey>) {
     let record = RecordRow {
         record_id: row.record_id.clone(),
-        user_id: row.user_id.clone(),
+        user_id: row.user_id.to_string(),
         version: row.version,
-        kind: row.kind.clone(),
+        kind: row.kind.as_str().to_owned(),
         amount_micros: row.amount_micros,
         free_micros: row.free_micros,
         balance_micros: row.balance_micros,
@@ -63,7 +63,7 @@ pub fn record_of(row: &LedgerRow, zone: BillingZone) -> (RecordRow, Option<Usage
             .unwrap_or_else(|| row.period.clone()),
         created_at: row.created_at,
     };
-    let usage = (RecordKind::Deduct.is(&row.kind)).then(|| UsageKey {
+    let usage = (row.kind == RecordKind::Deduct).then(|| UsageKey {
         day: row.created_at.with_timezone(&zone.tz()).date_naive(),
         api_id: row.api_id.clone().unwrap_or_default(),
     });
@@ -74,13 +74,14 @@ pub fn record_of(row: &LedgerRow, zone: BillingZone) -> (RecordRow, Option<Usage
 mod tests {
     use super::*;
     use chrono::DateTime;
+    use shared::ids::UserId;
 
     fn row(granted: i64, used: i64, held: i64) -> LedgerRow {
         LedgerRow {
             record_id: "r".into(),
-            user_id: "u".into(),
+            user_id: UserId::stored("u"),
             version: 3,
-            kind: RecordKind::Deduct.as_str().into(),
+            kind: RecordKind::Deduct,
             amount_micros: 5,
             free_micros: 5,
             balance_micros: 0,

@@ -16,7 +16,10 @@ use sqlx::{MySqlPool, QueryBuilder};
 use shared::record::LedgerRow;
 
 use super::{LEDGER_COLUMNS, LEDGER_FROM, record_of};
-use query_svc::store::projection::{self as writes, RecordRow};
+use query_svc::store::{
+    projection::{self as writes, RecordRow},
+    queries::OrderRow as StoredOrder,
+};
 
 const TABLES: [&str; 4] = ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"];
 const CHUNK: i64 = 5_000;
@@ -196,7 +199,7 @@ pub async fn catch_up(
     for user in users {
         let mut tx = pool.begin().await?;
         super::reconcile::refresh_snapshot(&mut tx, user, false).await?;
-        for row in rows.iter().filter(|row| row.user_id == user) {
+        for row in rows.iter().filter(|row| row.user_id.as_str() == user) {
             let (record, usage) = record_of(row, zone);
             if writes::insert_record(&mut tx, &record, usage.as_ref()).await? {
                 inserted += 1;
@@ -218,34 +221,30 @@ pub async fn catch_up(
     Ok(inserted)
 }
 
-/// A recharge order as the command side stores it.
+/// A recharge order as the command side stores it: the columns the read model keeps of an
+/// order (`recharge_orders` and `rm_orders` name them alike), and its owner.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OrderSource {
-    pub order_no: String,
     pub user_id: String,
-    pub amount_micros: i64,
-    pub channel: String,
-    pub status: String,
-    pub provider_txn_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub paid_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    pub order: StoredOrder,
 }
 
 impl OrderSource {
     pub fn row(&self) -> anyhow::Result<writes::OrderRow<'_>> {
+        let order = &self.order;
         Ok(writes::OrderRow {
-            order_no: &self.order_no,
+            order_no: &order.order_no,
             user_id: &self.user_id,
-            amount_micros: self.amount_micros,
-            channel: &self.channel,
-            status: shared::order::OrderStatus::parse(&self.status).ok_or_else(|| {
-                anyhow::anyhow!("order {} has status {:?}", self.order_no, self.status)
+            amount_micros: order.amount_micros,
+            channel: &order.channel,
+            status: shared::order::OrderStatus::parse(&order.status).ok_or_else(|| {
+                anyhow::anyhow!("order {} has status {:?}", order.order_no, order.status)
             })?,
-            provider_txn_id: self.provider_txn_id.as_deref(),
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            paid_at: self.paid_at,
+            provider_txn_id: order.provider_txn_id.as_deref(),
+            created_at: order.created_at,
+            expires_at: order.expires_at,
+            paid_at: order.paid_at,
         })
     }
 }

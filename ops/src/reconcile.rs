@@ -15,7 +15,7 @@ use prost::Message;
 use shared::{period::BillingZone, proto::v1 as pb, record::RecordKind};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 
-use shared::record::LedgerRow;
+use shared::record::{AccountAmounts, LedgerRow};
 
 use super::{LEDGER_COLUMNS, LEDGER_FROM, rebuild::OrderSource, record_of};
 use query_svc::store::{
@@ -108,30 +108,6 @@ pub async fn reconcile(
         }));
     }
     Ok(differences)
-}
-
-/// The account's state right after the ledger row of `version`.
-#[derive(Debug, PartialEq, Eq)]
-struct StateAt {
-    balance: i64,
-    period: String,
-    granted: i64,
-    used: i64,
-    free_held: i64,
-    balance_held: i64,
-}
-
-impl StateAt {
-    fn of(row: &LedgerRow) -> Self {
-        StateAt {
-            balance: row.balance_after_micros,
-            period: row.period.clone(),
-            granted: row.free_granted_after_micros,
-            used: row.free_used_after_micros,
-            free_held: row.free_held_after_micros,
-            balance_held: row.balance_held_after_micros,
-        }
-    }
 }
 
 /// Every difference for one account, in words.
@@ -231,11 +207,11 @@ impl Models {
     }
 
     /// The state the ledger records right after `version`.
-    fn state_at(&self, version: i64) -> Option<StateAt> {
+    fn state_at(&self, version: i64) -> Option<AccountAmounts> {
         self.ledger
             .iter()
             .find(|row| row.version == version)
-            .map(StateAt::of)
+            .map(LedgerRow::after)
     }
 
     fn read_version(&self) -> i64 {
@@ -256,7 +232,7 @@ impl Models {
             )];
         }
         let mut found = Vec::new();
-        let read = StateAt {
+        let read = AccountAmounts {
             balance: s.balance_micros,
             period: s.period.clone(),
             granted: s.free_granted_micros,
@@ -366,7 +342,7 @@ impl Models {
 
     /// Redis's snapshot (`state` at `version`) against the ledger.
     fn cache_differences(&self, version: i64, state: pb::AccountState) -> Option<String> {
-        let read = StateAt {
+        let read = AccountAmounts {
             balance: state.balance_micros,
             period: state.period,
             granted: state.free_granted_micros,

@@ -78,9 +78,7 @@ impl Application {
         let nats = shared::bus::connect(&settings.nats).await?;
         let projector = Projector::new(
             nats.clone(),
-            BusNames::from_settings(&settings.nats),
-            settings.nats.clone(),
-            settings.query.clone(),
+            settings,
             store.clone(),
             cache.clone(),
             accounts.zone,

@@ -67,9 +67,7 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
+        shared::period::parse_instant(text).unwrap()
     }
 
     /// The next 24 firings of the monthly schedule from `start`, with their periods.

@@ -115,6 +115,11 @@ pub fn split_charge(amount: Micros, free_remaining: Micros, balance: Micros) -> 
     })
 }
 
+/// An amount whose checked arithmetic did not overflow; else the account cannot cover it.
+fn or_insufficient(amount: Option<Micros>) -> Result<Micros, Refusal> {
+    amount.ok_or(Refusal::InsufficientQuota)
+}
+
 /// The period a mutating command applies in: `max(period of now, account's period)`, so a clock
 /// that lags behind another replica's can never reopen last month's quota.
 pub fn command_period(snapshot: &AccountSnapshot, now: Period) -> Period {
@@ -138,6 +143,21 @@ impl AccountSnapshot {
             monthly_free,
             version: 0,
         }
+    }
+
+    /// The same state one version later: what every transition starts from.
+    fn next_version(&self) -> AccountSnapshot {
+        AccountSnapshot {
+            version: self.version + 1,
+            ..*self
+        }
+    }
+
+    /// The free-first split of `amount` over the free quota and the balance not held; refused
+    /// whole when they cannot cover it.
+    fn split_available(&self, amount: Micros) -> Result<Split, Refusal> {
+        split_charge(amount, self.free_remaining(), self.balance_free())
+            .ok_or(Refusal::InsufficientQuota)
     }
 
     /// The period's free quota neither used nor held.
@@ -164,26 +184,17 @@ impl AccountSnapshot {
             free_granted: amount,
             free_used: Micros::ZERO,
             free_held: Micros::ZERO,
-            version: self.version + 1,
-            ..*self
+            ..self.next_version()
         })
     }
 
     /// Charges `amount` free quota first. Refused as a whole when it cannot be covered.
     pub fn charge(&self, amount: Micros) -> Result<(Split, AccountSnapshot), Refusal> {
-        let split = split_charge(amount, self.free_remaining(), self.balance_free())
-            .ok_or(Refusal::InsufficientQuota)?;
+        let split = self.split_available(amount)?;
         let after = AccountSnapshot {
-            balance: self
-                .balance
-                .checked_sub(split.balance)
-                .ok_or(Refusal::InsufficientQuota)?,
-            free_used: self
-                .free_used
-                .checked_add(split.free)
-                .ok_or(Refusal::InsufficientQuota)?,
-            version: self.version + 1,
-            ..*self
+            balance: or_insufficient(self.balance.checked_sub(split.balance))?,
+            free_used: or_insufficient(self.free_used.checked_add(split.free))?,
+            ..self.next_version()
         };
         Ok((split, after))
     }
@@ -197,8 +208,7 @@ impl AccountSnapshot {
             .ok_or(Refusal::BalanceLimit)?;
         Ok(AccountSnapshot {
             balance,
-            version: self.version + 1,
-            ..*self
+            ..self.next_version()
         })
     }
 
@@ -215,8 +225,7 @@ impl AccountSnapshot {
             .ok_or(Refusal::InsufficientQuota)?;
         Ok(AccountSnapshot {
             balance,
-            version: self.version + 1,
-            ..*self
+            ..self.next_version()
         })
     }
 
@@ -224,23 +233,15 @@ impl AccountSnapshot {
     /// balance, as a charge would take them; both stay on the account but are no longer
     /// available. Refused whole when they cannot cover it.
     pub fn hold(&self, amount: Micros) -> Result<(Hold, AccountSnapshot), Refusal> {
-        let split = split_charge(amount, self.free_remaining(), self.balance_free())
-            .ok_or(Refusal::InsufficientQuota)?;
+        let split = self.split_available(amount)?;
         let hold = Hold {
             free: split.free,
             balance: split.balance,
         };
         let after = AccountSnapshot {
-            free_held: self
-                .free_held
-                .checked_add(hold.free)
-                .ok_or(Refusal::InsufficientQuota)?,
-            balance_held: self
-                .balance_held
-                .checked_add(hold.balance)
-                .ok_or(Refusal::InsufficientQuota)?,
-            version: self.version + 1,
-            ..*self
+            free_held: or_insufficient(self.free_held.checked_add(hold.free))?,
+            balance_held: or_insufficient(self.balance_held.checked_add(hold.balance))?,
+            ..self.next_version()
         };
         Ok((hold, after))
     }
@@ -272,8 +273,7 @@ impl AccountSnapshot {
                 .balance_held
                 .checked_sub(here.balance)
                 .unwrap_or(Micros::ZERO),
-            version: self.version + 1,
-            ..*self
+            ..self.next_version()
         }
     }
 
@@ -374,8 +374,7 @@ impl AccountSnapshot {
         changed.then(|| AccountSnapshot {
             monthly_free,
             free_granted,
-            version: self.version + 1,
-            ..*self
+            ..self.next_version()
         })
     }
 
@@ -489,23 +488,29 @@ mod tests {
         }
     }
 
+    fn split_of(free: i64, balance: i64) -> Split {
+        Split {
+            free: Micros::new(free),
+            balance: Micros::new(balance),
+        }
+    }
+
+    fn hold_of(free: i64, balance: i64) -> Hold {
+        Hold {
+            free: Micros::new(free),
+            balance: Micros::new(balance),
+        }
+    }
+
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
+        crate::period::parse_instant(text).unwrap()
     }
 
     #[test]
     fn a_hold_reserves_free_quota_first_and_is_settled_or_released() {
         let before = account(100, 10, 4);
         let (hold, held) = before.hold(Micros::new(20)).unwrap();
-        assert_eq!(
-            hold,
-            Hold {
-                free: Micros::new(6),
-                balance: Micros::new(14)
-            }
-        );
+        assert_eq!(hold, hold_of(6, 14));
         assert_eq!(
             (held.free_held, held.balance_held),
             (Micros::new(6), Micros::new(14))
@@ -526,13 +531,7 @@ mod tests {
 
         // Settled below the hold: free part first, the rest given back.
         let (split, settled) = held.settle(hold, held.period, Micros::new(9)).unwrap();
-        assert_eq!(
-            split,
-            Split {
-                free: Micros::new(6),
-                balance: Micros::new(3)
-            }
-        );
+        assert_eq!(split, split_of(6, 3));
         assert_eq!(
             (settled.free_held, settled.balance_held),
             (Micros::ZERO, Micros::ZERO)
@@ -574,13 +573,7 @@ mod tests {
         let (split, settled) = december
             .settle(hold, period("2026-11"), Micros::new(5))
             .unwrap();
-        assert_eq!(
-            split,
-            Split {
-                free: Micros::new(5),
-                balance: Micros::ZERO
-            }
-        );
+        assert_eq!(split, split_of(5, 0));
         assert_eq!(
             (settled.free_used, settled.free_remaining()),
             (Micros::ZERO, TEN)
@@ -727,13 +720,7 @@ mod tests {
     #[test]
     fn charge_uses_free_quota_only_while_it_lasts() {
         let (split, after) = account(100, 50, 0).charge(Micros::new(30)).unwrap();
-        assert_eq!(
-            split,
-            Split {
-                free: Micros::new(30),
-                balance: Micros::ZERO
-            }
-        );
+        assert_eq!(split, split_of(30, 0));
         assert_eq!(
             (after.balance, after.free_used, after.version),
             (Micros::new(100), Micros::new(30), 8)
@@ -743,26 +730,14 @@ mod tests {
     #[test]
     fn charge_uses_balance_when_free_quota_is_gone() {
         let (split, after) = account(100, 50, 50).charge(Micros::new(30)).unwrap();
-        assert_eq!(
-            split,
-            Split {
-                free: Micros::ZERO,
-                balance: Micros::new(30)
-            }
-        );
+        assert_eq!(split, split_of(0, 30));
         assert_eq!(after.balance, Micros::new(70));
     }
 
     #[test]
     fn charge_mixes_free_and_balance() {
         let (split, after) = account(100, 50, 40).charge(Micros::new(30)).unwrap();
-        assert_eq!(
-            split,
-            Split {
-                free: Micros::new(10),
-                balance: Micros::new(20)
-            }
-        );
+        assert_eq!(split, split_of(10, 20));
         assert_eq!(
             (after.balance, after.free_used),
             (Micros::new(80), Micros::new(50))
@@ -772,13 +747,7 @@ mod tests {
     #[test]
     fn charge_may_take_everything_to_exactly_zero() {
         let (split, after) = account(20, 50, 40).charge(Micros::new(30)).unwrap();
-        assert_eq!(
-            split,
-            Split {
-                free: Micros::new(10),
-                balance: Micros::new(20)
-            }
-        );
+        assert_eq!(split, split_of(10, 20));
         assert_eq!(
             (after.balance, after.free_remaining()),
             (Micros::ZERO, Micros::ZERO)

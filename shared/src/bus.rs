@@ -53,30 +53,40 @@ impl BusNames {
         Self::new(&settings.stream_prefix, &settings.subject_prefix)
     }
 
+    /// The stream `name`, under the stream prefix.
+    fn stream(&self, name: &str) -> String {
+        format!("{}{name}", self.stream_prefix)
+    }
+
+    /// `<subject prefix>.v1.<rest>`: every subject of version 1.
+    fn subject(&self, rest: &str) -> String {
+        format!("{}.v1.{rest}", self.subject_prefix)
+    }
+
     pub fn events_stream(&self) -> String {
-        format!("{}BILLING_EVENTS", self.stream_prefix)
+        self.stream("BILLING_EVENTS")
     }
 
     pub fn dlq_stream(&self) -> String {
-        format!("{}BILLING_EVENTS_DLQ", self.stream_prefix)
+        self.stream("BILLING_EVENTS_DLQ")
     }
 
     pub fn commands_stream(&self) -> String {
-        format!("{}BILLING_COMMANDS", self.stream_prefix)
+        self.stream("BILLING_COMMANDS")
     }
 
     /// `billing.v1.events.<kind>`, kind being the snake_case name of the event's `oneof` field.
     pub fn event_subject(&self, kind: &Kind) -> String {
-        format!("{}.v1.events.{}", self.subject_prefix, kind_name(kind))
+        self.event_subject_named(kind_name(kind))
     }
 
     /// The subject of the events of one kind (its snake_case name).
     pub fn event_subject_named(&self, kind: &str) -> String {
-        format!("{}.v1.events.{kind}", self.subject_prefix)
+        self.subject(&format!("events.{kind}"))
     }
 
     pub fn events_filter(&self) -> String {
-        format!("{}.v1.events.>", self.subject_prefix)
+        self.subject("events.>")
     }
 
     /// Where a dead letter of `original_subject` goes: its last token under `dlq`.
@@ -86,25 +96,25 @@ impl BusNames {
             .next()
             .filter(|k| !k.is_empty())
             .unwrap_or("unknown");
-        format!("{}.v1.dlq.{kind}", self.subject_prefix)
+        self.subject(&format!("dlq.{kind}"))
     }
 
     pub fn dlq_filter(&self) -> String {
-        format!("{}.v1.dlq.>", self.subject_prefix)
+        self.subject("dlq.>")
     }
 
     pub fn reset_free_quota_subject(&self) -> String {
-        format!("{}.v1.commands.reset_free_quota", self.subject_prefix)
+        self.subject("commands.reset_free_quota")
     }
 
     pub fn commands_filter(&self) -> String {
-        format!("{}.v1.commands.>", self.subject_prefix)
+        self.subject("commands.>")
     }
 
     /// Core NATS (no stream): query-svc's replicas announce the account versions each projected
     /// batch reached, so every replica wakes its `min_version` readers at once.
     pub fn projected_subject(&self) -> String {
-        format!("{}.v1.projected", self.subject_prefix)
+        self.subject("projected")
     }
 }
 

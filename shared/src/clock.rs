@@ -69,9 +69,7 @@ mod tests {
 
     #[test]
     fn a_manual_clock_is_shared_by_its_clones() {
-        let start = DateTime::parse_from_rfc3339("2026-11-30T15:59:59.999Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let start = crate::period::parse_instant("2026-11-30T15:59:59.999Z").unwrap();
         let clock = Clock::manual(start);
         let seen_elsewhere = clock.clone();
         clock.advance(Duration::milliseconds(1));

@@ -89,6 +89,12 @@ macro_rules! text_type {
                 check(field, value, $min, $max, $charset).map(|()| $name(value.to_owned()))
             }
 
+            /// A value read back from the service's own tables or events, checked when it was
+            /// first accepted.
+            pub fn stored(value: impl Into<String>) -> Self {
+                $name(value.into())
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -107,6 +113,35 @@ macro_rules! text_type {
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
+            }
+        }
+
+        // Bound to a query as the text it is, so store functions take the type, not a `&str`.
+        impl sqlx::Type<sqlx::MySql> for $name {
+            fn type_info() -> sqlx::mysql::MySqlTypeInfo {
+                <String as sqlx::Type<sqlx::MySql>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::mysql::MySqlTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::MySql>>::compatible(ty)
+            }
+        }
+
+        // Read back as stored: checked when it was first accepted.
+        impl sqlx::Decode<'_, sqlx::MySql> for $name {
+            fn decode(
+                value: sqlx::mysql::MySqlValueRef<'_>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                <String as sqlx::Decode<sqlx::MySql>>::decode(value).map($name)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::MySql> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::MySql as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <String as sqlx::Encode<sqlx::MySql>>::encode_by_ref(&self.0, buf)
             }
         }
     };

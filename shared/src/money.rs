@@ -3,7 +3,7 @@
 //! Floats never touch an amount. Every sum that could overflow is checked, and the contract's
 //! limits keep every amount exact in JSON and JavaScript (below 2^53).
 
-use std::fmt;
+use std::{fmt, ops::RangeInclusive};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,40 +82,37 @@ pub enum AmountError {
     BalanceOutOfRange,
 }
 
+/// `raw` as an amount when `allowed` holds it, else `refusal`.
+fn parse_within(
+    raw: i64,
+    allowed: RangeInclusive<i64>,
+    refusal: AmountError,
+) -> Result<Micros, AmountError> {
+    allowed.contains(&raw).then_some(Micros(raw)).ok_or(refusal)
+}
+
 /// A positive amount of one charge, order or payment: 1 ..= 10^12 micros.
 pub fn parse_amount(raw: i64) -> Result<Micros, AmountError> {
-    if (1..=MAX_AMOUNT.0).contains(&raw) {
-        Ok(Micros(raw))
-    } else {
-        Err(AmountError::OutOfRange)
-    }
+    parse_within(raw, 1..=MAX_AMOUNT.0, AmountError::OutOfRange)
 }
 
 /// A monthly free quota (a plan): 0 ..= 10^12 micros; 0 grants nothing.
 pub fn parse_quota(raw: i64) -> Result<Micros, AmountError> {
-    if (0..=MAX_AMOUNT.0).contains(&raw) {
-        Ok(Micros(raw))
-    } else {
-        Err(AmountError::QuotaOutOfRange)
-    }
+    parse_within(raw, 0..=MAX_AMOUNT.0, AmountError::QuotaOutOfRange)
 }
 
 /// An amount a balance may hold (a threshold, say): 0 ..= 10^15 micros.
 pub fn parse_balance(raw: i64) -> Result<Micros, AmountError> {
-    if (0..=MAX_BALANCE.0).contains(&raw) {
-        Ok(Micros(raw))
-    } else {
-        Err(AmountError::BalanceOutOfRange)
-    }
+    parse_within(raw, 0..=MAX_BALANCE.0, AmountError::BalanceOutOfRange)
 }
 
 /// A signed adjustment: non-zero and at most 10^12 micros either way.
 pub fn parse_signed_amount(raw: i64) -> Result<Micros, AmountError> {
-    if raw != 0 && (-MAX_AMOUNT.0..=MAX_AMOUNT.0).contains(&raw) {
-        Ok(Micros(raw))
-    } else {
-        Err(AmountError::SignedOutOfRange)
+    let refusal = AmountError::SignedOutOfRange;
+    if raw == 0 {
+        return Err(refusal);
     }
+    parse_within(raw, -MAX_AMOUNT.0..=MAX_AMOUNT.0, refusal)
 }
 
 #[cfg(test)]

@@ -46,30 +46,22 @@ impl Period {
     }
 
     pub fn next(self) -> Period {
-        if self.month == 12 {
-            Period {
-                year: self.year + 1,
-                month: 1,
-            }
-        } else {
-            Period {
-                year: self.year,
-                month: self.month + 1,
-            }
-        }
+        Period::from_ordinal(self.ordinal() + 1)
     }
 
     pub fn previous(self) -> Period {
-        if self.month == 1 {
-            Period {
-                year: self.year - 1,
-                month: 12,
-            }
-        } else {
-            Period {
-                year: self.year,
-                month: self.month - 1,
-            }
+        Period::from_ordinal(self.ordinal() - 1)
+    }
+
+    /// Months since January of year 0, so that neighbouring periods differ by one.
+    fn ordinal(self) -> i32 {
+        self.year * 12 + (self.month as i32 - 1)
+    }
+
+    fn from_ordinal(ordinal: i32) -> Period {
+        Period {
+            year: ordinal.div_euclid(12),
+            month: ordinal.rem_euclid(12) as u32 + 1,
         }
     }
 
@@ -146,6 +138,11 @@ impl BillingZone {
     pub fn next_period_start(self, instant: DateTime<Utc>) -> DateTime<Utc> {
         self.period_start(self.period_of(instant).next())
     }
+}
+
+/// An RFC 3339 instant (`2026-11-30T16:00:00Z`, or with any offset), in UTC.
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(text).map(|at| at.with_timezone(&Utc))
 }
 
 /// Why a reset of the free quota for a period is not carried out now.
@@ -231,13 +228,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
+        parse_instant(text).unwrap()
     }
 
     fn period(text: &str) -> Period {
         text.parse().unwrap()
+    }
+
+    /// `instant` lies in `month` in `zone`.
+    fn assert_in(zone: BillingZone, instant: &str, month: &str) {
+        assert_eq!(zone.period_of(utc(instant)), period(month), "{instant}");
+    }
+
+    /// `month` starts at `instant` in `zone`.
+    fn assert_starts(zone: BillingZone, month: &str, instant: &str) {
+        assert_eq!(zone.period_start(period(month)), utc(instant), "{month}");
     }
 
     #[test]
@@ -263,31 +268,16 @@ mod tests {
     fn shanghai_midnight_on_the_first_starts_the_month() {
         let zone = BillingZone::default();
         // 2026-12-31 23:59:59.999 in Shanghai is 15:59:59.999 UTC.
-        assert_eq!(
-            zone.period_of(utc("2026-12-31T15:59:59.999Z")),
-            period("2026-12")
-        );
-        assert_eq!(
-            zone.period_of(utc("2026-12-31T16:00:00Z")),
-            period("2027-01")
-        );
-        assert_eq!(
-            zone.period_start(period("2027-01")),
-            utc("2026-12-31T16:00:00Z")
-        );
+        assert_in(zone, "2026-12-31T15:59:59.999Z", "2026-12");
+        assert_in(zone, "2026-12-31T16:00:00Z", "2027-01");
+        assert_starts(zone, "2027-01", "2026-12-31T16:00:00Z");
     }
 
     #[test]
     fn new_york_months_start_at_local_midnight_in_summer_and_winter() {
         let zone: BillingZone = "America/New_York".parse().unwrap();
-        assert_eq!(
-            zone.period_start(period("2026-01")),
-            utc("2026-01-01T05:00:00Z")
-        );
-        assert_eq!(
-            zone.period_start(period("2026-07")),
-            utc("2026-07-01T04:00:00Z")
-        );
+        assert_starts(zone, "2026-01", "2026-01-01T05:00:00Z");
+        assert_starts(zone, "2026-07", "2026-07-01T04:00:00Z");
     }
 
     #[test]
@@ -349,6 +339,15 @@ mod tests {
             zone.reset_due(next, start + Duration::days(3), lead),
             Ok(())
         );
+    }
+
+    #[test]
+    fn an_instant_written_with_an_offset_is_read_in_utc() {
+        assert_eq!(
+            parse_instant("2026-12-01T00:00:00+08:00"),
+            Ok(utc("2026-11-30T16:00:00Z"))
+        );
+        assert!(parse_instant("2026-12-01 00:00").is_err());
     }
 
     #[test]

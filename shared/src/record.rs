@@ -6,6 +6,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+use crate::ids::UserId;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     Deduct,
@@ -67,6 +69,24 @@ impl RecordKind {
     }
 }
 
+// Stored as its name; a name no kind has is an error of the row, never a default.
+impl sqlx::Type<sqlx::MySql> for RecordKind {
+    fn type_info() -> sqlx::mysql::MySqlTypeInfo {
+        <String as sqlx::Type<sqlx::MySql>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::mysql::MySqlTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::MySql>>::compatible(ty)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::MySql> for RecordKind {
+    fn decode(value: sqlx::mysql::MySqlValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        let name = <&str as sqlx::Decode<sqlx::MySql>>::decode(value)?;
+        RecordKind::parse(name).ok_or_else(|| format!("no record kind is named {name:?}").into())
+    }
+}
+
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -95,9 +115,9 @@ mod tests {
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct LedgerRow {
     pub record_id: String,
-    pub user_id: String,
+    pub user_id: UserId,
     pub version: i64,
-    pub kind: String,
+    pub kind: RecordKind,
     /// A magnitude, except for adjustments (signed: + credit, - debit).
     pub amount_micros: i64,
     pub free_micros: i64,
@@ -117,4 +137,30 @@ pub struct LedgerRow {
     pub request_id: Option<String>,
     pub order_no: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl LedgerRow {
+    /// The account's amounts right after this row.
+    pub fn after(&self) -> AccountAmounts {
+        AccountAmounts {
+            balance: self.balance_after_micros,
+            period: self.period.clone(),
+            granted: self.free_granted_after_micros,
+            used: self.free_used_after_micros,
+            free_held: self.free_held_after_micros,
+            balance_held: self.balance_held_after_micros,
+        }
+    }
+}
+
+/// An account's amounts at one version, as the account row, a ledger row (before or after it) or
+/// a read-model snapshot holds them: two of them of the same version must be equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountAmounts {
+    pub balance: i64,
+    pub period: String,
+    pub granted: i64,
+    pub used: i64,
+    pub free_held: i64,
+    pub balance_held: i64,
 }

@@ -7,7 +7,7 @@
 
 use prost::Message;
 use shared::proto::v1 as pb;
-use shared::record::RecordKind;
+use shared::record::{AccountAmounts, RecordKind};
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlPool, Row};
 
@@ -37,14 +37,14 @@ pub async fn assert_invariants(pool: &MySqlPool, user: &str) {
 /// up to, for the conservation checks.
 fn assert_ledger_chain<'a>(user: &str, ledger: &[LedgerRow], period: &'a str) -> LedgerSums<'a> {
     let mut sums = LedgerSums::for_period(period);
-    let mut previous: Option<&Balances> = None;
+    let mut previous: Option<&AccountAmounts> = None;
     for (index, row) in ledger.iter().enumerate() {
         let v = row.version;
         assert_eq!(v, index as i64 + 1, "{user}: versions must be consecutive");
         match previous {
             None => assert_eq!(
                 row.before,
-                Balances::empty_in(&row.before.period),
+                empty_in(&row.before.period),
                 "{user}: the first row starts empty"
             ),
             Some(state) => assert_eq!(&row.before, state, "{user}: chain broken at version {v}"),
@@ -246,7 +246,7 @@ fn assert_plan_moves_no_money(row: &LedgerRow, at: &str, sums: &mut LedgerSums) 
 fn assert_ledger_ends_at_account(user: &str, ledger: &[LedgerRow], account: &Account) {
     let last = ledger
         .last()
-        .map_or_else(Balances::default, |row| row.after.clone());
+        .map_or_else(AccountAmounts::default, |row| row.after.clone());
     assert_eq!(
         last, account.state,
         "{user}: the last row must be the account"
@@ -260,7 +260,7 @@ fn assert_ledger_ends_at_account(user: &str, ledger: &[LedgerRow], account: &Acc
 
 /// Conservation: the balance is what was credited less what was taken; the period's free quota
 /// used and granted are what its rows used and granted.
-fn assert_ledger_conserves_account(user: &str, sums: &LedgerSums, account: &Balances) {
+fn assert_ledger_conserves_account(user: &str, sums: &LedgerSums, account: &AccountAmounts) {
     assert_eq!(
         account.balance,
         sums.credits - sums.debits,
@@ -279,7 +279,11 @@ fn assert_ledger_conserves_account(user: &str, sums: &LedgerSums, account: &Bala
 
 /// Holds: what the account holds is exactly what its open reservations hold (the free part
 /// only of those of the account's period), each counted once.
-async fn assert_holds_are_open_reservations(pool: &MySqlPool, user: &str, account: &Balances) {
+async fn assert_holds_are_open_reservations(
+    pool: &MySqlPool,
+    user: &str,
+    account: &AccountAmounts,
+) {
     let reserved: (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(IF(period = ?, free_held_micros, 0)), 0) AS SIGNED), \
          CAST(COALESCE(SUM(balance_held_micros), 0) AS SIGNED) \
@@ -343,19 +347,7 @@ async fn assert_one_event_per_ledger_row(pool: &MySqlPool, user: &str, ledger: &
     );
 }
 
-/// An account's amounts at one version: the account row itself, or a ledger row's before or
-/// after.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Balances {
-    balance: i64,
-    period: String,
-    granted: i64,
-    used: i64,
-    free_held: i64,
-    balance_held: i64,
-}
-
-/// The columns of `Balances`, in its field order, as the account row names them.
+/// The columns of [`AccountAmounts`], in its field order, as the account row names them.
 const ACCOUNT_COLUMNS: [&str; 6] = [
     "balance_micros",
     "period",
@@ -383,35 +375,45 @@ const AFTER_COLUMNS: [&str; 6] = [
     "balance_held_after_micros",
 ];
 
-impl Balances {
-    /// Reads the six `columns` (named in the field order) of one row.
-    fn read(row: &MySqlRow, columns: [&str; 6]) -> Self {
-        let [balance, period, granted, used, free_held, balance_held] = columns;
-        Balances {
-            balance: row.get(balance),
-            period: row.get(period),
-            granted: row.get(granted),
-            used: row.get(used),
-            free_held: row.get(free_held),
-            balance_held: row.get(balance_held),
-        }
+/// Reads the six `columns` (named in the field order) of one row.
+fn read_amounts(row: &MySqlRow, columns: [&str; 6]) -> AccountAmounts {
+    let [balance, period, granted, used, free_held, balance_held] = columns;
+    AccountAmounts {
+        balance: row.get(balance),
+        period: row.get(period),
+        granted: row.get(granted),
+        used: row.get(used),
+        free_held: row.get(free_held),
+        balance_held: row.get(balance_held),
     }
+}
 
-    /// Nothing yet, in `period`: where the first ledger row starts.
-    fn empty_in(period: &str) -> Self {
-        Balances {
-            period: period.to_owned(),
-            ..Balances::default()
-        }
+/// Nothing yet, in `period`: where the first ledger row starts.
+fn empty_in(period: &str) -> AccountAmounts {
+    AccountAmounts {
+        period: period.to_owned(),
+        ..AccountAmounts::default()
     }
+}
 
+/// What the checks ask of an account's amounts.
+trait Checked {
     /// Everything but the holds: what a hold or a release leaves alone.
+    fn apart_from_holds(&self) -> (i64, &str, i64, i64);
+
+    /// Invariant 1 on the account: nothing negative, the free quota used and held within the
+    /// grant, the balance held within the balance.
+    fn within_account_bounds(&self) -> bool;
+
+    /// Invariant 1 as every ledger row's after must keep it.
+    fn within_ledger_bounds(&self) -> bool;
+}
+
+impl Checked for AccountAmounts {
     fn apart_from_holds(&self) -> (i64, &str, i64, i64) {
         (self.balance, &self.period, self.granted, self.used)
     }
 
-    /// Invariant 1 on the account: nothing negative, the free quota used and held within the
-    /// grant, the balance held within the balance.
     fn within_account_bounds(&self) -> bool {
         self.balance >= 0
             && 0 <= self.used
@@ -420,7 +422,6 @@ impl Balances {
             && (0..=self.balance).contains(&self.balance_held)
     }
 
-    /// Invariant 1 as every ledger row's after must keep it.
     fn within_ledger_bounds(&self) -> bool {
         self.balance >= 0
             && self.used + self.free_held <= self.granted
@@ -430,7 +431,7 @@ impl Balances {
 
 /// The account row: its amounts and its version.
 struct Account {
-    state: Balances,
+    state: AccountAmounts,
     version: i64,
 }
 
@@ -444,7 +445,7 @@ async fn fetch_account(pool: &MySqlPool, user: &str) -> Option<Account> {
     .await
     .unwrap()?;
     Some(Account {
-        state: Balances::read(&row, ACCOUNT_COLUMNS),
+        state: read_amounts(&row, ACCOUNT_COLUMNS),
         version: row.get("version"),
     })
 }
@@ -458,8 +459,8 @@ struct LedgerRow {
     amount: i64,
     free_part: i64,
     balance_part: i64,
-    before: Balances,
-    after: Balances,
+    before: AccountAmounts,
+    after: AccountAmounts,
     free_period: Option<String>,
 }
 
@@ -472,8 +473,8 @@ impl LedgerRow {
             amount: row.get("amount_micros"),
             free_part: row.get("free_micros"),
             balance_part: row.get("balance_micros"),
-            before: Balances::read(row, BEFORE_COLUMNS),
-            after: Balances::read(row, AFTER_COLUMNS),
+            before: read_amounts(row, BEFORE_COLUMNS),
+            after: read_amounts(row, AFTER_COLUMNS),
             free_period: row.get("free_period"),
         }
     }

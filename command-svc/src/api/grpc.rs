@@ -65,7 +65,7 @@ impl BillingCommandService for GrpcApi {
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         require(&request, &[Scope::Quota, Scope::Orders])?;
         let user_id = parse::user_id(&request.get_ref().user_id)?;
-        let account = self.commands.get_account(user_id.as_str()).await?;
+        let account = self.commands.get_account(&user_id).await?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account.message()),
         }))

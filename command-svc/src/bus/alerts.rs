@@ -29,6 +29,7 @@ use shared::{
     bus::{self, BusNames},
     clock::Clock,
     config::{AlertSettings, NatsSettings},
+    ids::UserId,
     proto::v1::{BillingEvent, billing_event::Kind},
     signature::{self, Scheme},
 };
@@ -219,11 +220,12 @@ impl AlertDispatcher {
             return Ok(None);
         }
         let kind = event.kind.as_ref().map_or("unknown", bus::kind_name);
-        let webhook = store::webhook_of(pool, &event.user_id).await?;
+        let user_id = UserId::stored(event.user_id.clone());
+        let webhook = store::webhook_of(pool, &user_id).await?;
         let shown_url = webhook.as_ref().map(|webhook| redacted(&webhook.url));
         let mut record = DeliveryAttempt {
             event_id: &event.event_id,
-            user_id: &event.user_id,
+            user_id: &user_id,
             kind,
             url: shown_url.as_deref(),
             status: "no_webhook",

@@ -4,7 +4,7 @@
 //! final state once, guarded by its version.
 
 use chrono::{DateTime, Utc};
-use shared::proto::v1::billing_event::Kind;
+use shared::{ids::UserId, proto::v1::billing_event::Kind};
 
 use super::{
     Rules,
@@ -31,7 +31,7 @@ impl<'c> AccountTx<'c> {
     pub async fn lock(
         store: &'c store::Store,
         rules: &'c Rules,
-        user_id: &str,
+        user_id: &UserId,
         now: DateTime<Utc>,
     ) -> Result<AccountTx<'c>, StoreError> {
         let mut tx = store.begin().await?;

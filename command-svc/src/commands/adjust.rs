@@ -27,7 +27,7 @@ impl Commands {
 
     async fn adjust_once(&self, command: &AdjustBalance) -> Result<Adjusted, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
+        let user_id = &command.user_id;
         let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
 
         if account.exists() {

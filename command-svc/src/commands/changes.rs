@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, Refusal, Split, command_period},
+    ids::UserId,
     money::Micros,
     period::Period,
     proto::v1::{FreeQuotaGranted, billing_event::Kind},
@@ -34,7 +35,7 @@ pub(super) struct Change {
 /// far, and a period's grant decided but not yet recorded.
 #[derive(Clone, Debug)]
 pub(super) struct AccountChanges {
-    pub user_id: String,
+    pub user_id: UserId,
     pub currency: String,
     /// The version stored in MySQL (0: no row yet).
     pub stored_version: i64,
@@ -59,9 +60,9 @@ impl AccountChanges {
     }
 
     /// An account never written, as its first command finds it at `now`.
-    pub fn fresh(user_id: &str, rules: &Rules, now: DateTime<Utc>) -> AccountChanges {
+    pub fn fresh(user_id: &UserId, rules: &Rules, now: DateTime<Utc>) -> AccountChanges {
         AccountChanges {
-            user_id: user_id.to_owned(),
+            user_id: user_id.clone(),
             currency: rules.currency.clone(),
             stored_version: 0,
             low_balance_threshold: rules.default_low_balance_threshold,
@@ -222,7 +223,7 @@ impl<'r> Appends<'r> {
         let subject = self.rules.bus.event_subject(&kind);
         let shown = account.stored_view(self.rules);
         self.events.push(Outgoing {
-            event: events::event(Some(&shown), &account.user_id, kind, self.now),
+            event: events::event(Some(&shown), account.user_id.as_str(), kind, self.now),
             subject,
             traceparent: trace.map(str::to_owned),
         });

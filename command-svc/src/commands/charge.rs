@@ -2,6 +2,7 @@
 
 use shared::{
     account::{AccountSnapshot, Split},
+    ids::UserId,
     money::Micros,
     proto::v1::{QuotaDeducted, billing_event::Kind},
 };
@@ -30,7 +31,7 @@ pub struct Charged {
 impl Commands {
     /// The authoritative account view from MySQL; an account never written reads as fresh.
     /// Reads never write, not even the period's grant.
-    pub async fn get_account(&self, user_id: &str) -> Result<AccountOut, CommandError> {
+    pub async fn get_account(&self, user_id: &UserId) -> Result<AccountOut, CommandError> {
         let row = store::load_account(self.store.pool(), user_id).await?;
         let now = self.now();
         let snapshot = row.as_ref().map(store::AccountRow::snapshot).transpose()?;
@@ -43,7 +44,7 @@ impl Commands {
     /// The account from MySQL after a cache miss; its snapshot is then cached (version-guarded,
     /// so it never replaces a newer one written through by a charge meanwhile), and the next
     /// checks of the account are answered from Redis.
-    async fn load_and_cache(&self, user_id: &str) -> Result<AccountOut, CommandError> {
+    async fn load_and_cache(&self, user_id: &UserId) -> Result<AccountOut, CommandError> {
         let row = store::load_account(self.store.pool(), user_id).await?;
         let Some(row) = row else {
             return Ok(self.rules.present(user_id, None, None, self.now()));
@@ -59,9 +60,9 @@ impl Commands {
     /// Would a charge of this amount be allowed now? From the Redis snapshot when there is one,
     /// MySQL otherwise. Redis never decides a charge: only this answer.
     pub async fn check_quota(&self, command: &CheckQuota) -> Result<Checked, CommandError> {
-        let account = match self.cached_account(command.user_id.as_str()).await {
+        let account = match self.cached_account(&command.user_id).await {
             Some(account) => account,
-            None => self.load_and_cache(command.user_id.as_str()).await?,
+            None => self.load_and_cache(&command.user_id).await?,
         };
         Ok(Checked {
             allowed: command.amount <= account.view.available,
@@ -97,7 +98,7 @@ impl Charged {
 /// Whether `record`, found under the command's key, is the same charge (then the command is its
 /// retry). A reservation's hold under the key is no charge to replay: the key is taken.
 pub(super) fn is_same_charge(record: &LedgerRow, command: &DeductQuota) -> bool {
-    RecordKind::Deduct.is(&record.kind)
+    record.kind == RecordKind::Deduct
         && record.amount_micros == command.amount.get()
         && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str()
 }

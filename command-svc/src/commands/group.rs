@@ -17,7 +17,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use shared::{account::AccountSnapshot, config::GroupCommitSettings};
+use shared::{account::AccountSnapshot, config::GroupCommitSettings, ids::UserId};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
@@ -138,8 +138,8 @@ type Results = Vec<Result<Charged, CommandError>>;
 
 /// The accounts of a batch, locked: those that can be read, and why the others cannot.
 struct Locked {
-    accounts: HashMap<String, AccountChanges>,
-    unreadable: HashMap<String, StoreError>,
+    accounts: HashMap<UserId, AccountChanges>,
+    unreadable: HashMap<UserId, StoreError>,
 }
 
 impl Commands {
@@ -249,8 +249,8 @@ impl Commands {
     /// Locks the batch's accounts in primary-key order. An account whose row cannot be read
     /// fails its charges; the others go on.
     async fn lock_batch(&self, tx: &mut Tx, batch: &[ChargeRequest]) -> Result<Locked, StoreError> {
-        let users: BTreeSet<&str> = batch.iter().map(|r| r.command.user_id.as_str()).collect();
-        let users: Vec<&str> = users.into_iter().collect();
+        let users: BTreeSet<&UserId> = batch.iter().map(|r| &r.command.user_id).collect();
+        let users: Vec<&UserId> = users.into_iter().collect();
         let mut locked = Locked {
             accounts: HashMap::new(),
             unreadable: HashMap::new(),
@@ -261,7 +261,7 @@ impl Commands {
                     locked.accounts.insert(row.user_id, account);
                 }
                 Err(error) => {
-                    store::undecodable("accounts", &row.user_id, &error);
+                    store::undecodable("accounts", row.user_id.as_str(), &error);
                     locked.unreadable.insert(row.user_id, error);
                 }
             }
@@ -288,7 +288,7 @@ impl Commands {
         let mut applied: HashMap<(&str, &str), usize> = HashMap::new();
         let mut decided = Vec::with_capacity(batch.len());
         for (index, request) in batch.iter().enumerate() {
-            let (user_id, key) = (request.command.user_id.as_str(), request.key());
+            let (user_id, key) = (&request.command.user_id, request.key());
             let decision = if let Some(error) = locked.unreadable.get(user_id) {
                 Decided::Done(Err(CommandError::Store(error.clone())))
             } else if let Some(record) = earlier.get(&key) {
@@ -298,7 +298,7 @@ impl Commands {
             } else {
                 let account = locked
                     .accounts
-                    .entry(user_id.to_owned())
+                    .entry(user_id.clone())
                     .or_insert_with(|| AccountChanges::fresh(user_id, &self.rules, now));
                 let result = self.decide_charge(account, request, appends, now);
                 if result.is_ok() {
@@ -360,15 +360,15 @@ impl Commands {
     async fn write_batch(
         &self,
         mut tx: Tx,
-        accounts: &HashMap<String, AccountChanges>,
+        accounts: &HashMap<UserId, AccountChanges>,
         appends: &Appends<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let rows = |pick: fn(&AccountChanges) -> bool| -> Vec<(&str, &str, AccountSnapshot)> {
+        let rows = |pick: fn(&AccountChanges) -> bool| -> Vec<(&UserId, &str, AccountSnapshot)> {
             accounts
                 .values()
                 .filter(|account| pick(account))
-                .map(|a| (a.user_id.as_str(), a.currency.as_str(), a.state))
+                .map(|a| (&a.user_id, a.currency.as_str(), a.state))
                 .collect()
         };
         let mut writes = appends.writes();
@@ -391,7 +391,7 @@ impl Commands {
 /// The keys of the batch's charges on accounts that exist, among those `pick` takes by index.
 fn known_keys<'b>(
     batch: &'b [ChargeRequest],
-    accounts: &HashMap<String, AccountChanges>,
+    accounts: &HashMap<UserId, AccountChanges>,
     pick: impl Fn(usize) -> bool,
 ) -> Vec<(&'b str, &'b str)> {
     batch
@@ -400,7 +400,7 @@ fn known_keys<'b>(
         .filter(|(index, request)| {
             pick(*index)
                 && accounts
-                    .get(request.command.user_id.as_str())
+                    .get(&request.command.user_id)
                     .is_some_and(AccountChanges::exists)
         })
         .map(|(_, request)| request.key())

@@ -25,7 +25,7 @@ use shared::{
     clock::Clock,
     config::GroupCommitSettings,
     config::{ConfigError, Settings},
-    ids::FieldViolation,
+    ids::{FieldViolation, UserId},
     money::Micros,
     period::BillingZone,
 };
@@ -85,14 +85,14 @@ impl Rules {
     /// How an account (or one never written) is presented at `now`.
     pub fn present(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         currency: Option<&str>,
         snapshot: Option<&AccountSnapshot>,
         now: DateTime<Utc>,
     ) -> AccountOut {
         let fresh = AccountSnapshot::fresh(self.zone.period_of(now), self.default_monthly_free);
         AccountOut {
-            user_id: user_id.to_owned(),
+            user_id: user_id.to_string(),
             currency: currency.unwrap_or(&self.currency).to_owned(),
             view: view_at(snapshot.unwrap_or(&fresh), now, self.zone),
         }
@@ -154,7 +154,7 @@ impl Rules {
     /// what the first call answered). `monthly_free` stands in for rows that do not hold it.
     pub fn present_as_recorded(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         currency: &str,
         original: &store::LedgerRow,
         monthly_free: Micros,
@@ -166,12 +166,12 @@ impl Rules {
     /// An account exactly as stored, for the events that describe it.
     pub fn present_stored(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         currency: &str,
         snapshot: &AccountSnapshot,
     ) -> AccountOut {
         AccountOut {
-            user_id: user_id.to_owned(),
+            user_id: user_id.to_string(),
             currency: currency.to_owned(),
             view: stored_view(snapshot, self.zone),
         }

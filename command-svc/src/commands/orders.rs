@@ -1,7 +1,8 @@
 //! Recharge orders and the payment provider's notifications about them.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use shared::{
+    ids::UserId,
     money::{MAX_BALANCE, Micros},
     proto::v1::{
         BalanceRecharged, PaymentUnmatched, RechargeOrderCreated, RechargeOrderFailed,
@@ -71,7 +72,7 @@ impl Commands {
         command: &CreateRechargeOrder,
     ) -> Result<OrderCreated, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
+        let user_id = &command.user_id;
         let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
         let key = command
             .idempotency_key
@@ -140,9 +141,7 @@ impl Commands {
     ) -> Result<OrderOut, CommandError> {
         let row = store::find_order(self.store.pool(), query.order_no.as_str()).await?;
         match row {
-            Some(row) if row.user_id == query.user_id.as_str() => {
-                Ok(OrderOut::new(row, self.now())?)
-            }
+            Some(row) if row.user_id == query.user_id => Ok(OrderOut::new(row, self.now())?),
             _ => Err(CommandError::OrderNotFound),
         }
     }
@@ -219,7 +218,7 @@ impl Commands {
             }
             CallbackDecision::Replayed => CallbackOutcome::Replayed,
             CallbackDecision::Unmatched(why) => {
-                let mut row = unmatched_row(callback, Some(&found.user_id), why, now);
+                let mut row = unmatched_row(callback, Some(found.user_id.as_str()), why, now);
                 row.account_version = Some(account.state().version);
                 store::insert_unmatched(account.tx(), &row).await?;
                 account.publish(unmatched_event(&row));
@@ -251,12 +250,7 @@ impl Commands {
         );
         account.open_period();
         let after = account.state().credit(callback.paid_amount)?;
-        let paid = Some(now);
-        store::update_order_status(account.tx(), order_no, OrderStatus::Paid, txn, paid, now)
-            .await?;
-        let paid = store::find_order(&mut **account.tx(), order_no)
-            .await?
-            .expect("locked above");
+        let paid = mark_order(account, callback, OrderStatus::Paid, now).await?;
         let record_id = events::new_id();
         let event = Kind::BalanceRecharged(BalanceRecharged {
             record_id: record_id.clone(),
@@ -291,15 +285,7 @@ impl Commands {
         callback: &RechargeCallback,
     ) -> Result<(), CommandError> {
         let now = self.now();
-        let (order_no, txn) = (
-            callback.order_no.as_str(),
-            callback.provider_txn_id.as_str(),
-        );
-        store::update_order_status(account.tx(), order_no, OrderStatus::Failed, txn, None, now)
-            .await?;
-        let failed = store::find_order(&mut **account.tx(), order_no)
-            .await?
-            .expect("locked above");
+        let failed = mark_order(account, callback, OrderStatus::Failed, now).await?;
         let message = OrderOut::new(failed, now)?.message();
         account.publish(Kind::RechargeOrderFailed(RechargeOrderFailed {
             order: Some(message),
@@ -369,7 +355,8 @@ impl Commands {
             let order = store::find_order(&mut **tx, &unmatched.order_no).await?;
             let account = match (&unmatched.user_id, unmatched.account_version) {
                 (Some(user_id), Some(version)) => {
-                    self.recorded_account(tx, user_id, version).await?
+                    let user_id = UserId::stored(user_id.as_str());
+                    self.recorded_account(tx, &user_id, version).await?
                 }
                 _ => None,
             };
@@ -389,7 +376,7 @@ impl Commands {
     async fn recorded_account(
         &self,
         tx: &mut store::Tx,
-        user_id: &str,
+        user_id: &UserId,
         version: i64,
     ) -> Result<Option<AccountOut>, CommandError> {
         let Some(record) = store::find_record_at_version(tx, user_id, version).await? else {
@@ -415,7 +402,7 @@ fn replayed(
     order: Option<OrderRow>,
     account: Option<AccountOut>,
     unmatched_id: Option<String>,
-    at: chrono::DateTime<chrono::Utc>,
+    at: DateTime<Utc>,
 ) -> Result<CallbackResult, CommandError> {
     Ok(CallbackResult {
         outcome: CallbackOutcome::Replayed,
@@ -430,7 +417,7 @@ fn unmatched_row(
     callback: &RechargeCallback,
     user_id: Option<&str>,
     why: Unmatched,
-    now: chrono::DateTime<chrono::Utc>,
+    now: DateTime<Utc>,
 ) -> UnmatchedRow {
     UnmatchedRow {
         unmatched_id: events::new_id(),
@@ -453,4 +440,20 @@ fn unmatched_event(row: &UnmatchedRow) -> Kind {
         paid_amount_micros: row.paid_amount_micros,
         why: row.why.clone(),
     })
+}
+
+/// Moves the locked order to `status` with the callback's transaction (paid at `now` when
+/// paid), and reads it back as stored.
+async fn mark_order(
+    account: &mut AccountTx<'_>,
+    callback: &RechargeCallback,
+    status: OrderStatus,
+    now: DateTime<Utc>,
+) -> Result<store::OrderRow, StoreError> {
+    let order_no = callback.order_no.as_str();
+    let txn = callback.provider_txn_id.as_str();
+    let paid_at = (status == OrderStatus::Paid).then_some(now);
+    store::update_order_status(account.tx(), order_no, status, txn, paid_at, now).await?;
+    let order = store::find_order(&mut **account.tx(), order_no).await?;
+    Ok(order.expect("locked above"))
 }

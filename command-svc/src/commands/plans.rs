@@ -32,7 +32,7 @@ impl Commands {
 
     async fn set_plan_once(&self, command: &SetFreeQuotaPlan) -> Result<PlanSet, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
+        let user_id = &command.user_id;
         let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
         account.open_period();
         let now_period = self.rules.zone.period_of(now);
@@ -48,7 +48,7 @@ impl Commands {
             store::regrant(
                 account.tx(),
                 user_id,
-                &after.period.to_string(),
+                after.period,
                 after.free_granted.get(),
             )
             .await?;

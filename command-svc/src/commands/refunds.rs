@@ -2,6 +2,7 @@
 
 use shared::{
     account::{AccountSnapshot, RefundSplit},
+    ids::{RequestId, UserId},
     money::Micros,
     proto::v1::{ChargeRefunded, billing_event::Kind},
 };
@@ -18,16 +19,16 @@ use crate::{
 /// hold's row holds the key). Nothing for a hold still held, released or expired.
 async fn charge_to_refund(
     tx: &mut Tx,
-    user_id: &str,
-    request_id: &str,
+    user_id: &UserId,
+    request_id: &RequestId,
 ) -> Result<Option<LedgerRow>, StoreError> {
     let Some(record) = store::find_charge(tx, user_id, request_id).await? else {
         return Ok(None);
     };
-    if RecordKind::Deduct.is(&record.kind) {
+    if record.kind == RecordKind::Deduct {
         return Ok(Some(record));
     }
-    if !RecordKind::Hold.is(&record.kind) {
+    if record.kind != RecordKind::Hold {
         return Ok(None);
     }
     let settle = store::lock_reservation(tx, user_id, request_id)
@@ -38,7 +39,7 @@ async fn charge_to_refund(
     };
     Ok(store::find_record(tx, user_id, &settle.record_id)
         .await?
-        .filter(|record| RecordKind::Deduct.is(&record.kind)))
+        .filter(|record| record.kind == RecordKind::Deduct))
 }
 
 #[derive(Clone, Debug)]
@@ -60,13 +61,13 @@ impl Commands {
 
     async fn refund_once(&self, command: &RefundCharge) -> Result<Refunded, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
+        let user_id = &command.user_id;
         let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
         if !account.exists() {
             account.rollback().await?;
             return Err(CommandError::ChargeNotFound);
         }
-        let charge = charge_to_refund(account.tx(), user_id, command.request_id.as_str()).await?;
+        let charge = charge_to_refund(account.tx(), user_id, &command.request_id).await?;
 
         if let Some(earlier) =
             store::find_refund(account.tx(), user_id, command.refund_id.as_str()).await?

@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, Hold, Refusal, Split},
+    ids::{RequestId, UserId},
     money::Micros,
     period::Period,
     proto::v1::{QuotaReserved, ReservationReleased, ReservationSettled, billing_event::Kind},
@@ -66,8 +67,8 @@ impl Commands {
 
     async fn reserve_once(&self, command: &ReserveQuota) -> Result<Reserved, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
-        let request_id = command.request_id.as_str();
+        let user_id = &command.user_id;
+        let request_id = &command.request_id;
         let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
         if account.exists() {
             if let Some(earlier) =
@@ -131,6 +132,22 @@ impl Commands {
         })
     }
 
+    /// The account locked, with the reservation under `request_id` locked too when both exist.
+    async fn lock_reservation(
+        &self,
+        user_id: &UserId,
+        request_id: &RequestId,
+        now: DateTime<Utc>,
+    ) -> Result<(AccountTx<'_>, Option<Reservation>), StoreError> {
+        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
+        let reservation = if account.exists() {
+            store::lock_reservation(account.tx(), user_id, request_id).await?
+        } else {
+            None
+        };
+        Ok((account, reservation))
+    }
+
     pub async fn settle_reservation(
         &self,
         command: &SettleReservation,
@@ -140,14 +157,9 @@ impl Commands {
 
     async fn settle_once(&self, command: &SettleReservation) -> Result<Settled, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
-        let request_id = command.request_id.as_str();
-        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
-        let reservation = if account.exists() {
-            store::lock_reservation(account.tx(), user_id, request_id).await?
-        } else {
-            None
-        };
+        let (mut account, reservation) = self
+            .lock_reservation(&command.user_id, &command.request_id, now)
+            .await?;
         let Some(reservation) = reservation.filter(|r| r.status != ReservationStatus::Released)
         else {
             account.rollback().await?;
@@ -211,8 +223,7 @@ impl Commands {
         command: &SettleReservation,
         settle: &store::SettleRecord,
     ) -> Result<Settled, CommandError> {
-        let record =
-            store::find_record(account.tx(), command.user_id.as_str(), &settle.record_id).await?;
+        let record = store::find_record(account.tx(), &command.user_id, &settle.record_id).await?;
         let record = record_or_missing(record)?;
         let shown = account.end_in_replay(&record).await?;
         if settle.actual != command.actual {
@@ -240,14 +251,10 @@ impl Commands {
 
     async fn release_once(&self, command: &ReleaseReservation) -> Result<Released, CommandError> {
         let now = self.now();
-        let user_id = command.user_id.as_str();
-        let request_id = command.request_id.as_str();
-        let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
-        let reservation = if account.exists() {
-            store::lock_reservation(account.tx(), user_id, request_id).await?
-        } else {
-            None
-        };
+        let user_id = &command.user_id;
+        let (mut account, reservation) = self
+            .lock_reservation(&command.user_id, &command.request_id, now)
+            .await?;
         let Some(reservation) = reservation else {
             account.rollback().await?;
             return Err(CommandError::ReservationNotFound);
@@ -339,13 +346,21 @@ impl Commands {
 
     /// Releases the hold under `(user_id, request_id)` if it is held and expired by now;
     /// whether it did.
-    pub async fn expire_hold(&self, user_id: &str, request_id: &str) -> Result<bool, CommandError> {
+    pub async fn expire_hold(
+        &self,
+        user_id: &UserId,
+        request_id: &RequestId,
+    ) -> Result<bool, CommandError> {
         self.store
             .retrying(|| self.expire_once(user_id, request_id))
             .await
     }
 
-    async fn expire_once(&self, user_id: &str, request_id: &str) -> Result<bool, CommandError> {
+    async fn expire_once(
+        &self,
+        user_id: &UserId,
+        request_id: &RequestId,
+    ) -> Result<bool, CommandError> {
         let now = self.now();
         let mut account = AccountTx::lock(&self.store, &self.rules, user_id, now).await?;
         let reservation = store::lock_reservation(account.tx(), user_id, request_id).await?;
@@ -489,7 +504,7 @@ fn hold_change(
     let event = Kind::QuotaReserved(QuotaReserved {
         record_id: reservation.hold_record_id.to_owned(),
         reservation_id: reservation.reservation_id.to_owned(),
-        request_id: reservation.request_id.to_owned(),
+        request_id: reservation.request_id.as_str().to_owned(),
         api_id: reservation.api_id.to_owned(),
         amount_micros: command.amount.get(),
         free_held_micros: hold.free.get(),
@@ -507,7 +522,7 @@ fn hold_change(
             balance: hold.balance,
         },
         refs: Refs {
-            request_id: Some(reservation.request_id.to_owned()),
+            request_id: Some(reservation.request_id.as_str().to_owned()),
             api_id: Some(reservation.api_id.to_owned()),
             ..Refs::default()
         },

@@ -194,14 +194,14 @@ impl Commands {
             let mut account = match AccountChanges::stored(row, &self.rules) {
                 Ok(account) => account,
                 Err(error) => {
-                    store::undecodable("accounts", &row.user_id, &error);
+                    store::undecodable("accounts", row.user_id.as_str(), &error);
                     continue;
                 }
             };
             account.open_period(period);
             if account.is_changed() {
                 account.record_grant(&mut appends, trace.as_deref());
-                granted.push((row.user_id.as_str(), row.currency.as_str(), account.state));
+                granted.push((&row.user_id, row.currency.as_str(), account.state));
             }
         }
         let mut writes = appends.writes();

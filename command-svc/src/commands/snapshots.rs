@@ -5,7 +5,9 @@
 //! neither is gone with its TTL.
 
 use prost::Message;
-use shared::{account::AccountSnapshot, cache::CachedSnapshot, money::Micros, proto::v1 as pb};
+use shared::{
+    account::AccountSnapshot, cache::CachedSnapshot, ids::UserId, money::Micros, proto::v1 as pb,
+};
 
 use super::{Commands, account_tx::AccountTx};
 use crate::{events::AccountOut, store::StoreError};
@@ -59,8 +61,8 @@ impl Commands {
 
     /// The account from its Redis snapshot, presented now; `None` on a miss, a Redis failure or
     /// a snapshot that does not decode (MySQL answers then).
-    pub(super) async fn cached_account(&self, user_id: &str) -> Option<AccountOut> {
-        let cached = self.snapshots.as_ref()?.get(user_id).await?;
+    pub(super) async fn cached_account(&self, user_id: &UserId) -> Option<AccountOut> {
+        let cached = self.snapshots.as_ref()?.get(user_id.as_str()).await?;
         let state = pb::AccountState::decode(cached.state.as_slice()).ok()?;
         let snapshot = AccountSnapshot {
             balance: Micros::new(state.balance_micros),

@@ -1,14 +1,14 @@
 //! The `accounts` table: one row per account ever written, locked first by every command.
 
 use chrono::{DateTime, Utc};
-use shared::{account::AccountSnapshot, money::Micros, period::Period};
+use shared::{account::AccountSnapshot, ids::UserId, money::Micros, period::Period};
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
-    pub user_id: String,
+    pub user_id: UserId,
     pub currency: String,
     pub balance_micros: i64,
     pub period: String,
@@ -60,7 +60,7 @@ macro_rules! account_columns {
 
 /// Locks the account row for the rest of the transaction; `None` when it does not exist yet
 /// (at READ COMMITTED that takes no gap lock, so a concurrent creation cannot deadlock on it).
-pub async fn lock_account(tx: &mut Tx, user_id: &str) -> Result<Option<AccountRow>, StoreError> {
+pub async fn lock_account(tx: &mut Tx, user_id: &UserId) -> Result<Option<AccountRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         account_columns!(),
@@ -75,7 +75,7 @@ pub async fn lock_account(tx: &mut Tx, user_id: &str) -> Result<Option<AccountRo
 /// Reads the committed state without locking: the authoritative read of GetAccount and CheckQuota.
 pub async fn load_account<'e>(
     executor: impl MySqlExecutor<'e>,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Option<AccountRow>, StoreError> {
     const SQL: &str = concat!("SELECT ", account_columns!(), " WHERE a.user_id = ?");
     Ok(sqlx::query_as(SQL)
@@ -84,34 +84,43 @@ pub async fn load_account<'e>(
         .await?)
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>;
+
+/// Binds the state's columns, in the order every statement here lists them: balance, period,
+/// free granted, used and held, balance held, monthly free, version.
+fn bind_state<'q>(query: Query<'q>, state: &AccountSnapshot) -> Query<'q> {
+    query
+        .bind(state.balance.get())
+        .bind(state.period.to_string())
+        .bind(state.free_granted.get())
+        .bind(state.free_used.get())
+        .bind(state.free_held.get())
+        .bind(state.balance_held.get())
+        .bind(state.monthly_free.get())
+        .bind(state.version)
+}
+
 /// Inserts a new account already in `state`. A concurrent creation of the same account makes this
 /// fail with a duplicate key, a conflict: the command is run again and finds the row.
 pub async fn create_account(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     currency: &str,
     state: &AccountSnapshot,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
          free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
          created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(user_id)
-    .bind(currency)
-    .bind(state.balance.get())
-    .bind(state.period.to_string())
-    .bind(state.free_granted.get())
-    .bind(state.free_used.get())
-    .bind(state.free_held.get())
-    .bind(state.balance_held.get())
-    .bind(state.monthly_free.get())
-    .bind(state.version)
-    .bind(now)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    .bind(currency);
+    bind_state(insert, state)
+        .bind(now)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -119,29 +128,22 @@ pub async fn create_account(
 /// the row lock: a write based on a stale read fails instead of overwriting.
 pub async fn save_account(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     from_version: i64,
     state: &AccountSnapshot,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let result = sqlx::query(
+    let update = sqlx::query(
         "UPDATE accounts SET balance_micros = ?, period = ?, free_granted_micros = ?, \
          free_used_micros = ?, free_held_micros = ?, balance_held_micros = ?, \
          monthly_free_micros = ?, version = ?, updated_at = ? WHERE user_id = ? AND version = ?",
-    )
-    .bind(state.balance.get())
-    .bind(state.period.to_string())
-    .bind(state.free_granted.get())
-    .bind(state.free_used.get())
-    .bind(state.free_held.get())
-    .bind(state.balance_held.get())
-    .bind(state.monthly_free.get())
-    .bind(state.version)
-    .bind(now)
-    .bind(user_id)
-    .bind(from_version)
-    .execute(&mut **tx)
-    .await?;
+    );
+    let result = bind_state(update, state)
+        .bind(now)
+        .bind(user_id)
+        .bind(from_version)
+        .execute(&mut **tx)
+        .await?;
     if result.rows_affected() == 1 {
         Ok(())
     } else {
@@ -175,7 +177,10 @@ pub async fn lock_accounts_between(
 }
 
 /// Locks these accounts (those that exist) in primary-key order.
-pub async fn lock_accounts(tx: &mut Tx, user_ids: &[&str]) -> Result<Vec<AccountRow>, StoreError> {
+pub async fn lock_accounts(
+    tx: &mut Tx,
+    user_ids: &[&UserId],
+) -> Result<Vec<AccountRow>, StoreError> {
     if user_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -197,7 +202,7 @@ impl Writes {
     /// key, a conflict: the whole transaction is run again and finds it.
     pub fn create_accounts(
         &mut self,
-        accounts: &[(&str, &str, AccountSnapshot)],
+        accounts: &[(&UserId, &str, AccountSnapshot)],
         now: DateTime<Utc>,
     ) -> &mut Self {
         self.accounts(accounts, now, "")
@@ -206,7 +211,7 @@ impl Writes {
     /// The states of accounts this transaction has locked.
     pub fn save_accounts(
         &mut self,
-        accounts: &[(&str, &str, AccountSnapshot)],
+        accounts: &[(&UserId, &str, AccountSnapshot)],
         now: DateTime<Utc>,
     ) -> &mut Self {
         // Every row exists and is locked: the insert half never applies, the update half does.
@@ -225,7 +230,7 @@ impl Writes {
 
     fn accounts(
         &mut self,
-        accounts: &[(&str, &str, AccountSnapshot)],
+        accounts: &[(&UserId, &str, AccountSnapshot)],
         now: DateTime<Utc>,
         tail: &'static str,
     ) -> &mut Self {
@@ -236,7 +241,7 @@ impl Writes {
             accounts,
             tail,
             |row, (user_id, currency, state)| {
-                row.text(user_id)
+                row.text(user_id.as_str())
                     .text(currency)
                     .int(state.balance.get())
                     .text(&state.period.to_string())

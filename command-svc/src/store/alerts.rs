@@ -75,7 +75,7 @@ pub struct Webhook {
 }
 
 /// The webhook a developer's alerts go to, if any.
-pub async fn webhook_of(pool: &MySqlPool, user_id: &str) -> Result<Option<Webhook>, StoreError> {
+pub async fn webhook_of(pool: &MySqlPool, user_id: &UserId) -> Result<Option<Webhook>, StoreError> {
     let row: Option<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT webhook_url, signing_secret FROM alert_settings WHERE user_id = ?")
             .bind(user_id)
@@ -92,7 +92,7 @@ pub async fn webhook_of(pool: &MySqlPool, user_id: &str) -> Result<Option<Webhoo
 /// One attempt at delivering an alert, and where the delivery stands after it.
 pub struct DeliveryAttempt<'a> {
     pub event_id: &'a str,
-    pub user_id: &'a str,
+    pub user_id: &'a UserId,
     pub kind: &'a str,
     pub url: Option<&'a str>,
     /// `pending` (to be tried again), `delivered`, `failed` (attempts used up) or `no_webhook`.

@@ -2,13 +2,13 @@
 //! "a period is granted once": a second grant of the same period fails as a duplicate key.
 
 use chrono::{DateTime, Utc};
-use shared::{money::Micros, period::Period};
+use shared::{ids::UserId, money::Micros, period::Period};
 
 use super::Writes;
 
 #[derive(Clone, Debug)]
 pub struct Grant {
-    pub user_id: String,
+    pub user_id: UserId,
     pub period: Period,
     pub granted: Micros,
     pub record_id: String,
@@ -21,7 +21,7 @@ impl Writes {
             grants,
             "",
             |row, grant| {
-                row.text(&grant.user_id)
+                row.text(grant.user_id.as_str())
                     .text(&grant.period.to_string())
                     .int(grant.granted.get())
                     .text(&grant.record_id)
@@ -35,14 +35,14 @@ impl Writes {
 /// Corrects the amount of a grant made in advance (a new plan for a period already granted).
 pub async fn regrant(
     tx: &mut super::Tx,
-    user_id: &str,
-    period: &str,
+    user_id: &UserId,
+    period: Period,
     granted_micros: i64,
 ) -> Result<(), super::StoreError> {
     sqlx::query("UPDATE free_quota_grants SET granted_micros = ? WHERE user_id = ? AND period = ?")
         .bind(granted_micros)
         .bind(user_id)
-        .bind(period)
+        .bind(period.to_string())
         .execute(&mut **tx)
         .await?;
     Ok(())

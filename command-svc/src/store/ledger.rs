@@ -1,7 +1,11 @@
 //! The append-only `ledger`: one row per change of an account's state.
 
 use chrono::{DateTime, Utc};
-use shared::{account::AccountSnapshot, money::Micros};
+use shared::{
+    account::AccountSnapshot,
+    ids::{RequestId, UserId},
+    money::Micros,
+};
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
@@ -37,7 +41,7 @@ pub struct Amounts {
 #[derive(Clone, Debug)]
 pub struct LedgerEntry {
     pub record_id: String,
-    pub user_id: String,
+    pub user_id: UserId,
     pub kind: RecordKind,
     pub amounts: Amounts,
     pub before: AccountSnapshot,
@@ -76,8 +80,8 @@ macro_rules! record_columns {
 /// The charge already recorded under `(user_id, request_id)`, if any.
 pub async fn find_charge(
     tx: &mut Tx,
-    user_id: &str,
-    request_id: &str,
+    user_id: &UserId,
+    request_id: &RequestId,
 ) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
@@ -94,7 +98,7 @@ pub async fn find_charge(
 /// The ledger row with this record id, if it is `user_id`'s.
 pub async fn find_record(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     record_id: &str,
 ) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
@@ -112,7 +116,7 @@ pub async fn find_record(
 /// `user_id`'s ledger row of `version`, if any.
 pub async fn find_record_at_version(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     version: i64,
 ) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
@@ -130,7 +134,7 @@ pub async fn find_record_at_version(
 /// The adjustment already recorded under `(user_id, adjustment_id)`, if any.
 pub async fn find_adjustment(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     adjustment_id: &str,
 ) -> Result<Option<LedgerRow>, StoreError> {
     const SQL: &str = concat!(
@@ -183,7 +187,7 @@ impl Writes {
                     ..
                 } = entry;
                 row.text(&entry.record_id)
-                    .text(&entry.user_id)
+                    .text(entry.user_id.as_str())
                     .int(after.version)
                     .text(entry.kind.as_str())
                     .int(amounts.amount.get())

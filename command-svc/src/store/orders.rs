@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx};
-use shared::order::OrderStatus;
+use shared::{ids::UserId, order::OrderStatus};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OrderRow {
     pub order_no: String,
-    pub user_id: String,
+    pub user_id: UserId,
     pub amount_micros: i64,
     pub channel: String,
     pub status: String,
@@ -90,7 +90,7 @@ pub async fn lock_order(tx: &mut Tx, order_no: &str) -> Result<Option<OrderRow>,
 /// The order a user already created with this idempotency key, if any.
 pub async fn find_order_by_key(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     idempotency_key: &str,
 ) -> Result<Option<OrderRow>, StoreError> {
     const SQL: &str = concat!(

@@ -4,7 +4,7 @@
 //! of the account takes first.
 
 use chrono::{DateTime, Utc};
-use shared::{account::Refundable, money::Micros};
+use shared::{account::Refundable, ids::UserId, money::Micros};
 
 use super::{LedgerRow, StoreError, Tx};
 
@@ -22,7 +22,7 @@ pub struct RefundRow {
 /// The refund recorded under `(user_id, refund_id)`, if any.
 pub async fn find_refund(
     tx: &mut Tx,
-    user_id: &str,
+    user_id: &UserId,
     refund_id: &str,
 ) -> Result<Option<RefundRow>, StoreError> {
     Ok(sqlx::query_as(
@@ -54,7 +54,7 @@ pub async fn refundable(tx: &mut Tx, charge: &LedgerRow) -> Result<Refundable, S
 /// A refund about to be stored.
 pub struct NewRefund<'a> {
     pub record_id: &'a str,
-    pub user_id: &'a str,
+    pub user_id: &'a UserId,
     pub refund_id: &'a str,
     pub charge_record_id: &'a str,
     pub amount: Micros,

@@ -3,7 +3,12 @@
 //! reservation's own lock: a settle, a release and the sweeper never end one twice.
 
 use chrono::{DateTime, Utc};
-use shared::{account::Hold, money::Micros, period::Period};
+use shared::{
+    account::Hold,
+    ids::{RequestId, UserId},
+    money::Micros,
+    period::Period,
+};
 use sqlx::MySqlPool;
 
 use super::{StoreError, Tx, accounts::parse_period};
@@ -138,8 +143,8 @@ impl TryFrom<Row> for Reservation {
 /// Locks and reads the reservation under `(user_id, request_id)`, if any.
 pub async fn lock_reservation(
     tx: &mut Tx,
-    user_id: &str,
-    request_id: &str,
+    user_id: &UserId,
+    request_id: &RequestId,
 ) -> Result<Option<Reservation>, StoreError> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT reservation_id, request_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
@@ -157,8 +162,8 @@ pub async fn lock_reservation(
 /// A reservation about to be stored, held.
 pub struct NewReservation<'a> {
     pub reservation_id: &'a str,
-    pub user_id: &'a str,
-    pub request_id: &'a str,
+    pub user_id: &'a UserId,
+    pub request_id: &'a RequestId,
     pub api_id: &'a str,
     pub hold: Hold,
     pub period: Period,
@@ -272,7 +277,7 @@ pub async fn expired_reservations(
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ExpiredHold {
     pub reservation_id: String,
-    pub user_id: String,
-    pub request_id: String,
+    pub user_id: UserId,
+    pub request_id: RequestId,
     pub expires_at: DateTime<Utc>,
 }

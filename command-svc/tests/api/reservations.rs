@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use shared::proto::v1 as pb;
+use shared::{
+    ids::{RequestId, UserId},
+    proto::v1 as pb,
+};
 use tonic::Code;
 
 use crate::helpers::*;
@@ -465,7 +468,7 @@ async fn a_late_settle_is_charged() {
         .unwrap();
     let released = replica
         .commands()
-        .expire_hold(&user, "swept")
+        .expire_hold(&UserId::stored(user.as_str()), &RequestId::stored("swept"))
         .await
         .unwrap();
     assert!(released);

@@ -13,12 +13,12 @@
 
 use axum::{
     Json,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::State,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shared::cache::CachedSnapshot;
 use shared::{
     account::{AccountSnapshot, view_at},
@@ -26,13 +26,14 @@ use shared::{
     money::Micros,
     proto::v1 as pb,
 };
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     auth::AuthUser,
     error::{ApiError, ErrorBody},
-    fresh, openapi, rfc3339,
+    fresh::{self, MinVersion},
+    openapi, rfc3339,
 };
 use crate::{
     app::AppState,
@@ -85,14 +86,6 @@ pub struct FreeQuotaJson {
     pub resets_at: String,
 }
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct AccountParams {
-    /// Wait up to 2 s for the read model to reach this account version (read-your-writes).
-    #[param(value_type = Option<i64>, minimum = 0)]
-    min_version: Option<String>,
-}
-
 /// A snapshot with what the view needs besides it.
 #[derive(Debug, PartialEq, Eq)]
 struct Found {
@@ -111,7 +104,7 @@ struct Found {
     path = "/api/v1/billing/account",
     tag = openapi::BILLING_TAG,
     security(("bearer_jwt" = [])),
-    params(AccountParams),
+    params(fresh::MinVersionParams),
     responses(
         (status = 200, description = "The account", body = AccountJson,
             headers(("X-Billing-Stale" = String, description = "`true` when the read model is \
@@ -127,10 +120,8 @@ struct Found {
 async fn get_account(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
-    params: Result<Query<AccountParams>, QueryRejection>,
+    MinVersion(min_version): MinVersion,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params?;
-    let min_version = fresh::min_version(params.min_version.as_deref())?;
     let (found, stale) =
         fresh::read_at_least(&state.waiters, user.as_str(), min_version, || async {
             let found = find(&state, &user).await?;

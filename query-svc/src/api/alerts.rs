@@ -17,7 +17,7 @@ use shared::{
     money,
     proto::v1 as pb,
 };
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
@@ -193,14 +193,6 @@ fn patch_request(user: &UserId, body: Value) -> Result<pb::SetAlertSettingsReque
     })
 }
 
-fn saved_json(saved: pb::SetAlertSettingsResponse) -> AlertsJson {
-    AlertsJson {
-        low_balance_threshold_micros: saved.low_balance_threshold_micros,
-        webhook_url: Some(saved.webhook_url).filter(|url| !url.is_empty()),
-        signing_secret: Some(saved.signing_secret).filter(|secret| !secret.is_empty()),
-    }
-}
-
 /// The caller's alert settings.
 ///
 /// The threshold `balance_low` compares with (the caller's own, else the service's default), the
@@ -248,19 +240,7 @@ async fn get_alerts(
     tag = openapi::BILLING_TAG,
     security(("bearer_jwt" = [])),
     request_body(content = AlertsBody, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The settings as saved", body = AlertsJson),
-        (status = 400, description = "A bad body, every violated field at once \
-            (`INVALID_ARGUMENT`)", body = ErrorBody),
-        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
-        (status = 413, description = "A body over `listeners.max_body_bytes`, 8 KiB by default \
-            (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json` \
-            (`UNSUPPORTED_MEDIA_TYPE`)", body = ErrorBody),
-        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
-        (status = 503, description = "command-svc cannot answer (`UNAVAILABLE`, \
-            `STORE_UNAVAILABLE`); send the settings again", body = ErrorBody),
-    )
+    responses((status = 200, description = "The settings as saved", body = AlertsJson), SaveFailure)
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn put_alerts(
@@ -269,9 +249,7 @@ async fn put_alerts(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<AlertsJson>, ApiError> {
     let Json(body) = body?;
-    let request = alerts_request(&user, body)?;
-    let saved = state.command.set_alert_settings(request).await?;
-    Ok(Json(saved_json(saved)))
+    save(&state, alerts_request(&user, body)?).await
 }
 
 /// Changes some of the caller's alert settings.
@@ -285,19 +263,7 @@ async fn put_alerts(
     tag = openapi::BILLING_TAG,
     security(("bearer_jwt" = [])),
     request_body(content = AlertsPatch, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The settings as saved", body = AlertsJson),
-        (status = 400, description = "A bad body, every violated field at once \
-            (`INVALID_ARGUMENT`)", body = ErrorBody),
-        (status = 401, description = "No valid bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
-        (status = 413, description = "A body over `listeners.max_body_bytes`, 8 KiB by default \
-            (`PAYLOAD_TOO_LARGE`)", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json` \
-            (`UNSUPPORTED_MEDIA_TYPE`)", body = ErrorBody),
-        (status = 500, description = "A fault of the service (`INTERNAL`)", body = ErrorBody),
-        (status = 503, description = "command-svc cannot answer (`UNAVAILABLE`, \
-            `STORE_UNAVAILABLE`); send the change again", body = ErrorBody),
-    )
+    responses((status = 200, description = "The settings as saved", body = AlertsJson), SaveFailure)
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 async fn patch_alerts(
@@ -306,9 +272,44 @@ async fn patch_alerts(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<AlertsJson>, ApiError> {
     let Json(body) = body?;
-    let request = patch_request(&user, body)?;
+    save(&state, patch_request(&user, body)?).await
+}
+
+/// How a write of the settings fails, `PUT` and `PATCH` alike: the document's side of the
+/// [`ApiError`]s they answer.
+#[derive(IntoResponses)]
+pub enum SaveFailure {
+    /// A bad body, every violated field at once (`INVALID_ARGUMENT`)
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// No valid bearer token (`UNAUTHENTICATED`)
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// A body over `listeners.max_body_bytes`, 8 KiB by default (`PAYLOAD_TOO_LARGE`)
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// The body is not `application/json` (`UNSUPPORTED_MEDIA_TYPE`)
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// A fault of the service (`INTERNAL`)
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// command-svc cannot answer (`UNAVAILABLE`, `STORE_UNAVAILABLE`); send the request again
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Forwards the settings to command-svc, which owns them, and shows what it saved.
+async fn save(
+    state: &AppState,
+    request: pb::SetAlertSettingsRequest,
+) -> Result<Json<AlertsJson>, ApiError> {
     let saved = state.command.set_alert_settings(request).await?;
-    Ok(Json(saved_json(saved)))
+    Ok(Json(AlertsJson {
+        low_balance_threshold_micros: saved.low_balance_threshold_micros,
+        webhook_url: Some(saved.webhook_url).filter(|url| !url.is_empty()),
+        signing_secret: Some(saved.signing_secret).filter(|secret| !secret.is_empty()),
+    }))
 }
 
 #[cfg(test)]

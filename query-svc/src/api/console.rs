@@ -48,39 +48,35 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The console page. The developer's JWT comes in the fragment (`/console#token=…`, never sent
-/// to the server) or is asked for; the page keeps it for the browser tab only.
-#[utoipa::path(
-    get,
-    path = PAGE,
-    tag = openapi::CONSOLE_TAG,
-    responses((status = 200, description = "The console's HTML page", content_type = "text/html",
-        body = String))
-)]
-async fn page() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+/// A handler of one console file at `$path`, documented with its description and media type,
+/// which it answers with (in UTF-8) through [`asset`].
+macro_rules! console_file {
+    ($(#[doc = $doc:literal])* $handler:ident, $path:ident, $description:literal,
+        $media_type:literal, $body:ident) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(
+            get,
+            path = $path,
+            tag = openapi::CONSOLE_TAG,
+            responses((status = 200, description = $description, content_type = $media_type,
+                body = String))
+        )]
+        async fn $handler() -> Response {
+            asset(concat!($media_type, "; charset=utf-8"), $body)
+        }
+    };
 }
 
-/// The console's stylesheet.
-#[utoipa::path(
-    get,
-    path = STYLESHEET,
-    tag = openapi::CONSOLE_TAG,
-    responses((status = 200, description = "The console's CSS", content_type = "text/css",
-        body = String))
-)]
-async fn stylesheet() -> Response {
-    asset("text/css; charset=utf-8", CONSOLE_CSS)
-}
-
-/// The console's script.
-#[utoipa::path(
-    get,
-    path = SCRIPT,
-    tag = openapi::CONSOLE_TAG,
-    responses((status = 200, description = "The console's JavaScript",
-        content_type = "text/javascript", body = String))
-)]
-async fn script() -> Response {
-    asset("text/javascript; charset=utf-8", CONSOLE_JS)
-}
+console_file!(
+    /// The console page. The developer's JWT comes in the fragment (`/console#token=…`, never sent
+    /// to the server) or is asked for; the page keeps it for the browser tab only.
+    page, PAGE, "The console's HTML page", "text/html", INDEX_HTML
+);
+console_file!(
+    /// The console's stylesheet.
+    stylesheet, STYLESHEET, "The console's CSS", "text/css", CONSOLE_CSS
+);
+console_file!(
+    /// The console's script.
+    script, SCRIPT, "The console's JavaScript", "text/javascript", CONSOLE_JS
+);

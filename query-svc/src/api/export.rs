@@ -9,7 +9,7 @@
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Query, State, rejection::QueryRejection},
+    extract::State,
     http::header,
     response::{IntoResponse, Response},
 };
@@ -20,7 +20,7 @@ use super::{
     auth::AuthUser,
     error::{ApiError, ErrorBody},
     openapi,
-    records::{PageRequest, RecordJson, RecordType, RecordsParams, record_json},
+    records::{PageRequest, RecordJson, RecordType, record_json},
 };
 use crate::{app::AppState, store::queries};
 
@@ -67,10 +67,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn export(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
-    params: Result<Query<RecordsParams>, QueryRejection>,
+    request: PageRequest,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params?;
-    let request = PageRequest::parse(&params)?;
     let pages = futures::stream::unfold(Some(Cursor::Start), move |cursor| {
         let (state, user, filter) = (state.clone(), user.clone(), request.filter());
         async move {

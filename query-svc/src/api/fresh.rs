@@ -15,8 +15,13 @@ use std::{
     time::Duration,
 };
 
-use axum::http::{HeaderName, HeaderValue};
+use axum::{
+    extract::{FromRequestParts, Query},
+    http::{HeaderName, HeaderValue, request::Parts},
+};
+use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
+use utoipa::IntoParams;
 
 use super::error::ApiError;
 
@@ -27,6 +32,28 @@ pub const PATIENCE: Duration = Duration::from_secs(2);
 const RECHECK: Duration = Duration::from_millis(500);
 /// Set on an answer whose read model is older than the `min_version` asked for.
 pub const STALE: HeaderName = HeaderName::from_static("x-billing-stale");
+
+/// The query parameter of a route that reads your writes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MinVersionParams {
+    /// Wait up to 2 s for the read model to reach this account version (read-your-writes).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    min_version: Option<String>,
+}
+
+/// The account version a request asks the read model to reach, if any: its `min_version`
+/// ([`min_version`]), taken from the query beside the route's other parameters.
+pub struct MinVersion(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MinVersion {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<MinVersionParams>::from_request_parts(parts, state).await?;
+        min_version(params.min_version.as_deref()).map(MinVersion)
+    }
+}
 
 /// The `min_version` parameter: absent or empty, or a version 0 ..= 2^63 − 1.
 pub fn min_version(text: Option<&str>) -> Result<Option<i64>, ApiError> {

@@ -10,7 +10,8 @@
 
 use axum::{
     Json,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::{FromRequestParts, Query, State},
+    http::request::Parts,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -24,11 +25,15 @@ use super::{
     auth::AuthUser,
     cursor,
     error::{ApiError, ErrorBody},
-    fresh, openapi, rfc3339,
+    fresh::{self, MinVersion},
+    openapi, rfc3339,
 };
 use crate::{
     app::AppState,
-    store::queries::{self, RecordFilter, RecordRow},
+    store::{
+        RecordRow,
+        queries::{self, RecordFilter},
+    },
 };
 
 const CURSOR_TAG: &str = "records.v1";
@@ -53,7 +58,7 @@ impl ToSchema for RecordType {}
 /// gets the contract's 400.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct RecordsParams {
+struct RecordsParams {
     /// Records per page.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     limit: Option<String>,
@@ -69,9 +74,6 @@ pub(super) struct RecordsParams {
     /// Only records created before this instant (RFC 3339).
     #[param(format = DateTime)]
     to: Option<String>,
-    /// Wait up to 2 s for the read model to reach this account version (read-your-writes).
-    #[param(value_type = Option<i64>, minimum = 0)]
-    min_version: Option<String>,
 }
 
 /// One page of records, newest first.
@@ -127,7 +129,7 @@ pub(super) struct PageRequest {
 }
 
 impl PageRequest {
-    pub(super) fn parse(params: &RecordsParams) -> Result<PageRequest, ApiError> {
+    fn parse(params: &RecordsParams) -> Result<PageRequest, ApiError> {
         let present = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let limit = cursor::parse_limit(params.limit.as_deref())?;
         let kind = present(&params.kind)
@@ -195,6 +197,16 @@ impl PageRequest {
     }
 }
 
+/// The listing's filters and page from the query, refused with the contract's 400.
+impl<S: Send + Sync> FromRequestParts<S> for PageRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<RecordsParams>::from_request_parts(parts, state).await?;
+        PageRequest::parse(&params)
+    }
+}
+
 fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
@@ -215,7 +227,7 @@ fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
     path = "/api/v1/billing/records",
     tag = openapi::BILLING_TAG,
     security(("bearer_jwt" = [])),
-    params(RecordsParams),
+    params(RecordsParams, fresh::MinVersionParams),
     responses(
         (status = 200, description = "A page of records", body = RecordsPage,
             headers(("X-Billing-Stale" = String, description = "`true` when the read model is \
@@ -231,11 +243,9 @@ fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
 async fn list_records(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
-    params: Result<Query<RecordsParams>, QueryRejection>,
+    request: PageRequest,
+    MinVersion(min_version): MinVersion,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params?;
-    let request = PageRequest::parse(&params)?;
-    let min_version = fresh::min_version(params.min_version.as_deref())?;
     let stale = match min_version {
         Some(_) => {
             let ((), stale) =
@@ -392,6 +402,7 @@ mod tests {
     fn only_adjustments_keep_a_sign() {
         let row = |kind: &str, amount| RecordRow {
             record_id: "r".into(),
+            user_id: "u".into(),
             kind: kind.into(),
             amount_micros: amount,
             free_micros: 0,

@@ -30,7 +30,7 @@ use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use shared::{
     bus::{self, BusNames},
-    config::{NatsSettings, QuerySettings},
+    config::{NatsSettings, QuerySettings, Settings},
     period::BillingZone,
     proto::v1 as pb,
 };
@@ -57,18 +57,16 @@ struct Received {
 impl Projector {
     pub fn new(
         nats: async_nats::Client,
-        names: BusNames,
-        nats_settings: NatsSettings,
-        settings: QuerySettings,
+        settings: &Settings,
         store: ReadStore,
         cache: SnapshotCache,
         zone: BillingZone,
     ) -> Self {
         Projector {
+            names: BusNames::from_settings(&settings.nats),
+            nats_settings: settings.nats.clone(),
+            settings: settings.query.clone(),
             nats,
-            names,
-            nats_settings,
-            settings,
             store,
             cache,
             zone,
@@ -300,11 +298,10 @@ impl Projector {
         let mut usage: BTreeMap<(&str, &writes::UsageKey), writes::UsageDelta> = BTreeMap::new();
         for (record, key) in records.values() {
             if let Some(key) = key {
-                let delta = usage.entry((record.user_id.as_str(), key)).or_default();
-                delta.calls += 1;
-                delta.amount_micros += record.amount_micros;
-                delta.free_micros += record.free_micros;
-                delta.balance_micros += record.balance_micros;
+                usage
+                    .entry((record.user_id.as_str(), key))
+                    .or_default()
+                    .count(record);
             }
         }
         let deltas: Vec<(&str, &writes::UsageKey, writes::UsageDelta)> = usage

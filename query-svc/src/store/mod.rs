@@ -12,20 +12,26 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shared::{account::AccountSnapshot, config::DatabaseSettings, money::Micros};
-use sqlx::{MySqlExecutor, MySqlPool};
+use sqlx::{AssertSqlSafe, MySqlExecutor, MySqlPool};
 
 #[derive(Clone)]
 pub struct ReadStore {
     pool: MySqlPool,
 }
 
-/// An account snapshot as the read model holds it.
+/// The columns of an account snapshot in `rm_accounts`, in the order the writes bind them.
+pub(crate) const ACCOUNT_COLUMNS: &str = "user_id, currency, balance_micros, period, \
+    free_granted_micros, free_used_micros, free_held_micros, balance_held_micros, \
+    monthly_free_micros, version, updated_at";
+
+/// An account snapshot as `rm_accounts` holds it: its text owned when read ([`RmAccount`]),
+/// borrowed from the event when written ([`projection::SnapshotRow`]).
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct RmAccount {
-    pub user_id: String,
-    pub currency: String,
+pub struct AccountRow<Text> {
+    pub user_id: Text,
+    pub currency: Text,
     pub balance_micros: i64,
-    pub period: String,
+    pub period: Text,
     pub free_granted_micros: i64,
     pub free_used_micros: i64,
     pub free_held_micros: i64,
@@ -34,6 +40,9 @@ pub struct RmAccount {
     pub version: i64,
     pub updated_at: DateTime<Utc>,
 }
+
+/// An account snapshot as the read model holds it.
+pub type RmAccount = AccountRow<String>;
 
 impl RmAccount {
     /// The snapshot for [`shared::account::view_at`]; `None` if the stored period is corrupt.
@@ -49,6 +58,31 @@ impl RmAccount {
             version: self.version,
         })
     }
+}
+
+/// The columns of a record in `rm_records`, in the order the writes bind them.
+pub(crate) const RECORD_COLUMNS: &str = "record_id, user_id, version, type, amount_micros, \
+    free_micros, balance_micros, balance_after_micros, free_remaining_after_micros, api_id, \
+    request_id, order_no, period, created_at";
+
+/// A record as `rm_records` holds it: written by the projection, read by the REST API.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecordRow {
+    pub record_id: String,
+    pub user_id: String,
+    pub version: i64,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub amount_micros: i64,
+    pub free_micros: i64,
+    pub balance_micros: i64,
+    pub balance_after_micros: i64,
+    pub free_remaining_after_micros: i64,
+    pub api_id: Option<String>,
+    pub request_id: Option<String>,
+    pub order_no: Option<String>,
+    pub period: String,
+    pub created_at: DateTime<Utc>,
 }
 
 impl ReadStore {
@@ -77,12 +111,9 @@ pub async fn load_account<'e>(
     executor: impl MySqlExecutor<'e>,
     user_id: &str,
 ) -> Result<Option<RmAccount>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT user_id, currency, balance_micros, period, free_granted_micros, free_used_micros, \
-         free_held_micros, balance_held_micros, monthly_free_micros, version, updated_at \
-         FROM rm_accounts WHERE user_id = ?",
-    )
-    .bind(user_id)
-    .fetch_optional(executor)
-    .await
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM rm_accounts WHERE user_id = ?");
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_optional(executor)
+        .await
 }

@@ -5,83 +5,25 @@
 //! - a record is inserted only if absent, and the usage counters move in the same transaction
 //!   only when it was;
 //! - an order's status only moves forward (PENDING → FAILED → PAID).
+//!
+//! A single row is written by the same statement as many, so each rule is written once.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use shared::{db::Failure, order::OrderStatus};
 use sqlx::MySqlConnection;
 
-/// An account snapshot from an event.
-#[derive(Clone, Debug)]
-pub struct SnapshotRow<'a> {
-    pub user_id: &'a str,
-    pub currency: &'a str,
-    pub balance_micros: i64,
-    pub period: &'a str,
-    pub free_granted_micros: i64,
-    pub free_used_micros: i64,
-    pub free_held_micros: i64,
-    pub balance_held_micros: i64,
-    pub monthly_free_micros: i64,
-    pub version: i64,
-    pub updated_at: DateTime<Utc>,
-}
+pub use super::RecordRow;
+use super::{ACCOUNT_COLUMNS, AccountRow, RECORD_COLUMNS};
 
-/// Writes the snapshot unless the stored one is at least as new. `version` is assigned last,
-/// because MySQL evaluates the assignments in order and the guards compare against it.
+/// An account snapshot from an event.
+pub type SnapshotRow<'a> = AccountRow<&'a str>;
+
+/// Writes the snapshot unless the stored one is at least as new.
 pub async fn upsert_account(
     conn: &mut MySqlConnection,
     row: &SnapshotRow<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
-         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE \
-         currency = IF(VALUES(version) > version, VALUES(currency), currency), \
-         balance_micros = IF(VALUES(version) > version, VALUES(balance_micros), balance_micros), \
-         period = IF(VALUES(version) > version, VALUES(period), period), \
-         free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
-         free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
-         free_held_micros = IF(VALUES(version) > version, VALUES(free_held_micros), free_held_micros), \
-         balance_held_micros = IF(VALUES(version) > version, VALUES(balance_held_micros), balance_held_micros), \
-         monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
-         updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
-         version = GREATEST(version, VALUES(version))",
-    )
-    .bind(row.user_id)
-    .bind(row.currency)
-    .bind(row.balance_micros)
-    .bind(row.period)
-    .bind(row.free_granted_micros)
-    .bind(row.free_used_micros)
-    .bind(row.free_held_micros)
-    .bind(row.balance_held_micros)
-    .bind(row.monthly_free_micros)
-    .bind(row.version)
-    .bind(row.updated_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A record from an event.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct RecordRow {
-    pub record_id: String,
-    pub user_id: String,
-    pub version: i64,
-    #[sqlx(rename = "type")]
-    pub kind: String,
-    pub amount_micros: i64,
-    pub free_micros: i64,
-    pub balance_micros: i64,
-    pub balance_after_micros: i64,
-    pub free_remaining_after_micros: i64,
-    pub api_id: Option<String>,
-    pub request_id: Option<String>,
-    pub order_no: Option<String>,
-    pub period: String,
-    pub created_at: DateTime<Utc>,
+    upsert_accounts(conn, &[row]).await
 }
 
 /// The day and API a charge counts towards in `rm_daily_usage`.
@@ -99,27 +41,7 @@ pub async fn insert_record(
     record: &RecordRow,
     usage: Option<&UsageKey>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO rm_records (record_id, user_id, version, type, amount_micros, free_micros, \
-         balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
-         order_no, period, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&record.record_id)
-    .bind(&record.user_id)
-    .bind(record.version)
-    .bind(&record.kind)
-    .bind(record.amount_micros)
-    .bind(record.free_micros)
-    .bind(record.balance_micros)
-    .bind(record.balance_after_micros)
-    .bind(record.free_remaining_after_micros)
-    .bind(&record.api_id)
-    .bind(&record.request_id)
-    .bind(&record.order_no)
-    .bind(&record.period)
-    .bind(record.created_at)
-    .execute(&mut *conn)
-    .await;
+    let inserted = insert_records_into(&mut *conn, Table::Records, &[record]).await;
     match inserted {
         Ok(_) => {}
         Err(error) if shared::db::failure(&error) == Failure::DuplicateKey => {
@@ -139,33 +61,9 @@ pub async fn insert_record(
         Err(error) => return Err(error),
     }
     if let Some(usage) = usage {
-        add_usage(conn, &record.user_id, usage, record).await?;
+        add_usages(conn, &[(&record.user_id, usage, UsageDelta::of(record))]).await?;
     }
     Ok(true)
-}
-
-async fn add_usage(
-    conn: &mut MySqlConnection,
-    user_id: &str,
-    usage: &UsageKey,
-    record: &RecordRow,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_daily_usage (user_id, day, api_id, calls, amount_micros, free_micros, \
-         balance_micros) VALUES (?, ?, ?, 1, ?, ?, ?) ON DUPLICATE KEY UPDATE calls = calls + 1, \
-         amount_micros = amount_micros + VALUES(amount_micros), \
-         free_micros = free_micros + VALUES(free_micros), \
-         balance_micros = balance_micros + VALUES(balance_micros)",
-    )
-    .bind(user_id)
-    .bind(usage.day)
-    .bind(&usage.api_id)
-    .bind(record.amount_micros)
-    .bind(record.free_micros)
-    .bind(record.balance_micros)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// An order from an event.
@@ -183,7 +81,7 @@ pub struct OrderRow<'a> {
 }
 
 /// Inserts the order or moves its status forward; a status never moves back, so an event
-/// applied late changes nothing. `status_rank` is assigned last (see [`upsert_account`]).
+/// applied late changes nothing. `status_rank` is assigned last, as a snapshot's `version` is.
 pub async fn upsert_order(
     conn: &mut MySqlConnection,
     row: &OrderRow<'_>,
@@ -212,19 +110,30 @@ pub async fn upsert_order(
     Ok(())
 }
 
+/// Each column of a stored snapshot is replaced only by a newer version. `version` is assigned
+/// last, because MySQL evaluates the assignments in order and the guards compare against it.
+const NEWER_SNAPSHOT_WINS: &str = " ON DUPLICATE KEY UPDATE \
+    currency = IF(VALUES(version) > version, VALUES(currency), currency), \
+    balance_micros = IF(VALUES(version) > version, VALUES(balance_micros), balance_micros), \
+    period = IF(VALUES(version) > version, VALUES(period), period), \
+    free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
+    free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
+    free_held_micros = IF(VALUES(version) > version, VALUES(free_held_micros), free_held_micros), \
+    balance_held_micros = IF(VALUES(version) > version, VALUES(balance_held_micros), balance_held_micros), \
+    monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
+    updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+    version = GREATEST(version, VALUES(version))";
+
 /// Writes many snapshots with one statement per power-of-two chunk, each only over an older
-/// version (see [`upsert_account`]). The rows are locked in the order given: callers sort them by
-/// account.
+/// version ([`NEWER_SNAPSHOT_WINS`]). The rows are locked in the order given: callers sort them
+/// by account.
 pub async fn upsert_accounts(
     conn: &mut MySqlConnection,
     rows: &[&SnapshotRow<'_>],
 ) -> Result<(), sqlx::Error> {
     for chunk in shared::db::pow2_chunks(rows) {
-        let mut upsert = sqlx::QueryBuilder::new(
-            "INSERT INTO rm_accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-             free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
-             updated_at) ",
-        );
+        let mut upsert =
+            sqlx::QueryBuilder::new(format!("INSERT INTO rm_accounts ({ACCOUNT_COLUMNS}) "));
         upsert.push_values(chunk, |mut row, s| {
             row.push_bind(s.user_id)
                 .push_bind(s.currency)
@@ -238,19 +147,7 @@ pub async fn upsert_accounts(
                 .push_bind(s.version)
                 .push_bind(s.updated_at);
         });
-        upsert.push(
-            " ON DUPLICATE KEY UPDATE \
-             currency = IF(VALUES(version) > version, VALUES(currency), currency), \
-             balance_micros = IF(VALUES(version) > version, VALUES(balance_micros), balance_micros), \
-             period = IF(VALUES(version) > version, VALUES(period), period), \
-             free_granted_micros = IF(VALUES(version) > version, VALUES(free_granted_micros), free_granted_micros), \
-             free_used_micros = IF(VALUES(version) > version, VALUES(free_used_micros), free_used_micros), \
-             free_held_micros = IF(VALUES(version) > version, VALUES(free_held_micros), free_held_micros), \
-             balance_held_micros = IF(VALUES(version) > version, VALUES(balance_held_micros), balance_held_micros), \
-             monthly_free_micros = IF(VALUES(version) > version, VALUES(monthly_free_micros), monthly_free_micros), \
-             updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
-             version = GREATEST(version, VALUES(version))",
-        );
+        upsert.push(NEWER_SNAPSHOT_WINS);
         upsert.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -306,11 +203,8 @@ pub async fn insert_records_into(
         Table::RecordsShadow => "rm_records_shadow",
     };
     for chunk in shared::db::pow2_chunks(records) {
-        let mut insert = sqlx::QueryBuilder::new(format!(
-            "INSERT INTO {table} (record_id, user_id, version, type, amount_micros, free_micros, \
-             balance_micros, balance_after_micros, free_remaining_after_micros, api_id, request_id, \
-             order_no, period, created_at) "
-        ));
+        let mut insert =
+            sqlx::QueryBuilder::new(format!("INSERT INTO {table} ({RECORD_COLUMNS}) "));
         insert.push_values(chunk, |mut row, r| {
             row.push_bind(&r.record_id)
                 .push_bind(&r.user_id)
@@ -339,6 +233,23 @@ pub struct UsageDelta {
     pub amount_micros: i64,
     pub free_micros: i64,
     pub balance_micros: i64,
+}
+
+impl UsageDelta {
+    /// The usage of one charge.
+    pub fn of(record: &RecordRow) -> UsageDelta {
+        let mut delta = UsageDelta::default();
+        delta.count(record);
+        delta
+    }
+
+    /// Counts one more charge: a call and its three sums.
+    pub fn count(&mut self, record: &RecordRow) {
+        self.calls += 1;
+        self.amount_micros += record.amount_micros;
+        self.free_micros += record.free_micros;
+        self.balance_micros += record.balance_micros;
+    }
 }
 
 /// Adds usage for many (account, day, API) keys, one statement per power-of-two chunk.

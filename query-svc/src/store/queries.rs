@@ -2,26 +2,9 @@
 //! subject) and pages by keyset, so a page costs the same however deep it is.
 
 use chrono::{DateTime, Utc};
-use sqlx::MySqlExecutor;
+use sqlx::{AssertSqlSafe, MySql, MySqlExecutor};
 
-/// One row of `rm_records`, as stored.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct RecordRow {
-    pub record_id: String,
-    #[sqlx(rename = "type")]
-    pub kind: String,
-    pub amount_micros: i64,
-    pub free_micros: i64,
-    pub balance_micros: i64,
-    pub balance_after_micros: i64,
-    pub free_remaining_after_micros: i64,
-    pub api_id: Option<String>,
-    pub request_id: Option<String>,
-    pub order_no: Option<String>,
-    pub period: String,
-    pub version: i64,
-    pub created_at: DateTime<Utc>,
-}
+use super::{RECORD_COLUMNS, RecordRow};
 
 /// Which records a page shows: all, or one type, in `[from, to)` of `created_at`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,51 +25,34 @@ pub async fn records_page<'e>(
     before: Option<i64>,
     limit: u32,
 ) -> Result<Vec<RecordRow>, sqlx::Error> {
-    let before = before.unwrap_or(i64::MAX);
-    match filter.kind {
-        Some(kind) => {
-            sqlx::query_as(
-                "SELECT record_id, type, amount_micros, free_micros, balance_micros, \
-                 balance_after_micros, free_remaining_after_micros, api_id, request_id, order_no, \
-                 period, version, created_at \
-                 FROM rm_records FORCE INDEX (rm_records_user_type_version) \
-                 WHERE user_id = ? AND type = ? AND version < ? \
-                 AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) \
-                 ORDER BY version DESC LIMIT ?",
-            )
-            .bind(user_id)
-            .bind(kind)
-            .bind(before)
-            .bind(filter.from)
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(filter.to)
-            .bind(limit)
-            .fetch_all(executor)
-            .await
-        }
-        None => {
-            sqlx::query_as(
-                "SELECT record_id, type, amount_micros, free_micros, balance_micros, \
-                 balance_after_micros, free_remaining_after_micros, api_id, request_id, order_no, \
-                 period, version, created_at \
-                 FROM rm_records FORCE INDEX (rm_records_user_version) \
-                 WHERE user_id = ? AND version < ? \
-                 AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) \
-                 ORDER BY version DESC LIMIT ?",
-            )
-            .bind(user_id)
-            .bind(before)
-            .bind(filter.from)
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(filter.to)
-            .bind(limit)
-            .fetch_all(executor)
-            .await
-        }
+    let (index, of_kind) = match filter.kind {
+        Some(_) => ("rm_records_user_type_version", "AND type = ? "),
+        None => ("rm_records_user_version", ""),
+    };
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM rm_records FORCE INDEX ({index}) \
+         WHERE user_id = ? {of_kind}AND version < ? \
+         AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) \
+         ORDER BY version DESC LIMIT ?"
+    );
+    let mut query = sqlx::query_as::<MySql, RecordRow>(AssertSqlSafe(sql)).bind(user_id);
+    if let Some(kind) = filter.kind {
+        query = query.bind(kind);
     }
+    query
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(filter.from)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(filter.to)
+        .bind(limit)
+        .fetch_all(executor)
+        .await
 }
+
+/// The columns of [`OrderRow`] in `rm_orders`.
+const ORDER_COLUMNS: &str =
+    "order_no, amount_micros, channel, status, provider_txn_id, created_at, expires_at, paid_at";
 
 /// One row of `rm_orders`, as stored (the status without expiry applied).
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -107,15 +73,12 @@ pub async fn find_order<'e>(
     user_id: &str,
     order_no: &str,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT order_no, amount_micros, channel, status, provider_txn_id, created_at, \
-         expires_at, paid_at \
-         FROM rm_orders WHERE order_no = ? AND user_id = ?",
-    )
-    .bind(order_no)
-    .bind(user_id)
-    .fetch_optional(executor)
-    .await
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM rm_orders WHERE order_no = ? AND user_id = ?");
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(order_no)
+        .bind(user_id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// Up to `limit` orders of `user_id`, newest first (`created_at`, then `order_no`, descending),
@@ -126,36 +89,19 @@ pub async fn orders_page<'e>(
     after: Option<(DateTime<Utc>, &str)>,
     limit: u32,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    match after {
-        Some((created_at, order_no)) => {
-            sqlx::query_as(
-                "SELECT order_no, amount_micros, channel, status, provider_txn_id, created_at, \
-                 expires_at, paid_at \
-                 FROM rm_orders \
-                 WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND order_no < ?)) \
-                 ORDER BY created_at DESC, order_no DESC LIMIT ?",
-            )
-            .bind(user_id)
-            .bind(created_at)
-            .bind(created_at)
-            .bind(order_no)
-            .bind(limit)
-            .fetch_all(executor)
-            .await
-        }
-        None => {
-            sqlx::query_as(
-                "SELECT order_no, amount_micros, channel, status, provider_txn_id, created_at, \
-                 expires_at, paid_at \
-                 FROM rm_orders WHERE user_id = ? \
-                 ORDER BY created_at DESC, order_no DESC LIMIT ?",
-            )
-            .bind(user_id)
-            .bind(limit)
-            .fetch_all(executor)
-            .await
-        }
+    let below_after = match after {
+        Some(_) => "AND (created_at < ? OR (created_at = ? AND order_no < ?)) ",
+        None => "",
+    };
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM rm_orders WHERE user_id = ? {below_after}\
+         ORDER BY created_at DESC, order_no DESC LIMIT ?"
+    );
+    let mut query = sqlx::query_as::<MySql, OrderRow>(AssertSqlSafe(sql)).bind(user_id);
+    if let Some((created_at, order_no)) = after {
+        query = query.bind(created_at).bind(created_at).bind(order_no);
     }
+    query.bind(limit).fetch_all(executor).await
 }
 
 /// How usage is summed: per day (in the billing time zone) or per API.
@@ -193,25 +139,21 @@ pub async fn usage<'e>(
     to: chrono::NaiveDate,
     grouping: UsageGrouping,
 ) -> Result<Vec<UsageRow>, sqlx::Error> {
-    let sql = match grouping {
-        UsageGrouping::Day => {
-            "SELECT DATE_FORMAT(day, '%Y-%m-%d') AS `key`, \
-             CAST(SUM(calls) AS SIGNED) AS calls, CAST(SUM(amount_micros) AS SIGNED) AS amount_micros, \
-             CAST(SUM(free_micros) AS SIGNED) AS free_micros, \
-             CAST(SUM(balance_micros) AS SIGNED) AS balance_micros \
-             FROM rm_daily_usage WHERE user_id = ? AND day >= ? AND day < ? \
-             GROUP BY day ORDER BY day"
-        }
-        UsageGrouping::Api => {
-            "SELECT api_id AS `key`, \
-             CAST(SUM(calls) AS SIGNED) AS calls, CAST(SUM(amount_micros) AS SIGNED) AS amount_micros, \
-             CAST(SUM(free_micros) AS SIGNED) AS free_micros, \
-             CAST(SUM(balance_micros) AS SIGNED) AS balance_micros \
-             FROM rm_daily_usage WHERE user_id = ? AND day >= ? AND day < ? \
-             GROUP BY api_id ORDER BY amount_micros DESC, api_id"
-        }
+    let (key, grouped) = match grouping {
+        UsageGrouping::Day => ("DATE_FORMAT(day, '%Y-%m-%d')", "GROUP BY day ORDER BY day"),
+        UsageGrouping::Api => (
+            "api_id",
+            "GROUP BY api_id ORDER BY amount_micros DESC, api_id",
+        ),
     };
-    sqlx::query_as(sql)
+    let sql = format!(
+        "SELECT {key} AS `key`, \
+         CAST(SUM(calls) AS SIGNED) AS calls, CAST(SUM(amount_micros) AS SIGNED) AS amount_micros, \
+         CAST(SUM(free_micros) AS SIGNED) AS free_micros, \
+         CAST(SUM(balance_micros) AS SIGNED) AS balance_micros \
+         FROM rm_daily_usage WHERE user_id = ? AND day >= ? AND day < ? {grouped}"
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
         .bind(user_id)
         .bind(from)
         .bind(to)

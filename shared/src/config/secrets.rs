@@ -73,28 +73,36 @@ impl Settings {
     /// Every secret in the file, each with the key it is set under. `query.command_token` is
     /// left out: it is meant to repeat the token of a caller of command-svc.
     fn all_secrets(&self) -> Vec<(&'static str, &Secret)> {
-        let mut all: Vec<(&'static str, &Secret)> = self
-            .auth
+        let mut all = self.caller_tokens();
+        all.push(("auth.jwt_secret", &self.auth.jwt_secret));
+        all.extend(self.jwt_previous_secrets());
+        all.extend(self.webhook_secrets());
+        all.extend(self.nats_secrets());
+        all
+    }
+
+    /// The tokens command-svc's callers present.
+    fn caller_tokens(&self) -> Vec<(&'static str, &Secret)> {
+        self.auth
             .callers
             .iter()
             .map(|caller| ("auth.callers[].token", &caller.token))
-            .collect();
-        all.push(("auth.jwt_secret", &self.auth.jwt_secret));
-        all.extend(
-            self.auth
-                .jwt_previous_secrets
-                .iter()
-                .map(|secret| ("auth.jwt_previous_secrets", secret)),
-        );
-        all.push(("payment.webhook_secret", &self.payment.webhook_secret));
-        all.extend(
-            self.payment
-                .webhook_previous_secrets
-                .iter()
-                .map(|secret| ("payment.webhook_previous_secrets", secret)),
-        );
-        all.extend(self.nats_secrets());
-        all
+            .collect()
+    }
+
+    /// The JWT secrets still accepted after a rotation.
+    fn jwt_previous_secrets(&self) -> impl Iterator<Item = (&'static str, &Secret)> {
+        self.auth
+            .jwt_previous_secrets
+            .iter()
+            .map(|secret| ("auth.jwt_previous_secrets", secret))
+    }
+
+    /// The payment webhook's signing secret and those still accepted after a rotation.
+    fn webhook_secrets(&self) -> impl Iterator<Item = (&'static str, &Secret)> {
+        let previous = self.payment.webhook_previous_secrets.iter();
+        std::iter::once(("payment.webhook_secret", &self.payment.webhook_secret))
+            .chain(previous.map(|secret| ("payment.webhook_previous_secrets", secret)))
     }
 
     /// The secrets `service` uses, each with its key: its own, and the bus's when set (every
@@ -119,19 +127,8 @@ impl Settings {
     fn own_secrets(&self, service: Service) -> Vec<(&'static str, &Secret)> {
         match service {
             Service::Command => {
-                let mut own: Vec<(&'static str, &Secret)> = self
-                    .auth
-                    .callers
-                    .iter()
-                    .map(|caller| ("auth.callers[].token", &caller.token))
-                    .collect();
-                own.push(("payment.webhook_secret", &self.payment.webhook_secret));
-                own.extend(
-                    self.payment
-                        .webhook_previous_secrets
-                        .iter()
-                        .map(|secret| ("payment.webhook_previous_secrets", secret)),
-                );
+                let mut own = self.caller_tokens();
+                own.extend(self.webhook_secrets());
                 own
             }
             Service::Query => {
@@ -139,12 +136,7 @@ impl Settings {
                     ("auth.jwt_secret", &self.auth.jwt_secret),
                     ("query.command_token", &self.query.command_token),
                 ];
-                own.extend(
-                    self.auth
-                        .jwt_previous_secrets
-                        .iter()
-                        .map(|secret| ("auth.jwt_previous_secrets", secret)),
-                );
+                own.extend(self.jwt_previous_secrets());
                 own
             }
             Service::Scheduler => Vec::new(),

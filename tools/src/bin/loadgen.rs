@@ -56,13 +56,23 @@ enum Command {
     Baseline {
         #[arg(long, default_value_t = 32)]
         connections: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = ACCOUNTS)]
-        accounts: usize,
-        #[arg(long)]
-        hot: bool,
+        #[command(flatten)]
+        spread: Spread,
     },
+}
+
+/// How long a run lasts and over which seeded accounts its calls spread.
+#[derive(ClapArgs, Clone)]
+// Flattened into the subcommands: its doc comment is not their help text.
+#[command(about = None, long_about = None)]
+struct Spread {
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = ACCOUNTS)]
+    accounts: usize,
+    /// Every call on one account.
+    #[arg(long)]
+    hot: bool,
 }
 
 #[derive(ClapArgs, Clone)]
@@ -73,16 +83,23 @@ struct Load {
     /// Open loop: calls started per second (overrides --concurrency).
     #[arg(long)]
     rate: Option<u64>,
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    #[arg(long, default_value_t = ACCOUNTS)]
-    accounts: usize,
-    /// Every call on one account.
-    #[arg(long)]
-    hot: bool,
+    #[command(flatten)]
+    spread: Spread,
     /// Zipf-skewed accounts with this exponent instead of uniform.
     #[arg(long)]
     zipf: Option<f64>,
+}
+
+impl Load {
+    /// `concurrency` callers over `spread`, uniformly or on the hot account.
+    fn closed(concurrency: usize, spread: Spread) -> Load {
+        Load {
+            concurrency,
+            rate: None,
+            spread,
+            zipf: None,
+        }
+    }
 }
 
 const ACCOUNTS: usize = 10_000;
@@ -115,15 +132,15 @@ enum Accounts {
 impl Accounts {
     fn new(prefix: &str, load: &Load) -> Self {
         let names = || {
-            (0..load.accounts)
+            (0..load.spread.accounts)
                 .map(|i| format!("{prefix}-{i:06}"))
                 .collect::<Vec<_>>()
         };
-        match (load.hot, load.zipf) {
+        match (load.spread.hot, load.zipf) {
             (true, _) => Accounts::Hot(format!("{prefix}-hot")),
             (false, Some(s)) => {
                 let mut total = 0.0;
-                let cumulative = (1..=load.accounts).map(|rank| {
+                let cumulative = (1..=load.spread.accounts).map(|rank| {
                     total += 1.0 / (rank as f64).powf(s);
                     total
                 });
@@ -265,7 +282,7 @@ async fn drive(name: &str, load: &Load, call: Call) -> Measured {
             lateness.clone(),
         ))],
     };
-    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(load.spread.seconds)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
@@ -400,10 +417,10 @@ async fn deduct(
             }
         })
     });
-    let shape = match (load.hot, load.zipf, load.rate) {
+    let shape = match (load.spread.hot, load.zipf, load.rate) {
         (true, _, _) => "one hot account".to_owned(),
-        (false, Some(s), _) => format!("{} accounts, Zipf {s}", load.accounts),
-        (false, None, _) => format!("{} accounts", load.accounts),
+        (false, Some(s), _) => format!("{} accounts, Zipf {s}", load.spread.accounts),
+        (false, None, _) => format!("{} accounts", load.spread.accounts),
     };
     Ok(drive(
         &format!("DeductQuota gRPC, {}, {shape}", shape_of(load)),
@@ -470,22 +487,8 @@ async fn health(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
     .await)
 }
 
-async fn baseline(
-    pool: &MySqlPool,
-    connections: usize,
-    seconds: u64,
-    accounts: usize,
-    hot: bool,
-    run: &str,
-) -> Measured {
-    let load = Load {
-        concurrency: connections,
-        rate: None,
-        seconds,
-        accounts,
-        hot,
-        zipf: None,
-    };
+async fn baseline(pool: &MySqlPool, connections: usize, spread: Spread, run: &str) -> Measured {
+    let load = Load::closed(connections, spread);
     let picks = Arc::new(Accounts::new("base", &load));
     let (pool, run, counter) = (pool.clone(), run.to_owned(), Arc::new(AtomicU64::new(0)));
     let call: Call = Arc::new(move |r| {
@@ -497,10 +500,10 @@ async fn baseline(
                 .map_err(|e| e.to_string())
         })
     });
-    let shape = if hot {
+    let shape = if load.spread.hot {
         "one hot row".to_owned()
     } else {
-        format!("{accounts} accounts")
+        format!("{} accounts", load.spread.accounts)
     };
     drive(
         &format!("baseline SQL, {connections} connections, {shape}"),
@@ -768,14 +771,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Health(load) => health(&settings, &load).await?.print(),
         Command::Baseline {
             connections,
-            seconds,
-            accounts,
-            hot,
-        } => {
-            baseline(&base, connections, seconds, accounts, hot, &run_id())
-                .await
-                .print();
-        }
+            spread,
+        } => baseline(&base, connections, spread, &run_id())
+            .await
+            .print(),
         Command::Suite { seconds } => suite(&settings, &pool, &base, seconds).await?,
     }
     Ok(())
@@ -794,16 +793,18 @@ async fn suite(
     Ok(())
 }
 
-/// The suite's closed loop: 64 callers over the seeded accounts (or the hot one).
-fn suite_load(seconds: u64, hot: bool) -> Load {
-    Load {
-        concurrency: 64,
-        rate: None,
+/// The suite's spread: every seeded account (or the hot one) for `seconds`.
+fn suite_spread(seconds: u64, hot: bool) -> Spread {
+    Spread {
         seconds,
         accounts: ACCOUNTS,
         hot,
-        zipf: None,
     }
+}
+
+/// The suite's closed loop: 64 callers over the seeded accounts (or the hot one).
+fn suite_load(seconds: u64, hot: bool) -> Load {
+    Load::closed(64, suite_spread(seconds, hot))
 }
 
 /// An open loop at half the rate `measured` reached: latency below saturation.
@@ -823,7 +824,7 @@ async fn warm_up(settings: &Settings, base: &MySqlPool) -> anyhow::Result<()> {
         Acknowledged::default(),
     )
     .await?;
-    let _ = baseline(base, 32, 2, ACCOUNTS, false, &run_id()).await;
+    let _ = baseline(base, 32, suite_spread(2, false), &run_id()).await;
     Ok(())
 }
 
@@ -872,11 +873,15 @@ async fn measure_suite(
     base: &MySqlPool,
     seconds: u64,
 ) -> anyhow::Result<SuiteRuns> {
-    let base_wide = baseline(base, 32, seconds, ACCOUNTS, false, &run_id()).await;
+    let base_wide = baseline(base, 32, suite_spread(seconds, false), &run_id()).await;
     base_wide.print();
     let (wide, wide_check) = charged(settings, pool, &suite_load(seconds, false)).await?;
     wide.print();
-    let base_hot = baseline(base, 32, seconds, 1, true, &run_id()).await;
+    let hot_row = Spread {
+        accounts: 1,
+        ..suite_spread(seconds, true)
+    };
+    let base_hot = baseline(base, 32, hot_row, &run_id()).await;
     base_hot.print();
     let (hot, hot_check) = charged(settings, pool, &suite_load(seconds, true)).await?;
     hot.print();

@@ -398,20 +398,7 @@ pub async fn refresh_snapshot(
     let Some(account) = written else {
         return Ok(());
     };
-    let snapshot = writes::SnapshotRow {
-        user_id: &account.user_id,
-        currency: &account.currency,
-        balance_micros: account.balance_micros,
-        period: &account.period,
-        free_granted_micros: account.free_granted_micros,
-        free_used_micros: account.free_used_micros,
-        free_held_micros: account.free_held_micros,
-        balance_held_micros: account.balance_held_micros,
-        monthly_free_micros: account.monthly_free_micros,
-        version: account.version,
-        updated_at: account.updated_at,
-    };
-    writes::upsert_account(conn, &snapshot).await
+    writes::upsert_account(conn, &account.borrowed()).await
 }
 
 /// Rewrites one account's read model from the write model, in one transaction that holds the

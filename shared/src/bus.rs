@@ -257,7 +257,44 @@ pub async fn ensure_streams(
     Ok(())
 }
 
-/// Why the streams could not be set up (NATS away, a refused configuration).
+/// A durable pull consumer shared by a service's replicas: every message of `filter` in `stream`
+/// from the first, each acked explicitly within `ack_wait`.
+#[derive(Clone, Debug)]
+pub struct Durable {
+    pub stream: String,
+    pub name: String,
+    pub filter: String,
+    pub ack_wait: Duration,
+    /// Messages delivered and not yet acked, at most (`None`: the server's default).
+    pub max_ack_pending: Option<i64>,
+}
+
+/// The streams set up, then `durable` created or brought up to date (creating a durable consumer
+/// that exists with other settings updates it).
+pub async fn durable_consumer(
+    js: &jetstream::Context,
+    names: &BusNames,
+    settings: &NatsSettings,
+    durable: Durable,
+) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    ensure_streams(js, names, settings).await?;
+    let stream = js.get_stream(&durable.stream).await?;
+    let mut config = pull::Config {
+        durable_name: Some(durable.name),
+        filter_subject: durable.filter,
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: durable.ack_wait,
+        ..Default::default()
+    };
+    if let Some(pending) = durable.max_ack_pending {
+        config.max_ack_pending = pending;
+    }
+    Ok(stream.create_consumer(config).await?)
+}
+
+/// Why the streams or a consumer could not be set up (NATS away, a refused configuration).
 #[derive(Debug, thiserror::Error)]
 pub enum StreamSetupError {
     #[error("reading a stream: {0}")]
@@ -265,6 +302,8 @@ pub enum StreamSetupError {
     /// (Updates fail with the same error type as creations.)
     #[error("creating or updating a stream: {0}")]
     Write(#[from] jetstream::context::CreateStreamError),
+    #[error("creating or updating a consumer: {0}")]
+    Consumer(#[from] jetstream::stream::ConsumerError),
 }
 
 /// The three streams as these settings describe them.

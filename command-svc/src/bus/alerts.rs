@@ -17,10 +17,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use chrono::SecondsFormat;
 use futures::StreamExt;
 use prost::Message;
@@ -130,23 +127,16 @@ impl AlertDispatcher {
     }
 
     async fn consumer(&self, js: &jetstream::Context, kind: &str) -> anyhow::Result<PullConsumer> {
-        bus::ensure_streams(js, &self.names, &self.nats_settings).await?;
-        let stream = js.get_stream(self.names.events_stream()).await?;
         let timeout = Duration::from_millis(self.settings.delivery_timeout_ms);
-        let config = pull::Config {
-            durable_name: Some(format!(
-                "{}-{}",
-                self.settings.consumer_name,
-                kind.replace('_', "-")
-            )),
-            filter_subject: self.names.event_subject_named(kind),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+        let durable = bus::Durable {
+            stream: self.names.events_stream(),
+            name: format!("{}-{}", self.settings.consumer_name, kind.replace('_', "-")),
+            filter: self.names.event_subject_named(kind),
             // An attempt takes at most the delivery timeout (plus the name lookup).
             ack_wait: timeout * 2 + Duration::from_secs(5),
-            ..Default::default()
+            max_ack_pending: None,
         };
-        Ok(stream.create_consumer(config).await?)
+        Ok(bus::durable_consumer(js, &self.names, &self.nats_settings, durable).await?)
     }
 
     async fn consume(

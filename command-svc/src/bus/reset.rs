@@ -10,10 +10,7 @@ use shared::{
 };
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use prost::Message;
 use shared::{
@@ -62,18 +59,15 @@ impl ResetConsumer {
     }
 
     async fn consumer(&self, js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
-        bus::ensure_streams(js, &self.names, &self.nats_settings).await?;
-        let stream = js.get_stream(self.names.commands_stream()).await?;
-        let config = pull::Config {
-            durable_name: Some(self.settings.consumer_name.clone()),
-            filter_subject: self.names.reset_free_quota_subject(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+        let durable = bus::Durable {
+            stream: self.names.commands_stream(),
+            name: self.settings.consumer_name.clone(),
+            filter: self.names.reset_free_quota_subject(),
             ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
-            max_ack_pending: 1,
-            ..Default::default()
+            // One reset at a time.
+            max_ack_pending: Some(1),
         };
-        Ok(stream.create_consumer(config).await?)
+        Ok(bus::durable_consumer(js, &self.names, &self.nats_settings, durable).await?)
     }
 
     async fn consume(&self, js: &jetstream::Context, stop: &mut Stop) -> anyhow::Result<()> {

@@ -70,11 +70,7 @@ impl Commands {
             record_id: record_id.clone(),
             kind: RecordKind::Adjust,
             after,
-            amounts: Amounts {
-                amount: command.amount,
-                free: Micros::ZERO,
-                balance: command.amount,
-            },
+            amounts: Amounts::of(command.amount, Micros::ZERO, command.amount),
             refs: Refs {
                 adjustment_id: Some(command.adjustment_id.to_string()),
                 reason: Some(command.reason.to_string()),

@@ -166,11 +166,7 @@ impl AccountChanges {
             record_id: record_id.clone(),
             user_id: self.user_id.clone(),
             kind: RecordKind::FreeGrant,
-            amounts: Amounts {
-                amount: granted.free_granted,
-                free: granted.free_granted,
-                balance: Micros::ZERO,
-            },
+            amounts: Amounts::of(granted.free_granted, granted.free_granted, Micros::ZERO),
             before,
             after: granted,
             refs: Refs::default(),

@@ -115,11 +115,7 @@ pub(super) fn charge_change(
         record_id,
         kind: RecordKind::Deduct,
         after,
-        amounts: Amounts {
-            amount: command.amount,
-            free: split.free,
-            balance: split.balance,
-        },
+        amounts: Amounts::of(command.amount, split.free, split.balance),
         refs: Refs {
             request_id: Some(command.request_id.to_string()),
             api_id: Some(command.api_id.to_string()),

@@ -263,11 +263,7 @@ impl Commands {
             record_id,
             kind: RecordKind::Recharge,
             after,
-            amounts: Amounts {
-                amount: callback.paid_amount,
-                free: Micros::ZERO,
-                balance: callback.paid_amount,
-            },
+            amounts: Amounts::of(callback.paid_amount, Micros::ZERO, callback.paid_amount),
             refs: Refs {
                 order_no: Some(order_no.to_owned()),
                 provider_txn_id: Some(txn.to_owned()),

@@ -65,11 +65,7 @@ impl Commands {
             record_id,
             kind: RecordKind::Plan,
             after,
-            amounts: Amounts {
-                amount: command.monthly_free,
-                free: Micros::ZERO,
-                balance: Micros::ZERO,
-            },
+            amounts: Amounts::of(command.monthly_free, Micros::ZERO, Micros::ZERO),
             refs: Refs {
                 actor: Some(command.actor.to_string()),
                 ..Refs::default()

@@ -151,11 +151,7 @@ fn refund_change(command: &RefundCharge, refund: &NewRefund<'_>, after: AccountS
         record_id: refund.record_id.to_owned(),
         kind: RecordKind::Refund,
         after,
-        amounts: Amounts {
-            amount: command.amount,
-            free: split.free,
-            balance: split.balance,
-        },
+        amounts: Amounts::of(command.amount, split.free, split.balance),
         refs: Refs {
             reason: Some(command.reason.to_string()),
             ..Refs::default()

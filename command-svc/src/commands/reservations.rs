@@ -448,11 +448,7 @@ fn settle_change(
         record_id: settle.record_id.clone(),
         kind: RecordKind::Deduct,
         after,
-        amounts: Amounts {
-            amount: settle.actual,
-            free: split.free,
-            balance: split.balance,
-        },
+        amounts: Amounts::of(settle.actual, split.free, split.balance),
         refs: Refs {
             api_id: Some(reservation.api_id.clone()),
             free_period: free_period.map(|period| period.to_string()),
@@ -484,11 +480,11 @@ fn release_change(
         record_id,
         kind: RecordKind::Release,
         after,
-        amounts: Amounts {
-            amount: reservation.amount,
-            free: released_here.free,
-            balance: released_here.balance,
-        },
+        amounts: Amounts::of(
+            reservation.amount,
+            released_here.free,
+            released_here.balance,
+        ),
         refs: Refs::default(),
         event,
     }
@@ -516,11 +512,7 @@ fn hold_change(
         record_id: reservation.hold_record_id.to_owned(),
         kind: RecordKind::Hold,
         after,
-        amounts: Amounts {
-            amount: command.amount,
-            free: hold.free,
-            balance: hold.balance,
-        },
+        amounts: Amounts::of(command.amount, hold.free, hold.balance),
         refs: Refs {
             request_id: Some(reservation.request_id.as_str().to_owned()),
             api_id: Some(reservation.api_id.to_owned()),

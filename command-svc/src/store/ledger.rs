@@ -37,6 +37,16 @@ pub struct Amounts {
     pub balance: Micros,
 }
 
+impl Amounts {
+    pub fn of(amount: Micros, free: Micros, balance: Micros) -> Amounts {
+        Amounts {
+            amount,
+            free,
+            balance,
+        }
+    }
+}
+
 /// A row about to be appended: the change, its split, and the state before and after it.
 #[derive(Clone, Debug)]
 pub struct LedgerEntry {

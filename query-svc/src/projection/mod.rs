@@ -23,7 +23,7 @@ use std::{
 
 use async_nats::jetstream::{
     self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    consumer::{PullConsumer, pull},
     message::PublishMessage,
 };
 use futures::{FutureExt, StreamExt};
@@ -127,18 +127,14 @@ impl Projector {
 
     /// The durable consumer shared by every replica; its settings are brought up to date.
     async fn consumer(&self, js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
-        bus::ensure_streams(js, &self.names, &self.nats_settings).await?;
-        let stream = js.get_stream(self.names.events_stream()).await?;
-        let config = pull::Config {
-            durable_name: Some(self.settings.consumer_name.clone()),
-            filter_subject: self.names.events_filter(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+        let durable = bus::Durable {
+            stream: self.names.events_stream(),
+            name: self.settings.consumer_name.clone(),
+            filter: self.names.events_filter(),
             ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
-            max_ack_pending: (self.settings.batch_size * 8) as i64,
-            ..Default::default()
+            max_ack_pending: Some((self.settings.batch_size * 8) as i64),
         };
-        Ok(stream.create_consumer(config).await?)
+        Ok(bus::durable_consumer(js, &self.names, &self.nats_settings, durable).await?)
     }
 
     async fn consume(&self, js: &jetstream::Context, stop: &mut Stop) -> anyhow::Result<()> {

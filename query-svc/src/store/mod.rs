@@ -45,6 +45,23 @@ pub struct AccountRow<Text> {
 pub type RmAccount = AccountRow<String>;
 
 impl RmAccount {
+    /// The same row, borrowed, as the projection's writes take it.
+    pub fn borrowed(&self) -> AccountRow<&str> {
+        AccountRow {
+            user_id: &self.user_id,
+            currency: &self.currency,
+            balance_micros: self.balance_micros,
+            period: &self.period,
+            free_granted_micros: self.free_granted_micros,
+            free_used_micros: self.free_used_micros,
+            free_held_micros: self.free_held_micros,
+            balance_held_micros: self.balance_held_micros,
+            monthly_free_micros: self.monthly_free_micros,
+            version: self.version,
+            updated_at: self.updated_at,
+        }
+    }
+
     /// The snapshot for [`shared::account::view_at`]; `None` if the stored period is corrupt.
     pub fn snapshot(&self) -> Option<AccountSnapshot> {
         Some(AccountSnapshot {

@@ -1,12 +1,15 @@
 //! Operators' work on the read model, run from the command line (`billingctl <command>`) while
 //! the services keep running. This crate is the one place that reads both sides: the write
-//! side's tables (`ledger`, `accounts`, `reservations`, `orders`) and query-svc's read model, which
-//! it writes through `query_svc::store`; query-svc itself reads only its own tables.
+//! side's tables (`ledger`, `accounts`, `reservations`, `recharge_orders`) and query-svc's read
+//! model, which it writes through `query_svc::store`; query-svc itself reads only its own tables.
 //!
-//! - [`rebuild`]: the read model rebuilt from the ledger into shadow tables, swapped in at once;
-//! - [`reconcile`]: read and write models compared at equal versions, every difference printed,
-//!   and optionally repaired;
 //! - [`dlq`]: the dead-letter stream listed and replayed.
+//! - [`rebuild`]: the read model rebuilt from the ledger into shadow tables, swapped in at once.
+//! - [`reconcile`]: read and write models compared at equal versions, every difference printed,
+//!   and optionally repaired.
+//!
+//! The crate root holds the ledger as the read model needs it ([`LEDGER_COLUMNS`],
+//! [`LEDGER_FROM`], [`record_of`]).
 
 pub mod dlq;
 pub mod rebuild;

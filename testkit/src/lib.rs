@@ -1,12 +1,19 @@
 //! What the test suites of the workspace share, so each test runs in isolation against the real
-//! MariaDB, Redis and NATS:
-//! - names of its own: a database `billing_test_<unix seconds>_<hex>`, stream and subject prefixes,
-//!   a Redis key prefix ([`unique_tag`], [`TestDatabase`]); leftovers of crashed runs are
-//!   recognised by their time and swept ([`sweep_stale_test_streams`], `deploy/dev-deps.sh`);
-//! - servers of its own for the tests that stop one ([`OwnMariaDb`], [`OwnNats`], [`OwnRedis`]);
-//! - a guard that removes what a test leaves on the shared servers even when it panics
-//!   ([`Leftovers`]);
-//! - gRPC clients of command-svc with a caller's token, and the requests the tests send.
+//! MariaDB, Redis and NATS.
+//!
+//! - `cleanup`: [`Leftovers`], the guard that removes a test's database, streams and Redis keys
+//!   from the shared servers even when the test panics.
+//! - [`invariants`]: the invariants checked against what MySQL holds, each failure naming the
+//!   account, the version and the rule.
+//! - `mariadb`, `nats`, `redis`: servers of a test's own for the tests that stop one
+//!   ([`OwnMariaDb`], [`OwnNats`], [`OwnRedis`], [`OwnRedisCluster`]).
+//! - [`metrics`]: reading a service's `/metrics` page.
+//!
+//! The crate root holds names of a test's own (a database `billing_test_<unix seconds>_<hex>`,
+//! stream and subject prefixes, a Redis key prefix: [`unique_tag`], [`TestDatabase`],
+//! [`isolated_env`]), the sweep of crashed runs' leftovers, recognised by their time
+//! ([`sweep_stale_test_streams`], `deploy/dev-deps.sh`), and gRPC clients of command-svc with a
+//! caller's token, with the requests the tests send.
 
 mod cleanup;
 pub mod invariants;

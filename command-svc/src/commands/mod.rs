@@ -1,6 +1,28 @@
 //! The command handlers: each one validated command becomes one MySQL transaction that locks the
 //! account, decides with the pure rules of `shared` and `domain`, and writes the new state, its
 //! ledger rows and their outbox events together — or nothing at all.
+//!
+//! - `account_tx`: `AccountTx`, one command's transaction on one account, built on `changes`.
+//! - `adjust`: `AdjustBalance`.
+//! - `alerts`: `SetAlertSettings`, `GetAlertSettings`.
+//! - `changes`: the one charge engine, without I/O: `Change`, `AccountChanges` (`open_period`,
+//!   `decide_charge`, `append`, `publish`, `record_grant`) and `Appends`, whose `writes()` persist
+//!   what a transaction recorded. Every change, of a command, a batch of charges or a reset batch,
+//!   is recorded through it.
+//! - `charge`: `CheckQuota`, `DeductQuota`, `GetAccount`, and a charge's ledger row and event.
+//! - `group`: group commit of charges (`lock_batch`, `decide_batch`, `write_batch`); with group
+//!   commit off, a charge is a batch of one.
+//! - `orders`: recharge orders and payment callbacks.
+//! - `plans`: `SetFreeQuotaPlan`.
+//! - `refunds`: `RefundCharge`.
+//! - `reservations`: `ReserveQuota`, `SettleReservation`, `ReleaseReservation` and the expiry
+//!   sweep; their decisions are pure functions.
+//! - `reset`: the monthly reset's plan, batches and finish.
+//! - `snapshots`: command-svc's Redis snapshots, written through after commits, read by
+//!   `CheckQuota`.
+//!
+//! The module itself holds [`Rules`], the deployment's rules; [`Commands`], what every handler
+//! needs; and [`CommandError`], why a command did not apply.
 
 mod account_tx;
 mod adjust;

@@ -5,7 +5,8 @@
 //! - [`export`]: `GET /api/v1/billing/records/export`, the same records as CSV, streamed.
 //! - [`orders`]: `POST /api/v1/billing/recharge`, `GET /api/v1/billing/recharge/orders[/{no}]`.
 //! - [`usage`]: `GET /api/v1/billing/usage`, charges per day or per API.
-//! - [`alerts`]: `PUT /api/v1/billing/alerts`, forwarded to command-svc.
+//! - [`alerts`]: `GET`, `PUT` and `PATCH /api/v1/billing/alerts`; the changes forwarded to
+//!   command-svc.
 //! - [`console`]: `GET /console`, the developer console that uses the routes above.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every

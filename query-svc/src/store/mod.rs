@@ -1,5 +1,5 @@
 //! The read model's tables in MySQL (`rm_` prefix), in the same database as the command side's
-//! tables (the rebuild and reconcile read the ledger directly).
+//! tables, which query-svc never reads (the operators' rebuild and reconcile in billing-ops do).
 //!
 //! - [`projection`]: the writes of the projection: version-guarded snapshots, records inserted
 //!   only if absent with their usage counters, orders that never move back.

@@ -18,9 +18,14 @@ use async_nats::jetstream::Context;
 use billing_tools::jetstream;
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use shared::{bus::BusNames, clock::Clock, config::Settings, period::Period};
+use shared::{
+    bus::BusNames,
+    clock::Clock,
+    config::Settings,
+    period::Period,
+    shutdown::{Stop, Stopper},
+};
 use sqlx::{Connection, MySqlConnection, MySqlPool, QueryBuilder};
-use tokio::sync::watch;
 
 #[derive(Parser)]
 struct Args {
@@ -91,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let (granted, write_side) = wait_for_write_side(&pool, started).await?;
     wait_for_read_model(&pool, granted, started, write_side).await?;
 
-    let _ = stop.send(true);
+    stop.stop();
     let _ = tokio::join!(command, query);
     if !args.keep {
         clean_up(&js, &names, pool, &mut admin, &db_name).await?;
@@ -169,21 +174,19 @@ async fn seeded_database(
 type Service = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// command-svc and query-svc running in this process (query-svc calling command-svc's gRPC
-/// address) until `true` is sent on the returned sender.
+/// address) until the returned stopper is asked (or dropped).
 async fn start_services(
     settings: &mut Settings,
     clock: Clock,
-) -> anyhow::Result<(watch::Sender<bool>, Service, Service)> {
+) -> anyhow::Result<(Stopper, Service, Service)> {
     let command = command_svc::app::Application::build(settings, clock.clone()).await?;
     settings.query.command_endpoint = format!("http://{}", command.grpc_addr());
     let query = query_svc::app::Application::build(settings, clock).await?;
-    let (stop, stopped) = watch::channel(false);
-    let waiter = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let command = tokio::spawn(command.run_until_stopped(waiter(stopped.clone())));
-    let query = tokio::spawn(query.run_until_stopped(waiter(stopped.clone())));
-    Ok((stop, command, query))
+    let (stopper, stop) = Stopper::new();
+    let waiter = |mut stop: Stop| async move { stop.stopped().await };
+    let command = tokio::spawn(command.run_until_stopped(waiter(stop.clone())));
+    let query = tokio::spawn(query.run_until_stopped(waiter(stop)));
+    Ok((stopper, command, query))
 }
 
 /// Waits for the reset's progress row to be finished; prints and returns how many accounts

@@ -17,7 +17,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::{auth::Callers, grpc::GrpcApi, http, observe::ObserveLayer, webhook::WebhookKeys},
-    bus::{AlertDispatcher, OutboxRelay, ResetConsumer},
+    bus::{AccountFollower, AlertDispatcher, OutboxRelay, ResetConsumer},
     commands::{Commands, Rules},
     store::Store,
 };
@@ -31,6 +31,7 @@ pub struct Application {
     relay: OutboxRelay,
     reset: ResetConsumer,
     alerts: AlertDispatcher,
+    follower: Option<AccountFollower>,
     reservations: shared::config::ReservationSettings,
     listeners: shared::config::ListenerSettings,
     shutdown_grace: Duration,
@@ -80,9 +81,10 @@ impl Application {
             &settings.redis,
             Duration::from_secs(settings.command.snapshot_ttl_secs),
         )?;
-        let clock_for_alerts = clock.clone();
+        let (clock_for_alerts, clock_for_follower) = (clock.clone(), clock.clone());
         let commands = Commands::new(store, clock, rules)
             .with_snapshots(snapshots)
+            .with_memory(&settings.command.account_memory)
             .with_group_commit(&settings.command.group_commit);
         let alerts = AlertDispatcher::new(
             commands.store().clone(),
@@ -91,6 +93,14 @@ impl Application {
             &settings.nats,
             &settings.alerts,
         );
+        let follower = commands.memory().map(|memory| {
+            AccountFollower::new(
+                nats.clone(),
+                &settings.nats,
+                memory.clone(),
+                clock_for_follower,
+            )
+        });
         let reset = ResetConsumer::new(commands.clone(), nats, &settings.nats, &settings.reset);
         let grpc_listener = TcpListener::bind(&settings.command.grpc_addr).await?;
         let http_listener = TcpListener::bind(&settings.command.http_addr).await?;
@@ -109,6 +119,7 @@ impl Application {
             relay,
             reset,
             alerts,
+            follower,
             reservations: settings.reservations.clone(),
             listeners: settings.listeners.clone(),
             shutdown_grace: Duration::from_millis(settings.command.shutdown_grace_ms),
@@ -161,6 +172,11 @@ impl Application {
         let relay = tokio::spawn(self.relay.run(relay_stop));
         let reset = tokio::spawn(self.reset.run(stop.clone()));
         let alerts = tokio::spawn(self.alerts.run(stop.clone()));
+        if let Some(follower) = self.follower {
+            // Nothing waits for it at shutdown: it only ever updates this process's memory.
+            tokio::spawn(follower.run(stop.clone()));
+        }
+        let directory = tokio::spawn(keep_directory(self.commands.clone(), stop.clone()));
         let sweeper = tokio::spawn(sweep_expired_holds(
             self.commands.clone(),
             self.reservations.clone(),
@@ -173,9 +189,10 @@ impl Application {
         tracing::info!("command-svc shutting down");
         stopper.stop();
         let drained = tokio::time::timeout(self.shutdown_grace, async {
-            let (grpc, http, reset, alerts, sweeper) =
-                tokio::join!(grpc, http, reset, alerts, sweeper);
+            let (grpc, http, reset, alerts, sweeper, directory) =
+                tokio::join!(grpc, http, reset, alerts, sweeper, directory);
             alerts?;
+            directory?;
             sweeper?;
             relay_stopper.stop();
             let relay = relay.await;
@@ -233,6 +250,25 @@ async fn grpc_server(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(billing))
+}
+
+/// Keeps the memory's directory of account ids up to date, every half of the memory's
+/// `max_age`, until `stop` (nothing to do when the memory is off).
+async fn keep_directory(commands: Commands, mut stop: Stop) {
+    let Some(max_age) = commands.memory().map(|memory| memory.max_age()) else {
+        return;
+    };
+    let every = (max_age / 2).max(Duration::from_millis(10));
+    let mut last = None;
+    loop {
+        match commands.refresh_directory(last).await {
+            Ok(started_at) => last = Some(started_at),
+            Err(error) => tracing::warn!(%error, "the directory of account ids is not up to date; trying again"),
+        }
+        if stop.sleep_or_stop(every).await == Woken::ByStop {
+            return;
+        }
+    }
 }
 
 /// Releases the holds that expired, every `sweep_interval_ms`, until `stop`. Replicas sweep side

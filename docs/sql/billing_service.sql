@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at          DATETIME(6) NOT NULL,
     updated_at          DATETIME(6) NOT NULL,
     PRIMARY KEY (user_id),
+    KEY accounts_created_at (created_at),
     CONSTRAINT accounts_balance_in_range CHECK (balance_micros BETWEEN 0 AND 1000000000000000),
     CONSTRAINT accounts_free_used_in_range CHECK (free_used_micros BETWEEN 0 AND free_granted_micros),
     CONSTRAINT accounts_version_positive CHECK (version >= 1)

@@ -73,6 +73,21 @@ pub struct CommandSettings {
     /// How long command-svc's Redis snapshot of an account (read by `CheckQuota`) lives without
     /// a newer commit.
     pub snapshot_ttl_secs: u64,
+    /// The in-process view of accounts `CheckQuota` answers from first.
+    pub account_memory: AccountMemorySettings,
+}
+
+/// command-svc's in-process view of accounts: learned from its own commits, the events of every
+/// replica's commits and the reads of checks that missed (an id without an account included);
+/// each entry forgotten `max_age_ms` after it was learned, which bounds how old a check's answer
+/// can be. Off, `CheckQuota` reads Redis, then MySQL.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountMemorySettings {
+    pub enabled: bool,
+    pub max_age_ms: u64,
+    /// Ids remembered at most (accounts and ids without one), a few hundred bytes each.
+    pub capacity: usize,
 }
 
 /// Group commit of charges: the charges that arrive while a batch commits are gathered (up to
@@ -518,15 +533,29 @@ impl Settings {
     /// service reads (the bus, the billing zone, the currency); each service then checks only
     /// what it uses, so the scheduler needs no caller, webhook secret or JWT key.
     pub fn check_for(&self, service: Service) -> Result<(), ConfigError> {
-        if service == Service::Command
-            && !(1_000..=3_600_000).contains(&self.reservations.default_ttl_ms)
-        {
+        if service == Service::Command {
+            self.check_command()?;
+        }
+        self.check_secrets(service)
+    }
+
+    fn check_command(&self) -> Result<(), ConfigError> {
+        if !(1_000..=3_600_000).contains(&self.reservations.default_ttl_ms) {
             return Err(ConfigError::Invalid {
                 key: "reservations.default_ttl_ms",
                 why: "must be 1000 ..= 3600000 (1 s to 1 h, the bounds of ttl_ms)".into(),
             });
         }
-        self.check_secrets(service)
+        let memory = &self.command.account_memory;
+        if memory.enabled && !(100..=60_000).contains(&memory.max_age_ms) {
+            return Err(ConfigError::Invalid {
+                key: "command.account_memory.max_age_ms",
+                why: "must be 100 ..= 60000 (how old a check's answer may be; the directory is \
+                      scanned every half of it)"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -596,6 +625,10 @@ command:
     max_wait_us: 200
     workers: 2
   snapshot_ttl_secs: 30
+  account_memory:
+    enabled: true
+    max_age_ms: 2000
+    capacity: 200000
 query:
   http_addr: 127.0.0.1:8080
   command_endpoint: http://127.0.0.1:50051

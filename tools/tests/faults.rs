@@ -754,9 +754,36 @@ async fn state_at(db: &MySqlPool, user: &str, version: i64) -> (i64, i64) {
     .unwrap()
 }
 
-/// Redis stopped under load: every `CheckQuota` answer is the account as MySQL had it at a
-/// version at least as new as the caller's last acknowledged charge, before, during and after
-/// the outage; charges go on; query-svc's account reads stay right (from MySQL) meanwhile.
+/// A `CheckQuota` of `user`: its account's version, after checking that it shows the account as
+/// MySQL had it at that version.
+async fn checked_version(client: &mut Client, db: &MySqlPool, user: &str) -> i64 {
+    let check = pb::CheckQuotaRequest {
+        user_id: user.to_owned(),
+        amount_micros: 1,
+    };
+    let seen = client
+        .check_quota(check)
+        .await
+        .expect("checks go on without Redis")
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(
+        (seen.balance_micros, seen.free_used_micros),
+        state_at(db, user, seen.version).await,
+        "{user}: the check shows the account as MySQL had it at its version"
+    );
+    seen.version
+}
+
+/// How long after a commit on one replica another replica's check may still miss it: the
+/// memory's `max_age_ms` (2 s), with slack for a busy machine.
+const CHECK_STALENESS_BOUND: Duration = Duration::from_millis(2_500);
+
+/// Redis stopped under load: every `CheckQuota` answer is the account as MySQL had it at some
+/// version; on the replica that took the caller's last acknowledged charge it is at least that
+/// charge's version at once, on the other replica within the memory's bound; before, during and
+/// after the outage. Charges go on; query-svc's account reads stay right (from MySQL) meanwhile.
 #[tokio::test]
 async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
     let mut redis = testkit::OwnRedis::start().await;
@@ -765,10 +792,11 @@ async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut callers = Vec::new();
-    // Each caller charges its own account and checks it right after every acknowledged charge.
+    // Each caller charges its own account and checks it on both replicas after every
+    // acknowledged charge.
     for (index, user) in users.iter().enumerate() {
         let mut charging = cluster.client(index % 2, GATEWAY).await;
-        let mut checking = cluster.client((index + 1) % 2, GATEWAY).await;
+        let mut other = cluster.client((index + 1) % 2, GATEWAY).await;
         let (user, stop, db) = (user.clone(), stop.clone(), cluster.db.clone());
         let checked = checked.clone();
         callers.push(tokio::spawn(async move {
@@ -784,30 +812,22 @@ async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
                     .await
                     .expect("charges go on without Redis")
                     .into_inner();
+                let acknowledged_at = Instant::now();
                 load.acknowledged.insert(request_id, (user.clone(), 1_000));
                 let acknowledged = charged.account.unwrap().version;
-                let check = pb::CheckQuotaRequest {
-                    user_id: user.clone(),
-                    amount_micros: 1,
-                };
-                let seen = checking
-                    .check_quota(check)
-                    .await
-                    .expect("checks go on without Redis")
-                    .into_inner()
-                    .account
-                    .unwrap();
+                let seen = checked_version(&mut charging, &db, &user).await;
                 assert!(
-                    seen.version >= acknowledged,
-                    "{user}: a check at version {} after a charge at {acknowledged}",
-                    seen.version
+                    seen >= acknowledged,
+                    "{user}: a check at version {seen} after a charge at {acknowledged} on the same replica"
                 );
-                assert_eq!(
-                    (seen.balance_micros, seen.free_used_micros),
-                    state_at(&db, &user, seen.version).await,
-                    "{user}: the check shows the account as MySQL had it at its version"
-                );
-                checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                while checked_version(&mut other, &db, &user).await < acknowledged {
+                    assert!(
+                        acknowledged_at.elapsed() < CHECK_STALENESS_BOUND,
+                        "{user}: the other replica's checks missed the charge at {acknowledged} for longer than the bound"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                checked.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
             }
             load
         }));
@@ -858,7 +878,7 @@ async fn redis_stopped_under_load_leaves_every_check_and_read_right() {
     let converged = cluster.assert_converged().await;
     println!(
         "Redis killed under load: {checks} checks ({} while it was down), each at least as new \
-         as the caller's last charge",
+         as the caller's last charge on its replica, and within the bound on the other",
         checks - before
     );
     println!("  {}", tally(&cluster.db, &load, converged).await);

@@ -6,11 +6,15 @@
 
 //! - [`reset`]: the consumer of `BILLING_COMMANDS` that carries out the monthly reset.
 //! - [`alerts`]: the consumers of the alert events that deliver them to developers' webhooks.
+//! - [`follow`]: each replica's follower of every replica's events, which keeps its memory of
+//!   accounts (read by `CheckQuota`) up to date.
 
 pub mod alerts;
+pub mod follow;
 pub mod relay;
 pub mod reset;
 
 pub use alerts::AlertDispatcher;
+pub use follow::AccountFollower;
 pub use relay::OutboxRelay;
 pub use reset::ResetConsumer;

@@ -41,29 +41,10 @@ impl Commands {
             .present(user_id, currency, snapshot.as_ref(), now))
     }
 
-    /// The account from MySQL after a cache miss; its snapshot is then cached (version-guarded,
-    /// so it never replaces a newer one written through by a charge meanwhile), and the next
-    /// checks of the account are answered from Redis.
-    async fn load_and_cache(&self, user_id: &UserId) -> Result<AccountOut, CommandError> {
-        let row = store::load_account(self.store.pool(), user_id).await?;
-        let Some(row) = row else {
-            return Ok(self.rules.present(user_id, None, None, self.now()));
-        };
-        let snapshot = row.snapshot()?;
-        let stored = self.rules.present_stored(user_id, &row.currency, &snapshot);
-        self.write_through(std::slice::from_ref(&stored)).await;
-        Ok(self
-            .rules
-            .present(user_id, Some(&row.currency), Some(&snapshot), self.now()))
-    }
-
-    /// Would a charge of this amount be allowed now? From the Redis snapshot when there is one,
-    /// MySQL otherwise. Redis never decides a charge: only this answer.
+    /// Would a charge of this amount be allowed now? From memory, Redis or MySQL, nearest first
+    /// (`snapshots`). Neither memory nor Redis ever decides a charge: only this answer.
     pub async fn check_quota(&self, command: &CheckQuota) -> Result<Checked, CommandError> {
-        let account = match self.cached_account(&command.user_id).await {
-            Some(account) => account,
-            None => self.load_and_cache(&command.user_id).await?,
-        };
+        let account = self.account_to_check(&command.user_id).await?;
         Ok(Checked {
             allowed: command.amount <= account.view.available,
             account,

@@ -9,17 +9,20 @@
 //!   `decide_charge`, `append`, `publish`, `record_grant`) and `Appends`, whose `writes()` persist
 //!   what a transaction recorded. Every change, of a command, a batch of charges or a reset batch,
 //!   is recorded through it.
+//! - `directory`: the Bloom filter of the ids that have an account, which answers a check of an
+//!   id without one.
 //! - `charge`: `CheckQuota`, `DeductQuota`, `GetAccount`, and a charge's ledger row and event.
 //! - `group`: group commit of charges (`lock_batch`, `decide_batch`, `write_batch`); with group
 //!   commit off, a charge is a batch of one.
+//! - `memory`: the in-process view of accounts `CheckQuota` answers from first.
 //! - `orders`: recharge orders and payment callbacks.
 //! - `plans`: `SetFreeQuotaPlan`.
 //! - `refunds`: `RefundCharge`.
 //! - `reservations`: `ReserveQuota`, `SettleReservation`, `ReleaseReservation` and the expiry
 //!   sweep; their decisions are pure functions.
 //! - `reset`: the monthly reset's plan, batches and finish.
-//! - `snapshots`: command-svc's Redis snapshots, written through after commits, read by
-//!   `CheckQuota`.
+//! - `snapshots`: what `CheckQuota` answers from (memory, Redis, MySQL), written through after
+//!   commits.
 //!
 //! The module itself holds [`Rules`], the deployment's rules; [`Commands`], what every handler
 //! needs; and [`CommandError`], why a command did not apply.
@@ -29,7 +32,9 @@ mod adjust;
 mod alerts;
 mod changes;
 mod charge;
+mod directory;
 mod group;
+mod memory;
 mod orders;
 mod plans;
 mod refunds;
@@ -37,7 +42,7 @@ mod reservations;
 mod reset;
 mod snapshots;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use shared::{
@@ -45,7 +50,7 @@ use shared::{
     bus::BusNames,
     cache::SnapshotCache,
     clock::Clock,
-    config::GroupCommitSettings,
+    config::{AccountMemorySettings, GroupCommitSettings},
     config::{ConfigError, Settings},
     ids::{FieldViolation, UserId},
     money::Micros,
@@ -55,11 +60,13 @@ use shared::{
 pub use adjust::Adjusted;
 pub use alerts::{AlertSettingsSaved, AlertSettingsShown};
 pub use charge::{Charged, Checked};
+pub use memory::{AccountMemory, Known};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
 pub use refunds::Refunded;
 pub use reservations::{Released, Reserved, Settled};
 pub use reset::ResetBatch;
+pub use snapshots::known_from;
 
 use crate::{
     events::AccountOut,
@@ -208,6 +215,8 @@ pub struct Commands {
     rules: Rules,
     /// command-svc's Redis snapshots, written through after commits and read by `CheckQuota`.
     snapshots: Option<SnapshotCache>,
+    /// command-svc's in-process view of accounts, read by `CheckQuota` before Redis.
+    memory: Option<Arc<AccountMemory>>,
     /// Charges go through group commit when set.
     charges: Option<group::ChargeQueue>,
 }
@@ -220,6 +229,7 @@ impl Commands {
             clock,
             rules,
             snapshots: None,
+            memory: None,
             charges: None,
         }
     }
@@ -231,6 +241,24 @@ impl Commands {
             snapshots: Some(snapshots),
             ..self
         }
+    }
+
+    /// `CheckQuota` answers from an in-process view of accounts (with its directory of ids) first,
+    /// when the settings enable it; every commit of this replica updates it (`bus::AccountFollower`
+    /// brings those of others, `refresh_directory` the accounts created anywhere).
+    pub fn with_memory(self, settings: &AccountMemorySettings) -> Self {
+        if !settings.enabled {
+            return self;
+        }
+        Commands {
+            memory: Some(Arc::new(AccountMemory::new(settings))),
+            ..self
+        }
+    }
+
+    /// The in-process view of accounts, when enabled.
+    pub fn memory(&self) -> Option<&Arc<AccountMemory>> {
+        self.memory.as_ref()
     }
 
     /// Charges are committed in groups by these settings' workers (started now).

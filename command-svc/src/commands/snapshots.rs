@@ -1,16 +1,25 @@
-//! command-svc's own account snapshots in Redis: written through after every commit that changes
-//! an account (before its caller is answered, so a caller's next check sees at least its own
-//! change), read by `CheckQuota`, and written again by a `CheckQuota` that found none. A failed
-//! write removes the snapshot rather than leave an old one; a snapshot that could be removed
-//! neither is gone with its TTL.
+//! What `CheckQuota` answers from, nearest first: command-svc's in-process memory of accounts
+//! (`memory`), its own account snapshots in Redis, then MySQL. Every commit that changes an
+//! account writes it through to both (before its caller is answered, so a caller's next check on
+//! this replica sees at least its own change, and on any replica once the snapshot is read); a
+//! check that missed remembers and caches what it read. A failed Redis write removes the snapshot
+//! rather than leave an old one; a snapshot that could be removed neither is gone with its TTL.
 
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 use prost::Message;
 use shared::{
     account::AccountSnapshot, cache::CachedSnapshot, ids::UserId, money::Micros, proto::v1 as pb,
 };
 
-use super::{Commands, account_tx::AccountTx};
-use crate::{events::AccountOut, store::StoreError};
+use super::{
+    CommandError, Commands, account_tx::AccountTx, directory::AccountDirectory, memory::Known,
+};
+use crate::{
+    events::AccountOut,
+    store::{self, StoreError},
+};
 
 impl Commands {
     /// Commits a command's transaction and writes the account's snapshot through.
@@ -22,8 +31,17 @@ impl Commands {
         Ok(out)
     }
 
-    /// Writes these accounts' snapshots (version-guarded in Redis).
+    /// Remembers these accounts as stored, and writes their snapshots (version-guarded in Redis).
     pub(super) async fn write_through(&self, accounts: &[AccountOut]) {
+        if let Some(memory) = &self.memory {
+            let learned_at = Instant::now();
+            for account in accounts {
+                if let Some(known) = known_from(&account.message()) {
+                    let user_id = UserId::stored(account.user_id.as_str());
+                    memory.remember(&user_id, known, learned_at);
+                }
+            }
+        }
         let Some(cache) = &self.snapshots else { return };
         let now = self.now().timestamp_millis();
         let snapshots: Vec<CachedSnapshot> = accounts
@@ -59,24 +77,143 @@ impl Commands {
         futures::future::join_all(unwritten).await;
     }
 
-    /// The account from its Redis snapshot, presented now; `None` on a miss, a Redis failure or
-    /// a snapshot that does not decode (MySQL answers then).
-    pub(super) async fn cached_account(&self, user_id: &UserId) -> Option<AccountOut> {
+    /// The account a check answers with: from memory, else the directory when the id surely has
+    /// no account, else Redis, else MySQL (then cached in Redis); what was read is remembered, an
+    /// id without an account included.
+    pub(super) async fn account_to_check(
+        &self,
+        user_id: &UserId,
+    ) -> Result<AccountOut, CommandError> {
+        if let Some(memory) = &self.memory {
+            if let Some(known) = memory.recall(user_id) {
+                metrics::counter!("billing_checks_total", "from" => "memory").increment(1);
+                return Ok(self.present_known(user_id, &known));
+            }
+            if memory.directory().surely_absent(user_id) {
+                metrics::counter!("billing_checks_total", "from" => "directory").increment(1);
+                return Ok(self.present_known(user_id, &Known::Absent));
+            }
+        }
+        let learned_at = Instant::now();
+        let known = match self.cached_account(user_id).await {
+            Some(known) => {
+                metrics::counter!("billing_checks_total", "from" => "redis").increment(1);
+                known
+            }
+            None => {
+                metrics::counter!("billing_checks_total", "from" => "mysql").increment(1);
+                self.load_and_cache(user_id).await?
+            }
+        };
+        if let Some(memory) = &self.memory {
+            memory.remember(user_id, known.clone(), learned_at);
+        }
+        Ok(self.present_known(user_id, &known))
+    }
+
+    /// The account from its Redis snapshot; `None` on a miss, a Redis failure or a snapshot that
+    /// does not decode (MySQL answers then).
+    async fn cached_account(&self, user_id: &UserId) -> Option<Known> {
         let cached = self.snapshots.as_ref()?.get(user_id.as_str()).await?;
         let state = pb::AccountState::decode(cached.state.as_slice()).ok()?;
-        let snapshot = AccountSnapshot {
-            balance: Micros::new(state.balance_micros),
-            period: state.period.parse().ok()?,
-            free_granted: Micros::new(state.free_granted_micros),
-            free_used: Micros::new(state.free_used_micros),
-            free_held: Micros::new(state.free_held_micros),
-            balance_held: Micros::new(state.balance_held_micros),
-            monthly_free: Micros::new(state.monthly_free_micros),
+        known_from(&pb::AccountState {
             version: cached.version,
-        };
-        Some(
-            self.rules
-                .present(user_id, Some(&state.currency), Some(&snapshot), self.now()),
-        )
+            ..state
+        })
     }
+
+    /// The account from MySQL after a cache miss; its snapshot is then cached (version-guarded,
+    /// so it never replaces a newer one written through by a charge meanwhile). An id without an
+    /// account is not cached in Redis: there is nothing to be newer than.
+    async fn load_and_cache(&self, user_id: &UserId) -> Result<Known, CommandError> {
+        let Some(row) = store::load_account(self.store.pool(), user_id).await? else {
+            return Ok(Known::Absent);
+        };
+        let snapshot = row.snapshot()?;
+        let stored = self.rules.present_stored(user_id, &row.currency, &snapshot);
+        self.write_through(std::slice::from_ref(&stored)).await;
+        Ok(Known::Account {
+            currency: row.currency,
+            snapshot,
+        })
+    }
+
+    /// What is known of an account, presented now.
+    fn present_known(&self, user_id: &UserId, known: &Known) -> AccountOut {
+        let now = self.now();
+        match known {
+            Known::Account { currency, snapshot } => {
+                self.rules
+                    .present(user_id, Some(currency), Some(snapshot), now)
+            }
+            Known::Absent => self.rules.present(user_id, None, None, now),
+        }
+    }
+}
+
+/// How far before its last scan the directory looks for created accounts: a row's `created_at`
+/// is stamped before its commit (earlier by a batch's lock waits and retries, seconds at most)
+/// and by the clock of the replica that created it.
+const CREATION_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Ids read per page of the directory's full scan.
+const SCAN_PAGE: u32 = 10_000;
+
+impl Commands {
+    /// Brings the directory of ids up to date and trusts it from this scan's start: a full scan
+    /// the first time (`last` is `None`) or when the filter is overfull, then the accounts created
+    /// since `last`. Returns when this scan started, for the next.
+    pub async fn refresh_directory(
+        &self,
+        last: Option<DateTime<Utc>>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let Some(directory) = self.memory.as_ref().map(|memory| memory.directory()) else {
+            return Ok(self.now());
+        };
+        let (started, started_at) = (Instant::now(), self.now());
+        let since = match last {
+            Some(last) if !directory.is_overfull() => last,
+            _ => {
+                directory.replace(AccountDirectory::filled(&self.every_account_id().await?));
+                started_at
+            }
+        };
+        let pool = self.store.pool();
+        for user_id in store::accounts_created_since(pool, since - CREATION_MARGIN).await? {
+            directory.add(&user_id);
+        }
+        directory.confirm(started);
+        Ok(started_at)
+    }
+
+    async fn every_account_id(&self) -> Result<Vec<UserId>, StoreError> {
+        let mut ids = Vec::new();
+        loop {
+            let page = store::account_ids_after(self.store.pool(), ids.last(), SCAN_PAGE).await?;
+            let full = page.len() >= SCAN_PAGE as usize;
+            ids.extend(page);
+            if !full {
+                return Ok(ids);
+            }
+        }
+    }
+}
+
+/// The account a stored state describes (a Redis snapshot, an event's account); `None` when its
+/// period does not parse.
+pub fn known_from(state: &pb::AccountState) -> Option<Known> {
+    let snapshot = AccountSnapshot {
+        balance: Micros::new(state.balance_micros),
+        period: state.period.parse().ok()?,
+        free_granted: Micros::new(state.free_granted_micros),
+        free_used: Micros::new(state.free_used_micros),
+        free_held: Micros::new(state.free_held_micros),
+        balance_held: Micros::new(state.balance_held_micros),
+        monthly_free: Micros::new(state.monthly_free_micros),
+        version: state.version,
+    };
+    Some(Known::Account {
+        currency: state.currency.clone(),
+        snapshot,
+    })
 }

@@ -84,6 +84,33 @@ pub async fn load_account<'e>(
         .await?)
 }
 
+/// The ids of up to `limit` accounts after `after`, in key order: a full scan, page by page.
+pub async fn account_ids_after<'e>(
+    executor: impl MySqlExecutor<'e>,
+    after: Option<&UserId>,
+    limit: u32,
+) -> Result<Vec<UserId>, StoreError> {
+    const SQL: &str = "SELECT user_id FROM accounts WHERE user_id > ? ORDER BY user_id LIMIT ?";
+    let after = after.map_or("", UserId::as_str);
+    Ok(sqlx::query_scalar(SQL)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?)
+}
+
+/// The ids of the accounts created at or after `since` (by `accounts_created_at`).
+pub async fn accounts_created_since<'e>(
+    executor: impl MySqlExecutor<'e>,
+    since: DateTime<Utc>,
+) -> Result<Vec<UserId>, StoreError> {
+    const SQL: &str = "SELECT user_id FROM accounts WHERE created_at >= ?";
+    Ok(sqlx::query_scalar(SQL)
+        .bind(since)
+        .fetch_all(executor)
+        .await?)
+}
+
 type Query<'q> = sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>;
 
 /// Binds the state's columns, in the order every statement here lists them: balance, period,

@@ -21,8 +21,8 @@ use sqlx::{MySql, MySqlPool, Transaction};
 use tokio::sync::Notify;
 
 pub use accounts::{
-    AccountRow, create_account, load_account, lock_account, lock_accounts, lock_accounts_between,
-    parse_period, save_account,
+    AccountRow, account_ids_after, accounts_created_since, create_account, load_account,
+    lock_account, lock_accounts, lock_accounts_between, parse_period, save_account,
 };
 pub use alerts::{
     AlertSettingsRow, DeliveryAttempt, Webhook, alert_settings_of, delivery_settled,

@@ -1,5 +1,6 @@
 //! The hot path's two speed-ups keep every rule: group commit (and the same results without it),
-//! and `CheckQuota` from command-svc's Redis snapshots (and from MySQL without Redis).
+//! and `CheckQuota` from command-svc's memory and Redis snapshots (and from MySQL without Redis);
+//! the memory's own rules are in `memory`.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -10,6 +11,7 @@ use shared::proto::v1 as pb;
 use crate::helpers::*;
 
 const WITHOUT_GROUP_COMMIT: (&str, &str) = ("BILLING__COMMAND__GROUP_COMMIT__ENABLED", "false");
+const WITHOUT_MEMORY: (&str, &str) = ("BILLING__COMMAND__ACCOUNT_MEMORY__ENABLED", "false");
 
 /// 300 concurrent 1-CNY charges on an account that can afford exactly 150, half of them sent
 /// twice: each key charges once, the refusals take nothing, the books balance.
@@ -209,7 +211,8 @@ async fn checks_answer_from_redis_at_least_as_new_as_the_callers_last_charge() {
 
 #[tokio::test]
 async fn a_check_after_the_snapshot_expired_answers_from_mysql_and_caches_it_again() {
-    let app = spawn_app().await;
+    // Redis and MySQL behind the memory: with the memory off, every check reaches them.
+    let app = spawn_app_at(Utc::now(), &[WITHOUT_MEMORY]).await;
     let user = new_user("refill");
     let charged = app
         .gateway()

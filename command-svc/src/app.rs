@@ -263,7 +263,9 @@ async fn keep_directory(commands: Commands, mut stop: Stop) {
     loop {
         match commands.refresh_directory(last).await {
             Ok(started_at) => last = Some(started_at),
-            Err(error) => tracing::warn!(%error, "the directory of account ids is not up to date; trying again"),
+            Err(error) => {
+                tracing::warn!(%error, "the directory of account ids is not up to date; trying again")
+            }
         }
         if stop.sleep_or_stop(every).await == Woken::ByStop {
             return;

@@ -172,12 +172,18 @@ mod tests {
         let directory = AccountDirectory::new(Duration::from_millis(50));
         let (known, stranger) = (user(1), user(2));
         directory.add(&known);
-        assert!(!directory.surely_absent(&stranger), "not trusted before a scan");
+        assert!(
+            !directory.surely_absent(&stranger),
+            "not trusted before a scan"
+        );
         directory.confirm(Instant::now());
         assert!(directory.surely_absent(&stranger));
         assert!(!directory.surely_absent(&known));
         directory.confirm(Instant::now() - Duration::from_millis(60));
-        assert!(!directory.surely_absent(&stranger), "the last scan is too old");
+        assert!(
+            !directory.surely_absent(&stranger),
+            "the last scan is too old"
+        );
     }
 
     #[test]

@@ -13,18 +13,22 @@
 # need:
 #   Chromium (Debian's chromium), Node.js and npm (Debian's nodejs and npm when missing), and
 #   playwright-core, installed by `npm ci` from the lock file into query-svc/console/e2e
+# and, with --bench-tools, the yardstick of the hot-path benchmark (deploy/bench.sh):
+#   sysbench (Debian's), which runs the Lua scripts in deploy/bench/ against MariaDB
 #
 # Safe to run any number of times. A dependency whose port already answers is left alone (it may
 # be a system service or a container someone else runs), so this never stops or restarts anything.
 # A missing one is installed from Debian packages when its binary is absent and started in the
 # background, bound to 127.0.0.1 only.
 #
-# Usage: deploy/dev-deps.sh [--clean-test-databases] [--test-tools] [--browser] [--watch PID]
+# Usage: deploy/dev-deps.sh [--clean-test-databases] [--test-tools] [--browser] [--bench-tools]
+#                           [--watch PID]
 #   --clean-test-databases  also drop test databases and temp dirs left behind by crashed test
 #                           runs (older than 6 hours, so a concurrent run is never disturbed)
 #   --test-tools            also install the tools of the manifest and OpenAPI checks (make test;
 #                           make run needs none of them)
 #   --browser               also install Chromium, Node.js and playwright-core (make test)
+#   --bench-tools           also install sysbench (make bench)
 #   --watch PID             then keep watching the three servers while process PID lives (make
 #                           test passes its shell): one that stops answering is reported (its
 #                           process, the kernel's last messages) and started again, NATS with the
@@ -71,6 +75,7 @@ readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
 clean_test_databases=false
 test_tools=false
 browser=false
+bench_tools=false
 watch_pid=
 while (($# > 0)); do
     arg=$1
@@ -79,6 +84,7 @@ while (($# > 0)); do
         --clean-test-databases) clean_test_databases=true ;;
         --test-tools) test_tools=true ;;
         --browser) browser=true ;;
+        --bench-tools) bench_tools=true ;;
         --watch)
             [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "dev-deps: --watch needs a process id" >&2; exit 2; }
             watch_pid=$1
@@ -617,6 +623,19 @@ ensure_console_browser() {
     echo "playwright-core: $(playwright_installed) $how in $CONSOLE_E2E_DIR/node_modules"
 }
 
+# --- the hot-path benchmark's yardstick: sysbench --------------------------------------------
+
+ensure_sysbench() {
+    local how=found
+    if ! command -v sysbench >/dev/null 2>&1; then
+        # Debian's build speaks MySQL's protocol (libmariadb) and runs Lua scripts.
+        apt_install sysbench
+        command -v sysbench >/dev/null 2>&1 || die "sysbench installed but not found"
+        how=installed
+    fi
+    echo "sysbench: $how at $(command -v sysbench)"
+}
+
 # --- leftovers of crashed test runs ----------------------------------------------------------
 
 # Uses root over the socket when that needs no password (root, or passwordless sudo); otherwise
@@ -668,6 +687,9 @@ if $test_tools; then
 fi
 if $browser; then
     ensure_console_browser
+fi
+if $bench_tools; then
+    ensure_sysbench
 fi
 if [[ -n $watch_pid ]]; then
     watch_servers "$watch_pid"

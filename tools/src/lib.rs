@@ -1,12 +1,15 @@
 //! What the programs of this crate share: clients of a running billing stack, configured from
 //! the same `configs/config.yaml` as the services (command-svc over gRPC with a caller's token,
-//! REST tokens, JetStream with the streams in place), and the percentiles of their reports.
+//! REST tokens, JetStream with the streams in place), the percentiles of their reports, and the
+//! CPU time processes spend during a run (`cpu_time`).
 //!
 //! The programs, in `src/bin/`:
 //! - `billingctl`: the operators' command line (its read-model work is the billing-ops crate).
 //! - `loadgen`: the hot-path benchmark (`make bench`).
 //! - `projection-lag`: the time from a charge's reply until REST shows its version.
 //! - `reset-bench`: the monthly reset at scale.
+
+pub mod cpu_time;
 
 use std::{str::FromStr, time::Duration};
 

@@ -1,5 +1,8 @@
 //! The hot-path benchmark: a load generator for command-svc (DeductQuota, CheckQuota, the gRPC
 //! health check), the plain-SQL baseline it is compared with, and the suite `make bench` runs.
+//! The suite's targets are ratios to what sysbench measured of the database alone in the same
+//! `make bench` (deploy/bench.sh passes its rates); it also reports the CPU time each process of
+//! the stack spent per charge.
 //!
 //! Closed loop (`--concurrency N`: N callers, each sending its next call when the last is
 //! answered) or open loop (`--rate R`: calls started at R per second whatever the answers);
@@ -8,10 +11,11 @@
 //! are checked against the replies received: no charge lost, none doubled, no balance negative.
 //!
 //! ```text
-//! loadgen suite                                 the whole table (make bench)
+//! loadgen suite [--sysbench-wide R --sysbench-hot R --sysbench-ceiling R] [--pid NAME=PID]…
+//!                                               the whole table (make bench)
 //! loadgen deduct --concurrency 64 --seconds 10 [--accounts 10000 | --hot] [--zipf 1.1]
 //! loadgen deduct --rate 2000 --seconds 10
-//! loadgen check --concurrency 64 --seconds 10
+//! loadgen check --concurrency 64 --seconds 10 [--unseen]
 //! loadgen health --concurrency 64 --seconds 10
 //! loadgen baseline --connections 32 --seconds 10 [--hot]
 //! ```
@@ -19,6 +23,7 @@
 //! the accounts it needs (`bench-*`, `base-*`) the first time.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{
         Arc, Mutex,
@@ -27,7 +32,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use billing_tools::{CommandClient, caller_token, command_client, http_url};
+use billing_tools::{
+    CommandClient, caller_token, command_client,
+    cpu_time::{CpuSpent, Process, Watched},
+    http_url,
+};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use shared::{config::Settings, proto::v1 as pb};
@@ -44,13 +53,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every scenario, then one table with the targets.
+    /// Every scenario, then one table with the targets and one of CPU time per charge.
     Suite {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        #[command(flatten)]
+        sysbench: SysbenchRates,
+        /// A process of the stack by pid (`command-svc=1234`), for the CPU time per charge;
+        /// the others (mariadbd, command-svc, query-svc, nats-server, redis-server) are found
+        /// by name.
+        #[arg(long = "pid", value_parser = named_pid)]
+        pids: Vec<(String, u32)>,
     },
     Deduct(Load),
-    Check(Load),
+    Check {
+        #[command(flatten)]
+        load: Load,
+        /// Every call on an account id never used before, so new to the service.
+        #[arg(long, conflicts_with = "hot")]
+        unseen: bool,
+    },
     Health(Load),
     /// One charge per transaction in plain SQL, straight to MySQL.
     Baseline {
@@ -73,6 +95,32 @@ struct Spread {
     /// Every call on one account.
     #[arg(long)]
     hot: bool,
+}
+
+/// What sysbench measured of the database alone in the same run (deploy/bench.sh), in charges
+/// per second: the yardsticks of the targets. A target whose rate is not given is missed.
+#[derive(ClapArgs, Clone, Copy, Default)]
+// Flattened into the suite: its doc comment is not the suite's help text.
+#[command(about = None, long_about = None)]
+struct SysbenchRates {
+    /// baseline-deduct.lua on 10,000 accounts from 32 threads, one charge per transaction.
+    #[arg(long = "sysbench-wide")]
+    wide: Option<f64>,
+    /// baseline-deduct.lua on one account from 16 threads.
+    #[arg(long = "sysbench-hot")]
+    hot: Option<f64>,
+    /// ceiling-batch.lua on 10,000 accounts from 4 threads, 100 charges per transaction.
+    #[arg(long = "sysbench-ceiling")]
+    ceiling: Option<f64>,
+}
+
+/// `name=pid`.
+fn named_pid(arg: &str) -> Result<(String, u32), String> {
+    let (name, pid) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not NAME=PID"))?;
+    let pid = pid.parse().map_err(|_| format!("{pid:?} is not a pid"))?;
+    Ok((name.to_owned(), pid))
 }
 
 #[derive(ClapArgs, Clone)]
@@ -127,6 +175,8 @@ enum Accounts {
     Uniform(Vec<String>),
     /// Cumulative weights over the accounts, for inverse sampling.
     Zipf(Vec<String>, Vec<f64>),
+    /// A new id on every call: this prefix and a 64-bit random number.
+    Unseen(String),
 }
 
 impl Accounts {
@@ -152,15 +202,23 @@ impl Accounts {
         }
     }
 
-    fn pick(&self, random: u64) -> &str {
+    /// Accounts no run has used: the prefix is new to each run.
+    fn unseen() -> Self {
+        Accounts::Unseen(format!("unseen-{}", run_id()))
+    }
+
+    fn pick(&self, random: u64) -> Cow<'_, str> {
         match self {
-            Accounts::Hot(name) => name,
-            Accounts::Uniform(names) => &names[(random % names.len() as u64) as usize],
+            Accounts::Hot(name) => Cow::Borrowed(name),
+            Accounts::Uniform(names) => {
+                Cow::Borrowed(&names[(random % names.len() as u64) as usize])
+            }
             Accounts::Zipf(names, cumulative) => {
                 let u = (random >> 11) as f64 / (1u64 << 53) as f64;
                 let index = cumulative.partition_point(|c| *c < u).min(names.len() - 1);
-                &names[index]
+                Cow::Borrowed(&names[index])
             }
+            Accounts::Unseen(prefix) => Cow::Owned(format!("{prefix}-{random:016x}")),
         }
     }
 }
@@ -184,6 +242,8 @@ struct Measured {
     histogram: Histogram<u64>,
     /// Open loop: how late the generator's millisecond ticks fired (µs).
     lateness: Option<Histogram<u64>>,
+    /// The CPU time the stack's processes spent meanwhile, when they were watched.
+    cpu: Option<CpuSpent>,
 }
 
 impl Measured {
@@ -296,6 +356,7 @@ async fn drive(name: &str, load: &Load, call: Call) -> Measured {
         elapsed: started.elapsed(),
         histogram,
         lateness: load.rate.map(|_| lateness.lock().unwrap().clone()),
+        cpu: None,
     }
 }
 
@@ -383,7 +444,7 @@ async fn deduct(
     let run = run.to_owned();
     let call: Call = Arc::new(move |r| {
         let mut client = clients[(r % 4) as usize].clone();
-        let user = accounts.pick(r).to_owned();
+        let user = accounts.pick(r).into_owned();
         let request_id = format!("{run}-{}", counter.fetch_add(1, Ordering::Relaxed));
         let acknowledged = acknowledged.clone();
         Box::pin(async move {
@@ -430,13 +491,17 @@ async fn deduct(
     .await)
 }
 
-async fn check(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
+async fn check(settings: &Settings, load: &Load, accounts: Accounts) -> anyhow::Result<Measured> {
     let clients = clients(settings, &caller_token(settings, "gateway")?).await?;
-    let accounts = Arc::new(Accounts::new("bench", load));
+    let accounts_label = match accounts {
+        Accounts::Unseen(_) => ", accounts never seen",
+        _ => "",
+    };
+    let accounts = Arc::new(accounts);
     let call: Call = Arc::new(move |r| {
         let mut client = clients[(r % 4) as usize].clone();
         let request = pb::CheckQuotaRequest {
-            user_id: accounts.pick(r).to_owned(),
+            user_id: accounts.pick(r).into_owned(),
             amount_micros: CHARGE,
         };
         Box::pin(async move {
@@ -447,7 +512,12 @@ async fn check(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
                 .map_err(|s| code_name(&s))
         })
     });
-    Ok(drive(&format!("CheckQuota gRPC, {}", shape_of(load)), load, call).await)
+    Ok(drive(
+        &format!("CheckQuota gRPC, {}{accounts_label}", shape_of(load)),
+        load,
+        call,
+    )
+    .await)
 }
 
 /// How a run drives its calls, for its label.
@@ -456,6 +526,11 @@ fn shape_of(load: &Load) -> String {
         Some(rate) => format!("{rate}/s open loop"),
         None => format!("{} callers", load.concurrency),
     }
+}
+
+/// CheckQuota on the seeded accounts.
+async fn check_seeded(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
+    check(settings, load, Accounts::new("bench", load)).await
 }
 
 async fn health(settings: &Settings, load: &Load) -> anyhow::Result<Measured> {
@@ -492,7 +567,7 @@ async fn baseline(pool: &MySqlPool, connections: usize, spread: Spread, run: &st
     let picks = Arc::new(Accounts::new("base", &load));
     let (pool, run, counter) = (pool.clone(), run.to_owned(), Arc::new(AtomicU64::new(0)));
     let call: Call = Arc::new(move |r| {
-        let (pool, user) = (pool.clone(), picks.pick(r).to_owned());
+        let (pool, user) = (pool.clone(), picks.pick(r).into_owned());
         let id = format!("{run}-{}", counter.fetch_add(1, Ordering::Relaxed));
         Box::pin(async move {
             baseline_charge(&pool, &user, &id)
@@ -767,7 +842,14 @@ async fn main() -> anyhow::Result<()> {
                 .print();
             println!("invariants: {}", verify(&pool, &run, &acknowledged).await?);
         }
-        Command::Check(load) => check(&settings, &load).await?.print(),
+        Command::Check { load, unseen } => {
+            let accounts = if unseen {
+                Accounts::unseen()
+            } else {
+                Accounts::new("bench", &load)
+            };
+            check(&settings, &load, accounts).await?.print()
+        }
         Command::Health(load) => health(&settings, &load).await?.print(),
         Command::Baseline {
             connections,
@@ -775,22 +857,58 @@ async fn main() -> anyhow::Result<()> {
         } => baseline(&base, connections, spread, &run_id())
             .await
             .print(),
-        Command::Suite { seconds } => suite(&settings, &pool, &base, seconds).await?,
+        Command::Suite {
+            seconds,
+            sysbench,
+            pids,
+        } => suite(&settings, &pool, &base, seconds, &sysbench, &watched(&pids)).await?,
     }
     Ok(())
 }
 
-/// Every scenario, each printed as it ends, then the table with the targets.
+/// Every scenario, each printed as it ends, then the table with the targets and the CPU time
+/// per charge.
 async fn suite(
     settings: &Settings,
     pool: &MySqlPool,
     base: &MySqlPool,
     seconds: u64,
+    sysbench: &SysbenchRates,
+    watched: &Watched,
 ) -> anyhow::Result<()> {
     warm_up(settings, base).await?;
-    let runs = measure_suite(settings, pool, base, seconds).await?;
-    print_table(&runs);
+    let runs = measure_suite(settings, pool, base, seconds, watched).await?;
+    print_table(&runs, sysbench);
+    print_cpu_table(&runs, watched);
     Ok(())
+}
+
+/// The servers and services of the stack whose CPU time per charge the suite reports.
+const STACK: [&str; 5] = [
+    "mariadbd",
+    "command-svc",
+    "query-svc",
+    "nats-server",
+    "redis-server",
+];
+
+/// The stack's processes, each by the pid given for its name or else found by name; then any
+/// other process given by pid; then loadgen itself.
+fn watched(pids: &[(String, u32)]) -> Watched {
+    let given = |name: &str| {
+        pids.iter()
+            .find(|(given, _)| given == name)
+            .map(|(_, pid)| Process::pid(name, *pid))
+    };
+    let stack = STACK
+        .iter()
+        .map(|name| given(name).unwrap_or_else(|| Process::named(name)));
+    let others = pids
+        .iter()
+        .filter(|(name, _)| !STACK.contains(&name.as_str()))
+        .map(|(name, pid)| Process::pid(name, *pid));
+    let itself = Process::pid("loadgen", std::process::id());
+    Watched::new(stack.chain(others).chain([itself]).collect())
 }
 
 /// The suite's spread: every seeded account (or the hot one) for `seconds`.
@@ -847,6 +965,8 @@ struct SuiteRuns {
     /// CheckQuota in an open loop at `open_checks_rate`, half its closed-loop rate.
     open_checks: Measured,
     open_checks_rate: u64,
+    /// CheckQuota, each call on an account the service has never seen.
+    unseen_checks: Measured,
 }
 
 impl SuiteRuns {
@@ -859,10 +979,23 @@ impl SuiteRuns {
             &self.open,
             &self.checks,
             &self.open_checks,
+            &self.unseen_checks,
         ]
         .iter()
         .map(|m| m.errors.values().sum::<u64>())
         .sum()
+    }
+
+    /// The runs that charged, in the table's order.
+    fn charging(&self) -> [&Measured; 6] {
+        [
+            &self.base_wide,
+            &self.wide,
+            &self.base_hot,
+            &self.hot,
+            &self.zipf,
+            &self.open,
+        ]
     }
 }
 
@@ -872,37 +1005,40 @@ async fn measure_suite(
     pool: &MySqlPool,
     base: &MySqlPool,
     seconds: u64,
+    watched: &Watched,
 ) -> anyhow::Result<SuiteRuns> {
-    let base_wide = baseline(base, 32, suite_spread(seconds, false), &run_id()).await;
+    let base_wide = watched_baseline(base, suite_spread(seconds, false), watched).await;
     base_wide.print();
-    let (wide, wide_check) = charged(settings, pool, &suite_load(seconds, false)).await?;
+    let (wide, wide_check) = charged(settings, pool, &suite_load(seconds, false), watched).await?;
     wide.print();
     let hot_row = Spread {
         accounts: 1,
         ..suite_spread(seconds, true)
     };
-    let base_hot = baseline(base, 32, hot_row, &run_id()).await;
+    let base_hot = watched_baseline(base, hot_row, watched).await;
     base_hot.print();
-    let (hot, hot_check) = charged(settings, pool, &suite_load(seconds, true)).await?;
+    let (hot, hot_check) = charged(settings, pool, &suite_load(seconds, true), watched).await?;
     hot.print();
     let zipf_load = Load {
         zipf: Some(1.1),
         ..suite_load(seconds, false)
     };
-    let (zipf, zipf_check) = charged(settings, pool, &zipf_load).await?;
+    let (zipf, zipf_check) = charged(settings, pool, &zipf_load, watched).await?;
     zipf.print();
     let half = at_half_rate(&wide, seconds);
-    let (open, open_check) = charged(settings, pool, &half).await?;
+    let (open, open_check) = charged(settings, pool, &half, watched).await?;
     open.print();
     let health = health(settings, &suite_load(seconds, false)).await?;
     health.print();
-    let checks = check(settings, &suite_load(seconds, false)).await?;
+    let checks = check_seeded(settings, &suite_load(seconds, false)).await?;
     checks.print();
     // Latency is measured below saturation, as for DeductQuota: in a closed loop at full rate
     // every caller also waits for the 63 others (the health check's own p99 is then ~3 ms).
     let half_checks = at_half_rate(&checks, seconds);
-    let open_checks = check(settings, &half_checks).await?;
+    let open_checks = check_seeded(settings, &half_checks).await?;
     open_checks.print();
+    let unseen_checks = check(settings, &suite_load(seconds, false), Accounts::unseen()).await?;
+    unseen_checks.print();
     Ok(SuiteRuns {
         base_wide,
         wide,
@@ -919,6 +1055,7 @@ async fn measure_suite(
         checks,
         open_checks,
         open_checks_rate: half_checks.rate.unwrap_or(0),
+        unseen_checks,
     })
 }
 
@@ -936,7 +1073,7 @@ struct Row {
 }
 
 impl Row {
-    /// Our rate against a reference rate; met at `at_least` times it.
+    /// Our rate against a reference measured in the suite; met at `at_least` times it.
     fn ratio(
         scenario: &str,
         ours: &Measured,
@@ -944,16 +1081,56 @@ impl Row {
         at_least: f64,
         invariants: &str,
     ) -> Row {
-        let ratio = ours.rate() / reference.rate();
+        Row::against(
+            scenario,
+            ours,
+            Some(reference.rate()),
+            Some(at_least),
+            invariants,
+        )
+    }
+
+    /// Our rate against a reference rate measured outside the suite (sysbench), if it was; met
+    /// at `at_least` times it.
+    fn ratio_to_rate(
+        scenario: &str,
+        ours: &Measured,
+        reference: Option<f64>,
+        at_least: f64,
+        invariants: &str,
+    ) -> Row {
+        Row::against(scenario, ours, reference, Some(at_least), invariants)
+    }
+
+    /// Our rate against a reference rate, shown beside the targets.
+    fn informative_ratio(
+        scenario: &str,
+        ours: &Measured,
+        reference: Option<f64>,
+        invariants: &str,
+    ) -> Row {
+        Row::against(scenario, ours, reference, None, invariants)
+    }
+
+    /// Our rate against `reference` (none: not measured, which misses a target), with a target
+    /// of `at_least` times it, or none (informative).
+    fn against(
+        scenario: &str,
+        ours: &Measured,
+        reference: Option<f64>,
+        at_least: Option<f64>,
+        invariants: &str,
+    ) -> Row {
+        let ratio = reference.map(|rate| ours.rate() / rate);
         Row {
             scenario: scenario.to_owned(),
             ours: format!("{:.0}/s", ours.rate()),
-            baseline: format!("{:.0}/s", reference.rate()),
-            ratio: format!("{ratio:.2}x"),
-            target: format!(">= {at_least}x"),
-            met: ratio >= at_least,
+            baseline: reference.map_or("not measured".into(), |rate| format!("{rate:.0}/s")),
+            ratio: ratio.map_or("-".into(), |ratio| format!("{ratio:.2}x")),
+            target: at_least.map_or("(informative)".into(), |at_least| format!(">= {at_least}x")),
+            met: at_least.is_none_or(|at_least| ratio.is_some_and(|ratio| ratio >= at_least)),
             invariants: invariants.to_owned(),
-            counted: true,
+            counted: at_least.is_some(),
         }
     }
 
@@ -1007,22 +1184,41 @@ impl Row {
     }
 }
 
-/// The table's rows, in its order.
-fn table_rows(runs: &SuiteRuns) -> Vec<Row> {
+/// The table's rows, in its order: the charging targets are ratios to sysbench's rates, with
+/// the plain-SQL baseline of the suite beside them.
+fn table_rows(runs: &SuiteRuns, sysbench: &SysbenchRates) -> Vec<Row> {
     vec![
-        Row::ratio(
-            "DeductQuota, 64 callers, 10,000 accounts",
+        Row::ratio_to_rate(
+            "DeductQuota, 64 callers, 10,000 accounts vs sysbench, 32 threads",
             &runs.wide,
-            &runs.base_wide,
+            sysbench.wide,
             2.0,
             &runs.wide_check,
         ),
-        Row::ratio(
-            "DeductQuota, 64 callers, one hot account",
+        Row::informative_ratio(
+            "DeductQuota, 64 callers, 10,000 accounts vs plain SQL, 32 connections",
+            &runs.wide,
+            Some(runs.base_wide.rate()),
+            "as above",
+        ),
+        Row::informative_ratio(
+            "DeductQuota, 64 callers, 10,000 accounts vs sysbench, 100 charges per transaction, 4 threads",
+            &runs.wide,
+            sysbench.ceiling,
+            "as above",
+        ),
+        Row::ratio_to_rate(
+            "DeductQuota, 64 callers, one hot account vs sysbench, one row, 16 threads",
             &runs.hot,
-            &runs.base_hot,
+            sysbench.hot,
             3.0,
             &runs.hot_check,
+        ),
+        Row::informative_ratio(
+            "DeductQuota, 64 callers, one hot account vs plain SQL, one row, 32 connections",
+            &runs.hot,
+            Some(runs.base_hot.rate()),
+            "as above",
         ),
         Row::informative(
             "DeductQuota, 64 callers, Zipf 1.1",
@@ -1055,12 +1251,19 @@ fn table_rows(runs: &SuiteRuns) -> Vec<Row> {
             0.7,
             "-",
         ),
+        Row::ratio(
+            "CheckQuota rate on accounts never seen vs gRPC health check",
+            &runs.unseen_checks,
+            &runs.health,
+            0.7,
+            "-",
+        ),
     ]
 }
 
 /// The table, then the errors and how many targets were met.
-fn print_table(runs: &SuiteRuns) {
-    let rows = table_rows(runs);
+fn print_table(runs: &SuiteRuns, sysbench: &SysbenchRates) {
+    let rows = table_rows(runs, sysbench);
     println!();
     println!("| scenario | ours | baseline | ratio | target | result | invariants |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -1077,20 +1280,83 @@ fn print_table(runs: &SuiteRuns) {
     );
 }
 
+/// The CPU table: for each charging run, the microseconds of CPU each watched process spent per
+/// charge; then which processes those were.
+fn print_cpu_table(runs: &SuiteRuns, watched: &Watched) {
+    println!();
+    for line in cpu_lines(&runs.charging(), watched.processes()) {
+        println!("{line}");
+    }
+    let described: Vec<String> = watched.processes().iter().map(Process::describe).collect();
+    println!();
+    println!("CPU time of: {}", described.join(", "));
+}
+
+/// The CPU table's lines: the head, then one per run that was watched.
+fn cpu_lines(runs: &[&Measured], processes: &[Process]) -> Vec<String> {
+    let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
+    let mut lines = vec![
+        format!(
+            "| CPU µs per charge | charges | {} | all |",
+            names.join(" | ")
+        ),
+        format!("| --- | --- |{} --- |", " --- |".repeat(names.len())),
+    ];
+    lines.extend(
+        runs.iter()
+            .filter_map(|run| Some(cpu_line(run, run.cpu.as_ref()?))),
+    );
+    lines
+}
+
+/// A run's line of the CPU table; `-` for a process that was not running throughout, left out
+/// of `all`.
+fn cpu_line(run: &Measured, cpu: &CpuSpent) -> String {
+    let per_charge = cpu.micros_per(run.ok);
+    let all: f64 = per_charge.iter().flatten().sum();
+    let cells: Vec<String> = per_charge
+        .iter()
+        .map(|micros| micros.map_or("-".into(), |micros| format!("{micros:.1}")))
+        .collect();
+    format!(
+        "| {} | {} | {} | {all:.1} |",
+        run.name,
+        run.ok,
+        cells.join(" | ")
+    )
+}
+
 fn run_id() -> String {
     format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
-/// A charging run and its check against the ledger; a failed check fails the suite loudly.
+/// A charging run with the CPU time the stack spent on it, and its check against the ledger; a
+/// failed check fails the suite loudly.
 async fn charged(
     settings: &Settings,
     pool: &MySqlPool,
     load: &Load,
+    watched: &Watched,
 ) -> anyhow::Result<(Measured, String)> {
     let (run, acknowledged) = (run_id(), Acknowledged::default());
-    let measured = deduct(settings, load, &run, acknowledged.clone()).await?;
+    let (measured, cpu) = watched
+        .during(deduct(settings, load, &run, acknowledged.clone()))
+        .await;
+    let measured = Measured {
+        cpu: Some(cpu),
+        ..measured?
+    };
     let verdict = verify(pool, &run, &acknowledged).await?;
     Ok((measured, verdict))
+}
+
+/// The plain-SQL baseline from 32 connections, with the CPU time the stack spent on it.
+async fn watched_baseline(base: &MySqlPool, spread: Spread, watched: &Watched) -> Measured {
+    let (measured, cpu) = watched.during(baseline(base, 32, spread, &run_id())).await;
+    Measured {
+        cpu: Some(cpu),
+        ..measured
+    }
 }
 
 #[cfg(test)]
@@ -1107,7 +1373,61 @@ mod tests {
             elapsed: Duration::from_secs(1),
             histogram,
             lateness: None,
+            cpu: None,
         }
+    }
+
+    /// A suite whose charging runs reached `wide` and `hot` charges per second, their plain-SQL
+    /// baselines half that, and whose checks reached `checks` (known accounts) and `unseen`
+    /// (accounts never seen) against a health check at 1,000.
+    fn suite_runs(wide: u64, hot: u64, checks: u64, unseen: u64) -> SuiteRuns {
+        let run = |ok| measured(ok, 1_000);
+        SuiteRuns {
+            base_wide: run(wide / 2),
+            wide: run(wide),
+            wide_check: "ok wide".into(),
+            base_hot: run(hot / 2),
+            hot: run(hot),
+            hot_check: "ok hot".into(),
+            zipf: run(wide),
+            zipf_check: "ok zipf".into(),
+            open: run(wide / 2),
+            open_check: "ok open".into(),
+            open_rate: wide / 2,
+            health: run(1_000),
+            checks: run(checks),
+            open_checks: run(checks / 2),
+            open_checks_rate: checks / 2,
+            unseen_checks: run(unseen),
+        }
+    }
+
+    fn lines_starting(rows: &[Row], scenario: &str) -> Vec<String> {
+        rows.iter()
+            .filter(|row| row.scenario.starts_with(scenario))
+            .map(Row::line)
+            .collect()
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let suite = Cli::try_parse_from([
+            "loadgen",
+            "suite",
+            "--sysbench-wide",
+            "8282.2",
+            "--pid",
+            "command-svc=42",
+        ])
+        .unwrap();
+        let Command::Suite { sysbench, pids, .. } = suite.command else {
+            panic!("not the suite");
+        };
+        assert_eq!((sysbench.wide, sysbench.hot), (Some(8282.2), None));
+        assert_eq!(pids, [("command-svc".to_owned(), 42)]);
+        assert!(Cli::try_parse_from(["loadgen", "suite", "--pid", "command-svc"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "check", "--unseen", "--hot"]).is_err());
     }
 
     #[test]
@@ -1128,6 +1448,78 @@ mod tests {
         assert_eq!(
             Row::informative("zipf", "7/s".into(), "ok").line(),
             "| zipf | 7/s | - | - | (informative) | met | ok |"
+        );
+    }
+
+    #[test]
+    fn charging_targets_are_ratios_to_sysbench_with_the_plain_sql_baseline_beside() {
+        let sysbench = SysbenchRates {
+            wide: Some(1_000.0),
+            hot: Some(500.0),
+            ceiling: Some(20_000.0),
+        };
+        let rows = table_rows(&suite_runs(3_000, 1_000, 800, 600), &sysbench);
+        assert_eq!(
+            lines_starting(&rows, "DeductQuota, 64 callers, 10,000 accounts vs"),
+            [
+                "| DeductQuota, 64 callers, 10,000 accounts vs sysbench, 32 threads | 3000/s | 1000/s | 3.00x | >= 2x | met | ok wide |",
+                "| DeductQuota, 64 callers, 10,000 accounts vs plain SQL, 32 connections | 3000/s | 1500/s | 2.00x | (informative) | met | as above |",
+                "| DeductQuota, 64 callers, 10,000 accounts vs sysbench, 100 charges per transaction, 4 threads | 3000/s | 20000/s | 0.15x | (informative) | met | as above |",
+            ]
+        );
+        assert_eq!(
+            lines_starting(&rows, "DeductQuota, 64 callers, one hot account vs"),
+            [
+                "| DeductQuota, 64 callers, one hot account vs sysbench, one row, 16 threads | 1000/s | 500/s | 2.00x | >= 3x | MISSED | ok hot |",
+                "| DeductQuota, 64 callers, one hot account vs plain SQL, one row, 32 connections | 1000/s | 500/s | 2.00x | (informative) | met | as above |",
+            ]
+        );
+        assert_eq!(
+            lines_starting(&rows, "CheckQuota rate"),
+            [
+                "| CheckQuota rate vs gRPC health check | 800/s | 1000/s | 0.80x | >= 0.7x | met | - |",
+                "| CheckQuota rate on accounts never seen vs gRPC health check | 600/s | 1000/s | 0.60x | >= 0.7x | MISSED | - |",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_target_whose_sysbench_rate_is_missing_is_missed() {
+        let rows = table_rows(
+            &suite_runs(3_000, 1_000, 800, 600),
+            &SysbenchRates::default(),
+        );
+        let wide = &lines_starting(
+            &rows,
+            "DeductQuota, 64 callers, 10,000 accounts vs sysbench",
+        )[0];
+        assert_eq!(
+            wide,
+            "| DeductQuota, 64 callers, 10,000 accounts vs sysbench, 32 threads | 3000/s | not measured | - | >= 2x | MISSED | ok wide |"
+        );
+        let counted = rows.iter().filter(|row| row.counted).count();
+        assert_eq!(
+            counted, 6,
+            "2 charging ratios, 2 p99 bounds, 2 CheckQuota ratios"
+        );
+    }
+
+    #[test]
+    fn the_cpu_table_shows_microseconds_per_charge_of_each_process() {
+        let processes = [Process::pid("mariadbd", 1), Process::pid("loadgen", 2)];
+        let mut watched_run = measured(2_000, 1_000);
+        watched_run.cpu = Some(CpuSpent {
+            ticks: vec![Some(5), None],
+            ticks_per_second: 100,
+        });
+        let unwatched_run = measured(7, 1_000);
+        assert_eq!(
+            cpu_lines(&[&watched_run, &unwatched_run], &processes),
+            [
+                "| CPU µs per charge | charges | mariadbd | loadgen | all |",
+                "| --- | --- | --- | --- | --- |",
+                "| test | 2000 | 25.0 | - | 25.0 |",
+            ]
         );
     }
 }

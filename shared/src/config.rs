@@ -622,7 +622,7 @@ command:
   group_commit:
     enabled: true
     max_batch: 256
-    max_wait_us: 200
+    max_wait_us: 0
     workers: 2
   snapshot_ttl_secs: 30
   account_memory:

@@ -1,7 +1,7 @@
 //! Group commit of charges: the gateway's hot path.
 //!
-//! Charges are queued; a few workers each take what has arrived (up to a bound, optionally
-//! waiting a little for more) and commit it as one MySQL transaction: the accounts locked in
+//! Charges are queued; a few workers each take everything that has arrived (up to a bound) and
+//! commit it as one MySQL transaction, so batches grow with the load: the accounts locked in
 //! primary-key order, earlier charges of the same keys found with one query, every decision made
 //! in memory with the same rules as a single charge, then every row written with multi-row
 //! statements. Each caller is answered only after the commit, with its own result: a refusal or a
@@ -97,10 +97,10 @@ impl ChargeQueue {
     }
 }
 
-/// Takes the next batch: the first charge waited for, then what is already queued and what
-/// arrives within `max_wait`, up to `max_batch`. The batch's size is a power of two (the rest
-/// stays queued for the next batch), so its multi-row statements are among a few prepared ones.
-/// `None` once the queue is closed and empty.
+/// Takes the next batch: the first charge waited for, then everything already queued (what
+/// arrived while the previous batches committed), up to `max_batch`. With `max_wait` set, a
+/// charge that finds nothing else queued waits that long for company; by default it does not,
+/// so batches grow with the load alone. `None` once the queue is closed and empty.
 async fn next_batch(
     receiver: &Mutex<mpsc::Receiver<Pending>>,
     max_batch: usize,
@@ -110,14 +110,11 @@ async fn next_batch(
     let first = receiver.recv().await?;
     let mut batch = vec![first];
     if !max_wait.is_zero() && receiver.is_empty() {
-        // Nothing else yet: give concurrent callers a moment to join.
         if let Ok(Some(pending)) = tokio::time::timeout(max_wait, receiver.recv()).await {
             batch.push(pending);
         }
     }
-    let available = (batch.len() + receiver.len()).min(max_batch);
-    let size = 1_usize << (usize::BITS - 1 - available.leading_zeros());
-    while batch.len() < size {
+    while batch.len() < max_batch {
         match receiver.try_recv() {
             Ok(pending) => batch.push(pending),
             Err(_) => break,

@@ -80,9 +80,13 @@ pub async fn replay(
         if letter.original_subject.is_empty() {
             anyhow::bail!("dead letter {} has no original subject", letter.sequence);
         }
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(message.payload.clone())
             .message_id(format!("replay:{}:{}", names.dlq_stream(), letter.sequence));
+        // A letter that is a whole batch message goes back as a batch.
+        if let Some(count) = message.headers.get(shared::bus::BATCH_HEADER) {
+            publish = publish.header(shared::bus::BATCH_HEADER, count.as_str());
+        }
         js.send_publish(letter.original_subject.clone(), publish)
             .await?
             .await?;

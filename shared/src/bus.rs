@@ -20,7 +20,7 @@ use crate::{
     backoff::Backoff,
     config::NatsSettings,
     period::Period,
-    proto::v1::{ResetFreeQuota, billing_event::Kind},
+    proto::v1::{BillingEvent, BillingEventBatch, ResetFreeQuota, billing_event::Kind},
     shutdown::{Stop, Woken},
     trace::TraceContext,
 };
@@ -33,6 +33,34 @@ pub const DEAD_LETTER_REASON_HEADER: &str = "Billing-Dead-Letter-Reason";
 pub const ORIGINAL_MSG_ID_HEADER: &str = "Billing-Original-Msg-Id";
 /// Header carrying the W3C trace context of the command behind an event.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Header of a message carrying a `BillingEventBatch`: how many events it holds. Absent, the
+/// message is one `BillingEvent`.
+pub const BATCH_HEADER: &str = "Billing-Batch";
+
+/// The payload of a `BillingEventBatch` of these encoded `BillingEvent`s, built without decoding
+/// them: each is the batch's field 1, length-delimited.
+pub fn batch_payload<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for event in events {
+        prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut payload);
+        prost::encoding::encode_varint(event.len() as u64, &mut payload);
+        payload.extend_from_slice(event);
+    }
+    payload
+}
+
+/// The events a message on an events subject carries: a batch when it has [`BATCH_HEADER`],
+/// else one event.
+pub fn events_of(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<Vec<BillingEvent>, prost::DecodeError> {
+    if headers.is_some_and(|headers| headers.get(BATCH_HEADER).is_some()) {
+        Ok(BillingEventBatch::decode(payload)?.events)
+    } else {
+        Ok(vec![BillingEvent::decode(payload)?])
+    }
+}
 
 /// The names of this deployment's streams and subjects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -398,6 +426,29 @@ pub async fn publish_reset(
 mod tests {
     use super::*;
     use crate::proto::v1::QuotaDeducted;
+
+    #[test]
+    fn a_batch_built_from_encoded_events_decodes_to_them_in_order() {
+        let events: Vec<BillingEvent> = (1..=3)
+            .map(|version| BillingEvent {
+                event_id: format!("e{version}"),
+                user_id: "dev-1".into(),
+                version,
+                ..Default::default()
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+        let payload = batch_payload(encoded.iter().map(Vec::as_slice));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(BATCH_HEADER, "3");
+        assert_eq!(events_of(Some(&headers), &payload).unwrap(), events);
+        // Without the header, a message is one event.
+        assert_eq!(
+            events_of(None, &encoded[1]).unwrap(),
+            vec![events[1].clone()]
+        );
+        assert!(events_of(Some(&headers), b"\xff\xff").is_err());
+    }
 
     #[test]
     fn default_names_are_the_contract() {

@@ -17,7 +17,6 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull},
 };
 use futures::StreamExt;
-use prost::Message;
 use shared::{
     bus::{self, BusNames},
     clock::Clock,
@@ -77,19 +76,25 @@ impl AccountFollower {
                 next = messages.next() => next,
             };
             match next {
-                Some(message) => self.learn(&message?.payload),
+                Some(message) => {
+                    let message = message?;
+                    self.learn(message.headers.as_ref(), &message.payload);
+                }
                 None => anyhow::bail!("the event stream ended"),
             }
         }
     }
 
-    /// Remembers the account an event carries, as learned when it was committed (a late event
-    /// is no fresher than its commit); an event that does not decode teaches nothing (the
-    /// projection reports it).
-    fn learn(&self, payload: &[u8]) {
-        let Ok(event) = BillingEvent::decode(payload) else {
-            return;
-        };
+    /// Remembers the accounts a message's events carry (one event, or a batch's), each as
+    /// learned when it was committed (a late event is no fresher than its commit); a message that
+    /// does not decode teaches nothing (the projection reports it).
+    fn learn(&self, headers: Option<&async_nats::HeaderMap>, payload: &[u8]) {
+        for event in bus::events_of(headers, payload).unwrap_or_default() {
+            self.learn_event(&event);
+        }
+    }
+
+    fn learn_event(&self, event: &BillingEvent) {
         let Some(known) = event.account.as_ref().and_then(known_from) else {
             return;
         };

@@ -2,8 +2,9 @@
 //! after JetStream has acked it.
 //!
 //! One round claims a batch of unpublished rows in a MySQL transaction (`FOR UPDATE SKIP
-//! LOCKED`, so replicas never publish the same row at once), publishes them all with
-//! `Nats-Msg-Id` = event id, awaits every ack, then marks the rows and commits. Any failure rolls
+//! LOCKED`, so replicas never publish the same row at once), publishes them all (each event with
+//! `Nats-Msg-Id` = event id, the charges gathered into `BillingEventBatch` messages), awaits
+//! every ack, then marks the rows and commits. Any failure rolls
 //! the round back: the rows stay unpublished and are published again later, which JetStream
 //! deduplicates within its window and consumers tolerate after it (they dedupe by event id).
 //! So a committed event is published at least once and never lost; it is marked at most once.
@@ -27,7 +28,7 @@ use async_nats::{
     },
 };
 use shared::{
-    bus::{BusNames, TRACEPARENT_HEADER},
+    bus::{BATCH_HEADER, BusNames, TRACEPARENT_HEADER},
     clock::Clock,
     config::{NatsSettings, OutboxSettings},
 };
@@ -282,19 +283,24 @@ impl OutboxRelay {
         })
     }
 
-    /// Sends every row, then awaits all the acks together, so a batch costs one round trip
-    /// rather than one per event. Returns how many acks JetStream flagged as duplicates: rows
-    /// published before whose marking was lost, which count as published.
+    /// Sends the rows' messages (the charge events gathered into batches, see [`messages_of`]),
+    /// then awaits all the acks together, so a round costs one round trip rather than one per
+    /// event. Returns how many acks JetStream flagged as duplicates: messages published before
+    /// whose marking was lost, which count as published.
     async fn publish(&self, rows: Vec<OutboxRow>) -> Result<usize, RoundError> {
-        let mut acks = Vec::with_capacity(rows.len());
-        for row in rows {
+        let batched = self.names.event_subject_named(BATCHED_KIND);
+        let mut acks = Vec::new();
+        for outgoing in messages_of(rows, &batched) {
             let mut message = PublishMessage::build()
-                .payload(row.payload.into())
-                .message_id(&row.event_id);
-            if let Some(traceparent) = row.traceparent {
+                .payload(outgoing.payload.into())
+                .message_id(outgoing.message_id);
+            if outgoing.events > 1 {
+                message = message.header(BATCH_HEADER, outgoing.events.to_string());
+            }
+            if let Some(traceparent) = outgoing.traceparent {
                 message = message.header(TRACEPARENT_HEADER, traceparent);
             }
-            acks.push(self.js.send_publish(row.subject, message).await?);
+            acks.push(self.js.send_publish(outgoing.subject, message).await?);
         }
         let all_acked =
             futures::future::try_join_all(acks.into_iter().map(IntoFuture::into_future));
@@ -364,6 +370,77 @@ impl OutboxRelay {
     }
 }
 
+/// The kind whose events travel in batches: the charges, the bulk of the hot path's events.
+/// Every other kind goes one event per message.
+const BATCHED_KIND: &str = "quota_deducted";
+/// A batch holds at most this many events, and at most about this many bytes (well under
+/// NATS's default 1 MiB payload).
+const BATCH_EVENTS: usize = 256;
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// One message of a round: one event, or several of the batched kind.
+#[derive(Debug, PartialEq, Eq)]
+struct Outgoing {
+    subject: String,
+    payload: Vec<u8>,
+    /// `Nats-Msg-Id`: the event's id, or one derived from the batch's first and last ids and its
+    /// count, so the same batch published again is deduplicated by JetStream (and one cut
+    /// differently is absorbed by the consumers, which dedupe by event id).
+    message_id: String,
+    /// The first event's trace context.
+    traceparent: Option<String>,
+    events: usize,
+}
+
+/// The round's messages: each row on its own, except the rows on `batched_subject`, gathered in
+/// their order into batches of at most [`BATCH_EVENTS`] events and about [`BATCH_BYTES`]. A
+/// batch of one is sent as a single event.
+fn messages_of(rows: Vec<OutboxRow>, batched_subject: &str) -> Vec<Outgoing> {
+    let mut messages = Vec::new();
+    let mut batch: Vec<OutboxRow> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        if row.subject != batched_subject {
+            messages.push(single(row));
+            continue;
+        }
+        if batch.len() == BATCH_EVENTS || bytes + row.payload.len() > BATCH_BYTES {
+            messages.push(batched(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+        bytes += row.payload.len();
+        batch.push(row);
+    }
+    if !batch.is_empty() {
+        messages.push(batched(batch));
+    }
+    messages
+}
+
+fn single(row: OutboxRow) -> Outgoing {
+    Outgoing {
+        subject: row.subject,
+        payload: row.payload,
+        message_id: row.event_id,
+        traceparent: row.traceparent,
+        events: 1,
+    }
+}
+
+fn batched(mut rows: Vec<OutboxRow>) -> Outgoing {
+    if rows.len() == 1 {
+        return single(rows.pop().expect("one row"));
+    }
+    let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+    Outgoing {
+        subject: first.subject.clone(),
+        payload: shared::bus::batch_payload(rows.iter().map(|row| row.payload.as_slice())),
+        message_id: format!("batch:{}:{}:{}", first.event_id, last.event_id, rows.len()),
+        traceparent: first.traceparent.clone(),
+        events: rows.len(),
+    }
+}
+
 /// Reports NATS being unreachable without flooding the log: after a short grace, then once a
 /// minute while it lasts, and once when it is back.
 #[derive(Default)]
@@ -397,5 +474,74 @@ impl OutageLog {
             );
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHARGES: &str = "billing.v1.events.quota_deducted";
+
+    fn row(id: u64, subject: &str, bytes: usize) -> OutboxRow {
+        OutboxRow {
+            id,
+            event_id: format!("e{id}"),
+            subject: subject.to_owned(),
+            payload: vec![b'x'; bytes],
+            traceparent: Some(format!("t{id}")),
+        }
+    }
+
+    #[test]
+    fn charges_travel_in_batches_and_every_other_event_alone() {
+        let rows = vec![
+            row(1, CHARGES, 10),
+            row(2, "billing.v1.events.balance_low", 10),
+            row(3, CHARGES, 10),
+            row(4, CHARGES, 10),
+        ];
+        let messages = messages_of(rows, CHARGES);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(
+            (messages[0].message_id.as_str(), messages[0].events),
+            ("e2", 1)
+        );
+        let batch = &messages[1];
+        assert_eq!(
+            (
+                batch.message_id.as_str(),
+                batch.events,
+                batch.subject.as_str()
+            ),
+            ("batch:e1:e4:3", 3, CHARGES)
+        );
+        assert_eq!(batch.traceparent.as_deref(), Some("t1"));
+        // Each event is field 1 of the batch: a tag, its length, its bytes.
+        assert_eq!(batch.payload.len(), 3 * (1 + 1 + 10));
+    }
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes_and_a_batch_of_one_is_an_event() {
+        let rows: Vec<OutboxRow> = (0..BATCH_EVENTS as u64 + 1)
+            .map(|id| row(id, CHARGES, 4))
+            .collect();
+        let sizes: Vec<usize> = messages_of(rows, CHARGES)
+            .iter()
+            .map(|m| m.events)
+            .collect();
+        assert_eq!(sizes, vec![BATCH_EVENTS, 1]);
+        let last = messages_of(vec![row(9, CHARGES, 4)], CHARGES)
+            .pop()
+            .unwrap();
+        assert_eq!((last.message_id.as_str(), last.payload.len()), ("e9", 4));
+
+        let big = BATCH_BYTES / 3 + 1;
+        let rows = (0..4).map(|id| row(id, CHARGES, big)).collect();
+        let sizes: Vec<usize> = messages_of(rows, CHARGES)
+            .iter()
+            .map(|m| m.events)
+            .collect();
+        assert_eq!(sizes, vec![2, 2]);
     }
 }

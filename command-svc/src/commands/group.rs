@@ -109,10 +109,11 @@ async fn next_batch(
     let mut receiver = receiver.lock().await;
     let first = receiver.recv().await?;
     let mut batch = vec![first];
-    if !max_wait.is_zero() && receiver.is_empty() {
-        if let Ok(Some(pending)) = tokio::time::timeout(max_wait, receiver.recv()).await {
-            batch.push(pending);
-        }
+    if !max_wait.is_zero()
+        && receiver.is_empty()
+        && let Ok(Some(pending)) = tokio::time::timeout(max_wait, receiver.recv()).await
+    {
+        batch.push(pending);
     }
     while batch.len() < max_batch {
         match receiver.try_recv() {

@@ -10,10 +10,9 @@ use std::{
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use prost::Message;
 use reqwest::StatusCode;
 use shared::{
-    bus::{BusNames, TRACEPARENT_HEADER, kind_name},
+    bus::{BATCH_HEADER, BusNames, TRACEPARENT_HEADER, events_of, kind_name},
     clock::Clock,
     proto::v1::{self as pb, billing_event::Kind},
 };
@@ -68,16 +67,18 @@ async fn all_published(pool: &MySqlPool) -> Vec<OutboxEntry> {
     .await
 }
 
-/// One message as it sits in the events stream.
+/// One event as it sits in the events stream, with the message that carries it.
 #[derive(Debug)]
 struct Delivered {
     subject: String,
     msg_id: String,
     traceparent: Option<String>,
+    /// Events in its message (`Billing-Batch`; 1 for a message of one event).
+    batch: usize,
     event: pb::BillingEvent,
 }
 
-/// Every message of the test's events stream, read in order by a consumer of the test's own.
+/// Every event of the test's events stream, read in order by a consumer of the test's own.
 async fn stream_messages(js: &jetstream::Context, names: &BusNames) -> Vec<Delivered> {
     let stream = js.get_stream(names.events_stream()).await.unwrap();
     let count = stream.get_info().await.unwrap().state.messages as usize;
@@ -94,7 +95,7 @@ async fn stream_messages(js: &jetstream::Context, names: &BusNames) -> Vec<Deliv
         .expect("the stream's messages are delivered");
     messages
         .into_iter()
-        .map(|message| {
+        .flat_map(|message| {
             let message = message.unwrap();
             let header = |name: &str| {
                 message
@@ -103,13 +104,24 @@ async fn stream_messages(js: &jetstream::Context, names: &BusNames) -> Vec<Deliv
                     .and_then(|headers| headers.get(name))
                     .map(|value| value.as_str().to_owned())
             };
-            Delivered {
-                subject: message.subject.to_string(),
-                msg_id: header(MSG_ID).expect("every event carries Nats-Msg-Id"),
-                traceparent: header(TRACEPARENT_HEADER),
-                event: pb::BillingEvent::decode(message.payload.as_ref())
-                    .expect("the payload is a BillingEvent"),
-            }
+            let events = events_of(message.headers.as_ref(), &message.payload)
+                .expect("the payload is a BillingEvent or a batch of them");
+            let batch = header(BATCH_HEADER).map_or(1, |count| count.parse().unwrap());
+            assert_eq!(
+                batch,
+                events.len(),
+                "Billing-Batch counts the batch's events"
+            );
+            let (subject, msg_id) = (message.subject.to_string(), header(MSG_ID));
+            let msg_id = msg_id.expect("every message carries Nats-Msg-Id");
+            let traceparent = header(TRACEPARENT_HEADER);
+            events.into_iter().map(move |event| Delivered {
+                subject: subject.clone(),
+                msg_id: msg_id.clone(),
+                traceparent: traceparent.clone(),
+                batch,
+                event,
+            })
         })
         .collect()
 }
@@ -118,11 +130,15 @@ async fn stream_messages(js: &jetstream::Context, names: &BusNames) -> Vec<Deliv
 fn assert_exactly_the_outbox(delivered: &[Delivered], rows: &[OutboxEntry], names: &BusNames) {
     let mut seen = BTreeMap::<&str, usize>::new();
     for message in delivered {
-        *seen.entry(message.msg_id.as_str()).or_default() += 1;
-        assert_eq!(
-            message.event.event_id, message.msg_id,
-            "Nats-Msg-Id = event id"
-        );
+        *seen.entry(message.event.event_id.as_str()).or_default() += 1;
+        if message.batch == 1 {
+            assert_eq!(
+                message.event.event_id, message.msg_id,
+                "Nats-Msg-Id = event id"
+            );
+        } else {
+            assert!(message.msg_id.starts_with("batch:"), "{}", message.msg_id);
+        }
         let kind = message.event.kind.as_ref().expect("every event has a kind");
         assert_eq!(message.subject, names.event_subject(kind));
     }
@@ -134,7 +150,7 @@ fn assert_exactly_the_outbox(delivered: &[Delivered], rows: &[OutboxEntry], name
     for row in rows {
         let message = delivered
             .iter()
-            .find(|message| message.msg_id == row.event_id)
+            .find(|message| message.event.event_id == row.event_id)
             .unwrap();
         assert_eq!(
             message.subject, row.subject,
@@ -290,7 +306,7 @@ async fn rows_committed_out_of_id_order_are_all_published() {
     assert_exactly_the_outbox(&delivered, &rows, &names);
     let late = delivered
         .iter()
-        .find(|message| message.msg_id == late_event.event_id)
+        .find(|message| message.event.event_id == late_event.event_id)
         .unwrap();
     assert_eq!(late.traceparent.as_deref(), Some(traceparent));
     assert_eq!(late.event, late_event);
@@ -354,6 +370,11 @@ async fn nats_down_only_delays_events() {
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let delivered = stream_messages(&js, &names).await;
     assert_exactly_the_outbox(&delivered, &rows, &names);
+    // The charges that waited went out together, in one batch; the adjustment on its own.
+    let batched: Vec<&Delivered> = delivered.iter().filter(|event| event.batch > 1).collect();
+    assert_eq!(batched.len(), 5);
+    assert!(batched.iter().all(|event| event.msg_id == batched[0].msg_id
+        && event.subject == names.event_subject_named("quota_deducted")));
     assert_invariants(&app.db, &user).await;
     app.cleanup().await;
 }
@@ -422,22 +443,18 @@ async fn two_relays_publish_every_row_exactly_once() {
     while let Ok(Some(message)) =
         tokio::time::timeout(Duration::from_millis(500), sent.next()).await
     {
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(MSG_ID))
-            .expect("every event carries Nats-Msg-Id")
-            .as_str()
-            .to_owned();
-        *publishes.entry(id).or_default() += 1;
+        let events = events_of(message.headers.as_ref(), &message.payload).unwrap();
+        for event in events {
+            *publishes.entry(event.event_id).or_default() += 1;
+        }
     }
     let twice: Vec<_> = publishes.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "rows published more than once: {twice:?}");
     assert_eq!(publishes.len(), rows.len(), "every row was published");
 
     let js = first.jetstream().await;
-    assert_eq!(events_in_stream(&js, &names).await, rows.len() as u64);
     let delivered = stream_messages(&js, &names).await;
+    assert!(events_in_stream(&js, &names).await <= delivered.len() as u64);
     assert_exactly_the_outbox(&delivered, &rows, &names);
     let by_second = rows
         .iter()

@@ -36,7 +36,7 @@ use shared::{
 };
 
 use crate::store::{ReadStore, projection as writes};
-use plan::{Plan, Refused};
+use plan::{Plan, Refused, Unreadable};
 
 pub struct Projector {
     nats: async_nats::Client,
@@ -48,10 +48,43 @@ pub struct Projector {
     zone: BillingZone,
 }
 
-/// A received message with its decoded event, or why it cannot be projected.
-struct Received {
+/// A received message and the events it carries (one, or those of a batch), each decoded or
+/// refused.
+struct Delivery {
     message: jetstream::Message,
-    event: Result<pb::BillingEvent, Refused>,
+    events: Vec<Result<pb::BillingEvent, Unreadable>>,
+}
+
+impl Delivery {
+    fn is_batch(&self) -> bool {
+        self.message
+            .headers
+            .as_ref()
+            .is_some_and(|headers| headers.get(bus::BATCH_HEADER).is_some())
+    }
+}
+
+/// An event that can be projected, and the delivery (by index) that brought it.
+#[derive(Clone)]
+struct Projectable<'d> {
+    plan: Plan<'d>,
+    event: &'d pb::BillingEvent,
+    delivery: usize,
+}
+
+/// An event the read model does not take: the whole message when `event` is `None` (a single
+/// event, or a batch that does not decode), else one event cut out of a batch.
+struct Refusal {
+    event: Option<pb::BillingEvent>,
+    why: Refused,
+}
+
+/// What becomes of each delivery once its projectable events were applied.
+#[derive(Default)]
+struct Outcome {
+    refusals: Vec<Refusal>,
+    /// The read model was unavailable for one of its events: delivered again soon.
+    again: bool,
 }
 
 impl Projector {
@@ -176,90 +209,167 @@ impl Projector {
         batch: Vec<jetstream::Message>,
         stop: &mut Stop,
     ) {
-        let received: Vec<Received> = batch
+        let deliveries: Vec<Delivery> = batch
             .into_iter()
             .map(|message| {
                 count_redelivery(&message);
-                Received {
-                    event: plan::decode(&message.payload),
+                Delivery {
+                    events: plan::decode_message(message.headers.as_ref(), &message.payload),
                     message,
                 }
             })
             .collect();
+        let mut outcomes: Vec<Outcome> = deliveries.iter().map(|_| Outcome::default()).collect();
         let mut projectable = Vec::new();
-        for item in &received {
-            match &item.event {
-                Ok(event) => match plan::plan(event, self.zone) {
-                    Ok(plan) => projectable.push((plan, item)),
-                    Err(refused) => self.refuse(js, &item.message, &refused).await,
-                },
-                Err(refused) => self.refuse(js, &item.message, refused).await,
+        for (index, delivery) in deliveries.iter().enumerate() {
+            for event in &delivery.events {
+                let (event, why) = match event {
+                    Ok(event) => match plan::plan(event, self.zone) {
+                        Ok(plan) => {
+                            projectable.push(Projectable {
+                                plan,
+                                event,
+                                delivery: index,
+                            });
+                            continue;
+                        }
+                        Err(why) => (Some(event), why),
+                    },
+                    Err(unreadable) => (unreadable.event.as_deref(), unreadable.why.clone()),
+                };
+                outcomes[index].refusals.push(refusal(delivery, event, why));
             }
-        }
-        if projectable.is_empty() {
-            return;
         }
         // One lock order for every replica: by account, then version.
-        projectable.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)));
-
-        let plans: Vec<&Plan> = projectable.iter().map(|(plan, _)| plan).collect();
-        let mut attempt = 0;
-        loop {
-            match self.apply(&plans).await {
-                Ok(()) => break,
-                Err(error) if shared::db::is_transient(&error) => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "read model unavailable; retrying the batch");
-                    for (_, item) in &projectable {
-                        let _ = item.message.ack_with(AckKind::Progress).await;
-                    }
-                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(attempt)).await == Woken::ByStop
-                    {
-                        return; // unacked: redelivered after ack_wait
-                    }
-                }
-                Err(error) => {
+        projectable.sort_by(|a, b| key(&a.plan).cmp(&key(&b.plan)));
+        let applied = if projectable.is_empty() {
+            Vec::new()
+        } else {
+            match self.apply_batch(&deliveries, &projectable, stop).await {
+                Some(Ok(())) => projectable,
+                Some(Err(error)) => {
                     tracing::warn!(%error, "a batch was refused; projecting its events one by one");
-                    return self.handle_one_by_one(js, &projectable).await;
+                    self.apply_one_by_one(&deliveries, projectable, &mut outcomes)
+                        .await
                 }
+                None => return, // stopping: unacked, redelivered after ack_wait
             }
-        }
-        metrics::counter!("billing_projection_events_applied_total").increment(plans.len() as u64);
-        self.refresh_snapshots(&plans, &projectable).await;
-        for (_, item) in &projectable {
-            if let Err(error) = item.message.ack().await {
-                tracing::warn!(%error, "ack lost; the event will be redelivered and absorbed");
-            }
-            observe_projected(item);
+        };
+        metrics::counter!("billing_projection_events_applied_total")
+            .increment(applied.len() as u64);
+        self.refresh_snapshots(&applied).await;
+        for (index, (delivery, outcome)) in deliveries.iter().zip(outcomes).enumerate() {
+            let events: Vec<&pb::BillingEvent> = applied
+                .iter()
+                .filter(|item| item.delivery == index)
+                .map(|item| item.event)
+                .collect();
+            self.settle(js, delivery, outcome, &events).await;
         }
     }
 
-    /// Isolates the event that the read model refuses, so the others of its batch go through.
-    async fn handle_one_by_one(
+    /// Applies the batch in one transaction, retrying while the read model is unavailable (and
+    /// telling JetStream the deliveries are in progress); `None` when the stop came first.
+    async fn apply_batch(
         &self,
-        js: &jetstream::Context,
-        projectable: &[(Plan<'_>, &Received)],
-    ) {
-        for (plan, item) in projectable {
-            match self.apply(&[plan]).await {
-                Ok(()) => {
-                    self.refresh_snapshots(&[plan], std::slice::from_ref(&(plan.clone(), *item)))
-                        .await;
-                    let _ = item.message.ack().await;
-                    observe_projected(item);
-                }
+        deliveries: &[Delivery],
+        projectable: &[Projectable<'_>],
+        stop: &mut Stop,
+    ) -> Option<Result<(), sqlx::Error>> {
+        let plans: Vec<&Plan> = projectable.iter().map(|item| &item.plan).collect();
+        let mut attempt = 0;
+        loop {
+            match self.apply(&plans).await {
                 Err(error) if shared::db::is_transient(&error) => {
-                    let _ = item
-                        .message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "read model unavailable; retrying the batch");
+                    for delivery in deliveries {
+                        let _ = delivery.message.ack_with(AckKind::Progress).await;
+                    }
+                    if stop.sleep_or_stop(Backoff::RECONNECT.delay(attempt)).await == Woken::ByStop
+                    {
+                        return None;
+                    }
+                }
+                done => return Some(done),
+            }
+        }
+    }
+
+    /// Isolates the event that the read model refuses, so the others of its batch go through;
+    /// the events applied.
+    async fn apply_one_by_one<'d>(
+        &self,
+        deliveries: &'d [Delivery],
+        projectable: Vec<Projectable<'d>>,
+        outcomes: &mut [Outcome],
+    ) -> Vec<Projectable<'d>> {
+        let mut applied = Vec::new();
+        for item in projectable {
+            match self.apply(&[&item.plan]).await {
+                Ok(()) => applied.push(item),
+                Err(error) if shared::db::is_transient(&error) => {
+                    outcomes[item.delivery].again = true;
                 }
                 Err(error) => {
-                    self.refuse(js, &item.message, &Refused::Invalid(error.to_string()))
-                        .await
+                    let why = Refused::Invalid(error.to_string());
+                    let delivery = &deliveries[item.delivery];
+                    outcomes[item.delivery]
+                        .refusals
+                        .push(refusal(delivery, Some(item.event), why));
                 }
             }
         }
+        applied
+    }
+
+    /// Acknowledges a delivery whose events were all projected; one with a refused event is
+    /// delivered again later (its projected events are absorbed then) or, after `max_deliver`
+    /// deliveries, has its refused events moved to the dead-letter stream and is acknowledged.
+    async fn settle(
+        &self,
+        js: &jetstream::Context,
+        delivery: &Delivery,
+        outcome: Outcome,
+        projected: &[&pb::BillingEvent],
+    ) {
+        let message = &delivery.message;
+        if outcome.again {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+        if outcome.refusals.is_empty() {
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, "ack lost; the event will be redelivered and absorbed");
+            }
+            for event in projected {
+                observe_projected(event, message);
+            }
+            return;
+        }
+        let delivered = message
+            .info()
+            .map(|info| info.delivered)
+            .unwrap_or(i64::MAX);
+        if delivered < self.settings.max_deliver {
+            let delay = Backoff::RECONNECT.delay(delivered.clamp(0, 6) as u32);
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        for refused in &outcome.refusals {
+            if let Err(error) = self.dead_letter(js, message, refused).await {
+                tracing::warn!(%error, "dead-letter stream unavailable; the event will come back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+            metrics::counter!("billing_projection_dead_letters_total").increment(1);
+            tracing::error!(subject = %message.subject, reason = %refused.why, "event moved to the dead-letter stream");
+        }
+        let _ = message.ack_with(AckKind::Term).await;
     }
 
     /// Projects a batch in one transaction, with a few multi-row statements whatever its size:
@@ -313,17 +423,17 @@ impl Projector {
     }
 
     /// Writes the newest snapshot of each account in the batch to Redis (version-guarded there).
-    async fn refresh_snapshots(&self, plans: &[&Plan<'_>], items: &[(Plan<'_>, &Received)]) {
+    async fn refresh_snapshots(&self, applied: &[Projectable<'_>]) {
         let mut newest: HashMap<&str, (i64, &pb::BillingEvent)> = HashMap::new();
-        for (plan, (_, item)) in plans.iter().zip(items) {
-            let (Some(snapshot), Ok(event)) = (&plan.snapshot, &item.event) else {
+        for item in applied {
+            let Some(snapshot) = &item.plan.snapshot else {
                 continue;
             };
             let entry = newest
                 .entry(snapshot.user_id)
-                .or_insert((snapshot.version, event));
+                .or_insert((snapshot.version, item.event));
             if snapshot.version > entry.0 {
-                *entry = (snapshot.version, event);
+                *entry = (snapshot.version, item.event);
             }
         }
         let snapshots: Vec<(&str, CachedSnapshot)> = newest
@@ -368,57 +478,49 @@ impl Projector {
         }
     }
 
-    /// Delivers a refused event again later, or, after `max_deliver` deliveries, moves it to the
-    /// dead-letter stream and acknowledges it there.
-    async fn refuse(
-        &self,
-        js: &jetstream::Context,
-        message: &jetstream::Message,
-        refused: &Refused,
-    ) {
-        let delivered = message
-            .info()
-            .map(|info| info.delivered)
-            .unwrap_or(i64::MAX);
-        if delivered < self.settings.max_deliver {
-            let delay = Backoff::RECONNECT.delay(delivered.clamp(0, 6) as u32);
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-            return;
-        }
-        match self.dead_letter(js, message, refused).await {
-            Ok(()) => {
-                metrics::counter!("billing_projection_dead_letters_total").increment(1);
-                tracing::error!(subject = %message.subject, reason = %refused, "event moved to the dead-letter stream");
-                let _ = message.ack_with(AckKind::Term).await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "dead-letter stream unavailable; the event will come back");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-        }
-    }
-
+    /// Publishes a refused event (or the whole message) to the dead-letter stream, with where
+    /// and why it was refused.
     async fn dead_letter(
         &self,
         js: &jetstream::Context,
         message: &jetstream::Message,
-        refused: &Refused,
+        refused: &Refusal,
     ) -> anyhow::Result<()> {
         let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
         let reason: String = refused
+            .why
             .to_string()
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
+        let (payload, message_id) = match &refused.event {
+            Some(event) => (
+                event.encode_to_vec().into(),
+                format!(
+                    "dlq:{}:{}:{}",
+                    info.stream, info.stream_sequence, event.event_id
+                ),
+            ),
+            None => (
+                message.payload.clone(),
+                format!("dlq:{}:{}", info.stream, info.stream_sequence),
+            ),
+        };
         let mut publish = PublishMessage::build()
-            .payload(message.payload.clone())
+            .payload(payload)
             .header(bus::ORIGINAL_SUBJECT_HEADER, message.subject.as_str())
             .header(bus::DEAD_LETTER_REASON_HEADER, reason.as_str())
-            .message_id(format!("dlq:{}:{}", info.stream, info.stream_sequence));
+            .message_id(message_id);
         if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
             publish = publish.header(bus::ORIGINAL_MSG_ID_HEADER, id.as_str());
+        }
+        if refused.event.is_none()
+            && let Some(count) = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(bus::BATCH_HEADER))
+        {
+            publish = publish.header(bus::BATCH_HEADER, count.as_str());
         }
         if let Some(traceparent) = traceparent(message) {
             publish = publish.header(shared::trace::TRACEPARENT, traceparent);
@@ -427,6 +529,14 @@ impl Projector {
             .await?
             .await?;
         Ok(())
+    }
+}
+
+/// A refused event of `delivery`: cut out of its batch when it decoded, else the whole message.
+fn refusal(delivery: &Delivery, event: Option<&pb::BillingEvent>, why: Refused) -> Refusal {
+    Refusal {
+        event: event.filter(|_| delivery.is_batch()).cloned(),
+        why,
     }
 }
 
@@ -451,11 +561,10 @@ fn count_redelivery(message: &jetstream::Message) {
 
 /// The projection lag of an event (from its commit to its projection), and a debug line in the
 /// trace of the command that caused it.
-fn observe_projected(item: &Received) {
-    let Ok(event) = &item.event else { return };
+fn observe_projected(event: &pb::BillingEvent, message: &jetstream::Message) {
     let lag_ms = chrono::Utc::now().timestamp_millis() - event.occurred_at_ms;
     metrics::histogram!("billing_projection_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
-    let incoming = shared::trace::TraceContext::incoming(traceparent(&item.message));
+    let incoming = shared::trace::TraceContext::incoming(traceparent(message));
     let span = tracing::debug_span!("projection", trace_id = tracing::field::Empty);
     let context = shared::trace::attach(&span, incoming);
     span.in_scope(|| {

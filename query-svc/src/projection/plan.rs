@@ -3,7 +3,6 @@
 //! trivial.
 
 use chrono::{DateTime, Utc};
-use prost::Message;
 use shared::{
     order::OrderStatus,
     period::BillingZone,
@@ -39,16 +38,41 @@ pub struct Plan<'e> {
     pub order: Option<OrderRow<'e>>,
 }
 
-pub fn decode(payload: &[u8]) -> Result<pb::BillingEvent, Refused> {
-    let event =
-        pb::BillingEvent::decode(payload).map_err(|e| Refused::Undecodable(e.to_string()))?;
-    if event.schema_version != EVENT_SCHEMA_VERSION {
-        return Err(Refused::UnsupportedSchema(event.schema_version));
+/// What of a message this build cannot project: why, and the event when it decoded.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub why: Refused,
+    pub event: Option<Box<pb::BillingEvent>>,
+}
+
+/// The events of a message: one, or a batch's (`shared::bus::events_of`), each checked; a
+/// message that does not decode is one refusal.
+pub fn decode_message(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Vec<Result<pb::BillingEvent, Unreadable>> {
+    match shared::bus::events_of(headers, payload) {
+        Ok(events) => events.into_iter().map(checked).collect(),
+        Err(error) => vec![Err(Unreadable {
+            why: Refused::Undecodable(error.to_string()),
+            event: None,
+        })],
     }
-    if event.kind.is_none() {
-        return Err(Refused::UnknownKind);
-    }
-    Ok(event)
+}
+
+/// An event this build can project: its schema version and a kind it knows.
+fn checked(event: pb::BillingEvent) -> Result<pb::BillingEvent, Unreadable> {
+    let why = if event.schema_version != EVENT_SCHEMA_VERSION {
+        Refused::UnsupportedSchema(event.schema_version)
+    } else if event.kind.is_none() {
+        Refused::UnknownKind
+    } else {
+        return Ok(event);
+    };
+    Err(Unreadable {
+        why,
+        event: Some(Box::new(event)),
+    })
 }
 
 fn instant(ms: i64, what: &str) -> Result<DateTime<Utc>, Refused> {
@@ -295,6 +319,14 @@ fn record_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+
+    /// A message holding one event, decoded and checked.
+    fn decode_one(payload: &[u8]) -> Result<pb::BillingEvent, Refused> {
+        let mut events = decode_message(None, payload);
+        assert_eq!(events.len(), 1);
+        events.pop().unwrap().map_err(|unreadable| unreadable.why)
+    }
 
     fn account(version: i64) -> pb::AccountState {
         pb::AccountState {
@@ -384,18 +416,21 @@ mod tests {
     #[test]
     fn events_this_build_cannot_read_are_refused() {
         assert!(matches!(
-            decode(b"\xff\xff\xff"),
+            decode_one(b"\xff\xff\xff"),
             Err(Refused::Undecodable(_))
         ));
         let mut newer = event(Kind::PaymentUnmatched(Default::default()));
         newer.schema_version = 2;
         assert_eq!(
-            decode(&newer.encode_to_vec()),
+            decode_one(&newer.encode_to_vec()),
             Err(Refused::UnsupportedSchema(2))
         );
         let mut unknown = event(Kind::PaymentUnmatched(Default::default()));
         unknown.kind = None;
-        assert_eq!(decode(&unknown.encode_to_vec()), Err(Refused::UnknownKind));
+        assert_eq!(
+            decode_one(&unknown.encode_to_vec()),
+            Err(Refused::UnknownKind)
+        );
     }
 
     #[test]

@@ -531,3 +531,125 @@ async fn an_unknown_event_kind_is_kept_in_the_dead_letter_stream_until_a_build_k
     );
     stack.cleanup().await;
 }
+
+/// Publishes `events` as one `BillingEventBatch` message, as command-svc's relay does.
+async fn publish_batch(stack: &Stack, subject: &str, events: &[Vec<u8>], message_id: &str) {
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    shared::bus::ensure_streams(&js, &stack.names, &stack.settings.nats)
+        .await
+        .unwrap();
+    let payload = shared::bus::batch_payload(events.iter().map(Vec::as_slice));
+    js.send_publish(
+        subject.to_owned(),
+        PublishMessage::build()
+            .payload(payload.into())
+            .header(shared::bus::BATCH_HEADER, events.len().to_string())
+            .message_id(message_id),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// A batch message is projected event by event, in one go; an event of it this build cannot
+/// read goes to the dead-letter stream alone (as a single event), and the others are kept.
+#[tokio::test]
+async fn a_batch_is_projected_whole_and_its_refused_event_alone_is_dead_lettered() {
+    let stack = spawn_stack_with(
+        shared::clock::Clock::system(),
+        &[("BILLING__QUERY__MAX_DELIVER", "2")],
+    )
+    .await;
+    let user = new_user("batched");
+    let mut gateway = stack.gateway().await;
+    for i in 0..6 {
+        gateway
+            .deduct_quota(deduct(&user, CNY / 2, &format!("call-{i}")))
+            .await
+            .unwrap();
+    }
+    stack
+        .eventually(WAIT, || async {
+            projected(&stack, &user).await.then_some(())
+        })
+        .await;
+
+    // The read model forgets the user; the grant comes back on its own, the charges in one
+    // batch with an event from a newer build among them.
+    for forget in [
+        "DELETE FROM rm_accounts WHERE user_id = ?",
+        "DELETE FROM rm_records WHERE user_id = ?",
+        "DELETE FROM rm_daily_usage WHERE user_id = ?",
+    ] {
+        sqlx::query(forget)
+            .bind(&user)
+            .execute(&stack.db)
+            .await
+            .unwrap();
+    }
+    let mut charges = Vec::new();
+    for (subject, payload) in outbox_events(&stack).await {
+        let event = pb::BillingEvent::decode(payload.as_slice()).unwrap();
+        if event.user_id != user {
+            continue;
+        }
+        if subject.ends_with(".quota_deducted") {
+            charges.push(payload);
+        } else {
+            publish(
+                &stack,
+                &subject,
+                payload,
+                &format!("again-{}", event.event_id),
+            )
+            .await;
+        }
+    }
+    assert_eq!(charges.len(), 6);
+    let newer = pb::BillingEvent {
+        event_id: "from-the-future-in-a-batch".into(),
+        user_id: user.clone(),
+        schema_version: 2,
+        ..Default::default()
+    };
+    charges.insert(3, newer.encode_to_vec());
+    let subject = format!("t{}.v1.events.quota_deducted", stack.tag);
+    publish_batch(&stack, &subject, &charges, "batch-again-1").await;
+
+    stack
+        .eventually(WAIT, || async {
+            projected(&stack, &user).await.then_some(())
+        })
+        .await;
+    assert_models_agree(&stack, &user).await;
+
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let dlq_name = stack.names.dlq_stream();
+    let letter = stack
+        .eventually(WAIT, || {
+            let (js, name) = (js.clone(), dlq_name.clone());
+            async move {
+                let dlq = js.get_stream(name).await.ok()?;
+                dlq.get_raw_message(1).await.ok()
+            }
+        })
+        .await;
+    let header = |name: &str| letter.headers.get(name).map(|v| v.to_string());
+    assert_eq!(
+        header(shared::bus::BATCH_HEADER),
+        None,
+        "one event, not the batch"
+    );
+    assert_eq!(header(shared::bus::ORIGINAL_SUBJECT_HEADER), Some(subject));
+    assert!(
+        header(shared::bus::DEAD_LETTER_REASON_HEADER)
+            .unwrap()
+            .contains("schema version 2")
+    );
+    let dead = pb::BillingEvent::decode(letter.payload.as_ref()).unwrap();
+    assert_eq!(dead, newer);
+    let dlq = js.get_stream(&dlq_name).await.unwrap();
+    assert_eq!(dlq.get_info().await.unwrap().state.messages, 1);
+    stack.cleanup().await;
+}

@@ -44,24 +44,9 @@ impl Application {
     /// outbox.
     pub async fn build(settings: &Settings, clock: Clock) -> anyhow::Result<Application> {
         settings.check_for(shared::config::Service::Command)?;
-        // Installed before anything is counted; rare events' counters start at zero, so that a
-        // rate sees their first occurrence.
+        // Installed before anything is counted.
         shared::telemetry::metrics();
-        for rare in [
-            "billing_insufficient_quota_total",
-            "billing_unmatched_payments_total",
-            "billing_outbox_publish_errors_total",
-            "billing_reset_redeliveries_total",
-            "billing_reset_finished_total",
-        ] {
-            metrics::counter!(rare).increment(0);
-        }
-        for why in ["past", "early", "future", "malformed", "undecodable"] {
-            metrics::counter!("billing_reset_commands_ignored_total", "why" => why).increment(0);
-        }
-        metrics::counter!("billing_group_commit_isolated_total").increment(0);
-        metrics::counter!("billing_reservation_sweep_errors_total").increment(0);
-        metrics::counter!("billing_undecodable_rows_total", "table" => "accounts").increment(0);
+        count_rare_events_from_zero();
         // Alert webhooks are called over TLS with the process's one crypto provider.
         crate::install_crypto_provider();
         let store = Store::connect_lazy(&settings.database)?;
@@ -214,6 +199,26 @@ impl Application {
             }
         }
     }
+}
+
+/// Rare events' counters start at zero, so that a rate sees their first occurrence.
+fn count_rare_events_from_zero() {
+    for rare in [
+        "billing_insufficient_quota_total",
+        "billing_unmatched_payments_total",
+        "billing_outbox_publish_errors_total",
+        "billing_reset_redeliveries_total",
+        "billing_reset_finished_total",
+        "billing_account_memory_cleared_total",
+    ] {
+        metrics::counter!(rare).increment(0);
+    }
+    for why in ["past", "early", "future", "malformed", "undecodable"] {
+        metrics::counter!("billing_reset_commands_ignored_total", "why" => why).increment(0);
+    }
+    metrics::counter!("billing_group_commit_isolated_total").increment(0);
+    metrics::counter!("billing_reservation_sweep_errors_total").increment(0);
+    metrics::counter!("billing_undecodable_rows_total", "table" => "accounts").increment(0);
 }
 
 /// The gRPC server: health, reflection and the billing service behind its callers' check, bounded

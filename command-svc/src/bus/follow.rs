@@ -22,7 +22,6 @@ use shared::{
     clock::Clock,
     config::NatsSettings,
     ids::UserId,
-    proto::v1::BillingEvent,
     shutdown::Stop,
 };
 
@@ -78,33 +77,105 @@ impl AccountFollower {
             match next {
                 Some(message) => {
                     let message = message?;
-                    self.learn(message.headers.as_ref(), &message.payload);
+                    learn(
+                        &self.memory,
+                        &self.clock,
+                        message.headers.as_ref(),
+                        &message.payload,
+                    );
                 }
                 None => anyhow::bail!("the event stream ended"),
             }
         }
     }
+}
 
-    /// Remembers the accounts a message's events carry (one event, or a batch's), each as
-    /// learned when it was committed (a late event is no fresher than its commit); a message that
-    /// does not decode teaches nothing (the projection reports it).
-    fn learn(&self, headers: Option<&async_nats::HeaderMap>, payload: &[u8]) {
-        for event in bus::events_of(headers, payload).unwrap_or_default() {
-            self.learn_event(&event);
+/// Remembers in `memory` the accounts a message's events carry (one event, or a batch's), each
+/// as learned when it was committed by `clock` (a late event is no fresher than its commit); a
+/// message that does not decode teaches nothing (the projection reports it).
+fn learn(
+    memory: &AccountMemory,
+    clock: &Clock,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) {
+    for event in bus::events_of(headers, payload).unwrap_or_default() {
+        let Some(known) = event.account.as_ref().and_then(known_from) else {
+            continue;
+        };
+        let Ok(user_id) = UserId::parse("user_id", &event.user_id) else {
+            continue;
+        };
+        let age_ms = (clock.now().timestamp_millis() - event.occurred_at_ms).max(0);
+        let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
+        let now = Instant::now();
+        memory.remember(&user_id, known, now.checked_sub(age).unwrap_or(now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::Known;
+    use prost::Message;
+    use shared::{
+        config::AccountMemorySettings,
+        proto::v1::{AccountState, BillingEvent},
+    };
+
+    fn charged(user: &str, version: i64, occurred_at_ms: i64) -> BillingEvent {
+        BillingEvent {
+            event_id: format!("{user}-{version}"),
+            user_id: user.into(),
+            version,
+            occurred_at_ms,
+            account: Some(AccountState {
+                user_id: user.into(),
+                currency: "CNY".into(),
+                period: "2026-12".into(),
+                balance_micros: 1_000 * version,
+                version,
+                ..Default::default()
+            }),
+            ..Default::default()
         }
     }
 
-    fn learn_event(&self, event: &BillingEvent) {
-        let Some(known) = event.account.as_ref().and_then(known_from) else {
-            return;
-        };
-        let Ok(user_id) = UserId::parse("user_id", &event.user_id) else {
-            return;
-        };
-        let age_ms = (self.clock.now().timestamp_millis() - event.occurred_at_ms).max(0);
-        let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
-        let now = Instant::now();
-        self.memory
-            .remember(&user_id, known, now.checked_sub(age).unwrap_or(now));
+    fn remembered_version(memory: &AccountMemory, user: &str) -> Option<i64> {
+        match memory.recall(&UserId::stored(user))? {
+            Known::Account { snapshot, .. } => Some(snapshot.version),
+            Known::Absent => None,
+        }
+    }
+
+    #[test]
+    fn a_batch_teaches_every_account_it_carries_and_a_stale_event_nothing() {
+        let memory = AccountMemory::new(&AccountMemorySettings {
+            enabled: true,
+            max_age_ms: 2_000,
+            capacity: 1_000,
+        });
+        let clock = Clock::manual(chrono::DateTime::from_timestamp_millis(10_000_000).unwrap());
+        let now_ms = clock.now().timestamp_millis();
+        let events = [
+            charged("dev-a", 3, now_ms),
+            charged("dev-b", 7, now_ms),
+            charged("dev-a", 4, now_ms),
+        ];
+        let encoded: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+        let payload = bus::batch_payload(encoded.iter().map(Vec::as_slice));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(bus::BATCH_HEADER, "3");
+        learn(&memory, &clock, Some(&headers), &payload);
+        assert_eq!(remembered_version(&memory, "dev-a"), Some(4));
+        assert_eq!(remembered_version(&memory, "dev-b"), Some(7));
+
+        // An event committed longer than max_age ago is already forgotten when it arrives.
+        let late = charged("dev-c", 1, now_ms - 5_000).encode_to_vec();
+        learn(&memory, &clock, None, &late);
+        assert_eq!(remembered_version(&memory, "dev-c"), None);
+        // Garbage teaches nothing and breaks nothing.
+        learn(&memory, &clock, Some(&headers), b"\xff\xff");
+        assert_eq!(remembered_version(&memory, "dev-a"), Some(4));
     }
 }

@@ -130,8 +130,23 @@ impl Store {
         Arc::clone(&self.outbox_written)
     }
 
+    /// Begins a transaction. Connections are not pinged when taken from the pool (the hot path
+    /// saves that round trip), so one the server closed (it restarted, or dropped it while idle)
+    /// fails its `BEGIN`, before anything ran: another connection is taken, a few times, so that
+    /// callers see MySQL back as soon as it is. A pool that cannot give a connection in time is
+    /// not retried here.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.pool.begin().await?)
+        const CLOSED_CONNECTIONS_SKIPPED: u32 = 4;
+        let mut skipped = 0;
+        loop {
+            match self.pool.begin().await {
+                Err(sqlx::Error::Io(error)) if skipped < CLOSED_CONNECTIONS_SKIPPED => {
+                    skipped += 1;
+                    tracing::debug!(%error, "a pooled connection was closed; taking another");
+                }
+                begun => return Ok(begun?),
+            }
+        }
     }
 
     /// Runs `attempt` (which opens and commits its own transaction) again while it fails with a

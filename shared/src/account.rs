@@ -145,6 +145,21 @@ impl AccountSnapshot {
         }
     }
 
+    /// The state an `AccountState` message carries (an event's account, a Redis snapshot);
+    /// `None` when its period does not parse.
+    pub fn from_message(state: &crate::proto::v1::AccountState) -> Option<AccountSnapshot> {
+        Some(AccountSnapshot {
+            balance: Micros::new(state.balance_micros),
+            period: state.period.parse().ok()?,
+            free_granted: Micros::new(state.free_granted_micros),
+            free_used: Micros::new(state.free_used_micros),
+            free_held: Micros::new(state.free_held_micros),
+            balance_held: Micros::new(state.balance_held_micros),
+            monthly_free: Micros::new(state.monthly_free_micros),
+            version: state.version,
+        })
+    }
+
     /// The same state one version later: what every transition starts from.
     fn next_version(&self) -> AccountSnapshot {
         AccountSnapshot {

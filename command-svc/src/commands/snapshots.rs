@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use shared::{
-    account::AccountSnapshot, cache::CachedSnapshot, ids::UserId, money::Micros, proto::v1 as pb,
-};
+use shared::{account::AccountSnapshot, cache::CachedSnapshot, ids::UserId, proto::v1 as pb};
 
 use super::{
     CommandError, Commands, account_tx::AccountTx, directory::AccountDirectory, memory::Known,
@@ -202,18 +200,8 @@ impl Commands {
 /// The account a stored state describes (a Redis snapshot, an event's account); `None` when its
 /// period does not parse.
 pub fn known_from(state: &pb::AccountState) -> Option<Known> {
-    let snapshot = AccountSnapshot {
-        balance: Micros::new(state.balance_micros),
-        period: state.period.parse().ok()?,
-        free_granted: Micros::new(state.free_granted_micros),
-        free_used: Micros::new(state.free_used_micros),
-        free_held: Micros::new(state.free_held_micros),
-        balance_held: Micros::new(state.balance_held_micros),
-        monthly_free: Micros::new(state.monthly_free_micros),
-        version: state.version,
-    };
     Some(Known::Account {
+        snapshot: AccountSnapshot::from_message(state)?,
         currency: state.currency.clone(),
-        snapshot,
     })
 }

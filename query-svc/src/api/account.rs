@@ -23,7 +23,6 @@ use shared::cache::CachedSnapshot;
 use shared::{
     account::{AccountSnapshot, view_at},
     ids::UserId,
-    money::Micros,
     proto::v1 as pb,
 };
 use utoipa::ToSchema;
@@ -223,7 +222,7 @@ fn from_cache(user: &UserId, cached: CachedSnapshot) -> Option<Found> {
         }
     };
     let consistent = state.user_id == user.as_str() && state.version == cached.version;
-    let Ok(period) = state.period.parse() else {
+    let Some(snapshot) = AccountSnapshot::from_message(&state) else {
         tracing::error!(
             period = state.period,
             "account snapshot in Redis with a bad period"
@@ -240,16 +239,7 @@ fn from_cache(user: &UserId, cached: CachedSnapshot) -> Option<Found> {
         return None;
     }
     Some(Found {
-        snapshot: AccountSnapshot {
-            balance: Micros::new(state.balance_micros),
-            period,
-            free_granted: Micros::new(state.free_granted_micros),
-            free_used: Micros::new(state.free_used_micros),
-            free_held: Micros::new(state.free_held_micros),
-            balance_held: Micros::new(state.balance_held_micros),
-            monthly_free: Micros::new(state.monthly_free_micros),
-            version: state.version,
-        },
+        snapshot,
         currency: state.currency,
         updated_at: DateTime::from_timestamp_millis(cached.updated_at_ms),
     })
@@ -292,7 +282,7 @@ mod tests {
     fn a_cached_state_becomes_a_snapshot() {
         let found = from_cache(&user(), cached(state("dev-1", 4, "2026-11"), 4)).unwrap();
         assert_eq!(found.snapshot.version, 4);
-        assert_eq!(found.snapshot.free_used, Micros::new(3));
+        assert_eq!(found.snapshot.free_used, shared::money::Micros::new(3));
         assert_eq!(found.snapshot.period.to_string(), "2026-11");
         assert_eq!(
             found.updated_at.unwrap().timestamp_millis(),

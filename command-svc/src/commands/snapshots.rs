@@ -31,10 +31,11 @@ impl Commands {
 
     /// Remembers these accounts as stored, and writes their snapshots (version-guarded in Redis).
     pub(super) async fn write_through(&self, accounts: &[AccountOut]) {
+        let messages: Vec<pb::AccountState> = accounts.iter().map(AccountOut::message).collect();
         if let Some(memory) = &self.memory {
             let learned_at = Instant::now();
-            for account in accounts {
-                if let Some(known) = known_from(&account.message()) {
+            for (account, message) in accounts.iter().zip(&messages) {
+                if let Some(known) = known_from(message) {
                     let user_id = UserId::stored(account.user_id.as_str());
                     memory.remember(&user_id, known, learned_at);
                 }
@@ -44,9 +45,10 @@ impl Commands {
         let now = self.now().timestamp_millis();
         let snapshots: Vec<CachedSnapshot> = accounts
             .iter()
-            .map(|account| CachedSnapshot {
+            .zip(&messages)
+            .map(|(account, message)| CachedSnapshot {
                 version: account.view.version,
-                state: account.message().encode_to_vec(),
+                state: message.encode_to_vec(),
                 updated_at_ms: now,
             })
             .collect();

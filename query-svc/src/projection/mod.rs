@@ -258,13 +258,12 @@ impl Projector {
         metrics::counter!("billing_projection_events_applied_total")
             .increment(applied.len() as u64);
         self.refresh_snapshots(&applied).await;
-        for (index, (delivery, outcome)) in deliveries.iter().zip(outcomes).enumerate() {
-            let events: Vec<&pb::BillingEvent> = applied
-                .iter()
-                .filter(|item| item.delivery == index)
-                .map(|item| item.event)
-                .collect();
-            self.settle(js, delivery, outcome, &events).await;
+        let mut projected: Vec<Vec<&pb::BillingEvent>> = vec![Vec::new(); deliveries.len()];
+        for item in &applied {
+            projected[item.delivery].push(item.event);
+        }
+        for ((delivery, outcome), events) in deliveries.iter().zip(outcomes).zip(&projected) {
+            self.settle(js, delivery, outcome, events).await;
         }
     }
 

@@ -15,7 +15,7 @@ use std::{
 
 use reqwest::header;
 
-use crate::{helpers::*, projection::projected};
+use crate::{helpers::*, projection::until_projected};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -129,11 +129,7 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
             .await
             .unwrap();
     }
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
 
     let mut node = tokio::process::Command::new("node");
     node.arg("console.test.mjs")

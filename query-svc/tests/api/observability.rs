@@ -8,7 +8,7 @@ use testkit::metrics::Scrape;
 
 use crate::{
     helpers::*,
-    projection::{projected, publish_from_the_future},
+    projection::{publish_from_the_future, until_projected},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,11 +34,7 @@ async fn projected_events_requests_and_the_backlog_are_measured() {
             .await
             .unwrap();
     }
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
     let (status, _) = stack
         .get("/api/v1/billing/account", &stack.token(&user))
         .await;

@@ -16,7 +16,7 @@ use std::{
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{helpers::*, projection::projected};
+use crate::{helpers::*, projection::until_projected};
 
 const DOCUMENT: &str = "/openapi.json";
 const BILLING: &str = "/api/v1/billing/";
@@ -474,11 +474,7 @@ async fn the_schemas_describe_what_the_routes_answer() {
         .adjust_balance(adjust(&user, -CNY, "openapi-adj-1"))
         .await
         .unwrap();
-    stack
-        .eventually(Duration::from_secs(20), || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, Duration::from_secs(20)).await;
 
     let account = "/api/v1/billing/account";
     let body = get_json(&stack, account, Some(&token), StatusCode::OK).await;

@@ -12,7 +12,7 @@ use shared::{
 
 use crate::{
     helpers::*,
-    projection::{assert_models_agree, projected, some_activity},
+    projection::{assert_models_agree, some_activity, until_projected},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -49,11 +49,7 @@ async fn reconcile_reports_every_difference_and_repairs_them() {
         some_activity(&stack, user).await;
     }
     for user in &users {
-        stack
-            .eventually(WAIT, || async {
-                projected(&stack, user).await.then_some(())
-            })
-            .await;
+        until_projected(&stack, user, WAIT).await;
     }
     assert_eq!(
         differences(&stack, false).await,
@@ -177,11 +173,7 @@ async fn a_rebuild_while_charges_go_on_converges_to_the_write_model() {
     load.await.unwrap();
 
     for user in &users {
-        stack
-            .eventually(WAIT, || async {
-                projected(&stack, user).await.then_some(())
-            })
-            .await;
+        until_projected(&stack, user, WAIT).await;
         assert_models_agree(&stack, user).await;
     }
     assert_eq!(differences(&stack, false).await, vec![]);
@@ -232,11 +224,7 @@ async fn events_the_read_model_refused_are_replayed_from_the_dead_letter_stream(
         .unwrap();
     let replayed = dlq::replay(&js, &stack.names, &[]).await.unwrap();
     assert_eq!(replayed.len(), letters.len());
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
     assert_models_agree(&stack, &user).await;
     assert!(
         dlq::list(&js, &stack.names).await.unwrap().is_empty(),

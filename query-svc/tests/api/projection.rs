@@ -44,6 +44,15 @@ pub async fn projected(stack: &Stack, user: &str) -> bool {
     ledger == records
 }
 
+/// Waits until the read model agrees with the write model for `user`, for at most `limit`.
+pub async fn until_projected(stack: &Stack, user: &str, limit: Duration) {
+    stack
+        .eventually(limit, || async {
+            projected(stack, user).await.then_some(())
+        })
+        .await;
+}
+
 /// Fails the test with the first difference between the models for `user`.
 pub async fn assert_models_agree(stack: &Stack, user: &str) {
     let account = sqlx::query(
@@ -181,11 +190,7 @@ async fn committed_changes_reach_the_read_model_once() {
     let stack = spawn_stack().await;
     let user = new_user("projected");
     some_activity(&stack, &user).await;
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
     assert_models_agree(&stack, &user).await;
 
     let order: (String, i64) =
@@ -243,20 +248,22 @@ pub async fn publish_from_the_future(stack: &Stack) -> String {
 }
 
 pub async fn publish(stack: &Stack, subject: &str, payload: Vec<u8>, message_id: &str) {
+    let message = PublishMessage::build()
+        .payload(payload.into())
+        .message_id(message_id);
+    publish_message(stack, subject, message).await;
+}
+
+async fn publish_message(stack: &Stack, subject: &str, message: PublishMessage) {
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     shared::bus::ensure_streams(&js, &stack.names, &stack.settings.nats)
         .await
         .unwrap();
-    js.send_publish(
-        subject.to_owned(),
-        PublishMessage::build()
-            .payload(payload.into())
-            .message_id(message_id),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    js.send_publish(subject.to_owned(), message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -264,11 +271,7 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
     let stack = spawn_stack().await;
     let user = new_user("dups");
     some_activity(&stack, &user).await;
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
 
     // Every event again, newest first, with message ids JetStream has not seen: as if the relay
     // re-published after the dedup window, or another replica redelivered out of order.
@@ -292,11 +295,7 @@ async fn duplicates_and_reordered_redeliveries_change_nothing() {
         .deduct_quota(deduct(&marker, 1, "marker"))
         .await
         .unwrap();
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &marker).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &marker, WAIT).await;
 
     assert_models_agree(&stack, &user).await;
     let options = billing_ops::reconcile::Options {
@@ -329,11 +328,7 @@ async fn a_read_model_rebuilt_from_shuffled_events_equals_the_write_model() {
         some_activity(&stack, user).await;
     }
     for user in &users {
-        stack
-            .eventually(WAIT, || async {
-                projected(&stack, user).await.then_some(())
-            })
-            .await;
+        until_projected(&stack, user, WAIT).await;
     }
     for table in ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
@@ -363,11 +358,7 @@ async fn a_read_model_rebuilt_from_shuffled_events_equals_the_write_model() {
         index += 1;
     }
     for user in &users {
-        stack
-            .eventually(WAIT, || async {
-                projected(&stack, user).await.then_some(())
-            })
-            .await;
+        until_projected(&stack, user, WAIT).await;
         assert_models_agree(&stack, user).await;
     }
     stack.cleanup().await;
@@ -442,11 +433,7 @@ async fn an_event_this_build_cannot_read_goes_to_the_dead_letter_stream() {
         .deduct_quota(deduct(&user, 1, "r"))
         .await
         .unwrap();
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
     stack.cleanup().await;
 }
 
@@ -534,22 +521,12 @@ async fn an_unknown_event_kind_is_kept_in_the_dead_letter_stream_until_a_build_k
 
 /// Publishes `events` as one `BillingEventBatch` message, as command-svc's relay does.
 async fn publish_batch(stack: &Stack, subject: &str, events: &[Vec<u8>], message_id: &str) {
-    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    shared::bus::ensure_streams(&js, &stack.names, &stack.settings.nats)
-        .await
-        .unwrap();
     let payload = shared::bus::batch_payload(events.iter().map(Vec::as_slice));
-    js.send_publish(
-        subject.to_owned(),
-        PublishMessage::build()
-            .payload(payload.into())
-            .header(shared::bus::BATCH_HEADER, events.len().to_string())
-            .message_id(message_id),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let message = PublishMessage::build()
+        .payload(payload.into())
+        .header(shared::bus::BATCH_HEADER, events.len().to_string())
+        .message_id(message_id);
+    publish_message(stack, subject, message).await;
 }
 
 /// A batch message is projected event by event, in one go; an event of it this build cannot
@@ -569,11 +546,7 @@ async fn a_batch_is_projected_whole_and_its_refused_event_alone_is_dead_lettered
             .await
             .unwrap();
     }
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
 
     // The read model forgets the user; the grant comes back on its own, the charges in one
     // batch with an event from a newer build among them.
@@ -617,11 +590,7 @@ async fn a_batch_is_projected_whole_and_its_refused_event_alone_is_dead_lettered
     let subject = format!("t{}.v1.events.quota_deducted", stack.tag);
     publish_batch(&stack, &subject, &charges, "batch-again-1").await;
 
-    stack
-        .eventually(WAIT, || async {
-            projected(&stack, &user).await.then_some(())
-        })
-        .await;
+    until_projected(&stack, &user, WAIT).await;
     assert_models_agree(&stack, &user).await;
 
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());

@@ -261,7 +261,9 @@ pub async fn connect_options(
 /// file storage, retention by age (`*_max_age_hours`), deduplication by `Nats-Msg-Id` within
 /// `duplicate_window_secs`, `stream_replicas` copies in a cluster.
 ///
-/// A stream that already has them is left alone: every consumer of every replica calls this when
+/// A stream another caller created between the look-up and the creation counts as created (every
+/// consumer and relay sets the streams up as it starts, often at the same moment). A stream that
+/// already has them is left alone: every consumer of every replica calls this when
 /// it (re)connects, and nats-server 2.9 can crash on stream updates that race (a nil pointer in
 /// `updateWithAdvisory`, seen under the test suite), so an update is sent only for a change.
 pub async fn ensure_streams(
@@ -277,7 +279,13 @@ pub async fn ensure_streams(
                 }
             }
             Err(error) if stream_missing(&error) => {
-                js.create_stream(wanted).await?;
+                let name = wanted.name.clone();
+                if let Err(error) = js.create_stream(wanted).await {
+                    // Another service or replica may have created it meanwhile: then it is there.
+                    if js.get_stream(&name).await.is_err() {
+                        return Err(error.into());
+                    }
+                }
             }
             Err(error) => return Err(error.into()),
         }

@@ -12,7 +12,8 @@
 # and, with --browser, what the browser tests of the developer console (query-svc/console/e2e)
 # need:
 #   Chromium (Debian's chromium), Node.js and npm (Debian's nodejs and npm when missing), and
-#   playwright-core, installed by `npm ci` from the lock file into query-svc/console/e2e
+#   playwright-core and axe-core, installed by `npm ci` from the lock file into
+#   query-svc/console/e2e
 # and, with --bench-tools, the yardstick of the hot-path benchmark (deploy/bench.sh):
 #   sysbench (Debian's), which runs the Lua scripts in deploy/bench/ against MariaDB
 #
@@ -27,7 +28,8 @@
 #                           runs (older than 6 hours, so a concurrent run is never disturbed)
 #   --test-tools            also install the tools of the manifest and OpenAPI checks (make test;
 #                           make run needs none of them)
-#   --browser               also install Chromium, Node.js and playwright-core (make test)
+#   --browser               also install Chromium, Node.js, playwright-core and axe-core
+#                           (make test)
 #   --bench-tools           also install sysbench (make bench)
 #   --watch PID             then keep watching the three servers while process PID lives (make
 #                           test passes its shell): one that stops answering is reported (its
@@ -582,18 +584,26 @@ watch_servers() {
     done
 }
 
-# --- the console's browser tests: Chromium, Node.js, playwright-core -------------------------
+# --- the console's browser tests: Chromium, Node.js, playwright-core, axe-core ---------------
 
 readonly CONSOLE_E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/query-svc/console/e2e"
 
-# The playwright-core version the lock file pins, and the one installed (empty when none).
-playwright_wanted() {
-    node -e 'console.log(require(process.argv[1]).packages["node_modules/playwright-core"].version)' \
-        "$CONSOLE_E2E_DIR/package-lock.json"
+# The packages the browser tests run with (playwright-core, axe-core), as "name@version" per
+# line: the versions the lock file pins, and the ones installed (a package missing shows no
+# version), so a missing or different package has them installed again.
+readonly CONSOLE_E2E_PACKAGES="axe-core playwright-core"
+console_packages_wanted() {
+    node -e 'const lock = require(process.argv[1]);
+        for (const name of process.argv.slice(2)) console.log(`${name}@${lock.packages[`node_modules/${name}`].version}`)' \
+        "$CONSOLE_E2E_DIR/package-lock.json" $CONSOLE_E2E_PACKAGES
 }
-playwright_installed() {
-    node -e 'console.log(require(process.argv[1]).version)' \
-        "$CONSOLE_E2E_DIR/node_modules/playwright-core/package.json" 2>/dev/null || true
+console_packages_installed() {
+    local name version
+    for name in $CONSOLE_E2E_PACKAGES; do
+        version=$(node -e 'console.log(require(process.argv[1]).version)' \
+            "$CONSOLE_E2E_DIR/node_modules/$name/package.json" 2>/dev/null || true)
+        echo "$name@$version"
+    done
 }
 
 ensure_console_browser() {
@@ -609,7 +619,7 @@ ensure_console_browser() {
         command -v node >/dev/null 2>&1 || die "nodejs installed but node not found"
     fi
     how=present
-    if [[ $(playwright_installed) != "$(playwright_wanted)" ]]; then
+    if [[ $(console_packages_installed) != "$(console_packages_wanted)" ]]; then
         log=$(mktemp "${TMPDIR:-/tmp}/dev-deps-npm.XXXXXX")
         # playwright-core brings no browser of its own: the tests launch Debian's chromium.
         if ! (cd "$CONSOLE_E2E_DIR" && npm ci --no-audit --no-fund) >"$log" 2>&1; then
@@ -620,7 +630,7 @@ ensure_console_browser() {
         rm -f "$log"
         how=installed
     fi
-    echo "playwright-core: $(playwright_installed) $how in $CONSOLE_E2E_DIR/node_modules"
+    echo "console test packages: $(console_packages_installed | tr '\n' ' ')$how in $CONSOLE_E2E_DIR/node_modules"
 }
 
 # --- the hot-path benchmark's yardstick: sysbench --------------------------------------------

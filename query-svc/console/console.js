@@ -1,6 +1,7 @@
-// DevShare billing console: the caller's wallet, usage, records and recharges, read from the
-// REST API of this origin with the developer's JWT. Vanilla ES2020, no dependencies, nothing
-// fetched from anywhere else, no inline code or style attributes (the page's CSP forbids them).
+// DevShare billing console: the caller's wallet, usage, records, recharges and alert settings,
+// read from the REST API of this origin with the developer's JWT. Vanilla ES2020, no
+// dependencies, nothing fetched from anywhere else, no inline code or style attributes (the page's
+// CSP forbids them).
 "use strict";
 
 const TOKEN_KEY = "billing-console-token";
@@ -44,23 +45,56 @@ function formatMicros(micros, currency) {
 }
 
 /**
+ * A non-negative amount typed in currency units, as exact micros (string and BigInt arithmetic,
+ * never a float): { micros } or { error }, with `example` in the messages.
+ */
+function parseDecimal(input, empty, negative, example) {
+  const text = String(input == null ? "" : input).trim();
+  if (text === "") return { error: empty };
+  if (/^[-\u2212]/.test(text)) return { error: negative };
+  const match = /^\+?(\d*)(?:\.(\d*))?$/.exec(text);
+  if (!match || (match[1] === "" && !match[2])) {
+    return { error: `Enter a number using digits and at most one decimal point, e.g. ${example}.` };
+  }
+  const fraction = match[2] || "";
+  if (fraction.length > 6) return { error: "Use at most 6 decimals." };
+  return { micros: BigInt(match[1] || "0") * MICROS_PER_UNIT + BigInt(fraction.padEnd(6, "0")) };
+}
+
+/**
  * A recharge amount typed in currency units, as exact micros: parseUnits("12.5") gives
  * { micros: 12500000n }; an invalid amount gives { error: "…" }.
  */
 function parseUnits(input) {
-  const text = String(input == null ? "" : input).trim();
-  if (text === "") return { error: "Enter the amount to recharge, e.g. 50 or 12.50." };
-  if (/^[-\u2212]/.test(text)) return { error: "The amount must be positive." };
-  const match = /^\+?(\d*)(?:\.(\d*))?$/.exec(text);
-  if (!match || (match[1] === "" && !match[2])) {
-    return { error: "Enter a number using digits and at most one decimal point, e.g. 12.50." };
-  }
-  const fraction = match[2] || "";
-  if (fraction.length > 6) return { error: "Use at most 6 decimals." };
-  const micros = BigInt(match[1] || "0") * MICROS_PER_UNIT + BigInt(fraction.padEnd(6, "0"));
+  const parsed = parseDecimal(
+    input,
+    "Enter the amount to recharge, e.g. 50 or 12.50.",
+    "The amount must be positive.",
+    "12.50"
+  );
+  if (parsed.error) return parsed;
+  const { micros } = parsed;
   if (micros <= 0n) return { error: "The amount must be positive." };
   if (micros > MAX_RECHARGE_MICROS) return { error: "At most 1,000,000 units per recharge." };
   return { micros };
+}
+
+/** An alert threshold typed in currency units, as exact micros; zero is a threshold too. */
+function parseThreshold(input) {
+  return parseDecimal(
+    input,
+    "Enter the threshold in currency units, e.g. 5 or 0.50.",
+    "The threshold must not be negative.",
+    "5.50"
+  );
+}
+
+/** Micros as exact currency units, trailing zeros dropped: 1500000 → "1.5", 1 → "0.000001". */
+function microsToUnits(micros) {
+  const value = toBig(micros);
+  const magnitude = value < 0n ? -value : value;
+  const fraction = (magnitude % MICROS_PER_UNIT).toString().padStart(6, "0").replace(/0+$/, "");
+  return `${value < 0n ? "-" : ""}${magnitude / MICROS_PER_UNIT}${fraction ? `.${fraction}` : ""}`;
 }
 
 function toBig(value) {
@@ -79,14 +113,73 @@ function parseInstant(text) {
   return Date.parse(text.replace(/(\.\d{3})\d+/, "$1"));
 }
 
-/** An instant in the browser's time zone. */
-function formatInstant(text) {
-  const at = parseInstant(text);
-  return Number.isNaN(at) ? (text || "—") : new Date(at).toLocaleString();
-}
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 function pad2(n) {
   return String(n).padStart(2, "0");
+}
+
+/** The browser's time zone by its IANA name ("Europe/Berlin"); "" when the browser does not tell. */
+function localZoneName() {
+  try {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+  } catch (_) {
+    return "";
+  }
+}
+
+/** How the page names the browser's time zone in labels. */
+function localZoneLabel() {
+  return localZoneName() || "your time zone";
+}
+
+/** The date and wall-clock time of an instant (ms) in `timeZone`, the browser's when undefined. */
+function wallClock(ms, timeZone) {
+  const fields = {};
+  const format = new Intl.DateTimeFormat("en-US", {
+    timeZone,
+    hourCycle: "h23",
+    year: "numeric",
+    month: "numeric",
+    day: "numeric",
+    hour: "numeric",
+    minute: "numeric",
+    second: "numeric",
+  });
+  for (const part of format.formatToParts(ms)) fields[part.type] = part.value;
+  return {
+    year: Number(fields.year),
+    month: Number(fields.month),
+    day: Number(fields.day),
+    hour: Number(fields.hour) % 24,
+    minute: Number(fields.minute),
+    second: Number(fields.second),
+  };
+}
+
+/** A wall clock as "1 Jan 00:00", or "2 Jan 2026 17:00:05" with the year and seconds. */
+function formatWallClock(clock, withYearAndSeconds) {
+  const date = `${clock.day} ${MONTHS[clock.month - 1]}${withYearAndSeconds ? ` ${clock.year}` : ""}`;
+  const time = `${pad2(clock.hour)}:${pad2(clock.minute)}${withYearAndSeconds ? `:${pad2(clock.second)}` : ""}`;
+  return `${date} ${time}`;
+}
+
+/** An offset from UTC as "UTC+08:00", "UTC-05:00", or "UTC" for none. */
+function offsetName(offsetMs) {
+  if (offsetMs === 0) return "UTC";
+  const minutes = Math.round(Math.abs(offsetMs) / 60000);
+  return `UTC${offsetMs < 0 ? "-" : "+"}${pad2(Math.floor(minutes / 60))}:${pad2(minutes % 60)}`;
+}
+
+/** The browser's offset from UTC at an instant (ms). */
+function localOffsetMs(ms) {
+  return -new Date(ms).getTimezoneOffset() * 60000;
+}
+
+/** An RFC 3339 instant in the browser's time zone: "2 Jan 2026 17:00:05". */
+function formatInstant(text) {
+  const at = parseInstant(text);
+  return Number.isNaN(at) ? (text || "—") : formatWallClock(wallClock(at), true);
 }
 
 function dateKey(year, month, day) {
@@ -115,6 +208,22 @@ function billingOffsetMs(account) {
   const nextMonthAsUtc = Date.UTC(Number(match[1]), Number(match[2]), 1);
   const offset = nextMonthAsUtc - resets;
   return Math.abs(offset) <= 15 * 3600 * 1000 ? offset : null;
+}
+
+/**
+ * When the free quota resets: in billing time, named by its offset from UTC (what the account
+ * tells), then in the browser's time with its zone when that clock reads otherwise, as
+ * "Resets 1 Jan 00:00 billing time (UTC+08:00) · 31 Dec 17:00 your time (Europe/Berlin)".
+ */
+function resetLine(account) {
+  const at = parseInstant(account && account.free_quota && account.free_quota.resets_at);
+  if (Number.isNaN(at)) return "";
+  const zone = localZoneName();
+  const local = `${formatWallClock(wallClock(at), false)} your time${zone ? ` (${zone})` : ""}`;
+  const offset = billingOffsetMs(account);
+  if (offset === null) return `Resets ${local}`;
+  const billing = `Resets ${formatWallClock(wallClock(at + offset, "UTC"), false)} billing time (${offsetName(offset)})`;
+  return localOffsetMs(at) === offset ? billing : `${billing} · ${local}`;
 }
 
 /** Today's date in the billing time zone (the browser's own date when it is unknown). */
@@ -148,6 +257,8 @@ const state = {
   busy: 0,
   errorSource: null,
   records: { filters: { type: "", from: "", to: "" }, cursor: null, seq: 0, count: 0 },
+  // The alert settings as last read or saved; a signing secret only from the answer that made it.
+  settings: { seq: 0, alerts: null, secret: null, writing: false },
   usageSeq: 0,
   poll: null,
 };
@@ -315,8 +426,10 @@ function dropHash() {
 function showTokenForm(message, isError) {
   stopPolling();
   state.account = null;
+  closeSettings(false);
   show($("console"), false);
   show($("sign-out"), false);
+  show($("settings-open"), false);
   $("user-id").textContent = "";
   clearError();
   const note = $("token-message");
@@ -352,11 +465,13 @@ function startWithToken(raw) {
   show($("token-form"), false);
   show($("console"), true);
   show($("sign-out"), true);
+  show($("settings-open"), true);
   resetView();
   loadAll();
 }
 
 function resetView() {
+  closeSettings(false);
   show($("order"), false);
   show($("recharge-error"), false);
   show($("low-balance"), false);
@@ -406,6 +521,7 @@ function renderWallet(account) {
   $("balance").textContent = money(account.balance_micros);
   $("available").textContent = money(account.available_micros);
   $("recharge-currency").textContent = state.currency ? `(${state.currency})` : "";
+  $("settings-currency").textContent = state.currency ? `(${state.currency})` : "";
 
   const held = toBig(account.balance_held_micros);
   $("balance-held").textContent = `${money(held)} held by open reservations`;
@@ -435,7 +551,7 @@ function renderWallet(account) {
   const quotaHeld = toBig(quota.held_micros);
   $("free-held").textContent = `${money(quotaHeld)} held`;
   show($("free-held"), quotaHeld > 0n);
-  $("free-resets").textContent = quota.resets_at ? `Resets ${formatInstant(quota.resets_at)}` : "";
+  $("free-resets").textContent = resetLine(account);
   $("wallet-updated").textContent = account.updated_at ? `Updated ${formatInstant(account.updated_at)}` : "";
 }
 
@@ -827,9 +943,226 @@ async function refreshAfterPayment(versionBefore) {
   loadUsage();
 }
 
+// --- alert settings -------------------------------------------------------------------------
+
+const SETTINGS_FIELDS = {
+  low_balance_threshold_micros: "threshold",
+  webhook_url: "webhook",
+};
+
+function openSettings() {
+  show($("settings"), true);
+  $("settings-open").setAttribute("aria-expanded", "true");
+  $("settings-title").focus();
+  loadSettings();
+}
+
+/** Hides the settings (and forgets a secret shown there); `refocus` returns to their button. */
+function closeSettings(refocus) {
+  state.settings.seq += 1;
+  state.settings.secret = null;
+  renderSecret();
+  clearSettingsMessages();
+  show($("settings"), false);
+  $("settings-open").setAttribute("aria-expanded", "false");
+  if (refocus) $("settings-open").focus();
+}
+
+/**
+ * Marks a settings button busy while its request runs, without disabling it: a disabled button
+ * would drop the keyboard focus. Returns false when another write is under way.
+ */
+function startWrite(button) {
+  if (state.settings.writing) return false;
+  state.settings.writing = true;
+  button.setAttribute("aria-disabled", "true");
+  return true;
+}
+
+function endWrite(button) {
+  state.settings.writing = false;
+  button.removeAttribute("aria-disabled");
+}
+
+function setSettingsBusy(busy) {
+  for (const id of ["settings-threshold", "settings-webhook", "settings-save", "settings-rotate"]) $(id).disabled = busy;
+  show($("settings-loading"), busy);
+}
+
+function fieldError(field, message) {
+  const element = $(`settings-${field}-error`);
+  element.textContent = message || "";
+  show(element, Boolean(message));
+  $(`settings-${field}`).setAttribute("aria-invalid", message ? "true" : "false");
+}
+
+function messageAt(id, message) {
+  const element = $(id);
+  element.textContent = message || "";
+  show(element, Boolean(message));
+}
+
+function clearSettingsMessages() {
+  fieldError("threshold", "");
+  fieldError("webhook", "");
+  messageAt("settings-error", "");
+  messageAt("settings-rotate-error", "");
+  $("settings-status").textContent = "";
+}
+
+/** The settings as read: the fields, what the threshold is, whether a secret is set. */
+async function loadSettings() {
+  const seq = ++state.settings.seq;
+  state.settings.secret = null;
+  renderSecret();
+  clearSettingsMessages();
+  setSettingsBusy(true);
+  try {
+    const alerts = await api(`${API}/alerts`);
+    if (seq !== state.settings.seq) return;
+    state.settings.alerts = alerts;
+    renderSettingsFields(alerts);
+    renderSecret();
+    setSettingsBusy(false);
+  } catch (error) {
+    if (seq !== state.settings.seq || !reportable(error)) return;
+    show($("settings-loading"), false);
+    messageAt("settings-error", `The settings could not be loaded: ${describe(error)}`);
+  }
+}
+
+function describe(error) {
+  const code = error instanceof ApiError ? error.code : "ERROR";
+  const status = error instanceof ApiError && error.status ? ` (HTTP ${error.status})` : "";
+  return `${code}: ${error.message}${status}`;
+}
+
+function renderSettingsFields(alerts) {
+  const threshold = toBig(alerts.low_balance_threshold_micros);
+  $("settings-currency").textContent = state.currency ? `(${state.currency})` : "";
+  $("settings-threshold").value = microsToUnits(threshold);
+  $("settings-threshold-hint").textContent = alerts.threshold_set
+    ? `Your own threshold, exact to the micro. The warning on this page follows it too.`
+    : `The service's default (${formatMicros(threshold, state.currency)}); saving makes it your own.`;
+  $("settings-webhook").value = alerts.webhook_url || "";
+}
+
+function renderSecret() {
+  const alerts = state.settings.alerts;
+  const secret = state.settings.secret;
+  $("settings-secret").textContent = secret || "";
+  show($("settings-secret-new"), Boolean(secret));
+  let text = "";
+  if (secret) text = "A new signing secret is set:";
+  else if (alerts && alerts.signing_secret_set) text = "A signing secret is set. It was shown once, when it was made.";
+  else if (alerts) text = "No signing secret yet: one is made, and shown once, when you first set a webhook.";
+  $("settings-secret-state").textContent = text;
+}
+
+/** What the threshold now is, for the low-balance warning of the wallet. */
+function thresholdSaved(micros) {
+  state.threshold = toBig(micros);
+  if (state.account) renderWallet(state.account);
+}
+
+/**
+ * An error of a save or a rotation: a refused field's message next to that field (the API names
+ * them, "webhook_url: must be …", "; " between them), anything else at `generalId`.
+ */
+function settingsFailed(error, generalId) {
+  if (!reportable(error)) return;
+  const general = [];
+  if (error instanceof ApiError && error.status === 400) {
+    for (const part of String(error.message).split("; ")) {
+      const match = /^([a-z_]+): (.+)$/s.exec(part);
+      const field = match && SETTINGS_FIELDS[match[1]];
+      if (field) fieldError(field, match[2].charAt(0).toUpperCase() + match[2].slice(1));
+      else general.push(part);
+    }
+    if (general.length > 0) messageAt(generalId, `The service refused the settings: ${general.join("; ")}`);
+  } else {
+    messageAt(generalId, `The settings could not be saved: ${describe(error)}`);
+  }
+  const invalid = document.querySelector('#settings [aria-invalid="true"]');
+  if (invalid) invalid.focus();
+}
+
+/** Saves the whole setting (PUT): the threshold as typed, exactly, and the webhook or none. */
+async function saveSettings(event) {
+  event.preventDefault();
+  if (state.settings.writing) return;
+  clearSettingsMessages();
+  const parsed = parseThreshold($("settings-threshold").value);
+  if (parsed.error) {
+    fieldError("threshold", parsed.error);
+    $("settings-threshold").focus();
+    return;
+  }
+  const url = $("settings-webhook").value.trim();
+  // Written by hand so the micros go out as the exact integer, however large.
+  const body = `{"low_balance_threshold_micros":${parsed.micros.toString()},"webhook_url":${JSON.stringify(url === "" ? null : url)}}`;
+  const seq = state.settings.seq;
+  const button = $("settings-save");
+  if (!startWrite(button)) return;
+  try {
+    const saved = await api(`${API}/alerts`, { method: "PUT", body });
+    if (seq !== state.settings.seq) return;
+    const before = state.settings.alerts || {};
+    state.settings.alerts = {
+      low_balance_threshold_micros: saved.low_balance_threshold_micros,
+      threshold_set: true,
+      webhook_url: saved.webhook_url,
+      signing_secret_set: Boolean(before.signing_secret_set || saved.signing_secret),
+    };
+    if (saved.signing_secret) state.settings.secret = saved.signing_secret;
+    renderSettingsFields(state.settings.alerts);
+    renderSecret();
+    thresholdSaved(saved.low_balance_threshold_micros);
+    $("settings-status").textContent = saved.signing_secret
+      ? "Saved. A signing secret was made: copy it now."
+      : "Saved.";
+  } catch (error) {
+    if (seq === state.settings.seq) settingsFailed(error, "settings-error");
+  } finally {
+    endWrite(button);
+  }
+}
+
+/** A new signing secret (PATCH with the rotation only: the threshold and webhook stay). */
+async function rotateSecret() {
+  const seq = state.settings.seq;
+  const button = $("settings-rotate");
+  if (!startWrite(button)) return;
+  clearSettingsMessages();
+  try {
+    const saved = await api(`${API}/alerts`, { method: "PATCH", body: '{"rotate_signing_secret":true}' });
+    if (seq !== state.settings.seq) return;
+    state.settings.alerts = { ...(state.settings.alerts || {}), signing_secret_set: true };
+    state.settings.secret = saved.signing_secret || null;
+    renderSecret();
+    $("settings-status").textContent = "A new signing secret was made: copy it now.";
+  } catch (error) {
+    if (seq === state.settings.seq) settingsFailed(error, "settings-rotate-error");
+  } finally {
+    endWrite(button);
+  }
+}
+
 // --- start ------------------------------------------------------------------------------------
 
+/** Where the page says which time zone its times and dates are in. */
+function labelZones() {
+  const zone = localZoneLabel();
+  $("records-time").textContent = `Time (${zone})`;
+  $("filter-zone").textContent = `Whole days in your time zone (${zone}), both included.`;
+  $("foot").textContent =
+    "Amounts are exact to the micro; shown rounded to 2 decimals. " +
+    `Times in your time zone (${zone}) unless marked billing time; ` +
+    "usage days and the free quota's month in the billing time zone.";
+}
+
 function init() {
+  labelZones();
   $("token-submit").addEventListener("click", () => startWithToken($("token-input").value));
   $("token-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) startWithToken($("token-input").value);
@@ -841,6 +1174,18 @@ function init() {
     showTokenForm(WELCOME_MESSAGE, false);
   });
   $("error-close").addEventListener("click", () => clearError());
+  $("settings-open").addEventListener("click", () => {
+    if ($("settings").hidden) openSettings();
+    else closeSettings(true);
+  });
+  $("settings-close").addEventListener("click", () => closeSettings(true));
+  $("settings").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") closeSettings(true);
+  });
+  $("settings-form").addEventListener("submit", saveSettings);
+  $("settings-rotate").addEventListener("click", rotateSecret);
+  $("settings-threshold").addEventListener("input", () => fieldError("threshold", ""));
+  $("settings-webhook").addEventListener("input", () => fieldError("webhook", ""));
   $("filter-apply").addEventListener("click", applyFilters);
   $("load-more").addEventListener("click", () => loadRecords(false));
   $("export-csv").addEventListener("click", exportCsv);

@@ -3,7 +3,10 @@
 // seeded; every number it checks is read from the REST API with the same token, never assumed.
 //
 //   CONSOLE_URL=… CHROMIUM=/usr/bin/chromium JWT_SECRET=… USER_ID=… \
-//   WEBHOOK_URL=… WEBHOOK_SECRET=… [SCREENSHOT=out.png] node console.test.mjs
+//   WEBHOOK_URL=… WEBHOOK_SECRET=… BILLING_TIME_ZONE=… [SCREENSHOT=out.png] node console.test.mjs
+//
+// BILLING_TIME_ZONE is the service's configured billing zone (an IANA name): the page is never
+// told it by name, so the test computes what the page must show from it independently.
 //
 // Prints "ok N - …" per passed check ("not ok N - …" and the reason otherwise), then
 // "N passed, N failed"; exits non-zero when any check failed.
@@ -29,7 +32,10 @@ const JWT_SECRET = required("JWT_SECRET");
 const USER_ID = required("USER_ID");
 const WEBHOOK_URL = required("WEBHOOK_URL");
 const WEBHOOK_SECRET = required("WEBHOOK_SECRET");
+const BILLING_TIME_ZONE = required("BILLING_TIME_ZONE");
 const SCREENSHOT = process.env.SCREENSHOT || "";
+const VIEWPORT = { width: 1280, height: 900 };
+const LOCAL_ZONE = "Europe/Berlin";
 
 const WAIT_MS = 15000;
 const TOKEN_KEY = "billing-console-token";
@@ -67,12 +73,97 @@ assert.equal(money(0, "CNY"), "CNY 0.00");
 assert.equal(money(4999, "CNY"), "CNY 0.00");
 assert.equal(money(5000, "CNY"), "CNY 0.01");
 
+/** Micros as exact currency units, as the settings show them: 1500000 → "1.5". */
+function units(micros) {
+  const value = BigInt(micros);
+  const whole = value / 1000000n;
+  const fraction = String(value % 1000000n).padStart(6, "0").replace(/0+$/, "");
+  return fraction ? `${whole}.${fraction}` : String(whole);
+}
+
+assert.equal(units(1000000), "1");
+assert.equal(units(7123456), "7.123456");
+assert.equal(units(1), "0.000001");
+
 function addDays(key, days) {
   const [y, m, d] = key.split("-").map(Number);
   const at = new Date(Date.UTC(2000, 0, 1));
   at.setUTCFullYear(y, m - 1, d + days);
   return at.toISOString().slice(0, 10);
 }
+
+// --- time, independently of the page: Intl.DateTimeFormat in named zones -----------------------
+
+const MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/** Milliseconds of an RFC 3339 instant (the service writes microseconds). */
+function instantMs(text) {
+  return Date.parse(text.replace(/(\.\d{3})\d+/, "$1"));
+}
+
+/** The date and time an instant reads in `zone`. */
+function clockIn(ms, zone) {
+  const fields = {};
+  const format = new Intl.DateTimeFormat("en-GB", {
+    timeZone: zone,
+    year: "numeric",
+    month: "2-digit",
+    day: "2-digit",
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
+    hourCycle: "h23",
+  });
+  for (const part of format.formatToParts(new Date(ms))) fields[part.type] = Number(part.value);
+  return { ...fields, hour: fields.hour % 24 };
+}
+
+const two = (n) => String(n).padStart(2, "0");
+
+/** "1 Jan 00:00" in `zone`. */
+function dayAndTime(ms, zone) {
+  const c = clockIn(ms, zone);
+  return `${c.day} ${MONTH_NAMES[c.month - 1]} ${two(c.hour)}:${two(c.minute)}`;
+}
+
+/** "2 Jan 2026 17:00:05" in `zone`. */
+function dateAndTime(ms, zone) {
+  const c = clockIn(ms, zone);
+  return `${c.day} ${MONTH_NAMES[c.month - 1]} ${c.year} ${two(c.hour)}:${two(c.minute)}:${two(c.second)}`;
+}
+
+/** "YYYY-MM-DD" in `zone`. */
+function dateIn(ms, zone) {
+  const c = clockIn(ms, zone);
+  return `${c.year}-${two(c.month)}-${two(c.day)}`;
+}
+
+/** `zone`'s offset from UTC at an instant, as "UTC+08:00" ("UTC" for none). */
+function offsetIn(ms, zone) {
+  const name = new Intl.DateTimeFormat("en-US", { timeZone: zone, timeZoneName: "longOffset" })
+    .formatToParts(new Date(ms))
+    .find((part) => part.type === "timeZoneName").value;
+  return name.replace(/^GMT/, "UTC").replace("\u2212", "-").replace(/^UTC[+-]00:00$/, "UTC");
+}
+
+/** The instant a date's midnight is in `zone`. */
+function midnightIn(key, zone) {
+  const [y, m, d] = key.split("-").map(Number);
+  const wanted = Date.UTC(y, m - 1, d);
+  let guess = wanted;
+  for (let i = 0; i < 3; i += 1) {
+    const c = clockIn(guess, zone);
+    guess = wanted - (Date.UTC(c.year, c.month - 1, c.day, c.hour, c.minute, c.second) - guess);
+  }
+  return guess;
+}
+
+assert.equal(new Date(midnightIn("2026-01-01", "Asia/Shanghai")).toISOString(), "2025-12-31T16:00:00.000Z");
+assert.equal(new Date(midnightIn("2026-07-01", "Europe/Berlin")).toISOString(), "2026-06-30T22:00:00.000Z");
+assert.equal(dayAndTime(Date.UTC(2025, 11, 31, 16), "Asia/Shanghai"), "1 Jan 00:00");
+assert.equal(dayAndTime(Date.UTC(2025, 11, 31, 16), "Europe/Berlin"), "31 Dec 17:00");
+assert.equal(offsetIn(Date.UTC(2025, 11, 31, 16), "Asia/Shanghai"), "UTC+08:00");
+assert.equal(offsetIn(Date.UTC(2025, 11, 31, 16), "UTC"), "UTC");
 
 // --- the REST API and the webhook ------------------------------------------------------------
 
@@ -83,14 +174,14 @@ async function apiGet(path, token = TOKEN) {
   return path.includes("/records/export") ? text : JSON.parse(text);
 }
 
-async function apiPatch(path, body) {
+async function apiPatch(path, body, method = "PATCH") {
   const response = await fetch(`${BASE}${path}`, {
-    method: "PATCH",
+    method,
     headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
     body: JSON.stringify(body),
   });
   const text = await response.text();
-  assert.equal(response.status, 200, `PATCH ${path} answered ${response.status}: ${text}`);
+  assert.equal(response.status, 200, `${method} ${path} answered ${response.status}: ${text}`);
   return JSON.parse(text);
 }
 
@@ -202,6 +293,107 @@ async function expectRowIds(page, expected, what) {
   assert.deepEqual(await rowIds(page), expected, `records table: ${what}`);
 }
 
+/**
+ * Walks the records the API selects with `query` page by page, clicking load-more, and checks
+ * the table against each; returns every record id.
+ */
+async function expectAllPages(page, query, what) {
+  const base = `/api/v1/billing/records?limit=20${query ? `&${query}` : ""}`;
+  let answer = await apiGet(base);
+  let expected = answer.records.map((record) => record.record_id);
+  await expectRowIds(page, expected, `${what}, page 1`);
+  for (let pageNo = 2; answer.next_cursor; pageNo += 1) {
+    assert.ok(pageNo < 100, "too many pages");
+    await expectVisible(page, "#load-more", true, `${what}: load-more before page ${pageNo}`);
+    await page.click("#load-more");
+    answer = await apiGet(`${base}&cursor=${encodeURIComponent(answer.next_cursor)}`);
+    expected = expected.concat(answer.records.map((record) => record.record_id));
+    await expectRowIds(page, expected, `${what}, after page ${pageNo}`);
+  }
+  await expectVisible(page, "#load-more", false, `${what}: load-more once the API's next_cursor is null`);
+  return expected;
+}
+
+/** The CSV the export button downloads. */
+async function downloadCsv(page) {
+  const [download] = await Promise.all([page.waitForEvent("download", { timeout: WAIT_MS }), page.click("#export-csv")]);
+  assert.equal(download.suggestedFilename(), "records.csv", "download file name");
+  const file = await download.path();
+  assert.ok(file, `the download failed: ${await download.failure()}`);
+  return readFile(file, "utf8");
+}
+
+/** Waits until `predicate(arg)` holds in the page; a timeout is left to the assertions after. */
+async function settle(page, predicate, arg) {
+  try {
+    await page.waitForFunction(predicate, arg, { timeout: WAIT_MS });
+  } catch (_) {
+    // Reported by the assertions that follow.
+  }
+}
+
+async function focusedId(page) {
+  return page.evaluate(() => (document.activeElement ? document.activeElement.id : ""));
+}
+
+/** Presses Tab (or Shift+Tab, for an element before the focus) until `id` has the focus. */
+async function tabTo(page, id) {
+  const forward = await page.evaluate((target) => {
+    const active = document.activeElement;
+    const element = document.getElementById(target);
+    if (!active || active === document.body || !element) return true;
+    return Boolean(active.compareDocumentPosition(element) & Node.DOCUMENT_POSITION_FOLLOWING);
+  }, id);
+  const key = forward ? "Tab" : "Shift+Tab";
+  for (let presses = 0; presses < 80; presses += 1) {
+    if ((await focusedId(page)) === id) return;
+    await page.keyboard.press(key);
+  }
+  assert.fail(`#${id} never got the focus by ${key} (the focus is on #${await focusedId(page)})`);
+}
+
+/**
+ * Every visible control's accessible name as Chromium computes it (its accessibility tree, read
+ * through the DevTools protocol): buttons, inputs, selects, text areas and focusable elements.
+ */
+async function controlNames(page) {
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    await cdp.send("Accessibility.enable");
+    const { root } = await cdp.send("DOM.getDocument", { depth: -1 });
+    const { nodeIds } = await cdp.send("DOM.querySelectorAll", {
+      nodeId: root.nodeId,
+      selector: "button, input, select, textarea, [tabindex]",
+    });
+    const controls = [];
+    for (const nodeId of nodeIds) {
+      const { node } = await cdp.send("DOM.describeNode", { nodeId });
+      const attributes = node.attributes || [];
+      const id = attributes[attributes.indexOf("id") + 1] || node.localName;
+      const { nodes } = await cdp.send("Accessibility.getPartialAXTree", { nodeId, fetchRelatives: false });
+      const ax = nodes.find((n) => n.backendDOMNodeId === node.backendNodeId) || nodes[0];
+      if (!ax || ax.ignored) continue; // hidden
+      controls.push({ id, role: ax.role ? ax.role.value : "", name: ax.name ? String(ax.name.value).trim() : "" });
+    }
+    return controls;
+  } finally {
+    await cdp.detach();
+  }
+}
+
+/** Asserts every visible control is named, and the named ones are named as `expected` says. */
+async function expectNamedControls(page, expected, what) {
+  const controls = await controlNames(page);
+  assert.ok(controls.length >= Object.keys(expected).length, `${what}: controls found ${JSON.stringify(controls)}`);
+  const unnamed = controls.filter((control) => !control.name);
+  assert.deepEqual(unnamed, [], `${what}: controls without an accessible name`);
+  for (const [id, name] of Object.entries(expected)) {
+    const control = controls.find((c) => c.id === id);
+    assert.ok(control, `${what}: #${id} is not a visible control: ${JSON.stringify(controls)}`);
+    assert.match(control.name, name, `${what}: the accessible name of #${id}`);
+  }
+}
+
 async function expectVisible(page, selector, visible, what) {
   try {
     await page.waitForSelector(selector, { state: visible ? "visible" : "hidden", timeout: WAIT_MS });
@@ -231,7 +423,7 @@ async function check(number, name, body) {
 
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  const context = await browser.newContext({ viewport: VIEWPORT, acceptDownloads: true });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   const pageErrors = [];
@@ -333,6 +525,59 @@ try {
     await page.click("#filter-apply");
     const all = await apiGet("/api/v1/billing/records?limit=20");
     await expectRowIds(page, all.records.map((record) => record.record_id), "all types again");
+  });
+
+  await check(10, "date filters: whole days in the browser's zone as the API selects them (from inclusive, to exclusive); the CSV has the same filter", async () => {
+    const zone = await page.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
+    assert.ok(zone, "the browser names its time zone");
+    // The page sends its days as instants: the first day's midnight and the midnight after the
+    // last day, in the browser's zone.
+    const range = (first, last) =>
+      `from=${encodeURIComponent(new Date(midnightIn(first, zone)).toISOString())}` +
+      `&to=${encodeURIComponent(new Date(midnightIn(addDays(last, 1), zone)).toISOString())}`;
+    const today = dateIn(Date.now(), zone);
+    const yesterday = addDays(today, -1);
+    await expectText(page, "#filter-zone", `Whole days in your time zone (${zone}), both included.`, "the filter says its zone");
+
+    await page.selectOption("#filter-type", "");
+    await page.fill("#filter-from", today);
+    await page.fill("#filter-to", today);
+    await page.click("#filter-apply");
+    const todays = await expectAllPages(page, range(today, today), `${today} to ${today} (${zone})`);
+    assert.ok(todays.length > 0, `the API has records of today, ${today} in ${zone}`);
+    assert.equal(await downloadCsv(page), await apiGet(`/api/v1/billing/records/export?${range(today, today)}`), "the CSV equals the API's export of today");
+
+    // Yesterday alone: nothing, the user's records are all of today; `to` ends at today's midnight.
+    const none = await apiGet(`/api/v1/billing/records?limit=20&${range(yesterday, yesterday)}`);
+    assert.deepEqual(none.records, [], `the API has no records on ${yesterday}`);
+    await page.fill("#filter-from", yesterday);
+    await page.fill("#filter-to", yesterday);
+    await page.click("#filter-apply");
+    await expectVisible(page, "#records-empty", true, "the empty range shows no records");
+    await expectRowIds(page, [], `${yesterday} to ${yesterday}`);
+    await expectVisible(page, "#load-more", false, "load-more for an empty range");
+    assert.equal(await downloadCsv(page), await apiGet(`/api/v1/billing/records/export?${range(yesterday, yesterday)}`), "the CSV equals the API's export of yesterday");
+
+    // A range from yesterday to today holds today's records too.
+    await page.fill("#filter-from", yesterday);
+    await page.fill("#filter-to", today);
+    await page.click("#filter-apply");
+    await expectAllPages(page, range(yesterday, today), `${yesterday} to ${today}`);
+
+    // From after To is refused on the page; the table keeps what it showed.
+    const shown = await rowIds(page);
+    await page.fill("#filter-from", today);
+    await page.fill("#filter-to", yesterday);
+    await page.click("#filter-apply");
+    await expectVisible(page, "#filter-error", true, "From after To");
+    assert.deepEqual(await rowIds(page), shown, "the table after a refused filter");
+
+    await page.fill("#filter-from", "");
+    await page.fill("#filter-to", "");
+    await page.click("#filter-apply");
+    await expectVisible(page, "#filter-error", false, "the error once the dates are cleared");
+    const all = await apiGet("/api/v1/billing/records?limit=20");
+    await expectRowIds(page, all.records.map((record) => record.record_id), "no date filter again");
   });
 
   await check(4, "usage chart has bars for today; top APIs in the order of the API's amounts", async () => {
@@ -451,8 +696,234 @@ try {
     await apiPatch("/api/v1/billing/alerts", { low_balance_threshold_micros: 1000000 });
   });
 
+  // The alert requests the page sends (method and body), for the settings checks.
+  const alertWrites = [];
+  page.on("request", (request) => {
+    if (request.method() !== "GET" && new URL(request.url()).pathname === "/api/v1/billing/alerts") {
+      alertWrites.push({ method: request.method(), body: request.postData() });
+    }
+  });
+
+  /** Opens the settings and waits until they show what the API reads. */
+  async function openSettings(target) {
+    await target.click("#settings-open");
+    await expectVisible(target, "#settings", true, "the settings");
+    await settle(target, () => !document.querySelector("#settings-threshold").disabled);
+    assert.equal(await target.$eval("#settings-open", (b) => b.getAttribute("aria-expanded")), "true", "settings-open aria-expanded");
+  }
+
+  await check(11, "settings: threshold and webhook saved whole as the API reads them; the signing secret shown once, then only said to be set; rotation; refused input shown at its field, nothing changed", async () => {
+    await page.reload();
+    const account = await apiGet("/api/v1/billing/account");
+    await expectText(page, "#balance", money(account.balance_micros, currency), "balance after reload");
+    const start = await apiGet("/api/v1/billing/alerts");
+    await openSettings(page);
+    assert.equal(await page.inputValue("#settings-threshold"), units(start.low_balance_threshold_micros), "the threshold shown");
+    assert.equal(await page.inputValue("#settings-webhook"), start.webhook_url || "", "the webhook shown");
+    if (!start.signing_secret_set) await expectText(page, "#settings-secret-state", "No signing secret yet: one is made, and shown once, when you first set a webhook.", "no secret yet");
+    await expectVisible(page, "#settings-secret-new", false, "no secret to show");
+
+    // Both fields, exactly to the micro; the first webhook gets a secret, shown in that answer.
+    const hook = `http://127.0.0.1:9/billing-alerts/${crypto.randomUUID()}`;
+    await page.fill("#settings-threshold", "7.123456");
+    await page.fill("#settings-webhook", hook);
+    const writes = alertWrites.length;
+    await page.click("#settings-save");
+    await settle(page, () => /^Saved/.test(document.querySelector("#settings-status").textContent));
+    assert.match((await textOf(page, "#settings-status")) || "", /^Saved/, "settings-status after saving");
+    const put = alertWrites.slice(writes);
+    assert.equal(put.length, 1, `one write: ${JSON.stringify(put)}`);
+    assert.equal(put[0].method, "PUT", "the settings are saved whole");
+    assert.equal(put[0].body, `{"low_balance_threshold_micros":7123456,"webhook_url":${JSON.stringify(hook)}}`, "the PUT body");
+    let alerts = await apiGet("/api/v1/billing/alerts");
+    assert.deepEqual(alerts, { low_balance_threshold_micros: 7123456, threshold_set: true, webhook_url: hook, signing_secret_set: true }, "the API's settings after saving");
+    await expectVisible(page, "#settings-secret-new", true, "the new signing secret");
+    assert.match((await textOf(page, "#settings-secret-new")) || "", /shown once, copy it now/i, "the note with the secret");
+    const secret = (await textOf(page, "#settings-secret")) || "";
+    assert.ok(secret.length >= 16, `the secret shown: ${secret}`);
+
+    // The largest threshold, exact; the wallet's warning follows it at once.
+    await page.fill("#settings-threshold", "1000000000");
+    await page.click("#settings-save");
+    await settle(page, (want) => document.querySelector("#settings-threshold").value === want && /^Saved/.test(document.querySelector("#settings-status").textContent), "1000000000");
+    alerts = await apiGet("/api/v1/billing/alerts");
+    assert.equal(alerts.low_balance_threshold_micros, 1000000000000000, "the API's threshold after saving 1000000000 units");
+    assert.equal(alerts.webhook_url, hook, "the webhook stays");
+    await expectVisible(page, "#low-balance", true, "the low-balance warning under the new threshold");
+    assert.ok(((await textOf(page, "#low-balance")) || "").includes(money(1000000000000000n, currency)), "the warning names the new threshold");
+    assert.equal(await textOf(page, "#settings-secret"), secret, "the secret stays shown until the settings are read again");
+
+    // After a reload: set, never shown.
+    await page.reload();
+    await expectText(page, "#balance", money(account.balance_micros, currency), "balance after reload");
+    await openSettings(page);
+    assert.equal(await page.inputValue("#settings-threshold"), "1000000000", "the threshold after reload");
+    assert.equal(await page.inputValue("#settings-webhook"), hook, "the webhook after reload");
+    await expectVisible(page, "#settings-secret-new", false, "the secret after reload");
+    assert.match((await textOf(page, "#settings-secret-state")) || "", /^A signing secret is set\./, "settings-secret-state after reload");
+    assert.ok(!(await page.evaluate(() => document.body.innerText)).includes(secret), "the secret appears nowhere after reload");
+
+    // Rotation: a new secret, shown once; the rest stays.
+    await page.click("#settings-rotate");
+    await expectVisible(page, "#settings-secret-new", true, "the rotated secret");
+    const rotated = (await textOf(page, "#settings-secret")) || "";
+    assert.ok(rotated.length >= 16 && rotated !== secret, `a new secret: ${rotated}`);
+    assert.deepEqual(alertWrites[alertWrites.length - 1], { method: "PATCH", body: '{"rotate_signing_secret":true}' }, "the rotation asks for nothing else");
+    assert.deepEqual(await apiGet("/api/v1/billing/alerts"), alerts, "the settings after the rotation");
+
+    // Refused by the service: the message at the field, nothing changed.
+    await page.fill("#settings-threshold", "2.5");
+    await page.fill("#settings-webhook", "ftp://example.com/hook");
+    await page.click("#settings-save");
+    await expectVisible(page, "#settings-webhook-error", true, "the error of an ftp URL");
+    assert.match((await textOf(page, "#settings-webhook-error")) || "", /http\(s\) URL/, "settings-webhook-error text (the API's)");
+    assert.equal(await page.$eval("#settings-webhook", (i) => i.getAttribute("aria-invalid")), "true", "the webhook is marked invalid");
+    assert.equal(await page.isVisible("#settings-threshold-error"), false, "the threshold was fine");
+    assert.ok(!/^Saved/.test((await textOf(page, "#settings-status")) || ""), "not saved");
+    assert.deepEqual(await apiGet("/api/v1/billing/alerts"), alerts, "the settings after a refused URL");
+
+    // Both fields refused at once (over the largest threshold), each at its field.
+    await page.fill("#settings-threshold", "1000000000.000001");
+    await page.click("#settings-save");
+    await expectVisible(page, "#settings-threshold-error", true, "the error of a threshold over the largest");
+    await expectVisible(page, "#settings-webhook-error", true, "the error of the ftp URL again");
+    assert.deepEqual(await apiGet("/api/v1/billing/alerts"), alerts, "the settings after a refused threshold");
+
+    // Chromium logs each refused request as a console error: these two are the ones asked for,
+    // any other error stays for check 8.
+    const refusal = /^console error: Failed to load resource: the server responded with a status of 400 .*\/api\/v1\/billing\/alerts\)$/;
+    const refusalsLogged = () => pageErrors.filter((text) => refusal.test(text)).length;
+    await pollApi(async () => refusalsLogged(), (count) => count >= 2);
+    assert.equal(refusalsLogged(), 2, `the refused saves logged: ${pageErrors.join("; ")}`);
+    pageErrors.splice(0, pageErrors.length, ...pageErrors.filter((text) => !refusal.test(text)));
+
+    // Not a number: refused on the page, nothing sent.
+    const before = alertWrites.length;
+    await page.fill("#settings-threshold", "1.2.3");
+    await page.click("#settings-save");
+    await expectVisible(page, "#settings-threshold-error", true, "the error of 1.2.3");
+    assert.equal(alertWrites.length, before, "nothing sent for a threshold that is not a number");
+
+    // The usual settings again for the checks after this one.
+    await apiPatch("/api/v1/billing/alerts", { low_balance_threshold_micros: 1000000, webhook_url: null }, "PUT");
+    await page.click("#settings-close");
+    await expectVisible(page, "#settings", false, "the settings after close");
+    assert.equal(await focusedId(page), "settings-open", "the focus returns to the settings button");
+  });
+
+  await check(12, "keyboard only (Tab, Enter, Space, arrows): filter, load more, open the settings, save, close", async () => {
+    await page.reload();
+    await page.waitForSelector(ROWS);
+    const recharges = await apiGet("/api/v1/billing/records?limit=20&type=recharge");
+    await tabTo(page, "filter-type");
+    for (let presses = 0; presses < 10 && (await page.inputValue("#filter-type")) !== "recharge"; presses += 1) await page.keyboard.press("ArrowDown");
+    assert.equal(await page.inputValue("#filter-type"), "recharge", "the type chosen with the arrow keys");
+    await tabTo(page, "filter-apply");
+    await page.keyboard.press("Enter");
+    await expectRowIds(page, recharges.records.map((record) => record.record_id), "type=recharge applied with Enter");
+
+    await tabTo(page, "filter-type");
+    for (let presses = 0; presses < 10 && (await page.inputValue("#filter-type")) !== ""; presses += 1) await page.keyboard.press("ArrowUp");
+    await tabTo(page, "filter-apply");
+    await page.keyboard.press("Space");
+    const first = await apiGet("/api/v1/billing/records?limit=20");
+    await expectRowIds(page, first.records.map((record) => record.record_id), "every type applied with Space");
+    const second = await apiGet(`/api/v1/billing/records?limit=20&cursor=${encodeURIComponent(first.next_cursor)}`);
+    await tabTo(page, "load-more");
+    await page.keyboard.press("Enter");
+    await expectRowIds(page, first.records.concat(second.records).map((record) => record.record_id), "load more with Enter");
+
+    await tabTo(page, "settings-open");
+    await page.keyboard.press("Enter");
+    await expectVisible(page, "#settings", true, "the settings opened with Enter");
+    assert.equal(await focusedId(page), "settings-title", "the focus moves to the settings");
+    await settle(page, () => !document.querySelector("#settings-threshold").disabled);
+    await tabTo(page, "settings-threshold");
+    await page.keyboard.press("ControlOrMeta+A");
+    await page.keyboard.type("4.5");
+    await tabTo(page, "settings-save");
+    await page.keyboard.press("Space");
+    await settle(page, () => /^Saved/.test(document.querySelector("#settings-status").textContent));
+    const alerts = await apiGet("/api/v1/billing/alerts");
+    assert.equal(alerts.low_balance_threshold_micros, 4500000, "the threshold typed and saved with the keyboard");
+    assert.equal(alerts.webhook_url, null, "the webhook stays none");
+    await page.keyboard.press("Escape");
+    await expectVisible(page, "#settings", false, "the settings closed with Escape");
+    assert.equal(await focusedId(page), "settings-open", "the focus returns to the settings button");
+    await apiPatch("/api/v1/billing/alerts", { low_balance_threshold_micros: 1000000 });
+  });
+
+  await check(13, `times as users read them: the free quota's reset in billing time and in ${LOCAL_ZONE}; records in ${LOCAL_ZONE}, named`, async () => {
+    const account = await apiGet("/api/v1/billing/account");
+    const resets = instantMs(account.free_quota.resets_at);
+    const billing = clockIn(resets, BILLING_TIME_ZONE);
+    assert.deepEqual([billing.day, billing.hour, billing.minute], [1, 0, 0], `the reset is midnight on the 1st in ${BILLING_TIME_ZONE}`);
+    const inBilling = `Resets ${dayAndTime(resets, BILLING_TIME_ZONE)} billing time (${offsetIn(resets, BILLING_TIME_ZONE)})`;
+    const records = await apiGet("/api/v1/billing/records?limit=20");
+    for (const zone of [LOCAL_ZONE, BILLING_TIME_ZONE]) {
+      const context = await browser.newContext({ viewport: VIEWPORT, timezoneId: zone });
+      try {
+        const other = await context.newPage();
+        other.setDefaultTimeout(WAIT_MS);
+        watch(other, pageErrors, foreign, null);
+        await other.goto(`${BASE}/console#token=${TOKEN}`);
+        const sameClock = offsetIn(resets, zone) === offsetIn(resets, BILLING_TIME_ZONE);
+        const expected = sameClock ? inBilling : `${inBilling} · ${dayAndTime(resets, zone)} your time (${zone})`;
+        await expectText(other, "#free-resets", expected, `the reset line with the browser in ${zone}`);
+        await expectText(other, "#records-time", `Time (${zone})`, `the records' time column with the browser in ${zone}`);
+        await expectRowIds(other, records.records.map((record) => record.record_id), `the first page with the browser in ${zone}`);
+        const times = await other.$$eval(ROWS, (rows) => rows.map((row) => row.cells[0].textContent.trim()));
+        assert.deepEqual(times, records.records.map((record) => dateAndTime(instantMs(record.created_at), zone)), `record times in ${zone}`);
+      } finally {
+        await context.close();
+      }
+    }
+  });
+
+  await check(14, "accessibility: every control named; no serious or critical axe-core violation on the wallet, the settings and the token form", async () => {
+    const axeSource = await readFile(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+    // The page's policy (script-src 'self') refuses inline scripts, axe-core's injected one too:
+    // this context alone bypasses the policy, every other check runs under it.
+    const context = await browser.newContext({ viewport: VIEWPORT, bypassCSP: true });
+    try {
+      const other = await context.newPage();
+      other.setDefaultTimeout(WAIT_MS);
+      watch(other, pageErrors, foreign, null);
+      await other.goto(`${BASE}/console#token=${TOKEN}`);
+      const account = await apiGet("/api/v1/billing/account");
+      await expectText(other, "#balance", money(account.balance_micros, currency), "balance");
+      await other.waitForSelector(ROWS);
+      await other.waitForSelector("#usage-chart");
+      await other.waitForSelector("#top-apis tbody tr[data-api]");
+      await other.addScriptTag({ content: axeSource });
+      const audit = async (what) => {
+        const violations = await other.evaluate(async () => {
+          const results = await window.axe.run(document, { resultTypes: ["violations"] });
+          return results.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")) }));
+        });
+        for (const v of violations) console.log(`# axe-core, ${what}: ${v.impact} ${v.id} (${v.help}) at ${v.nodes.join(", ")}`);
+        const grave = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+        assert.deepEqual(grave, [], `${what}: serious or critical axe-core violations`);
+      };
+      const filters = { "filter-type": /^Type$/, "filter-from": /^From$/, "filter-to": /^To$/, "filter-apply": /^Apply$/, "recharge-amount": /^Amount/, "export-csv": /^Download CSV$/, "settings-open": /^Alert settings$/, "sign-out": /^Change token$/ };
+      await expectNamedControls(other, filters, "the wallet");
+      await audit("the wallet");
+
+      await openSettings(other);
+      await expectNamedControls(other, { ...filters, "settings-threshold": /^Low-balance threshold/, "settings-webhook": /^Webhook URL$/, "settings-save": /^Save settings$/, "settings-rotate": /^Rotate secret$/, "settings-close": /^Close$/ }, "the settings");
+      await audit("the settings");
+
+      await other.click("#sign-out");
+      await expectVisible(other, "#token-form", true, "the token form");
+      await expectNamedControls(other, { "token-input": /^Token$/, "token-submit": /^Open console$/ }, "the token form");
+      await audit("the token form");
+    } finally {
+      await context.close();
+    }
+  });
+
   await check(7, "an expired token shows the token form; a valid token pasted there shows the wallet", async () => {
-    const fresh = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const fresh = await browser.newContext({ viewport: VIEWPORT });
     try {
       const other = await fresh.newPage();
       other.setDefaultTimeout(WAIT_MS);

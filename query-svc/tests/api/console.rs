@@ -1,11 +1,14 @@
 //! The developer console at `/console`: its files are served from the binary with a policy that
 //! keeps the page to this origin, and the page itself, driven in headless Chromium, shows what
-//! the REST API answers, pages and filters the records, recharges and follows the order to PAID
-//! after a signed payment callback, and asks for a new token when its token has expired
-//! (`query-svc/console/e2e/console.test.mjs`, run by Node.js with playwright-core).
+//! the REST API answers, pages and filters the records (by type and by days), recharges and
+//! follows the order to PAID after a signed payment callback, reads and saves the alert settings
+//! (the signing secret shown once), shows times in the billing zone and the browser's, works from
+//! the keyboard, passes axe-core's serious and critical rules, and asks for a new token when its
+//! token has expired (`query-svc/console/e2e/console.test.mjs`, run by Node.js with
+//! playwright-core and axe-core).
 //!
-//! Chromium, Node.js and playwright-core are installed by `deploy/dev-deps.sh --browser` (as
-//! `make test` runs it); without them the browser test fails, it never skips.
+//! Chromium, Node.js, playwright-core and axe-core are installed by `deploy/dev-deps.sh
+//! --browser` (as `make test` runs it); without them the browser test fails, it never skips.
 
 use std::{
     path::{Path, PathBuf},
@@ -110,6 +113,11 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
         "playwright-core is not installed in {}: run deploy/dev-deps.sh --browser",
         e2e_dir().display()
     );
+    assert!(
+        e2e_dir().join("node_modules/axe-core/axe.min.js").exists(),
+        "axe-core is not installed in {}: run deploy/dev-deps.sh --browser",
+        e2e_dir().display()
+    );
 
     let stack = spawn_stack().await;
     let user = new_user("console");
@@ -146,6 +154,7 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
             ),
         )
         .env("WEBHOOK_SECRET", testkit::WEBHOOK_SECRET)
+        .env("BILLING_TIME_ZONE", &stack.settings.billing.time_zone)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -173,7 +182,7 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
     );
     // Every check of the script ran and passed.
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 9, "every check ran and passed:\n{stdout}");
+    assert_eq!(passed, 14, "every check ran and passed:\n{stdout}");
     assert!(!stdout.contains("not ok"), "{stdout}");
     stack.cleanup().await;
 }

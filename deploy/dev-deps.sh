@@ -8,7 +8,8 @@
 # of query-svc's OpenAPI document (deploy/openapi/validate.py) need:
 #   kubectl  (Debian's kubernetes-client when missing; its `kubectl kustomize` renders them)
 #   a Python virtualenv (python3, python3-venv) with kubernetes-validate (the Kubernetes schemas,
-#   offline) and openapi-spec-validator (OpenAPI 3.0 / 3.1), from PyPI
+#   offline), openapi-spec-validator (OpenAPI 3.0 / 3.1) and schemathesis (the property-based
+#   tester run against the document and a seeded query-svc), from PyPI
 # and, with --browser, what the browser tests of the developer console (query-svc/console/e2e)
 # need:
 #   Chromium (Debian's chromium), Node.js and npm (Debian's nodejs and npm when missing), and
@@ -70,6 +71,8 @@ readonly VENV_DIR="${BILLING_DEPS_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/
 readonly KUBERNETES_VALIDATE_VERSION=1.37.0
 # query-svc's /openapi.json is validated with this one (deploy/openapi/validate.py).
 readonly OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
+# ... and the server is held to it by this one (query-svc/tests/api/openapi.rs).
+readonly SCHEMATHESIS_VERSION=4.32.5
 # Test databases are named billing_test_<unix seconds>_<hex>; anything older than this is a
 # leftover of a run that crashed before it could clean up after itself.
 readonly TEST_LEFTOVER_MAX_AGE_SECS=$((6 * 3600))
@@ -476,18 +479,20 @@ ensure_kubectl() {
     echo "kubectl: $how at $(command -v kubectl)"
 }
 
-# True when the virtualenv's Python runs and has the pinned kubernetes-validate and
-# openapi-spec-validator.
+# True when the virtualenv's Python runs and has the pinned kubernetes-validate,
+# openapi-spec-validator and schemathesis.
 venv_ready() {
     "$VENV_DIR/bin/python" - "$KUBERNETES_VALIDATE_VERSION" "$OPENAPI_SPEC_VALIDATOR_VERSION" \
-        >/dev/null 2>&1 <<'PY'
+        "$SCHEMATHESIS_VERSION" >/dev/null 2>&1 <<'PY'
 import sys
 from importlib.metadata import version
 import kubernetes_validate  # noqa: F401
 import openapi_spec_validator  # noqa: F401
+import schemathesis  # noqa: F401
 sys.exit(
     version("kubernetes-validate") != sys.argv[1]
     or version("openapi-spec-validator") != sys.argv[2]
+    or version("schemathesis") != sys.argv[3]
 )
 PY
 }
@@ -506,17 +511,19 @@ ensure_python_validators() {
         if ! { python3 -m venv --clear "$VENV_DIR" &&
             "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check \
                 "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-                "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION"; } >"$log" 2>&1; then
+                "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" \
+                "schemathesis==$SCHEMATHESIS_VERSION"; } >"$log" 2>&1; then
             tail -n 20 "$log" >&2
             rm -f "$log"
-            die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION and openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION into $VENV_DIR"
+            die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION, openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION and schemathesis==$SCHEMATHESIS_VERSION into $VENV_DIR"
         fi
         rm -f "$log"
-        venv_ready || die "kubernetes-validate and openapi-spec-validator installed into $VENV_DIR but not importable"
+        venv_ready || die "kubernetes-validate, openapi-spec-validator and schemathesis installed into $VENV_DIR but not importable"
         how=installed
     fi
     echo "kubernetes-validate: $KUBERNETES_VALIDATE_VERSION $how in $VENV_DIR"
     echo "openapi-spec-validator: $OPENAPI_SPEC_VALIDATOR_VERSION $how in $VENV_DIR"
+    echo "schemathesis: $SCHEMATHESIS_VERSION $how in $VENV_DIR"
 }
 
 # --- watching the servers while the tests run -------------------------------------------------

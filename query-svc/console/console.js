@@ -164,18 +164,6 @@ function formatWallClock(clock, withYearAndSeconds) {
   return `${date} ${time}`;
 }
 
-/** An offset from UTC as "UTC+08:00", "UTC-05:00", or "UTC" for none. */
-function offsetName(offsetMs) {
-  if (offsetMs === 0) return "UTC";
-  const minutes = Math.round(Math.abs(offsetMs) / 60000);
-  return `UTC${offsetMs < 0 ? "-" : "+"}${pad2(Math.floor(minutes / 60))}:${pad2(minutes % 60)}`;
-}
-
-/** The browser's offset from UTC at an instant (ms). */
-function localOffsetMs(ms) {
-  return -new Date(ms).getTimezoneOffset() * 60000;
-}
-
 /** An RFC 3339 instant in the browser's time zone: "2 Jan 2026 17:00:05". */
 function formatInstant(text) {
   const at = parseInstant(text);
@@ -194,47 +182,40 @@ function addDays(key, days) {
   return dateKey(at.getUTCFullYear(), at.getUTCMonth() + 1, at.getUTCDate());
 }
 
-/**
- * The billing time zone's offset from UTC in ms, as the account's free quota tells it: the
- * period YYYY-MM resets at local midnight of the next month's first day, `resets_at` in UTC.
- * null when the account does not tell.
- */
-function billingOffsetMs(account) {
-  const quota = account && account.free_quota;
-  if (!quota || typeof quota.period !== "string") return null;
-  const match = /^(\d{4})-(\d{2})$/.exec(quota.period);
-  const resets = parseInstant(quota.resets_at);
-  if (!match || Number.isNaN(resets)) return null;
-  const nextMonthAsUtc = Date.UTC(Number(match[1]), Number(match[2]), 1);
-  const offset = nextMonthAsUtc - resets;
-  return Math.abs(offset) <= 15 * 3600 * 1000 ? offset : null;
+/** The billing time zone (an IANA name such as "Asia/Shanghai") the account names, or null. */
+function billingZone(account) {
+  const zone = account && account.free_quota && account.free_quota.time_zone;
+  if (typeof zone !== "string" || zone === "") return null;
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: zone });
+    return zone;
+  } catch (_) {
+    return null; // a zone this browser does not know: its own clock alone is shown
+  }
 }
 
 /**
- * When the free quota resets: in billing time, named by its offset from UTC (what the account
- * tells), then in the browser's time with its zone when that clock reads otherwise, as
- * "Resets 1 Jan 00:00 billing time (UTC+08:00) · 31 Dec 17:00 your time (Europe/Berlin)".
+ * When the free quota resets: in the billing time zone, named, then in the browser's time with
+ * its zone when that clock reads otherwise, as
+ * "Resets 1 Jan 00:00 (Asia/Shanghai) · 31 Dec 17:00 your time (Europe/Berlin)".
  */
 function resetLine(account) {
   const at = parseInstant(account && account.free_quota && account.free_quota.resets_at);
   if (Number.isNaN(at)) return "";
   const zone = localZoneName();
-  const local = `${formatWallClock(wallClock(at), false)} your time${zone ? ` (${zone})` : ""}`;
-  const offset = billingOffsetMs(account);
-  if (offset === null) return `Resets ${local}`;
-  const billing = `Resets ${formatWallClock(wallClock(at + offset, "UTC"), false)} billing time (${offsetName(offset)})`;
-  return localOffsetMs(at) === offset ? billing : `${billing} · ${local}`;
+  const localClock = formatWallClock(wallClock(at), false);
+  const local = `${localClock} your time${zone ? ` (${zone})` : ""}`;
+  const billing = billingZone(account);
+  if (billing === null) return `Resets ${local}`;
+  const billingClock = formatWallClock(wallClock(at, billing), false);
+  const line = `Resets ${billingClock} (${billing})`;
+  return billingClock === localClock ? line : `${line} · ${local}`;
 }
 
 /** Today's date in the billing time zone (the browser's own date when it is unknown). */
 function billingToday() {
-  const offset = billingOffsetMs(state.account);
-  if (offset === null) {
-    const now = new Date();
-    return dateKey(now.getFullYear(), now.getMonth() + 1, now.getDate());
-  }
-  const shifted = new Date(Date.now() + offset);
-  return dateKey(shifted.getUTCFullYear(), shifted.getUTCMonth() + 1, shifted.getUTCDate());
+  const clock = wallClock(Date.now(), billingZone(state.account) || undefined);
+  return dateKey(clock.year, clock.month, clock.day);
 }
 
 /** An instant at the browser's local midnight of a YYYY-MM-DD date plus `days`, or null. */
@@ -1157,8 +1138,8 @@ function labelZones() {
   $("filter-zone").textContent = `Whole days in your time zone (${zone}), both included.`;
   $("foot").textContent =
     "Amounts are exact to the micro; shown rounded to 2 decimals. " +
-    `Times in your time zone (${zone}) unless marked billing time; ` +
-    "usage days and the free quota's month in the billing time zone.";
+    `Times in your time zone (${zone}); the free quota's reset also in the billing time zone, ` +
+    "named; usage days and the free quota's month in the billing time zone.";
 }
 
 function init() {

@@ -159,6 +159,11 @@ text_type!(
     /// A recharge order's number, given out by command-svc.
     OrderNo, 1, 128, Charset::PrintableAscii
 );
+
+impl OrderNo {
+    /// What [`OrderNo::parse`] accepts, as an OpenAPI (ECMA-262) pattern.
+    pub const PATTERN: &str = "^[ -~]{1,128}$";
+}
 text_type!(
     /// The payment provider's transaction id; one credits at most once.
     ProviderTxnId, 1, 128, Charset::PrintableAscii
@@ -239,6 +244,15 @@ pub struct WebhookUrl(String);
 impl WebhookUrl {
     pub const MAX_CHARS: usize = 2048;
 
+    /// What [`WebhookUrl::parse`] accepts (with [`WebhookUrl::MAX_CHARS`] as the length), as an
+    /// OpenAPI (ECMA-262) pattern: empty, or `http://` or `https://`, then the authority (up to
+    /// the first `/`, `?` or `#`, without `[` or `]`) whose host (after its last `@`, before a
+    /// `:`) is not empty, then anything printable.
+    pub const PATTERN: &str = concat!(
+        r#"^(https?://([!"$-.0->@-Z\\^-~]*@)?[!"$-.0-9;->A-Z\\^-~][!"$-.0->A-Z\\^-~]*"#,
+        r#"([/?#][!-~]*)?)?$"#
+    );
+
     /// `None` for an empty value: no webhook.
     pub fn parse(field: &'static str, value: &str) -> Result<Option<Self>, FieldViolation> {
         if value.is_empty() {
@@ -264,8 +278,8 @@ impl WebhookUrl {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let host = authority.rsplit('@').next().unwrap_or_default();
         let host = host.split(':').next().unwrap_or_default();
-        let bracketed = authority.contains('[');
-        if host.is_empty() && !bracketed {
+        // No IPv6 literal (`[::1]`): a webhook is named by a host name or an IPv4 address.
+        if host.is_empty() || authority.contains(['[', ']']) {
             return Err(refused());
         }
         Ok(Some(WebhookUrl(value.to_owned())))
@@ -278,13 +292,49 @@ impl WebhookUrl {
 
 #[cfg(test)]
 mod tests {
+    /// `pattern` without its `^` and `$`, for generating the texts it matches.
+    fn unanchored(pattern: &str) -> &str {
+        pattern.trim_start_matches('^').trim_end_matches('$')
+    }
+
+    proptest::proptest! {
+        /// The document's patterns say exactly what the parsers accept: every text a pattern
+        /// generates is accepted, and on texts made of URL-like pieces the two always agree.
+        #[test]
+        fn the_patterns_are_the_parsers(
+            generated in proptest::string::string_regex(unanchored(WebhookUrl::PATTERN)).unwrap(),
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "http", "https", "://", "/", "?", "#", "@", ":", "[", "]", "a", "9", ".", "\\\\",
+                    "-", " ", "\u{7f}", "\u{e9}", "%", "ftp:", "\"",
+                ]),
+                0..12,
+            ),
+            order_no in "[ -\u{7f}\u{e9}]{0,130}",
+        ) {
+            let pattern = regex::Regex::new(WebhookUrl::PATTERN).unwrap();
+            proptest::prop_assert!(WebhookUrl::parse("webhook_url", &generated).is_ok());
+            let text = pieces.concat();
+            proptest::prop_assert_eq!(
+                pattern.is_match(&text),
+                WebhookUrl::parse("webhook_url", &text).is_ok(),
+                "{:?}", text
+            );
+            let orders = regex::Regex::new(OrderNo::PATTERN).unwrap();
+            proptest::prop_assert_eq!(
+                orders.is_match(&order_no),
+                OrderNo::parse("order_no", &order_no).is_ok()
+            );
+        }
+    }
+
     #[test]
     fn webhook_urls_are_http_or_https_with_a_host() {
         let ok = |v: &str| WebhookUrl::parse("webhook_url", v).unwrap();
         assert_eq!(ok(""), None);
         assert!(ok("https://hooks.example.com/billing?x=1").is_some());
         assert!(ok("http://127.0.0.1:8080/alerts").is_some());
-        assert!(ok("http://[::1]:9000/a").is_some());
+        assert!(ok("https://user@hooks.example.com:8443/a[1]?b#c").is_some());
         for bad in [
             "ftp://example.com/",
             "https://",
@@ -293,6 +343,9 @@ mod tests {
             "https://exa mple.com/",
             "https://example.com/\u{7f}",
             "javascript:alert(1)",
+            "http://[::1]:9000/a",
+            "http://a[b/",
+            "http://a]/",
         ] {
             assert!(WebhookUrl::parse("webhook_url", bad).is_err(), "{bad}");
         }

@@ -83,6 +83,9 @@ pub struct FreeQuotaJson {
     /// The start of the next period.
     #[schema(format = DateTime)]
     pub resets_at: String,
+    /// The billing time zone (IANA name) the period and its reset are reckoned in.
+    #[schema(example = "Asia/Shanghai")]
+    pub time_zone: String,
 }
 
 /// A snapshot with what the view needs besides it.
@@ -148,6 +151,7 @@ async fn get_account(
             held_micros: view.free_held.get(),
             remaining_micros: view.free_remaining.get(),
             resets_at: rfc3339(view.resets_at),
+            time_zone: rules.zone.tz().name().to_owned(),
         },
         available_micros: view.available.get(),
         monthly_free_micros: view.monthly_free.get(),

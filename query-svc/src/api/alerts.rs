@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[schema(as = AlertSettingsRequest)]
 struct AlertsBody {
     /// `balance_low` fires when the balance falls to or below this (a JSON integer).
+    #[serde(deserialize_with = "super::json_integer")]
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64, example = 5_000_000)]
     low_balance_threshold_micros: i64,
     /// Where alerts are delivered, signed; empty or `null` for nowhere. Required: a `PUT`
@@ -72,7 +73,7 @@ struct AlertsPatch {
 /// An integer that is there (`Some`); a field left out is `None` by its default, and `null` is
 /// refused.
 fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    i64::deserialize(deserializer).map(Some)
+    super::json_integer(deserializer).map(Some)
 }
 
 /// A field that is there, even as `null` (`Some(None)`), apart from one left out (`None`).

@@ -1,20 +1,24 @@
-//! Keyset pagination: page sizes and opaque cursors.
+//! Keyset pagination: page sizes and cursors.
 //!
-//! A cursor is the base64url (no padding) of a short text: a kind and version tag (`records.v1`,
-//! `orders.v1`), then the fields of the position, one per line. A records cursor also carries
-//! its filters in a canonical form, so a cursor used with other filters is refused instead of
-//! silently skipping or repeating records. Cursors are not signed: a hand-made one can only
-//! position a query on the caller's own rows, which the token already scopes.
+//! A cursor is the position of the last row of a page, written plainly so that the OpenAPI
+//! document can say exactly which cursors the server accepts: every text that matches the
+//! pattern is a position, and a page starts after it whatever the filters. A records cursor is
+//! an account version ([`RECORDS_PATTERN`]); an orders cursor is the instant in microseconds
+//! since 1970 and the order number ([`ORDERS_PATTERN`]). A hand-made cursor can only position a
+//! query on the caller's own rows, which the token already scopes.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 
 use super::error::ApiError;
 
+/// A records cursor: the version of the last record shown, 0 ..= 10^18 − 1.
+pub const RECORDS_PATTERN: &str = "^(0|[1-9][0-9]{0,17})$";
+/// An orders cursor: `<microseconds since 1970>-<order number>`, the number's letters and
+/// digits being what the service writes in order numbers.
+pub const ORDERS_PATTERN: &str = "^(0|[1-9][0-9]{0,17})-[0-9A-Za-z]{1,128}$";
+
 pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
-
-/// Cursors longer than this are not ours (an order number is at most 128 characters).
-const MAX_CURSOR_CHARS: usize = 1024;
 
 /// `limit`: absent or empty means [`DEFAULT_LIMIT`]; otherwise digits for 1 ..= [`MAX_LIMIT`].
 pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
@@ -27,34 +31,46 @@ pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::invalid(format!("limit must be an integer from 1 to {MAX_LIMIT}")))
 }
 
-/// The cursor of a page that ends at `fields`.
-pub fn encode(tag: &str, fields: &[&str]) -> String {
-    let mut text = tag.to_owned();
-    for field in fields {
-        text.push('\n');
-        text.push_str(field);
-    }
-    URL_SAFE_NO_PAD.encode(text)
+/// The cursor after the record of account version `version`.
+pub fn records_cursor(version: i64) -> String {
+    version.to_string()
 }
 
-/// The `n` fields of a cursor made by [`encode`] with `tag`; anything else is a 400.
-pub fn decode(cursor: &str, tag: &str, n: usize) -> Result<Vec<String>, ApiError> {
-    let invalid = || ApiError::invalid("cursor is not valid here; start again without one");
-    if cursor.len() > MAX_CURSOR_CHARS {
-        return Err(invalid());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let mut parts = text.splitn(n + 1, '\n');
-    if parts.next() != Some(tag) {
-        return Err(invalid());
-    }
-    let fields: Vec<String> = parts.map(str::to_owned).collect();
-    if fields.len() == n {
-        Ok(fields)
+/// The account version a records cursor starts after; anything else is a 400.
+pub fn records_position(cursor: &str) -> Result<i64, ApiError> {
+    number(cursor).ok_or_else(invalid)
+}
+
+/// The cursor after the order `order_no` created at `created_at`.
+pub fn orders_cursor(created_at: DateTime<Utc>, order_no: &str) -> String {
+    format!("{}-{order_no}", created_at.timestamp_micros())
+}
+
+/// The `(created_at, order_no)` an orders cursor starts after; anything else is a 400.
+pub fn orders_position(cursor: &str) -> Result<(DateTime<Utc>, String), ApiError> {
+    let (micros, order_no) = cursor.split_once('-').ok_or_else(invalid)?;
+    let at = number(micros)
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    let order_no_ok =
+        (1..=128).contains(&order_no.len()) && order_no.bytes().all(|b| b.is_ascii_alphanumeric());
+    if order_no_ok {
+        Ok((at, order_no.to_owned()))
     } else {
         Err(invalid())
     }
+}
+
+/// Digits of 0 ..= 10^18 − 1 without a leading zero, as the cursor patterns write them.
+fn number(text: &str) -> Option<i64> {
+    let digits_ok = (1..=18).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    digits_ok.then(|| text.parse().ok()).flatten()
+}
+
+fn invalid() -> ApiError {
+    ApiError::invalid("cursor is not a position of this listing; start again without one")
 }
 
 #[cfg(test)]
@@ -83,15 +99,46 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_decodes_only_as_its_own_kind() {
-        let cursor = encode("orders.v1", &["1700000000000000", "RO1|x"]);
+    fn cursors_are_exactly_their_patterns() {
+        assert_eq!(records_position(&records_cursor(42)).unwrap(), 42);
+        assert_eq!(records_position("0").unwrap(), 0);
         assert_eq!(
-            decode(&cursor, "orders.v1", 2).unwrap(),
-            vec!["1700000000000000", "RO1|x"]
+            records_position("999999999999999999").unwrap(),
+            999_999_999_999_999_999
         );
-        assert!(decode(&cursor, "records.v1", 2).is_err());
-        assert!(decode(&cursor, "orders.v1", 3).is_err());
-        assert!(decode("!!!", "orders.v1", 2).is_err());
-        assert!(decode("", "orders.v1", 2).is_err());
+        for bad in [
+            "",
+            "01",
+            "-1",
+            "+1",
+            "1.0",
+            "1000000000000000000",
+            "abc",
+            " 1",
+        ] {
+            assert!(records_position(bad).is_err(), "{bad:?}");
+        }
+        let at = DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap();
+        let cursor = orders_cursor(at, "RO0193ab");
+        assert_eq!(cursor, "1700000000000001-RO0193ab");
+        assert_eq!(
+            orders_position(&cursor).unwrap(),
+            (at, "RO0193ab".to_owned())
+        );
+        assert!(orders_position("0-a").is_ok());
+        for bad in [
+            "",
+            "1",
+            "1-",
+            "-RO1",
+            "01-RO1",
+            "1-RO 1",
+            "1-RO-1",
+            "x-RO1",
+            "1-RO\u{e9}",
+        ] {
+            assert!(orders_position(bad).is_err(), "{bad:?}");
+        }
+        assert!(orders_position(&format!("1-{}", "a".repeat(129))).is_err());
     }
 }

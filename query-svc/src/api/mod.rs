@@ -45,7 +45,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(Extension(openapi::Document::new(&api)))
+        .layer(Extension(openapi::Document::new(&openapi::exact(api))))
         .layer(axum::middleware::from_fn(shared::telemetry::observe_http))
         .with_state(state)
 }
@@ -68,8 +68,8 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document `GET /openapi.json` serves.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    openapi_router().into_openapi()
+pub fn openapi_document() -> serde_json::Value {
+    openapi::exact(openapi_router().into_openapi())
 }
 
 /// What a probe answers.
@@ -140,4 +140,135 @@ async fn method_not_allowed() -> ApiError {
 /// An instant as every answer writes it.
 pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// An RFC 3339 `date-time` as a query writes it (`2026-11-01T00:00:00Z`, `…T08:00:00.5+08:00`;
+/// `T` and `Z` in either case), exactly the texts the document's `format: date-time` admits:
+/// no space for the `T`, seconds and an offset always there.
+pub(crate) fn rfc3339_instant(text: &str) -> Option<DateTime<Utc>> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+    };
+    let shaped = digits(0..4)
+        && bytes.get(4) == Some(&b'-')
+        && digits(5..7)
+        && bytes.get(7) == Some(&b'-')
+        && digits(8..10)
+        && matches!(bytes.get(10), Some(b'T' | b't'))
+        && digits(11..13)
+        && bytes.get(13) == Some(&b':')
+        && digits(14..16)
+        && bytes.get(16) == Some(&b':')
+        && digits(17..19);
+    if !shaped {
+        return None;
+    }
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+}
+
+/// `at` brought into what MySQL's `DATETIME` holds (years 1000 to 9999). Nothing is stored
+/// outside it, so a bound beyond selects the same rows.
+pub(crate) fn within_store_range(at: DateTime<Utc>) -> DateTime<Utc> {
+    let first = chrono::NaiveDate::from_ymd_opt(1000, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map(|at| at.and_utc());
+    let last = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999))
+        .map(|at| at.and_utc());
+    match (first, last) {
+        (Some(first), Some(last)) => at.clamp(first, last),
+        _ => at,
+    }
+}
+
+/// The largest integer every JSON number of a body field is exact at (2^53).
+const EXACT_JSON_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// A JSON integer as JSON Schema's `integer` counts them: written as digits, or with a zero
+/// fraction or an exponent (`1000000.0`, `1e6`), which is the same number. A fraction that is
+/// not zero, a string or `null` is refused; so is a number written as a float beyond 2^53,
+/// where a float is no longer exact (every amount the API takes is far below).
+pub(crate) fn json_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
+    use serde::{Deserialize, de::Error};
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(integer) = number.as_i64() {
+        return Ok(integer);
+    }
+    number
+        .as_f64()
+        .filter(|float| float.fract() == 0.0 && float.abs() <= EXACT_JSON_INTEGER)
+        .map(|float| float as i64)
+        .ok_or_else(|| D::Error::custom(format!("invalid type: {number}, expected an integer")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_rfc3339_date_times_and_kept_in_the_store_range() {
+        for ok in [
+            "2026-11-01T00:00:00Z",
+            "2026-11-01t00:00:00z",
+            "2026-11-01T08:00:00.123456789+08:00",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59-23:59",
+        ] {
+            assert!(rfc3339_instant(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "",
+            "2026-11-01 00:00:00Z",
+            "2026-11-01T00:00Z",
+            "2026-11-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "+2026-11-01T00:00:00Z",
+            "2026-11-01",
+        ] {
+            assert!(rfc3339_instant(bad).is_none(), "{bad}");
+        }
+        let early = rfc3339_instant("0790-06-28T03:06:38Z").unwrap();
+        assert_eq!(
+            rfc3339(within_store_range(early)),
+            "1000-01-01T00:00:00.000000Z"
+        );
+        let now = rfc3339_instant("2026-11-01T00:00:00Z").unwrap();
+        assert_eq!(within_store_range(now), now);
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Amount {
+        #[serde(deserialize_with = "json_integer")]
+        micros: i64,
+    }
+
+    #[test]
+    fn json_integers_may_be_written_with_a_zero_fraction() {
+        let parse = |json: &str| serde_json::from_str::<Amount>(json).map(|a| a.micros);
+        assert_eq!(parse(r#"{"micros": 74125498}"#).unwrap(), 74_125_498);
+        assert_eq!(parse(r#"{"micros": 74125498.0}"#).unwrap(), 74_125_498);
+        assert_eq!(parse(r#"{"micros": 1e6}"#).unwrap(), 1_000_000);
+        assert_eq!(parse(r#"{"micros": -2.0}"#).unwrap(), -2);
+        assert_eq!(
+            parse(r#"{"micros": 9223372036854775807}"#).unwrap(),
+            i64::MAX
+        );
+        for bad in [
+            r#"{"micros": 1.5}"#,
+            r#"{"micros": 1.0000001e6}"#,
+            r#"{"micros": 1e300}"#,
+            r#"{"micros": 9223372036854775808}"#,
+            r#"{"micros": "1"}"#,
+            r#"{"micros": null}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -12,6 +12,10 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
+use serde_json::{Value, json};
+
+use super::cursor;
+use shared::ids::{OrderNo, WebhookUrl};
 use utoipa::{
     Modify, OpenApi,
     openapi::{
@@ -82,7 +86,7 @@ impl Modify for BearerJwt {
 pub struct Document(Bytes);
 
 impl Document {
-    pub fn new(api: &openapi::OpenApi) -> Document {
+    pub fn new(api: &Value) -> Document {
         let json = serde_json::to_vec(api).expect("an OpenAPI document serializes");
         Document(Bytes::from(json))
     }
@@ -109,4 +113,78 @@ pub(super) fn string_enum(values: impl IntoIterator<Item = &'static str>) -> Ref
         .schema_type(Type::String)
         .enum_values(Some(values))
         .into()
+}
+
+/// The patterns of the parameters and fields whose rules live in code (an attribute takes only
+/// a literal), by path, location and name: the document states each rule from its one place.
+const PARAMETER_PATTERNS: [(&str, &str, &str, &str); 3] = [
+    (
+        "/api/v1/billing/records",
+        "query",
+        "cursor",
+        cursor::RECORDS_PATTERN,
+    ),
+    (
+        "/api/v1/billing/recharge/orders",
+        "query",
+        "cursor",
+        cursor::ORDERS_PATTERN,
+    ),
+    (
+        "/api/v1/billing/recharge/orders/{order_no}",
+        "path",
+        "order_no",
+        OrderNo::PATTERN,
+    ),
+];
+
+/// The document as the server accepts requests, exactly: the patterns of
+/// [`PARAMETER_PATTERNS`] and of every `webhook_url` field ([`WebhookUrl::PATTERN`]), and an
+/// empty value for every optional query parameter, which the server takes as absent.
+pub fn exact(api: openapi::OpenApi) -> Value {
+    let mut json = serde_json::to_value(&api).expect("an OpenAPI document serializes");
+    for (path, location, name, pattern) in PARAMETER_PATTERNS {
+        for parameter in parameters_mut(&mut json, path) {
+            if parameter["in"] == location && parameter["name"] == name {
+                let schema = &mut parameter["schema"];
+                if let Some(schema) = schema.as_object_mut() {
+                    schema.remove("minLength");
+                    schema.remove("maxLength");
+                }
+                schema["pattern"] = Value::from(pattern);
+            }
+        }
+    }
+    if let Some(schemas) = json["components"]["schemas"].as_object_mut() {
+        for schema in schemas.values_mut() {
+            let properties = schema.get_mut("properties");
+            if let Some(url) = properties.and_then(|p| p.get_mut("webhook_url")) {
+                url["pattern"] = Value::from(WebhookUrl::PATTERN);
+            }
+        }
+    }
+    let paths: Vec<String> = json["paths"]
+        .as_object()
+        .map(|paths| paths.keys().cloned().collect())
+        .unwrap_or_default();
+    for path in paths {
+        for parameter in parameters_mut(&mut json, &path) {
+            if parameter["in"] == "query" && parameter["required"] != true {
+                let schema = parameter["schema"].take();
+                parameter["schema"] =
+                    json!({ "anyOf": [schema, { "type": "string", "maxLength": 0 }] });
+            }
+        }
+    }
+    json
+}
+
+/// The parameters of every operation of `path`.
+fn parameters_mut<'j>(json: &'j mut Value, path: &str) -> impl Iterator<Item = &'j mut Value> {
+    json["paths"][path]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("parameters")?.as_array_mut())
+        .flatten()
 }

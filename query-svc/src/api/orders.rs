@@ -47,8 +47,6 @@ use crate::{
     store::queries::{self, OrderRow},
 };
 
-const CURSOR_TAG: &str = "orders.v1";
-
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .routes(routes!(create_recharge))
@@ -61,7 +59,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[schema(as = RechargeRequest)]
 struct RechargeBody {
-    /// A JSON integer (a string or a float is refused).
+    /// A JSON integer (`1000000.0` is the same integer; a string or a fraction is refused).
+    #[serde(deserialize_with = "super::json_integer")]
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1_000_000)]
     amount_micros: i64,
     /// The payment channel, e.g. `alipay`; 0..32 characters.
@@ -169,7 +168,7 @@ struct OrdersParams {
     /// Orders per page.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     limit: Option<String>,
-    /// The previous page's `next_cursor`.
+    /// The previous page's `next_cursor`: the page starts after that order.
     cursor: Option<String>,
 }
 
@@ -349,7 +348,7 @@ async fn create_recharge(
     path = "/api/v1/billing/recharge/orders/{order_no}",
     tag = openapi::BILLING_TAG,
     security(("bearer_jwt" = [])),
-    params(("order_no" = String, Path, min_length = 1, max_length = 128,
+    params(("order_no" = String, Path,
         description = "The order's number, 1..128 printable ASCII")),
     responses(
         (status = 200, description = "The order", body = OrderJson),
@@ -415,8 +414,9 @@ async fn list_orders(
         .cursor
         .as_deref()
         .filter(|token| !token.is_empty())
-        .map(decode_position)
-        .transpose()?;
+        .map(cursor::orders_position)
+        .transpose()?
+        .map(|(at, order_no)| (super::within_store_range(at), order_no));
     let mut rows = queries::orders_page(
         state.store.pool(),
         user.as_str(),
@@ -427,13 +427,7 @@ async fn list_orders(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = match rows.last() {
-        Some(last) if more => Some(cursor::encode(
-            CURSOR_TAG,
-            &[
-                &last.created_at.timestamp_micros().to_string(),
-                &last.order_no,
-            ],
-        )),
+        Some(last) if more => Some(cursor::orders_cursor(last.created_at, &last.order_no)),
         _ => None,
     };
     let now = state.clock.now();
@@ -445,19 +439,6 @@ async fn list_orders(
         orders,
         next_cursor,
     }))
-}
-
-/// The `(created_at, order_no)` of the last order of the previous page.
-fn decode_position(token: &str) -> Result<(DateTime<Utc>, String), ApiError> {
-    let mut fields = cursor::decode(token, CURSOR_TAG, 2)?;
-    let order_no = fields.pop().unwrap_or_default();
-    fields
-        .pop()
-        .and_then(|micros| micros.parse().ok())
-        .and_then(DateTime::from_timestamp_micros)
-        .filter(|_| OrderNo::parse("order_no", &order_no).is_ok())
-        .map(|at| (at, order_no))
-        .ok_or_else(|| ApiError::invalid("cursor is not valid here; start again without one"))
 }
 
 #[cfg(test)]
@@ -488,7 +469,7 @@ mod tests {
         for wrong_type in [
             json!({ "amount_micros": "1000000" }),
             json!({ "amount_micros": 1.5 }),
-            json!({ "amount_micros": 1e6 }),
+            json!({ "amount_micros": 1.0000001e6 }),
             json!({ "amount_micros": 1_000_000, "user_id": "dev-2" }),
             json!({ "channel": "alipay" }),
             json!([1_000_000]),
@@ -496,6 +477,8 @@ mod tests {
         ] {
             assert!(body(wrong_type.clone()).is_err(), "{wrong_type}");
         }
+        let written_as_float = body(json!({ "amount_micros": 74_125_498.0 })).unwrap();
+        assert_eq!(written_as_float.amount_micros, 74_125_498);
         for out_of_range in [0, -1, 1_000_000_000_001, i64::MAX] {
             let parsed = body(json!({ "amount_micros": out_of_range })).unwrap();
             assert!(recharge_request(&user(), parsed).is_err(), "{out_of_range}");
@@ -504,17 +487,5 @@ mod tests {
         assert!(recharge_request(&user(), long_channel).is_err());
         let bad_key = body(json!({ "amount_micros": 1, "idempotency_key": "é" })).unwrap();
         assert!(recharge_request(&user(), bad_key).is_err());
-    }
-
-    #[test]
-    fn an_order_position_round_trips() {
-        let token = cursor::encode(CURSOR_TAG, &["1700000000000001", "RO42"]);
-        let (at, order_no) = decode_position(&token).unwrap();
-        assert_eq!(
-            (at.timestamp_micros(), order_no.as_str()),
-            (1_700_000_000_000_001, "RO42")
-        );
-        assert!(decode_position(&cursor::encode(CURSOR_TAG, &["soon", "RO42"])).is_err());
-        assert!(decode_position(&cursor::encode(CURSOR_TAG, &["1", ""])).is_err());
     }
 }

@@ -33,6 +33,7 @@ async fn a_user_never_seen_gets_a_fresh_account_with_this_months_quota() {
                 "held_micros": 0,
                 "remaining_micros": 10 * CNY,
                 "resets_at": resets_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "time_zone": zone.tz().name(),
             },
             "available_micros": 10 * CNY,
             "monthly_free_micros": 10 * CNY,
@@ -193,6 +194,7 @@ async fn an_older_period_is_shown_rolled_forward_from_midnight_on_the_first() {
             "held_micros": 0,
             "remaining_micros": 0,
             "resets_at": "2026-11-30T16:00:00.000000Z",
+            "time_zone": "Asia/Shanghai",
         })
     );
     assert_eq!(body["available_micros"], json!(3 * CNY));
@@ -208,6 +210,7 @@ async fn an_older_period_is_shown_rolled_forward_from_midnight_on_the_first() {
             "held_micros": 0,
             "remaining_micros": 10 * CNY,
             "resets_at": "2026-12-31T16:00:00.000000Z",
+            "time_zone": "Asia/Shanghai",
         })
     );
     assert_eq!(body["available_micros"], json!(13 * CNY));

@@ -54,7 +54,7 @@ async fn a_bad_recharge_body_is_refused_and_creates_nothing() {
         ),
         (
             json_type,
-            r#"{"amount_micros": 1e6}"#.into(),
+            r#"{"amount_micros": 1.0000001e6}"#.into(),
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
         ),

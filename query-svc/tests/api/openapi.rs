@@ -677,7 +677,12 @@ async fn the_server_accepts_exactly_what_the_document_says() {
     until_projected(&stack, &user, Duration::from_secs(20)).await;
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/openapi/schemathesis.toml");
+    // schemathesis keeps a cache of what it found in its working directory: a fresh one per run
+    // keeps runs independent and the checkout clean.
+    let workdir = std::env::temp_dir().join(format!("billing-schemathesis-{}", stack.tag));
+    std::fs::create_dir_all(&workdir).unwrap();
     let run = tokio::process::Command::new(&schemathesis)
+        .current_dir(&workdir)
         .arg("--no-color")
         .arg("--config-file")
         .arg(&config)
@@ -713,6 +718,7 @@ async fn the_server_accepts_exactly_what_the_document_says() {
         "schemathesis found mismatches ({}):\n{printed}",
         output.status
     );
+    let _ = std::fs::remove_dir_all(&workdir);
     for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
         assert!(
             printed.contains(&format!("✅ {phase}")),

@@ -188,6 +188,12 @@ text_type!(
     /// The payment channel of an order, e.g. `alipay` (may be empty).
     Channel, 0, 32, Charset::Text
 );
+
+impl Channel {
+    /// What [`Channel::parse`] accepts, as an OpenAPI (ECMA-262) pattern; the length is the
+    /// schema's `maxLength` (32 characters), which counts characters as this type does.
+    pub const PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
+}
 text_type!(
     /// Free text stored with a charge.
     Description, 0, 512, Charset::Text
@@ -311,6 +317,7 @@ mod tests {
                 0..12,
             ),
             order_no in "[ -\u{7f}\u{e9}]{0,130}",
+            channel in "[\u{0}-\u{a0}\u{e9}\u{1f600}]{0,34}",
         ) {
             let pattern = regex::Regex::new(WebhookUrl::PATTERN).unwrap();
             proptest::prop_assert!(WebhookUrl::parse("webhook_url", &generated).is_ok());
@@ -319,6 +326,11 @@ mod tests {
                 pattern.is_match(&text),
                 WebhookUrl::parse("webhook_url", &text).is_ok(),
                 "{:?}", text
+            );
+            let channels = regex::Regex::new(Channel::PATTERN).unwrap();
+            proptest::prop_assert_eq!(
+                channels.is_match(&channel) && channel.chars().count() <= 32,
+                Channel::parse("channel", &channel).is_ok()
             );
             let orders = regex::Regex::new(OrderNo::PATTERN).unwrap();
             proptest::prop_assert_eq!(

@@ -15,7 +15,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::cursor;
-use shared::ids::{OrderNo, WebhookUrl};
+use shared::ids::{Channel, OrderNo, WebhookUrl};
 use utoipa::{
     Modify, OpenApi,
     openapi::{
@@ -139,7 +139,7 @@ const PARAMETER_PATTERNS: [(&str, &str, &str, &str); 3] = [
 ];
 
 /// The document as the server accepts requests, exactly: the patterns of
-/// [`PARAMETER_PATTERNS`] and of every `webhook_url` field ([`WebhookUrl::PATTERN`]), and an
+/// [`PARAMETER_PATTERNS`] and of [`property_patterns`], and an
 /// empty value for every optional query parameter, which the server takes as absent.
 pub fn exact(api: openapi::OpenApi) -> Value {
     let mut json = serde_json::to_value(&api).expect("an OpenAPI document serializes");
@@ -156,10 +156,12 @@ pub fn exact(api: openapi::OpenApi) -> Value {
         }
     }
     if let Some(schemas) = json["components"]["schemas"].as_object_mut() {
-        for schema in schemas.values_mut() {
-            let properties = schema.get_mut("properties");
-            if let Some(url) = properties.and_then(|p| p.get_mut("webhook_url")) {
-                url["pattern"] = Value::from(WebhookUrl::PATTERN);
+        for (name, schema) in schemas.iter_mut() {
+            for (property, pattern) in property_patterns(name) {
+                let properties = schema.get_mut("properties");
+                if let Some(field) = properties.and_then(|p| p.get_mut(property)) {
+                    field["pattern"] = Value::from(pattern);
+                }
             }
         }
     }
@@ -177,6 +179,15 @@ pub fn exact(api: openapi::OpenApi) -> Value {
         }
     }
     json
+}
+
+/// The patterns of the fields of the component schema `name` whose rules live in code.
+fn property_patterns(name: &str) -> Vec<(&'static str, &'static str)> {
+    let mut patterns = vec![("webhook_url", WebhookUrl::PATTERN)];
+    if name == "RechargeRequest" {
+        patterns.push(("channel", Channel::PATTERN));
+    }
+    patterns
 }
 
 /// The parameters of every operation of `path`.

@@ -590,6 +590,17 @@ try {
       if (BigInt(bucket.free_micros) + BigInt(bucket.balance_micros) === 0n) continue;
       const bars = await page.$$eval(`#usage-chart rect[data-day="${bucket.key}"]`, (rects) => rects.length);
       assert.ok(bars > 0, `the chart has no bar (rect) for ${bucket.key}`);
+      // Each day's numbers, exactly as the API sums them: its bar's title.
+      const title = await page.$eval(`#usage-chart g.day[data-day="${bucket.key}"] title`, (t) => t.textContent);
+      const units = (micros) => money(micros, currency).slice(currency.length + 1);
+      const calls = Number(bucket.calls);
+      const total = BigInt(bucket.free_micros) + BigInt(bucket.balance_micros);
+      assert.equal(
+        title,
+        `${bucket.key}: ${money(total, currency)} (free ${units(bucket.free_micros)}, balance ${units(bucket.balance_micros)}), ` +
+          `${calls} call${calls === 1 ? "" : "s"}`,
+        `the numbers of ${bucket.key} in the chart`
+      );
     }
     const labels = await page.$$eval("#usage-chart text", (texts) => texts.map((t) => t.textContent));
     assert.ok(labels.includes(today.slice(5)), `the chart labels today as ${today.slice(5)}: ${labels.join(" ")}`);

@@ -21,6 +21,8 @@
 //! - [`order`]: how a recharge order's status is stored (its rank) and shown (expiry).
 //! - `otel`: span export over OTLP (cargo feature `otel`).
 //! - [`period`]: the billing month in the configured time zone.
+//! - [`pricing`]: the priced amount of a request, ⌈Σ quantity × price ÷ per_units⌉ exactly,
+//!   rounded up once.
 //! - [`proto`]: the generated protobuf and gRPC types of `proto/billing/v1`, and
 //!   [`proto::EVENT_SCHEMA_VERSION`].
 //! - [`record`]: the kinds of record (one name each in the ledger, the read model and the API),
@@ -47,6 +49,7 @@ pub mod order;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod period;
+pub mod pricing;
 pub mod proto;
 pub mod record;
 pub mod shutdown;

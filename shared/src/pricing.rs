@@ -1,0 +1,333 @@
+//! What a call costs from what it used: the priced amount of a request, exactly (API.md, "Third
+//! stage: prices"; invariant 8 of the architecture).
+//!
+//! A meter's price is `price_micros` for every `per_units` units. A request's amount is
+//! ⌈Σ quantity × price_micros ÷ per_units⌉ over its meters: the exact sum of the exact
+//! fractions, rounded up once for the request, never once per meter. Every product fits 128 bits
+//! (10^12 × 10^12); the fractions' remainders, whose denominators may differ, are summed over
+//! their least common multiple in [`Natural`], which grows as needed, so no quantity and price in
+//! range can overflow or round twice.
+
+use std::cmp::Ordering;
+
+/// The most units of one meter one request may report.
+pub const MAX_QUANTITY: u64 = 1_000_000_000_000;
+/// The most one price may ask for its `per_units` units.
+pub const MAX_PRICE_MICROS: u64 = 1_000_000_000_000;
+/// The most units one price may be given for.
+pub const MAX_PER_UNITS: u64 = 1_000_000_000;
+
+/// A price: `price_micros` (0 ..= [`MAX_PRICE_MICROS`], 0 an explicit free meter) for every
+/// `per_units` (1 ..= [`MAX_PER_UNITS`]) units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitPrice {
+    price_micros: u64,
+    per_units: u32,
+}
+
+/// Why a price or a quantity is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PricingError {
+    #[error("price_micros must be 0..={MAX_PRICE_MICROS}")]
+    Price,
+    #[error("per_units must be 1..={MAX_PER_UNITS}")]
+    PerUnits,
+    #[error("quantity must be 1..={MAX_QUANTITY}")]
+    Quantity,
+}
+
+impl UnitPrice {
+    pub fn new(price_micros: i64, per_units: i64) -> Result<UnitPrice, PricingError> {
+        let price_micros = u64::try_from(price_micros)
+            .ok()
+            .filter(|price| *price <= MAX_PRICE_MICROS)
+            .ok_or(PricingError::Price)?;
+        let per_units = u32::try_from(per_units)
+            .ok()
+            .filter(|units| (1..=MAX_PER_UNITS).contains(&u64::from(*units)))
+            .ok_or(PricingError::PerUnits)?;
+        Ok(UnitPrice {
+            price_micros,
+            per_units,
+        })
+    }
+
+    pub fn price_micros(self) -> u64 {
+        self.price_micros
+    }
+
+    pub fn per_units(self) -> u32 {
+        self.per_units
+    }
+}
+
+/// One meter of a request: how many units it used, at which price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterUse {
+    quantity: u64,
+    price: UnitPrice,
+}
+
+impl MeterUse {
+    pub fn new(quantity: i64, price: UnitPrice) -> Result<MeterUse, PricingError> {
+        let quantity = u64::try_from(quantity)
+            .ok()
+            .filter(|quantity| (1..=MAX_QUANTITY).contains(quantity))
+            .ok_or(PricingError::Quantity)?;
+        Ok(MeterUse { quantity, price })
+    }
+}
+
+/// ⌈Σ quantity × price_micros ÷ per_units⌉ over `uses`, exactly. The caller compares it with
+/// the largest amount a charge may be.
+pub fn priced_amount(uses: &[MeterUse]) -> u128 {
+    let mut whole: u128 = 0;
+    let mut parts: Vec<(u32, u32)> = Vec::new();
+    for meter in uses {
+        let product = u128::from(meter.quantity) * u128::from(meter.price.price_micros);
+        let per_units = u128::from(meter.price.per_units);
+        whole += product / per_units;
+        let remainder = u32::try_from(product % per_units).expect("a remainder is below per_units");
+        if remainder > 0 {
+            parts.push((remainder, meter.price.per_units));
+        }
+    }
+    whole + u128::from(ceil_of_fractions(&parts))
+}
+
+/// ⌈Σ numerator ÷ denominator⌉ of proper fractions: each below 1, so the sum is below their
+/// count, and the answer is the least `k` with Σ ≤ k, found over the denominators' least common
+/// multiple.
+fn ceil_of_fractions(parts: &[(u32, u32)]) -> u32 {
+    if parts.is_empty() {
+        return 0;
+    }
+    let common = parts
+        .iter()
+        .fold(Natural::from(1), |lcm, (_, denominator)| {
+            lcm.lcm(*denominator)
+        });
+    let sum = parts
+        .iter()
+        .fold(Natural::from(0), |sum, (numerator, denominator)| {
+            let (scale, _) = common.div_small(*denominator);
+            sum.add(&scale.mul_small(*numerator))
+        });
+    let count = u32::try_from(parts.len()).expect("fewer meters than 2^32");
+    (1..=count)
+        .find(|k| sum.cmp(&common.mul_small(*k)) != Ordering::Greater)
+        .expect("a sum of proper fractions is below their count")
+}
+
+/// A natural number of any size, little-endian in 32-bit limbs: only what summing fractions
+/// over a common denominator needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Natural(Vec<u32>);
+
+impl Natural {
+    fn from(value: u32) -> Natural {
+        Natural(vec![value]).trimmed()
+    }
+
+    fn trimmed(mut self) -> Natural {
+        while self.0.last() == Some(&0) {
+            self.0.pop();
+        }
+        self
+    }
+
+    fn mul_small(&self, factor: u32) -> Natural {
+        let mut limbs = Vec::with_capacity(self.0.len() + 1);
+        let mut carry: u64 = 0;
+        for limb in &self.0 {
+            let product = u64::from(*limb) * u64::from(factor) + carry;
+            limbs.push(product as u32);
+            carry = product >> 32;
+        }
+        limbs.push(carry as u32);
+        Natural(limbs).trimmed()
+    }
+
+    /// The quotient and remainder of a division by `divisor` (not 0).
+    fn div_small(&self, divisor: u32) -> (Natural, u32) {
+        let mut limbs = vec![0; self.0.len()];
+        let mut remainder: u64 = 0;
+        for (index, limb) in self.0.iter().enumerate().rev() {
+            let current = (remainder << 32) | u64::from(*limb);
+            limbs[index] = (current / u64::from(divisor)) as u32;
+            remainder = current % u64::from(divisor);
+        }
+        (Natural(limbs).trimmed(), remainder as u32)
+    }
+
+    fn add(&self, other: &Natural) -> Natural {
+        let mut limbs = Vec::with_capacity(self.0.len().max(other.0.len()) + 1);
+        let mut carry: u64 = 0;
+        for index in 0..self.0.len().max(other.0.len()) {
+            let a = u64::from(self.0.get(index).copied().unwrap_or(0));
+            let b = u64::from(other.0.get(index).copied().unwrap_or(0));
+            let sum = a + b + carry;
+            limbs.push(sum as u32);
+            carry = sum >> 32;
+        }
+        limbs.push(carry as u32);
+        Natural(limbs).trimmed()
+    }
+
+    /// The least common multiple with `value` (not 0): `self × value ÷ gcd(self, value)`.
+    fn lcm(&self, value: u32) -> Natural {
+        let (_, remainder) = self.div_small(value);
+        self.mul_small(value / gcd(value, remainder))
+    }
+
+    fn cmp(&self, other: &Natural) -> Ordering {
+        self.0
+            .len()
+            .cmp(&other.0.len())
+            .then_with(|| self.0.iter().rev().cmp(other.0.iter().rev()))
+    }
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn price(price_micros: i64, per_units: i64) -> UnitPrice {
+        UnitPrice::new(price_micros, per_units).unwrap()
+    }
+
+    fn uses(lines: &[(i64, i64, i64)]) -> Vec<MeterUse> {
+        lines
+            .iter()
+            .map(|(quantity, micros, per)| MeterUse::new(*quantity, price(*micros, *per)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn worked_examples() {
+        // A call at 2,000 micros, 1,234 input tokens at 0.5 CNY and 567 output tokens at 1.5 CNY
+        // per million: 2000 + 617 + 850.5 = 3467.5, rounded up once: 3468.
+        let llm = uses(&[
+            (1, 2_000, 1),
+            (1_234, 500_000, 1_000_000),
+            (567, 1_500_000, 1_000_000),
+        ]);
+        assert_eq!(priced_amount(&llm), 3_468);
+        // Two halves make one micro, not two: rounded up once per request.
+        assert_eq!(priced_amount(&uses(&[(1, 1, 2), (1, 1, 2)])), 1);
+        // Thirds and a sixth over different denominators: 1/3 + 1/3 + 1/6 = 5/6 → 1.
+        assert_eq!(priced_amount(&uses(&[(1, 1, 3), (1, 1, 3), (1, 1, 6)])), 1);
+        // 2/3 + 2/3 = 4/3 → 2.
+        assert_eq!(priced_amount(&uses(&[(2, 1, 3), (2, 1, 3)])), 2);
+        // Exact sums stay exact; a free meter costs nothing.
+        assert_eq!(priced_amount(&uses(&[(3, 1, 3), (10, 0, 1)])), 1);
+        assert_eq!(priced_amount(&uses(&[(10, 0, 1)])), 0);
+        assert_eq!(priced_amount(&[]), 0);
+        // The largest quantity at the largest price per unit: 10^24, far above a charge's limit,
+        // computed without overflow for the caller to refuse.
+        let max = MAX_QUANTITY as i64;
+        assert_eq!(priced_amount(&uses(&[(max, max, 1)])), 10u128.pow(24));
+        // Denominators whose least common multiple is far beyond 128 bits.
+        let primes = [
+            999_999_937,
+            999_999_929,
+            999_999_893,
+            999_999_883,
+            999_999_797,
+        ];
+        let lines: Vec<(i64, i64, i64)> = primes.iter().map(|p| (1, 1, *p)).collect();
+        assert_eq!(priced_amount(&uses(&lines)), 1);
+        let lines: Vec<(i64, i64, i64)> = primes.iter().map(|p| (1, p - 1, *p)).collect();
+        assert_eq!(priced_amount(&uses(&lines)), 5);
+    }
+
+    #[test]
+    fn prices_and_quantities_out_of_range_are_refused() {
+        assert_eq!(UnitPrice::new(-1, 1), Err(PricingError::Price));
+        assert_eq!(
+            UnitPrice::new(1_000_000_000_001, 1),
+            Err(PricingError::Price)
+        );
+        assert_eq!(UnitPrice::new(1, 0), Err(PricingError::PerUnits));
+        assert_eq!(
+            UnitPrice::new(1, 1_000_000_001),
+            Err(PricingError::PerUnits)
+        );
+        assert!(UnitPrice::new(0, 1_000_000_000).is_ok());
+        for quantity in [0, -1, 1_000_000_000_001] {
+            assert_eq!(
+                MeterUse::new(quantity, price(1, 1)),
+                Err(PricingError::Quantity)
+            );
+        }
+    }
+
+    /// One meter line in range: quantity, price, per units.
+    fn line() -> impl Strategy<Value = (i64, i64, i64)> {
+        (
+            1..=MAX_QUANTITY as i64,
+            0..=MAX_PRICE_MICROS as i64,
+            1..=MAX_PER_UNITS as i64,
+        )
+    }
+
+    proptest! {
+        /// With one denominator, the exact sum is one fraction of 128-bit integers: the model.
+        #[test]
+        fn equals_the_exact_fraction_with_a_common_denominator(
+            lines in proptest::collection::vec((1..=MAX_QUANTITY as i64, 0..=MAX_PRICE_MICROS as i64), 1..8),
+            per in 1..=MAX_PER_UNITS as i64,
+        ) {
+            let numerator: u128 = lines.iter().map(|(q, p)| *q as u128 * *p as u128).sum();
+            let per_units = per as u128;
+            let model = numerator.div_ceil(per_units);
+            let with: Vec<(i64, i64, i64)> = lines.iter().map(|(q, p)| (*q, *p, per)).collect();
+            prop_assert_eq!(priced_amount(&uses(&with)), model);
+        }
+
+        /// Small values over different denominators fit 128 bits over their common multiple: the
+        /// model adds the fractions there and rounds up once.
+        #[test]
+        fn equals_the_exact_sum_over_different_denominators(
+            lines in proptest::collection::vec((1..=1_000_000i64, 0..=1_000_000i64, 1..=10_000i64), 1..4),
+        ) {
+            let lcm = lines.iter().fold(1u128, |l, (_, _, per)| {
+                let per = *per as u128;
+                let (mut a, mut b) = (l, per);
+                while b != 0 { (a, b) = (b, a % b); }
+                l / a * per
+            });
+            let numerator: u128 = lines
+                .iter()
+                .map(|(q, p, per)| *q as u128 * *p as u128 * (lcm / *per as u128))
+                .sum();
+            prop_assert_eq!(priced_amount(&uses(&lines)), numerator.div_ceil(lcm));
+        }
+
+        /// Anywhere in range: never below the exact sum, less than one micro above it, and never
+        /// more than the sum of the meters each rounded up (rounding once never costs more).
+        #[test]
+        fn rounds_up_once_anywhere_in_range(lines in proptest::collection::vec(line(), 1..12)) {
+            let meters = uses(&lines);
+            let amount = priced_amount(&meters);
+            let floors: u128 = lines.iter().map(|(q, p, per)| (*q as u128 * *p as u128) / *per as u128).sum();
+            let ceils: u128 = lines.iter().map(|(q, p, per)| (*q as u128 * *p as u128).div_ceil(*per as u128)).sum();
+            prop_assert!(floors <= amount && amount <= ceils);
+            prop_assert!(amount <= floors + lines.len() as u128);
+            let exact = lines.iter().all(|(q, p, per)| (*q as u128 * *p as u128).is_multiple_of(*per as u128));
+            if exact {
+                prop_assert_eq!(amount, floors);
+            } else {
+                prop_assert!(amount > floors);
+            }
+        }
+    }
+}

@@ -8,7 +8,11 @@
 //! their least common multiple in [`Natural`], which grows as needed, so no quantity and price in
 //! range can overflow or round twice.
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, collections::BTreeMap};
+
+use chrono::{DateTime, Utc};
+
+use crate::money::{MAX_AMOUNT, Micros};
 
 /// The most units of one meter one request may report.
 pub const MAX_QUANTITY: u64 = 1_000_000_000_000;
@@ -117,6 +121,127 @@ fn ceil_of_fractions(parts: &[(u32, u32)]) -> u32 {
     (1..=count)
         .find(|k| sum.cmp(&common.mul_small(*k)) != Ordering::Greater)
         .expect("a sum of proper fractions is below their count")
+}
+
+/// A meter's name: 1..32 of `[a-z0-9_]`; the meter [`Meter::CALL`] counts calls.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Meter(String);
+
+impl Meter {
+    /// The meter of one per call.
+    pub const CALL: &str = "call";
+
+    pub fn parse(value: &str) -> Option<Meter> {
+        let ok = (1..=32).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        ok.then(|| Meter(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One version of a price list as it applies from `effective_from`: a price per (API, meter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriceVersion {
+    pub name: String,
+    pub version: i64,
+    pub effective_from: DateTime<Utc>,
+    prices: BTreeMap<(String, Meter), UnitPrice>,
+}
+
+/// Why a request's usage has no amount.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unpriceable {
+    /// Meters the version does not price for the API (`UNPRICED`): never a charge of 0 by
+    /// accident.
+    #[error("not priced by {list} v{version}: {}", missing.iter().map(Meter::as_str).collect::<Vec<_>>().join(", "))]
+    Unpriced {
+        list: String,
+        version: i64,
+        missing: Vec<Meter>,
+    },
+    /// A meter reported twice in one request.
+    #[error("meter {0} reported twice")]
+    DuplicateMeter(String),
+    /// The amount is above what one charge may be (`AMOUNT_LIMIT`).
+    #[error("the priced amount {0} is above {max}", max = MAX_AMOUNT.get())]
+    AboveLimit(u128),
+}
+
+/// A request's usage priced: the amount and the version that priced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PricedCharge {
+    pub amount: Micros,
+    pub version: i64,
+}
+
+impl PriceVersion {
+    /// A version with its prices; one per (API, meter), the last given winning is the caller's
+    /// to refuse before (a publication with a repeated pair is refused whole).
+    pub fn new(
+        name: impl Into<String>,
+        version: i64,
+        effective_from: DateTime<Utc>,
+        prices: impl IntoIterator<Item = (String, Meter, UnitPrice)>,
+    ) -> PriceVersion {
+        PriceVersion {
+            name: name.into(),
+            version,
+            effective_from,
+            prices: prices
+                .into_iter()
+                .map(|(api_id, meter, price)| ((api_id, meter), price))
+                .collect(),
+        }
+    }
+
+    /// The amount of `usage` (meter, quantity) of `api_id` under this version: refused when a
+    /// meter repeats, when any meter has no price for the API (all of them named), or above
+    /// the largest charge.
+    pub fn price(&self, api_id: &str, usage: &[(Meter, i64)]) -> Result<PricedCharge, Unpriceable> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut uses = Vec::with_capacity(usage.len());
+        let mut missing = Vec::new();
+        for (meter, quantity) in usage {
+            if !seen.insert(meter) {
+                return Err(Unpriceable::DuplicateMeter(meter.as_str().to_owned()));
+            }
+            match self.prices.get(&(api_id.to_owned(), meter.clone())) {
+                Some(price) => uses.extend(MeterUse::new(*quantity, *price).ok()),
+                None => missing.push(meter.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Unpriceable::Unpriced {
+                list: self.name.clone(),
+                version: self.version,
+                missing,
+            });
+        }
+        let amount = priced_amount(&uses);
+        i64::try_from(amount)
+            .ok()
+            .map(Micros::new)
+            .filter(|amount| *amount <= MAX_AMOUNT)
+            .map(|amount| PricedCharge {
+                amount,
+                version: self.version,
+            })
+            .ok_or(Unpriceable::AboveLimit(amount))
+    }
+}
+
+/// The version of a list in effect at `at`: the latest whose `effective_from` is not after it
+/// (the higher version when two take effect at the same instant).
+pub fn in_effect(versions: &[PriceVersion], at: DateTime<Utc>) -> Option<&PriceVersion> {
+    versions
+        .iter()
+        .filter(|version| version.effective_from <= at)
+        .max_by_key(|version| (version.effective_from, version.version))
 }
 
 /// A natural number of any size, little-endian in 32-bit limbs: only what summing fractions
@@ -267,6 +392,123 @@ mod tests {
                 MeterUse::new(quantity, price(1, 1)),
                 Err(PricingError::Quantity)
             );
+        }
+    }
+
+    fn meter(name: &str) -> Meter {
+        Meter::parse(name).unwrap()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn llm_list(version: i64, effective_from: &str, output_micros: i64) -> PriceVersion {
+        PriceVersion::new(
+            "default",
+            version,
+            at(effective_from),
+            [
+                ("chat".to_owned(), meter("call"), price(2_000, 1)),
+                (
+                    "chat".to_owned(),
+                    meter("input_tokens"),
+                    price(500_000, 1_000_000),
+                ),
+                (
+                    "chat".to_owned(),
+                    meter("output_tokens"),
+                    price(output_micros, 1_000_000),
+                ),
+                ("embed".to_owned(), meter("input_tokens"), price(0, 1)),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_version_prices_its_apis_and_meters_and_refuses_the_rest() {
+        let list = llm_list(1, "2026-12-01T00:00:00Z", 1_500_000);
+        let usage = [
+            (meter("call"), 1),
+            (meter("input_tokens"), 1_234),
+            (meter("output_tokens"), 567),
+        ];
+        assert_eq!(
+            list.price("chat", &usage),
+            Ok(PricedCharge {
+                amount: Micros::new(3_468),
+                version: 1
+            })
+        );
+        // A free meter is an explicit charge of 0.
+        assert_eq!(
+            list.price("embed", &[(meter("input_tokens"), 10)])
+                .map(|p| p.amount),
+            Ok(Micros::ZERO)
+        );
+        // Unpriced meters are named, all of them; an unknown API prices nothing.
+        assert_eq!(
+            list.price(
+                "embed",
+                &[
+                    (meter("call"), 1),
+                    (meter("input_tokens"), 1),
+                    (meter("images"), 2)
+                ]
+            ),
+            Err(Unpriceable::Unpriced {
+                list: "default".into(),
+                version: 1,
+                missing: vec![meter("call"), meter("images")],
+            })
+        );
+        assert!(matches!(
+            list.price("nope", &[(meter("call"), 1)]),
+            Err(Unpriceable::Unpriced { .. })
+        ));
+        assert_eq!(
+            list.price("chat", &[(meter("call"), 1), (meter("call"), 1)]),
+            Err(Unpriceable::DuplicateMeter("call".into()))
+        );
+        // Above the largest charge: refused, not capped.
+        let dear = PriceVersion::new(
+            "dear",
+            1,
+            at("2026-12-01T00:00:00Z"),
+            [("x".to_owned(), meter("call"), price(1_000_000_000_000, 1))],
+        );
+        assert!(dear.price("x", &[(meter("call"), 1)]).is_ok());
+        assert_eq!(
+            dear.price("x", &[(meter("call"), 2)]),
+            Err(Unpriceable::AboveLimit(2_000_000_000_000))
+        );
+    }
+
+    #[test]
+    fn the_version_in_effect_is_the_latest_started() {
+        let versions = [
+            llm_list(1, "2026-12-01T00:00:00Z", 1_500_000),
+            llm_list(2, "2026-12-10T00:00:00Z", 2_000_000),
+            llm_list(3, "2026-12-10T00:00:00Z", 2_500_000),
+            llm_list(4, "2027-01-01T00:00:00Z", 3_000_000),
+        ];
+        let version_at = |text: &str| in_effect(&versions, at(text)).map(|v| v.version);
+        assert_eq!(version_at("2026-11-30T23:59:59.999999Z"), None);
+        assert_eq!(version_at("2026-12-01T00:00:00Z"), Some(1));
+        assert_eq!(version_at("2026-12-09T23:59:59.999999Z"), Some(1));
+        assert_eq!(version_at("2026-12-10T00:00:00Z"), Some(3));
+        assert_eq!(version_at("2027-01-01T00:00:00Z"), Some(4));
+    }
+
+    #[test]
+    fn meter_names_are_lowercase_letters_digits_and_underscores() {
+        for ok in ["call", "input_tokens", "gpu_seconds_2", &"a".repeat(32)] {
+            assert!(Meter::parse(ok).is_some(), "{ok}");
+        }
+        for bad in ["", "Call", "in-put", "tokens ", "é", &"a".repeat(33)] {
+            assert!(Meter::parse(bad).is_none(), "{bad}");
         }
     }
 

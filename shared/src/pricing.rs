@@ -150,7 +150,8 @@ pub struct PriceVersion {
     pub name: String,
     pub version: i64,
     pub effective_from: DateTime<Utc>,
-    prices: BTreeMap<(String, Meter), UnitPrice>,
+    /// Prices by API, then by meter.
+    prices: BTreeMap<String, BTreeMap<Meter, UnitPrice>>,
 }
 
 /// Why a request's usage has no amount.
@@ -164,6 +165,9 @@ pub enum Unpriceable {
         version: i64,
         missing: Vec<Meter>,
     },
+    /// A meter's quantity outside 1 ..= [`MAX_QUANTITY`].
+    #[error("the quantity of meter {0} must be 1..={MAX_QUANTITY}")]
+    Quantity(String),
     /// A meter reported twice in one request.
     #[error("meter {0} reported twice")]
     DuplicateMeter(String),
@@ -180,8 +184,8 @@ pub struct PricedCharge {
 }
 
 impl PriceVersion {
-    /// A version with its prices; one per (API, meter), the last given winning is the caller's
-    /// to refuse before (a publication with a repeated pair is refused whole).
+    /// A version with its prices, one per (API, meter): a publication that repeats a pair is
+    /// refused before it gets here (were one repeated, the last would hold).
     pub fn new(
         name: impl Into<String>,
         version: i64,
@@ -192,16 +196,20 @@ impl PriceVersion {
             name: name.into(),
             version,
             effective_from,
-            prices: prices
-                .into_iter()
-                .map(|(api_id, meter, price)| ((api_id, meter), price))
-                .collect(),
+            prices: prices.into_iter().fold(
+                BTreeMap::new(),
+                |mut by_api: BTreeMap<String, BTreeMap<Meter, UnitPrice>>,
+                 (api_id, meter, price)| {
+                    by_api.entry(api_id).or_default().insert(meter, price);
+                    by_api
+                },
+            ),
         }
     }
 
     /// The amount of `usage` (meter, quantity) of `api_id` under this version: refused when a
-    /// meter repeats, when any meter has no price for the API (all of them named), or above
-    /// the largest charge.
+    /// meter repeats, when a quantity is out of range, when any meter has no price for the API
+    /// (all of them named), or above the largest charge.
     pub fn price(&self, api_id: &str, usage: &[(Meter, i64)]) -> Result<PricedCharge, Unpriceable> {
         let mut seen = std::collections::BTreeSet::new();
         let mut uses = Vec::with_capacity(usage.len());
@@ -210,8 +218,11 @@ impl PriceVersion {
             if !seen.insert(meter) {
                 return Err(Unpriceable::DuplicateMeter(meter.as_str().to_owned()));
             }
-            match self.prices.get(&(api_id.to_owned(), meter.clone())) {
-                Some(price) => uses.extend(MeterUse::new(*quantity, *price).ok()),
+            match self.prices.get(api_id).and_then(|meters| meters.get(meter)) {
+                Some(price) => uses.push(
+                    MeterUse::new(*quantity, *price)
+                        .map_err(|_| Unpriceable::Quantity(meter.as_str().to_owned()))?,
+                ),
                 None => missing.push(meter.clone()),
             }
         }
@@ -340,12 +351,12 @@ mod tests {
     fn worked_examples() {
         // A call at 2,000 micros, 1,234 input tokens at 0.5 CNY and 567 output tokens at 1.5 CNY
         // per million: 2000 + 617 + 850.5 = 3467.5, rounded up once: 3468.
-        let llm = uses(&[
+        let chat_call = uses(&[
             (1, 2_000, 1),
             (1_234, 500_000, 1_000_000),
             (567, 1_500_000, 1_000_000),
         ]);
-        assert_eq!(priced_amount(&llm), 3_468);
+        assert_eq!(priced_amount(&chat_call), 3_468);
         // Two halves make one micro, not two: rounded up once per request.
         assert_eq!(priced_amount(&uses(&[(1, 1, 2), (1, 1, 2)])), 1);
         // Thirds and a sixth over different denominators: 1/3 + 1/3 + 1/6 = 5/6 → 1.
@@ -405,7 +416,7 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn llm_list(version: i64, effective_from: &str, output_micros: i64) -> PriceVersion {
+    fn token_priced_list(version: i64, effective_from: &str, output_micros: i64) -> PriceVersion {
         PriceVersion::new(
             "default",
             version,
@@ -429,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_version_prices_its_apis_and_meters_and_refuses_the_rest() {
-        let list = llm_list(1, "2026-12-01T00:00:00Z", 1_500_000);
+        let list = token_priced_list(1, "2026-12-01T00:00:00Z", 1_500_000);
         let usage = [
             (meter("call"), 1),
             (meter("input_tokens"), 1_234),
@@ -472,6 +483,13 @@ mod tests {
             list.price("chat", &[(meter("call"), 1), (meter("call"), 1)]),
             Err(Unpriceable::DuplicateMeter("call".into()))
         );
+        // A quantity out of range is refused, never priced as nothing.
+        for quantity in [0, -5, 1_000_000_000_001] {
+            assert_eq!(
+                list.price("chat", &[(meter("call"), quantity)]),
+                Err(Unpriceable::Quantity("call".into()))
+            );
+        }
         // Above the largest charge: refused, not capped.
         let dear = PriceVersion::new(
             "dear",
@@ -489,10 +507,10 @@ mod tests {
     #[test]
     fn the_version_in_effect_is_the_latest_started() {
         let versions = [
-            llm_list(1, "2026-12-01T00:00:00Z", 1_500_000),
-            llm_list(2, "2026-12-10T00:00:00Z", 2_000_000),
-            llm_list(3, "2026-12-10T00:00:00Z", 2_500_000),
-            llm_list(4, "2027-01-01T00:00:00Z", 3_000_000),
+            token_priced_list(1, "2026-12-01T00:00:00Z", 1_500_000),
+            token_priced_list(2, "2026-12-10T00:00:00Z", 2_000_000),
+            token_priced_list(3, "2026-12-10T00:00:00Z", 2_500_000),
+            token_priced_list(4, "2027-01-01T00:00:00Z", 3_000_000),
         ];
         let version_at = |text: &str| in_effect(&versions, at(text)).map(|v| v.version);
         assert_eq!(version_at("2026-11-30T23:59:59.999999Z"), None);

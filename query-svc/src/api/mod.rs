@@ -32,7 +32,7 @@ pub mod records;
 pub mod usage;
 
 use axum::{Extension, Json, Router, extract::State};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -142,6 +142,19 @@ pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Whether `bytes` begin with a date written `YYYY-MM-DD`, the shape of the document's
+/// `format: date` (chrono alone would also take `2026-1-5`).
+pub(crate) fn date_shaped(bytes: &[u8]) -> bool {
+    bytes.len() >= 10
+        && bytes[..10].iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+}
+
 /// An RFC 3339 `date-time` as a query writes it (`2026-11-01T00:00:00Z`, `…T08:00:00.5+08:00`;
 /// `T` and `Z` in either case), exactly the texts the document's `format: date-time` admits:
 /// no space for the `T`, seconds and an offset always there.
@@ -152,11 +165,7 @@ pub(crate) fn rfc3339_instant(text: &str) -> Option<DateTime<Utc>> {
             .get(range)
             .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
     };
-    let shaped = digits(0..4)
-        && bytes.get(4) == Some(&b'-')
-        && digits(5..7)
-        && bytes.get(7) == Some(&b'-')
-        && digits(8..10)
+    let shaped = date_shaped(bytes)
         && matches!(bytes.get(10), Some(b'T' | b't'))
         && digits(11..13)
         && bytes.get(13) == Some(&b':')
@@ -171,19 +180,24 @@ pub(crate) fn rfc3339_instant(text: &str) -> Option<DateTime<Utc>> {
         .map(|at| at.with_timezone(&Utc))
 }
 
-/// `at` brought into what MySQL's `DATETIME` holds (years 1000 to 9999). Nothing is stored
-/// outside it, so a bound beyond selects the same rows.
+/// The first and the last day MySQL's `DATE` and `DATETIME` hold (years 1000 to 9999).
+const STORE_DAYS: (NaiveDate, NaiveDate) = (
+    NaiveDate::from_ymd_opt(1000, 1, 1).expect("a date"),
+    NaiveDate::from_ymd_opt(9999, 12, 31).expect("a date"),
+);
+
+/// `day` brought into the days MySQL holds. Nothing is stored outside them, so a bound beyond
+/// selects the same rows.
+pub(crate) fn within_store_days(day: NaiveDate) -> NaiveDate {
+    day.clamp(STORE_DAYS.0, STORE_DAYS.1)
+}
+
+/// `at` brought into the instants MySQL holds, as [`within_store_days`].
 pub(crate) fn within_store_range(at: DateTime<Utc>) -> DateTime<Utc> {
-    let first = chrono::NaiveDate::from_ymd_opt(1000, 1, 1)
-        .and_then(|day| day.and_hms_opt(0, 0, 0))
-        .map(|at| at.and_utc());
-    let last = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
-        .and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999))
-        .map(|at| at.and_utc());
-    match (first, last) {
-        (Some(first), Some(last)) => at.clamp(first, last),
-        _ => at,
-    }
+    let first = STORE_DAYS.0.and_time(NaiveTime::MIN).and_utc();
+    let last = STORE_DAYS.1.and_time(NaiveTime::MIN).and_utc() + chrono::TimeDelta::days(1)
+        - chrono::TimeDelta::microseconds(1);
+    at.clamp(first, last)
 }
 
 /// The largest integer every JSON number of a body field is exact at (2^53).
@@ -238,6 +252,11 @@ mod tests {
         assert_eq!(
             rfc3339(within_store_range(early)),
             "1000-01-01T00:00:00.000000Z"
+        );
+        let late = rfc3339_instant("9999-12-31T23:59:59.9999999-23:59").unwrap();
+        assert_eq!(
+            rfc3339(within_store_range(late)),
+            "9999-12-31T23:59:59.999999Z"
         );
         let now = rfc3339_instant("2026-11-01T00:00:00Z").unwrap();
         assert_eq!(within_store_range(now), now);

@@ -118,7 +118,7 @@ async fn usage(
         .with_timezone(&state.accounts.zone.tz())
         .date_naive();
     let (from, to, grouping) = parse(&params, today)?;
-    let (first, end) = (within_store_days(from), within_store_days(to));
+    let (first, end) = (super::within_store_days(from), super::within_store_days(to));
     let buckets = queries::usage(state.store.pool(), user.as_str(), first, end, grouping)
         .await?
         .into_iter()
@@ -144,15 +144,7 @@ fn parse(
 ) -> Result<(NaiveDate, NaiveDate, UsageGrouping), ApiError> {
     let present = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
     let date = |field: &str, text: String| {
-        // Exactly `YYYY-MM-DD`, the document's `format: date` (chrono alone also takes `2026-1-5`).
-        let shaped = text.len() == 10
-            && text.bytes().enumerate().all(|(i, b)| {
-                if i == 4 || i == 7 {
-                    b == b'-'
-                } else {
-                    b.is_ascii_digit()
-                }
-            });
+        let shaped = text.len() == 10 && super::date_shaped(text.as_bytes());
         shaped
             .then(|| NaiveDate::parse_from_str(&text, "%Y-%m-%d").ok())
             .flatten()
@@ -173,18 +165,6 @@ fn parse(
         Some(_) => return Err(ApiError::invalid("group_by must be day or api")),
     };
     Ok((from, to, grouping))
-}
-
-/// `day` brought into what MySQL's `DATE` holds (years 1000 to 9999); no usage is stored
-/// outside it, so a bound beyond selects the same days.
-fn within_store_days(day: NaiveDate) -> NaiveDate {
-    match (
-        NaiveDate::from_ymd_opt(1000, 1, 1),
-        NaiveDate::from_ymd_opt(9999, 12, 31),
-    ) {
-        (Some(first), Some(last)) => day.clamp(first, last),
-        _ => day,
-    }
 }
 
 #[cfg(test)]
@@ -224,7 +204,10 @@ mod tests {
                 "{from} {to}"
             );
         }
-        assert_eq!(within_store_days(day("0790-06-28")), day("1000-01-01"));
+        assert_eq!(
+            crate::api::within_store_days(day("0790-06-28")),
+            day("1000-01-01")
+        );
     }
 
     #[test]

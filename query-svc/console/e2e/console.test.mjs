@@ -420,6 +420,23 @@ try {
   const foreign = [];
   const rechargePosts = [];
   watch(page, pageErrors, foreign, rechargePosts);
+
+  /**
+   * Opens the console with `token` in a browser context of its own (`options` beside the
+   * viewport), its console errors gathered in `errors`, runs `body` on the page, then closes it.
+   */
+  async function inOwnContext({ options = {}, token = TOKEN, errors = pageErrors }, body) {
+    const context = await browser.newContext({ viewport: VIEWPORT, ...options });
+    try {
+      const other = await context.newPage();
+      other.setDefaultTimeout(WAIT_MS);
+      watch(other, errors, foreign, null);
+      await other.goto(`${BASE}/console#token=${token}`);
+      await body(other);
+    } finally {
+      await context.close();
+    }
+  }
   let currency = "";
   let paidOrderNo = null;
 
@@ -863,12 +880,7 @@ try {
     const inBilling = `Resets ${dayAndTime(resets, BILLING_TIME_ZONE)} (${BILLING_TIME_ZONE})`;
     const records = await apiGet("/api/v1/billing/records?limit=20");
     for (const zone of [LOCAL_ZONE, BILLING_TIME_ZONE]) {
-      const context = await browser.newContext({ viewport: VIEWPORT, timezoneId: zone });
-      try {
-        const other = await context.newPage();
-        other.setDefaultTimeout(WAIT_MS);
-        watch(other, pageErrors, foreign, null);
-        await other.goto(`${BASE}/console#token=${TOKEN}`);
+      await inOwnContext({ options: { timezoneId: zone } }, async (other) => {
         const sameClock = dayAndTime(resets, zone) === dayAndTime(resets, BILLING_TIME_ZONE);
         const expected = sameClock ? inBilling : `${inBilling} · ${dayAndTime(resets, zone)} your time (${zone})`;
         await expectText(other, "#free-resets", expected, `the reset line with the browser in ${zone}`);
@@ -876,9 +888,7 @@ try {
         await expectRowIds(other, records.records.map((record) => record.record_id), `the first page with the browser in ${zone}`);
         const times = await other.$$eval(ROWS, (rows) => rows.map((row) => row.cells[0].textContent.trim()));
         assert.deepEqual(times, records.records.map((record) => dateAndTime(instantMs(record.created_at), zone)), `record times in ${zone}`);
-      } finally {
-        await context.close();
-      }
+      });
     }
   });
 
@@ -886,12 +896,7 @@ try {
     const axeSource = await readFile(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
     // The page's policy (script-src 'self') refuses inline scripts, axe-core's injected one too:
     // this context alone bypasses the policy, every other check runs under it.
-    const context = await browser.newContext({ viewport: VIEWPORT, bypassCSP: true });
-    try {
-      const other = await context.newPage();
-      other.setDefaultTimeout(WAIT_MS);
-      watch(other, pageErrors, foreign, null);
-      await other.goto(`${BASE}/console#token=${TOKEN}`);
+    await inOwnContext({ options: { bypassCSP: true } }, async (other) => {
       const account = await apiGet("/api/v1/billing/account");
       await expectText(other, "#balance", money(account.balance_micros, currency), "balance");
       await other.waitForSelector(ROWS);
@@ -919,18 +924,11 @@ try {
       await expectVisible(other, "#token-form", true, "the token form");
       await expectNamedControls(other, { "token-input": /^Token$/, "token-submit": /^Open console$/ }, "the token form");
       await audit("the token form");
-    } finally {
-      await context.close();
-    }
+    });
   });
 
   await check(7, "an expired token shows the token form; a valid token pasted there shows the wallet", async () => {
-    const fresh = await browser.newContext({ viewport: VIEWPORT });
-    try {
-      const other = await fresh.newPage();
-      other.setDefaultTimeout(WAIT_MS);
-      watch(other, expiredErrors, foreign, null);
-      await other.goto(`${BASE}/console#token=${EXPIRED_TOKEN}`);
+    await inOwnContext({ token: EXPIRED_TOKEN, errors: expiredErrors }, async (other) => {
       await expectVisible(other, "#token-form", true, "token form for an expired token");
       await expectVisible(other, "#token-message", true, "token message for an expired token");
       try {
@@ -949,9 +947,7 @@ try {
       await expectText(other, "#balance", money(account.balance_micros, account.currency), "balance after a valid token");
       assert.equal(await other.isVisible("#token-form"), false, "the token form is hidden again");
       assert.equal(await other.evaluate((key) => sessionStorage.getItem(key), TOKEN_KEY), TOKEN, "the new token is kept for the tab");
-    } finally {
-      await fresh.close();
-    }
+    });
   });
 
   await check(8, "no console errors and no request to another origin", async () => {

@@ -162,6 +162,8 @@ impl Application {
             tokio::spawn(follower.run(stop.clone()));
         }
         let directory = tokio::spawn(keep_directory(self.commands.clone(), stop.clone()));
+        // Nothing waits for it at shutdown: it only ever replaces this process's price book.
+        tokio::spawn(keep_price_book(self.commands.clone(), stop.clone()));
         let sweeper = tokio::spawn(sweep_expired_holds(
             self.commands.clone(),
             self.reservations.clone(),
@@ -273,6 +275,19 @@ async fn keep_directory(commands: Commands, mut stop: Stop) {
             }
         }
         if stop.sleep_or_stop(every).await == Woken::ByStop {
+            return;
+        }
+    }
+}
+
+/// Reloads the price book every [`crate::commands::BOOK_REFRESH`] until `stop`, so that a charge
+/// rarely waits for a load (a book older than its lease is reloaded on the charge's path).
+async fn keep_price_book(commands: Commands, mut stop: Stop) {
+    loop {
+        if let Err(error) = commands.reload_prices().await {
+            tracing::warn!(%error, "the price book is not up to date; trying again");
+        }
+        if stop.sleep_or_stop(crate::commands::BOOK_REFRESH).await == Woken::ByStop {
             return;
         }
     }

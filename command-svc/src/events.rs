@@ -53,7 +53,17 @@ pub fn new_order_no() -> String {
 pub struct AccountOut {
     pub user_id: String,
     pub currency: String,
+    /// The list that prices the account's usage (the default list's name when it has none).
+    pub price_list: String,
     pub view: AccountView,
+}
+
+/// What an account is billed in and by: its currency, and the price list that prices its usage
+/// (`None`: the default list).
+#[derive(Clone, Copy, Debug)]
+pub struct Terms<'a> {
+    pub currency: &'a str,
+    pub price_list: Option<&'a str>,
 }
 
 impl AccountOut {
@@ -62,6 +72,7 @@ impl AccountOut {
         pb::AccountState {
             user_id: self.user_id.clone(),
             currency: self.currency.clone(),
+            price_list: self.price_list.clone(),
             balance_micros: view.balance.get(),
             period: view.period.to_string(),
             free_granted_micros: view.free_granted.get(),

@@ -33,7 +33,7 @@ pub const LEDGER_COLUMNS: &str = "l.record_id, l.user_id, l.version, l.kind, l.a
     l.free_used_after_micros, l.free_held_after_micros, l.balance_held_after_micros, \
     l.monthly_free_after_micros, l.free_period, \
     l.api_id, COALESCE(l.request_id, r.request_id, s.request_id) AS request_id, l.order_no, \
-    l.created_at";
+    l.created_at, l.usage_units, l.price_list, l.price_version";
 
 /// The ledger (`l`) with the reservation a row ended (`r`) or settled (`s`), if any.
 pub const LEDGER_FROM: &str = "ledger l \
@@ -65,6 +65,9 @@ pub fn record_of(row: &LedgerRow, zone: BillingZone) -> (RecordRow, Option<Usage
             .clone()
             .unwrap_or_else(|| row.period.clone()),
         created_at: row.created_at,
+        usage_units: row.usage_units.clone(),
+        price_list: row.price_list.clone(),
+        price_version: row.price_version,
     };
     let usage = (row.kind == RecordKind::Deduct).then(|| UsageKey {
         day: row.created_at.with_timezone(&zone.tz()).date_naive(),
@@ -100,6 +103,9 @@ mod tests {
             request_id: Some("q".into()),
             order_no: None,
             created_at: DateTime::from_timestamp_millis(1_795_000_000_000).unwrap(),
+            usage_units: None,
+            price_list: None,
+            price_version: None,
         }
     }
 

@@ -17,11 +17,17 @@ use shared::record::LedgerRow;
 
 use super::{LEDGER_COLUMNS, LEDGER_FROM, record_of};
 use query_svc::store::{
-    projection::{self as writes, RecordRow},
+    projection::{self as writes, RecordRow, UsageDelta},
     queries::OrderRow as StoredOrder,
 };
 
-const TABLES: [&str; 4] = ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"];
+const TABLES: [&str; 5] = [
+    "rm_accounts",
+    "rm_records",
+    "rm_daily_usage",
+    "rm_daily_units",
+    "rm_orders",
+];
 const CHUNK: i64 = 5_000;
 /// Commits in flight when the rebuild starts are caught up too.
 const CATCH_UP_MARGIN: Duration = Duration::minutes(5);
@@ -82,9 +88,9 @@ async fn create_shadows(pool: &MySqlPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The daily usage counters of the rebuild: calls, amount, free part, balance part, by user,
-/// day and API.
-type UsageSums = HashMap<(String, NaiveDate, String), [i64; 4]>;
+/// The daily usage counters of the rebuild (calls, amount, free part, balance part, units), by
+/// user, day and API.
+type UsageSums = HashMap<(String, NaiveDate, String), UsageDelta>;
 
 /// Writes a record per ledger row into the shadow records, chunk by chunk, and sums the usage
 /// the charges count to.
@@ -106,13 +112,10 @@ async fn fill_records(
             .map(|(_, row)| {
                 let (record, key) = record_of(row, zone);
                 if let Some(key) = key {
-                    let counters = usage
+                    usage
                         .entry((record.user_id.clone(), key.day, key.api_id))
-                        .or_default();
-                    counters[0] += 1;
-                    counters[1] += record.amount_micros;
-                    counters[2] += record.free_micros;
-                    counters[3] += record.balance_micros;
+                        .or_default()
+                        .count(&record);
                 }
                 record
             })
@@ -144,18 +147,41 @@ async fn ledger_chunk(pool: &MySqlPool, after_id: u64) -> anyhow::Result<Vec<(u6
     Ok(rows)
 }
 
-/// Writes the usage counters into the shadow table; how many rows.
+/// Writes the usage counters and units into the shadow tables; how many usage rows.
 async fn fill_usage(pool: &MySqlPool, usage: UsageSums) -> Result<u64, sqlx::Error> {
     let usage: Vec<_> = usage.into_iter().collect();
     for chunk in usage.chunks(CHUNK as usize) {
         let mut insert = QueryBuilder::new(
             "INSERT INTO rm_daily_usage_shadow (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
         );
-        insert.push_values(chunk, |mut row, ((user_id, day, api_id), counters)| {
-            row.push_bind(user_id).push_bind(day).push_bind(api_id);
-            for counter in counters {
-                row.push_bind(counter);
-            }
+        insert.push_values(chunk, |mut row, ((user_id, day, api_id), sums)| {
+            row.push_bind(user_id)
+                .push_bind(day)
+                .push_bind(api_id)
+                .push_bind(sums.calls)
+                .push_bind(sums.amount_micros)
+                .push_bind(sums.free_micros)
+                .push_bind(sums.balance_micros);
+        });
+        insert.build().execute(pool).await?;
+    }
+    let units: Vec<_> = usage
+        .iter()
+        .flat_map(|((user_id, day, api_id), sums)| {
+            let units = sums.units.iter();
+            units.map(move |(meter, quantity)| (user_id, day, api_id, meter, *quantity))
+        })
+        .collect();
+    for chunk in units.chunks(CHUNK as usize) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO rm_daily_units_shadow (user_id, day, api_id, meter, quantity) ",
+        );
+        insert.push_values(chunk, |mut row, (user_id, day, api_id, meter, quantity)| {
+            row.push_bind(*user_id)
+                .push_bind(*day)
+                .push_bind(*api_id)
+                .push_bind(*meter)
+                .push_bind(*quantity);
         });
         insert.build().execute(pool).await?;
     }

@@ -163,6 +163,8 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::ReservationReleased(_) => "reservation_released",
         Kind::BalanceLow(_) => "balance_low",
         Kind::FreeQuotaExhausted(_) => "free_quota_exhausted",
+        Kind::PriceListPublished(_) => "price_list_published",
+        Kind::PriceListAssigned(_) => "price_list_assigned",
     }
 }
 

@@ -311,6 +311,8 @@ pub struct BillingSettings {
     pub time_zone: String,
     /// How long a recharge order waits for its payment before it shows as EXPIRED.
     pub order_ttl_secs: u64,
+    /// The price list that prices the usage of accounts assigned none.
+    pub default_price_list: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -517,6 +519,12 @@ impl Settings {
                 why: "must be a three-letter ISO 4217 code such as CNY".into(),
             });
         }
+        if crate::pricing::ListName::parse("", &self.billing.default_price_list).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "billing.default_price_list",
+                why: "must be 1..64 of [a-z0-9_-]".into(),
+            });
+        }
         if self.reset.next_period_lead.get() > std::time::Duration::from_secs(24 * 3600) {
             return Err(ConfigError::Invalid {
                 key: "reset.next_period_lead",
@@ -689,6 +697,7 @@ billing:
   default_monthly_free_micros: 10000000
   time_zone: Asia/Shanghai
   order_ttl_secs: 1800
+  default_price_list: default
 auth:
   callers: []
   jwt_secret: ""

@@ -181,6 +181,10 @@ text_type!(
     IdempotencyKey, 0, 128, Charset::PrintableAscii
 );
 text_type!(
+    /// The key that makes a price list's publication idempotent.
+    PublishId, 1, 128, Charset::PrintableAscii
+);
+text_type!(
     /// Which API a charge paid for (may be empty).
     ApiId, 0, 128, Charset::Text
 );

@@ -12,7 +12,10 @@ use std::{cmp::Ordering, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::money::{MAX_AMOUNT, Micros};
+use crate::{
+    ids::FieldViolation,
+    money::{MAX_AMOUNT, Micros},
+};
 
 /// The most units of one meter one request may report.
 pub const MAX_QUANTITY: u64 = 1_000_000_000_000;
@@ -144,6 +147,135 @@ impl Meter {
     }
 }
 
+/// The most meters one request may report.
+pub const MAX_METERS: usize = 64;
+
+/// What one request used: each meter once, with a quantity of 1 ..= [`MAX_QUANTITY`], in meter
+/// order (so two requests that used the same compare equal, whatever order they listed it in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage(Vec<(Meter, i64)>);
+
+impl Usage {
+    /// Checks a request's `(meter, quantity)` lines as the contract's field `field`: 1 ..=
+    /// [`MAX_METERS`] lines, meters named by the rules of [`Meter`], each once.
+    pub fn parse<'a>(
+        field: &'static str,
+        lines: impl IntoIterator<Item = (&'a str, i64)>,
+    ) -> Result<Usage, FieldViolation> {
+        let mut meters = BTreeMap::new();
+        for (name, quantity) in lines {
+            let meter = Meter::parse(name).ok_or_else(|| {
+                FieldViolation::new(field, format!("meter {name:?} must be 1..32 of [a-z0-9_]"))
+            })?;
+            if u64::try_from(quantity).map_or(true, |q| !(1..=MAX_QUANTITY).contains(&q)) {
+                return Err(FieldViolation::new(
+                    field,
+                    format!("the quantity of {name} must be 1..={MAX_QUANTITY}"),
+                ));
+            }
+            if meters.insert(meter, quantity).is_some() {
+                return Err(FieldViolation::new(field, format!("meter {name} given twice")));
+            }
+            if meters.len() > MAX_METERS {
+                return Err(FieldViolation::new(
+                    field,
+                    format!("at most {MAX_METERS} meters"),
+                ));
+            }
+        }
+        if meters.is_empty() {
+            return Err(FieldViolation::new(field, "must name at least one meter"));
+        }
+        Ok(Usage(meters.into_iter().collect()))
+    }
+
+    /// The meters and their quantities, in meter order.
+    pub fn lines(&self) -> &[(Meter, i64)] {
+        &self.0
+    }
+
+    /// How it is stored and published: a JSON object of meter to quantity, in meter order, so
+    /// two equal usages are the same text.
+    pub fn to_json(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(meter, quantity)| format!("\"{}\":{quantity}", meter.as_str()))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// A usage read back from [`Usage::to_json`]'s text; `None` when it is not one.
+    pub fn from_json(text: &str) -> Option<Usage> {
+        let meters: BTreeMap<String, i64> = serde_json::from_str(text).ok()?;
+        Usage::parse("usage", meters.iter().map(|(m, q)| (m.as_str(), *q))).ok()
+    }
+}
+
+/// The digest of what a publication asks for (the list's name, the instant asked in
+/// milliseconds, 0 for now, and its prices), which a replay of its `publish_id` must repeat:
+/// SHA-256, in hex, over a text in which every field is preceded by its length, so no two
+/// publications make one text.
+pub fn publication_digest<'a>(
+    name: &ListName,
+    asked_from_ms: i64,
+    prices: impl IntoIterator<Item = (&'a str, &'a Meter, UnitPrice)>,
+) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    digest.update(format!("{}:{name}\n{asked_from_ms}\n", name.as_str().len()));
+    for (api_id, meter, price) in prices {
+        let meter = meter.as_str();
+        digest.update(format!(
+            "{}:{api_id}{}:{meter}{}/{}\n",
+            api_id.len(),
+            meter.len(),
+            price.price_micros,
+            price.per_units
+        ));
+    }
+    hex::encode(digest.finalize())
+}
+
+/// What priced a charge or a hold: its usage, and the list and version that priced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PricedBy {
+    pub usage: Usage,
+    pub list: String,
+    pub version: i64,
+}
+
+/// A price list's name: 1..64 of `[a-z0-9_-]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListName(String);
+
+impl ListName {
+    /// What [`ListName::parse`] accepts, as an OpenAPI (ECMA-262) pattern.
+    pub const PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+
+    pub fn parse(field: &'static str, value: &str) -> Result<ListName, FieldViolation> {
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(ListName(value.to_owned()))
+        } else {
+            Err(FieldViolation::new(field, "must be 1..64 of [a-z0-9_-]"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ListName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One version of a price list as it applies from `effective_from`: a price per (API, meter).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PriceVersion {
@@ -207,6 +339,15 @@ impl PriceVersion {
         }
     }
 
+    /// Every price: (API, meter, price), in (API, meter) order.
+    pub fn prices(&self) -> impl Iterator<Item = (&str, &Meter, UnitPrice)> {
+        self.prices.iter().flat_map(|(api_id, meters)| {
+            meters
+                .iter()
+                .map(move |(meter, price)| (api_id.as_str(), meter, *price))
+        })
+    }
+
     /// The amount of `usage` (meter, quantity) of `api_id` under this version: refused when a
     /// meter repeats, when a quantity is out of range, when any meter has no price for the API
     /// (all of them named), or above the largest charge.
@@ -246,13 +387,21 @@ impl PriceVersion {
     }
 }
 
-/// The version of a list in effect at `at`: the latest whose `effective_from` is not after it
-/// (the higher version when two take effect at the same instant).
-pub fn in_effect(versions: &[PriceVersion], at: DateTime<Utc>) -> Option<&PriceVersion> {
+/// The version of a list in effect at `at`, among `versions` (each `version_of` one): the
+/// latest whose `effective_from` is not after it (the higher version when two take effect at
+/// the same instant).
+pub fn in_effect<V>(
+    versions: &[V],
+    at: DateTime<Utc>,
+    version_of: impl Fn(&V) -> &PriceVersion,
+) -> Option<&V> {
     versions
         .iter()
-        .filter(|version| version.effective_from <= at)
-        .max_by_key(|version| (version.effective_from, version.version))
+        .filter(|held| version_of(held).effective_from <= at)
+        .max_by_key(|held| {
+            let version = version_of(held);
+            (version.effective_from, version.version)
+        })
 }
 
 /// A natural number of any size, little-endian in 32-bit limbs: only what summing fractions
@@ -512,12 +661,46 @@ mod tests {
             token_priced_list(3, "2026-12-10T00:00:00Z", 2_500_000),
             token_priced_list(4, "2027-01-01T00:00:00Z", 3_000_000),
         ];
-        let version_at = |text: &str| in_effect(&versions, at(text)).map(|v| v.version);
+        let version_at = |text: &str| in_effect(&versions, at(text), |v| v).map(|v| v.version);
         assert_eq!(version_at("2026-11-30T23:59:59.999999Z"), None);
         assert_eq!(version_at("2026-12-01T00:00:00Z"), Some(1));
         assert_eq!(version_at("2026-12-09T23:59:59.999999Z"), Some(1));
         assert_eq!(version_at("2026-12-10T00:00:00Z"), Some(3));
         assert_eq!(version_at("2027-01-01T00:00:00Z"), Some(4));
+    }
+
+    #[test]
+    fn a_usage_is_each_meter_once_in_meter_order() {
+        let usage = Usage::parse("usage", [("output_tokens", 7), ("call", 1)]).unwrap();
+        assert_eq!(usage.lines(), [(meter("call"), 1), (meter("output_tokens"), 7)]);
+        assert_eq!(usage.to_json(), r#"{"call":1,"output_tokens":7}"#);
+        assert_eq!(Usage::from_json(&usage.to_json()), Some(usage.clone()));
+        let reordered = Usage::parse("usage", [("call", 1), ("output_tokens", 7)]).unwrap();
+        assert_eq!(reordered, usage);
+        let refused = |lines: &[(&str, i64)]| Usage::parse("usage", lines.iter().copied()).is_err();
+        assert!(refused(&[]));
+        assert!(refused(&[("call", 1), ("call", 1)]));
+        assert!(refused(&[("call", 0)]));
+        assert!(refused(&[("call", -1)]));
+        assert!(refused(&[("call", i64::MIN)]));
+        assert!(refused(&[("call", 1_000_000_000_001)]));
+        assert!(refused(&[("Call", 1)]));
+        let many: Vec<String> = (0..=MAX_METERS).map(|i| format!("m{i}")).collect();
+        assert!(refused(&many.iter().map(|m| (m.as_str(), 1)).collect::<Vec<_>>()));
+        assert!(!refused(&many[..MAX_METERS].iter().map(|m| (m.as_str(), 1)).collect::<Vec<_>>()));
+        assert_eq!(Usage::from_json("{}"), None);
+        assert_eq!(Usage::from_json("not json"), None);
+    }
+
+    #[test]
+    fn list_names_are_lowercase_letters_digits_underscores_and_dashes() {
+        let pattern = regex::Regex::new(ListName::PATTERN).unwrap();
+        for ok in ["default", "pro-2027", "a_b", &"z".repeat(64)] {
+            assert!(ListName::parse("name", ok).is_ok() && pattern.is_match(ok), "{ok}");
+        }
+        for bad in ["", "Default", "a b", "é", &"z".repeat(65)] {
+            assert!(ListName::parse("name", bad).is_err() && !pattern.is_match(bad), "{bad}");
+        }
     }
 
     #[test]

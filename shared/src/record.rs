@@ -137,9 +137,24 @@ pub struct LedgerRow {
     pub request_id: Option<String>,
     pub order_no: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// A priced charge's (or hold's) usage, as [`crate::pricing::Usage::to_json`] wrote it, and
+    /// the list and version that priced it; `None` for an amount.
+    pub usage_units: Option<String>,
+    pub price_list: Option<String>,
+    pub price_version: Option<i64>,
 }
 
 impl LedgerRow {
+    /// What priced the row, when it was priced (a row whose usage does not read back is taken
+    /// for an amount's).
+    pub fn priced_by(&self) -> Option<crate::pricing::PricedBy> {
+        Some(crate::pricing::PricedBy {
+            usage: crate::pricing::Usage::from_json(self.usage_units.as_deref()?)?,
+            list: self.price_list.clone()?,
+            version: self.price_version?,
+        })
+    }
+
     /// The account's amounts right after this row.
     pub fn after(&self) -> AccountAmounts {
         AccountAmounts {

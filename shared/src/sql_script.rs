@@ -99,6 +99,16 @@ impl Row<'_> {
         self.bytes(value.as_bytes())
     }
 
+    pub fn opt_int(&mut self, value: Option<i64>) -> &mut Self {
+        match value {
+            Some(value) => self.int(value),
+            None => {
+                self.next().push_str("NULL");
+                self
+            }
+        }
+    }
+
     pub fn opt_text(&mut self, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.text(value),

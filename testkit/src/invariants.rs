@@ -546,6 +546,8 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         | Kind::RechargeOrderFailed(_)
         | Kind::PaymentUnmatched(_)
         | Kind::BalanceLow(_)
-        | Kind::FreeQuotaExhausted(_) => None,
+        | Kind::FreeQuotaExhausted(_)
+        | Kind::PriceListPublished(_)
+        | Kind::PriceListAssigned(_) => None,
     }
 }

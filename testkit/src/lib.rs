@@ -219,6 +219,7 @@ pub fn deduct(user: &str, amount: i64, request_id: &str) -> pb::DeductQuotaReque
         request_id: request_id.into(),
         api_id: "api.test".into(),
         description: "a test call".into(),
+        ..Default::default()
     }
 }
 

@@ -760,6 +760,7 @@ async fn checked_version(client: &mut Client, db: &MySqlPool, user: &str) -> i64
     let check = pb::CheckQuotaRequest {
         user_id: user.to_owned(),
         amount_micros: 1,
+        ..Default::default()
     };
     let seen = client
         .check_quota(check)

@@ -19,6 +19,9 @@ pub const REASON_CHARGE_NOT_FOUND: &str = "CHARGE_NOT_FOUND";
 pub const REASON_REFUND_EXCEEDS_CHARGE: &str = "REFUND_EXCEEDS_CHARGE";
 pub const REASON_RESERVATION_NOT_FOUND: &str = "RESERVATION_NOT_FOUND";
 pub const REASON_SETTLE_EXCEEDS_HOLD: &str = "SETTLE_EXCEEDS_HOLD";
+pub const REASON_UNPRICED: &str = "UNPRICED";
+pub const REASON_AMOUNT_LIMIT: &str = "AMOUNT_LIMIT";
+pub const REASON_PRICE_LIST_NOT_FOUND: &str = "PRICE_LIST_NOT_FOUND";
 pub const REASON_SCOPE: &str = "SCOPE";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
@@ -51,6 +54,9 @@ impl CommandError {
             CommandError::SettleExceedsHold => {
                 (Code::FailedPrecondition, REASON_SETTLE_EXCEEDS_HOLD)
             }
+            CommandError::Unpriced { .. } => (Code::FailedPrecondition, REASON_UNPRICED),
+            CommandError::AmountLimit => (Code::FailedPrecondition, REASON_AMOUNT_LIMIT),
+            CommandError::PriceListNotFound(_) => (Code::NotFound, REASON_PRICE_LIST_NOT_FOUND),
             CommandError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
                 (Code::Unavailable, REASON_STORE_UNAVAILABLE)
             }
@@ -93,6 +99,24 @@ impl From<CommandError> for Status {
                     ERROR_DOMAIN,
                     std::collections::HashMap::from([("key".to_owned(), (*key).to_owned())]),
                 );
+            }
+            CommandError::Unpriced {
+                api_id,
+                list,
+                version,
+                missing,
+            } => {
+                let metadata = [
+                    ("api_id", api_id.clone()),
+                    ("meters", missing.join(",")),
+                    ("price_list", list.clone()),
+                    ("price_version", version.to_string()),
+                ];
+                let metadata: std::collections::HashMap<String, String> = metadata
+                    .into_iter()
+                    .map(|(key, value)| (key.to_owned(), value))
+                    .collect();
+                details.set_error_info(reason, ERROR_DOMAIN, metadata);
             }
             _ => {}
         }

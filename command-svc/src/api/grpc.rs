@@ -7,7 +7,7 @@ use shared::{
 use tonic::{Request, Response, Status};
 
 use super::{auth::require, parse};
-use crate::commands::{CallbackOutcome, Commands};
+use crate::commands::{CallbackOutcome, Charged, Commands, Published};
 
 pub struct GrpcApi {
     commands: Commands,
@@ -16,6 +16,26 @@ pub struct GrpcApi {
 impl GrpcApi {
     pub fn new(commands: Commands) -> Self {
         GrpcApi { commands }
+    }
+
+    /// A version as the contract shows it, in this deployment's currency.
+    fn list_message(&self, list: &Published) -> pb::PriceList {
+        list.message(&self.commands.rules().currency)
+    }
+}
+
+/// A charge's answer, as `DeductQuota` and a settle give it.
+fn charge_message(charged: Charged) -> pb::DeductQuotaResponse {
+    let priced_by = charged.priced_by.as_ref();
+    pb::DeductQuotaResponse {
+        record_id: charged.record_id,
+        free_deducted_micros: charged.split.free.get(),
+        balance_deducted_micros: charged.split.balance.get(),
+        account: Some(charged.account.message()),
+        replayed: charged.replayed,
+        amount_micros: charged.amount.get(),
+        price_list: priced_by.map(|p| p.list.clone()).unwrap_or_default(),
+        price_version: priced_by.map_or(0, |p| p.version),
     }
 }
 
@@ -50,13 +70,7 @@ impl BillingCommandService for GrpcApi {
         require(&request, &[Scope::Quota])?;
         let command = parse::deduct_quota(request.get_ref())?;
         let charged = self.commands.deduct_quota(&command).await?;
-        Ok(Response::new(pb::DeductQuotaResponse {
-            record_id: charged.record_id,
-            free_deducted_micros: charged.split.free.get(),
-            balance_deducted_micros: charged.split.balance.get(),
-            account: Some(charged.account.message()),
-            replayed: charged.replayed,
-        }))
+        Ok(Response::new(charge_message(charged)))
     }
 
     async fn get_account(
@@ -216,16 +230,17 @@ impl BillingCommandService for GrpcApi {
         let command = parse::settle_reservation(request.get_ref())?;
         let settled = self.commands.settle_reservation(&command).await?;
         Ok(Response::new(pb::SettleReservationResponse {
-            charge: Some(pb::DeductQuotaResponse {
-                record_id: settled.record_id,
-                free_deducted_micros: settled.split.free.get(),
-                balance_deducted_micros: settled.split.balance.get(),
-                account: Some(settled.account.message()),
-                replayed: settled.replayed,
-            }),
             released_micros: settled.released.get(),
             replayed: settled.replayed,
             after_expiry: settled.after_expiry,
+            charge: Some(charge_message(Charged {
+                record_id: settled.record_id,
+                amount: settled.amount,
+                priced_by: settled.priced_by,
+                split: settled.split,
+                account: settled.account,
+                replayed: settled.replayed,
+            })),
         }))
     }
 
@@ -240,6 +255,49 @@ impl BillingCommandService for GrpcApi {
             released_micros: released.released.get(),
             account: Some(released.account.message()),
             replayed: released.replayed,
+        }))
+    }
+
+    async fn publish_price_list(
+        &self,
+        request: Request<pb::PublishPriceListRequest>,
+    ) -> Result<Response<pb::PublishPriceListResponse>, Status> {
+        require(&request, &[Scope::Admin])?;
+        let command = parse::publish_price_list(request.get_ref(), self.commands.now())?;
+        let published = self.commands.publish_price_list(&command).await?;
+        Ok(Response::new(pb::PublishPriceListResponse {
+            list: Some(self.list_message(&published.list)),
+            replayed: published.replayed,
+        }))
+    }
+
+    async fn assign_price_list(
+        &self,
+        request: Request<pb::AssignPriceListRequest>,
+    ) -> Result<Response<pb::AssignPriceListResponse>, Status> {
+        require(&request, &[Scope::Admin])?;
+        let command = parse::assign_price_list(request.get_ref())?;
+        let assigned = self.commands.assign_price_list(&command).await?;
+        Ok(Response::new(pb::AssignPriceListResponse {
+            name: assigned.name,
+            account: Some(assigned.account.message()),
+        }))
+    }
+
+    async fn get_price_list(
+        &self,
+        request: Request<pb::GetPriceListRequest>,
+    ) -> Result<Response<pb::GetPriceListResponse>, Status> {
+        require(&request, &[Scope::Quota, Scope::Orders])?;
+        let query = parse::get_price_list(request.get_ref())?;
+        let shown = self.commands.get_price_list(&query).await?;
+        Ok(Response::new(pb::GetPriceListResponse {
+            current: shown.current.as_deref().map(|list| self.list_message(list)),
+            scheduled: shown
+                .scheduled
+                .iter()
+                .map(|list| self.list_message(list))
+                .collect(),
         }))
     }
 }

@@ -1,26 +1,61 @@
 //! Requests from the wire into validated commands. Every field is checked, every violation is
 //! reported at once, and nothing reaches a handler unless all of it is valid.
 
+use chrono::{DateTime, Utc};
 use shared::{
     ids::{
         Actor, AdjustmentId, ApiId, Channel, Description, FieldViolation, IdempotencyKey, OrderNo,
-        ProviderTxnId, Reason, RefundId, RequestId, UserId, Violations, WebhookUrl,
+        ProviderTxnId, PublishId, Reason, RefundId, RequestId, UserId, Violations, WebhookUrl,
     },
     money::{self, MAX_AMOUNT, Micros},
+    pricing::{ListName, Meter, UnitPrice, Usage},
     proto::v1 as pb,
 };
 
 use crate::{
     commands::CommandError,
     domain::{
-        AdjustBalance, CheckQuota, CreateRechargeOrder, DeductQuota, GetRechargeOrder,
-        RechargeCallback, RefundCharge, ReleaseReservation, ReserveQuota, SetAlertSettings,
-        SetFreeQuotaPlan, SettleReservation,
+        AdjustBalance, Asked, AssignPriceList, CheckQuota, CreateRechargeOrder, DeductQuota,
+        GetPriceList, GetRechargeOrder, ListOf, PublishPriceList, RechargeCallback, RefundCharge,
+        ReleaseReservation, ReserveQuota, SetAlertSettings, SetFreeQuotaPlan, SettleReservation,
     },
 };
 
 fn amount(field: &'static str, raw: i64) -> Result<Micros, FieldViolation> {
     money::parse_amount(raw).map_err(|e| FieldViolation::new(field, e.to_string()))
+}
+
+/// Exactly one of an amount (`amount_field`) and a usage: what a charge, a check, a hold or a
+/// settle asks for.
+fn asked(
+    amount_field: &'static str,
+    raw_amount: i64,
+    usage: &[pb::Usage],
+) -> Result<Asked, FieldViolation> {
+    if usage.is_empty() {
+        return amount(amount_field, raw_amount).map(Asked::Amount);
+    }
+    if raw_amount != 0 {
+        return Err(FieldViolation::new(
+            amount_field,
+            format!("give exactly one of {amount_field} and usage"),
+        ));
+    }
+    Usage::parse("usage", usage.iter().map(|u| (u.meter.as_str(), u.quantity))).map(Asked::Usage)
+}
+
+/// [`asked`] of a request that names its API: a usage is priced by the API's prices, so it
+/// needs one.
+fn asked_of_api(
+    raw_amount: i64,
+    usage: &[pb::Usage],
+    api_id: &str,
+) -> Result<Asked, FieldViolation> {
+    let asked = asked("amount_micros", raw_amount, usage)?;
+    if asked.usage().is_some() && api_id.is_empty() {
+        return Err(FieldViolation::new("api_id", "a usage needs the api_id it was used by"));
+    }
+    Ok(asked)
 }
 
 /// Collects the parsed fields; fails with every violation when any field was refused.
@@ -42,20 +77,21 @@ pub fn user_id(raw: &str) -> Result<UserId, CommandError> {
 pub fn check_quota(request: &pb::CheckQuotaRequest) -> Result<CheckQuota, CommandError> {
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
-    let amount = v.take(amount("amount_micros", request.amount_micros));
-    parse_all!(v => CheckQuota { user_id: user_id?, amount: amount? })
+    let api_id = v.take(ApiId::parse("api_id", &request.api_id));
+    let asked = v.take(asked_of_api(request.amount_micros, &request.usage, &request.api_id));
+    parse_all!(v => CheckQuota { user_id: user_id?, api_id: api_id?, asked: asked? })
 }
 
 pub fn deduct_quota(request: &pb::DeductQuotaRequest) -> Result<DeductQuota, CommandError> {
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
-    let amount = v.take(amount("amount_micros", request.amount_micros));
+    let asked = v.take(asked_of_api(request.amount_micros, &request.usage, &request.api_id));
     let request_id = v.take(RequestId::parse("request_id", &request.request_id));
     let api_id = v.take(ApiId::parse("api_id", &request.api_id));
     let description = v.take(Description::parse("description", &request.description));
     parse_all!(v => DeductQuota {
         user_id: user_id?,
-        amount: amount?,
+        asked: asked?,
         request_id: request_id?,
         api_id: api_id?,
         description: description?,
@@ -152,7 +188,7 @@ pub fn reserve_quota(request: &pb::ReserveQuotaRequest) -> Result<ReserveQuota, 
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
     let request_id = v.take(RequestId::parse("request_id", &request.request_id));
-    let amount = v.take(amount("amount_micros", request.amount_micros));
+    let asked = v.take(asked_of_api(request.amount_micros, &request.usage, &request.api_id));
     let api_id = v.take(ApiId::parse("api_id", &request.api_id));
     let ttl = v.take(match request.ttl_ms {
         0 => Ok(None),
@@ -167,7 +203,7 @@ pub fn reserve_quota(request: &pb::ReserveQuotaRequest) -> Result<ReserveQuota, 
     parse_all!(v => ReserveQuota {
         user_id: user_id?,
         request_id: request_id?,
-        amount: amount?,
+        asked: asked?,
         api_id: api_id?,
         ttl: ttl?,
     })
@@ -179,8 +215,13 @@ pub fn settle_reservation(
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
     let request_id = v.take(RequestId::parse("request_id", &request.request_id));
-    // A call that costs nothing is released, not settled.
-    let actual = v.take(amount("actual_amount_micros", request.actual_amount_micros));
+    // A call that costs nothing is released, not settled; a usage is priced with the
+    // reservation's API and version.
+    let actual = v.take(asked(
+        "actual_amount_micros",
+        request.actual_amount_micros,
+        &request.usage,
+    ));
     parse_all!(v => SettleReservation {
         user_id: user_id?,
         request_id: request_id?,
@@ -268,6 +309,103 @@ pub fn set_free_quota_plan(
     })
 }
 
+/// At most this many prices in one version of a list.
+pub const MAX_PRICES: usize = 10_000;
+
+/// How far in the past a publication's instant may lie (it is then taken for now).
+pub const PUBLISH_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// How far ahead a version may be scheduled.
+pub const MAX_SCHEDULE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::days(366);
+
+/// A publication, its instant checked against `now`.
+pub fn publish_price_list(
+    request: &pb::PublishPriceListRequest,
+    now: DateTime<Utc>,
+) -> Result<PublishPriceList, CommandError> {
+    let mut v = Violations::new();
+    let name = v.take(ListName::parse("name", &request.name));
+    let effective_from = v.take(match request.effective_from_ms {
+        0 => Ok(None),
+        ms => DateTime::from_timestamp_millis(ms)
+            .filter(|at| *at >= now - PUBLISH_SLACK && *at <= now + MAX_SCHEDULE_AHEAD)
+            .map(Some)
+            .ok_or_else(|| {
+                FieldViolation::new(
+                    "effective_from_ms",
+                    "must be 0 (now) or an instant neither in the past (5 s of slack) nor more \
+                     than 366 days ahead",
+                )
+            }),
+    });
+    let prices = v.take(prices(&request.prices));
+    let publish_id = v.take(PublishId::parse("publish_id", &request.publish_id));
+    let actor = v.take(Actor::parse("actor", &request.actor));
+    parse_all!(v => PublishPriceList {
+        name: name?,
+        effective_from: effective_from?,
+        prices: prices?,
+        publish_id: publish_id?,
+        actor: actor?,
+    })
+}
+
+/// A version's prices: at most [`MAX_PRICES`], each in range, one per (API, meter); in (API,
+/// meter) order.
+fn prices(prices: &[pb::Price]) -> Result<Vec<(ApiId, Meter, UnitPrice)>, FieldViolation> {
+    let refused = |index: usize, why: &str| {
+        FieldViolation::new("prices", format!("prices[{index}]: {why}"))
+    };
+    if prices.len() > MAX_PRICES {
+        return Err(FieldViolation::new("prices", format!("at most {MAX_PRICES} prices")));
+    }
+    let mut parsed = std::collections::BTreeMap::new();
+    for (index, price) in prices.iter().enumerate() {
+        let api_id = ApiId::parse("api_id", &price.api_id)
+            .map_err(|violation| refused(index, &format!("api_id {}", violation.description)))?;
+        let meter = Meter::parse(&price.meter)
+            .ok_or_else(|| refused(index, "meter must be 1..32 of [a-z0-9_]"))?;
+        let unit = UnitPrice::new(price.price_micros, price.per_units)
+            .map_err(|error| refused(index, &error.to_string()))?;
+        if parsed.insert((api_id, meter), unit).is_some() {
+            return Err(refused(index, "a second price for the same api_id and meter"));
+        }
+    }
+    Ok(parsed
+        .into_iter()
+        .map(|((api_id, meter), unit)| (api_id, meter, unit))
+        .collect())
+}
+
+pub fn assign_price_list(
+    request: &pb::AssignPriceListRequest,
+) -> Result<AssignPriceList, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let name = v.take(match request.name.as_str() {
+        "" => Ok(None),
+        name => ListName::parse("name", name).map(Some),
+    });
+    let actor = v.take(Actor::parse("actor", &request.actor));
+    parse_all!(v => AssignPriceList { user_id: user_id?, name: name?, actor: actor? })
+}
+
+pub fn get_price_list(request: &pb::GetPriceListRequest) -> Result<GetPriceList, CommandError> {
+    let mut v = Violations::new();
+    let list_of = v.take(match (request.user_id.as_str(), request.name.as_str()) {
+        (user_id, "") if !user_id.is_empty() => UserId::parse("user_id", user_id).map(ListOf::User),
+        ("", name) if !name.is_empty() => ListName::parse("name", name).map(ListOf::Named),
+        _ => Err(FieldViolation::new("user_id", "give exactly one of user_id and name")),
+    });
+    let at = v.take(match request.at_ms {
+        0 => Ok(None),
+        ms => DateTime::from_timestamp_millis(ms)
+            .filter(|_| ms > 0)
+            .map(Some)
+            .ok_or_else(|| FieldViolation::new("at_ms", "must be 0 (now) or a positive instant")),
+    });
+    parse_all!(v => GetPriceList { list_of: list_of?, at: at? })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +418,7 @@ mod tests {
             request_id: String::new(),
             api_id: "x".repeat(129),
             description: "fine".into(),
+            ..Default::default()
         };
         let Err(CommandError::Invalid(violations)) = deduct_quota(&request) else {
             panic!("must be refused");

@@ -22,6 +22,7 @@ use shared::{
     clock::Clock,
     config::NatsSettings,
     ids::UserId,
+    proto::v1::billing_event::Kind,
     shutdown::Stop,
 };
 
@@ -106,6 +107,11 @@ fn learn(
         let Ok(user_id) = UserId::parse("user_id", &event.user_id) else {
             continue;
         };
+        // A new price list changes no version: what was remembered is dropped instead.
+        if matches!(event.kind, Some(Kind::PriceListAssigned(_))) {
+            memory.forget(&user_id);
+            continue;
+        }
         let age_ms = (clock.now().timestamp_millis() - event.occurred_at_ms).max(0);
         let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
         let now = Instant::now();

@@ -101,7 +101,7 @@ impl<'c> AccountTx<'c> {
             store::create_account(
                 &mut self.tx,
                 &account.user_id,
-                &account.currency,
+                account.terms(),
                 state,
                 now,
             )
@@ -125,7 +125,7 @@ impl<'c> AccountTx<'c> {
         let account = &self.account;
         self.rules.present(
             &account.user_id,
-            Some(&account.currency),
+            Some(account.terms()),
             Some(&account.state),
             self.now,
         )
@@ -137,7 +137,7 @@ impl<'c> AccountTx<'c> {
         let account = &self.account;
         let out = self.rules.present_as_recorded(
             &account.user_id,
-            &account.currency,
+            account.terms(),
             original,
             account.state.monthly_free,
         )?;

@@ -15,7 +15,7 @@ use shared::{
 
 use super::Rules;
 use crate::{
-    events::{self, AccountOut},
+    events::{self, AccountOut, Terms},
     store::{
         AccountRow, Amounts, Grant, LedgerEntry, Outgoing, RecordKind, Refs, StoreError, Writes,
     },
@@ -37,6 +37,8 @@ pub(super) struct Change {
 pub(super) struct AccountChanges {
     pub user_id: UserId,
     pub currency: String,
+    /// The list that prices the account's usage (`None`: the default list).
+    pub price_list: Option<String>,
     /// The version stored in MySQL (0: no row yet).
     pub stored_version: i64,
     /// What `balance_low` compares the balance with.
@@ -52,6 +54,7 @@ impl AccountChanges {
         Ok(AccountChanges {
             user_id: row.user_id.clone(),
             currency: row.currency.clone(),
+            price_list: row.price_list.clone(),
             stored_version: row.version,
             low_balance_threshold: rules.low_balance_threshold(row.low_balance_threshold_micros),
             state: row.snapshot()?,
@@ -64,10 +67,18 @@ impl AccountChanges {
         AccountChanges {
             user_id: user_id.clone(),
             currency: rules.currency.clone(),
+            price_list: None,
             stored_version: 0,
             low_balance_threshold: rules.default_low_balance_threshold,
             state: AccountSnapshot::fresh(rules.zone.period_of(now), rules.default_monthly_free),
             pending_grant: None,
+        }
+    }
+
+    pub fn terms(&self) -> Terms<'_> {
+        Terms {
+            currency: &self.currency,
+            price_list: self.price_list.as_deref(),
         }
     }
 
@@ -182,7 +193,7 @@ impl AccountChanges {
 
     /// The account exactly as stored once this transaction commits, for events and caches.
     pub fn stored_view(&self, rules: &Rules) -> AccountOut {
-        rules.present_stored(&self.user_id, &self.currency, &self.state)
+        rules.present_stored(&self.user_id, self.terms(), &self.state)
     }
 }
 

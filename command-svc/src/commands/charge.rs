@@ -4,12 +4,17 @@ use shared::{
     account::{AccountSnapshot, Split},
     ids::UserId,
     money::Micros,
-    proto::v1::{QuotaDeducted, billing_event::Kind},
+    pricing::PricedBy,
+    proto::v1::{self as pb, QuotaDeducted, billing_event::Kind},
 };
 
-use super::{CommandError, Commands, changes::Change};
+use super::{
+    CommandError, Commands,
+    changes::Change,
+    prices::{self, Priced},
+};
 use crate::{
-    domain::{CheckQuota, DeductQuota},
+    domain::{Asked, CheckQuota, DeductQuota},
     events::AccountOut,
     store::{self, Amounts, LedgerRow, RecordKind, Refs},
 };
@@ -23,6 +28,10 @@ pub struct Checked {
 #[derive(Clone, Debug)]
 pub struct Charged {
     pub record_id: String,
+    /// What was charged: the amount asked, or the usage's priced amount.
+    pub amount: Micros,
+    /// The usage and the version that priced it, for a priced charge.
+    pub priced_by: Option<PricedBy>,
     pub split: Split,
     pub account: AccountOut,
     pub replayed: bool,
@@ -35,18 +44,21 @@ impl Commands {
         let row = store::load_account(self.store.pool(), user_id).await?;
         let now = self.now();
         let snapshot = row.as_ref().map(store::AccountRow::snapshot).transpose()?;
-        let currency = row.as_ref().map(|row| row.currency.as_str());
-        Ok(self
-            .rules
-            .present(user_id, currency, snapshot.as_ref(), now))
+        let terms = row.as_ref().map(store::AccountRow::terms);
+        Ok(self.rules.present(user_id, terms, snapshot.as_ref(), now))
     }
 
-    /// Would a charge of this amount be allowed now? From memory, Redis or MySQL, nearest first
-    /// (`snapshots`). Neither memory nor Redis ever decides a charge: only this answer.
+    /// Would this charge be allowed now? From memory, Redis or MySQL, nearest first
+    /// (`snapshots`); a usage is priced as a charge now would be. Neither memory nor Redis ever
+    /// decides a charge: only this answer.
     pub async fn check_quota(&self, command: &CheckQuota) -> Result<Checked, CommandError> {
         let account = self.account_to_check(&command.user_id).await?;
+        let book = self.book_for(command.asked.usage().is_some()).await?;
+        let now = self.now();
+        let list = &account.price_list;
+        let priced = prices::price(book.as_deref(), list, &command.api_id, &command.asked, now)?;
         Ok(Checked {
-            allowed: command.amount <= account.view.available,
+            allowed: priced.amount <= account.view.available,
             account,
         })
     }
@@ -66,6 +78,8 @@ impl Charged {
     pub(super) fn replayed(record: &LedgerRow, account: AccountOut) -> Charged {
         Charged {
             record_id: record.record_id.clone(),
+            amount: Micros::new(record.amount_micros),
+            priced_by: record.priced_by(),
             split: Split {
                 free: Micros::new(record.free_micros),
                 balance: Micros::new(record.balance_micros),
@@ -80,27 +94,39 @@ impl Charged {
 /// retry). A reservation's hold under the key is no charge to replay: the key is taken.
 pub(super) fn is_same_charge(record: &LedgerRow, command: &DeductQuota) -> bool {
     record.kind == RecordKind::Deduct
-        && record.amount_micros == command.amount.get()
         && record.api_id.as_deref().unwrap_or("") == command.api_id.as_str()
+        && asks_as_recorded(record, &command.asked)
+}
+
+/// Whether `record` charged what `asked` asks for: the same amount, or the same usage (as a set
+/// of meter to quantity), whatever prices were published since.
+pub(super) fn asks_as_recorded(record: &LedgerRow, asked: &Asked) -> bool {
+    match (asked, record.priced_by()) {
+        (Asked::Amount(amount), None) => record.amount_micros == amount.get(),
+        (Asked::Usage(usage), Some(priced_by)) => priced_by.usage == *usage,
+        _ => false,
+    }
 }
 
 /// The ledger row and event of an applied charge.
 pub(super) fn charge_change(
     command: &DeductQuota,
+    priced: &Priced,
     record_id: String,
     split: Split,
     after: AccountSnapshot,
 ) -> Change {
-    let event = deducted(command, &record_id, split);
+    let event = deducted(command, priced, &record_id, split);
     Change {
         record_id,
         kind: RecordKind::Deduct,
         after,
-        amounts: Amounts::of(command.amount, split.free, split.balance),
+        amounts: Amounts::of(priced.amount, split.free, split.balance),
         refs: Refs {
             request_id: Some(command.request_id.to_string()),
             api_id: Some(command.api_id.to_string()),
             description: Some(command.description.to_string()),
+            priced_by: priced.by.clone(),
             ..Refs::default()
         },
         event,
@@ -108,13 +134,35 @@ pub(super) fn charge_change(
 }
 
 /// The event of an applied charge.
-fn deducted(command: &DeductQuota, record_id: &str, split: Split) -> Kind {
+fn deducted(command: &DeductQuota, priced: &Priced, record_id: &str, split: Split) -> Kind {
+    let (usage, price_list, price_version) = priced_fields(priced.by.as_ref());
     Kind::QuotaDeducted(QuotaDeducted {
         record_id: record_id.to_owned(),
         request_id: command.request_id.to_string(),
         api_id: command.api_id.to_string(),
-        amount_micros: command.amount.get(),
+        amount_micros: priced.amount.get(),
         free_micros: split.free.get(),
         balance_micros: split.balance.get(),
+        usage,
+        price_list,
+        price_version,
     })
+}
+
+/// What the messages of a priced change carry: the usage, the list and the version (empty and 0
+/// for an amount).
+pub fn priced_fields(priced_by: Option<&PricedBy>) -> (Vec<pb::Usage>, String, i64) {
+    let Some(priced_by) = priced_by else {
+        return (Vec::new(), String::new(), 0);
+    };
+    let usage = priced_by
+        .usage
+        .lines()
+        .iter()
+        .map(|(meter, quantity)| pb::Usage {
+            meter: meter.as_str().to_owned(),
+            quantity: *quantity,
+        })
+        .collect();
+    (usage, priced_by.list.clone(), priced_by.version)
 }

@@ -24,6 +24,7 @@ use super::{
     Charged, CommandError, Commands,
     changes::{AccountChanges, Appends},
     charge::{charge_change, is_same_charge},
+    prices::{self, Book},
 };
 use crate::{
     domain::DeductQuota,
@@ -127,7 +128,7 @@ async fn next_batch(
 /// What the batch decided for one charge.
 #[derive(Clone)]
 enum Decided {
-    Done(Result<Charged, CommandError>),
+    Done(Box<Result<Charged, CommandError>>),
     /// Same as the charge at this index of the batch, which was applied.
     SameAs(usize),
 }
@@ -211,6 +212,8 @@ impl Commands {
         batch: &[ChargeRequest],
         look_up: bool,
     ) -> Result<Option<Results>, CommandError> {
+        let priced = batch.iter().any(|r| r.command.asked.usage().is_some());
+        let book = self.book_for(priced).await?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let mut locked = self.lock_batch(&mut tx, batch).await?;
@@ -223,12 +226,18 @@ impl Commands {
             Vec::new()
         };
         let mut appends = Appends::new(&self.rules, now);
-        let decided = self.decide_batch(batch, &mut locked, &earlier, &mut appends, now);
+        let decided = self.decide_batch(
+            batch,
+            &mut locked,
+            &earlier,
+            &mut appends,
+            (book.as_deref(), now),
+        );
         if !look_up {
             // A refused charge may be the retry of one applied earlier, whose answer is the
             // original, not a refusal: those keys are looked up before a refusal is final.
             let refused = known_keys(batch, &locked.accounts, |index| {
-                matches!(decided[index], Decided::Done(Err(_)))
+                matches!(&decided[index], Decided::Done(result) if result.is_err())
             });
             if !store::find_charges(&mut tx, &refused).await?.is_empty() {
                 tx.rollback().await.map_err(StoreError::from)?;
@@ -267,14 +276,15 @@ impl Commands {
         Ok(locked)
     }
 
-    /// Decides every charge of the batch in order, in memory, recording the applied ones.
+    /// Decides every charge of the batch in order, in memory, recording the applied ones; a
+    /// usage is priced with `book` (held when any charge of the batch reports one) at `now`.
     fn decide_batch(
         &self,
         batch: &[ChargeRequest],
         locked: &mut Locked,
         earlier: &[LedgerRow],
         appends: &mut Appends<'_>,
-        now: DateTime<Utc>,
+        (book, now): (Option<&Book>, DateTime<Utc>),
     ) -> Vec<Decided> {
         let earlier: HashMap<(&str, &str), &LedgerRow> = earlier
             .iter()
@@ -288,9 +298,13 @@ impl Commands {
         for (index, request) in batch.iter().enumerate() {
             let (user_id, key) = (&request.command.user_id, request.key());
             let decision = if let Some(error) = locked.unreadable.get(user_id) {
-                Decided::Done(Err(CommandError::Store(error.clone())))
+                Decided::Done(Box::new(Err(CommandError::Store(error.clone()))))
             } else if let Some(record) = earlier.get(&key) {
-                Decided::Done(self.replay(&locked.accounts[user_id], record, &request.command))
+                Decided::Done(Box::new(self.replay(
+                    &locked.accounts[user_id],
+                    record,
+                    &request.command,
+                )))
             } else if let Some(&first) = applied.get(&key) {
                 same_in_batch(&batch[first].command, &request.command, first)
             } else {
@@ -298,11 +312,11 @@ impl Commands {
                     .accounts
                     .entry(user_id.clone())
                     .or_insert_with(|| AccountChanges::fresh(user_id, &self.rules, now));
-                let result = self.decide_charge(account, request, appends, now);
+                let result = self.decide_charge(account, request, appends, (book, now));
                 if result.is_ok() {
                     applied.insert(key, index);
                 }
-                Decided::Done(result)
+                Decided::Done(Box::new(result))
             };
             decided.push(decision);
         }
@@ -321,32 +335,36 @@ impl Commands {
         }
         let shown = self.rules.present_as_recorded(
             &account.user_id,
-            &account.currency,
+            account.terms(),
             record,
             account.state.monthly_free,
         )?;
         Ok(Charged::replayed(record, shown))
     }
 
-    /// One new charge decided on `account` and, when applied, recorded.
+    /// One new charge priced, decided on `account` and, when applied, recorded.
     fn decide_charge(
         &self,
         account: &mut AccountChanges,
         request: &ChargeRequest,
         appends: &mut Appends<'_>,
-        now: DateTime<Utc>,
+        (book, now): (Option<&Book>, DateTime<Utc>),
     ) -> Result<Charged, CommandError> {
         let command = &request.command;
+        let list = self.rules.price_list_of(account.price_list.as_deref());
+        let priced = prices::price(book, list, &command.api_id, &command.asked, now)?;
         let (split, after) =
-            account.decide_charge(command.amount, self.rules.zone.period_of(now))?;
+            account.decide_charge(priced.amount, self.rules.zone.period_of(now))?;
         let record_id = events::new_id();
-        let change = charge_change(command, record_id.clone(), split, after);
+        let change = charge_change(command, &priced, record_id.clone(), split, after);
         account.append(appends, change, request.traceparent.as_deref());
         let shown =
             self.rules
-                .present(&account.user_id, Some(&account.currency), Some(&after), now);
+                .present(&account.user_id, Some(account.terms()), Some(&after), now);
         Ok(Charged {
             record_id,
+            amount: priced.amount,
+            priced_by: priced.by,
             split,
             account: shown,
             replayed: false,
@@ -407,10 +425,12 @@ fn known_keys<'b>(
 
 /// A key sent twice in one batch: the same charge answers as the first, applied once.
 fn same_in_batch(first: &DeductQuota, command: &DeductQuota, index: usize) -> Decided {
-    if first.amount == command.amount && first.api_id == command.api_id {
+    if first.asked == command.asked && first.api_id == command.api_id {
         Decided::SameAs(index)
     } else {
-        Decided::Done(Err(CommandError::KeyReused { key: "request_id" }))
+        Decided::Done(Box::new(Err(CommandError::KeyReused {
+            key: "request_id",
+        })))
     }
 }
 
@@ -419,7 +439,7 @@ fn answers(decided: Vec<Decided>) -> Results {
     let mut results: Vec<Result<Charged, CommandError>> = Vec::with_capacity(decided.len());
     for decision in &decided {
         results.push(match decision {
-            Decided::Done(result) => result.clone(),
+            Decided::Done(result) => (**result).clone(),
             Decided::SameAs(first) => results[*first].clone().map(|charged| Charged {
                 replayed: true,
                 ..charged

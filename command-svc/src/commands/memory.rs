@@ -27,6 +27,8 @@ pub enum Known {
     /// The account as stored at `snapshot.version`.
     Account {
         currency: String,
+        /// The list that prices the account's usage, by name.
+        price_list: String,
         snapshot: AccountSnapshot,
     },
     /// No account was stored under the id when it was read.
@@ -76,6 +78,12 @@ impl AccountMemory {
         let shard = self.shard(user_id).lock().expect("memory lock");
         let remembered = shard.get(user_id)?;
         is_fresh(remembered, Instant::now(), self.max_age).then(|| remembered.known.clone())
+    }
+
+    /// Forgets what is known of the account under `user_id` (a change its version does not
+    /// show, such as its price list): the next check reads it again.
+    pub fn forget(&self, user_id: &UserId) {
+        self.shard(user_id).lock().expect("memory lock").remove(user_id);
     }
 
     /// Remembers `known`, learned at `learned_at`, unless what is remembered is newer; an
@@ -158,6 +166,7 @@ mod tests {
         snapshot.version = version;
         Known::Account {
             currency: "CNY".into(),
+            price_list: "default".into(),
             snapshot,
         }
     }

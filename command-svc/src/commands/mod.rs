@@ -37,6 +37,7 @@ mod group;
 mod memory;
 mod orders;
 mod plans;
+mod prices;
 mod refunds;
 mod reservations;
 mod reset;
@@ -63,13 +64,14 @@ pub use charge::{Charged, Checked};
 pub use memory::{AccountMemory, Known};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
+pub use prices::{Assigned, BOOK_REFRESH, PUBLICATION_LEAD, Published, PublishedList, ShownList};
 pub use refunds::Refunded;
 pub use reservations::{Released, Reserved, Settled};
 pub use reset::ResetBatch;
 pub use snapshots::known_from;
 
 use crate::{
-    events::AccountOut,
+    events::{AccountOut, Terms},
     store::{self, AsStoreError, Store, StoreError},
 };
 
@@ -86,6 +88,8 @@ pub struct Rules {
     pub default_reservation_ttl: Duration,
     /// Where each event is published.
     pub bus: BusNames,
+    /// The list that prices the usage of accounts assigned none.
+    pub default_price_list: String,
     /// How long before its start the next period's reset is accepted.
     pub reset_lead: Duration,
 }
@@ -107,22 +111,38 @@ impl Rules {
             ),
             default_reservation_ttl: Duration::from_millis(settings.reservations.default_ttl_ms),
             bus: BusNames::from_settings(&settings.nats),
+            default_price_list: settings.billing.default_price_list.clone(),
             reset_lead: settings.reset.next_period_lead.get(),
         })
+    }
+
+    /// The list that prices an account's usage: its own, else the default list.
+    pub fn price_list_of<'a>(&'a self, own: Option<&'a str>) -> &'a str {
+        own.unwrap_or(&self.default_price_list)
+    }
+
+    /// The terms of an account never written.
+    pub fn fresh_terms(&self) -> Terms<'_> {
+        Terms {
+            currency: &self.currency,
+            price_list: None,
+        }
     }
 
     /// How an account (or one never written) is presented at `now`.
     pub fn present(
         &self,
         user_id: &UserId,
-        currency: Option<&str>,
+        terms: Option<Terms<'_>>,
         snapshot: Option<&AccountSnapshot>,
         now: DateTime<Utc>,
     ) -> AccountOut {
         let fresh = AccountSnapshot::fresh(self.zone.period_of(now), self.default_monthly_free);
+        let terms = terms.unwrap_or_else(|| self.fresh_terms());
         AccountOut {
             user_id: user_id.to_string(),
-            currency: currency.unwrap_or(&self.currency).to_owned(),
+            currency: terms.currency.to_owned(),
+            price_list: self.price_list_of(terms.price_list).to_owned(),
             view: view_at(snapshot.unwrap_or(&fresh), now, self.zone),
         }
     }
@@ -149,6 +169,19 @@ pub enum CommandError {
     ReservationNotFound,
     #[error("the actual amount exceeds what the reservation holds")]
     SettleExceedsHold,
+    /// The usage names an API or meters the account's price list does not price (`version` 0:
+    /// the list has no version in effect): nothing is charged, never 0 by accident.
+    #[error("not priced by price list {list} (version {version}) for api_id {api_id:?}: {}", missing.join(", "))]
+    Unpriced {
+        api_id: String,
+        list: String,
+        version: i64,
+        missing: Vec<String>,
+    },
+    #[error("the priced amount is above 10^12 micros, the most one charge may be")]
+    AmountLimit,
+    #[error("no price list is named {0}")]
+    PriceListNotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -184,24 +217,25 @@ impl Rules {
     pub fn present_as_recorded(
         &self,
         user_id: &UserId,
-        currency: &str,
+        terms: Terms<'_>,
         original: &store::LedgerRow,
         monthly_free: Micros,
     ) -> Result<AccountOut, StoreError> {
         let state = store::state_after(original, monthly_free)?;
-        Ok(self.present(user_id, Some(currency), Some(&state), original.created_at))
+        Ok(self.present(user_id, Some(terms), Some(&state), original.created_at))
     }
 
     /// An account exactly as stored, for the events that describe it.
     pub fn present_stored(
         &self,
         user_id: &UserId,
-        currency: &str,
+        terms: Terms<'_>,
         snapshot: &AccountSnapshot,
     ) -> AccountOut {
         AccountOut {
             user_id: user_id.to_string(),
-            currency: currency.to_owned(),
+            currency: terms.currency.to_owned(),
+            price_list: self.price_list_of(terms.price_list).to_owned(),
             view: stored_view(snapshot, self.zone),
         }
     }
@@ -219,6 +253,8 @@ pub struct Commands {
     memory: Option<Arc<AccountMemory>>,
     /// Charges go through group commit when set.
     charges: Option<group::ChargeQueue>,
+    /// Every published price list, which usage is priced from.
+    prices: Arc<prices::PriceBook>,
 }
 
 impl Commands {
@@ -231,6 +267,7 @@ impl Commands {
             snapshots: None,
             memory: None,
             charges: None,
+            prices: Arc::default(),
         }
     }
 

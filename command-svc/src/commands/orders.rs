@@ -379,13 +379,13 @@ impl Commands {
             return Ok(None);
         };
         let stored = store::load_account(&mut **tx, user_id).await?;
-        let (currency, monthly_free) = match &stored {
-            Some(row) => (row.currency.clone(), Micros::new(row.monthly_free_micros)),
-            None => (self.rules.currency.clone(), self.rules.default_monthly_free),
+        let (terms, monthly_free) = match &stored {
+            Some(row) => (row.terms(), Micros::new(row.monthly_free_micros)),
+            None => (self.rules.fresh_terms(), self.rules.default_monthly_free),
         };
         Ok(Some(self.rules.present_as_recorded(
             user_id,
-            &currency,
+            terms,
             &record,
             monthly_free,
         )?))

@@ -19,9 +19,11 @@ use super::{
     CommandError, Commands,
     account_tx::AccountTx,
     changes::{AccountChanges, Change},
+    charge::{asks_as_recorded, priced_fields},
+    prices::{self, Priced},
 };
 use crate::{
-    domain::{ReleaseReservation, ReserveQuota, SettleReservation},
+    domain::{Asked, ReleaseReservation, ReserveQuota, SettleReservation},
     events::{self, AccountOut},
     store::{
         self, Amounts, NewReservation, RecordKind, Refs, Reservation, ReservationStatus,
@@ -41,6 +43,9 @@ pub struct Reserved {
 #[derive(Clone, Debug)]
 pub struct Settled {
     pub record_id: String,
+    /// What the call was charged: the actual amount, or its usage priced.
+    pub amount: Micros,
+    pub priced_by: Option<shared::pricing::PricedBy>,
     pub split: Split,
     pub released: Micros,
     pub account: AccountOut,
@@ -66,6 +71,9 @@ impl Commands {
     }
 
     async fn reserve_once(&self, command: &ReserveQuota) -> Result<Reserved, CommandError> {
+        // Every reservation keeps the version of its account's list in effect when it is
+        // taken, for a settle's usage.
+        let book = self.prices.fresh(&self.store).await?;
         let now = self.now();
         let user_id = &command.user_id;
         let request_id = &command.request_id;
@@ -74,8 +82,11 @@ impl Commands {
             if let Some(earlier) =
                 store::lock_reservation(account.tx(), user_id, request_id).await?
             {
-                let same =
-                    earlier.amount == command.amount && earlier.api_id == command.api_id.as_str();
+                let same = earlier.api_id == command.api_id.as_str()
+                    && match &command.asked {
+                        Asked::Amount(amount) => earlier.usage.is_none() && earlier.amount == *amount,
+                        Asked::Usage(usage) => earlier.usage.as_ref() == Some(usage),
+                    };
                 let record =
                     store::find_record(account.tx(), user_id, &earlier.hold_record_id).await?;
                 let shown = account.end_in_replay(&record_or_missing(record)?).await?;
@@ -99,8 +110,23 @@ impl Commands {
             }
         }
 
+        let list = self.rules.price_list_of(account.account().price_list.as_deref()).to_owned();
+        let in_effect = book.in_effect(&list, now);
+        let priced = match &command.asked {
+            Asked::Amount(amount) => Ok(Priced { amount: *amount, by: None }),
+            Asked::Usage(usage) => {
+                prices::price_usage(in_effect.map(|v| &**v), &list, &command.api_id, usage)
+            }
+        };
+        let priced = match priced {
+            Ok(priced) => priced,
+            Err(error) => {
+                account.rollback().await?;
+                return Err(error);
+            }
+        };
         account.open_period();
-        let (hold, after) = match account.state().hold(command.amount) {
+        let (hold, after) = match account.state().hold(priced.amount) {
             Ok(held) => held,
             Err(refusal) => {
                 account.rollback().await?;
@@ -119,9 +145,11 @@ impl Commands {
             period: account.state().period,
             hold_record_id: &record_id,
             expires_at,
+            usage: command.asked.usage(),
+            price: in_effect.map(|v| (list.as_str(), v.prices.version)),
         };
         store::insert_reservation(account.tx(), &reservation, now).await?;
-        account.append(hold_change(command, &reservation, after));
+        account.append(hold_change(&priced, &reservation, after));
         let account = self.commit(account).await?;
         Ok(Reserved {
             reservation_id,
@@ -156,6 +184,7 @@ impl Commands {
     }
 
     async fn settle_once(&self, command: &SettleReservation) -> Result<Settled, CommandError> {
+        let book = self.book_for(command.actual.usage().is_some()).await?;
         let now = self.now();
         let (mut account, reservation) = self
             .lock_reservation(&command.user_id, &command.request_id, now)
@@ -165,13 +194,22 @@ impl Commands {
             account.rollback().await?;
             return Err(CommandError::ReservationNotFound);
         };
-        if command.actual > reservation.amount {
-            account.rollback().await?;
-            return Err(CommandError::SettleExceedsHold);
-        }
         if let Some(settle) = &reservation.settle {
             return self.settle_replayed(account, command, settle).await;
         }
+        let actual = match settle_price(book.as_deref(), &reservation, &command.actual) {
+            Ok(actual) if actual.amount > reservation.amount => {
+                Err(CommandError::SettleExceedsHold)
+            }
+            priced => priced,
+        };
+        let actual = match actual {
+            Ok(actual) => actual,
+            Err(error) => {
+                account.rollback().await?;
+                return Err(error);
+            }
+        };
 
         account.open_period();
         let expired =
@@ -185,7 +223,7 @@ impl Commands {
         let decided = match decide_settle(
             account.account(),
             &reservation,
-            command.actual,
+            actual.amount,
             expired,
             now_period,
         ) {
@@ -198,15 +236,17 @@ impl Commands {
         let record_id = events::new_id();
         let settle = store::SettleRecord {
             record_id: record_id.clone(),
-            actual: command.actual,
+            actual: actual.amount,
             released: decided.released,
             after_expiry: expired,
         };
         store::record_settle(account.tx(), &reservation.reservation_id, &settle, now).await?;
-        account.append(settle_change(&reservation, &settle, &decided));
+        account.append(settle_change(&reservation, &settle, &actual, &decided));
         let account = self.commit(account).await?;
         Ok(Settled {
             record_id,
+            amount: actual.amount,
+            priced_by: actual.by,
             split: decided.split,
             released: decided.released,
             account,
@@ -226,10 +266,12 @@ impl Commands {
         let record = store::find_record(account.tx(), &command.user_id, &settle.record_id).await?;
         let record = record_or_missing(record)?;
         let shown = account.end_in_replay(&record).await?;
-        if settle.actual != command.actual {
+        if !asks_as_recorded(&record, &command.actual) {
             return Err(CommandError::KeyReused { key: "request_id" });
         }
         Ok(Settled {
+            amount: settle.actual,
+            priced_by: record.priced_by(),
             record_id: record.record_id,
             split: Split {
                 free: Micros::new(record.free_micros),
@@ -379,6 +421,30 @@ impl Commands {
     }
 }
 
+/// What a settle charges: the actual amount, or its usage priced by the version the reservation
+/// was taken under (with the reservation's API).
+fn settle_price(
+    book: Option<&prices::Book>,
+    reservation: &Reservation,
+    actual: &Asked,
+) -> Result<Priced, CommandError> {
+    let api_id = shared::ids::ApiId::stored(reservation.api_id.as_str());
+    let usage = match actual {
+        Asked::Amount(amount) => {
+            return Ok(Priced {
+                amount: *amount,
+                by: None,
+            });
+        }
+        Asked::Usage(usage) => usage,
+    };
+    let Some((list, version)) = &reservation.price else {
+        return prices::price_usage(None, "", &api_id, usage);
+    };
+    let version = book.and_then(|book| book.version(list, *version));
+    prices::price_usage(version.map(|v| &**v), list, &api_id, usage)
+}
+
 /// A settle's charge, decided.
 struct SettleDecided {
     split: Split,
@@ -424,8 +490,10 @@ fn decide_settle(
 fn settle_change(
     reservation: &Reservation,
     settle: &SettleRecord,
+    actual: &Priced,
     decided: &SettleDecided,
 ) -> Change {
+    let (usage, price_list, price_version) = priced_fields(actual.by.as_ref());
     let SettleDecided {
         split,
         after,
@@ -443,6 +511,9 @@ fn settle_change(
         released_micros: released.get(),
         after_expiry: settle.after_expiry,
         free_period: free_period.unwrap_or(after.period).to_string(),
+        usage,
+        price_list,
+        price_version,
     });
     Change {
         record_id: settle.record_id.clone(),
@@ -452,6 +523,7 @@ fn settle_change(
         refs: Refs {
             api_id: Some(reservation.api_id.clone()),
             free_period: free_period.map(|period| period.to_string()),
+            priced_by: actual.by.clone(),
             ..Refs::default()
         },
         event,
@@ -491,31 +563,32 @@ fn release_change(
 }
 
 /// The ledger row and event of a reservation's hold.
-fn hold_change(
-    command: &ReserveQuota,
-    reservation: &NewReservation<'_>,
-    after: AccountSnapshot,
-) -> Change {
+fn hold_change(priced: &Priced, reservation: &NewReservation<'_>, after: AccountSnapshot) -> Change {
     let hold = reservation.hold;
+    let (usage, price_list, price_version) = priced_fields(priced.by.as_ref());
     let event = Kind::QuotaReserved(QuotaReserved {
         record_id: reservation.hold_record_id.to_owned(),
         reservation_id: reservation.reservation_id.to_owned(),
         request_id: reservation.request_id.as_str().to_owned(),
         api_id: reservation.api_id.to_owned(),
-        amount_micros: command.amount.get(),
+        amount_micros: priced.amount.get(),
         free_held_micros: hold.free.get(),
         balance_held_micros: hold.balance.get(),
         expires_at_ms: reservation.expires_at.timestamp_millis(),
         period: reservation.period.to_string(),
+        usage,
+        price_list,
+        price_version,
     });
     Change {
         record_id: reservation.hold_record_id.to_owned(),
         kind: RecordKind::Hold,
         after,
-        amounts: Amounts::of(command.amount, hold.free, hold.balance),
+        amounts: Amounts::of(priced.amount, hold.free, hold.balance),
         refs: Refs {
             request_id: Some(reservation.request_id.as_str().to_owned()),
             api_id: Some(reservation.api_id.to_owned()),
+            priced_by: priced.by.clone(),
             ..Refs::default()
         },
         event,

@@ -15,7 +15,7 @@ use super::{
     CommandError, Commands, account_tx::AccountTx, directory::AccountDirectory, memory::Known,
 };
 use crate::{
-    events::AccountOut,
+    events::{AccountOut, Terms},
     store::{self, StoreError},
 };
 
@@ -77,6 +77,17 @@ impl Commands {
         futures::future::join_all(unwritten).await;
     }
 
+    /// Forgets the account's snapshots, in memory and in Redis, after a change its version does
+    /// not show (its price list): the next check reads MySQL.
+    pub(super) async fn forget_snapshot(&self, user_id: &UserId) {
+        if let Some(memory) = &self.memory {
+            memory.forget(user_id);
+        }
+        if let Some(cache) = &self.snapshots {
+            cache.remove(user_id.as_str()).await;
+        }
+    }
+
     /// The account a check answers with: from memory, else the directory when the id surely has
     /// no account, else Redis, else MySQL (then cached in Redis); what was read is remembered, an
     /// id without an account included.
@@ -130,10 +141,11 @@ impl Commands {
             return Ok(Known::Absent);
         };
         let snapshot = row.snapshot()?;
-        let stored = self.rules.present_stored(user_id, &row.currency, &snapshot);
+        let stored = self.rules.present_stored(user_id, row.terms(), &snapshot);
         self.write_through(std::slice::from_ref(&stored)).await;
         Ok(Known::Account {
-            currency: row.currency,
+            currency: stored.currency,
+            price_list: stored.price_list,
             snapshot,
         })
     }
@@ -142,9 +154,16 @@ impl Commands {
     fn present_known(&self, user_id: &UserId, known: &Known) -> AccountOut {
         let now = self.now();
         match known {
-            Known::Account { currency, snapshot } => {
-                self.rules
-                    .present(user_id, Some(currency), Some(snapshot), now)
+            Known::Account {
+                currency,
+                price_list,
+                snapshot,
+            } => {
+                let terms = Terms {
+                    currency,
+                    price_list: Some(price_list),
+                };
+                self.rules.present(user_id, Some(terms), Some(snapshot), now)
             }
             Known::Absent => self.rules.present(user_id, None, None, now),
         }
@@ -205,5 +224,6 @@ pub fn known_from(state: &pb::AccountState) -> Option<Known> {
     Some(Known::Account {
         snapshot: AccountSnapshot::from_message(state)?,
         currency: state.currency.clone(),
+        price_list: state.price_list.clone(),
     })
 }

@@ -3,26 +3,46 @@
 
 pub mod payment;
 
+use chrono::{DateTime, Utc};
 use shared::{
     ids::{
         Actor, AdjustmentId, ApiId, Channel, Description, IdempotencyKey, OrderNo, ProviderTxnId,
-        Reason, RefundId, RequestId, UserId, WebhookUrl,
+        PublishId, Reason, RefundId, RequestId, UserId, WebhookUrl,
     },
     money::Micros,
+    pricing::{ListName, Meter, UnitPrice, Usage},
 };
+
+/// What a call is charged for: an amount, or what it used, which the account's price list
+/// prices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asked {
+    Amount(Micros),
+    Usage(Usage),
+}
+
+impl Asked {
+    pub fn usage(&self) -> Option<&Usage> {
+        match self {
+            Asked::Amount(_) => None,
+            Asked::Usage(usage) => Some(usage),
+        }
+    }
+}
 
 /// May this call go ahead? Never writes.
 #[derive(Clone, Debug)]
 pub struct CheckQuota {
     pub user_id: UserId,
-    pub amount: Micros,
+    pub api_id: ApiId,
+    pub asked: Asked,
 }
 
 /// Charge one API call, free quota first; idempotent by `(user_id, request_id)`.
 #[derive(Clone, Debug)]
 pub struct DeductQuota {
     pub user_id: UserId,
-    pub amount: Micros,
+    pub asked: Asked,
     pub request_id: RequestId,
     pub api_id: ApiId,
     pub description: Description,
@@ -59,7 +79,7 @@ pub struct RechargeCallback {
 pub struct ReserveQuota {
     pub user_id: UserId,
     pub request_id: RequestId,
-    pub amount: Micros,
+    pub asked: Asked,
     pub api_id: ApiId,
     /// `None`: the configured default.
     pub ttl: Option<std::time::Duration>,
@@ -70,7 +90,8 @@ pub struct ReserveQuota {
 pub struct SettleReservation {
     pub user_id: UserId,
     pub request_id: RequestId,
-    pub actual: Micros,
+    /// The call's actual price, or its usage priced by the reservation's version.
+    pub actual: Asked,
 }
 
 /// Give the reservation under `(user_id, request_id)` back.
@@ -122,4 +143,51 @@ pub struct AdjustBalance {
     pub amount: Micros,
     pub reason: Reason,
     pub actor: Actor,
+}
+
+/// A new version of the price list `name`, replacing the whole list from `effective_from` (`None`:
+/// now); idempotent by `publish_id`.
+#[derive(Clone, Debug)]
+pub struct PublishPriceList {
+    pub name: ListName,
+    pub effective_from: Option<DateTime<Utc>>,
+    /// One per (API, meter), in (API, meter) order.
+    pub prices: Vec<(ApiId, Meter, UnitPrice)>,
+    pub publish_id: PublishId,
+    pub actor: Actor,
+}
+
+impl PublishPriceList {
+    /// The digest of what the publication asks for, which a replay of its `publish_id` must
+    /// repeat.
+    pub fn content_digest(&self) -> String {
+        let asked_from = self.effective_from.map_or(0, |at| at.timestamp_millis());
+        let prices = self
+            .prices
+            .iter()
+            .map(|(api_id, meter, price)| (api_id.as_str(), meter, *price));
+        shared::pricing::publication_digest(&self.name, asked_from, prices)
+    }
+}
+
+/// Price the account's usage with the list `name` (`None`: the default list) from now on.
+#[derive(Clone, Debug)]
+pub struct AssignPriceList {
+    pub user_id: UserId,
+    pub name: Option<ListName>,
+    pub actor: Actor,
+}
+
+/// Whose price list to show.
+#[derive(Clone, Debug)]
+pub enum ListOf {
+    User(UserId),
+    Named(ListName),
+}
+
+/// A price list as in effect at `at` (`None`: now), with the versions scheduled after it.
+#[derive(Clone, Debug)]
+pub struct GetPriceList {
+    pub list_of: ListOf,
+    pub at: Option<DateTime<Utc>>,
 }

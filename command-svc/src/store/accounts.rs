@@ -5,6 +5,7 @@ use shared::{account::AccountSnapshot, ids::UserId, money::Micros, period::Perio
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
+use crate::events::Terms;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
@@ -21,9 +22,18 @@ pub struct AccountRow {
     pub updated_at: DateTime<Utc>,
     /// The user's own `balance_low` threshold (`alert_settings`), if they set one.
     pub low_balance_threshold_micros: Option<i64>,
+    /// The list that prices the account's usage; `None`: the default list.
+    pub price_list: Option<String>,
 }
 
 impl AccountRow {
+    pub fn terms(&self) -> Terms<'_> {
+        Terms {
+            currency: &self.currency,
+            price_list: self.price_list.as_deref(),
+        }
+    }
+
     pub fn snapshot(&self) -> Result<AccountSnapshot, StoreError> {
         Ok(AccountSnapshot {
             balance: Micros::new(self.balance_micros),
@@ -52,7 +62,7 @@ macro_rules! account_columns {
     () => {
         "a.user_id, a.currency, a.balance_micros, a.period, a.free_granted_micros, \
          a.free_used_micros, a.free_held_micros, a.balance_held_micros, a.monthly_free_micros, \
-         a.version, a.updated_at, \
+         a.version, a.updated_at, a.price_list, \
          s.low_balance_threshold_micros \
          FROM accounts a LEFT JOIN alert_settings s ON s.user_id = a.user_id"
     };
@@ -132,17 +142,19 @@ fn bind_state<'q>(query: Query<'q>, state: &AccountSnapshot) -> Query<'q> {
 pub async fn create_account(
     tx: &mut Tx,
     user_id: &UserId,
-    currency: &str,
+    terms: Terms<'_>,
     state: &AccountSnapshot,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let insert = sqlx::query(
-        "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
-         free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, version, \
-         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO accounts (user_id, currency, price_list, balance_micros, period, \
+         free_granted_micros, free_used_micros, free_held_micros, balance_held_micros, \
+         monthly_free_micros, version, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(user_id)
-    .bind(currency);
+    .bind(terms.currency)
+    .bind(terms.price_list);
     bind_state(insert, state)
         .bind(now)
         .bind(now)

@@ -6,6 +6,7 @@ use shared::{
     ids::{RequestId, UserId},
     money::Micros,
 };
+use shared::pricing::PricedBy;
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
@@ -26,6 +27,8 @@ pub struct Refs {
     /// The month whose free quota the row's free part belongs to, when it is not the row's
     /// period (a hold settled after its month ended).
     pub free_period: Option<String>,
+    /// A priced charge's (or hold's) usage and the version that priced it.
+    pub priced_by: Option<PricedBy>,
 }
 
 /// The amounts of a row: `amount` the change as asked, `free` and `balance` its parts.
@@ -83,7 +86,8 @@ macro_rules! record_columns {
         "record_id, user_id, version, kind, amount_micros, free_micros, balance_micros, period, \
          balance_after_micros, free_granted_after_micros, free_used_after_micros, \
          free_held_after_micros, balance_held_after_micros, monthly_free_after_micros, \
-         free_period, api_id, request_id, order_no, created_at"
+         free_period, api_id, request_id, order_no, created_at, usage_units, price_list, \
+         price_version"
     };
 }
 
@@ -185,7 +189,8 @@ impl Writes {
              free_used_before_micros, free_used_after_micros, free_held_before_micros, \
              free_held_after_micros, balance_held_before_micros, balance_held_after_micros, \
              monthly_free_after_micros, request_id, api_id, description, order_no, \
-             provider_txn_id, adjustment_id, reason, actor, created_at) ",
+             provider_txn_id, adjustment_id, reason, actor, created_at, usage_units, \
+             price_list, price_version) ",
             entries,
             "",
             |row, entry| {
@@ -226,6 +231,10 @@ impl Writes {
                     .opt_text(refs.reason.as_deref())
                     .opt_text(refs.actor.as_deref())
                     .instant(entry.created_at);
+                let priced = refs.priced_by.as_ref();
+                row.opt_text(priced.map(|p| p.usage.to_json()).as_deref())
+                    .opt_text(priced.map(|p| p.list.as_str()))
+                    .opt_int(priced.map(|p| p.version));
             },
         );
         self

@@ -10,6 +10,7 @@ mod grants;
 mod ledger;
 mod orders;
 mod outbox;
+mod prices;
 mod refunds;
 mod reservations;
 mod writes;
@@ -40,6 +41,10 @@ pub use orders::{
 pub use outbox::{
     OutboxRow, Outgoing, PURGE_CHUNK, backlog, claim_unpublished, insert_event,
     make_seen_commits_durable, mark_published, purge_published_chunk,
+};
+pub use prices::{
+    PriceRow, VersionRow, find_publication, list_exists, next_version, price_versions, prices_of,
+    set_price_list,
 };
 pub use refunds::{NewRefund, RefundRow, find_refund, insert_refund, refundable};
 pub use reservations::{

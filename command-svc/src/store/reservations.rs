@@ -8,6 +8,7 @@ use shared::{
     ids::{RequestId, UserId},
     money::Micros,
     period::Period,
+    pricing::Usage,
 };
 use sqlx::MySqlPool;
 
@@ -64,6 +65,9 @@ struct Row {
     settle_released_micros: Option<i64>,
     settled_after_expiry: Option<bool>,
     expires_at: DateTime<Utc>,
+    usage_units: Option<String>,
+    price_list: Option<String>,
+    price_version: Option<i64>,
 }
 
 /// A reservation as stored.
@@ -84,6 +88,11 @@ pub struct Reservation {
     /// How it was settled, if it was (before or after its expiry).
     pub settle: Option<SettleRecord>,
     pub expires_at: DateTime<Utc>,
+    /// The usage it holds for, when it was reserved with one.
+    pub usage: Option<Usage>,
+    /// The version of the account's list in effect when it was reserved (if any): a settle's
+    /// usage is priced with it.
+    pub price: Option<(String, i64)>,
 }
 
 /// A settle as its first answer gave it: the charge's row, the actual price, what it released
@@ -136,6 +145,8 @@ impl TryFrom<Row> for Reservation {
                 _ => None,
             },
             expires_at: row.expires_at,
+            usage: row.usage_units.as_deref().and_then(Usage::from_json),
+            price: row.price_list.zip(row.price_version),
         })
     }
 }
@@ -149,8 +160,8 @@ pub async fn lock_reservation(
     let row: Option<Row> = sqlx::query_as(
         "SELECT reservation_id, request_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
          period, status, hold_record_id, end_record_id, settle_record_id, actual_micros, \
-         settle_released_micros, settled_after_expiry, expires_at \
-         FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",
+         settle_released_micros, settled_after_expiry, expires_at, usage_units, price_list, \
+         price_version FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",
     )
     .bind(user_id)
     .bind(request_id)
@@ -169,6 +180,8 @@ pub struct NewReservation<'a> {
     pub period: Period,
     pub hold_record_id: &'a str,
     pub expires_at: DateTime<Utc>,
+    pub usage: Option<&'a Usage>,
+    pub price: Option<(&'a str, i64)>,
 }
 
 pub async fn insert_reservation(
@@ -179,7 +192,8 @@ pub async fn insert_reservation(
     sqlx::query(
         "INSERT INTO reservations (reservation_id, user_id, request_id, api_id, amount_micros, \
          free_held_micros, balance_held_micros, period, status, hold_record_id, created_at, \
-         expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?, ?)",
+         expires_at, usage_units, price_list, price_version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?, ?, ?, ?, ?)",
     )
     .bind(reservation.reservation_id)
     .bind(reservation.user_id)
@@ -192,6 +206,9 @@ pub async fn insert_reservation(
     .bind(reservation.hold_record_id)
     .bind(now)
     .bind(reservation.expires_at)
+    .bind(reservation.usage.map(Usage::to_json))
+    .bind(reservation.price.map(|(list, _)| list))
+    .bind(reservation.price.map(|(_, version)| version))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -202,6 +202,7 @@ async fn reads_never_create_an_account() {
         .check_quota(pb::CheckQuotaRequest {
             user_id: user.clone(),
             amount_micros: 10 * CNY,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -222,6 +223,7 @@ async fn reads_never_create_an_account() {
         .check_quota(pb::CheckQuotaRequest {
             user_id: user.clone(),
             amount_micros: 10 * CNY + 1,
+            ..Default::default()
         })
         .await
         .unwrap()

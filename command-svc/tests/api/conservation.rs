@@ -208,6 +208,7 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
                                 amount_micros: amount,
                                 api_id: "api.stream".into(),
                                 ttl_ms: 60_000,
+                                ..Default::default()
                             })
                             .await;
                         match held {
@@ -217,6 +218,7 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
                                         user_id: user.clone(),
                                         request_id,
                                         actual_amount_micros: 1 + rng.below(amount as u64) as i64,
+                                        ..Default::default()
                                     })
                                     .await
                                     .unwrap()
@@ -257,6 +259,7 @@ async fn a_random_mix_of_5000_operations_conserves_every_account() {
                         let check = pb::CheckQuotaRequest {
                             user_id: user.clone(),
                             amount_micros: CNY,
+                            ..Default::default()
                         };
                         let view = gateway
                             .check_quota(check)

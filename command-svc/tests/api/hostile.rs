@@ -140,6 +140,7 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
     for case in cases(2, |r, bad| pb::CheckQuotaRequest {
         user_id: pick(r, bad == 0, &text, &bad_user),
         amount_micros: pick(r, bad == 1, &amount, &bad_amount),
+        ..Default::default()
     }) {
         answers.push(("CheckQuota", gateway.check_quota(case).await.map(drop)));
     }
@@ -149,6 +150,7 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         request_id: pick(r, bad == 2, &text, &bad_key),
         api_id: pick(r, bad == 3, &text, &bad_text),
         description: pick(r, bad == 4, &text, &bad_text),
+        ..Default::default()
     }) {
         answers.push(("DeductQuota", gateway.deduct_quota(case).await.map(drop)));
     }
@@ -237,6 +239,7 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         amount_micros: pick(r, bad == 2, &amount, &bad_amount),
         api_id: pick(r, bad == 3, &text, &bad_text),
         ttl_ms: pick(r, bad == 4, &ttl, &bad_ttl),
+        ..Default::default()
     }) {
         answers.push(("ReserveQuota", gateway.reserve_quota(case).await.map(drop)));
     }
@@ -244,6 +247,7 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         user_id: pick(r, bad == 0, &text, &bad_user),
         request_id: pick(r, bad == 1, &text, &bad_key),
         actual_amount_micros: pick(r, bad == 2, &amount, &bad_amount),
+        ..Default::default()
     }) {
         let answer = gateway.settle_reservation(case).await.map(drop);
         answers.push(("SettleReservation", answer));

@@ -175,6 +175,7 @@ async fn checks_follow_charges(app: &TestApp, user: &str) {
         let check = pb::CheckQuotaRequest {
             user_id: user.into(),
             amount_micros: 1,
+            ..Default::default()
         };
         let seen = checker
             .check_quota(check)
@@ -234,6 +235,7 @@ async fn a_check_after_the_snapshot_expired_answers_from_mysql_and_caches_it_aga
     let check = pb::CheckQuotaRequest {
         user_id: user.clone(),
         amount_micros: 1,
+        ..Default::default()
     };
     let seen = app
         .gateway()
@@ -255,6 +257,7 @@ async fn a_check_after_the_snapshot_expired_answers_from_mysql_and_caches_it_aga
     let check = pb::CheckQuotaRequest {
         user_id: stranger.clone(),
         amount_micros: 1,
+        ..Default::default()
     };
     let seen = app
         .gateway()
@@ -410,6 +413,7 @@ async fn snapshots_in_a_redis_cluster_follow_every_charge() {
         let check = pb::CheckQuotaRequest {
             user_id: user.clone(),
             amount_micros: 1,
+            ..Default::default()
         };
         async move { gateway.check_quota(check).await.unwrap().into_inner() }
     });

@@ -152,6 +152,7 @@ async fn reservations_and_charges_keep_spaced_keys_apart() {
             amount_micros: CNY,
             api_id: "api.test".into(),
             ttl_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -162,6 +163,7 @@ async fn reservations_and_charges_keep_spaced_keys_apart() {
             amount_micros: 2 * CNY,
             api_id: "api.test".into(),
             ttl_ms: 0,
+            ..Default::default()
         })
         .await
         .expect("`h ` is a reservation of its own")
@@ -178,6 +180,7 @@ async fn reservations_and_charges_keep_spaced_keys_apart() {
             user_id: user.clone(),
             request_id: "h ".into(),
             actual_amount_micros: 2 * CNY,
+            ..Default::default()
         })
         .await
         .unwrap()

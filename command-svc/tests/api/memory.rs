@@ -13,6 +13,7 @@ fn check(user: &str) -> pb::CheckQuotaRequest {
     pb::CheckQuotaRequest {
         user_id: user.into(),
         amount_micros: 1,
+        ..Default::default()
     }
 }
 

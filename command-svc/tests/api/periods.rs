@@ -86,6 +86,7 @@ async fn on_the_first_the_view_shows_the_new_month_before_any_write() {
     let check = |amount| pb::CheckQuotaRequest {
         user_id: user.clone(),
         amount_micros: amount,
+        ..Default::default()
     };
     assert!(
         !app.gateway()

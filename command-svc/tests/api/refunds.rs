@@ -262,6 +262,7 @@ async fn the_charge_that_settled_a_reservation_is_refunded_by_its_request_id() {
         amount_micros: amount,
         api_id: "api.stream".to_owned(),
         ttl_ms: 0,
+        ..Default::default()
     };
     // 12 CNY held: 10 free and 2 of the balance; 11 settled: 10 free, 1 balance.
     gateway
@@ -273,6 +274,7 @@ async fn the_charge_that_settled_a_reservation_is_refunded_by_its_request_id() {
             user_id: user.clone(),
             request_id: "streamed".to_owned(),
             actual_amount_micros: 11 * CNY,
+            ..Default::default()
         })
         .await
         .unwrap()

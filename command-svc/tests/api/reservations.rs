@@ -29,6 +29,7 @@ fn reserve(user: &str, request_id: &str, amount: i64, ttl_ms: i64) -> pb::Reserv
         amount_micros: amount,
         api_id: "api.stream".to_owned(),
         ttl_ms,
+        ..Default::default()
     }
 }
 
@@ -37,6 +38,7 @@ fn settle(user: &str, request_id: &str, actual: i64) -> pb::SettleReservationReq
         user_id: user.to_owned(),
         request_id: request_id.to_owned(),
         actual_amount_micros: actual,
+        ..Default::default()
     }
 }
 

@@ -75,7 +75,8 @@ async fn each_caller_reaches_only_its_own_methods() {
         payment
             .check_quota(pb::CheckQuotaRequest {
                 user_id: user.clone(),
-                amount_micros: 1
+                amount_micros: 1,
+                ..Default::default()
             })
             .await
             .map(drop)

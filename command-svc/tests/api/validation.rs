@@ -110,6 +110,7 @@ async fn bad_fields_are_refused_and_change_nothing() {
     let check = |user_id: &str, amount| pb::CheckQuotaRequest {
         user_id: user_id.into(),
         amount_micros: amount,
+        ..Default::default()
     };
     assert_invalid(
         "check zero",

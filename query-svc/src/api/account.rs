@@ -271,6 +271,7 @@ mod tests {
             monthly_free_micros: 10,
             free_held_micros: 0,
             balance_held_micros: 0,
+            ..Default::default()
         }
     }
 

@@ -20,7 +20,7 @@ use super::{
     auth::AuthUser,
     error::{ApiError, ErrorBody},
     openapi,
-    records::{PageRequest, RecordJson, RecordType, record_json},
+    records::{PageRequest, RecordJson, RecordType, UsageLine, record_json},
 };
 use crate::{app::AppState, store::queries};
 
@@ -30,7 +30,7 @@ const PAGE: u32 = 1000;
 /// The CSV header: the listing's fields, in its order.
 const HEADER: &str = "record_id,type,amount_micros,free_micros,balance_micros,\
 balance_after_micros,free_remaining_after_micros,api_id,request_id,order_no,period,version,\
-created_at\r\n";
+created_at,usage,price_list,price_version\r\n";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default().routes(routes!(export))
@@ -134,7 +134,7 @@ fn write_line(out: &mut String, record: &RecordJson) {
     let text = |value: &Option<String>| value.as_deref().map(cell).unwrap_or_default();
     let _ = write!(
         out,
-        "{},{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
         record.record_id,
         record.kind,
         record.amount_micros,
@@ -148,7 +148,17 @@ fn write_line(out: &mut String, record: &RecordJson) {
         record.period,
         record.version,
         record.created_at,
+        usage_cell(record.usage.as_deref()),
+        text(&record.price_list),
+        record.price_version.map(|v| v.to_string()).unwrap_or_default(),
     );
+}
+
+/// A priced record's usage as one cell: `meter=quantity` pairs separated by `;`.
+fn usage_cell(usage: Option<&[UsageLine]>) -> String {
+    let pairs = usage.unwrap_or_default().iter();
+    let pairs: Vec<String> = pairs.map(|u| format!("{}={}", u.meter, u.quantity)).collect();
+    pairs.join(";")
 }
 
 /// A text field as a CSV cell (RFC 4180): quoted when it holds a comma, a quote or a line break,

@@ -17,7 +17,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::record::RecordKind;
+use shared::{pricing::Usage, record::RecordKind};
 use utoipa::{IntoParams, PartialSchema, ToSchema, openapi::RefOr, openapi::schema::Schema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -115,6 +115,22 @@ pub struct RecordJson {
     pub version: i64,
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// What a priced charge (or hold) used, meter by meter; `null` for one of an amount.
+    #[schema(required = true)]
+    pub usage: Option<Vec<UsageLine>>,
+    /// The price list that priced it; `null` for a charge of an amount.
+    #[schema(required = true)]
+    pub price_list: Option<String>,
+    /// The version of the list that priced it; `null` for a charge of an amount.
+    #[schema(required = true)]
+    pub price_version: Option<i64>,
+}
+
+/// What a call used of one meter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageLine {
+    pub meter: String,
+    pub quantity: i64,
 }
 
 /// A page request, validated.
@@ -270,6 +286,21 @@ pub(super) fn record_json(row: RecordRow) -> RecordJson {
         period: row.period,
         version: row.version,
         created_at: rfc3339(row.created_at),
+        usage: row
+            .usage_units
+            .as_deref()
+            .and_then(Usage::from_json)
+            .map(|usage| {
+                let lines = usage.lines().iter();
+                lines
+                    .map(|(meter, quantity)| UsageLine {
+                        meter: meter.as_str().to_owned(),
+                        quantity: *quantity,
+                    })
+                    .collect()
+            }),
+        price_list: row.price_list,
+        price_version: row.price_version,
     }
 }
 
@@ -364,6 +395,9 @@ mod tests {
             period: "2026-11".into(),
             version: 1,
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            usage_units: None,
+            price_list: None,
+            price_version: None,
         };
         assert_eq!(record_json(row("adjust", -5)).amount_micros, -5);
         assert_eq!(record_json(row("deduct", -5)).amount_micros, 5);

@@ -10,6 +10,7 @@ use shared::{
         EVENT_SCHEMA_VERSION,
         v1::{self as pb, billing_event::Kind},
     },
+    pricing::Usage,
     record::RecordKind,
 };
 
@@ -170,6 +171,8 @@ struct Shown<'e> {
     period: Option<&'e str>,
     /// A charge: counted in the daily usage of its API.
     is_call: bool,
+    /// A priced change: its usage, and the list and version that priced it.
+    priced: Option<(&'e [pb::Usage], &'e str, i64)>,
 }
 
 impl<'e> Shown<'e> {
@@ -183,6 +186,15 @@ impl<'e> Shown<'e> {
             order_no: None,
             period: None,
             is_call: false,
+            priced: None,
+        }
+    }
+
+    /// Priced by `list` version `version` from `usage` (none: an amount's).
+    fn priced(self, usage: &'e [pb::Usage], list: &'e str, version: i64) -> Shown<'e> {
+        Shown {
+            priced: (!usage.is_empty()).then_some((usage, list, version)),
+            ..self
         }
     }
 
@@ -204,7 +216,9 @@ fn shown(kind: &Kind) -> Option<Shown<'_>> {
     Some(match kind {
         Kind::QuotaDeducted(c) => {
             let amounts = (c.amount_micros, c.free_micros, c.balance_micros);
-            Shown::new(&c.record_id, K::Deduct, amounts).call(&c.api_id, &c.request_id)
+            Shown::new(&c.record_id, K::Deduct, amounts)
+                .call(&c.api_id, &c.request_id)
+                .priced(&c.usage, &c.price_list, c.price_version)
         }
         Kind::BalanceRecharged(r) => Shown {
             order_no: Some(&r.order_no),
@@ -237,7 +251,11 @@ fn shown(kind: &Kind) -> Option<Shown<'_>> {
             Shown {
                 api_id: Some(&h.api_id),
                 request_id: Some(&h.request_id),
-                ..Shown::new(&h.record_id, K::Hold, amounts)
+                ..Shown::new(&h.record_id, K::Hold, amounts).priced(
+                    &h.usage,
+                    &h.price_list,
+                    h.price_version,
+                )
             }
         }
         // An ordinary charge: its record (in the month of the free quota that paid it) and its
@@ -246,7 +264,9 @@ fn shown(kind: &Kind) -> Option<Shown<'_>> {
             let amounts = (s.amount_micros, s.free_micros, s.balance_micros);
             Shown {
                 period: Some(&s.free_period),
-                ..Shown::new(&s.record_id, K::Deduct, amounts).call(&s.api_id, &s.request_id)
+                ..Shown::new(&s.record_id, K::Deduct, amounts)
+                    .call(&s.api_id, &s.request_id)
+                    .priced(&s.usage, &s.price_list, s.price_version)
             }
         }
         Kind::ReservationReleased(r) => {
@@ -274,7 +294,9 @@ fn shown(kind: &Kind) -> Option<Shown<'_>> {
         | Kind::RechargeOrderFailed(_)
         | Kind::PaymentUnmatched(_)
         | Kind::BalanceLow(_)
-        | Kind::FreeQuotaExhausted(_) => return None,
+        | Kind::FreeQuotaExhausted(_)
+        | Kind::PriceListPublished(_)
+        | Kind::PriceListAssigned(_) => return None,
     })
 }
 
@@ -293,6 +315,14 @@ fn record_of(
         .as_ref()
         .ok_or_else(|| Refused::Invalid("a record event without its account".into()))?;
     let (amount, free, balance) = shown.amounts;
+    let usage_units = shown
+        .priced
+        .map(|(usage, _, _)| {
+            Usage::parse("usage", usage.iter().map(|u| (u.meter.as_str(), u.quantity)))
+                .map(|usage| usage.to_json())
+                .map_err(|violation| Refused::Invalid(violation.to_string()))
+        })
+        .transpose()?;
     let row = RecordRow {
         record_id: shown.record_id.to_owned(),
         user_id: event.user_id.clone(),
@@ -308,6 +338,9 @@ fn record_of(
         order_no: shown.order_no.map(str::to_owned),
         period: shown.period.unwrap_or(&account.period).to_owned(),
         created_at: occurred_at,
+        usage_units,
+        price_list: shown.priced.map(|(_, list, _)| list.to_owned()),
+        price_version: shown.priced.map(|(_, _, version)| version),
     };
     let usage = shown.is_call.then(|| UsageKey {
         day: occurred_at.with_timezone(&zone.tz()).date_naive(),
@@ -342,6 +375,7 @@ mod tests {
             monthly_free_micros: 1000,
             free_held_micros: 0,
             balance_held_micros: 0,
+            ..Default::default()
         }
     }
 
@@ -367,6 +401,7 @@ mod tests {
             amount_micros: 30,
             free_micros: 20,
             balance_micros: 10,
+            ..Default::default()
         }));
         let plan = plan(&e, BillingZone::default()).unwrap();
         let (record, usage) = plan.record.unwrap();

@@ -80,7 +80,7 @@ impl RmAccount {
 /// The columns of a record in `rm_records`, in the order the writes bind them.
 pub(crate) const RECORD_COLUMNS: &str = "record_id, user_id, version, type, amount_micros, \
     free_micros, balance_micros, balance_after_micros, free_remaining_after_micros, api_id, \
-    request_id, order_no, period, created_at";
+    request_id, order_no, period, created_at, usage_units, price_list, price_version";
 
 /// A record as `rm_records` holds it: written by the projection, read by the REST API.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -100,6 +100,11 @@ pub struct RecordRow {
     pub order_no: Option<String>,
     pub period: String,
     pub created_at: DateTime<Utc>,
+    /// A priced charge's (or hold's) usage, as `shared::pricing::Usage::to_json` writes it, and
+    /// the list and version that priced it.
+    pub usage_units: Option<String>,
+    pub price_list: Option<String>,
+    pub price_version: Option<i64>,
 }
 
 impl ReadStore {

@@ -8,8 +8,10 @@
 //!
 //! A single row is written by the same statement as many, so each rule is written once.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
-use shared::{db::Failure, order::OrderStatus};
+use shared::{db::Failure, order::OrderStatus, pricing::Usage};
 use sqlx::MySqlConnection;
 
 pub use super::RecordRow;
@@ -219,20 +221,25 @@ pub async fn insert_records_into(
                 .push_bind(&r.request_id)
                 .push_bind(&r.order_no)
                 .push_bind(&r.period)
-                .push_bind(r.created_at);
+                .push_bind(r.created_at)
+                .push_bind(&r.usage_units)
+                .push_bind(&r.price_list)
+                .push_bind(r.price_version);
         });
         insert.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// Usage to add for one account, day and API: calls and the three sums.
+/// Usage to add for one account, day and API: calls, the three sums, and the units of each
+/// meter the priced calls used.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageDelta {
     pub calls: i64,
     pub amount_micros: i64,
     pub free_micros: i64,
     pub balance_micros: i64,
+    pub units: BTreeMap<String, i64>,
 }
 
 impl UsageDelta {
@@ -243,12 +250,16 @@ impl UsageDelta {
         delta
     }
 
-    /// Counts one more charge: a call and its three sums.
+    /// Counts one more charge: a call, its three sums and its units.
     pub fn count(&mut self, record: &RecordRow) {
         self.calls += 1;
         self.amount_micros += record.amount_micros;
         self.free_micros += record.free_micros;
         self.balance_micros += record.balance_micros;
+        let usage = record.usage_units.as_deref().and_then(Usage::from_json);
+        for (meter, quantity) in usage.iter().flat_map(Usage::lines) {
+            *self.units.entry(meter.as_str().to_owned()).or_default() += quantity;
+        }
     }
 }
 
@@ -276,6 +287,37 @@ pub async fn add_usages(
              free_micros = free_micros + VALUES(free_micros), \
              balance_micros = balance_micros + VALUES(balance_micros)",
         );
+        upsert.build().execute(&mut *conn).await?;
+    }
+    add_units(conn, deltas).await
+}
+
+/// Adds the units of the priced calls among `deltas` to `rm_daily_units`.
+async fn add_units(
+    conn: &mut MySqlConnection,
+    deltas: &[(&str, &UsageKey, UsageDelta)],
+) -> Result<(), sqlx::Error> {
+    let units: Vec<(&str, &UsageKey, &str, i64)> = deltas
+        .iter()
+        .flat_map(|(user_id, key, delta)| {
+            delta
+                .units
+                .iter()
+                .map(move |(meter, quantity)| (*user_id, *key, meter.as_str(), *quantity))
+        })
+        .collect();
+    for chunk in shared::db::pow2_chunks(&units) {
+        let mut upsert = sqlx::QueryBuilder::new(
+            "INSERT INTO rm_daily_units (user_id, day, api_id, meter, quantity) ",
+        );
+        upsert.push_values(chunk, |mut row, (user_id, key, meter, quantity)| {
+            row.push_bind(*user_id)
+                .push_bind(key.day)
+                .push_bind(&key.api_id)
+                .push_bind(*meter)
+                .push_bind(*quantity);
+        });
+        upsert.push(" ON DUPLICATE KEY UPDATE quantity = quantity + VALUES(quantity)");
         upsert.build().execute(&mut *conn).await?;
     }
     Ok(())

@@ -258,6 +258,7 @@ async fn reservations_show_in_the_account_records_and_usage() {
         amount_micros: amount,
         api_id: "api.stream".into(),
         ttl_ms: 60_000,
+        ..Default::default()
     };
     gateway
         .reserve_quota(reserve("s-1", 4 * CNY))
@@ -281,6 +282,7 @@ async fn reservations_show_in_the_account_records_and_usage() {
             user_id: user.clone(),
             request_id: "s-1".into(),
             actual_amount_micros: CNY,
+            ..Default::default()
         })
         .await
         .unwrap();

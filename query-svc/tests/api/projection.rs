@@ -141,6 +141,7 @@ pub async fn some_activity(stack: &Stack, user: &str) {
                 amount_micros: 2 * CNY,
                 api_id: "api.stream".into(),
                 ttl_ms: 60_000,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -150,6 +151,7 @@ pub async fn some_activity(stack: &Stack, user: &str) {
             user_id: user.to_owned(),
             request_id: "stream-1".into(),
             actual_amount_micros: CNY + CNY / 2,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -169,6 +171,7 @@ pub async fn some_activity(stack: &Stack, user: &str) {
             amount_micros: CNY,
             api_id: "api.stream".into(),
             ttl_ms: 1_000,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -178,6 +181,7 @@ pub async fn some_activity(stack: &Stack, user: &str) {
             user_id: user.to_owned(),
             request_id: "stream-3".into(),
             actual_amount_micros: CNY / 2,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -149,6 +149,7 @@ pub fn account_state(
         monthly_free_micros: granted,
         free_held_micros: 0,
         balance_held_micros: 0,
+        ..Default::default()
     }
 }
 

@@ -19,6 +19,7 @@ async fn charge(stack: &Stack, user: &str, amount: i64, api: &str, request_id: &
             request_id: request_id.into(),
             api_id: api.into(),
             description: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

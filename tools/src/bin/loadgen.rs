@@ -457,6 +457,7 @@ async fn deduct(
                     request_id: request_id.clone(),
                     api_id: "bench".into(),
                     description: String::new(),
+                    ..Default::default()
                 };
                 match client.deduct_quota(request).await {
                     Ok(_) => {
@@ -503,6 +504,7 @@ async fn check(settings: &Settings, load: &Load, accounts: Accounts) -> anyhow::
         let request = pb::CheckQuotaRequest {
             user_id: accounts.pick(r).into_owned(),
             amount_micros: CHARGE,
+            ..Default::default()
         };
         Box::pin(async move {
             client

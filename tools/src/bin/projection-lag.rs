@@ -95,6 +95,7 @@ fn lag_charge(user_id: String, request_id: String) -> pb::DeductQuotaRequest {
         request_id,
         api_id: "bench.lag".into(),
         description: String::new(),
+        ..Default::default()
     }
 }
 

@@ -19,8 +19,8 @@ use shared::record::{AccountAmounts, LedgerRow};
 
 use super::{LEDGER_COLUMNS, LEDGER_FROM, rebuild::OrderSource, record_of};
 use query_svc::store::{
-    self,
-    projection::{self as writes, RecordRow},
+    self, RECORD_COLUMNS,
+    projection::{self as writes, RecordRow, UsageDelta},
 };
 
 /// One difference between the models, in words an operator can act on.
@@ -148,6 +148,8 @@ struct Models {
     records: Vec<RecordRow>,
     /// `rm_daily_usage`: day, API, calls, amount, free part, balance part.
     usage: Vec<(NaiveDate, String, i64, i64, i64, i64)>,
+    /// `rm_daily_units`: day, API, meter, quantity.
+    units: Vec<(NaiveDate, String, String, i64)>,
     read_orders: HashMap<String, String>,
     write_orders: HashMap<String, String>,
 }
@@ -176,6 +178,7 @@ impl Models {
         let sql = format!(
             "SELECT {LEDGER_COLUMNS} FROM {LEDGER_FROM} WHERE l.user_id = ? ORDER BY l.version"
         );
+        let records = format!("SELECT {RECORD_COLUMNS} FROM rm_records WHERE user_id = ?");
         let models = Models {
             write_version,
             monthly_free,
@@ -184,17 +187,19 @@ impl Models {
                 .fetch_all(&mut *tx)
                 .await?,
             snapshot: store::load_account(&mut *tx, user).await?,
-            records: sqlx::query_as(
-                "SELECT record_id, user_id, version, type, amount_micros, free_micros, \
-                 balance_micros, balance_after_micros, free_remaining_after_micros, api_id, \
-                 request_id, order_no, period, created_at FROM rm_records WHERE user_id = ?",
+            records: sqlx::query_as(sqlx::AssertSqlSafe(records))
+                .bind(user)
+                .fetch_all(&mut *tx)
+                .await?,
+            usage: sqlx::query_as(
+                "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros \
+                 FROM rm_daily_usage WHERE user_id = ?",
             )
             .bind(user)
             .fetch_all(&mut *tx)
             .await?,
-            usage: sqlx::query_as(
-                "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros \
-                 FROM rm_daily_usage WHERE user_id = ?",
+            units: sqlx::query_as(
+                "SELECT day, api_id, meter, quantity FROM rm_daily_units WHERE user_id = ?",
             )
             .bind(user)
             .fetch_all(&mut *tx)
@@ -287,29 +292,32 @@ impl Models {
         found
     }
 
-    /// The daily usage counters against the sums of the charges' records.
+    /// The daily usage counters and units against the sums of the charges' records.
     fn usage_differences(&self, zone: BillingZone) -> Vec<String> {
-        let mut sums: HashMap<(NaiveDate, String), [i64; 4]> = HashMap::new();
+        let mut sums: HashMap<(NaiveDate, String), UsageDelta> = HashMap::new();
         for record in self
             .records
             .iter()
             .filter(|r| RecordKind::Deduct.is(&r.kind))
         {
             let day = record.created_at.with_timezone(&zone.tz()).date_naive();
-            let entry = sums
-                .entry((day, record.api_id.clone().unwrap_or_default()))
-                .or_default();
-            *entry = [
-                entry[0] + 1,
-                entry[1] + record.amount_micros,
-                entry[2] + record.free_micros,
-                entry[3] + record.balance_micros,
-            ];
+            sums.entry((day, record.api_id.clone().unwrap_or_default()))
+                .or_default()
+                .count(record);
+        }
+        let mut held: HashMap<(NaiveDate, String), UsageDelta> = HashMap::new();
+        for (day, api_id, calls, amount, free, balance) in &self.usage {
+            let counters = held.entry((*day, api_id.clone())).or_default();
+            (counters.calls, counters.amount_micros) = (*calls, *amount);
+            (counters.free_micros, counters.balance_micros) = (*free, *balance);
+        }
+        for (day, api_id, meter, quantity) in &self.units {
+            let counters = held.entry((*day, api_id.clone())).or_default();
+            counters.units.insert(meter.clone(), *quantity);
         }
         let mut found = Vec::new();
-        for (day, api_id, calls, amount, free, balance) in &self.usage {
-            let have = [*calls, *amount, *free, *balance];
-            match sums.remove(&(*day, api_id.clone())) {
+        for ((day, api_id), have) in held {
+            match sums.remove(&(day, api_id.clone())) {
                 Some(want) if want == have => {}
                 want => found.push(format!(
                     "usage of {day} {api_id:?} is {have:?}, its records make {want:?}"
@@ -411,7 +419,12 @@ async fn repair(
 ) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     refresh_snapshot(&mut tx, user, true).await?;
-    for table in ["rm_records", "rm_daily_usage", "rm_orders"] {
+    for table in [
+        "rm_records",
+        "rm_daily_usage",
+        "rm_daily_units",
+        "rm_orders",
+    ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE user_id = ?"
         )))

@@ -174,7 +174,10 @@ impl Usage {
                 ));
             }
             if meters.insert(meter, quantity).is_some() {
-                return Err(FieldViolation::new(field, format!("meter {name} given twice")));
+                return Err(FieldViolation::new(
+                    field,
+                    format!("meter {name} given twice"),
+                ));
             }
             if meters.len() > MAX_METERS {
                 return Err(FieldViolation::new(
@@ -672,7 +675,10 @@ mod tests {
     #[test]
     fn a_usage_is_each_meter_once_in_meter_order() {
         let usage = Usage::parse("usage", [("output_tokens", 7), ("call", 1)]).unwrap();
-        assert_eq!(usage.lines(), [(meter("call"), 1), (meter("output_tokens"), 7)]);
+        assert_eq!(
+            usage.lines(),
+            [(meter("call"), 1), (meter("output_tokens"), 7)]
+        );
         assert_eq!(usage.to_json(), r#"{"call":1,"output_tokens":7}"#);
         assert_eq!(Usage::from_json(&usage.to_json()), Some(usage.clone()));
         let reordered = Usage::parse("usage", [("call", 1), ("output_tokens", 7)]).unwrap();
@@ -686,8 +692,15 @@ mod tests {
         assert!(refused(&[("call", 1_000_000_000_001)]));
         assert!(refused(&[("Call", 1)]));
         let many: Vec<String> = (0..=MAX_METERS).map(|i| format!("m{i}")).collect();
-        assert!(refused(&many.iter().map(|m| (m.as_str(), 1)).collect::<Vec<_>>()));
-        assert!(!refused(&many[..MAX_METERS].iter().map(|m| (m.as_str(), 1)).collect::<Vec<_>>()));
+        assert!(refused(
+            &many.iter().map(|m| (m.as_str(), 1)).collect::<Vec<_>>()
+        ));
+        assert!(!refused(
+            &many[..MAX_METERS]
+                .iter()
+                .map(|m| (m.as_str(), 1))
+                .collect::<Vec<_>>()
+        ));
         assert_eq!(Usage::from_json("{}"), None);
         assert_eq!(Usage::from_json("not json"), None);
     }
@@ -696,10 +709,16 @@ mod tests {
     fn list_names_are_lowercase_letters_digits_underscores_and_dashes() {
         let pattern = regex::Regex::new(ListName::PATTERN).unwrap();
         for ok in ["default", "pro-2027", "a_b", &"z".repeat(64)] {
-            assert!(ListName::parse("name", ok).is_ok() && pattern.is_match(ok), "{ok}");
+            assert!(
+                ListName::parse("name", ok).is_ok() && pattern.is_match(ok),
+                "{ok}"
+            );
         }
         for bad in ["", "Default", "a b", "é", &"z".repeat(65)] {
-            assert!(ListName::parse("name", bad).is_err() && !pattern.is_match(bad), "{bad}");
+            assert!(
+                ListName::parse("name", bad).is_err() && !pattern.is_match(bad),
+                "{bad}"
+            );
         }
     }
 

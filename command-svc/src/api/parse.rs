@@ -41,7 +41,11 @@ fn asked(
             format!("give exactly one of {amount_field} and usage"),
         ));
     }
-    Usage::parse("usage", usage.iter().map(|u| (u.meter.as_str(), u.quantity))).map(Asked::Usage)
+    Usage::parse(
+        "usage",
+        usage.iter().map(|u| (u.meter.as_str(), u.quantity)),
+    )
+    .map(Asked::Usage)
 }
 
 /// [`asked`] of a request that names its API: a usage is priced by the API's prices, so it
@@ -53,7 +57,10 @@ fn asked_of_api(
 ) -> Result<Asked, FieldViolation> {
     let asked = asked("amount_micros", raw_amount, usage)?;
     if asked.usage().is_some() && api_id.is_empty() {
-        return Err(FieldViolation::new("api_id", "a usage needs the api_id it was used by"));
+        return Err(FieldViolation::new(
+            "api_id",
+            "a usage needs the api_id it was used by",
+        ));
     }
     Ok(asked)
 }
@@ -78,14 +85,22 @@ pub fn check_quota(request: &pb::CheckQuotaRequest) -> Result<CheckQuota, Comman
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
     let api_id = v.take(ApiId::parse("api_id", &request.api_id));
-    let asked = v.take(asked_of_api(request.amount_micros, &request.usage, &request.api_id));
+    let asked = v.take(asked_of_api(
+        request.amount_micros,
+        &request.usage,
+        &request.api_id,
+    ));
     parse_all!(v => CheckQuota { user_id: user_id?, api_id: api_id?, asked: asked? })
 }
 
 pub fn deduct_quota(request: &pb::DeductQuotaRequest) -> Result<DeductQuota, CommandError> {
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
-    let asked = v.take(asked_of_api(request.amount_micros, &request.usage, &request.api_id));
+    let asked = v.take(asked_of_api(
+        request.amount_micros,
+        &request.usage,
+        &request.api_id,
+    ));
     let request_id = v.take(RequestId::parse("request_id", &request.request_id));
     let api_id = v.take(ApiId::parse("api_id", &request.api_id));
     let description = v.take(Description::parse("description", &request.description));
@@ -188,7 +203,11 @@ pub fn reserve_quota(request: &pb::ReserveQuotaRequest) -> Result<ReserveQuota, 
     let mut v = Violations::new();
     let user_id = v.take(UserId::parse("user_id", &request.user_id));
     let request_id = v.take(RequestId::parse("request_id", &request.request_id));
-    let asked = v.take(asked_of_api(request.amount_micros, &request.usage, &request.api_id));
+    let asked = v.take(asked_of_api(
+        request.amount_micros,
+        &request.usage,
+        &request.api_id,
+    ));
     let api_id = v.take(ApiId::parse("api_id", &request.api_id));
     let ttl = v.take(match request.ttl_ms {
         0 => Ok(None),
@@ -352,11 +371,13 @@ pub fn publish_price_list(
 /// A version's prices: at most [`MAX_PRICES`], each in range, one per (API, meter); in (API,
 /// meter) order.
 fn prices(prices: &[pb::Price]) -> Result<Vec<(ApiId, Meter, UnitPrice)>, FieldViolation> {
-    let refused = |index: usize, why: &str| {
-        FieldViolation::new("prices", format!("prices[{index}]: {why}"))
-    };
+    let refused =
+        |index: usize, why: &str| FieldViolation::new("prices", format!("prices[{index}]: {why}"));
     if prices.len() > MAX_PRICES {
-        return Err(FieldViolation::new("prices", format!("at most {MAX_PRICES} prices")));
+        return Err(FieldViolation::new(
+            "prices",
+            format!("at most {MAX_PRICES} prices"),
+        ));
     }
     let mut parsed = std::collections::BTreeMap::new();
     for (index, price) in prices.iter().enumerate() {
@@ -367,7 +388,10 @@ fn prices(prices: &[pb::Price]) -> Result<Vec<(ApiId, Meter, UnitPrice)>, FieldV
         let unit = UnitPrice::new(price.price_micros, price.per_units)
             .map_err(|error| refused(index, &error.to_string()))?;
         if parsed.insert((api_id, meter), unit).is_some() {
-            return Err(refused(index, "a second price for the same api_id and meter"));
+            return Err(refused(
+                index,
+                "a second price for the same api_id and meter",
+            ));
         }
     }
     Ok(parsed
@@ -394,7 +418,10 @@ pub fn get_price_list(request: &pb::GetPriceListRequest) -> Result<GetPriceList,
     let list_of = v.take(match (request.user_id.as_str(), request.name.as_str()) {
         (user_id, "") if !user_id.is_empty() => UserId::parse("user_id", user_id).map(ListOf::User),
         ("", name) if !name.is_empty() => ListName::parse("name", name).map(ListOf::Named),
-        _ => Err(FieldViolation::new("user_id", "give exactly one of user_id and name")),
+        _ => Err(FieldViolation::new(
+            "user_id",
+            "give exactly one of user_id and name",
+        )),
     });
     let at = v.take(match request.at_ms {
         0 => Ok(None),

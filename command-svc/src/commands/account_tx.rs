@@ -98,14 +98,8 @@ impl<'c> AccountTx<'c> {
         let (account, now) = (&self.account, self.now);
         if account.is_created() {
             let state = &account.state;
-            store::create_account(
-                &mut self.tx,
-                &account.user_id,
-                account.terms(),
-                state,
-                now,
-            )
-            .await?;
+            store::create_account(&mut self.tx, &account.user_id, account.terms(), state, now)
+                .await?;
         } else if account.is_changed() {
             let (user_id, from) = (&account.user_id, account.stored_version);
             store::save_account(&mut self.tx, user_id, from, &account.state, now).await?;

@@ -236,9 +236,11 @@ impl Commands {
         if !look_up {
             // A refused charge may be the retry of one applied earlier, whose answer is the
             // original, not a refusal: those keys are looked up before a refusal is final.
-            let refused = known_keys(batch, &locked.accounts, |index| {
-                matches!(&decided[index], Decided::Done(result) if result.is_err())
-            });
+            let refused = known_keys(
+                batch,
+                &locked.accounts,
+                |index| matches!(&decided[index], Decided::Done(result) if result.is_err()),
+            );
             if !store::find_charges(&mut tx, &refused).await?.is_empty() {
                 tx.rollback().await.map_err(StoreError::from)?;
                 return Ok(None);
@@ -358,9 +360,9 @@ impl Commands {
         let record_id = events::new_id();
         let change = charge_change(command, &priced, record_id.clone(), split, after);
         account.append(appends, change, request.traceparent.as_deref());
-        let shown =
-            self.rules
-                .present(&account.user_id, Some(account.terms()), Some(&after), now);
+        let shown = self
+            .rules
+            .present(&account.user_id, Some(account.terms()), Some(&after), now);
         Ok(Charged {
             record_id,
             amount: priced.amount,
@@ -428,9 +430,7 @@ fn same_in_batch(first: &DeductQuota, command: &DeductQuota, index: usize) -> De
     if first.asked == command.asked && first.api_id == command.api_id {
         Decided::SameAs(index)
     } else {
-        Decided::Done(Box::new(Err(CommandError::KeyReused {
-            key: "request_id",
-        })))
+        Decided::Done(Box::new(Err(CommandError::KeyReused { key: "request_id" })))
     }
 }
 

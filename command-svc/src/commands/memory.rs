@@ -83,7 +83,10 @@ impl AccountMemory {
     /// Forgets what is known of the account under `user_id` (a change its version does not
     /// show, such as its price list): the next check reads it again.
     pub fn forget(&self, user_id: &UserId) {
-        self.shard(user_id).lock().expect("memory lock").remove(user_id);
+        self.shard(user_id)
+            .lock()
+            .expect("memory lock")
+            .remove(user_id);
     }
 
     /// Remembers `known`, learned at `learned_at`, unless what is remembered is newer; an

@@ -172,12 +172,11 @@ pub fn price_usage(
             version, missing, ..
         }) => Err(unpriced(version, missing.iter().collect())),
         Err(Unpriceable::AboveLimit(_)) => Err(CommandError::AmountLimit),
-        Err(refused @ (Unpriceable::Quantity(_) | Unpriceable::DuplicateMeter(_))) => Err(
-            CommandError::Invalid(vec![shared::ids::FieldViolation::new(
-                "usage",
-                refused.to_string(),
-            )]),
-        ),
+        Err(refused @ (Unpriceable::Quantity(_) | Unpriceable::DuplicateMeter(_))) => {
+            Err(CommandError::Invalid(vec![
+                shared::ids::FieldViolation::new("usage", refused.to_string()),
+            ]))
+        }
     }
 }
 
@@ -190,7 +189,12 @@ pub struct PriceBook {
 
 impl PriceBook {
     pub fn current(&self) -> Arc<Book> {
-        Arc::clone(&self.book.read().expect("the price book's lock is never poisoned"))
+        Arc::clone(
+            &self
+                .book
+                .read()
+                .expect("the price book's lock is never poisoned"),
+        )
     }
 
     /// A book that may price now: the current one, or a new load when it is older than the lease.
@@ -240,7 +244,10 @@ impl PriceBook {
             lists,
             confirmed: Some(started),
         });
-        *self.book.write().expect("the price book's lock is never poisoned") = Arc::clone(&book);
+        *self
+            .book
+            .write()
+            .expect("the price book's lock is never poisoned") = Arc::clone(&book);
         Ok(book)
     }
 }
@@ -328,9 +335,10 @@ impl Commands {
             metrics::counter!("billing_price_publications_late_total").increment(1);
         }
         let book = self.prices.load(&self.store).await?;
-        let list = Arc::clone(book.version(&name, version).ok_or_else(|| {
-            StoreError::internal(sqlx::Error::RowNotFound)
-        })?);
+        let list = Arc::clone(
+            book.version(&name, version)
+                .ok_or_else(|| StoreError::internal(sqlx::Error::RowNotFound))?,
+        );
         self.wait_until_in_effect(list.prices.effective_from).await;
         Ok(PublishedList { list, replayed })
     }
@@ -345,7 +353,8 @@ impl Commands {
         now: DateTime<Utc>,
     ) -> Result<(String, i64, bool), CommandError> {
         let mut tx = self.store.begin().await?;
-        if let Some(earlier) = store::find_publication(&mut tx, command.publish_id.as_str()).await? {
+        if let Some(earlier) = store::find_publication(&mut tx, command.publish_id.as_str()).await?
+        {
             tx.rollback().await.map_err(StoreError::from)?;
             if earlier.content_sha256 != digest {
                 return Err(CommandError::KeyReused { key: "publish_id" });
@@ -424,7 +433,10 @@ impl Commands {
                 } else {
                     account.open_period();
                 }
-                let previous = self.rules.price_list_of(account.account().price_list.as_deref()).to_owned();
+                let previous = self
+                    .rules
+                    .price_list_of(account.account().price_list.as_deref())
+                    .to_owned();
                 account.account().price_list = name.clone();
                 account.publish(Kind::PriceListAssigned(pb::PriceListAssigned {
                     name: self.rules.price_list_of(name.as_deref()).to_owned(),
@@ -455,7 +467,11 @@ impl Commands {
         let at = query.at.unwrap_or_else(|| self.now());
         Ok(ShownList {
             current: book.in_effect(&name, at).cloned(),
-            scheduled: book.scheduled_after(&name, at).into_iter().cloned().collect(),
+            scheduled: book
+                .scheduled_after(&name, at)
+                .into_iter()
+                .cloned()
+                .collect(),
             name,
         })
     }

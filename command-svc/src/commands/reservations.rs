@@ -84,7 +84,9 @@ impl Commands {
             {
                 let same = earlier.api_id == command.api_id.as_str()
                     && match &command.asked {
-                        Asked::Amount(amount) => earlier.usage.is_none() && earlier.amount == *amount,
+                        Asked::Amount(amount) => {
+                            earlier.usage.is_none() && earlier.amount == *amount
+                        }
                         Asked::Usage(usage) => earlier.usage.as_ref() == Some(usage),
                     };
                 let record =
@@ -110,10 +112,16 @@ impl Commands {
             }
         }
 
-        let list = self.rules.price_list_of(account.account().price_list.as_deref()).to_owned();
+        let list = self
+            .rules
+            .price_list_of(account.account().price_list.as_deref())
+            .to_owned();
         let in_effect = book.in_effect(&list, now);
         let priced = match &command.asked {
-            Asked::Amount(amount) => Ok(Priced { amount: *amount, by: None }),
+            Asked::Amount(amount) => Ok(Priced {
+                amount: *amount,
+                by: None,
+            }),
             Asked::Usage(usage) => {
                 prices::price_usage(in_effect.map(|v| &**v), &list, &command.api_id, usage)
             }
@@ -563,7 +571,11 @@ fn release_change(
 }
 
 /// The ledger row and event of a reservation's hold.
-fn hold_change(priced: &Priced, reservation: &NewReservation<'_>, after: AccountSnapshot) -> Change {
+fn hold_change(
+    priced: &Priced,
+    reservation: &NewReservation<'_>,
+    after: AccountSnapshot,
+) -> Change {
     let hold = reservation.hold;
     let (usage, price_list, price_version) = priced_fields(priced.by.as_ref());
     let event = Kind::QuotaReserved(QuotaReserved {

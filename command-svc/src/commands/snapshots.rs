@@ -163,7 +163,8 @@ impl Commands {
                     currency,
                     price_list: Some(price_list),
                 };
-                self.rules.present(user_id, Some(terms), Some(snapshot), now)
+                self.rules
+                    .present(user_id, Some(terms), Some(snapshot), now)
             }
             Known::Absent => self.rules.present(user_id, None, None, now),
         }

@@ -1,12 +1,12 @@
 //! The append-only `ledger`: one row per change of an account's state.
 
 use chrono::{DateTime, Utc};
+use shared::pricing::PricedBy;
 use shared::{
     account::AccountSnapshot,
     ids::{RequestId, UserId},
     money::Micros,
 };
-use shared::pricing::PricedBy;
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};

@@ -73,8 +73,7 @@ pub async fn find_publication(
     tx: &mut Tx,
     publish_id: &str,
 ) -> Result<Option<VersionRow>, StoreError> {
-    let sql =
-        format!("SELECT {VERSION_COLUMNS} FROM price_list_versions WHERE publish_id = ?");
+    let sql = format!("SELECT {VERSION_COLUMNS} FROM price_list_versions WHERE publish_id = ?");
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(publish_id)
         .fetch_optional(&mut **tx)
@@ -83,11 +82,7 @@ pub async fn find_publication(
 
 /// Numbers the next version of `name` (1 for a new list), holding the list's row locked until
 /// the transaction ends, so two publications of one list take distinct numbers in order.
-pub async fn next_version(
-    tx: &mut Tx,
-    name: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, StoreError> {
+pub async fn next_version(tx: &mut Tx, name: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
     sqlx::query(
         "INSERT INTO price_lists (name, latest_version, created_at) VALUES (?, 1, ?) \
          ON DUPLICATE KEY UPDATE latest_version = latest_version + 1",

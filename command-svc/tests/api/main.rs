@@ -15,6 +15,7 @@ mod outage;
 mod payments;
 mod periods;
 mod plans;
+mod prices;
 mod refunds;
 mod relay;
 mod replays;

@@ -116,6 +116,31 @@ impl CommandClient {
         Ok(reply.into_inner())
     }
 
+    /// `user_id`'s price list: the version in effect now and the ones scheduled after it.
+    pub async fn get_price_list(
+        &self,
+        user_id: &UserId,
+    ) -> Result<pb::GetPriceListResponse, Status> {
+        let request = pb::GetPriceListRequest {
+            user_id: user_id.to_string(),
+            ..Default::default()
+        };
+        let reply = self.client().get_price_list(self.request(request)).await?;
+        Ok(reply.into_inner())
+    }
+
+    /// `user_id`'s account as command-svc holds it.
+    pub async fn get_account(&self, user_id: &UserId) -> Result<pb::AccountState, Status> {
+        let request = pb::GetAccountRequest {
+            user_id: user_id.to_string(),
+        };
+        let reply = self.client().get_account(self.request(request)).await?;
+        reply
+            .into_inner()
+            .account
+            .ok_or_else(|| Status::internal("GetAccount answered without an account"))
+    }
+
     /// Saves `user_id`'s alert settings.
     pub async fn set_alert_settings(
         &self,

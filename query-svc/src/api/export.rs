@@ -150,14 +150,19 @@ fn write_line(out: &mut String, record: &RecordJson) {
         record.created_at,
         usage_cell(record.usage.as_deref()),
         text(&record.price_list),
-        record.price_version.map(|v| v.to_string()).unwrap_or_default(),
+        record
+            .price_version
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
     );
 }
 
 /// A priced record's usage as one cell: `meter=quantity` pairs separated by `;`.
 fn usage_cell(usage: Option<&[UsageLine]>) -> String {
     let pairs = usage.unwrap_or_default().iter();
-    let pairs: Vec<String> = pairs.map(|u| format!("{}={}", u.meter, u.quantity)).collect();
+    let pairs: Vec<String> = pairs
+        .map(|u| format!("{}={}", u.meter, u.quantity))
+        .collect();
     pairs.join(";")
 }
 

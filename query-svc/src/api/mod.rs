@@ -28,6 +28,7 @@ pub mod export;
 pub mod fresh;
 pub mod openapi;
 pub mod orders;
+pub mod prices;
 pub mod records;
 pub mod usage;
 
@@ -64,6 +65,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(orders::router())
         .merge(usage::router())
         .merge(alerts::router())
+        .merge(prices::router())
         .merge(console::router())
 }
 

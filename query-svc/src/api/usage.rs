@@ -3,13 +3,16 @@
 //! Query parameters: `from` (inclusive) and `to` (exclusive), dates `YYYY-MM-DD` in the billing
 //! time zone, default the 30 days up to and including today (`from` after `to`: no day); `group_by`
 //! `day` (default) or `api`. Buckets hold only days or APIs with charges: days in date order, APIs
-//! by amount charged, largest first (then by name). Read from `rm_daily_usage`, which counts each
+//! by amount charged, largest first (then by name); an API's bucket also sums the units its priced
+//! calls used, per meter. Read from `rm_daily_usage` and `rm_daily_units`, which count each
 //! charge once however often its event is delivered.
 
 use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
 };
+use std::collections::BTreeMap;
+
 use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
 use utoipa::{
@@ -85,6 +88,10 @@ pub struct BucketJson {
     pub amount_micros: i64,
     pub free_micros: i64,
     pub balance_micros: i64,
+    /// By API only: the units the API's priced calls used, per meter (`{}` when none were
+    /// priced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units: Option<BTreeMap<String, i64>>,
 }
 
 /// The caller's charges per day or per API.
@@ -119,10 +126,19 @@ async fn usage(
         .date_naive();
     let (from, to, grouping) = parse(&params, today)?;
     let (first, end) = (super::within_store_days(from), super::within_store_days(to));
-    let buckets = queries::usage(state.store.pool(), user.as_str(), first, end, grouping)
+    let pool = state.store.pool();
+    let mut units: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    if grouping == UsageGrouping::Api {
+        for (api_id, meter, quantity) in queries::units(pool, user.as_str(), first, end).await? {
+            units.entry(api_id).or_default().insert(meter, quantity);
+        }
+    }
+    let buckets = queries::usage(pool, user.as_str(), first, end, grouping)
         .await?
         .into_iter()
         .map(|row| BucketJson {
+            units: (grouping == UsageGrouping::Api)
+                .then(|| units.remove(&row.key).unwrap_or_default()),
             key: row.key,
             calls: row.calls,
             amount_micros: row.amount_micros,

@@ -6,11 +6,11 @@ use chrono::{DateTime, Utc};
 use shared::{
     order::OrderStatus,
     period::BillingZone,
+    pricing::Usage,
     proto::{
         EVENT_SCHEMA_VERSION,
         v1::{self as pb, billing_event::Kind},
     },
-    pricing::Usage,
     record::RecordKind,
 };
 
@@ -318,9 +318,12 @@ fn record_of(
     let usage_units = shown
         .priced
         .map(|(usage, _, _)| {
-            Usage::parse("usage", usage.iter().map(|u| (u.meter.as_str(), u.quantity)))
-                .map(|usage| usage.to_json())
-                .map_err(|violation| Refused::Invalid(violation.to_string()))
+            Usage::parse(
+                "usage",
+                usage.iter().map(|u| (u.meter.as_str(), u.quantity)),
+            )
+            .map(|usage| usage.to_json())
+            .map_err(|violation| Refused::Invalid(violation.to_string()))
         })
         .transpose()?;
     let row = RecordRow {

@@ -78,7 +78,7 @@ impl RmAccount {
 }
 
 /// The columns of a record in `rm_records`, in the order the writes bind them.
-pub(crate) const RECORD_COLUMNS: &str = "record_id, user_id, version, type, amount_micros, \
+pub const RECORD_COLUMNS: &str = "record_id, user_id, version, type, amount_micros, \
     free_micros, balance_micros, balance_after_micros, free_remaining_after_micros, api_id, \
     request_id, order_no, period, created_at, usage_units, price_list, price_version";
 

@@ -130,6 +130,25 @@ pub struct UsageRow {
     pub balance_micros: i64,
 }
 
+/// The units `user_id`'s priced calls used on the days `[from, to)`, summed per API and meter:
+/// (API, meter, quantity).
+pub async fn units<'e>(
+    executor: impl MySqlExecutor<'e>,
+    user_id: &str,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT api_id, meter, CAST(SUM(quantity) AS SIGNED) FROM rm_daily_units \
+         WHERE user_id = ? AND day >= ? AND day < ? GROUP BY api_id, meter",
+    )
+    .bind(user_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(executor)
+    .await
+}
+
 /// `user_id`'s charges on the days `[from, to)`, summed per day (in date order) or per API
 /// (largest amount first). The primary key `(user_id, day, api_id)` serves both.
 pub async fn usage<'e>(

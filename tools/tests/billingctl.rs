@@ -359,3 +359,109 @@ async fn reset_free_quota_runs_again_under_its_own_id() {
     assert_eq!(runs, 1, "only the current period's run");
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn prices_are_published_from_a_file_shown_and_assigned() {
+    let stack = spawn_stack(Utc::now()).await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/prices.example.yaml");
+    let example = example.to_str().unwrap();
+    let at = (stack.clock.now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let publish = [
+        "prices",
+        "publish",
+        "--name",
+        "default",
+        "--file",
+        example,
+        "--at",
+        &at,
+        "--publish-id",
+        "pub-1",
+        "--actor",
+        "pricing",
+    ];
+    let out = stack.billingctl(&publish).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("default version 1 in CNY"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("12 price(s)"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("chat.gpt-4o\toutput_tokens\t72000000 micros per 1000000"));
+    let again = stack.billingctl(&publish).await;
+    assert!(stdout(&again).contains("(replayed)"), "{}", stdout(&again));
+
+    // Not in effect yet: shown as scheduled; at its instant, in effect.
+    let shown = stack
+        .billingctl(&["prices", "show", "--name", "default"])
+        .await;
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(stdout(&shown).contains("no version in effect"));
+    assert!(stdout(&shown).contains("scheduled: default version 1"));
+    let then = stack
+        .billingctl(&["prices", "show", "--name", "default", "--at", &at])
+        .await;
+    assert!(
+        stdout(&then).starts_with("default version 1"),
+        "{}",
+        stdout(&then)
+    );
+
+    let assigned = stack
+        .billingctl(&[
+            "prices",
+            "assign",
+            "--user",
+            "priced-user",
+            "--name",
+            "default",
+        ])
+        .await;
+    assert!(assigned.status.success(), "{assigned:?}");
+    assert!(stdout(&assigned).contains("priced-user is priced by default"));
+    let unknown = stack
+        .billingctl(&[
+            "prices",
+            "assign",
+            "--user",
+            "priced-user",
+            "--name",
+            "nope",
+        ])
+        .await;
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("NotFound"),
+        "{unknown:?}"
+    );
+
+    let bad = std::env::temp_dir().join(format!("prices-{}.yaml", unique_tag()));
+    std::fs::write(
+        &bad,
+        "prices:\n  - {api_id: a, meter: call, price_micros: 1, per_units: 1}\n  - {api_id: a, meter: call, price_micros: 2, per_units: 1}\n",
+    )
+    .unwrap();
+    let refused = stack
+        .billingctl(&[
+            "prices",
+            "publish",
+            "--name",
+            "default",
+            "--file",
+            bad.to_str().unwrap(),
+        ])
+        .await;
+    std::fs::remove_file(&bad).unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("same api_id and meter"),
+        "{refused:?}"
+    );
+    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM price_list_versions")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(versions, 1);
+    stack.cleanup().await;
+}

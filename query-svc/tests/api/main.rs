@@ -16,6 +16,7 @@ mod observability;
 mod openapi;
 mod ops;
 mod orders;
+mod prices;
 mod projection;
 mod records;
 mod usage;

@@ -11,6 +11,9 @@
 //! billingctl token --user ID [--ttl-secs 3600]     a development JWT for the REST API
 //! billingctl adjust --user ID --amount -500000 --reason ... --actor ...   AdjustBalance over gRPC
 //! billingctl unmatched list [--limit 100]          payments that could not be applied
+//! billingctl prices publish --name N --file prices.yaml [--at RFC3339] [--publish-id ID] [--actor A]
+//! billingctl prices show [--user ID | --name N] [--at RFC3339]
+//! billingctl prices assign --user ID --name N [--actor A]   ("" = the default list)
 //! ```
 
 use std::time::Duration;
@@ -103,6 +106,52 @@ enum Command {
         #[command(subcommand)]
         action: UnmatchedAction,
     },
+    /// Price lists: publish a version, show a list, assign one to an account.
+    Prices {
+        #[command(subcommand)]
+        action: PricesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesAction {
+    /// Publish a new version of a list from a YAML file (`prices:` with `api_id`, `meter`,
+    /// `price_micros`, `per_units` each; see configs/prices.example.yaml).
+    Publish {
+        /// The list's name (1..64 of [a-z0-9_-]); the default list is `billing.default_price_list`.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        file: String,
+        /// When the version takes effect (RFC 3339); now when absent.
+        #[arg(long)]
+        at: Option<String>,
+        /// The idempotency key; a new one by default. Reuse it to retry safely.
+        #[arg(long)]
+        publish_id: Option<String>,
+        /// Who published it, kept with the version.
+        #[arg(long, default_value = "billingctl")]
+        actor: String,
+    },
+    /// A user's list (or a list by name): the version in effect and the scheduled ones.
+    Show {
+        #[arg(long, conflicts_with = "name", required_unless_present = "name")]
+        user: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// The instant to show the list at (RFC 3339); now when absent.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Price a user's usage with the list `name` ("" for the default list) from now on.
+    Assign {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "billingctl")]
+        actor: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,8 +210,128 @@ async fn main() -> anyhow::Result<()> {
         Command::Unmatched {
             action: UnmatchedAction::List { limit },
         } => unmatched_list(&settings, limit).await?,
+        Command::Prices { action } => prices(&settings, action).await?,
     }
     Ok(())
+}
+
+/// The price list file: `prices:`, a list of `{api_id, meter, price_micros, per_units}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricesFile {
+    prices: Vec<PriceLine>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceLine {
+    api_id: String,
+    meter: String,
+    price_micros: i64,
+    per_units: i64,
+}
+
+fn read_prices(path: &str) -> anyhow::Result<Vec<pb::Price>> {
+    let file: PricesFile = config::Config::builder()
+        .add_source(config::File::new(path, config::FileFormat::Yaml))
+        .build()?
+        .try_deserialize()?;
+    Ok(file
+        .prices
+        .into_iter()
+        .map(|line| pb::Price {
+            api_id: line.api_id,
+            meter: line.meter,
+            price_micros: line.price_micros,
+            per_units: line.per_units,
+        })
+        .collect())
+}
+
+/// Milliseconds since the epoch of an RFC 3339 instant; 0 (now) when absent.
+fn instant_ms(at: Option<&str>) -> anyhow::Result<i64> {
+    at.map_or(Ok(0), |text| {
+        Ok(chrono::DateTime::parse_from_rfc3339(text)?.timestamp_millis())
+    })
+}
+
+async fn prices(settings: &Settings, action: PricesAction) -> anyhow::Result<()> {
+    let mut client =
+        command_client(&settings.query.command_endpoint, &admin_token(settings)?).await?;
+    let failed = |status: tonic::Status| anyhow::anyhow!("{}: {}", status.code(), status.message());
+    match action {
+        PricesAction::Publish {
+            name,
+            file,
+            at,
+            publish_id,
+            actor,
+        } => {
+            let request = pb::PublishPriceListRequest {
+                name,
+                effective_from_ms: instant_ms(at.as_deref())?,
+                prices: read_prices(&file)?,
+                publish_id: publish_id
+                    .unwrap_or_else(|| format!("billingctl:{}", uuid::Uuid::now_v7())),
+                actor,
+            };
+            let publish_id = request.publish_id.clone();
+            let reply = client.publish_price_list(request).await.map_err(failed)?;
+            let reply = reply.into_inner();
+            let replayed = if reply.replayed { " (replayed)" } else { "" };
+            println!("published {publish_id}{replayed}");
+            print_list(reply.list.as_ref());
+        }
+        PricesAction::Show { user, name, at } => {
+            let request = pb::GetPriceListRequest {
+                user_id: user.unwrap_or_default(),
+                name: name.unwrap_or_default(),
+                at_ms: instant_ms(at.as_deref())?,
+            };
+            let reply = client.get_price_list(request).await.map_err(failed)?;
+            let reply = reply.into_inner();
+            match &reply.current {
+                Some(_) => print_list(reply.current.as_ref()),
+                None => println!("no version in effect"),
+            }
+            for scheduled in &reply.scheduled {
+                print!("scheduled: ");
+                print_list(Some(scheduled));
+            }
+        }
+        PricesAction::Assign { user, name, actor } => {
+            let request = pb::AssignPriceListRequest {
+                user_id: user.clone(),
+                name,
+                actor,
+            };
+            let reply = client.assign_price_list(request).await.map_err(failed)?;
+            println!("{user} is priced by {}", reply.into_inner().name);
+        }
+    }
+    Ok(())
+}
+
+/// A version, then its prices one a line (tab-separated).
+fn print_list(list: Option<&pb::PriceList>) {
+    let Some(list) = list else { return };
+    let from = chrono::DateTime::from_timestamp_millis(list.effective_from_ms)
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_default();
+    println!(
+        "{} version {} in {} from {from}, published by {}: {} price(s)",
+        list.name,
+        list.version,
+        list.currency,
+        list.actor,
+        list.prices.len()
+    );
+    for price in &list.prices {
+        println!(
+            "  {}\t{}\t{} micros per {}",
+            price.api_id, price.meter, price.price_micros, price.per_units
+        );
+    }
 }
 
 /// The services take `-conf PATH` (the seed's form): so does billingctl.

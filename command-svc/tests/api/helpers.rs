@@ -270,6 +270,8 @@ pub async fn fingerprint(pool: &MySqlPool) -> Vec<i64> {
         "SELECT COUNT(*) FROM outbox",
         "SELECT COUNT(*) FROM refunds",
         "SELECT COUNT(*) FROM alert_settings",
+        "SELECT COUNT(*) FROM price_list_versions",
+        "SELECT COUNT(*) FROM accounts WHERE price_list IS NOT NULL",
     ] {
         let value: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
         counts.push(value);

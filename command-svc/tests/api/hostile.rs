@@ -85,6 +85,79 @@ fn invalid_key() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A usage that may be valid: a few meters with quantities in range.
+fn any_usage() -> BoxedStrategy<Vec<pb::Usage>> {
+    proptest::collection::vec(("[a-z_]{1,12}", 1_i64..=1_000_000_000_000), 1..5)
+        .prop_map(|lines| {
+            let lines = lines.into_iter();
+            lines
+                .map(|(meter, quantity)| pb::Usage { meter, quantity })
+                .collect()
+        })
+        .boxed()
+}
+
+/// A usage no request may report: a meter out of `[a-z0-9_]{1,32}`, a quantity out of
+/// 1 ..= 10^12, a meter twice, or more than 64 meters.
+fn invalid_usage() -> BoxedStrategy<Vec<pb::Usage>> {
+    let line = |meter: &str, quantity: i64| pb::Usage {
+        meter: meter.to_owned(),
+        quantity,
+    };
+    prop_oneof![
+        prop_oneof![
+            Just(String::new()),
+            Just("Call".to_owned()),
+            Just("a".repeat(33)),
+            invalid_text(),
+            "[a-z]{0,4}[^a-z0-9_][a-z]{0,4}",
+        ]
+        .prop_map(move |meter| vec![line(&meter, 1)]),
+        prop_oneof![Just(0_i64), i64::MIN..0, 1_000_000_000_001..=i64::MAX]
+            .prop_map(move |quantity| vec![line("call", quantity)]),
+        Just(vec![line("call", 1), line("call", 2)]),
+        Just((0..65).map(|i| line(&format!("m{i}"), 1)).collect()),
+    ]
+    .boxed()
+}
+
+/// A price no list may hold: a meter out of its alphabet, a price out of 0 ..= 10^12, per units
+/// out of 1 ..= 10^9, an API id out of the contract.
+fn invalid_prices() -> BoxedStrategy<Vec<pb::Price>> {
+    let one = |api_id: String, meter: &str, price_micros: i64, per_units: i64| {
+        vec![pb::Price {
+            api_id,
+            meter: meter.to_owned(),
+            price_micros,
+            per_units,
+        }]
+    };
+    prop_oneof![
+        invalid_text().prop_map(move |api_id| one(api_id, "call", 1, 1)),
+        Just(one("chat".into(), "Call", 1, 1)),
+        prop_oneof![i64::MIN..0_i64, 1_000_000_000_001..=i64::MAX].prop_map(move |price| one(
+            "chat".into(),
+            "call",
+            price,
+            1
+        )),
+        prop_oneof![i64::MIN..=0_i64, 1_000_000_001..=i64::MAX].prop_map(move |per_units| one(
+            "chat".into(),
+            "call",
+            1,
+            per_units
+        )),
+        Just(
+            [
+                one("chat".into(), "call", 1, 1),
+                one("chat".into(), "call", 2, 1)
+            ]
+            .concat()
+        ),
+    ]
+    .boxed()
+}
+
 fn invalid_amount() -> BoxedStrategy<i64> {
     prop_oneof![
         Just(0_i64),
@@ -283,6 +356,110 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
     }) {
         let answer = orders.set_alert_settings(case).await.map(drop);
         answers.push(("SetAlertSettings", answer));
+    }
+
+    let (usage, bad_usage) = (any_usage(), invalid_usage());
+    for case in cases(4, |r, bad| pb::DeductQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        api_id: pick(r, bad == 2, &text, &bad_text),
+        usage: pick(r, bad == 3, &usage, &bad_usage),
+        ..Default::default()
+    }) {
+        answers.push((
+            "DeductQuota usage",
+            gateway.deduct_quota(case).await.map(drop),
+        ));
+    }
+    // An amount and a usage at once is refused whatever both are.
+    for case in cases(1, |r, _| pb::CheckQuotaRequest {
+        user_id: pick(r, false, &text, &bad_user),
+        amount_micros: pick(r, false, &(1_i64..=1_000_000).boxed(), &bad_amount),
+        api_id: "chat".into(),
+        usage: pick(r, false, &usage, &bad_usage),
+    }) {
+        answers.push(("CheckQuota both", gateway.check_quota(case).await.map(drop)));
+    }
+    for case in cases(3, |r, bad| pb::ReserveQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        api_id: "chat".into(),
+        usage: pick(r, bad == 2, &usage, &bad_usage),
+        ..Default::default()
+    }) {
+        let answer = gateway.reserve_quota(case).await.map(drop);
+        answers.push(("ReserveQuota usage", answer));
+    }
+    for case in cases(3, |r, bad| pb::SettleReservationRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        usage: pick(r, bad == 2, &usage, &bad_usage),
+        ..Default::default()
+    }) {
+        let answer = gateway.settle_reservation(case).await.map(drop);
+        answers.push(("SettleReservation usage", answer));
+    }
+    let list_name = "[a-z0-9_-]{1,64}".boxed();
+    let bad_name = prop_oneof![
+        Just("Default".to_owned()),
+        Just("n".repeat(65)),
+        "[a-z]{0,4}[^a-z0-9_-][a-z]{0,4}",
+        invalid_text(),
+    ]
+    .boxed();
+    let prices = proptest::collection::vec(
+        (
+            "[a-z.]{0,20}",
+            "[a-z_]{1,12}",
+            0_i64..=1_000_000_000_000,
+            1_i64..=1_000_000_000,
+        ),
+        0..4,
+    )
+    .prop_map(|prices| {
+        let prices = prices.into_iter();
+        prices
+            .map(|(api_id, meter, price_micros, per_units)| pb::Price {
+                api_id,
+                meter,
+                price_micros,
+                per_units,
+            })
+            .collect()
+    })
+    .boxed();
+    let when = prop_oneof![Just(0_i64), Just(i64::MAX)].boxed();
+    let bad_when = prop_oneof![Just(i64::MIN), i64::MIN..0, 1..1_700_000_000_000_i64].boxed();
+    for case in cases(5, |r, bad| pb::PublishPriceListRequest {
+        name: pick(r, bad == 0, &list_name, &bad_name),
+        effective_from_ms: pick(r, bad == 1, &Just(0_i64).boxed(), &bad_when),
+        prices: pick(r, bad == 2, &prices, &invalid_prices()),
+        publish_id: pick(r, bad == 3, &text, &bad_key),
+        actor: pick(r, bad == 4, &text, &bad_text),
+    }) {
+        let answer = ops.publish_price_list(case).await.map(drop);
+        answers.push(("PublishPriceList", answer));
+    }
+    for case in cases(3, |r, bad| pb::AssignPriceListRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        name: pick(r, bad == 1, &list_name, &bad_name),
+        actor: pick(r, bad == 2, &text, &bad_text),
+    }) {
+        let answer = ops.assign_price_list(case).await.map(drop);
+        answers.push(("AssignPriceList", answer));
+    }
+    for case in cases(3, |r, bad| pb::GetPriceListRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        // A name beside a user is refused: one of them.
+        name: if bad == 0 {
+            String::new()
+        } else {
+            pick(r, bad == 1, &list_name, &bad_name)
+        },
+        at_ms: pick(r, bad == 2, &when, &(i64::MIN..0).boxed()),
+    }) {
+        let answer = gateway.get_price_list(case).await.map(drop);
+        answers.push(("GetPriceList", answer));
     }
 
     let unexpected: Vec<_> = answers

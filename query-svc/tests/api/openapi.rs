@@ -24,7 +24,7 @@ const BEARER: &str = "bearer_jwt";
 
 /// Every route query-svc serves, by method and path as the router writes it. A route added
 /// without documentation, or documentation removed from a route, fails the test below.
-const ROUTES: [(&str, &str); 17] = [
+const ROUTES: [(&str, &str); 18] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -39,6 +39,7 @@ const ROUTES: [(&str, &str); 17] = [
     ("GET", "/api/v1/billing/alerts"),
     ("PUT", "/api/v1/billing/alerts"),
     ("PATCH", "/api/v1/billing/alerts"),
+    ("GET", "/api/v1/billing/prices"),
     ("GET", "/console"),
     ("GET", "/console/console.css"),
     ("GET", "/console/console.js"),
@@ -249,6 +250,15 @@ fn mismatches(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<
         _ => {}
     }
     match value {
+        // A map: every value by `additionalProperties`.
+        Value::Object(fields)
+            if schema["properties"].is_null() && schema["additionalProperties"].is_object() =>
+        {
+            for (name, field) in fields {
+                let values = &schema["additionalProperties"];
+                found.extend(mismatches(document, values, field, &format!("{at}.{name}")));
+            }
+        }
         Value::Object(fields) => {
             let Some(properties) = schema["properties"].as_object() else {
                 found.push(format!(
@@ -573,6 +583,33 @@ async fn the_schemas_describe_what_the_routes_answer() {
         assert_eq!(body["buckets"].as_array().map(Vec::len), Some(1), "{body}");
         assert_conforms(&document, "GET", usage, StatusCode::OK, &body);
     }
+    // A version scheduled ahead, so the scheduled ones are checked too.
+    let in_an_hour = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    stack
+        .ops()
+        .await
+        .publish_price_list(shared::proto::v1::PublishPriceListRequest {
+            name: "default".into(),
+            effective_from_ms: in_an_hour.timestamp_millis(),
+            prices: vec![shared::proto::v1::Price {
+                api_id: "api.test".into(),
+                meter: "call".into(),
+                price_micros: 1_000,
+                per_units: 1,
+            }],
+            publish_id: "schema".into(),
+            actor: "test".into(),
+        })
+        .await
+        .unwrap();
+    let prices = "/api/v1/billing/prices";
+    let body = get_json(&stack, prices, Some(&token), StatusCode::OK).await;
+    assert_eq!(
+        body["scheduled"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+    assert_conforms(&document, "GET", prices, StatusCode::OK, &body);
     let body = get_json(
         &stack,
         &format!("{usage}?group_by=week"),

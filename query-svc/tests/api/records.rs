@@ -114,6 +114,7 @@ async fn records_are_shown_as_the_contract_writes_them() {
             "free_micros": 2_000, "balance_micros": 2_000, "balance_after_micros": 4_000,
             "free_remaining_after_micros": 8_000, "api_id": "api.chat", "request_id": "req-4",
             "order_no": null, "period": "2026-11", "version": 4, "created_at": created(4),
+            "usage": null, "price_list": null, "price_version": null,
         })
     );
     assert_eq!(
@@ -123,6 +124,7 @@ async fn records_are_shown_as_the_contract_writes_them() {
             "free_micros": 3_000, "balance_micros": 0, "balance_after_micros": 3_000,
             "free_remaining_after_micros": 6_000, "api_id": null, "request_id": null,
             "order_no": null, "period": "2026-11", "version": 3, "created_at": created(3),
+            "usage": null, "price_list": null, "price_version": null,
         })
     );
     // A debit adjustment keeps its sign.

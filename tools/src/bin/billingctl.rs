@@ -258,7 +258,8 @@ fn instant_ms(at: Option<&str>) -> anyhow::Result<i64> {
 async fn prices(settings: &Settings, action: PricesAction) -> anyhow::Result<()> {
     let mut client =
         command_client(&settings.query.command_endpoint, &admin_token(settings)?).await?;
-    let failed = |status: tonic::Status| anyhow::anyhow!("{}: {}", status.code(), status.message());
+    let failed =
+        |status: tonic::Status| anyhow::anyhow!("{:?}: {}", status.code(), status.message());
     match action {
         PricesAction::Publish {
             name,

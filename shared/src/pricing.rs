@@ -163,9 +163,10 @@ impl Usage {
         lines: impl IntoIterator<Item = (&'a str, i64)>,
     ) -> Result<Usage, FieldViolation> {
         let mut meters = BTreeMap::new();
-        for (name, quantity) in lines {
+        for (index, (name, quantity)) in lines.into_iter().enumerate() {
+            // A refused name is not repeated back: it may be anything, of any length.
             let meter = Meter::parse(name).ok_or_else(|| {
-                FieldViolation::new(field, format!("meter {name:?} must be 1..32 of [a-z0-9_]"))
+                FieldViolation::new(field, format!("meter {index} must be 1..32 of [a-z0-9_]"))
             })?;
             if u64::try_from(quantity).map_or(true, |q| !(1..=MAX_QUANTITY).contains(&q)) {
                 return Err(FieldViolation::new(

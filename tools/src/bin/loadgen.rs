@@ -136,6 +136,10 @@ struct Load {
     /// Zipf-skewed accounts with this exponent instead of uniform.
     #[arg(long)]
     zipf: Option<f64>,
+    /// Each charge reports its usage (three meters, [`BENCH_USAGE`]), priced by the default
+    /// list ([`BENCH_PRICES`], published first), instead of an amount.
+    #[arg(long)]
+    priced: bool,
 }
 
 impl Load {
@@ -146,7 +150,70 @@ impl Load {
             rate: None,
             spread,
             zipf: None,
+            priced: false,
         }
+    }
+}
+
+/// The usage a priced charge reports: a chat call's meters.
+const BENCH_USAGE: [(&str, i64); 3] =
+    [("call", 1), ("input_tokens", 1_200), ("output_tokens", 300)];
+
+/// The prices of the API `bench` (api, meter, price_micros, per_units): [`BENCH_USAGE`] costs
+/// 100 + 600 + 300 = [`CHARGE`], as an amount charge does.
+const BENCH_PRICES: [(&str, i64, i64); 3] = [
+    ("call", 100, 1),
+    ("input_tokens", 500_000, 1_000_000),
+    ("output_tokens", 1_000_000, 1_000_000),
+];
+
+/// Publishes [`BENCH_PRICES`] as the default list, in effect when this returns.
+async fn publish_bench_prices(settings: &Settings) -> anyhow::Result<()> {
+    let (endpoint, token) = (
+        http_url(&settings.command.grpc_addr),
+        caller_token(settings, "ops")?,
+    );
+    let mut client = command_client(&endpoint, &token).await?;
+    let prices = BENCH_PRICES
+        .iter()
+        .map(|(meter, price_micros, per_units)| pb::Price {
+            api_id: "bench".into(),
+            meter: (*meter).into(),
+            price_micros: *price_micros,
+            per_units: *per_units,
+        });
+    let request = pb::PublishPriceListRequest {
+        name: settings.billing.default_price_list.clone(),
+        effective_from_ms: 0,
+        prices: prices.collect(),
+        publish_id: format!("bench-{}", run_id()),
+        actor: "loadgen".into(),
+    };
+    client.publish_price_list(request).await?;
+    Ok(())
+}
+
+/// What a charge of `load` asks for: [`CHARGE`], or [`BENCH_USAGE`] when priced.
+fn bench_request(load: &Load, user_id: String, request_id: String) -> pb::DeductQuotaRequest {
+    let request = pb::DeductQuotaRequest {
+        user_id,
+        request_id,
+        api_id: "bench".into(),
+        ..Default::default()
+    };
+    if !load.priced {
+        return pb::DeductQuotaRequest {
+            amount_micros: CHARGE,
+            ..request
+        };
+    }
+    let usage = BENCH_USAGE.iter().map(|(meter, quantity)| pb::Usage {
+        meter: (*meter).into(),
+        quantity: *quantity,
+    });
+    pb::DeductQuotaRequest {
+        usage: usage.collect(),
+        ..request
     }
 }
 
@@ -442,24 +509,23 @@ async fn deduct(
     let accounts = Arc::new(Accounts::new("bench", load));
     let counter = Arc::new(AtomicU64::new(0));
     let run = run.to_owned();
+    let shared_load = Arc::new(load.clone());
     let call: Call = Arc::new(move |r| {
         let mut client = clients[(r % 4) as usize].clone();
         let user = accounts.pick(r).into_owned();
         let request_id = format!("{run}-{}", counter.fetch_add(1, Ordering::Relaxed));
         let acknowledged = acknowledged.clone();
+        let load = shared_load.clone();
         Box::pin(async move {
             // An unknown outcome is retried with the same key until it is known, as the gateway
             // is told to; it then counts once.
             loop {
-                let request = pb::DeductQuotaRequest {
-                    user_id: user.clone(),
-                    amount_micros: CHARGE,
-                    request_id: request_id.clone(),
-                    api_id: "bench".into(),
-                    description: String::new(),
-                    ..Default::default()
-                };
+                let request = bench_request(&load, user.clone(), request_id.clone());
                 match client.deduct_quota(request).await {
+                    // A priced charge must cost what the list says, exactly.
+                    Ok(reply) if reply.get_ref().amount_micros != CHARGE => {
+                        return Err("WRONG_AMOUNT".into());
+                    }
                     Ok(_) => {
                         let mut acknowledged = acknowledged.lock().unwrap();
                         let entry = acknowledged.entry(user).or_default();
@@ -483,6 +549,11 @@ async fn deduct(
         (true, _, _) => "one hot account".to_owned(),
         (false, Some(s), _) => format!("{} accounts, Zipf {s}", load.spread.accounts),
         (false, None, _) => format!("{} accounts", load.spread.accounts),
+    };
+    let shape = if load.priced {
+        format!("{shape}, priced by usage (3 meters)")
+    } else {
+        shape
     };
     Ok(drive(
         &format!("DeductQuota gRPC, {}, {shape}", shape_of(load)),
@@ -953,6 +1024,9 @@ struct SuiteRuns {
     base_wide: Measured,
     wide: Measured,
     wide_check: String,
+    /// The wide run's charges priced by usage instead of asking an amount.
+    priced: Measured,
+    priced_check: String,
     base_hot: Measured,
     hot: Measured,
     hot_check: String,
@@ -976,6 +1050,7 @@ impl SuiteRuns {
     fn grpc_errors(&self) -> u64 {
         [
             &self.wide,
+            &self.priced,
             &self.hot,
             &self.zipf,
             &self.open,
@@ -989,10 +1064,11 @@ impl SuiteRuns {
     }
 
     /// The runs that charged, in the table's order.
-    fn charging(&self) -> [&Measured; 6] {
+    fn charging(&self) -> [&Measured; 7] {
         [
             &self.base_wide,
             &self.wide,
+            &self.priced,
             &self.base_hot,
             &self.hot,
             &self.zipf,
@@ -1013,6 +1089,13 @@ async fn measure_suite(
     base_wide.print();
     let (wide, wide_check) = charged(settings, pool, &suite_load(seconds, false), watched).await?;
     wide.print();
+    publish_bench_prices(settings).await?;
+    let priced_load = Load {
+        priced: true,
+        ..suite_load(seconds, false)
+    };
+    let (priced, priced_check) = charged(settings, pool, &priced_load, watched).await?;
+    priced.print();
     let hot_row = Spread {
         accounts: 1,
         ..suite_spread(seconds, true)
@@ -1045,6 +1128,8 @@ async fn measure_suite(
         base_wide,
         wide,
         wide_check,
+        priced,
+        priced_check,
         base_hot,
         hot,
         hot_check,
@@ -1208,6 +1293,13 @@ fn table_rows(runs: &SuiteRuns, sysbench: &SysbenchRates) -> Vec<Row> {
             &runs.wide,
             sysbench.ceiling,
             "as above",
+        ),
+        Row::ratio(
+            "DeductQuota priced by usage (3 meters) vs an amount, 64 callers, 10,000 accounts",
+            &runs.priced,
+            &runs.wide,
+            0.95,
+            &runs.priced_check,
         ),
         Row::ratio_to_rate(
             "DeductQuota, 64 callers, one hot account vs sysbench, one row, 16 threads",
@@ -1379,15 +1471,17 @@ mod tests {
         }
     }
 
-    /// A suite whose charging runs reached `wide` and `hot` charges per second, their plain-SQL
-    /// baselines half that, and whose checks reached `checks` (known accounts) and `unseen`
-    /// (accounts never seen) against a health check at 1,000.
+    /// A suite whose charging runs reached `wide` and `hot` charges per second (priced ones
+    /// 96% of `wide`), their plain-SQL baselines half that, and whose checks reached `checks`
+    /// (known accounts) and `unseen` (accounts never seen) against a health check at 1,000.
     fn suite_runs(wide: u64, hot: u64, checks: u64, unseen: u64) -> SuiteRuns {
         let run = |ok| measured(ok, 1_000);
         SuiteRuns {
             base_wide: run(wide / 2),
             wide: run(wide),
             wide_check: "ok wide".into(),
+            priced: run(wide * 96 / 100),
+            priced_check: "ok priced".into(),
             base_hot: run(hot / 2),
             hot: run(hot),
             hot_check: "ok hot".into(),
@@ -1470,6 +1564,12 @@ mod tests {
             ]
         );
         assert_eq!(
+            lines_starting(&rows, "DeductQuota priced"),
+            [
+                "| DeductQuota priced by usage (3 meters) vs an amount, 64 callers, 10,000 accounts | 2880/s | 3000/s | 0.96x | >= 0.95x | met | ok priced |",
+            ]
+        );
+        assert_eq!(
             lines_starting(&rows, "DeductQuota, 64 callers, one hot account vs"),
             [
                 "| DeductQuota, 64 callers, one hot account vs sysbench, one row, 16 threads | 1000/s | 500/s | 2.00x | >= 3x | MISSED | ok hot |",
@@ -1501,8 +1601,8 @@ mod tests {
         );
         let counted = rows.iter().filter(|row| row.counted).count();
         assert_eq!(
-            counted, 6,
-            "2 charging ratios, 2 p99 bounds, 2 CheckQuota ratios"
+            counted, 7,
+            "2 charging ratios to sysbench, priced to amount, 2 p99 bounds, 2 CheckQuota ratios"
         );
     }
 

@@ -105,6 +105,29 @@ function toBig(value) {
   }
 }
 
+/**
+ * A price exactly (a price of a token is often a fraction of a cent), with at least 2 decimals:
+ * formatPrice(500000, "CNY") === "CNY 0.50", formatPrice(2000, "CNY") === "CNY 0.002".
+ */
+function formatPrice(micros, currency) {
+  const value = toBig(micros);
+  const magnitude = value < 0n ? -value : value;
+  const digits = (magnitude % MICROS_PER_UNIT).toString().padStart(6, "0");
+  const fraction = digits.slice(0, 2) + digits.slice(2).replace(/0+$/, "");
+  const text = `${value < 0n ? "-" : ""}${magnitude / MICROS_PER_UNIT}.${fraction}`;
+  return currency ? `${currency} ${text}` : text;
+}
+
+/** An integer with its thousands grouped, exactly: 1000000 → "1,000,000". */
+function groupDigits(value) {
+  return toBig(value).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+/** A price as it reads: "CNY 1.50 per 1,000,000 output_tokens". */
+function priceText(price, currency) {
+  return `${formatPrice(price.price_micros, currency)} per ${groupDigits(price.per_units)} ${price.meter}`;
+}
+
 // --- time -------------------------------------------------------------------------------------
 
 /** Milliseconds since the epoch of an RFC 3339 instant (fractions beyond milliseconds dropped). */
@@ -168,6 +191,11 @@ function formatWallClock(clock, withYearAndSeconds) {
 function formatInstant(text) {
   const at = parseInstant(text);
   return Number.isNaN(at) ? (text || "—") : formatWallClock(wallClock(at), true);
+}
+
+/** An RFC 3339 instant in the browser's time zone, named: "2 Jan 2026 17:00:05 (Europe/Berlin)". */
+function formatInstantNamed(text) {
+  return `${formatInstant(text)} (${localZoneLabel()})`;
 }
 
 function dateKey(year, month, day) {
@@ -462,6 +490,10 @@ function resetView() {
   const box = $("usage-chart-box");
   box.replaceChildren(h("p", { id: "usage-placeholder", className: "muted", text: "Loading usage…" }));
   $("top-apis").tBodies[0].replaceChildren();
+  $("prices-current").textContent = "Loading prices…";
+  $("prices-current-box").replaceChildren();
+  $("prices-scheduled").replaceChildren();
+  show($("prices-scheduled-none"), false);
   $("records").tBodies[0].replaceChildren();
   show($("load-more"), false);
 }
@@ -473,6 +505,7 @@ async function loadAll() {
   state.records.filters = readFilters() || { type: "", from: "", to: "" };
   loadRecords(true);
   loadUsage();
+  loadPrices();
 }
 
 // --- wallet -----------------------------------------------------------------------------------
@@ -691,6 +724,64 @@ function renderTopApis(buckets) {
   );
 }
 
+// --- prices -----------------------------------------------------------------------------------
+
+async function loadPrices() {
+  try {
+    renderPrices(await api(`${API}/prices`));
+    clearError("prices");
+  } catch (error) {
+    if (!reportable(error)) return;
+    showError(error, "prices");
+    $("prices-current").textContent = "Prices could not be loaded.";
+  }
+}
+
+/** The version in effect (or that none is) and the versions scheduled after it. */
+function renderPrices(list) {
+  const inEffect = list.version !== null && list.version !== undefined;
+  $("prices-current").textContent = inEffect
+    ? `List ${list.name}, version ${list.version}, in effect since ${formatInstantNamed(list.effective_from)}`
+    : `No version of list ${list.name} is in effect yet.`;
+  $("prices-current-box").replaceChildren(
+    ...(inEffect ? [priceTable("prices-current-wrap", "prices-current", list.prices || [], list.currency)] : [])
+  );
+  const scheduled = list.scheduled || [];
+  $("prices-scheduled").replaceChildren(...scheduled.map(scheduledVersion));
+  show($("prices-scheduled-none"), scheduled.length === 0);
+}
+
+function scheduledVersion(version) {
+  const titleId = `prices-v${version.version}-title`;
+  return h("div", { className: "price-version", "data-version": String(version.version) }, [
+    h("h4", { id: titleId, text: `Version ${version.version}, takes effect ${formatInstantNamed(version.effective_from)}` }),
+    priceTable(`prices-v${version.version}-wrap`, titleId, version.prices || [], version.currency),
+  ]);
+}
+
+/**
+ * A version's prices, API by API, in a scrollable region named by the line `labelId` (a
+ * focusable region, so a narrow screen can scroll it from the keyboard).
+ */
+function priceTable(id, labelId, prices, currency) {
+  const rows = prices.map((price) =>
+    h("tr", { "data-api": price.api_id, "data-meter": price.meter }, [
+      h("td", {}, [h("code", { text: price.api_id })]),
+      h("td", {}, [h("code", { text: price.meter })]),
+      h("td", { className: "num", text: priceText(price, currency) }),
+    ])
+  );
+  if (rows.length === 0) rows.push(h("tr", { className: "empty" }, [h("td", { colspan: "3", text: "No prices in this version" })]));
+  const head = h("tr", {}, [
+    h("th", { scope: "col", text: "API" }),
+    h("th", { scope: "col", text: "Meter" }),
+    h("th", { scope: "col", className: "num", text: "Price" }),
+  ]);
+  return h("div", { id, className: "table-wrap", tabindex: "0", role: "region", "aria-labelledby": labelId }, [
+    h("table", { className: "data compact" }, [h("thead", {}, [head]), h("tbody", {}, rows)]),
+  ]);
+}
+
 // --- records ----------------------------------------------------------------------------------
 
 /** The filters as the inputs say, as API parameters; null (and a message) when they are wrong. */
@@ -717,7 +808,7 @@ function filterQuery(filters) {
 }
 
 function placeholderRow(text, id) {
-  return h("tr", { id, className: "empty" }, [h("td", { colspan: "7", text })]);
+  return h("tr", { id, className: "empty" }, [h("td", { colspan: "8", text })]);
 }
 
 function recordRow(record) {
@@ -737,6 +828,17 @@ function recordRow(record) {
     h("td", { className: "num", text: money(record.balance_micros) }),
     h("td", { className: "num", text: money(record.balance_after_micros) }),
     h("td", { className: "ref", title: details.join(", ") || undefined }, [h("code", { text: reference })]),
+    usageCell(record),
+  ]);
+}
+
+/** What a priced record used, meter by meter, and the list version that priced it; empty for an amount. */
+function usageCell(record) {
+  if (!Array.isArray(record.usage)) return h("td", { className: "usage" });
+  const used = record.usage.map((line) => `${line.meter} ${groupDigits(line.quantity)}`).join(" · ");
+  return h("td", { className: "usage" }, [
+    h("span", { className: "usage-lines", text: used }),
+    h("span", { className: "usage-price muted small", text: `${record.price_list} v${record.price_version}` }),
   ]);
 }
 
@@ -1137,7 +1239,7 @@ function labelZones() {
   $("records-time").textContent = `Time (${zone})`;
   $("filter-zone").textContent = `Whole days in your time zone (${zone}), both included.`;
   $("foot").textContent =
-    "Amounts are exact to the micro; shown rounded to 2 decimals. " +
+    "Amounts are exact to the micro; shown rounded to 2 decimals, prices in full. " +
     `Times in your time zone (${zone}); the free quota's reset also in the billing time zone, ` +
     "named; usage days and the free quota's month in the billing time zone.";
 }

@@ -205,7 +205,8 @@ impl Commands {
         if let Some(settle) = &reservation.settle {
             return self.settle_replayed(account, command, settle).await;
         }
-        let actual = match settle_price(book.as_deref(), &reservation, &command.actual) {
+        let list = self.rules.price_list_of(account.account().price_list.as_deref()).to_owned();
+        let actual = match settle_price(book.as_deref(), &reservation, &list, &command.actual) {
             Ok(actual) if actual.amount > reservation.amount => {
                 Err(CommandError::SettleExceedsHold)
             }
@@ -430,10 +431,12 @@ impl Commands {
 }
 
 /// What a settle charges: the actual amount, or its usage priced by the version the reservation
-/// was taken under (with the reservation's API).
+/// was taken under (with the reservation's API); when nothing of the account's `list` was in
+/// effect then, the usage is unpriced.
 fn settle_price(
     book: Option<&prices::Book>,
     reservation: &Reservation,
+    list: &str,
     actual: &Asked,
 ) -> Result<Priced, CommandError> {
     let api_id = shared::ids::ApiId::stored(reservation.api_id.as_str());
@@ -447,7 +450,7 @@ fn settle_price(
         Asked::Usage(usage) => usage,
     };
     let Some((list, version)) = &reservation.price else {
-        return prices::price_usage(None, "", &api_id, usage);
+        return prices::price_usage(None, list, &api_id, usage);
     };
     let version = book.and_then(|book| book.version(list, *version));
     prices::price_usage(version.map(|v| &**v), list, &api_id, usage)

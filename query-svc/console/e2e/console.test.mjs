@@ -2,8 +2,11 @@
 // Chromium through playwright-core. It runs against live services that the harness started and
 // seeded; every number it checks is read from the REST API with the same token, never assumed.
 //
-//   CONSOLE_URL=… CHROMIUM=/usr/bin/chromium JWT_SECRET=… USER_ID=… \
+//   CONSOLE_URL=… CHROMIUM=/usr/bin/chromium JWT_SECRET=… USER_ID=… UNPRICED_USER_ID=… \
 //   WEBHOOK_URL=… WEBHOOK_SECRET=… BILLING_TIME_ZONE=… [SCREENSHOT=out.png] node console.test.mjs
+//
+// USER_ID has the sample data: charges of an amount and priced ones, and a price list with a
+// version in effect and one scheduled. UNPRICED_USER_ID's list has no version in effect yet.
 //
 // BILLING_TIME_ZONE is the service's configured billing zone (an IANA name): the page is never
 // told it by name, so the test computes what the page must show from it independently.
@@ -30,6 +33,7 @@ const ORIGIN = new URL(BASE).origin;
 const CHROMIUM = required("CHROMIUM");
 const JWT_SECRET = required("JWT_SECRET");
 const USER_ID = required("USER_ID");
+const UNPRICED_USER_ID = required("UNPRICED_USER_ID");
 const WEBHOOK_URL = required("WEBHOOK_URL");
 const WEBHOOK_SECRET = required("WEBHOOK_SECRET");
 const BILLING_TIME_ZONE = required("BILLING_TIME_ZONE");
@@ -54,6 +58,7 @@ function mintToken(sub, exp) {
 const now = Math.floor(Date.now() / 1000);
 const TOKEN = mintToken(USER_ID, now + 3600);
 const EXPIRED_TOKEN = mintToken(USER_ID, now - 60);
+const UNPRICED_TOKEN = mintToken(UNPRICED_USER_ID, now + 3600);
 
 // --- money, independently of the page ----------------------------------------------------------
 
@@ -84,6 +89,35 @@ function units(micros) {
 assert.equal(units(1000000), "1");
 assert.equal(units(7123456), "7.123456");
 assert.equal(units(1), "0.000001");
+
+/** A price exactly, at least to the cent: 500000 → "CNY 0.50", 2000 → "CNY 0.002". */
+function price(micros, currency) {
+  const [whole, fraction = ""] = units(micros).split(".");
+  return `${currency} ${whole}.${fraction.padEnd(2, "0")}`;
+}
+
+assert.equal(price(500000, "CNY"), "CNY 0.50");
+assert.equal(price(2000, "CNY"), "CNY 0.002");
+assert.equal(price(0, "CNY"), "CNY 0.00");
+assert.equal(price(12345678, "CNY"), "CNY 12.345678");
+
+/** An integer with its thousands grouped: 1000000 → "1,000,000". */
+function grouped(n) {
+  return BigInt(n).toLocaleString("en-US");
+}
+
+assert.equal(grouped(1001), "1,001");
+assert.equal(grouped(999), "999");
+
+/** A price's cells on the page: API, meter, and "CNY 1.50 per 1,000,000 output_tokens". */
+function priceCells(p, currency) {
+  return [p.api_id, p.meter, `${price(p.price_micros, currency)} per ${grouped(p.per_units)} ${p.meter}`];
+}
+
+/** A priced record's usage as the page reads it: "call 1 · output_tokens 1,001". */
+function usageText(usage) {
+  return usage.map((line) => `${line.meter} ${grouped(line.quantity)}`).join(" · ");
+}
 
 function addDays(key, days) {
   const [y, m, d] = key.split("-").map(Number);
@@ -285,23 +319,56 @@ async function expectRowIds(page, expected, what) {
 
 /**
  * Walks the records the API selects with `query` page by page, clicking load-more, and checks
- * the table against each; returns every record id.
+ * the table against each; returns every record the API answered.
  */
 async function expectAllPages(page, query, what) {
   const base = `/api/v1/billing/records?limit=20${query ? `&${query}` : ""}`;
   let answer = await apiGet(base);
-  let expected = answer.records.map((record) => record.record_id);
-  await expectRowIds(page, expected, `${what}, page 1`);
+  let records = answer.records;
+  await expectRowIds(page, records.map((record) => record.record_id), `${what}, page 1`);
   for (let pageNo = 2; answer.next_cursor; pageNo += 1) {
     assert.ok(pageNo < 100, "too many pages");
     await expectVisible(page, "#load-more", true, `${what}: load-more before page ${pageNo}`);
     await page.click("#load-more");
     answer = await apiGet(`${base}&cursor=${encodeURIComponent(answer.next_cursor)}`);
-    expected = expected.concat(answer.records.map((record) => record.record_id));
-    await expectRowIds(page, expected, `${what}, after page ${pageNo}`);
+    records = records.concat(answer.records);
+    await expectRowIds(page, records.map((record) => record.record_id), `${what}, after page ${pageNo}`);
   }
   await expectVisible(page, "#load-more", false, `${what}: load-more once the API's next_cursor is null`);
-  return expected;
+  return records;
+}
+
+/**
+ * Checks the Prices card against a `GET /api/v1/billing/prices` answer, times in `zone` (the
+ * browser's): the version in effect (or that none is) with its prices, then each scheduled one.
+ */
+async function expectPrices(page, list, zone) {
+  const named = (instant) => `${dateAndTime(instantMs(instant), zone)} (${zone})`;
+  const inEffect = list.version !== null;
+  const current = inEffect
+    ? `List ${list.name}, version ${list.version}, in effect since ${named(list.effective_from)}`
+    : `No version of list ${list.name} is in effect yet.`;
+  await expectText(page, "#prices-current", current, "the version in effect");
+  await expectVisible(page, "#prices-current-wrap", inEffect, "the table of the prices in effect");
+  const rows = (selector) =>
+    page.$$eval(`${selector} tbody tr[data-api]`, (trs) => trs.map((tr) => Array.from(tr.cells, (cell) => cell.textContent.trim())));
+  if (inEffect) {
+    assert.deepEqual(await rows("#prices-current-wrap"), list.prices.map((p) => priceCells(p, list.currency)), "the prices in effect");
+  }
+  const versions = "#prices-scheduled .price-version";
+  await settle(page, ([selector, n]) => document.querySelectorAll(selector).length === n, [versions, list.scheduled.length]);
+  const shown = await page.$$eval(versions, (elements) =>
+    elements.map((element) => ({ version: element.getAttribute("data-version"), title: element.querySelector("h4").textContent.trim() }))
+  );
+  assert.deepEqual(
+    shown,
+    list.scheduled.map((v) => ({ version: String(v.version), title: `Version ${v.version}, takes effect ${named(v.effective_from)}` })),
+    "the scheduled versions and when each takes effect"
+  );
+  for (const v of list.scheduled) {
+    assert.deepEqual(await rows(`#prices-v${v.version}-wrap`), v.prices.map((p) => priceCells(p, v.currency)), `the prices of version ${v.version}`);
+  }
+  await expectVisible(page, "#prices-scheduled-none", list.scheduled.length === 0, "the note that nothing is scheduled");
 }
 
 /** The CSV the export button downloads. */
@@ -473,6 +540,7 @@ try {
       await page.waitForSelector(ROWS, { timeout: WAIT_MS });
       await page.waitForSelector("#usage-chart", { timeout: WAIT_MS });
       await page.waitForSelector("#top-apis tbody tr", { timeout: WAIT_MS });
+      await page.waitForSelector("#prices-current-wrap tbody tr", { timeout: WAIT_MS });
     } catch (_) {
       // Take the picture of whatever is there.
     }
@@ -648,6 +716,37 @@ try {
       "top-apis rows (API, amount)"
     );
     assert.deepEqual(shown.map((cells) => cells[1].replace(/\D/g, "")), top.map((bucket) => String(bucket.calls)), "top-apis calls");
+  });
+
+  await check(15, `prices: the list's version in effect, since when (${LOCAL_ZONE}, named), its prices and the scheduled versions as the API answers; a list with none in effect says so`, async () => {
+    const list = await apiGet("/api/v1/billing/prices");
+    assert.notEqual(list.version, null, "the seeded list has a version in effect");
+    assert.ok(list.prices.length > 0 && list.scheduled.length > 0, "the seeded list has prices and a scheduled version");
+    await inOwnContext({ options: { timezoneId: LOCAL_ZONE } }, (other) => expectPrices(other, list, LOCAL_ZONE));
+
+    const unpriced = await apiGet("/api/v1/billing/prices", UNPRICED_TOKEN);
+    assert.equal(unpriced.version, null, "the unpriced user's list has no version in effect");
+    assert.ok(unpriced.scheduled.length > 0, "the unpriced user's list has a scheduled version");
+    await inOwnContext({ options: { timezoneId: LOCAL_ZONE }, token: UNPRICED_TOKEN }, (other) => expectPrices(other, unpriced, LOCAL_ZONE));
+  });
+
+  await check(16, "records: each priced record shows its usage and the list version that priced it as the API says; a charge of an amount shows none", async () => {
+    const records = await expectAllPages(page, "", "every record");
+    const priced = records.filter((record) => record.usage !== null);
+    assert.ok(priced.length > 0 && priced.length < records.length, "the seeded user has priced records and others");
+    const shown = await page.$$eval(ROWS, (rows) =>
+      rows.map((row) => {
+        const cell = row.querySelector("td.usage");
+        const text = (selector) => (cell && cell.querySelector(selector) ? cell.querySelector(selector).textContent.trim() : null);
+        return [row.getAttribute("data-record-id"), text(".usage-lines"), text(".usage-price"), cell ? cell.textContent.trim() : null];
+      })
+    );
+    const expected = records.map((record) => {
+      if (record.usage === null) return [record.record_id, null, null, ""];
+      const [used, version] = [usageText(record.usage), `${record.price_list} v${record.price_version}`];
+      return [record.record_id, used, version, `${used}${version}`];
+    });
+    assert.deepEqual(shown, expected, "each record's usage and price version (nothing for a charge of an amount)");
   });
 
   await check(5, `recharge ${RECHARGE_UNITS}: PENDING, paid by the webhook, then PAID and the new balance`, async () => {
@@ -892,7 +991,7 @@ try {
     }
   });
 
-  await check(14, "accessibility: every control named; no serious or critical axe-core violation on the wallet, the settings and the token form", async () => {
+  await check(14, "accessibility: every control named (the price tables' regions too); no serious or critical axe-core violation on the wallet, the prices, the settings and the token form", async () => {
     const axeSource = await readFile(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
     // The page's policy (script-src 'self') refuses inline scripts, axe-core's injected one too:
     // this context alone bypasses the policy, every other check runs under it.
@@ -902,6 +1001,8 @@ try {
       await other.waitForSelector(ROWS);
       await other.waitForSelector("#usage-chart");
       await other.waitForSelector("#top-apis tbody tr[data-api]");
+      await other.waitForSelector("#prices-current-wrap tbody tr[data-api]");
+      await other.waitForSelector("#prices-scheduled .price-version");
       await other.addScriptTag({ content: axeSource });
       const audit = async (what) => {
         const violations = await other.evaluate(async () => {
@@ -912,7 +1013,7 @@ try {
         const grave = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
         assert.deepEqual(grave, [], `${what}: serious or critical axe-core violations`);
       };
-      const filters = { "filter-type": /^Type$/, "filter-from": /^From$/, "filter-to": /^To$/, "filter-apply": /^Apply$/, "recharge-amount": /^Amount/, "export-csv": /^Download CSV$/, "settings-open": /^Alert settings$/, "sign-out": /^Change token$/ };
+      const filters = { "filter-type": /^Type$/, "filter-from": /^From$/, "filter-to": /^To$/, "filter-apply": /^Apply$/, "recharge-amount": /^Amount/, "export-csv": /^Download CSV$/, "settings-open": /^Alert settings$/, "sign-out": /^Change token$/, "prices-current-wrap": /^List \S+, version \d+, in effect since / };
       await expectNamedControls(other, filters, "the wallet");
       await audit("the wallet");
 

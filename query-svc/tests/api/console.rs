@@ -2,10 +2,11 @@
 //! keeps the page to this origin, and the page itself, driven in headless Chromium, shows what
 //! the REST API answers, pages and filters the records (by type and by days), recharges and
 //! follows the order to PAID after a signed payment callback, reads and saves the alert settings
-//! (the signing secret shown once), shows times in the billing zone and the browser's, works from
-//! the keyboard, passes axe-core's serious and critical rules, and asks for a new token when its
-//! token has expired (`query-svc/console/e2e/console.test.mjs`, run by Node.js with
-//! playwright-core and axe-core).
+//! (the signing secret shown once), shows the caller's prices (the version in effect, or that
+//! none is, and the scheduled ones) and each priced record's usage and the version that priced
+//! it, shows times in the billing zone and the browser's, works from the keyboard, passes
+//! axe-core's serious and critical rules, and asks for a new token when its token has expired
+//! (`query-svc/console/e2e/console.test.mjs`, run by Node.js with playwright-core and axe-core).
 //!
 //! Chromium, Node.js, playwright-core and axe-core are installed by `deploy/dev-deps.sh
 //! --browser` (as `make test` runs it); without them the browser test fails, it never skips.
@@ -16,14 +17,20 @@ use std::{
     time::Duration,
 };
 
+use chrono::TimeDelta;
 use reqwest::header;
+use shared::proto::v1 as pb;
 
 use crate::{helpers::*, projection::until_projected};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Charges of the sample data, split between two APIs.
+/// Charges of an amount in the sample data, split between two APIs.
 const CHARGES: usize = 45;
+
+/// Charges of the sample data priced by the user's list from the usage they report, made after
+/// the others so the first page of records shows both kinds.
+const PRICED_CHARGES: usize = 4;
 
 fn e2e_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("console/e2e")
@@ -35,6 +42,144 @@ fn chromium() -> PathBuf {
         .filter(|path| !path.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+fn price(api_id: &str, meter: &str, price_micros: i64, per_units: i64) -> pb::Price {
+    pb::Price {
+        api_id: api_id.into(),
+        meter: meter.into(),
+        price_micros,
+        per_units,
+    }
+}
+
+/// A list for the sample's two APIs: per call and per million tokens, the output tokens at
+/// `output_per_million` (so versions differ).
+fn sample_prices(output_per_million: i64) -> Vec<pb::Price> {
+    vec![
+        price("chat.completions", "call", 2_000, 1),
+        price("chat.completions", "input_tokens", 500_000, 1_000_000),
+        price(
+            "chat.completions",
+            "output_tokens",
+            output_per_million,
+            1_000_000,
+        ),
+        price("embeddings", "input_tokens", 20_000, 1_000_000),
+    ]
+}
+
+/// Publishes `prices` as the next version of the list `name`, taking effect at `at`, or now
+/// when `None` (the answer then comes once it is in effect).
+async fn publish(
+    stack: &Stack,
+    name: &str,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    prices: Vec<pb::Price>,
+    publish_id: &str,
+) {
+    stack
+        .ops()
+        .await
+        .publish_price_list(pb::PublishPriceListRequest {
+            name: name.into(),
+            effective_from_ms: at.map_or(0, |at| at.timestamp_millis()),
+            prices,
+            publish_id: publish_id.into(),
+            actor: "pricing@example.com".into(),
+        })
+        .await
+        .unwrap();
+}
+
+fn usage(lines: &[(&str, i64)]) -> Vec<pb::Usage> {
+    lines
+        .iter()
+        .map(|(meter, quantity)| pb::Usage {
+            meter: (*meter).into(),
+            quantity: *quantity,
+        })
+        .collect()
+}
+
+/// What the `i`th priced call of the sample used: chat calls with their tokens, or embeddings;
+/// enough tokens that each costs a few cents, so the records show the amounts.
+fn sample_usage(i: usize) -> (&'static str, Vec<pb::Usage>) {
+    let i = i as i64;
+    if i % 2 == 0 {
+        let chat = [
+            ("call", 1),
+            ("input_tokens", 182_400 + 3_700 * i),
+            ("output_tokens", 96_001 + 2_500 * i),
+        ];
+        ("chat.completions", usage(&chat))
+    } else {
+        let embedded = [("input_tokens", 1_250_000 + 100_000 * i)];
+        ("embeddings", usage(&embedded))
+    }
+}
+
+/// The default list in effect for `user`'s priced charges and its next version a week ahead;
+/// the stack runs on the system clock, so the first version is published for now.
+async fn seed_prices(stack: &Stack, user: &str) {
+    publish(
+        stack,
+        "default",
+        None,
+        sample_prices(1_500_000),
+        "console-1",
+    )
+    .await;
+    let next_week = stack.clock.now() + TimeDelta::days(7);
+    publish(
+        stack,
+        "default",
+        Some(next_week),
+        sample_prices(1_200_000),
+        "console-2",
+    )
+    .await;
+    let mut gateway = stack.gateway().await;
+    for i in 0..PRICED_CHARGES {
+        let (api_id, usage) = sample_usage(i);
+        gateway
+            .deduct_quota(pb::DeductQuotaRequest {
+                user_id: user.into(),
+                request_id: format!("priced-{i}"),
+                api_id: api_id.into(),
+                usage,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// A user with a little balance whose list has only a version scheduled ahead, so the console
+/// has no prices in effect to show them.
+async fn user_without_prices_in_effect(stack: &Stack) -> String {
+    let user = new_user("unpriced");
+    let next_month = stack.clock.now() + TimeDelta::days(30);
+    publish(
+        stack,
+        "enterprise",
+        Some(next_month),
+        sample_prices(1_000_000),
+        "console-e1",
+    )
+    .await;
+    stack
+        .ops()
+        .await
+        .assign_price_list(pb::AssignPriceListRequest {
+            user_id: user.clone(),
+            name: "enterprise".into(),
+            actor: "ops@example.com".into(),
+        })
+        .await
+        .unwrap();
+    recharge(stack, &user, 5 * CNY).await;
+    user
 }
 
 #[tokio::test]
@@ -130,14 +275,17 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
             "chat.completions"
         };
         gateway
-            .deduct_quota(shared::proto::v1::DeductQuotaRequest {
+            .deduct_quota(pb::DeductQuotaRequest {
                 api_id: api_id.into(),
                 ..deduct(&user, 350_000 + 10_007 * i as i64, &format!("call-{i}"))
             })
             .await
             .unwrap();
     }
+    seed_prices(&stack, &user).await;
+    let unpriced = user_without_prices_in_effect(&stack).await;
     until_projected(&stack, &user, WAIT).await;
+    until_projected(&stack, &unpriced, WAIT).await;
 
     let mut node = tokio::process::Command::new("node");
     node.arg("console.test.mjs")
@@ -146,6 +294,7 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
         .env("CHROMIUM", &chromium)
         .env("JWT_SECRET", testkit::JWT_SECRET)
         .env("USER_ID", &user)
+        .env("UNPRICED_USER_ID", &unpriced)
         .env(
             "WEBHOOK_URL",
             format!(
@@ -182,7 +331,7 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
     );
     // Every check of the script ran and passed.
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 14, "every check ran and passed:\n{stdout}");
+    assert_eq!(passed, 16, "every check ran and passed:\n{stdout}");
     assert!(!stdout.contains("not ok"), "{stdout}");
     stack.cleanup().await;
 }

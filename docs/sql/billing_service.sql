@@ -574,16 +574,6 @@ CREATE TABLE IF NOT EXISTS price_list_prices (
     CONSTRAINT price_list_prices_in_range
       CHECK (price_micros BETWEEN 0 AND 1000000000000 AND per_units BETWEEN 1 AND 1000000000)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
--- Read model: the units each API's calls used, per user, day (billing time zone) and meter.
--- Moved with rm_daily_usage, in the transaction that inserts the charge's record.
-CREATE TABLE IF NOT EXISTS rm_daily_units (
-    user_id  VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-    day      DATE NOT NULL,
-    api_id   VARCHAR(128) NOT NULL,
-    meter    VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-    quantity BIGINT NOT NULL,
-    PRIMARY KEY (user_id, day, api_id, meter)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- The list that prices an account's usage (NULL: the configured default list), and what priced a charge
 -- or a hold: usage_units the usage as a JSON object of meter to quantity in meter order (NULL for
@@ -617,6 +607,14 @@ SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
 SET @ddl = IF(@missing, CONCAT('ALTER TABLE rm_records ', @priced_columns), 'DO 0');
 PREPARE add_price_list FROM @ddl;
 EXECUTE add_price_list;
+-- Read model: the units the priced calls of a user's API used on a day, a JSON object of meter to
+-- quantity (NULL: none priced), summed in the same upsert as the day's calls and amounts.
+SET @missing = (SELECT COUNT(*) = 0 FROM information_schema.columns
+                WHERE table_schema = DATABASE() AND table_name = 'rm_daily_usage'
+                  AND column_name = 'units');
+SET @ddl = IF(@missing, 'ALTER TABLE rm_daily_usage ADD COLUMN units TEXT NULL', 'DO 0');
+PREPARE add_price_list FROM @ddl;
+EXECUTE add_price_list;
 DEALLOCATE PREPARE add_price_list;
 
 -- Keys are compared byte for byte (invariant 10): the new tables and columns move to the NO PAD
@@ -638,7 +636,7 @@ PREPARE build_ddl FROM
 SET @t = 'price_lists';         EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
 SET @t = 'price_list_versions'; EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
 SET @t = 'price_list_prices';   EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
-SET @t = 'rm_daily_units';      EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
+SET @t = 'rm_daily_usage';      EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
 SET @t = 'accounts';            EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
 SET @t = 'ledger';              EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;
 SET @t = 'reservations';        EXECUTE build_ddl USING @t, @t; PREPARE nopad FROM @ddl; EXECUTE nopad;

@@ -21,13 +21,7 @@ use query_svc::store::{
     queries::OrderRow as StoredOrder,
 };
 
-const TABLES: [&str; 5] = [
-    "rm_accounts",
-    "rm_records",
-    "rm_daily_usage",
-    "rm_daily_units",
-    "rm_orders",
-];
+const TABLES: [&str; 4] = ["rm_accounts", "rm_records", "rm_daily_usage", "rm_orders"];
 const CHUNK: i64 = 5_000;
 /// Commits in flight when the rebuild starts are caught up too.
 const CATCH_UP_MARGIN: Duration = Duration::minutes(5);
@@ -147,12 +141,13 @@ async fn ledger_chunk(pool: &MySqlPool, after_id: u64) -> anyhow::Result<Vec<(u6
     Ok(rows)
 }
 
-/// Writes the usage counters and units into the shadow tables; how many usage rows.
+/// Writes the usage counters and units into the shadow table; how many rows.
 async fn fill_usage(pool: &MySqlPool, usage: UsageSums) -> Result<u64, sqlx::Error> {
     let usage: Vec<_> = usage.into_iter().collect();
     for chunk in usage.chunks(CHUNK as usize) {
         let mut insert = QueryBuilder::new(
-            "INSERT INTO rm_daily_usage_shadow (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
+            "INSERT INTO rm_daily_usage_shadow (user_id, day, api_id, calls, amount_micros, \
+             free_micros, balance_micros, units) ",
         );
         insert.push_values(chunk, |mut row, ((user_id, day, api_id), sums)| {
             row.push_bind(user_id)
@@ -161,27 +156,8 @@ async fn fill_usage(pool: &MySqlPool, usage: UsageSums) -> Result<u64, sqlx::Err
                 .push_bind(sums.calls)
                 .push_bind(sums.amount_micros)
                 .push_bind(sums.free_micros)
-                .push_bind(sums.balance_micros);
-        });
-        insert.build().execute(pool).await?;
-    }
-    let units: Vec<_> = usage
-        .iter()
-        .flat_map(|((user_id, day, api_id), sums)| {
-            let units = sums.units.iter();
-            units.map(move |(meter, quantity)| (user_id, day, api_id, meter, *quantity))
-        })
-        .collect();
-    for chunk in units.chunks(CHUNK as usize) {
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO rm_daily_units_shadow (user_id, day, api_id, meter, quantity) ",
-        );
-        insert.push_values(chunk, |mut row, (user_id, day, api_id, meter, quantity)| {
-            row.push_bind(*user_id)
-                .push_bind(*day)
-                .push_bind(*api_id)
-                .push_bind(*meter)
-                .push_bind(*quantity);
+                .push_bind(sums.balance_micros)
+                .push_bind(sums.units_json());
         });
         insert.build().execute(pool).await?;
     }

@@ -139,6 +139,9 @@ async fn compare(
     Ok(found)
 }
 
+/// A `rm_daily_usage` row: day, API, calls, amount, free part, balance part, units (JSON).
+type UsageRow = (NaiveDate, String, i64, i64, i64, i64, Option<String>);
+
 /// One account in both models, read at one instant.
 struct Models {
     write_version: i64,
@@ -146,10 +149,8 @@ struct Models {
     ledger: Vec<LedgerRow>,
     snapshot: Option<store::RmAccount>,
     records: Vec<RecordRow>,
-    /// `rm_daily_usage`: day, API, calls, amount, free part, balance part.
-    usage: Vec<(NaiveDate, String, i64, i64, i64, i64)>,
-    /// `rm_daily_units`: day, API, meter, quantity.
-    units: Vec<(NaiveDate, String, String, i64)>,
+    /// `rm_daily_usage`: day, API, calls, amount, free part, balance part, units.
+    usage: Vec<UsageRow>,
     read_orders: HashMap<String, String>,
     write_orders: HashMap<String, String>,
 }
@@ -192,14 +193,8 @@ impl Models {
                 .fetch_all(&mut *tx)
                 .await?,
             usage: sqlx::query_as(
-                "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros \
+                "SELECT day, api_id, calls, amount_micros, free_micros, balance_micros, units \
                  FROM rm_daily_usage WHERE user_id = ?",
-            )
-            .bind(user)
-            .fetch_all(&mut *tx)
-            .await?,
-            units: sqlx::query_as(
-                "SELECT day, api_id, meter, quantity FROM rm_daily_units WHERE user_id = ?",
             )
             .bind(user)
             .fetch_all(&mut *tx)
@@ -305,19 +300,22 @@ impl Models {
                 .or_default()
                 .count(record);
         }
-        let mut held: HashMap<(NaiveDate, String), UsageDelta> = HashMap::new();
-        for (day, api_id, calls, amount, free, balance) in &self.usage {
-            let counters = held.entry((*day, api_id.clone())).or_default();
-            (counters.calls, counters.amount_micros) = (*calls, *amount);
-            (counters.free_micros, counters.balance_micros) = (*free, *balance);
-        }
-        for (day, api_id, meter, quantity) in &self.units {
-            let counters = held.entry((*day, api_id.clone())).or_default();
-            counters.units.insert(meter.clone(), *quantity);
-        }
         let mut found = Vec::new();
-        for ((day, api_id), have) in held {
-            match sums.remove(&(day, api_id.clone())) {
+        for (day, api_id, calls, amount, free, balance, units) in &self.usage {
+            let Some(units) = UsageDelta::units_of(units.as_deref()) else {
+                found.push(format!(
+                    "usage of {day} {api_id:?}: units {units:?} do not read"
+                ));
+                continue;
+            };
+            let have = UsageDelta {
+                calls: *calls,
+                amount_micros: *amount,
+                free_micros: *free,
+                balance_micros: *balance,
+                units,
+            };
+            match sums.remove(&(*day, api_id.clone())) {
                 Some(want) if want == have => {}
                 want => found.push(format!(
                     "usage of {day} {api_id:?} is {have:?}, its records make {want:?}"
@@ -419,12 +417,7 @@ async fn repair(
 ) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     refresh_snapshot(&mut tx, user, true).await?;
-    for table in [
-        "rm_records",
-        "rm_daily_usage",
-        "rm_daily_units",
-        "rm_orders",
-    ] {
+    for table in ["rm_records", "rm_daily_usage", "rm_orders"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE user_id = ?"
         )))

@@ -205,7 +205,10 @@ impl Commands {
         if let Some(settle) = &reservation.settle {
             return self.settle_replayed(account, command, settle).await;
         }
-        let list = self.rules.price_list_of(account.account().price_list.as_deref()).to_owned();
+        let list = self
+            .rules
+            .price_list_of(account.account().price_list.as_deref())
+            .to_owned();
         let actual = match settle_price(book.as_deref(), &reservation, &list, &command.actual) {
             Ok(actual) if actual.amount > reservation.amount => {
                 Err(CommandError::SettleExceedsHold)

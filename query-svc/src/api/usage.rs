@@ -4,8 +4,8 @@
 //! time zone, default the 30 days up to and including today (`from` after `to`: no day); `group_by`
 //! `day` (default) or `api`. Buckets hold only days or APIs with charges: days in date order, APIs
 //! by amount charged, largest first (then by name); an API's bucket also sums the units its priced
-//! calls used, per meter. Read from `rm_daily_usage` and `rm_daily_units`, which count each
-//! charge once however often its event is delivered.
+//! calls used, per meter. Read from `rm_daily_usage`, which counts each charge once however
+//! often its event is delivered.
 
 use axum::{
     Json,
@@ -28,7 +28,10 @@ use super::{
 };
 use crate::{
     app::AppState,
-    store::queries::{self, UsageGrouping},
+    store::{
+        projection::UsageDelta,
+        queries::{self, UsageGrouping},
+    },
 };
 
 /// The default window, in days ending today.
@@ -129,8 +132,13 @@ async fn usage(
     let pool = state.store.pool();
     let mut units: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     if grouping == UsageGrouping::Api {
-        for (api_id, meter, quantity) in queries::units(pool, user.as_str(), first, end).await? {
-            units.entry(api_id).or_default().insert(meter, quantity);
+        for (api_id, day) in queries::units(pool, user.as_str(), first, end).await? {
+            let day = UsageDelta::units_of(Some(&day))
+                .ok_or_else(|| ApiError::internal("a day's units are not a JSON object"))?;
+            let api = units.entry(api_id).or_default();
+            for (meter, quantity) in day {
+                *api.entry(meter).or_default() += quantity;
+            }
         }
     }
     let buckets = queries::usage(pool, user.as_str(), first, end, grouping)

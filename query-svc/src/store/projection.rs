@@ -11,7 +11,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use shared::{db::Failure, order::OrderStatus, pricing::Usage};
+use shared::{
+    db::Failure,
+    order::OrderStatus,
+    pricing::{Meter, Usage},
+};
 use sqlx::MySqlConnection;
 
 pub use super::RecordRow;
@@ -250,6 +254,19 @@ impl UsageDelta {
         delta
     }
 
+    /// The units as the `units` column holds them: a JSON object of meter to quantity; `None`
+    /// when no call was priced.
+    pub fn units_json(&self) -> Option<String> {
+        (!self.units.is_empty()).then(|| serde_json::to_string(&self.units).unwrap_or_default())
+    }
+
+    /// Units read back from a `units` column; `None` when it holds something else.
+    pub fn units_of(json: Option<&str>) -> Option<BTreeMap<String, i64>> {
+        json.map_or(Some(BTreeMap::new()), |json| {
+            serde_json::from_str(json).ok()
+        })
+    }
+
     /// Counts one more charge: a call, its three sums and its units.
     pub fn count(&mut self, record: &RecordRow) {
         self.calls += 1;
@@ -263,14 +280,16 @@ impl UsageDelta {
     }
 }
 
-/// Adds usage for many (account, day, API) keys, one statement per power-of-two chunk.
+/// Adds usage for many (account, day, API) keys, one statement per power-of-two chunk: calls,
+/// the three sums and the units of each meter, in the one row of the key.
 pub async fn add_usages(
     conn: &mut MySqlConnection,
     deltas: &[(&str, &UsageKey, UsageDelta)],
 ) -> Result<(), sqlx::Error> {
     for chunk in shared::db::pow2_chunks(deltas) {
         let mut upsert = sqlx::QueryBuilder::new(
-            "INSERT INTO rm_daily_usage (user_id, day, api_id, calls, amount_micros, free_micros, balance_micros) ",
+            "INSERT INTO rm_daily_usage (user_id, day, api_id, calls, amount_micros, free_micros, \
+             balance_micros, units) ",
         );
         upsert.push_values(chunk, |mut row, (user_id, key, delta)| {
             row.push_bind(*user_id)
@@ -279,7 +298,8 @@ pub async fn add_usages(
                 .push_bind(delta.calls)
                 .push_bind(delta.amount_micros)
                 .push_bind(delta.free_micros)
-                .push_bind(delta.balance_micros);
+                .push_bind(delta.balance_micros)
+                .push_bind(delta.units_json());
         });
         upsert.push(
             " ON DUPLICATE KEY UPDATE calls = calls + VALUES(calls), \
@@ -287,38 +307,39 @@ pub async fn add_usages(
              free_micros = free_micros + VALUES(free_micros), \
              balance_micros = balance_micros + VALUES(balance_micros)",
         );
-        upsert.build().execute(&mut *conn).await?;
-    }
-    add_units(conn, deltas).await
-}
-
-/// Adds the units of the priced calls among `deltas` to `rm_daily_units`.
-async fn add_units(
-    conn: &mut MySqlConnection,
-    deltas: &[(&str, &UsageKey, UsageDelta)],
-) -> Result<(), sqlx::Error> {
-    let units: Vec<(&str, &UsageKey, &str, i64)> = deltas
-        .iter()
-        .flat_map(|(user_id, key, delta)| {
-            delta
-                .units
-                .iter()
-                .map(move |(meter, quantity)| (*user_id, *key, meter.as_str(), *quantity))
-        })
-        .collect();
-    for chunk in shared::db::pow2_chunks(&units) {
-        let mut upsert = sqlx::QueryBuilder::new(
-            "INSERT INTO rm_daily_units (user_id, day, api_id, meter, quantity) ",
-        );
-        upsert.push_values(chunk, |mut row, (user_id, key, meter, quantity)| {
-            row.push_bind(*user_id)
-                .push_bind(key.day)
-                .push_bind(&key.api_id)
-                .push_bind(*meter)
-                .push_bind(*quantity);
-        });
-        upsert.push(" ON DUPLICATE KEY UPDATE quantity = quantity + VALUES(quantity)");
+        let meters = chunk.iter().flat_map(|(_, _, delta)| delta.units.keys());
+        upsert.push(units_added(meters));
         upsert.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The `units` assignment of a usage upsert whose rows report `meters`: each reported meter's
+/// quantity added to the stored one (exactly, in BIGINT), the others left as stored (a JSON
+/// `null` in the patch leaves an absent meter absent). Only meter names, `[a-z0-9_]`, are
+/// written into the statement; any other name is left out.
+fn units_added<'m>(meters: impl Iterator<Item = &'m String>) -> String {
+    let meters: std::collections::BTreeSet<&str> = meters
+        .map(String::as_str)
+        .filter(|meter| Meter::parse(meter).is_some())
+        .collect();
+    if meters.is_empty() {
+        return String::new();
+    }
+    let sums: Vec<String> = meters
+        .iter()
+        .map(|m| {
+            format!(
+                "'{m}', IF(JSON_VALUE(VALUES(units), '$.{m}') IS NULL, \
+                 CAST(JSON_VALUE(units, '$.{m}') AS SIGNED), \
+                 CAST(COALESCE(JSON_VALUE(units, '$.{m}'), '0') AS SIGNED) \
+                 + CAST(JSON_VALUE(VALUES(units), '$.{m}') AS SIGNED))"
+            )
+        })
+        .collect();
+    format!(
+        ", units = IF(VALUES(units) IS NULL, units, \
+         JSON_MERGE_PATCH(COALESCE(units, '{{}}'), JSON_OBJECT({})))",
+        sums.join(", ")
+    )
 }

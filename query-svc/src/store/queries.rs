@@ -130,17 +130,17 @@ pub struct UsageRow {
     pub balance_micros: i64,
 }
 
-/// The units `user_id`'s priced calls used on the days `[from, to)`, summed per API and meter:
-/// (API, meter, quantity).
+/// The units `user_id`'s priced calls used on each day of `[from, to)` with any: (API, the
+/// day's `units` JSON object of meter to quantity).
 pub async fn units<'e>(
     executor: impl MySqlExecutor<'e>,
     user_id: &str,
     from: chrono::NaiveDate,
     to: chrono::NaiveDate,
-) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT api_id, meter, CAST(SUM(quantity) AS SIGNED) FROM rm_daily_units \
-         WHERE user_id = ? AND day >= ? AND day < ? GROUP BY api_id, meter",
+        "SELECT api_id, units FROM rm_daily_usage \
+         WHERE user_id = ? AND day >= ? AND day < ? AND units IS NOT NULL",
     )
     .bind(user_id)
     .bind(from)

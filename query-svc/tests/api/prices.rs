@@ -203,7 +203,7 @@ async fn priced_charges_show_their_usage_and_price_everywhere_the_read_model_doe
         vec![]
     );
     let units_before = units(&stack, &user).await;
-    sqlx::query("UPDATE rm_daily_units SET quantity = quantity + 1 WHERE user_id = ?")
+    sqlx::query("UPDATE rm_daily_usage SET units = '{\"call\": 4, \"output_tokens\": 1004}' WHERE user_id = ? AND api_id = 'chat'")
         .bind(&user)
         .execute(&stack.db)
         .await
@@ -229,10 +229,18 @@ async fn priced_charges_show_their_usage_and_price_everywhere_the_read_model_doe
     stack.cleanup().await;
 }
 
-async fn units(stack: &Stack, user: &str) -> Vec<(String, String, i64)> {
-    sqlx::query_as("SELECT api_id, meter, quantity FROM rm_daily_units WHERE user_id = ? ORDER BY api_id, meter")
-        .bind(user)
-        .fetch_all(&stack.db)
-        .await
-        .unwrap()
+async fn units(stack: &Stack, user: &str) -> Vec<(String, serde_json::Value)> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT api_id, units FROM rm_daily_usage WHERE user_id = ? ORDER BY api_id",
+    )
+    .bind(user)
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(api_id, units)| {
+            let units = units.map_or(json!(null), |u| serde_json::from_str(&u).unwrap());
+            (api_id, units)
+        })
+        .collect()
 }

@@ -165,6 +165,8 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::FreeQuotaExhausted(_) => "free_quota_exhausted",
         Kind::PriceListPublished(_) => "price_list_published",
         Kind::PriceListAssigned(_) => "price_list_assigned",
+        Kind::SpendLimitsSet(_) => "spend_limits_set",
+        Kind::SpendLimitReached(_) => "spend_limit_reached",
     }
 }
 

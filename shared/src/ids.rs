@@ -185,6 +185,15 @@ text_type!(
     PublishId, 1, 128, Charset::PrintableAscii
 );
 text_type!(
+    /// The caller's API key of a charge or a reservation, for limits of scope `key:<key_id>`
+    /// (may be empty).
+    KeyId, 0, 64, Charset::UserId
+);
+text_type!(
+    /// The key that makes a set of spend limits idempotent (empty: none).
+    SetId, 0, 128, Charset::PrintableAscii
+);
+text_type!(
     /// Which API a charge paid for (may be empty).
     ApiId, 0, 128, Charset::Text
 );

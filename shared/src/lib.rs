@@ -16,6 +16,8 @@
 //!   once ([`db::failure`]).
 //! - [`endpoints`]: the probe and metrics paths.
 //! - [`ids`]: validated identifiers and texts, parsed once at the edge, bound by sqlx as text.
+//! - [`limits`]: spend limits per account, API or API key and day or month, decided exactly on
+//!   locked counters.
 //! - [`listener`]: every listener bounded (connections, timeouts, body size).
 //! - [`money`]: amounts as `i64` micros with checked arithmetic and the limits of the contract.
 //! - [`order`]: how a recharge order's status is stored (its rank) and shown (expiry).
@@ -43,6 +45,7 @@ pub mod config;
 pub mod db;
 pub mod endpoints;
 pub mod ids;
+pub mod limits;
 pub mod listener;
 pub mod money;
 pub mod order;

@@ -5,7 +5,7 @@
 
 use std::{fmt, str::FromStr};
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 
 /// A calendar month. Ordered by time, so `max(a, b)` is the later month.
@@ -65,7 +65,7 @@ impl Period {
         }
     }
 
-    fn first_day(self) -> NaiveDate {
+    pub fn first_day(self) -> NaiveDate {
         NaiveDate::from_ymd_opt(self.year, self.month, 1).expect("a validated period has a 1st")
     }
 }
@@ -119,19 +119,7 @@ impl BillingZone {
     /// The first instant of the 1st of `period` in this zone: local midnight, or, where a
     /// daylight-saving jump skips midnight, the first local time that exists that day.
     pub fn period_start(self, period: Period) -> DateTime<Utc> {
-        let midnight = period
-            .first_day()
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight exists");
-        // Zones have skipped at most a few hours around midnight; step in quarter hours.
-        (0..=24 * 4)
-            .find_map(|quarter| {
-                self.0
-                    .from_local_datetime(&(midnight + Duration::minutes(15 * quarter)))
-                    .earliest()
-            })
-            .expect("every local day has an instant")
-            .with_timezone(&Utc)
+        self.day_start(period.first_day())
     }
 
     /// When the period containing `instant` ends and the next one's free quota applies.

@@ -142,6 +142,9 @@ pub struct LedgerRow {
     pub usage_units: Option<String>,
     pub price_list: Option<String>,
     pub price_version: Option<i64>,
+    /// The caller's API key of a charge or a hold (absent from the read model's selections).
+    #[sqlx(default)]
+    pub key_id: Option<String>,
 }
 
 impl LedgerRow {

@@ -106,6 +106,7 @@ mod tests {
             usage_units: None,
             price_list: None,
             price_version: None,
+            key_id: None,
         }
     }
 

@@ -548,6 +548,8 @@ fn record_id_of(event: &pb::BillingEvent) -> Option<String> {
         | Kind::BalanceLow(_)
         | Kind::FreeQuotaExhausted(_)
         | Kind::PriceListPublished(_)
-        | Kind::PriceListAssigned(_) => None,
+        | Kind::PriceListAssigned(_)
+        | Kind::SpendLimitsSet(_)
+        | Kind::SpendLimitReached(_) => None,
     }
 }

@@ -22,6 +22,7 @@ pub const REASON_SETTLE_EXCEEDS_HOLD: &str = "SETTLE_EXCEEDS_HOLD";
 pub const REASON_UNPRICED: &str = "UNPRICED";
 pub const REASON_AMOUNT_LIMIT: &str = "AMOUNT_LIMIT";
 pub const REASON_PRICE_LIST_NOT_FOUND: &str = "PRICE_LIST_NOT_FOUND";
+pub const REASON_SPEND_LIMIT_REACHED: &str = "SPEND_LIMIT_REACHED";
 pub const REASON_SCOPE: &str = "SCOPE";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
@@ -57,6 +58,9 @@ impl CommandError {
             CommandError::Unpriced { .. } => (Code::FailedPrecondition, REASON_UNPRICED),
             CommandError::AmountLimit => (Code::FailedPrecondition, REASON_AMOUNT_LIMIT),
             CommandError::PriceListNotFound(_) => (Code::NotFound, REASON_PRICE_LIST_NOT_FOUND),
+            CommandError::SpendLimitReached(_) => {
+                (Code::FailedPrecondition, REASON_SPEND_LIMIT_REACHED)
+            }
             CommandError::Store(StoreError::Unavailable(_) | StoreError::Conflict(_)) => {
                 (Code::Unavailable, REASON_STORE_UNAVAILABLE)
             }
@@ -111,6 +115,18 @@ impl From<CommandError> for Status {
                     ("meters", missing.join(",")),
                     ("price_list", list.clone()),
                     ("price_version", version.to_string()),
+                ];
+                let metadata: std::collections::HashMap<String, String> = metadata
+                    .into_iter()
+                    .map(|(key, value)| (key.to_owned(), value))
+                    .collect();
+                details.set_error_info(reason, ERROR_DOMAIN, metadata);
+            }
+            CommandError::SpendLimitReached(reached) => {
+                let metadata = [
+                    ("scope", reached.scope.to_string()),
+                    ("window", reached.window.as_str().to_owned()),
+                    ("remaining_micros", reached.remaining.get().to_string()),
                 ];
                 let metadata: std::collections::HashMap<String, String> = metadata
                     .into_iter()

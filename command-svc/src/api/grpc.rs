@@ -7,7 +7,7 @@ use shared::{
 use tonic::{Request, Response, Status};
 
 use super::{auth::require, parse};
-use crate::commands::{CallbackOutcome, Charged, Commands, Published};
+use crate::commands::{CallbackOutcome, Charged, Commands, LimitStatus, Published};
 
 pub struct GrpcApi {
     commands: Commands,
@@ -36,6 +36,18 @@ fn charge_message(charged: Charged) -> pb::DeductQuotaResponse {
         amount_micros: charged.amount.get(),
         price_list: priced_by.map(|p| p.list.clone()).unwrap_or_default(),
         price_version: priced_by.map_or(0, |p| p.version),
+    }
+}
+
+/// A limit and its counter in the current window, as the contract shows it.
+fn limit_status_message(status: &LimitStatus) -> pb::SpendLimitStatus {
+    let counter = &status.counter;
+    pb::SpendLimitStatus {
+        limit: Some(counter.limit.message()),
+        spent_micros: counter.spent.get(),
+        remaining_micros: counter.remaining().get(),
+        window_start_ms: status.window_start.timestamp_millis(),
+        resets_at_ms: status.resets_at.timestamp_millis(),
     }
 }
 
@@ -298,6 +310,31 @@ impl BillingCommandService for GrpcApi {
                 .iter()
                 .map(|list| self.list_message(list))
                 .collect(),
+        }))
+    }
+
+    async fn set_spend_limits(
+        &self,
+        request: Request<pb::SetSpendLimitsRequest>,
+    ) -> Result<Response<pb::SetSpendLimitsResponse>, Status> {
+        require(&request, &[Scope::Orders])?;
+        let command = parse::set_spend_limits(request.get_ref())?;
+        let set = self.commands.set_spend_limits(&command).await?;
+        Ok(Response::new(pb::SetSpendLimitsResponse {
+            limits: set.limits.iter().map(limit_status_message).collect(),
+            replayed: set.replayed,
+        }))
+    }
+
+    async fn get_spend_limits(
+        &self,
+        request: Request<pb::GetSpendLimitsRequest>,
+    ) -> Result<Response<pb::GetSpendLimitsResponse>, Status> {
+        require(&request, &[Scope::Quota, Scope::Orders])?;
+        let user_id = parse::user_id(&request.get_ref().user_id)?;
+        let limits = self.commands.spend_limits(&user_id).await?;
+        Ok(Response::new(pb::GetSpendLimitsResponse {
+            limits: limits.iter().map(limit_status_message).collect(),
         }))
     }
 }

@@ -4,9 +4,11 @@
 use chrono::{DateTime, Utc};
 use shared::{
     ids::{
-        Actor, AdjustmentId, ApiId, Channel, Description, FieldViolation, IdempotencyKey, OrderNo,
-        ProviderTxnId, PublishId, Reason, RefundId, RequestId, UserId, Violations, WebhookUrl,
+        Actor, AdjustmentId, ApiId, Channel, Description, FieldViolation, IdempotencyKey, KeyId,
+        OrderNo, ProviderTxnId, PublishId, Reason, RefundId, RequestId, SetId, UserId, Violations,
+        WebhookUrl,
     },
+    limits::{self, SpendLimit},
     money::{self, MAX_AMOUNT, Micros},
     pricing::{ListName, Meter, UnitPrice, Usage},
     proto::v1 as pb,
@@ -17,7 +19,8 @@ use crate::{
     domain::{
         AdjustBalance, Asked, AssignPriceList, CheckQuota, CreateRechargeOrder, DeductQuota,
         GetPriceList, GetRechargeOrder, ListOf, PublishPriceList, RechargeCallback, RefundCharge,
-        ReleaseReservation, ReserveQuota, SetAlertSettings, SetFreeQuotaPlan, SettleReservation,
+        ReleaseReservation, ReserveQuota, SetAlertSettings, SetFreeQuotaPlan, SetSpendLimits,
+        SettleReservation,
     },
 };
 
@@ -90,7 +93,8 @@ pub fn check_quota(request: &pb::CheckQuotaRequest) -> Result<CheckQuota, Comman
         &request.usage,
         &request.api_id,
     ));
-    parse_all!(v => CheckQuota { user_id: user_id?, api_id: api_id?, asked: asked? })
+    let key_id = v.take(KeyId::parse("key_id", &request.key_id));
+    parse_all!(v => CheckQuota { user_id: user_id?, api_id: api_id?, asked: asked?, key_id: key_id? })
 }
 
 pub fn deduct_quota(request: &pb::DeductQuotaRequest) -> Result<DeductQuota, CommandError> {
@@ -104,12 +108,14 @@ pub fn deduct_quota(request: &pb::DeductQuotaRequest) -> Result<DeductQuota, Com
     let request_id = v.take(RequestId::parse("request_id", &request.request_id));
     let api_id = v.take(ApiId::parse("api_id", &request.api_id));
     let description = v.take(Description::parse("description", &request.description));
+    let key_id = v.take(KeyId::parse("key_id", &request.key_id));
     parse_all!(v => DeductQuota {
         user_id: user_id?,
         asked: asked?,
         request_id: request_id?,
         api_id: api_id?,
         description: description?,
+        key_id: key_id?,
     })
 }
 
@@ -219,12 +225,14 @@ pub fn reserve_quota(request: &pb::ReserveQuotaRequest) -> Result<ReserveQuota, 
             format!("must be 0 (the default) or between {MIN_TTL_MS} and {MAX_TTL_MS}"),
         )),
     });
+    let key_id = v.take(KeyId::parse("key_id", &request.key_id));
     parse_all!(v => ReserveQuota {
         user_id: user_id?,
         request_id: request_id?,
         asked: asked?,
         api_id: api_id?,
         ttl: ttl?,
+        key_id: key_id?,
     })
 }
 
@@ -431,6 +439,32 @@ pub fn get_price_list(request: &pb::GetPriceListRequest) -> Result<GetPriceList,
             .ok_or_else(|| FieldViolation::new("at_ms", "must be 0 (now) or a positive instant")),
     });
     parse_all!(v => GetPriceList { list_of: list_of?, at: at? })
+}
+
+pub fn set_spend_limits(
+    request: &pb::SetSpendLimitsRequest,
+) -> Result<SetSpendLimits, CommandError> {
+    let mut v = Violations::new();
+    let user_id = v.take(UserId::parse("user_id", &request.user_id));
+    let actor = v.take(Actor::parse("actor", &request.actor));
+    let set_id = v.take(SetId::parse("set_id", &request.set_id));
+    let mut each = Vec::with_capacity(request.limits.len());
+    for limit in &request.limits {
+        if let Some(limit) = v.take(SpendLimit::parse(
+            &limit.scope,
+            &limit.window,
+            limit.limit_micros,
+        )) {
+            each.push(limit);
+        }
+    }
+    let limits = v.take(limits::checked_set(each));
+    parse_all!(v => SetSpendLimits {
+        user_id: user_id?,
+        limits: limits?,
+        actor: actor?,
+        set_id: Some(set_id?).filter(|id| !id.as_str().is_empty()),
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Alerts delivered to developers' webhooks. Two durable consumers of `BILLING_EVENTS`, one per
-//! alert kind (`balance_low`, `free_quota_exhausted`), shared by command-svc's replicas, so each
+//! Alerts delivered to developers' webhooks. Durable consumers of `BILLING_EVENTS`, one per alert
+//! kind (`balance_low`, `free_quota_exhausted`, `spend_limit_reached`, `spend_limits_set`), shared
+//! by command-svc's replicas, so each
 //! alert is in one replica's hands at a time. Each alert is posted to the user's webhook as JSON,
 //! signed with the user's own secret in the alert scheme (`shared::signature`); a failed attempt
 //! is tried again after a growing pause (the message is handed back with a delay), and after
@@ -35,7 +36,12 @@ use tokio::task::JoinSet;
 use crate::store::{self, DeliveryAttempt, Store, StoreError};
 
 /// The alert kinds, each with its consumer.
-const KINDS: [&str; 2] = ["balance_low", "free_quota_exhausted"];
+const KINDS: [&str; 4] = [
+    "balance_low",
+    "free_quota_exhausted",
+    "spend_limit_reached",
+    "spend_limits_set",
+];
 /// Deliveries in flight at once, per kind.
 const IN_FLIGHT: usize = 16;
 /// A redelivery after a database error comes back after this long.
@@ -430,6 +436,14 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+fn limit_json(limit: &shared::proto::v1::SpendLimit) -> serde_json::Value {
+    json!({
+        "scope": limit.scope,
+        "window": limit.window,
+        "limit_micros": limit.limit_micros,
+    })
+}
+
 /// The JSON a webhook receives for `event`.
 pub fn delivery_body(event: &BillingEvent) -> Vec<u8> {
     let occurred_at = chrono::DateTime::from_timestamp_millis(event.occurred_at_ms)
@@ -462,6 +476,19 @@ pub fn delivery_body(event: &BillingEvent) -> Vec<u8> {
             body["type"] = json!("free_quota_exhausted");
             body["record_id"] = json!(exhausted.record_id);
             body["period"] = json!(exhausted.period);
+        }
+        Some(Kind::SpendLimitReached(reached)) => {
+            let limit = reached.limit.clone().unwrap_or_default();
+            body["type"] = json!("spend_limit_reached");
+            body["limit"] = limit_json(&limit);
+            body["spent_micros"] = json!(reached.spent_micros);
+            body["window_first_day"] = json!(reached.window_first_day);
+            body["refused_micros"] = json!(reached.refused_micros);
+        }
+        Some(Kind::SpendLimitsSet(set)) => {
+            body["type"] = json!("spend_limits_set");
+            body["limits"] = set.limits.iter().map(limit_json).collect();
+            body["actor"] = json!(set.actor);
         }
         _ => body["type"] = json!("unknown"),
     }

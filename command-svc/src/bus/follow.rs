@@ -112,6 +112,9 @@ fn learn(
             memory.forget(&user_id);
             continue;
         }
+        if let Some(Kind::SpendLimitsSet(set)) = &event.kind {
+            memory.limited().set(&user_id, !set.limits.is_empty());
+        }
         let age_ms = (clock.now().timestamp_millis() - event.occurred_at_ms).max(0);
         let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
         let now = Instant::now();

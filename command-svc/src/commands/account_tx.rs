@@ -4,10 +4,10 @@
 //! final state once, guarded by its version.
 
 use chrono::{DateTime, Utc};
-use shared::{ids::UserId, proto::v1::billing_event::Kind};
+use shared::{ids::UserId, limits::Spend, proto::v1::billing_event::Kind};
 
 use super::{
-    Rules,
+    CommandError, Rules,
     changes::{AccountChanges, Appends, Change},
 };
 use crate::{
@@ -24,6 +24,10 @@ pub(super) struct AccountTx<'c> {
     /// The trace context of the command, which its events carry.
     traceparent: Option<String>,
     now: DateTime<Utc>,
+    /// Whether what was written so far ([`AccountTx::write_changes`]) changed the account, and
+    /// held events.
+    changed: bool,
+    wrote_events: bool,
 }
 
 impl<'c> AccountTx<'c> {
@@ -35,10 +39,15 @@ impl<'c> AccountTx<'c> {
         now: DateTime<Utc>,
     ) -> Result<AccountTx<'c>, StoreError> {
         let mut tx = store.begin().await?;
-        let account = match store::lock_account(&mut tx, user_id).await? {
+        let mut account = match store::lock_account(&mut tx, user_id).await? {
             Some(row) => AccountChanges::stored(&row, rules)?,
             None => AccountChanges::fresh(user_id, rules, now),
         };
+        if account.spend_limited {
+            for (_, counters) in super::limits::lock_counters(&mut tx, &[user_id]).await? {
+                account.limits = Some(counters?);
+            }
+        }
         Ok(AccountTx {
             tx,
             store,
@@ -47,6 +56,8 @@ impl<'c> AccountTx<'c> {
             appends: Appends::new(rules, now),
             traceparent: shared::trace::current_traceparent(),
             now,
+            changed: false,
+            wrote_events: false,
         })
     }
 
@@ -77,6 +88,27 @@ impl<'c> AccountTx<'c> {
         self.account.open_period(period);
     }
 
+    /// Admits `spend` under the account's limits (see [`AccountChanges::admit_or_refuse`]); on
+    /// a refusal the caller commits (the limit's event, when due) and answers the refusal.
+    pub fn admit_spend(&mut self, spend: Spend<'_>) -> Result<Vec<Kind>, CommandError> {
+        let trace = self.traceparent.as_deref();
+        self.account
+            .admit_or_refuse(self.rules.zone, spend, &mut self.appends, trace)
+    }
+
+    /// Records the `spend_limit_reached` events an admitted change made due.
+    pub fn publish_reached(&mut self, reached: Vec<Kind>) {
+        for kind in reached {
+            self.publish(kind);
+        }
+    }
+
+    /// Gives `spend` back to the account's limits, in each only while its window is current.
+    pub fn give_back_spend(&mut self, spend: Spend<'_>) {
+        self.account
+            .give_back_spend(self.rules.zone, spend, self.now);
+    }
+
     /// Records one change: its ledger row, its event, and the events of the alerts it raised.
     pub fn append(&mut self, change: Change) {
         self.account
@@ -89,12 +121,18 @@ impl<'c> AccountTx<'c> {
             .publish(&mut self.appends, kind, self.traceparent.as_deref());
     }
 
-    /// Writes what was recorded and the decided state, and commits. Returns the account as
-    /// committed, and as stored when this transaction changed it.
-    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
+    /// Writes what was recorded, the changed counters and the decided state now, inside the
+    /// transaction, so that statements needing the account's row (a new account's first
+    /// limits) may follow it.
+    pub async fn write_changes(&mut self) -> Result<(), StoreError> {
         self.account
             .record_grant(&mut self.appends, self.traceparent.as_deref());
-        self.appends.writes().run(&mut self.tx).await?;
+        let appends = std::mem::replace(&mut self.appends, Appends::new(self.rules, self.now));
+        self.wrote_events |= appends.has_events();
+        let mut writes = appends.writes();
+        writes.save_counters(&Appends::counters(&self.account), self.now);
+        writes.run(&mut self.tx).await?;
+        self.account.limits_changed = false;
         let (account, now) = (&self.account, self.now);
         if account.is_created() {
             let state = &account.state;
@@ -104,11 +142,19 @@ impl<'c> AccountTx<'c> {
             let (user_id, from) = (&account.user_id, account.stored_version);
             store::save_account(&mut self.tx, user_id, from, &account.state, now).await?;
         }
-        let changed = account.is_created() || account.is_changed();
+        self.changed |= account.is_created() || account.is_changed();
+        self.account.stored_version = self.account.state.version;
+        Ok(())
+    }
+
+    /// Writes what is left and commits. Returns the account as committed, and as stored when
+    /// this transaction changed it.
+    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
+        self.write_changes().await?;
         let out = self.out();
-        let stored = changed.then(|| self.account.stored_view(self.rules));
+        let stored = self.changed.then(|| self.account.stored_view(self.rules));
         self.tx.commit().await?;
-        if self.appends.has_events() {
+        if self.wrote_events {
             self.store.outbox_written();
         }
         Ok((out, stored))

@@ -46,6 +46,15 @@ pub(super) struct AccountChanges {
     pub state: AccountSnapshot,
     /// The state before a grant decided by [`AccountChanges::open_period`], until it is recorded.
     pending_grant: Option<AccountSnapshot>,
+    /// The account's spend limits with their counters, locked (`None`: it has none, or they
+    /// were not locked because the command cannot spend).
+    pub limits: Option<Vec<shared::limits::Counter>>,
+    /// Whether this transaction changed a counter (they are written then).
+    pub limits_changed: bool,
+    /// The counters before the last admission, until the charge is decided.
+    pub limits_before: Option<Vec<shared::limits::Counter>>,
+    /// Whether the account has spend limits, as its row says.
+    pub spend_limited: bool,
 }
 
 impl AccountChanges {
@@ -59,6 +68,10 @@ impl AccountChanges {
             low_balance_threshold: rules.low_balance_threshold(row.low_balance_threshold_micros),
             state: row.snapshot()?,
             pending_grant: None,
+            limits: None,
+            limits_changed: false,
+            limits_before: None,
+            spend_limited: row.spend_limited,
         })
     }
 
@@ -72,6 +85,10 @@ impl AccountChanges {
             low_balance_threshold: rules.default_low_balance_threshold,
             state: AccountSnapshot::fresh(rules.zone.period_of(now), rules.default_monthly_free),
             pending_grant: None,
+            limits: None,
+            limits_changed: false,
+            limits_before: None,
+            spend_limited: false,
         }
     }
 
@@ -234,6 +251,14 @@ impl<'r> Appends<'r> {
             subject,
             traceparent: trace.map(str::to_owned),
         });
+    }
+
+    /// The counters `account` changed, to persist with the rest.
+    pub fn counters(account: &AccountChanges) -> Vec<(&UserId, &shared::limits::Counter)> {
+        match (&account.limits, account.limits_changed) {
+            (Some(counters), true) => counters.iter().map(|c| (&account.user_id, c)).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The statements that persist what was recorded: grants, ledger rows, outbox events.

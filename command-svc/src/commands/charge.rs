@@ -57,8 +57,15 @@ impl Commands {
         let now = self.now();
         let list = &account.price_list;
         let priced = prices::price(book.as_deref(), list, &command.api_id, &command.asked, now)?;
+        let spend = shared::limits::Spend {
+            api_id: command.api_id.as_str(),
+            key_id: command.key_id.as_str(),
+            amount: priced.amount,
+            at: now,
+        };
+        let within_limits = self.fits_limits(&command.user_id, spend).await?.is_ok();
         Ok(Checked {
-            allowed: priced.amount <= account.view.available,
+            allowed: within_limits && priced.amount <= account.view.available,
             account,
         })
     }
@@ -127,6 +134,7 @@ pub(super) fn charge_change(
             api_id: Some(command.api_id.to_string()),
             description: Some(command.description.to_string()),
             priced_by: priced.by.clone(),
+            key_id: Some(command.key_id.to_string()).filter(|key| !key.is_empty()),
             ..Refs::default()
         },
         event,
@@ -146,6 +154,7 @@ fn deducted(command: &DeductQuota, priced: &Priced, record_id: &str, split: Spli
         usage,
         price_list,
         price_version,
+        key_id: command.key_id.to_string(),
     })
 }
 

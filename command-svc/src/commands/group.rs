@@ -255,8 +255,9 @@ impl Commands {
         Ok(Some(answers(decided)))
     }
 
-    /// Locks the batch's accounts in primary-key order. An account whose row cannot be read
-    /// fails its charges; the others go on.
+    /// Locks the batch's accounts in primary-key order, then the counters of those with spend
+    /// limits, in the same order (an account without limits costs nothing more). An account
+    /// whose rows cannot be read fails its charges; the others go on.
     async fn lock_batch(&self, tx: &mut Tx, batch: &[ChargeRequest]) -> Result<Locked, StoreError> {
         let users: BTreeSet<&UserId> = batch.iter().map(|r| &r.command.user_id).collect();
         let users: Vec<&UserId> = users.into_iter().collect();
@@ -272,6 +273,30 @@ impl Commands {
                 Err(error) => {
                     store::undecodable("accounts", row.user_id.as_str(), &error);
                     locked.unreadable.insert(row.user_id, error);
+                }
+            }
+        }
+        let limited: Vec<&UserId> = users
+            .iter()
+            .copied()
+            .filter(|user_id| {
+                locked
+                    .accounts
+                    .get(*user_id)
+                    .is_some_and(|a| a.spend_limited)
+            })
+            .collect();
+        for (user_id, counters) in super::limits::lock_counters(tx, &limited).await? {
+            match counters {
+                Ok(counters) => {
+                    if let Some(account) = locked.accounts.get_mut(&user_id) {
+                        account.limits = Some(counters);
+                    }
+                }
+                Err(error) => {
+                    store::undecodable("spend_limits", user_id.as_str(), &error);
+                    locked.accounts.remove(&user_id);
+                    locked.unreadable.insert(user_id, error);
                 }
             }
         }
@@ -355,11 +380,16 @@ impl Commands {
         let command = &request.command;
         let list = self.rules.price_list_of(account.price_list.as_deref());
         let priced = prices::price(book, list, &command.api_id, &command.asked, now)?;
-        let (split, after) =
-            account.decide_charge(priced.amount, self.rules.zone.period_of(now))?;
+        let trace = request.traceparent.as_deref();
+        let spend = command.spend(priced.amount, now);
+        let reached = account.admit_or_refuse(self.rules.zone, spend, appends, trace)?;
+        let (split, after) = account
+            .decide_charge(priced.amount, self.rules.zone.period_of(now))
+            .inspect_err(|_| account.undo_admit())?;
         let record_id = events::new_id();
         let change = charge_change(command, &priced, record_id.clone(), split, after);
-        account.append(appends, change, request.traceparent.as_deref());
+        account.append(appends, change, trace);
+        account.publish_reached(appends, reached, trace);
         let shown = self
             .rules
             .present(&account.user_id, Some(account.terms()), Some(&after), now);
@@ -389,10 +419,12 @@ impl Commands {
                 .map(|a| (&a.user_id, a.currency.as_str(), a.state))
                 .collect()
         };
+        let counters: Vec<_> = accounts.values().flat_map(Appends::counters).collect();
         let mut writes = appends.writes();
         writes
             .create_accounts(&rows(AccountChanges::is_created), now)
-            .save_accounts(&rows(AccountChanges::is_changed), now);
+            .save_accounts(&rows(AccountChanges::is_changed), now)
+            .save_counters(&counters, now);
         writes.run(&mut tx).await?;
         tx.commit().await?;
         self.store.outbox_written();

@@ -8,10 +8,10 @@
 //! to newer versions. Every entry is forgotten `max_age` after it was learned: however the events
 //! fare, a check never answers from a state older than that. It never decides a charge. An id
 //! it does not remember may still be answered without I/O by its directory of the ids that have
-//! an account (`directory`).
+//! an account (`directory`), and it knows which accounts have spend limits (`LimitedUsers`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::Mutex,
     time::{Duration, Instant},
@@ -50,6 +50,40 @@ pub struct AccountMemory {
     per_shard: usize,
     /// The ids that have an account, for the ids not remembered.
     directory: AccountDirectory,
+    /// The ids whose accounts have spend limits.
+    limited: LimitedUsers,
+}
+
+/// Which accounts have spend limits, as this replica knows: loaded with the directory's scans,
+/// kept by this replica's sets and every replica's `spend_limits_set` events. Until it is first
+/// loaded every account counts as limited (a check then reads the counters).
+#[derive(Default)]
+pub struct LimitedUsers {
+    users: Mutex<Option<HashSet<UserId>>>,
+}
+
+impl LimitedUsers {
+    /// Whether a check must read the account's counters.
+    pub fn may_be_limited(&self, user_id: &UserId) -> bool {
+        let users = self.users.lock().expect("limited users lock");
+        users.as_ref().is_none_or(|users| users.contains(user_id))
+    }
+
+    pub fn set(&self, user_id: &UserId, limited: bool) {
+        let mut users = self.users.lock().expect("limited users lock");
+        if let Some(users) = users.as_mut() {
+            if limited {
+                users.insert(user_id.clone());
+            } else {
+                users.remove(user_id);
+            }
+        }
+    }
+
+    /// Every limited account, as a scan read them.
+    pub fn replace(&self, limited: HashSet<UserId>) {
+        *self.users.lock().expect("limited users lock") = Some(limited);
+    }
 }
 
 impl AccountMemory {
@@ -61,6 +95,7 @@ impl AccountMemory {
             max_age,
             per_shard: settings.capacity.div_ceil(SHARDS).max(1),
             directory: AccountDirectory::new(max_age),
+            limited: LimitedUsers::default(),
         }
     }
 
@@ -71,6 +106,10 @@ impl AccountMemory {
 
     pub fn directory(&self) -> &AccountDirectory {
         &self.directory
+    }
+
+    pub fn limited(&self) -> &LimitedUsers {
+        &self.limited
     }
 
     /// What is known of the account, if it was learned within `max_age`.

@@ -34,6 +34,7 @@ mod changes;
 mod charge;
 mod directory;
 mod group;
+mod limits;
 mod memory;
 mod orders;
 mod plans;
@@ -61,6 +62,7 @@ use shared::{
 pub use adjust::Adjusted;
 pub use alerts::{AlertSettingsSaved, AlertSettingsShown};
 pub use charge::{Charged, Checked};
+pub use limits::{LimitStatus, LimitsSet};
 pub use memory::{AccountMemory, Known};
 pub use orders::{CallbackOutcome, CallbackResult, OrderCreated};
 pub use plans::PlanSet;
@@ -182,6 +184,9 @@ pub enum CommandError {
     AmountLimit,
     #[error("no price list is named {0}")]
     PriceListNotFound(String),
+    /// A spend limit would go above its limit: nothing was charged or held.
+    #[error("the spend limit of {} per {} has {} micros left", .0.scope, .0.window.as_str(), .0.remaining.get())]
+    SpendLimitReached(shared::limits::LimitReached),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -122,6 +122,13 @@ impl Commands {
             reason: command.reason.as_str(),
         };
         store::insert_refund(account.tx(), &refund, now).await?;
+        let spent_at = charge_spent_at(account.tx(), &charge).await?;
+        account.give_back_spend(shared::limits::Spend {
+            api_id: charge.api_id.as_deref().unwrap_or(""),
+            key_id: charge.key_id.as_deref().unwrap_or(""),
+            amount: command.amount,
+            at: spent_at,
+        });
         account.append(refund_change(command, &refund, after));
         let account = self.commit(account).await?;
         Ok(Refunded {
@@ -131,6 +138,16 @@ impl Commands {
             replayed: false,
         })
     }
+}
+
+/// When `charge` spent under the account's limits: its own instant, or, for the settle of a
+/// reservation settled before its expiry, the instant the reservation was taken.
+async fn charge_spent_at(
+    tx: &mut store::Tx,
+    charge: &store::LedgerRow,
+) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    let taken = store::settled_reservation_taken_at(tx, &charge.user_id, &charge.record_id).await?;
+    Ok(taken.unwrap_or(charge.created_at))
 }
 
 /// The ledger row and event of a refund.

@@ -133,6 +133,19 @@ impl Commands {
                 return Err(error);
             }
         };
+        let spend = shared::limits::Spend {
+            api_id: command.api_id.as_str(),
+            key_id: command.key_id.as_str(),
+            amount: priced.amount,
+            at: now,
+        };
+        let reached = match account.admit_spend(spend) {
+            Ok(reached) => reached,
+            Err(error) => {
+                self.commit(account).await?;
+                return Err(error);
+            }
+        };
         account.open_period();
         let (hold, after) = match account.state().hold(priced.amount) {
             Ok(held) => held,
@@ -155,9 +168,11 @@ impl Commands {
             expires_at,
             usage: command.asked.usage(),
             price: in_effect.map(|v| (list.as_str(), v.prices.version)),
+            key_id: command.key_id.as_str(),
         };
         store::insert_reservation(account.tx(), &reservation, now).await?;
         account.append(hold_change(&priced, &reservation, after));
+        account.publish_reached(reached);
         let account = self.commit(account).await?;
         Ok(Reserved {
             reservation_id,
@@ -231,6 +246,27 @@ impl Commands {
             self.append_release(&mut account, &reservation, true)
                 .await?;
         }
+        let reached = if expired {
+            let spend = shared::limits::Spend {
+                at: now,
+                ..reservation.spend(actual.amount)
+            };
+            match account.admit_spend(spend) {
+                Ok(reached) => reached,
+                Err(error) => {
+                    // The expired hold's release (and the limit's event) stand.
+                    self.commit(account).await?;
+                    return Err(error);
+                }
+            }
+        } else {
+            let unused = reservation
+                .amount
+                .checked_sub(actual.amount)
+                .unwrap_or(Micros::ZERO);
+            account.give_back_spend(reservation.spend(unused));
+            Vec::new()
+        };
         let now_period = account.now_period();
         let decided = match decide_settle(
             account.account(),
@@ -254,6 +290,7 @@ impl Commands {
         };
         store::record_settle(account.tx(), &reservation.reservation_id, &settle, now).await?;
         account.append(settle_change(&reservation, &settle, &actual, &decided));
+        account.publish_reached(reached);
         let account = self.commit(account).await?;
         Ok(Settled {
             record_id,
@@ -362,6 +399,7 @@ impl Commands {
         .await?;
         let change = release_change(account.state(), reservation, record_id, expired);
         account.append(change);
+        account.give_back_spend(reservation.spend(reservation.amount));
         Ok(())
     }
 
@@ -538,6 +576,7 @@ fn settle_change(
             api_id: Some(reservation.api_id.clone()),
             free_period: free_period.map(|period| period.to_string()),
             priced_by: actual.by.clone(),
+            key_id: Some(reservation.key_id.clone()).filter(|key| !key.is_empty()),
             ..Refs::default()
         },
         event,
@@ -607,6 +646,7 @@ fn hold_change(
             request_id: Some(reservation.request_id.as_str().to_owned()),
             api_id: Some(reservation.api_id.to_owned()),
             priced_by: priced.by.clone(),
+            key_id: Some(reservation.key_id.to_owned()).filter(|key| !key.is_empty()),
             ..Refs::default()
         },
         event,

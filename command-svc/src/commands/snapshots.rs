@@ -202,6 +202,11 @@ impl Commands {
         for user_id in store::accounts_created_since(pool, since - CREATION_MARGIN).await? {
             directory.add(&user_id);
         }
+        if let Some(memory) = &self.memory {
+            memory
+                .limited()
+                .replace(store::limited_users(pool).await?.into_iter().collect());
+        }
         directory.confirm(started);
         Ok(started_at)
     }

@@ -6,8 +6,8 @@ pub mod payment;
 use chrono::{DateTime, Utc};
 use shared::{
     ids::{
-        Actor, AdjustmentId, ApiId, Channel, Description, IdempotencyKey, OrderNo, ProviderTxnId,
-        PublishId, Reason, RefundId, RequestId, UserId, WebhookUrl,
+        Actor, AdjustmentId, ApiId, Channel, Description, IdempotencyKey, KeyId, OrderNo,
+        ProviderTxnId, PublishId, Reason, RefundId, RequestId, SetId, UserId, WebhookUrl,
     },
     money::Micros,
     pricing::{ListName, Meter, UnitPrice, Usage},
@@ -36,6 +36,7 @@ pub struct CheckQuota {
     pub user_id: UserId,
     pub api_id: ApiId,
     pub asked: Asked,
+    pub key_id: KeyId,
 }
 
 /// Charge one API call, free quota first; idempotent by `(user_id, request_id)`.
@@ -46,6 +47,19 @@ pub struct DeductQuota {
     pub request_id: RequestId,
     pub api_id: ApiId,
     pub description: Description,
+    pub key_id: KeyId,
+}
+
+impl DeductQuota {
+    /// What the charge spends under the account's limits, decided at `now`.
+    pub fn spend(&self, amount: Micros, now: DateTime<Utc>) -> shared::limits::Spend<'_> {
+        shared::limits::Spend {
+            api_id: self.api_id.as_str(),
+            key_id: self.key_id.as_str(),
+            amount,
+            at: now,
+        }
+    }
 }
 
 /// Open a recharge order; idempotent by `(user_id, idempotency_key)` when a key is given.
@@ -83,6 +97,7 @@ pub struct ReserveQuota {
     pub api_id: ApiId,
     /// `None`: the configured default.
     pub ttl: Option<std::time::Duration>,
+    pub key_id: KeyId,
 }
 
 /// Settle the reservation under `(user_id, request_id)` with the call's actual price.
@@ -190,4 +205,14 @@ pub enum ListOf {
 pub struct GetPriceList {
     pub list_of: ListOf,
     pub at: Option<DateTime<Utc>>,
+}
+
+/// Replace the user's whole set of spend limits; idempotent by `set_id` when one is given.
+#[derive(Clone, Debug)]
+pub struct SetSpendLimits {
+    pub user_id: UserId,
+    /// Checked as a set: at most 20, one per scope and window, in storage order.
+    pub limits: Vec<shared::limits::SpendLimit>,
+    pub actor: Actor,
+    pub set_id: Option<SetId>,
 }

@@ -24,6 +24,8 @@ pub struct AccountRow {
     pub low_balance_threshold_micros: Option<i64>,
     /// The list that prices the account's usage; `None`: the default list.
     pub price_list: Option<String>,
+    /// Whether the account has spend limits (their counters are locked after it).
+    pub spend_limited: bool,
 }
 
 impl AccountRow {
@@ -62,7 +64,7 @@ macro_rules! account_columns {
     () => {
         "a.user_id, a.currency, a.balance_micros, a.period, a.free_granted_micros, \
          a.free_used_micros, a.free_held_micros, a.balance_held_micros, a.monthly_free_micros, \
-         a.version, a.updated_at, a.price_list, \
+         a.version, a.updated_at, a.price_list, a.spend_limited, \
          s.low_balance_threshold_micros \
          FROM accounts a LEFT JOIN alert_settings s ON s.user_id = a.user_id"
     };

@@ -29,6 +29,8 @@ pub struct Refs {
     pub free_period: Option<String>,
     /// A priced charge's (or hold's) usage and the version that priced it.
     pub priced_by: Option<PricedBy>,
+    /// The caller's API key of a charge or a hold, when it gave one.
+    pub key_id: Option<String>,
 }
 
 /// The amounts of a row: `amount` the change as asked, `free` and `balance` its parts.
@@ -87,7 +89,7 @@ macro_rules! record_columns {
          balance_after_micros, free_granted_after_micros, free_used_after_micros, \
          free_held_after_micros, balance_held_after_micros, monthly_free_after_micros, \
          free_period, api_id, request_id, order_no, created_at, usage_units, price_list, \
-         price_version"
+         price_version, key_id"
     };
 }
 
@@ -190,7 +192,7 @@ impl Writes {
              free_held_after_micros, balance_held_before_micros, balance_held_after_micros, \
              monthly_free_after_micros, request_id, api_id, description, order_no, \
              provider_txn_id, adjustment_id, reason, actor, created_at, usage_units, \
-             price_list, price_version) ",
+             price_list, price_version, key_id) ",
             entries,
             "",
             |row, entry| {
@@ -234,7 +236,8 @@ impl Writes {
                 let priced = refs.priced_by.as_ref();
                 row.opt_text(priced.map(|p| p.usage.to_json()).as_deref())
                     .opt_text(priced.map(|p| p.list.as_str()))
-                    .opt_int(priced.map(|p| p.version));
+                    .opt_int(priced.map(|p| p.version))
+                    .opt_text(refs.key_id.as_deref());
             },
         );
         self

@@ -8,6 +8,7 @@ mod accounts;
 mod alerts;
 mod grants;
 mod ledger;
+mod limits;
 mod orders;
 mod outbox;
 mod prices;
@@ -33,6 +34,10 @@ pub use grants::{Grant, regrant};
 pub use ledger::{
     Amounts, LedgerEntry, LedgerRow, RecordKind, Refs, find_adjustment, find_charge, find_charges,
     find_credit_by_txn, find_record, find_record_at_version, state_after,
+};
+pub use limits::{
+    LimitRow, SpentRow, find_limit_set, insert_limit_set, limited_users, limits_of, lock_limits,
+    replace_limits, settled_reservation_taken_at, spent_since,
 };
 pub use orders::{
     OrderRow, UnmatchedKey, UnmatchedRow, find_order, find_order_by_key, find_unmatched,

@@ -68,6 +68,8 @@ struct Row {
     usage_units: Option<String>,
     price_list: Option<String>,
     price_version: Option<i64>,
+    key_id: Option<String>,
+    created_at: DateTime<Utc>,
 }
 
 /// A reservation as stored.
@@ -93,6 +95,10 @@ pub struct Reservation {
     /// The version of the account's list in effect when it was reserved (if any): a settle's
     /// usage is priced with it.
     pub price: Option<(String, i64)>,
+    /// The caller's API key, when it gave one.
+    pub key_id: String,
+    /// When it was taken: the window its hold (and its settle) spends in.
+    pub created_at: DateTime<Utc>,
 }
 
 /// A settle as its first answer gave it: the charge's row, the actual price, what it released
@@ -106,6 +112,17 @@ pub struct SettleRecord {
 }
 
 impl Reservation {
+    /// What the reservation spends under the account's limits: `amount`, in the window it was
+    /// taken in.
+    pub fn spend(&self, amount: Micros) -> shared::limits::Spend<'_> {
+        shared::limits::Spend {
+            api_id: &self.api_id,
+            key_id: &self.key_id,
+            amount,
+            at: self.created_at,
+        }
+    }
+
     /// What the end of the hold gave back, as its first answer said: the whole hold when a
     /// release (or expiry) ended it, the rest of the actual price when a settle did.
     pub fn released_at_end(&self) -> Micros {
@@ -147,6 +164,8 @@ impl TryFrom<Row> for Reservation {
             expires_at: row.expires_at,
             usage: row.usage_units.as_deref().and_then(Usage::from_json),
             price: row.price_list.zip(row.price_version),
+            key_id: row.key_id.unwrap_or_default(),
+            created_at: row.created_at,
         })
     }
 }
@@ -161,7 +180,8 @@ pub async fn lock_reservation(
         "SELECT reservation_id, request_id, api_id, amount_micros, free_held_micros, balance_held_micros, \
          period, status, hold_record_id, end_record_id, settle_record_id, actual_micros, \
          settle_released_micros, settled_after_expiry, expires_at, usage_units, price_list, \
-         price_version FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",
+         price_version, key_id, created_at \
+         FROM reservations WHERE user_id = ? AND request_id = ? FOR UPDATE",
     )
     .bind(user_id)
     .bind(request_id)
@@ -182,6 +202,7 @@ pub struct NewReservation<'a> {
     pub expires_at: DateTime<Utc>,
     pub usage: Option<&'a Usage>,
     pub price: Option<(&'a str, i64)>,
+    pub key_id: &'a str,
 }
 
 pub async fn insert_reservation(
@@ -192,8 +213,8 @@ pub async fn insert_reservation(
     sqlx::query(
         "INSERT INTO reservations (reservation_id, user_id, request_id, api_id, amount_micros, \
          free_held_micros, balance_held_micros, period, status, hold_record_id, created_at, \
-         expires_at, usage_units, price_list, price_version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?, ?, ?, ?, ?)",
+         expires_at, usage_units, price_list, price_version, key_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(reservation.reservation_id)
     .bind(reservation.user_id)
@@ -209,6 +230,7 @@ pub async fn insert_reservation(
     .bind(reservation.usage.map(Usage::to_json))
     .bind(reservation.price.map(|(list, _)| list))
     .bind(reservation.price.map(|(_, version)| version))
+    .bind(Some(reservation.key_id).filter(|key| !key.is_empty()))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -717,3 +717,77 @@ async fn alert_settings_are_read_back_by_the_callers_that_may_set_them() {
     assert_eq!(invalid.code(), Code::InvalidArgument);
     app.cleanup().await;
 }
+
+/// A new set of spend limits and a limit reached are delivered to the webhook too, the reached
+/// one once in its window however many charges it refuses after.
+#[tokio::test]
+async fn spend_limit_events_are_delivered_to_the_webhook_once_per_window() {
+    let app = spawn_app().await;
+    let receiver = Receiver::default();
+    let addr = receiver.clone().start().await;
+    let user = new_user("limit-alerts");
+    recharge(&app, &user, 3 * CNY).await;
+    let secret = app
+        .orders()
+        .await
+        .set_alert_settings(settings(&user, 0, &format!("http://{addr}/hook")))
+        .await
+        .unwrap()
+        .into_inner()
+        .signing_secret;
+    let limit = pb::SpendLimit {
+        scope: "api:chat".into(),
+        window: "day".into(),
+        limit_micros: CNY,
+    };
+    app.orders()
+        .await
+        .set_spend_limits(pb::SetSpendLimitsRequest {
+            user_id: user.clone(),
+            limits: vec![limit.clone()],
+            actor: format!("user:{user}"),
+            set_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut gateway = app.gateway().await;
+    let chat = |request_id: &str, amount: i64| pb::DeductQuotaRequest {
+        api_id: "chat".into(),
+        ..deduct(&user, amount, request_id)
+    };
+    gateway
+        .deduct_quota(chat("to-the-limit", CNY))
+        .await
+        .unwrap();
+    for request_id in ["over-1", "over-2"] {
+        let refused = gateway.deduct_quota(chat(request_id, 1)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+    }
+    eventually(WAIT, "two deliveries", || async {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    // A moment more: nothing else arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bodies: Vec<serde_json::Value> = receiver
+        .received()
+        .iter()
+        .map(|(_, headers, body)| verified(headers, body, &secret))
+        .collect();
+    bodies.sort_by_key(|json| json["type"].as_str().unwrap_or_default().to_owned());
+    let limit_json = serde_json::json!({"scope": "api:chat", "window": "day", "limit_micros": CNY});
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[0]["type"], "spend_limit_reached");
+    assert_eq!(bodies[0]["limit"], limit_json);
+    assert_eq!(
+        (&bodies[0]["spent_micros"], &bodies[0]["refused_micros"]),
+        (&serde_json::json!(CNY), &serde_json::json!(0))
+    );
+    assert_eq!(bodies[1]["type"], "spend_limits_set");
+    assert_eq!(bodies[1]["limits"], serde_json::json!([limit_json]));
+    assert_eq!(
+        bodies[1]["actor"],
+        serde_json::json!(format!("user:{user}"))
+    );
+    app.cleanup().await;
+}

@@ -377,8 +377,134 @@ async fn malformed_requests_on_every_rpc_are_refused_and_change_nothing() {
         amount_micros: pick(r, false, &(1_i64..=1_000_000).boxed(), &bad_amount),
         api_id: "chat".into(),
         usage: pick(r, false, &usage, &bad_usage),
+        key_id: String::new(),
     }) {
         answers.push(("CheckQuota both", gateway.check_quota(case).await.map(drop)));
+    }
+    let key_id = "[A-Za-z0-9._:-]{0,64}".boxed();
+    let bad_key_id = prop_oneof![
+        Just("k".repeat(65)),
+        Just("key id".to_owned()),
+        Just("clé".to_owned()),
+        "[a-z]{0,8}[^A-Za-z0-9._:-][a-z]{0,8}",
+        invalid_text(),
+    ]
+    .boxed();
+    for case in cases(4, |r, bad| pb::DeductQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        amount_micros: pick(r, bad == 2, &amount, &bad_amount),
+        key_id: pick(r, bad == 3, &key_id, &bad_key_id),
+        ..Default::default()
+    }) {
+        answers.push((
+            "DeductQuota key_id",
+            gateway.deduct_quota(case).await.map(drop),
+        ));
+    }
+    for case in cases(3, |r, bad| pb::ReserveQuotaRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        request_id: pick(r, bad == 1, &text, &bad_key),
+        amount_micros: 1_000,
+        key_id: pick(r, bad == 2, &key_id, &bad_key_id),
+        ..Default::default()
+    }) {
+        answers.push((
+            "ReserveQuota key_id",
+            gateway.reserve_quota(case).await.map(drop),
+        ));
+    }
+    let limit = (
+        prop_oneof![
+            Just("account".to_owned()),
+            "api:[a-z.]{1,20}",
+            "key:[A-Za-z0-9._:-]{1,64}"
+        ],
+        prop_oneof![Just("day".to_owned()), Just("month".to_owned())],
+        0_i64..=1_000_000_000_000_000,
+    )
+        .prop_map(|(scope, window, limit_micros)| pb::SpendLimit {
+            scope,
+            window,
+            limit_micros,
+        });
+    let limits = proptest::collection::vec(limit, 0..3)
+        .prop_map(|mut limits| {
+            limits.sort_by(|a, b| (&a.scope, &a.window).cmp(&(&b.scope, &b.window)));
+            limits.dedup_by(|a, b| (&a.scope, &a.window) == (&b.scope, &b.window));
+            limits
+        })
+        .boxed();
+    let bad_limit = prop_oneof![
+        ("[a-z]{0,8}", Just("day".to_owned()), Just(1_i64)),
+        (Just("api:".to_owned()), Just("day".to_owned()), Just(1_i64)),
+        (
+            "key:[a-z]{0,4}[^A-Za-z0-9._:-]",
+            Just("day".to_owned()),
+            Just(1_i64)
+        ),
+        (Just("account".to_owned()), "[a-z]{0,8}", Just(1_i64)),
+        (
+            Just("account".to_owned()),
+            Just("day".to_owned()),
+            i64::MIN..0_i64
+        ),
+        (
+            Just("account".to_owned()),
+            Just("month".to_owned()),
+            1_000_000_000_000_001..=i64::MAX
+        ),
+    ]
+    // A generated scope or window may happen to be valid ("account", "day"): left out.
+    .prop_filter("an invalid limit", |(scope, window, limit)| {
+        shared::limits::SpendLimit::parse(scope, window, *limit).is_err()
+    })
+    .prop_map(|(scope, window, limit_micros)| pb::SpendLimit {
+        scope,
+        window,
+        limit_micros,
+    });
+    let bad_limits = prop_oneof![
+        proptest::collection::vec(bad_limit, 1..3),
+        Just(
+            (0..21)
+                .map(|n| pb::SpendLimit {
+                    scope: format!("key:k{n}"),
+                    window: "day".into(),
+                    limit_micros: 1,
+                })
+                .collect()
+        ),
+        Just(vec![
+            pb::SpendLimit {
+                scope: "account".into(),
+                window: "day".into(),
+                limit_micros: 1,
+            };
+            2
+        ]),
+    ]
+    .boxed();
+    let bad_set_id = prop_oneof![
+        Just("k".repeat(129)),
+        Just("clé".to_owned()),
+        invalid_text()
+    ]
+    .boxed();
+    for case in cases(4, |r, bad| pb::SetSpendLimitsRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+        limits: pick(r, bad == 1, &limits, &bad_limits),
+        actor: pick(r, bad == 2, &text, &bad_text),
+        set_id: pick(r, bad == 3, &Just(String::new()).boxed(), &bad_set_id),
+    }) {
+        let answer = ops.set_spend_limits(case).await.map(drop);
+        answers.push(("SetSpendLimits", answer));
+    }
+    for case in cases(1, |r, bad| pb::GetSpendLimitsRequest {
+        user_id: pick(r, bad == 0, &text, &bad_user),
+    }) {
+        let answer = gateway.get_spend_limits(case).await.map(drop);
+        answers.push(("GetSpendLimits", answer));
     }
     for case in cases(3, |r, bad| pb::ReserveQuotaRequest {
         user_id: pick(r, bad == 0, &text, &bad_user),

@@ -9,6 +9,7 @@ mod conservation;
 mod hostile;
 mod hot_path;
 mod keys;
+mod limits;
 mod memory;
 mod observability;
 mod outage;

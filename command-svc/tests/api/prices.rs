@@ -258,6 +258,7 @@ async fn unpriced_or_malformed_usage_is_refused_and_changes_nothing() {
             amount_micros: request.amount_micros,
             api_id: request.api_id,
             usage: request.usage,
+            key_id: request.key_id,
         };
         let refused = gateway.check_quota(check).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "check {what}");

@@ -296,7 +296,9 @@ fn shown(kind: &Kind) -> Option<Shown<'_>> {
         | Kind::BalanceLow(_)
         | Kind::FreeQuotaExhausted(_)
         | Kind::PriceListPublished(_)
-        | Kind::PriceListAssigned(_) => return None,
+        | Kind::PriceListAssigned(_)
+        | Kind::SpendLimitsSet(_)
+        | Kind::SpendLimitReached(_) => return None,
     })
 }
 

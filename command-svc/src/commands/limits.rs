@@ -1,0 +1,314 @@
+//! Spend limits: setting a user's whole set, reading it, and the decisions every charge and
+//! reservation of a limited account takes on its counters ([`shared::limits`]) inside its own
+//! transaction, the counters locked after the accounts in primary-key order.
+
+use chrono::{DateTime, Utc};
+use shared::{
+    ids::UserId,
+    limits::{self, Counter, LimitReached, Spend, SpendLimit},
+    money::Micros,
+    period::BillingZone,
+    proto::v1::{self as pb, billing_event::Kind},
+};
+
+use super::{
+    CommandError, Commands,
+    account_tx::AccountTx,
+    changes::{AccountChanges, Appends},
+};
+use crate::{
+    domain::SetSpendLimits,
+    store::{self, StoreError, Tx},
+};
+
+/// A limit as a reader sees it now: its counter rolled to the current window, and that window.
+#[derive(Clone, Debug)]
+pub struct LimitStatus {
+    pub counter: Counter,
+    pub window_start: DateTime<Utc>,
+    pub resets_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LimitsSet {
+    pub limits: Vec<LimitStatus>,
+    pub replayed: bool,
+}
+
+impl Commands {
+    /// Replaces the user's whole set of limits. Each new limit's counter starts from what its
+    /// scope already spent in the current window (the ledger's charges and the holds still held);
+    /// a limit kept (same scope and window) keeps its counter. Idempotent by `set_id`.
+    pub async fn set_spend_limits(
+        &self,
+        command: &SetSpendLimits,
+    ) -> Result<LimitsSet, CommandError> {
+        let digest = limits::set_digest(&command.limits);
+        let replayed = self
+            .store
+            .retrying(|| async {
+                let now = self.now();
+                let mut account =
+                    AccountTx::lock(&self.store, &self.rules, &command.user_id, now).await?;
+                if let Some(set_id) = &command.set_id {
+                    match store::find_limit_set(account.tx(), &command.user_id, set_id.as_str())
+                        .await?
+                    {
+                        Some(recorded) if recorded == digest => {
+                            account.rollback().await?;
+                            return Ok(true);
+                        }
+                        Some(_) => return Err(CommandError::KeyReused { key: "set_id" }),
+                        None => {
+                            store::insert_limit_set(
+                                account.tx(),
+                                &command.user_id,
+                                set_id.as_str(),
+                                &digest,
+                                now,
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                if !account.exists() {
+                    account.open_period();
+                }
+                let kept = self.locked_counters(account.tx(), &command.user_id).await?;
+                let counters = self
+                    .new_counters(account.tx(), &command.user_id, &command.limits, &kept, now)
+                    .await?;
+                account.account().limits = Some(counters.clone()).filter(|c| !c.is_empty());
+                account.publish(Kind::SpendLimitsSet(pb::SpendLimitsSet {
+                    limits: counters.iter().map(|c| c.limit.message()).collect(),
+                    actor: command.actor.to_string(),
+                }));
+                account.write_changes().await?;
+                store::replace_limits(account.tx(), &command.user_id, &counters, now).await?;
+                self.commit(account).await?;
+                Ok::<_, CommandError>(false)
+            })
+            .await?;
+        if let Some(memory) = &self.memory {
+            memory
+                .limited()
+                .set(&command.user_id, !command.limits.is_empty());
+        }
+        let limits = self.spend_limits(&command.user_id).await?;
+        Ok(LimitsSet { limits, replayed })
+    }
+
+    /// The user's limits, each counter in its current window.
+    pub async fn spend_limits(&self, user_id: &UserId) -> Result<Vec<LimitStatus>, CommandError> {
+        let rows = store::limits_of(self.store.pool(), user_id).await?;
+        let now = self.now();
+        let counters = rows
+            .iter()
+            .map(store::LimitRow::counter)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(limits::current(&counters, self.rules.zone, now)
+            .into_iter()
+            .map(|counter| self.status(counter, now))
+            .collect())
+    }
+
+    /// Whether a charge of `spend` would fit under the user's limits now (for CheckQuota: read,
+    /// not locked; an account without limits reads nothing).
+    pub(super) async fn fits_limits(
+        &self,
+        user_id: &UserId,
+        spend: Spend<'_>,
+    ) -> Result<Result<(), LimitReached>, CommandError> {
+        if self
+            .memory
+            .as_ref()
+            .is_some_and(|memory| !memory.limited().may_be_limited(user_id))
+        {
+            return Ok(Ok(()));
+        }
+        let rows = store::limits_of(self.store.pool(), user_id).await?;
+        let counters = rows
+            .iter()
+            .map(store::LimitRow::counter)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(limits::fits(&counters, self.rules.zone, spend))
+    }
+
+    fn status(&self, counter: Counter, now: DateTime<Utc>) -> LimitStatus {
+        let span = self.rules.zone.window_of(counter.limit.window, now);
+        LimitStatus {
+            counter,
+            window_start: span.start,
+            resets_at: span.end,
+        }
+    }
+
+    async fn locked_counters(
+        &self,
+        tx: &mut Tx,
+        user_id: &UserId,
+    ) -> Result<Vec<Counter>, StoreError> {
+        store::lock_limits(tx, &[user_id])
+            .await?
+            .iter()
+            .map(store::LimitRow::counter)
+            .collect()
+    }
+
+    /// The counters of a new set: a limit kept keeps its counter (rolled to now), a new one
+    /// starts from what its scope spent in the current window.
+    async fn new_counters(
+        &self,
+        tx: &mut Tx,
+        user_id: &UserId,
+        limits: &[SpendLimit],
+        kept: &[Counter],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Counter>, StoreError> {
+        let zone = self.rules.zone;
+        let earliest = limits
+            .iter()
+            .map(|limit| zone.window_of(limit.window, now).start)
+            .min();
+        let spent = match earliest {
+            Some(since) => store::spent_since(tx, user_id, since).await?,
+            None => Vec::new(),
+        };
+        Ok(limits
+            .iter()
+            .map(|limit| {
+                let same = kept
+                    .iter()
+                    .find(|c| c.limit.scope == limit.scope && c.limit.window == limit.window);
+                if let Some(same) = same {
+                    let mut counter = same.clone();
+                    counter.roll(zone, now);
+                    counter.limit = limit.clone();
+                    return counter;
+                }
+                let start = zone.window_of(limit.window, now).start;
+                let in_window: i64 = spent
+                    .iter()
+                    .filter(|row| row.at >= start)
+                    .filter(|row| {
+                        let api_id = row.api_id.as_deref().unwrap_or("");
+                        let key_id = row.key_id.as_deref().unwrap_or("");
+                        limit.scope.binds(api_id, key_id)
+                    })
+                    .map(|row| row.amount_micros.max(0))
+                    .sum();
+                Counter::new(limit.clone(), zone, now, Micros::new(in_window))
+            })
+            .collect())
+    }
+}
+
+impl AccountChanges {
+    /// Admits a charge of `spend` under the account's limits (an account without any: nothing
+    /// to do), keeping the counters as they were for [`AccountChanges::undo_admit`]. Returns the
+    /// `spend_limit_reached` events due once the charge is recorded (limits it brought to exactly
+    /// 0 remaining). A refusal changes no counter; the event of the limit that refused, when its
+    /// window had none yet, is recorded at once (the batch commits it with the other charges).
+    pub fn admit_or_refuse(
+        &mut self,
+        zone: BillingZone,
+        spend: Spend<'_>,
+        appends: &mut Appends<'_>,
+        trace: Option<&str>,
+    ) -> Result<Vec<Kind>, CommandError> {
+        let Some(counters) = self.limits.as_mut() else {
+            return Ok(Vec::new());
+        };
+        self.limits_before = Some(counters.clone());
+        match limits::admit(counters, zone, spend) {
+            Ok(reached) => {
+                self.limits_changed = true;
+                Ok(reached
+                    .into_iter()
+                    .filter_map(|index| reached_event(&mut counters[index], Micros::ZERO))
+                    .collect())
+            }
+            Err(refusal) => {
+                let event = counters
+                    .iter_mut()
+                    .find(|c| c.limit.scope == refusal.scope && c.limit.window == refusal.window)
+                    .and_then(|counter| reached_event(counter, spend.amount));
+                if let Some(event) = event {
+                    self.limits_changed = true;
+                    self.publish(appends, event, trace);
+                }
+                Err(CommandError::SpendLimitReached(refusal))
+            }
+        }
+    }
+
+    /// Puts the counters back as they were before the last admission (its charge was refused
+    /// for another reason).
+    pub fn undo_admit(&mut self) {
+        if let Some(before) = self.limits_before.take() {
+            self.limits = Some(before);
+        }
+    }
+
+    /// Records the `spend_limit_reached` events an admitted charge made due.
+    pub fn publish_reached(
+        &mut self,
+        appends: &mut Appends<'_>,
+        reached: Vec<Kind>,
+        trace: Option<&str>,
+    ) {
+        for event in reached {
+            self.publish(appends, event, trace);
+        }
+    }
+
+    /// Gives `spend` back to the account's limits (a release, an expiry, a settle's unused
+    /// hold, a refund), in each only while its window is current.
+    pub fn give_back_spend(&mut self, zone: BillingZone, spend: Spend<'_>, now: DateTime<Utc>) {
+        if let Some(counters) = self.limits.as_mut()
+            && spend.amount > Micros::ZERO
+        {
+            limits::give_back(counters, zone, spend, now);
+            self.limits_changed = true;
+        }
+    }
+}
+
+/// The counters of these accounts, locked in primary-key order, by account; an account whose
+/// rows cannot be read is an error of its own.
+pub(super) async fn lock_counters(
+    tx: &mut Tx,
+    user_ids: &[&UserId],
+) -> Result<Vec<(UserId, Result<Vec<Counter>, StoreError>)>, StoreError> {
+    let mut by_user: Vec<(UserId, Result<Vec<Counter>, StoreError>)> = Vec::new();
+    for row in store::lock_limits(tx, user_ids).await? {
+        let counter = row.counter();
+        match by_user.last_mut() {
+            Some((user_id, counters)) if *user_id == row.user_id => {
+                if let Ok(held) = counters {
+                    match counter {
+                        Ok(counter) => held.push(counter),
+                        Err(error) => *counters = Err(error),
+                    }
+                }
+            }
+            _ => by_user.push((row.user_id.clone(), counter.map(|c| vec![c]))),
+        }
+    }
+    Ok(by_user)
+}
+
+/// The `spend_limit_reached` event of `counter`, once per window: `None` when its window already
+/// had one. `refused` is the amount of the charge it refused (0 when a charge brought it to 0).
+fn reached_event(counter: &mut Counter, refused: Micros) -> Option<Kind> {
+    if counter.reached_published {
+        return None;
+    }
+    counter.reached_published = true;
+    Some(Kind::SpendLimitReached(pb::SpendLimitReached {
+        limit: Some(counter.limit.message()),
+        spent_micros: counter.spent.get(),
+        window_first_day: counter.first_day.to_string(),
+        refused_micros: refused.get(),
+    }))
+}

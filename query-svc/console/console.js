@@ -1,7 +1,7 @@
-// DevShare billing console: the caller's wallet, usage, records, recharges and alert settings,
-// read from the REST API of this origin with the developer's JWT. Vanilla ES2020, no
-// dependencies, nothing fetched from anywhere else, no inline code or style attributes (the page's
-// CSP forbids them).
+// DevShare billing console: the caller's wallet, usage, spend limits, prices, records, recharges
+// and alert settings, read from the REST API of this origin with the developer's JWT. Vanilla
+// ES2020, no dependencies, nothing fetched from anywhere else, no inline code or style attributes
+// (the page's CSP forbids them).
 "use strict";
 
 const TOKEN_KEY = "billing-console-token";
@@ -11,6 +11,9 @@ const MICROS_PER_UNIT = 1000000n;
 // The service's default alert threshold, used when the user's own cannot be read.
 const LOW_BALANCE_MICROS = 1000000n;
 const MAX_RECHARGE_MICROS = 1000000000000n;
+// What the service accepts of spend limits: 0 ..= 10^15 micros each, at most 20 of them.
+const MAX_LIMIT_MICROS = 1000000000000000n;
+const MAX_LIMITS = 20;
 const POLL_INTERVAL_MS = 1000;
 const POLL_LIMIT_MS = 30 * 60 * 1000;
 const USAGE_DAYS = 30;
@@ -87,6 +90,19 @@ function parseThreshold(input) {
     "The threshold must not be negative.",
     "5.50"
   );
+}
+
+/** A spend limit typed in currency units, as exact micros; zero is a limit too (nothing may be spent). */
+function parseLimit(input) {
+  const parsed = parseDecimal(
+    input,
+    "Enter the limit in currency units, e.g. 10 or 2.50.",
+    "The limit must not be negative.",
+    "2.50"
+  );
+  if (parsed.error) return parsed;
+  if (parsed.micros > MAX_LIMIT_MICROS) return { error: "At most 1,000,000,000 units." };
+  return parsed;
 }
 
 /** Micros as exact currency units, trailing zeros dropped: 1500000 → "1.5", 1 → "0.000001". */
@@ -223,12 +239,13 @@ function billingZone(account) {
 }
 
 /**
- * When the free quota resets: in the billing time zone, named, then in the browser's time with
- * its zone when that clock reads otherwise, as
- * "Resets 1 Jan 00:00 (Asia/Shanghai) · 31 Dec 17:00 your time (Europe/Berlin)".
+ * When something resets at the RFC 3339 `instant`: in the billing time zone the account names,
+ * named, then in the browser's time with its zone when that clock reads otherwise, as
+ * "Resets 1 Jan 00:00 (Asia/Shanghai) · 31 Dec 17:00 your time (Europe/Berlin)"; in the browser's
+ * time alone when the zone is unknown.
  */
-function resetLine(account) {
-  const at = parseInstant(account && account.free_quota && account.free_quota.resets_at);
+function resetsLine(instant, account) {
+  const at = parseInstant(instant);
   if (Number.isNaN(at)) return "";
   const zone = localZoneName();
   const localClock = formatWallClock(wallClock(at), false);
@@ -238,6 +255,11 @@ function resetLine(account) {
   const billingClock = formatWallClock(wallClock(at, billing), false);
   const line = `Resets ${billingClock} (${billing})`;
   return billingClock === localClock ? line : `${line} · ${local}`;
+}
+
+/** When the free quota resets, as resetsLine says it. */
+function resetLine(account) {
+  return resetsLine(account && account.free_quota && account.free_quota.resets_at, account);
 }
 
 /** Today's date in the billing time zone (the browser's own date when it is unknown). */
@@ -268,6 +290,9 @@ const state = {
   records: { filters: { type: "", from: "", to: "" }, cursor: null, seq: 0, count: 0 },
   // The alert settings as last read or saved; a signing secret only from the answer that made it.
   settings: { seq: 0, alerts: null, secret: null, writing: false },
+  // The spend limits as last read or saved (the API's objects), and the set as edited here
+  // ({ scope, window, micros }), sent whole on save; nothing is saved before the set was read.
+  limits: { seq: 0, saved: [], draft: [], loaded: false, writing: false },
   usageSeq: 0,
   poll: null,
 };
@@ -490,6 +515,7 @@ function resetView() {
   const box = $("usage-chart-box");
   box.replaceChildren(h("p", { id: "usage-placeholder", className: "muted", text: "Loading usage…" }));
   $("top-apis").tBodies[0].replaceChildren();
+  resetLimits();
   $("prices-current").textContent = "Loading prices…";
   $("prices-current-box").replaceChildren();
   $("prices-scheduled").replaceChildren();
@@ -505,6 +531,7 @@ async function loadAll() {
   state.records.filters = readFilters() || { type: "", from: "", to: "" };
   loadRecords(true);
   loadUsage();
+  loadLimits();
   loadPrices();
 }
 
@@ -536,6 +563,7 @@ function renderWallet(account) {
   $("available").textContent = money(account.available_micros);
   $("recharge-currency").textContent = state.currency ? `(${state.currency})` : "";
   $("settings-currency").textContent = state.currency ? `(${state.currency})` : "";
+  $("limits-currency").textContent = state.currency ? `(${state.currency})` : "";
 
   const held = toBig(account.balance_held_micros);
   $("balance-held").textContent = `${money(held)} held by open reservations`;
@@ -780,6 +808,288 @@ function priceTable(id, labelId, prices, currency) {
   return h("div", { id, className: "table-wrap", tabindex: "0", role: "region", "aria-labelledby": labelId }, [
     h("table", { className: "data compact" }, [h("thead", {}, [head]), h("tbody", {}, rows)]),
   ]);
+}
+
+// --- spend limits -----------------------------------------------------------------------------
+
+/** How the page names a limit: "api:chat.completions per month". */
+function limitName(scope, per) {
+  return `${scope} per ${per}`;
+}
+
+/** The card as before the limits are read: nothing listed, nothing to add to or save. */
+function resetLimits() {
+  const limits = state.limits;
+  limits.seq += 1;
+  limits.saved = [];
+  limits.draft = [];
+  limits.loaded = false;
+  limits.writing = false;
+  $("limits-save").removeAttribute("aria-disabled");
+  $("limits-form").reset();
+  showLimitIdField();
+  limitsFormError("");
+  clearLimitsMessages();
+  $("limits-list").replaceChildren();
+  $("limits-loading").textContent = "Loading spend limits…";
+  show($("limits-loading"), true);
+  show($("limits-none"), false);
+  setLimitsEnabled(false);
+}
+
+function setLimitsEnabled(enabled) {
+  for (const id of ["limits-add", "limits-save"]) $(id).disabled = !enabled;
+}
+
+function clearLimitsMessages() {
+  messageAt("limits-error", "");
+  $("limits-status").textContent = "";
+}
+
+/** A problem with the limit being added, under the form; `field` ("id" or "amount") is marked. */
+function limitsFormError(message, field) {
+  messageAt("limits-form-error", message);
+  for (const name of ["id", "amount"]) {
+    $(`limits-${name}`).setAttribute("aria-invalid", message && name === field ? "true" : "false");
+  }
+}
+
+/** The id input, named for the scope chosen: an API's or an API key's; none for the account. */
+function showLimitIdField() {
+  const kind = $("limits-kind").value;
+  $("limits-id-label").textContent = kind === "key" ? "API key id" : "API id";
+  $("limits-id").placeholder = kind === "key" ? "e.g. key-1" : "e.g. chat.completions";
+  show($("limits-id-field"), kind !== "account");
+}
+
+async function loadLimits() {
+  const limits = state.limits;
+  const seq = ++limits.seq;
+  try {
+    const answer = await api(`${API}/limits`);
+    if (seq !== limits.seq) return;
+    limitsSaved(answer);
+    clearError("limits");
+  } catch (error) {
+    if (seq !== limits.seq || !reportable(error)) return;
+    showError(error, "limits");
+    $("limits-loading").textContent = "Spend limits could not be loaded.";
+  }
+}
+
+/** The set as the service answered it (read or saved): shown, and what is edited from now on. */
+function limitsSaved(answer) {
+  const limits = state.limits;
+  limits.saved = answer.limits || [];
+  limits.draft = limits.saved.map((status) => ({
+    scope: status.scope,
+    window: status.window,
+    micros: toBig(status.limit_micros),
+  }));
+  limits.loaded = true;
+  setLimitsEnabled(true);
+  renderLimits();
+}
+
+/** The saved limit an edited one is, unchanged, or null (added or changed here). */
+function savedLimit(limit) {
+  const status = state.limits.saved.find((s) => s.scope === limit.scope && s.window === limit.window);
+  return status && toBig(status.limit_micros) === limit.micros ? status : null;
+}
+
+/** Whether the edited set differs from the saved one (each holds one limit per scope and window). */
+function limitsChanged() {
+  const { saved, draft } = state.limits;
+  return draft.length !== saved.length || draft.some((limit) => savedLimit(limit) === null);
+}
+
+/** The edited set: a bar for each saved limit, a line for each added or changed one. */
+function renderLimits() {
+  const limits = state.limits;
+  show($("limits-loading"), false);
+  $("limits-list").replaceChildren(
+    ...limits.draft.map((limit) => {
+      const status = savedLimit(limit);
+      return status ? limitRow(status) : pendingLimitRow(limit);
+    })
+  );
+  $("limits-none").textContent = limitsChanged()
+    ? "No spend limits left: saving removes every limit."
+    : "No spend limits: calls are charged as long as the free quota and the balance allow.";
+  show($("limits-none"), limits.draft.length === 0);
+}
+
+function limitHead(scope, per, amounts) {
+  return h("div", { className: "limit-head" }, [
+    h("span", { className: "limit-name" }, [h("code", { text: scope }), ` per ${per}`]),
+    h("span", { className: "limit-text", text: amounts }),
+  ]);
+}
+
+function removeButton(name) {
+  return h("button", { type: "button", className: "limit-remove", "aria-label": `Remove the limit ${name}`, text: "Remove" });
+}
+
+/**
+ * A saved limit as a bar filled by what its current window spent of it (exactly, with BigInt;
+ * full for a limit of 0), with what remains and when the window resets, in the billing time zone.
+ */
+function limitRow(status) {
+  const money = (micros) => formatMicros(micros, state.currency);
+  const limit = toBig(status.limit_micros);
+  const spent = toBig(status.spent_micros);
+  let percent = limit > 0n ? (spent * 100n) / limit : 100n;
+  if (percent < 0n) percent = 0n;
+  if (percent > 100n) percent = 100n;
+  const name = limitName(status.scope, status.window);
+  const bar = h("div", {
+    className: "meter-fill",
+    role: "progressbar",
+    "aria-label": `Spent of the limit ${name}`,
+    "aria-valuemin": "0",
+    "aria-valuemax": "100",
+    "aria-valuenow": String(percent),
+    "aria-valuetext": `${percent}% of the limit spent`,
+  });
+  bar.style.width = `${percent}%`;
+  bar.classList.toggle("is-high", percent >= 90n && percent < 100n);
+  bar.classList.toggle("is-full", percent >= 100n);
+  return h(
+    "li",
+    {
+      className: "limit",
+      "data-scope": status.scope,
+      "data-window": status.window,
+      "data-saved": "true",
+      "data-limit-micros": limit.toString(),
+      "data-spent-micros": spent.toString(),
+      "data-remaining-micros": toBig(status.remaining_micros).toString(),
+      "data-resets-at": status.resets_at,
+    },
+    [
+      // The limit exactly, as it was set; what was spent and remains to the cent.
+      limitHead(status.scope, status.window, `${money(spent)} / ${formatPrice(limit, state.currency)}`),
+      h("div", { className: "meter" }, [bar]),
+      h("div", { className: "limit-foot" }, [
+        h("span", { className: "limit-remaining small", text: `${money(status.remaining_micros)} remaining` }),
+        h("span", { className: "limit-resets muted small", text: resetsLine(status.resets_at, state.account) }),
+        removeButton(name),
+      ]),
+    ]
+  );
+}
+
+/** A limit added or changed here: its amount; what its window spent is known once it is saved. */
+function pendingLimitRow(limit) {
+  return h(
+    "li",
+    {
+      className: "limit is-pending",
+      "data-scope": limit.scope,
+      "data-window": limit.window,
+      "data-saved": "false",
+      "data-limit-micros": limit.micros.toString(),
+    },
+    [
+      limitHead(limit.scope, limit.window, `Limit ${formatPrice(limit.micros, state.currency)}`),
+      h("div", { className: "limit-foot" }, [
+        h("span", { className: "limit-pending small", text: "Not saved yet" }),
+        removeButton(limitName(limit.scope, limit.window)),
+      ]),
+    ]
+  );
+}
+
+/** After an edit of the set: the list again, and whether there is something to save. */
+function limitsEdited(what) {
+  messageAt("limits-error", "");
+  renderLimits();
+  $("limits-status").textContent = limitsChanged()
+    ? `${what}; not saved yet.`
+    : `${what}; the limits are as saved.`;
+}
+
+/** Adds the form's limit to the edited set, or changes the one of its scope and window. */
+function addLimit(event) {
+  event.preventDefault();
+  const limits = state.limits;
+  if (!limits.loaded || limits.writing) return;
+  const kind = $("limits-kind").value;
+  let scope = "account";
+  if (kind !== "account") {
+    // Which ids are valid the service says when the set is saved; its refusal shows here.
+    const id = $("limits-id").value.trim();
+    if (id === "") {
+      limitsFormError(kind === "key" ? "Enter the API key's id." : "Enter the API's id.", "id");
+      $("limits-id").focus();
+      return;
+    }
+    scope = `${kind}:${id}`;
+  }
+  const parsed = parseLimit($("limits-amount").value);
+  if (parsed.error) {
+    limitsFormError(parsed.error, "amount");
+    $("limits-amount").focus();
+    return;
+  }
+  const per = $("limits-window").value;
+  const at = limits.draft.findIndex((limit) => limit.scope === scope && limit.window === per);
+  if (at < 0 && limits.draft.length >= MAX_LIMITS) {
+    limitsFormError(`At most ${MAX_LIMITS} limits: remove one first.`, "");
+    return;
+  }
+  const limit = { scope, window: per, micros: parsed.micros };
+  if (at < 0) limits.draft.push(limit);
+  else limits.draft[at] = limit;
+  limitsFormError("");
+  $("limits-id").value = "";
+  $("limits-amount").value = "";
+  limitsEdited(`${limitName(scope, per)} ${at < 0 ? "added" : "changed"}`);
+}
+
+function removeLimit(scope, per) {
+  const limits = state.limits;
+  if (limits.writing) return;
+  limits.draft = limits.draft.filter((limit) => !(limit.scope === scope && limit.window === per));
+  limitsEdited(`${limitName(scope, per)} removed`);
+  $("limits-save").focus(); // the button pressed is gone with its line
+}
+
+/**
+ * Saves the edited set whole (PUT) and shows the limits as the service answers them; a refusal
+ * shows in the card, the edited set and the form kept as they are to be corrected.
+ */
+async function saveLimits() {
+  const limits = state.limits;
+  if (!limits.loaded || limits.writing) return;
+  clearLimitsMessages();
+  // Written by hand so the micros go out as exact integers, however large.
+  const each = limits.draft.map(
+    (limit) =>
+      `{"scope":${JSON.stringify(limit.scope)},"window":${JSON.stringify(limit.window)},"limit_micros":${limit.micros.toString()}}`
+  );
+  const body = `{"limits":[${each.join(",")}]}`;
+  const seq = limits.seq;
+  const button = $("limits-save");
+  limits.writing = true;
+  button.setAttribute("aria-disabled", "true");
+  try {
+    const saved = await api(`${API}/limits`, { method: "PUT", body });
+    if (seq !== limits.seq) return;
+    limitsSaved(saved);
+    $("limits-status").textContent = "Saved.";
+  } catch (error) {
+    if (seq !== limits.seq || !reportable(error)) return;
+    messageAt(
+      "limits-error",
+      error instanceof ApiError && error.status === 400
+        ? `The service refused the limits: ${error.message}`
+        : `The limits could not be saved: ${describe(error)}`
+    );
+  } finally {
+    limits.writing = false;
+    button.removeAttribute("aria-disabled");
+  }
 }
 
 // --- records ----------------------------------------------------------------------------------
@@ -1240,8 +1550,9 @@ function labelZones() {
   $("filter-zone").textContent = `Whole days in your time zone (${zone}), both included.`;
   $("foot").textContent =
     "Amounts are exact to the micro; shown rounded to 2 decimals, prices in full. " +
-    `Times in your time zone (${zone}); the free quota's reset also in the billing time zone, ` +
-    "named; usage days and the free quota's month in the billing time zone.";
+    `Times in your time zone (${zone}); the free quota's and the spend limits' resets also in the ` +
+    "billing time zone, named; usage days, the free quota's month and the spend limits' days and " +
+    "months in the billing time zone.";
 }
 
 function init() {
@@ -1274,6 +1585,19 @@ function init() {
   $("export-csv").addEventListener("click", exportCsv);
   $("recharge-form").addEventListener("submit", submitRecharge);
   $("recharge-amount").addEventListener("input", () => rechargeError(""));
+  $("limits-form").addEventListener("submit", addLimit);
+  $("limits-kind").addEventListener("change", () => {
+    limitsFormError("");
+    showLimitIdField();
+  });
+  $("limits-id").addEventListener("input", () => limitsFormError(""));
+  $("limits-amount").addEventListener("input", () => limitsFormError(""));
+  $("limits-list").addEventListener("click", (event) => {
+    const button = event.target.closest("button.limit-remove");
+    const row = button && button.closest("li[data-scope]");
+    if (row) removeLimit(row.getAttribute("data-scope"), row.getAttribute("data-window"));
+  });
+  $("limits-save").addEventListener("click", saveLimits);
   window.addEventListener("hashchange", () => {
     const token = tokenFromHash();
     if (token === null) return;

@@ -3,10 +3,13 @@
 // seeded; every number it checks is read from the REST API with the same token, never assumed.
 //
 //   CONSOLE_URL=… CHROMIUM=/usr/bin/chromium JWT_SECRET=… USER_ID=… UNPRICED_USER_ID=… \
-//   WEBHOOK_URL=… WEBHOOK_SECRET=… BILLING_TIME_ZONE=… [SCREENSHOT=out.png] node console.test.mjs
+//   LIMITED_USER_ID=… LIMITED_API=… LIMITED_KEY=… WEBHOOK_URL=… WEBHOOK_SECRET=… \
+//   BILLING_TIME_ZONE=… [SCREENSHOT=out.png] node console.test.mjs
 //
 // USER_ID has the sample data: charges of an amount and priced ones, and a price list with a
 // version in effect and one scheduled. UNPRICED_USER_ID's list has no version in effect yet.
+// LIMITED_USER_ID has two spend limits, the account per day and `api:${LIMITED_API}` per month,
+// and charges against them, some made with the API key LIMITED_KEY.
 //
 // BILLING_TIME_ZONE is the service's configured billing zone (an IANA name): the page is never
 // told it by name, so the test computes what the page must show from it independently.
@@ -34,6 +37,9 @@ const CHROMIUM = required("CHROMIUM");
 const JWT_SECRET = required("JWT_SECRET");
 const USER_ID = required("USER_ID");
 const UNPRICED_USER_ID = required("UNPRICED_USER_ID");
+const LIMITED_USER_ID = required("LIMITED_USER_ID");
+const LIMITED_API = required("LIMITED_API");
+const LIMITED_KEY = required("LIMITED_KEY");
 const WEBHOOK_URL = required("WEBHOOK_URL");
 const WEBHOOK_SECRET = required("WEBHOOK_SECRET");
 const BILLING_TIME_ZONE = required("BILLING_TIME_ZONE");
@@ -59,6 +65,7 @@ const now = Math.floor(Date.now() / 1000);
 const TOKEN = mintToken(USER_ID, now + 3600);
 const EXPIRED_TOKEN = mintToken(USER_ID, now - 60);
 const UNPRICED_TOKEN = mintToken(UNPRICED_USER_ID, now + 3600);
+const LIMITED_TOKEN = mintToken(LIMITED_USER_ID, now + 3600);
 
 // --- money, independently of the page ----------------------------------------------------------
 
@@ -188,6 +195,17 @@ assert.equal(new Date(midnightIn("2026-01-01", "Asia/Shanghai")).toISOString(), 
 assert.equal(new Date(midnightIn("2026-07-01", "Europe/Berlin")).toISOString(), "2026-06-30T22:00:00.000Z");
 assert.equal(dayAndTime(Date.UTC(2025, 11, 31, 16), "Asia/Shanghai"), "1 Jan 00:00");
 assert.equal(dayAndTime(Date.UTC(2025, 11, 31, 16), "Europe/Berlin"), "31 Dec 17:00");
+
+/**
+ * A reset as the page says it with the browser in `zone`: in the billing zone, named, then in
+ * `zone` when its clock reads otherwise.
+ */
+function resetsText(instant, zone) {
+  const ms = instantMs(instant);
+  const inBilling = `Resets ${dayAndTime(ms, BILLING_TIME_ZONE)} (${BILLING_TIME_ZONE})`;
+  const local = dayAndTime(ms, zone);
+  return local === dayAndTime(ms, BILLING_TIME_ZONE) ? inBilling : `${inBilling} · ${local} your time (${zone})`;
+}
 
 // --- the REST API and the webhook ------------------------------------------------------------
 
@@ -369,6 +387,82 @@ async function expectPrices(page, list, zone) {
     assert.deepEqual(await rows(`#prices-v${v.version}-wrap`), v.prices.map((p) => priceCells(p, v.currency)), `the prices of version ${v.version}`);
   }
   await expectVisible(page, "#prices-scheduled-none", list.scheduled.length === 0, "the note that nothing is scheduled");
+}
+
+const LIMITS = "/api/v1/billing/limits";
+const LIMIT_ROWS = "#limits-list li[data-scope]";
+
+/** The spend limits card's lines as the page shows them, with their data attributes. */
+async function shownLimits(page) {
+  return page.$$eval(LIMIT_ROWS, (items) =>
+    items.map((li) => {
+      const text = (selector) => (li.querySelector(selector) ? li.querySelector(selector).textContent.trim() : null);
+      const bar = li.querySelector('[role="progressbar"]');
+      return {
+        scope: li.getAttribute("data-scope"),
+        window: li.getAttribute("data-window"),
+        saved: li.getAttribute("data-saved"),
+        limit: li.getAttribute("data-limit-micros"),
+        spent: li.getAttribute("data-spent-micros"),
+        remaining: li.getAttribute("data-remaining-micros"),
+        name: text(".limit-name"),
+        amounts: text(".limit-text"),
+        left: text(".limit-remaining"),
+        resets: text(".limit-resets"),
+        percent: bar ? bar.getAttribute("aria-valuenow") : null,
+        width: bar ? bar.style.width : null,
+      };
+    })
+  );
+}
+
+/**
+ * Checks the spend limits card against a `GET /api/v1/billing/limits` answer, the browser in
+ * `zone`: a bar per limit, in the API's order, filled by spent / limit (whole percents, at most
+ * 100), spent to the cent over the limit exactly, what remains, and when the window resets.
+ */
+async function expectLimits(page, answer, currency, zone) {
+  const expected = answer.limits.map((l) => {
+    const [limit, spent] = [BigInt(l.limit_micros), BigInt(l.spent_micros)];
+    let percent = limit > 0n ? (spent * 100n) / limit : 100n;
+    if (percent > 100n) percent = 100n;
+    return {
+      scope: l.scope,
+      window: l.window,
+      saved: "true",
+      limit: String(limit),
+      spent: String(spent),
+      remaining: String(BigInt(l.remaining_micros)),
+      name: `${l.scope} per ${l.window}`,
+      amounts: `${money(spent, currency)} / ${price(limit, currency)}`,
+      left: `${money(l.remaining_micros, currency)} remaining`,
+      resets: resetsText(l.resets_at, zone),
+      percent: String(percent),
+      width: `${percent}%`,
+    };
+  });
+  const keys = expected.map((e) => [e.scope, e.window, e.saved, e.limit, e.spent].join(" "));
+  await settle(
+    page,
+    ([selector, want]) => {
+      const attributes = ["data-scope", "data-window", "data-saved", "data-limit-micros", "data-spent-micros"];
+      const shown = Array.from(document.querySelectorAll(selector), (li) => attributes.map((a) => li.getAttribute(a)).join(" "));
+      return shown.length === want.length && shown.every((key, i) => key === want[i]);
+    },
+    [LIMIT_ROWS, keys]
+  );
+  assert.deepEqual(await shownLimits(page), expected, "the spend limits card");
+}
+
+/** Runs axe-core (already added to the page) and asserts no serious or critical violation. */
+async function axeAudit(page, what) {
+  const violations = await page.evaluate(async () => {
+    const results = await window.axe.run(document, { resultTypes: ["violations"] });
+    return results.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")) }));
+  });
+  for (const v of violations) console.log(`# axe-core, ${what}: ${v.impact} ${v.id} (${v.help}) at ${v.nodes.join(", ")}`);
+  const grave = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  assert.deepEqual(grave, [], `${what}: serious or critical axe-core violations`);
 }
 
 /** The CSV the export button downloads. */
@@ -749,6 +843,116 @@ try {
     assert.deepEqual(shown, expected, "each record's usage and price version (nothing for a charge of an amount)");
   });
 
+  await check(17, `spend limits: each limit's spent, limit, remaining and reset (billing time and ${LOCAL_ZONE}) as the API says; a refused set shows the API's message, the edits kept and nothing changed; a key limit added in the form and saved is what the API then reads; named controls, no serious axe-core violation`, async () => {
+    const account = await apiGet("/api/v1/billing/account", LIMITED_TOKEN);
+    const before = await apiGet(LIMITS, LIMITED_TOKEN);
+    assert.deepEqual(
+      before.limits.map((l) => `${l.scope} ${l.window}`).sort(),
+      ["account day", `api:${LIMITED_API} month`].sort(),
+      "the seeded limits"
+    );
+    // The seeded charges count against the limits (the day's back at 0 should the billing day
+    // have turned since).
+    assert.ok(before.limits.some((l) => BigInt(l.spent_micros) > 0n), `the seeded charges count: ${JSON.stringify(before.limits)}`);
+    const limitErrors = [];
+    const refusal = /^console error: Failed to load resource: the server responded with a status of 400 .*\/api\/v1\/billing\/limits\)$/;
+    const row = (scope, window) => `#limits-list li[data-scope="${scope}"][data-window="${window}"]`;
+    const badKey = "key:not a key";
+    const newKey = `key:${LIMITED_KEY}`;
+
+    // What the API reads once the form saved, for the checks of the second context.
+    let after;
+    await inOwnContext({ options: { timezoneId: LOCAL_ZONE }, token: LIMITED_TOKEN, errors: limitErrors }, async (other) => {
+      await expectText(other, "#balance", money(account.balance_micros, account.currency), "balance");
+      await expectLimits(other, before, account.currency, LOCAL_ZONE);
+      await expectVisible(other, "#limits-none", false, "the note that there are no limits");
+
+      /** Clicks Save; the PUT the page sent and the API's answer. */
+      const save = async () => {
+        const [response] = await Promise.all([
+          other.waitForResponse((r) => new URL(r.url()).pathname === LIMITS && r.request().method() === "PUT"),
+          other.click("#limits-save"),
+        ]);
+        return { status: response.status(), sent: response.request().postData(), answer: await response.json() };
+      };
+      const formValues = () => other.evaluate(() => ["limits-kind", "limits-id", "limits-window", "limits-amount"].map((id) => document.getElementById(id).value));
+
+      // A key id the service refuses: its message in the card, the edited set and the form kept.
+      await other.selectOption("#limits-kind", "key");
+      await expectVisible(other, "#limits-id", true, "the id input of a key's limit");
+      await other.fill("#limits-id", badKey.slice(4));
+      await other.selectOption("#limits-window", "day");
+      await other.fill("#limits-amount", "1");
+      await other.click("#limits-add");
+      await expectVisible(other, `${row(badKey, "day")}[data-saved="false"]`, true, "the added limit, not saved yet");
+      const typed = await formValues();
+      const refused = await save();
+      assert.equal(refused.status, 400, `the refused set: ${JSON.stringify(refused.answer)}`);
+      assert.equal(refused.answer.error.code, "INVALID_ARGUMENT", "the refusal's code");
+      await expectText(other, "#limits-error", `The service refused the limits: ${refused.answer.error.message}`, "the API's message in the card");
+      assert.deepEqual(await formValues(), typed, "the form after the refusal");
+      assert.deepEqual(
+        (await shownLimits(other)).map((l) => [l.scope, l.window, l.saved]),
+        [...before.limits.map((l) => [l.scope, l.window, "true"]), [badKey, "day", "false"]],
+        "the edited set after the refusal"
+      );
+      assert.deepEqual(await apiGet(LIMITS, LIMITED_TOKEN), before, "the API's limits after the refused set");
+
+      // Removed, and a valid key's limit added exactly in micros: the whole set sent and saved.
+      await other.click(`${row(badKey, "day")} .limit-remove`);
+      await expectVisible(other, row(badKey, "day"), false, "the refused limit once removed");
+      await expectVisible(other, "#limits-error", false, "the refusal once the set is edited");
+      await other.fill("#limits-id", newKey.slice(4));
+      await other.fill("#limits-amount", "3.000001");
+      await other.click("#limits-add");
+      await expectVisible(other, `${row(newKey, "day")}[data-saved="false"]`, true, "the key's limit, not saved yet");
+      const saved = await save();
+      assert.equal(saved.status, 200, `the saved set: ${JSON.stringify(saved.answer)}`);
+      assert.ok(saved.sent.includes(`{"scope":"${newKey}","window":"day","limit_micros":3000001}`), `the PUT body: ${saved.sent}`);
+      assert.deepEqual(
+        JSON.parse(saved.sent),
+        { limits: [...before.limits.map((l) => ({ scope: l.scope, window: l.window, limit_micros: l.limit_micros })), { scope: newKey, window: "day", limit_micros: 3000001 }] },
+        "the whole set sent"
+      );
+      await expectText(other, "#limits-status", "Saved.", "the status after saving");
+      after = await apiGet(LIMITS, LIMITED_TOKEN);
+      assert.equal(after.limits.length, 3, `the API's limits after saving: ${JSON.stringify(after.limits)}`);
+      const added = after.limits.find((l) => l.scope === newKey && l.window === "day");
+      assert.ok(added && added.limit_micros === 3000001, `the API reads the key's limit: ${JSON.stringify(after.limits)}`);
+      assert.deepEqual(saved.answer, after, "the PUT's answer is what the API reads");
+      await expectLimits(other, after, account.currency, LOCAL_ZONE);
+    });
+
+    // The refused save is the one console error asked for.
+    const refusalsLogged = () => limitErrors.filter((text) => refusal.test(text)).length;
+    await pollApi(async () => refusalsLogged(), (count) => count >= 1);
+    assert.equal(refusalsLogged(), 1, `the refused save logged: ${limitErrors.join("; ")}`);
+    assert.deepEqual(limitErrors.filter((text) => !refusal.test(text)), [], "console errors on the spend limits pages");
+
+    // Every control of the card named, a line not saved yet among the bars; no grave axe-core
+    // violation (this context alone bypasses the page's policy, for axe-core's script).
+    const axeSource = await readFile(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+    await inOwnContext({ options: { bypassCSP: true }, token: LIMITED_TOKEN, errors: limitErrors }, async (other) => {
+      await other.waitForSelector(`${row(newKey, "day")}[data-saved="true"]`);
+      await other.selectOption("#limits-kind", "api");
+      await other.fill("#limits-id", "embeddings");
+      await other.fill("#limits-amount", "0");
+      await other.click("#limits-add");
+      await other.waitForSelector(`${row("api:embeddings", "day")}[data-saved="false"]`);
+      const controls = { "limits-kind": /^Scope$/, "limits-id": /^API id$/, "limits-window": /^Window$/, "limits-amount": /^Limit/, "limits-add": /^Add limit$/, "limits-save": /^Save limits$/ };
+      await expectNamedControls(other, controls, "the spend limits");
+      const removes = await other.$$eval("#limits-list .limit-remove", (buttons) => buttons.map((b) => b.getAttribute("aria-label")));
+      assert.deepEqual(
+        removes,
+        [...after.limits.map((l) => `Remove the limit ${l.scope} per ${l.window}`), "Remove the limit api:embeddings per day"],
+        "each remove button names its limit"
+      );
+      await other.addScriptTag({ content: axeSource });
+      await axeAudit(other, "the spend limits");
+    });
+    assert.deepEqual(limitErrors.filter((text) => !refusal.test(text)), [], "console errors on the spend limits pages");
+  });
+
   await check(5, `recharge ${RECHARGE_UNITS}: PENDING, paid by the webhook, then PAID and the new balance`, async () => {
     const before = await apiGet("/api/v1/billing/account");
     await page.fill("#recharge-amount", RECHARGE_UNITS);
@@ -1004,16 +1208,8 @@ try {
       await other.waitForSelector("#prices-current-wrap tbody tr[data-api]");
       await other.waitForSelector("#prices-scheduled .price-version");
       await other.addScriptTag({ content: axeSource });
-      const audit = async (what) => {
-        const violations = await other.evaluate(async () => {
-          const results = await window.axe.run(document, { resultTypes: ["violations"] });
-          return results.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")) }));
-        });
-        for (const v of violations) console.log(`# axe-core, ${what}: ${v.impact} ${v.id} (${v.help}) at ${v.nodes.join(", ")}`);
-        const grave = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-        assert.deepEqual(grave, [], `${what}: serious or critical axe-core violations`);
-      };
-      const filters = { "filter-type": /^Type$/, "filter-from": /^From$/, "filter-to": /^To$/, "filter-apply": /^Apply$/, "recharge-amount": /^Amount/, "export-csv": /^Download CSV$/, "settings-open": /^Alert settings$/, "sign-out": /^Change token$/, "prices-current-wrap": /^List \S+, version \d+, in effect since / };
+      const audit = (what) => axeAudit(other, what);
+      const filters = { "filter-type": /^Type$/, "filter-from": /^From$/, "filter-to": /^To$/, "filter-apply": /^Apply$/, "recharge-amount": /^Amount/, "export-csv": /^Download CSV$/, "settings-open": /^Alert settings$/, "sign-out": /^Change token$/, "prices-current-wrap": /^List \S+, version \d+, in effect since /, "limits-kind": /^Scope$/, "limits-window": /^Window$/, "limits-amount": /^Limit/, "limits-add": /^Add limit$/, "limits-save": /^Save limits$/ };
       await expectNamedControls(other, filters, "the wallet");
       await audit("the wallet");
 

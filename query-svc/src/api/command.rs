@@ -152,4 +152,31 @@ impl CommandClient {
             .await?;
         Ok(reply.into_inner())
     }
+
+    /// `user_id`'s spend limits, each with what was spent in its current window.
+    pub async fn get_spend_limits(
+        &self,
+        user_id: &UserId,
+    ) -> Result<pb::GetSpendLimitsResponse, Status> {
+        let request = pb::GetSpendLimitsRequest {
+            user_id: user_id.to_string(),
+        };
+        let reply = self
+            .client()
+            .get_spend_limits(self.request(request))
+            .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// Replaces `user_id`'s whole set of spend limits.
+    pub async fn set_spend_limits(
+        &self,
+        request: pb::SetSpendLimitsRequest,
+    ) -> Result<pb::SetSpendLimitsResponse, Status> {
+        let reply = self
+            .client()
+            .set_spend_limits(self.request(request))
+            .await?;
+        Ok(reply.into_inner())
+    }
 }

@@ -7,6 +7,8 @@
 //! - [`usage`]: `GET /api/v1/billing/usage`, charges per day or per API.
 //! - [`alerts`]: `GET`, `PUT` and `PATCH /api/v1/billing/alerts`; the changes forwarded to
 //!   command-svc.
+//! - [`prices`]: `GET /api/v1/billing/prices`; [`limits`]: `GET` and `PUT
+//!   /api/v1/billing/limits`, forwarded to command-svc.
 //! - [`console`]: `GET /console`, the developer console that uses the routes above.
 //! - [`auth`]: the JWT every `/api/v1/billing/*` handler requires; [`command`]: the gRPC client
 //!   that forwards recharges to command-svc; [`cursor`]: page sizes and cursors; [`error`]: every
@@ -26,6 +28,7 @@ pub mod cursor;
 pub mod error;
 pub mod export;
 pub mod fresh;
+pub mod limits;
 pub mod openapi;
 pub mod orders;
 pub mod prices;
@@ -66,6 +69,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(alerts::router())
         .merge(prices::router())
+        .merge(limits::router())
         .merge(console::router())
 }
 

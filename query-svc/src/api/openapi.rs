@@ -187,6 +187,10 @@ fn property_patterns(name: &str) -> Vec<(&'static str, &'static str)> {
     if name == "RechargeRequest" {
         patterns.push(("channel", Channel::PATTERN));
     }
+    if name == "SpendLimitRequest" {
+        patterns.push(("scope", shared::limits::Scope::PATTERN));
+        patterns.push(("window", shared::limits::Window::PATTERN));
+    }
     patterns
 }
 

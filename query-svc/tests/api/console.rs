@@ -4,9 +4,11 @@
 //! follows the order to PAID after a signed payment callback, reads and saves the alert settings
 //! (the signing secret shown once), shows the caller's prices (the version in effect, or that
 //! none is, and the scheduled ones) and each priced record's usage and the version that priced
-//! it, shows times in the billing zone and the browser's, works from the keyboard, passes
-//! axe-core's serious and critical rules, and asks for a new token when its token has expired
-//! (`query-svc/console/e2e/console.test.mjs`, run by Node.js with playwright-core and axe-core).
+//! it, shows the spend limits with what their windows spent and saves a changed set whole (a
+//! refused one shown in the card, nothing changed), shows times in the billing zone and the
+//! browser's, works from the keyboard, passes axe-core's serious and critical rules, and asks for
+//! a new token when its token has expired (`query-svc/console/e2e/console.test.mjs`, run by
+//! Node.js with playwright-core and axe-core).
 //!
 //! Chromium, Node.js, playwright-core and axe-core are installed by `deploy/dev-deps.sh
 //! --browser` (as `make test` runs it); without them the browser test fails, it never skips.
@@ -31,6 +33,16 @@ const CHARGES: usize = 45;
 /// Charges of the sample data priced by the user's list from the usage they report, made after
 /// the others so the first page of records shows both kinds.
 const PRICED_CHARGES: usize = 4;
+
+/// Charges of the user with spend limits, made after the limits so both count them.
+const LIMITED_CHARGES: usize = 5;
+
+/// The API of that user's monthly limit; its charges alternate with others.
+const LIMITED_API: &str = "chat.completions";
+
+/// The API key some of that user's charges are made with: the browser test adds a limit for it,
+/// which starts from what the key already spent that day.
+const LIMITED_KEY: &str = "console-key-1";
 
 fn e2e_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("console/e2e")
@@ -182,6 +194,54 @@ async fn user_without_prices_in_effect(stack: &Stack) -> String {
     user
 }
 
+fn spend_limit(scope: &str, window: &str, limit_micros: i64) -> pb::SpendLimit {
+    pb::SpendLimit {
+        scope: scope.into(),
+        window: window.into(),
+        limit_micros,
+    }
+}
+
+/// A user with two spend limits, the whole account per day and one API per month, set as the
+/// console sets them, then charges against both (some with an API key, some on another API), all
+/// under the limits.
+async fn user_with_spend_limits(stack: &Stack) -> String {
+    let user = new_user("limited");
+    recharge(stack, &user, 20 * CNY).await;
+    stack
+        .orders()
+        .await
+        .set_spend_limits(pb::SetSpendLimitsRequest {
+            user_id: user.clone(),
+            limits: vec![
+                spend_limit("account", "day", 10 * CNY),
+                spend_limit(&format!("api:{LIMITED_API}"), "month", 4 * CNY + 500_000),
+            ],
+            actor: format!("user:{user}"),
+            set_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut gateway = stack.gateway().await;
+    for i in 0..LIMITED_CHARGES {
+        let api_id = if i % 2 == 0 {
+            LIMITED_API
+        } else {
+            "embeddings"
+        };
+        let key_id = if i % 3 == 0 { LIMITED_KEY } else { "" };
+        gateway
+            .deduct_quota(pb::DeductQuotaRequest {
+                api_id: api_id.into(),
+                key_id: key_id.into(),
+                ..deduct(&user, 1_234_567 + 1_001 * i as i64, &format!("limited-{i}"))
+            })
+            .await
+            .unwrap();
+    }
+    user
+}
+
 #[tokio::test]
 async fn the_console_is_served_from_the_binary_and_kept_to_this_origin() {
     let stack = spawn_stack().await;
@@ -284,8 +344,10 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
     }
     seed_prices(&stack, &user).await;
     let unpriced = user_without_prices_in_effect(&stack).await;
+    let limited = user_with_spend_limits(&stack).await;
     until_projected(&stack, &user, WAIT).await;
     until_projected(&stack, &unpriced, WAIT).await;
+    until_projected(&stack, &limited, WAIT).await;
 
     let mut node = tokio::process::Command::new("node");
     node.arg("console.test.mjs")
@@ -295,6 +357,9 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
         .env("JWT_SECRET", testkit::JWT_SECRET)
         .env("USER_ID", &user)
         .env("UNPRICED_USER_ID", &unpriced)
+        .env("LIMITED_USER_ID", &limited)
+        .env("LIMITED_API", LIMITED_API)
+        .env("LIMITED_KEY", LIMITED_KEY)
         .env(
             "WEBHOOK_URL",
             format!(
@@ -331,7 +396,7 @@ async fn the_console_in_chromium_shows_pages_filters_and_recharges() {
     );
     // Every check of the script ran and passed.
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 16, "every check ran and passed:\n{stdout}");
+    assert_eq!(passed, 17, "every check ran and passed:\n{stdout}");
     assert!(!stdout.contains("not ok"), "{stdout}");
     stack.cleanup().await;
 }

@@ -12,6 +12,7 @@ mod bad_input;
 mod bus_auth;
 mod console;
 mod hostile;
+mod limits;
 mod observability;
 mod openapi;
 mod ops;

@@ -24,7 +24,7 @@ const BEARER: &str = "bearer_jwt";
 
 /// Every route query-svc serves, by method and path as the router writes it. A route added
 /// without documentation, or documentation removed from a route, fails the test below.
-const ROUTES: [(&str, &str); 18] = [
+const ROUTES: [(&str, &str); 20] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -40,6 +40,8 @@ const ROUTES: [(&str, &str); 18] = [
     ("PUT", "/api/v1/billing/alerts"),
     ("PATCH", "/api/v1/billing/alerts"),
     ("GET", "/api/v1/billing/prices"),
+    ("GET", "/api/v1/billing/limits"),
+    ("PUT", "/api/v1/billing/limits"),
     ("GET", "/console"),
     ("GET", "/console/console.css"),
     ("GET", "/console/console.js"),
@@ -610,6 +612,25 @@ async fn the_schemas_describe_what_the_routes_answer() {
         "{body}"
     );
     assert_conforms(&document, "GET", prices, StatusCode::OK, &body);
+    let limits = "/api/v1/billing/limits";
+    stack
+        .ops()
+        .await
+        .set_spend_limits(shared::proto::v1::SetSpendLimitsRequest {
+            user_id: user.clone(),
+            limits: vec![shared::proto::v1::SpendLimit {
+                scope: "account".into(),
+                window: "day".into(),
+                limit_micros: 5_000_000,
+            }],
+            actor: "test".into(),
+            set_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let body = get_json(&stack, limits, Some(&token), StatusCode::OK).await;
+    assert_eq!(body["limits"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_conforms(&document, "GET", limits, StatusCode::OK, &body);
     let body = get_json(
         &stack,
         &format!("{usage}?group_by=week"),

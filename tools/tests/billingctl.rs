@@ -465,3 +465,88 @@ async fn prices_are_published_from_a_file_shown_and_assigned() {
     assert_eq!(versions, 1);
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn limits_are_set_shown_replayed_and_removed() {
+    let stack = spawn_stack(Utc::now()).await;
+    let set = [
+        "limits",
+        "set",
+        "--user",
+        "limited-user",
+        "--limit",
+        "day:10000000:account",
+        "--limit",
+        "month:200000000:api:chat.gpt-4o",
+        "--set-id",
+        "set-1",
+    ];
+    let out = stack.billingctl(&set).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("limited-user: 2 limit(s) set"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out)
+            .contains("api:chat.gpt-4o\tmonth\tlimit 200000000\tspent 0\tremaining 200000000"),
+        "{}",
+        stdout(&out)
+    );
+    let again = stack.billingctl(&set).await;
+    assert!(stdout(&again).contains("(replayed)"), "{}", stdout(&again));
+
+    let shown = stack
+        .billingctl(&["limits", "show", "--user", "limited-user"])
+        .await;
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(
+        stdout(&shown).contains("account\tday\tlimit 10000000\tspent 0\tremaining 10000000"),
+        "{}",
+        stdout(&shown)
+    );
+
+    // A malformed --limit is refused before anything is sent; a bad scope by the service.
+    let malformed = stack
+        .billingctl(&[
+            "limits",
+            "set",
+            "--user",
+            "limited-user",
+            "--limit",
+            "day:ten:account",
+        ])
+        .await;
+    assert!(!malformed.status.success());
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("not a whole number of micros"),
+        "{malformed:?}"
+    );
+    let refused = stack
+        .billingctl(&[
+            "limits",
+            "set",
+            "--user",
+            "limited-user",
+            "--limit",
+            "day:1:team:x",
+        ])
+        .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("InvalidArgument"),
+        "{refused:?}"
+    );
+
+    let removed = stack
+        .billingctl(&["limits", "set", "--user", "limited-user"])
+        .await;
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(
+        stdout(&removed).contains("no limits"),
+        "{}",
+        stdout(&removed)
+    );
+    stack.cleanup().await;
+}

@@ -14,6 +14,8 @@
 //! billingctl prices publish --name N --file prices.yaml [--at RFC3339] [--publish-id ID] [--actor A]
 //! billingctl prices show [--user ID | --name N] [--at RFC3339]
 //! billingctl prices assign --user ID --name N [--actor A]   ("" = the default list)
+//! billingctl limits show --user ID
+//! billingctl limits set --user ID [--limit WINDOW:MICROS:SCOPE ...] [--set-id ID] [--actor A]
 //! ```
 
 use std::time::Duration;
@@ -110,6 +112,34 @@ enum Command {
     Prices {
         #[command(subcommand)]
         action: PricesAction,
+    },
+    /// Spend limits: show a user's, or replace them.
+    Limits {
+        #[command(subcommand)]
+        action: LimitsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsAction {
+    /// A user's limits, each with what was spent in its current window.
+    Show {
+        #[arg(long)]
+        user: String,
+    },
+    /// Replace a user's whole set of limits (none given: remove them all).
+    Set {
+        #[arg(long)]
+        user: String,
+        /// `WINDOW:MICROS:SCOPE`, e.g. `day:10000000:account` or `month:500000000:api:gpt-4o`
+        /// (window `day` or `month`; scope `account`, `api:<id>` or `key:<id>`). Repeatable.
+        #[arg(long = "limit")]
+        limits: Vec<String>,
+        /// The idempotency key; a new one by default. Reuse it to retry safely.
+        #[arg(long)]
+        set_id: Option<String>,
+        #[arg(long, default_value = "billingctl")]
+        actor: String,
     },
 }
 
@@ -211,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             action: UnmatchedAction::List { limit },
         } => unmatched_list(&settings, limit).await?,
         Command::Prices { action } => prices(&settings, action).await?,
+        Command::Limits { action } => limits(&settings, action).await?,
     }
     Ok(())
 }
@@ -333,6 +364,80 @@ fn print_list(list: Option<&pb::PriceList>) {
             price.api_id, price.meter, price.price_micros, price.per_units
         );
     }
+}
+
+/// One `--limit WINDOW:MICROS:SCOPE` (the scope last: it may hold colons).
+fn parse_limit(text: &str) -> anyhow::Result<pb::SpendLimit> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(window), Some(micros), Some(scope)) = (parts.next(), parts.next(), parts.next())
+    else {
+        anyhow::bail!("--limit {text:?}: expected WINDOW:MICROS:SCOPE, e.g. day:10000000:account");
+    };
+    Ok(pb::SpendLimit {
+        scope: scope.to_owned(),
+        window: window.to_owned(),
+        limit_micros: micros.parse().map_err(|_| {
+            anyhow::anyhow!("--limit {text:?}: {micros:?} is not a whole number of micros")
+        })?,
+    })
+}
+
+async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()> {
+    let mut client =
+        command_client(&settings.query.command_endpoint, &admin_token(settings)?).await?;
+    let failed =
+        |status: tonic::Status| anyhow::anyhow!("{:?}: {}", status.code(), status.message());
+    let statuses = match action {
+        LimitsAction::Show { user } => {
+            let request = pb::GetSpendLimitsRequest { user_id: user };
+            client
+                .get_spend_limits(request)
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .limits
+        }
+        LimitsAction::Set {
+            user,
+            limits,
+            set_id,
+            actor,
+        } => {
+            let request = pb::SetSpendLimitsRequest {
+                user_id: user.clone(),
+                limits: limits
+                    .iter()
+                    .map(|text| parse_limit(text))
+                    .collect::<anyhow::Result<_>>()?,
+                actor,
+                set_id: set_id.unwrap_or_else(|| format!("billingctl:{}", uuid::Uuid::now_v7())),
+            };
+            let reply = client.set_spend_limits(request).await.map_err(failed)?;
+            let reply = reply.into_inner();
+            let replayed = if reply.replayed { " (replayed)" } else { "" };
+            println!("{user}: {} limit(s) set{replayed}", reply.limits.len());
+            reply.limits
+        }
+    };
+    if statuses.is_empty() {
+        println!("no limits");
+    }
+    for status in &statuses {
+        print_limit(status);
+    }
+    Ok(())
+}
+
+/// A limit and its window on one line (tab-separated).
+fn print_limit(status: &pb::SpendLimitStatus) {
+    let limit = status.limit.clone().unwrap_or_default();
+    let resets = chrono::DateTime::from_timestamp_millis(status.resets_at_ms)
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_default();
+    println!(
+        "  {}\t{}\tlimit {}\tspent {}\tremaining {}\tresets {resets}",
+        limit.scope, limit.window, limit.limit_micros, status.spent_micros, status.remaining_micros
+    );
 }
 
 /// The services take `-conf PATH` (the seed's form): so does billingctl.

@@ -140,6 +140,10 @@ struct Load {
     /// list ([`BENCH_PRICES`], published first), instead of an amount.
     #[arg(long)]
     priced: bool,
+    /// The accounts carry spend limits (set first, `set_bench_limits`): only the run's name says
+    /// so; the charges are the same.
+    #[arg(skip)]
+    limited: bool,
 }
 
 impl Load {
@@ -151,6 +155,7 @@ impl Load {
             spread,
             zipf: None,
             priced: false,
+            limited: false,
         }
     }
 }
@@ -190,6 +195,43 @@ async fn publish_bench_prices(settings: &Settings) -> anyhow::Result<()> {
         actor: "loadgen".into(),
     };
     client.publish_price_list(request).await?;
+    Ok(())
+}
+
+/// The daily account limit of the limited run: far above what any run spends on one account.
+const BENCH_LIMIT: i64 = 1_000_000_000_000;
+
+/// Sets a daily account limit of `limit` on every seeded account (`None`: removes them), 64
+/// sets at a time.
+async fn set_bench_limits(settings: &Settings, limit: Option<i64>) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let (endpoint, token) = (
+        http_url(&settings.command.grpc_addr),
+        caller_token(settings, "ops")?,
+    );
+    let client = command_client(&endpoint, &token).await?;
+    let limits: Vec<pb::SpendLimit> = limit
+        .into_iter()
+        .map(|limit_micros| pb::SpendLimit {
+            scope: "account".into(),
+            window: "day".into(),
+            limit_micros,
+        })
+        .collect();
+    let sets = (0..ACCOUNTS).map(|i| {
+        let mut client = client.clone();
+        let request = pb::SetSpendLimitsRequest {
+            user_id: format!("bench-{i:06}"),
+            limits: limits.clone(),
+            actor: "loadgen".into(),
+            set_id: String::new(),
+        };
+        async move { client.set_spend_limits(request).await.map(|_| ()) }
+    });
+    futures::stream::iter(sets)
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
 }
 
@@ -550,7 +592,9 @@ async fn deduct(
         (false, Some(s), _) => format!("{} accounts, Zipf {s}", load.spread.accounts),
         (false, None, _) => format!("{} accounts", load.spread.accounts),
     };
-    let shape = if load.priced {
+    let shape = if load.limited {
+        format!("{shape}, an account limit on each")
+    } else if load.priced {
         format!("{shape}, priced by usage (3 meters)")
     } else {
         shape
@@ -1027,6 +1071,9 @@ struct SuiteRuns {
     /// The wide run's charges priced by usage instead of asking an amount.
     priced: Measured,
     priced_check: String,
+    /// The wide run with an account limit on every account.
+    limited: Measured,
+    limited_check: String,
     base_hot: Measured,
     hot: Measured,
     hot_check: String,
@@ -1051,6 +1098,7 @@ impl SuiteRuns {
         [
             &self.wide,
             &self.priced,
+            &self.limited,
             &self.hot,
             &self.zipf,
             &self.open,
@@ -1064,11 +1112,12 @@ impl SuiteRuns {
     }
 
     /// The runs that charged, in the table's order.
-    fn charging(&self) -> [&Measured; 7] {
+    fn charging(&self) -> [&Measured; 8] {
         [
             &self.base_wide,
             &self.wide,
             &self.priced,
+            &self.limited,
             &self.base_hot,
             &self.hot,
             &self.zipf,
@@ -1096,6 +1145,16 @@ async fn measure_suite(
     };
     let (priced, priced_check) = charged(settings, pool, &priced_load, watched).await?;
     priced.print();
+    // The same charges with a daily account limit on every account (far above what a run
+    // spends), then the limits removed, so the runs after are the unlimited accounts again.
+    set_bench_limits(settings, Some(BENCH_LIMIT)).await?;
+    let limited_load = Load {
+        limited: true,
+        ..suite_load(seconds, false)
+    };
+    let (limited, limited_check) = charged(settings, pool, &limited_load, watched).await?;
+    limited.print();
+    set_bench_limits(settings, None).await?;
     let hot_row = Spread {
         accounts: 1,
         ..suite_spread(seconds, true)
@@ -1130,6 +1189,8 @@ async fn measure_suite(
         wide_check,
         priced,
         priced_check,
+        limited,
+        limited_check,
         base_hot,
         hot,
         hot_check,
@@ -1300,6 +1361,13 @@ fn table_rows(runs: &SuiteRuns, sysbench: &SysbenchRates) -> Vec<Row> {
             &runs.wide,
             0.95,
             &runs.priced_check,
+        ),
+        Row::ratio(
+            "DeductQuota with an account limit on every account vs without, 64 callers, 10,000 accounts",
+            &runs.limited,
+            &runs.wide,
+            0.9,
+            &runs.limited_check,
         ),
         Row::ratio_to_rate(
             "DeductQuota, 64 callers, one hot account vs sysbench, one row, 16 threads",
@@ -1482,6 +1550,8 @@ mod tests {
             wide_check: "ok wide".into(),
             priced: run(wide * 96 / 100),
             priced_check: "ok priced".into(),
+            limited: run(wide * 92 / 100),
+            limited_check: "ok limited".into(),
             base_hot: run(hot / 2),
             hot: run(hot),
             hot_check: "ok hot".into(),
@@ -1570,6 +1640,12 @@ mod tests {
             ]
         );
         assert_eq!(
+            lines_starting(&rows, "DeductQuota with an account limit"),
+            [
+                "| DeductQuota with an account limit on every account vs without, 64 callers, 10,000 accounts | 2760/s | 3000/s | 0.92x | >= 0.9x | met | ok limited |",
+            ]
+        );
+        assert_eq!(
             lines_starting(&rows, "DeductQuota, 64 callers, one hot account vs"),
             [
                 "| DeductQuota, 64 callers, one hot account vs sysbench, one row, 16 threads | 1000/s | 500/s | 2.00x | >= 3x | MISSED | ok hot |",
@@ -1601,8 +1677,8 @@ mod tests {
         );
         let counted = rows.iter().filter(|row| row.counted).count();
         assert_eq!(
-            counted, 7,
-            "2 charging ratios to sysbench, priced to amount, 2 p99 bounds, 2 CheckQuota ratios"
+            counted, 8,
+            "2 charging ratios to sysbench, priced and limited to amount, 2 p99 bounds, 2 CheckQuota ratios"
         );
     }
 

@@ -13,7 +13,7 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
-    sync::Mutex,
+    sync::{Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -54,24 +54,31 @@ pub struct AccountMemory {
     limited: LimitedUsers,
 }
 
-/// Which accounts have spend limits, as this replica knows: loaded with the directory's scans,
-/// kept by this replica's sets and every replica's `spend_limits_set` events. Until it is first
-/// loaded every account counts as limited (a check then reads the counters).
+/// Which accounts have spend limits, as this replica knows: loaded from MySQL (with the
+/// directory's refreshes, at most every [`LimitedUsers::RELOAD`]), kept by this replica's sets and
+/// every replica's `spend_limits_set` events. Until it is first loaded every account counts as
+/// limited (a check then reads the counters).
 #[derive(Default)]
 pub struct LimitedUsers {
-    users: Mutex<Option<HashSet<UserId>>>,
+    /// The limited accounts and when they were loaded.
+    loaded: RwLock<Option<(HashSet<UserId>, Instant)>>,
 }
 
 impl LimitedUsers {
+    /// How often the whole set is read again, in case an event was missed.
+    pub const RELOAD: Duration = Duration::from_secs(60);
+
     /// Whether a check must read the account's counters.
     pub fn may_be_limited(&self, user_id: &UserId) -> bool {
-        let users = self.users.lock().expect("limited users lock");
-        users.as_ref().is_none_or(|users| users.contains(user_id))
+        let loaded = self.loaded.read().expect("limited users lock");
+        loaded
+            .as_ref()
+            .is_none_or(|(users, _)| users.contains(user_id))
     }
 
     pub fn set(&self, user_id: &UserId, limited: bool) {
-        let mut users = self.users.lock().expect("limited users lock");
-        if let Some(users) = users.as_mut() {
+        let mut loaded = self.loaded.write().expect("limited users lock");
+        if let Some((users, _)) = loaded.as_mut() {
             if limited {
                 users.insert(user_id.clone());
             } else {
@@ -80,9 +87,17 @@ impl LimitedUsers {
         }
     }
 
-    /// Every limited account, as a scan read them.
+    /// Whether the set was never loaded, or loaded more than [`LimitedUsers::RELOAD`] ago.
+    pub fn reload_due(&self) -> bool {
+        let loaded = self.loaded.read().expect("limited users lock");
+        loaded
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= Self::RELOAD)
+    }
+
+    /// Every limited account, as MySQL listed them.
     pub fn replace(&self, limited: HashSet<UserId>) {
-        *self.users.lock().expect("limited users lock") = Some(limited);
+        *self.loaded.write().expect("limited users lock") = Some((limited, Instant::now()));
     }
 }
 
@@ -251,6 +266,30 @@ mod tests {
         // A forgotten entry takes whatever is learned next, even an older version.
         memory.remember(&dev, account(4), Instant::now());
         assert_eq!(memory.recall(&dev), Some(account(4)));
+    }
+
+    #[test]
+    fn every_account_may_be_limited_until_the_limited_ones_are_loaded() {
+        let limited = LimitedUsers::default();
+        let (dev, other) = (user("dev-limited"), user("dev-free"));
+        assert!(limited.reload_due());
+        assert!(
+            limited.may_be_limited(&other),
+            "nothing loaded: read the counters"
+        );
+        limited.set(&other, false);
+        assert!(
+            limited.may_be_limited(&other),
+            "a set before the load decides nothing"
+        );
+        limited.replace(HashSet::from([dev.clone()]));
+        assert!(!limited.reload_due());
+        assert!(limited.may_be_limited(&dev));
+        assert!(!limited.may_be_limited(&other));
+        limited.set(&other, true);
+        limited.set(&dev, false);
+        assert!(limited.may_be_limited(&other));
+        assert!(!limited.may_be_limited(&dev));
     }
 
     #[test]

@@ -182,7 +182,8 @@ const SCAN_PAGE: u32 = 10_000;
 impl Commands {
     /// Brings the directory of ids up to date and trusts it from this scan's start: a full scan
     /// the first time (`last` is `None`) or when the filter is overfull, then the accounts created
-    /// since `last`. Returns when this scan started, for the next.
+    /// since `last`; the accounts with spend limits read again when that is due. Returns when
+    /// this scan started, for the next.
     pub async fn refresh_directory(
         &self,
         last: Option<DateTime<Utc>>,
@@ -202,10 +203,10 @@ impl Commands {
         for user_id in store::accounts_created_since(pool, since - CREATION_MARGIN).await? {
             directory.add(&user_id);
         }
-        if let Some(memory) = &self.memory {
-            memory
-                .limited()
-                .replace(store::limited_users(pool).await?.into_iter().collect());
+        if let Some(limited) = self.memory.as_ref().map(|memory| memory.limited())
+            && limited.reload_due()
+        {
+            limited.replace(store::limited_users(pool).await?.into_iter().collect());
         }
         directory.confirm(started);
         Ok(started_at)

@@ -35,7 +35,7 @@ use std::{
 use billing_tools::{
     CommandClient, caller_token, command_client,
     cpu_time::{CpuSpent, Process, Watched},
-    http_url,
+    http_url, jetstream,
 };
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -233,6 +233,39 @@ async fn set_bench_limits(settings: &Settings, limit: Option<i64>) -> anyhow::Re
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// Waits until what the sets of limits published has been taken off the bus (the outbox relayed,
+/// every consumer of the events stream caught up: the projection, the alert dispatchers, the
+/// replicas' followers), so that the run after measures the charges alone.
+async fn wait_for_quiet_bus(settings: &Settings, pool: &MySqlPool) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let names = shared::bus::BusNames::from_settings(&settings.nats);
+    let js = jetstream(settings, &names).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut behind: u64 =
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(pool)
+                .await?
+                .unsigned_abs();
+        if behind == 0 {
+            let stream = js.get_stream(names.events_stream()).await?;
+            let mut consumers = stream.consumers();
+            while let Some(info) = consumers.next().await {
+                let info = info?;
+                behind += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        if behind == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bus is still {behind} event(s) behind after 3 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// What a charge of `load` asks for: [`CHARGE`], or [`BENCH_USAGE`] when priced.
@@ -1148,6 +1181,7 @@ async fn measure_suite(
     // The same charges with a daily account limit on every account (far above what a run
     // spends), then the limits removed, so the runs after are the unlimited accounts again.
     set_bench_limits(settings, Some(BENCH_LIMIT)).await?;
+    wait_for_quiet_bus(settings, pool).await?;
     let limited_load = Load {
         limited: true,
         ..suite_load(seconds, false)
@@ -1155,6 +1189,7 @@ async fn measure_suite(
     let (limited, limited_check) = charged(settings, pool, &limited_load, watched).await?;
     limited.print();
     set_bench_limits(settings, None).await?;
+    wait_for_quiet_bus(settings, pool).await?;
     let hot_row = Spread {
         accounts: 1,
         ..suite_spread(seconds, true)

@@ -208,8 +208,8 @@ pub async fn settled_reservation_taken_at(
 }
 
 impl Writes {
-    /// The counters of these users as decided: every row exists and is locked (or was just
-    /// deleted by a set), so the upsert writes each whole.
+    /// The counters of these users as decided: a row just deleted by a set is inserted whole; a
+    /// row that exists (locked) has its counter updated (its limit only ever changes by a set).
     pub fn save_counters(
         &mut self,
         counters: &[(&UserId, &Counter)],
@@ -219,9 +219,9 @@ impl Writes {
             "INSERT INTO spend_limits (user_id, scope, window_kind, limit_micros, \
              window_first_day, spent_micros, reached_published, updated_at) ",
             counters,
-            " ON DUPLICATE KEY UPDATE limit_micros = VALUES(limit_micros), \
-             window_first_day = VALUES(window_first_day), spent_micros = VALUES(spent_micros), \
-             reached_published = VALUES(reached_published), updated_at = VALUES(updated_at)",
+            " ON DUPLICATE KEY UPDATE window_first_day = VALUES(window_first_day), \
+             spent_micros = VALUES(spent_micros), reached_published = VALUES(reached_published), \
+             updated_at = VALUES(updated_at)",
             |row, (user_id, counter)| {
                 row.text(user_id.as_str())
                     .text(&counter.limit.scope.to_string())

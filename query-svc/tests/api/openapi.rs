@@ -757,7 +757,10 @@ async fn the_server_accepts_exactly_what_the_document_says() {
             "--max-examples",
             "40",
         ])
-        .args(["--workers", "2", "--generation-database", "none"])
+        // One worker: hypothesis describes its strategies by parsing source with `ast`, which
+        // Python 3.11 does not guard across threads ("AST constructor recursion depth
+        // mismatch", a crash of the tool, not a finding).
+        .args(["--workers", "1", "--generation-database", "none"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

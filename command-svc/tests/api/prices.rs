@@ -9,7 +9,8 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-/// The LLM-style list every test starts from: per call and per million tokens, one free meter.
+/// The list every test starts from: a chat API per call and per million tokens, an image API
+/// per image, and one free meter.
 fn chat_prices(output_per_million: i64) -> Vec<pb::Price> {
     vec![
         price("chat", "call", 2_000, 1),

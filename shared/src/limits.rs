@@ -1,8 +1,8 @@
 //! Spend limits: hard caps on what an account, one of its APIs or one of its API keys spends in a
 //! calendar day or month of the billing time zone (invariant 9). Everything here is a pure
 //! decision on counters the caller has locked: which limits a charge matches, whether it fits
-//! under all of them, what it adds, what a release or a refund gives back, and when a window
-//! rolls over.
+//! under all of them ([`check`]), what it adds ([`add`]), what a release or a refund gives back
+//! ([`give_back`]), and when a window rolls over.
 //!
 //! A counter holds what its limit's scope spent in one window: the whole amount (free and
 //! balance parts) of the charges decided in it, plus what the reservations taken in it hold. A
@@ -297,7 +297,8 @@ pub struct LimitReached {
     pub remaining: Micros,
 }
 
-/// A charge's limits, what it is charged, and when, for [`admit`] and [`give_back`].
+/// What a charge, a hold or a give-back spends, for [`check`], [`add`] and [`give_back`]: its
+/// API and key (which limits it matches), its amount, and when it was spent.
 #[derive(Clone, Copy, Debug)]
 pub struct Spend<'a> {
     pub api_id: &'a str,
@@ -307,50 +308,64 @@ pub struct Spend<'a> {
     pub at: DateTime<Utc>,
 }
 
-/// Admits `spend` under every limit whose scope it matches, each counter rolled to `spend.at`:
-/// adds the amount to each of them and returns the indexes of those it brought to exactly 0
-/// remaining. When it would take any of them above its limit, nothing changes and the refusal
-/// names the one with the least remaining.
-pub fn admit(
+impl<'a> Spend<'a> {
+    pub fn new(api_id: &'a str, key_id: &'a str, amount: Micros, at: DateTime<Utc>) -> Spend<'a> {
+        Spend {
+            api_id,
+            key_id,
+            amount,
+            at,
+        }
+    }
+
+    /// Whether `counter`'s limit binds this spend.
+    fn binds(&self, counter: &Counter) -> bool {
+        counter.limit.scope.binds(self.api_id, self.key_id)
+    }
+}
+
+/// Whether `spend` fits under every limit whose scope it matches, each of those counters first
+/// rolled to `spend.at` (a counter whose window ended starts the current one from 0; no window's
+/// spend changes). The refusal names the matching limit with the least remaining.
+pub fn check(
     counters: &mut [Counter],
     zone: BillingZone,
     spend: Spend<'_>,
-) -> Result<Vec<usize>, LimitReached> {
-    let matching: Vec<usize> = (0..counters.len())
-        .filter(|&index| {
-            counters[index]
-                .limit
-                .scope
-                .binds(spend.api_id, spend.key_id)
-        })
-        .collect();
-    for &index in &matching {
-        counters[index].roll(zone, spend.at);
+) -> Result<(), LimitReached> {
+    for counter in counters.iter_mut().filter(|c| spend.binds(c)) {
+        counter.roll(zone, spend.at);
     }
-    let tightest = matching
+    let tightest = counters
         .iter()
-        .map(|&index| &counters[index])
-        .filter(|counter| spend.amount > counter.remaining())
+        .filter(|counter| spend.binds(counter) && spend.amount > counter.remaining())
         .min_by_key(|counter| counter.remaining());
-    if let Some(counter) = tightest {
-        return Err(LimitReached {
+    match tightest {
+        Some(counter) => Err(LimitReached {
             scope: counter.limit.scope.clone(),
             window: counter.limit.window,
             remaining: counter.remaining(),
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// Adds `spend` to every counter whose scope it matches, once [`check`] admitted it on these
+/// counters; the indexes of those it brought to exactly 0 remaining.
+pub fn add(counters: &mut [Counter], spend: Spend<'_>) -> Vec<usize> {
     let mut reached = Vec::new();
-    for index in matching {
-        let counter = &mut counters[index];
+    for (index, counter) in counters.iter_mut().enumerate() {
+        if !spend.binds(counter) {
+            continue;
+        }
         counter.spent = counter
             .spent
             .checked_add(spend.amount)
-            .expect("within the limit, below 10^15");
+            .expect("checked within the limit, below 10^15");
         if spend.amount > Micros::ZERO && counter.remaining() == Micros::ZERO {
             reached.push(index);
         }
     }
-    Ok(reached)
+    reached
 }
 
 /// Gives `spend` back to the limits it counted against (a release, an expiry, the unused part
@@ -363,7 +378,7 @@ pub fn give_back(
     now: DateTime<Utc>,
 ) {
     for counter in counters.iter_mut() {
-        if !counter.limit.scope.binds(spend.api_id, spend.key_id) {
+        if !spend.binds(counter) {
             continue;
         }
         counter.roll(zone, now);
@@ -375,13 +390,6 @@ pub fn give_back(
                 .unwrap_or(Micros::ZERO);
         }
     }
-}
-
-/// Whether `spend` fits under every limit it matches at `spend.at`, as [`admit`] would decide,
-/// without changing anything.
-pub fn fits(counters: &[Counter], zone: BillingZone, spend: Spend<'_>) -> Result<(), LimitReached> {
-    let mut probe = counters.to_vec();
-    admit(&mut probe, zone, spend).map(|_| ())
 }
 
 /// The limits as a reader sees them at `now`: each counter rolled to the current window.
@@ -416,6 +424,21 @@ pub fn set_digest(limits: &[SpendLimit]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A charge as the services decide it: checked, then added.
+    fn admit(
+        counters: &mut [Counter],
+        zone: BillingZone,
+        spend: Spend<'_>,
+    ) -> Result<Vec<usize>, LimitReached> {
+        check(counters, zone, spend)?;
+        Ok(add(counters, spend))
+    }
+
+    /// A check on a copy, as CheckQuota makes it.
+    fn fits(counters: &[Counter], zone: BillingZone, spend: Spend<'_>) -> Result<(), LimitReached> {
+        check(&mut counters.to_vec(), zone, spend)
+    }
 
     fn zone(name: &str) -> BillingZone {
         BillingZone::new(name.parse().expect("a zone"))

@@ -88,19 +88,20 @@ impl<'c> AccountTx<'c> {
         self.account.open_period(period);
     }
 
-    /// Admits `spend` under the account's limits (see [`AccountChanges::admit_or_refuse`]); on
-    /// a refusal the caller commits (the limit's event, when due) and answers the refusal.
-    pub fn admit_spend(&mut self, spend: Spend<'_>) -> Result<Vec<Kind>, CommandError> {
+    /// Whether `spend` fits under the account's limits (see
+    /// [`AccountChanges::check_limits`]); on a refusal the caller commits (the limit's event,
+    /// when due) and answers the refusal.
+    pub fn check_limits(&mut self, spend: Spend<'_>) -> Result<(), CommandError> {
         let trace = self.traceparent.as_deref();
         self.account
-            .admit_or_refuse(self.rules.zone, spend, &mut self.appends, trace)
+            .check_limits(self.rules.zone, spend, &mut self.appends, trace)
     }
 
-    /// Records the `spend_limit_reached` events an admitted change made due.
-    pub fn publish_reached(&mut self, reached: Vec<Kind>) {
-        for kind in reached {
-            self.publish(kind);
-        }
+    /// Adds `spend`, checked and recorded, to the account's limits (see
+    /// [`AccountChanges::add_spend`]).
+    pub fn add_spend(&mut self, spend: Spend<'_>) {
+        let trace = self.traceparent.as_deref();
+        self.account.add_spend(spend, &mut self.appends, trace);
     }
 
     /// Gives `spend` back to the account's limits, in each only while its window is current.

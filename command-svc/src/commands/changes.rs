@@ -51,8 +51,6 @@ pub(super) struct AccountChanges {
     pub limits: Option<Vec<shared::limits::Counter>>,
     /// Whether this transaction changed a counter (they are written then).
     pub limits_changed: bool,
-    /// The counters before the last admission, until the charge is decided.
-    pub limits_before: Option<Vec<shared::limits::Counter>>,
     /// Whether the account has spend limits, as its row says.
     pub spend_limited: bool,
 }
@@ -70,7 +68,6 @@ impl AccountChanges {
             pending_grant: None,
             limits: None,
             limits_changed: false,
-            limits_before: None,
             spend_limited: row.spend_limited,
         })
     }
@@ -87,7 +84,6 @@ impl AccountChanges {
             pending_grant: None,
             limits: None,
             limits_changed: false,
-            limits_before: None,
             spend_limited: false,
         }
     }

@@ -3,6 +3,7 @@
 use shared::{
     account::{AccountSnapshot, Split},
     ids::UserId,
+    limits::Spend,
     money::Micros,
     pricing::PricedBy,
     proto::v1::{self as pb, QuotaDeducted, billing_event::Kind},
@@ -57,12 +58,12 @@ impl Commands {
         let now = self.now();
         let list = &account.price_list;
         let priced = prices::price(book.as_deref(), list, &command.api_id, &command.asked, now)?;
-        let spend = shared::limits::Spend {
-            api_id: command.api_id.as_str(),
-            key_id: command.key_id.as_str(),
-            amount: priced.amount,
-            at: now,
-        };
+        let spend = Spend::new(
+            command.api_id.as_str(),
+            command.key_id.as_str(),
+            priced.amount,
+            now,
+        );
         let within_limits = self.fits_limits(&command.user_id, spend).await?.is_ok();
         Ok(Checked {
             allowed: within_limits && priced.amount <= account.view.available,

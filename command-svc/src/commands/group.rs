@@ -17,7 +17,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use shared::{account::AccountSnapshot, config::GroupCommitSettings, ids::UserId};
+use shared::{account::AccountSnapshot, config::GroupCommitSettings, ids::UserId, limits::Spend};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
@@ -381,15 +381,19 @@ impl Commands {
         let list = self.rules.price_list_of(account.price_list.as_deref());
         let priced = prices::price(book, list, &command.api_id, &command.asked, now)?;
         let trace = request.traceparent.as_deref();
-        let spend = command.spend(priced.amount, now);
-        let reached = account.admit_or_refuse(self.rules.zone, spend, appends, trace)?;
-        let (split, after) = account
-            .decide_charge(priced.amount, self.rules.zone.period_of(now))
-            .inspect_err(|_| account.undo_admit())?;
+        let spend = Spend::new(
+            command.api_id.as_str(),
+            command.key_id.as_str(),
+            priced.amount,
+            now,
+        );
+        account.check_limits(self.rules.zone, spend, appends, trace)?;
+        let (split, after) =
+            account.decide_charge(priced.amount, self.rules.zone.period_of(now))?;
         let record_id = events::new_id();
         let change = charge_change(command, &priced, record_id.clone(), split, after);
         account.append(appends, change, trace);
-        account.publish_reached(appends, reached, trace);
+        account.add_spend(spend, appends, trace);
         let shown = self
             .rules
             .present(&account.user_id, Some(account.terms()), Some(&after), now);

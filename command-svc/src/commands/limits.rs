@@ -74,11 +74,11 @@ impl Commands {
                 if !account.exists() {
                     account.open_period();
                 }
-                let kept = self.locked_counters(account.tx(), &command.user_id).await?;
+                // The counters of a limited account were locked with it.
+                let kept = account.account().limits.take().unwrap_or_default();
                 let counters = self
                     .new_counters(account.tx(), &command.user_id, &command.limits, &kept, now)
                     .await?;
-                account.account().limits = Some(counters.clone()).filter(|c| !c.is_empty());
                 account.publish(Kind::SpendLimitsSet(pb::SpendLimitsSet {
                     limits: counters.iter().map(|c| c.limit.message()).collect(),
                     actor: command.actor.to_string(),
@@ -127,11 +127,11 @@ impl Commands {
             return Ok(Ok(()));
         }
         let rows = store::limits_of(self.store.pool(), user_id).await?;
-        let counters = rows
+        let mut counters = rows
             .iter()
             .map(store::LimitRow::counter)
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(limits::fits(&counters, self.rules.zone, spend))
+        Ok(limits::check(&mut counters, self.rules.zone, spend))
     }
 
     fn status(&self, counter: Counter, now: DateTime<Utc>) -> LimitStatus {
@@ -141,18 +141,6 @@ impl Commands {
             window_start: span.start,
             resets_at: span.end,
         }
-    }
-
-    async fn locked_counters(
-        &self,
-        tx: &mut Tx,
-        user_id: &UserId,
-    ) -> Result<Vec<Counter>, StoreError> {
-        store::lock_limits(tx, &[user_id])
-            .await?
-            .iter()
-            .map(store::LimitRow::counter)
-            .collect()
     }
 
     /// The counters of a new set: a limit kept keeps its counter (rolled to now), a new one
@@ -204,60 +192,47 @@ impl Commands {
 }
 
 impl AccountChanges {
-    /// Admits a charge of `spend` under the account's limits (an account without any: nothing
-    /// to do), keeping the counters as they were for [`AccountChanges::undo_admit`]. Returns the
-    /// `spend_limit_reached` events due once the charge is recorded (limits it brought to exactly
-    /// 0 remaining). A refusal changes no counter; the event of the limit that refused, when its
-    /// window had none yet, is recorded at once (the batch commits it with the other charges).
-    pub fn admit_or_refuse(
+    /// Whether a charge (or hold) of `spend` fits under the account's limits (an account without
+    /// any: it does). A refusal changes no counter's spend; the event of the limit that refused,
+    /// when its window had none yet, is recorded at once (a batch commits it with the other
+    /// charges).
+    pub fn check_limits(
         &mut self,
         zone: BillingZone,
         spend: Spend<'_>,
         appends: &mut Appends<'_>,
         trace: Option<&str>,
-    ) -> Result<Vec<Kind>, CommandError> {
+    ) -> Result<(), CommandError> {
         let Some(counters) = self.limits.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        self.limits_before = Some(counters.clone());
-        match limits::admit(counters, zone, spend) {
-            Ok(reached) => {
-                self.limits_changed = true;
-                Ok(reached
-                    .into_iter()
-                    .filter_map(|index| reached_event(&mut counters[index], Micros::ZERO))
-                    .collect())
-            }
-            Err(refusal) => {
-                let event = counters
-                    .iter_mut()
-                    .find(|c| c.limit.scope == refusal.scope && c.limit.window == refusal.window)
-                    .and_then(|counter| reached_event(counter, spend.amount));
-                if let Some(event) = event {
-                    self.limits_changed = true;
-                    self.publish(appends, event, trace);
-                }
-                Err(CommandError::SpendLimitReached(refusal))
-            }
+        let Err(refusal) = limits::check(counters, zone, spend) else {
+            return Ok(());
+        };
+        let event = counters
+            .iter_mut()
+            .find(|c| c.limit.scope == refusal.scope && c.limit.window == refusal.window)
+            .and_then(|counter| reached_event(counter, spend.amount));
+        if let Some(event) = event {
+            self.limits_changed = true;
+            self.publish(appends, event, trace);
         }
+        Err(CommandError::SpendLimitReached(refusal))
     }
 
-    /// Puts the counters back as they were before the last admission (its charge was refused
-    /// for another reason).
-    pub fn undo_admit(&mut self) {
-        if let Some(before) = self.limits_before.take() {
-            self.limits = Some(before);
-        }
-    }
-
-    /// Records the `spend_limit_reached` events an admitted charge made due.
-    pub fn publish_reached(
-        &mut self,
-        appends: &mut Appends<'_>,
-        reached: Vec<Kind>,
-        trace: Option<&str>,
-    ) {
-        for event in reached {
+    /// Adds a charge (or hold) of `spend`, admitted by [`AccountChanges::check_limits`] and
+    /// recorded, to the account's limits, with the `spend_limit_reached` of each limit it brought
+    /// to exactly 0 remaining whose window had none yet.
+    pub fn add_spend(&mut self, spend: Spend<'_>, appends: &mut Appends<'_>, trace: Option<&str>) {
+        let Some(counters) = self.limits.as_mut() else {
+            return;
+        };
+        self.limits_changed = true;
+        let events: Vec<Kind> = limits::add(counters, spend)
+            .into_iter()
+            .filter_map(|index| reached_event(&mut counters[index], Micros::ZERO))
+            .collect();
+        for event in events {
             self.publish(appends, event, trace);
         }
     }

@@ -3,6 +3,7 @@
 use shared::{
     account::{AccountSnapshot, RefundSplit},
     ids::{RequestId, UserId},
+    limits::Spend,
     money::Micros,
     proto::v1::{ChargeRefunded, billing_event::Kind},
 };
@@ -123,12 +124,14 @@ impl Commands {
         };
         store::insert_refund(account.tx(), &refund, now).await?;
         let spent_at = charge_spent_at(account.tx(), &charge).await?;
-        account.give_back_spend(shared::limits::Spend {
-            api_id: charge.api_id.as_deref().unwrap_or(""),
-            key_id: charge.key_id.as_deref().unwrap_or(""),
-            amount: command.amount,
-            at: spent_at,
-        });
+        let (api_id, key_id) = (charge.api_id.as_deref(), charge.key_id.as_deref());
+        let spend = Spend::new(
+            api_id.unwrap_or(""),
+            key_id.unwrap_or(""),
+            command.amount,
+            spent_at,
+        );
+        account.give_back_spend(spend);
         account.append(refund_change(command, &refund, after));
         let account = self.commit(account).await?;
         Ok(Refunded {

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use shared::{
     account::{AccountSnapshot, Hold, Refusal, Split},
     ids::{RequestId, UserId},
+    limits::Spend,
     money::Micros,
     period::Period,
     proto::v1::{QuotaReserved, ReservationReleased, ReservationSettled, billing_event::Kind},
@@ -133,19 +134,16 @@ impl Commands {
                 return Err(error);
             }
         };
-        let spend = shared::limits::Spend {
-            api_id: command.api_id.as_str(),
-            key_id: command.key_id.as_str(),
-            amount: priced.amount,
-            at: now,
-        };
-        let reached = match account.admit_spend(spend) {
-            Ok(reached) => reached,
-            Err(error) => {
-                self.commit(account).await?;
-                return Err(error);
-            }
-        };
+        let spend = Spend::new(
+            command.api_id.as_str(),
+            command.key_id.as_str(),
+            priced.amount,
+            now,
+        );
+        if let Err(error) = account.check_limits(spend) {
+            self.commit(account).await?;
+            return Err(error);
+        }
         account.open_period();
         let (hold, after) = match account.state().hold(priced.amount) {
             Ok(held) => held,
@@ -172,7 +170,7 @@ impl Commands {
         };
         store::insert_reservation(account.tx(), &reservation, now).await?;
         account.append(hold_change(&priced, &reservation, after));
-        account.publish_reached(reached);
+        account.add_spend(spend);
         let account = self.commit(account).await?;
         Ok(Reserved {
             reservation_id,
@@ -246,27 +244,26 @@ impl Commands {
             self.append_release(&mut account, &reservation, true)
                 .await?;
         }
-        let reached = if expired {
-            let spend = shared::limits::Spend {
-                at: now,
-                ..reservation.spend(actual.amount)
-            };
-            match account.admit_spend(spend) {
-                Ok(reached) => reached,
-                Err(error) => {
-                    // The expired hold's release (and the limit's event) stand.
-                    self.commit(account).await?;
-                    return Err(error);
-                }
-            }
-        } else {
+        // Past its expiry the call is an ordinary charge, spent now; before it, the hold (spent
+        // when it was taken) is replaced by the actual amount.
+        let late_charge = expired.then(|| Spend {
+            at: now,
+            ..reservation.spend(actual.amount)
+        });
+        if let Some(spend) = late_charge
+            && let Err(error) = account.check_limits(spend)
+        {
+            // The expired hold's release (and the limit's event) stand.
+            self.commit(account).await?;
+            return Err(error);
+        }
+        if !expired {
             let unused = reservation
                 .amount
                 .checked_sub(actual.amount)
                 .unwrap_or(Micros::ZERO);
             account.give_back_spend(reservation.spend(unused));
-            Vec::new()
-        };
+        }
         let now_period = account.now_period();
         let decided = match decide_settle(
             account.account(),
@@ -290,7 +287,9 @@ impl Commands {
         };
         store::record_settle(account.tx(), &reservation.reservation_id, &settle, now).await?;
         account.append(settle_change(&reservation, &settle, &actual, &decided));
-        account.publish_reached(reached);
+        if let Some(spend) = late_charge {
+            account.add_spend(spend);
+        }
         let account = self.commit(account).await?;
         Ok(Settled {
             record_id,

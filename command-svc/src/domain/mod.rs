@@ -50,18 +50,6 @@ pub struct DeductQuota {
     pub key_id: KeyId,
 }
 
-impl DeductQuota {
-    /// What the charge spends under the account's limits, decided at `now`.
-    pub fn spend(&self, amount: Micros, now: DateTime<Utc>) -> shared::limits::Spend<'_> {
-        shared::limits::Spend {
-            api_id: self.api_id.as_str(),
-            key_id: self.key_id.as_str(),
-            amount,
-            at: now,
-        }
-    }
-}
-
 /// Open a recharge order; idempotent by `(user_id, idempotency_key)` when a key is given.
 #[derive(Clone, Debug)]
 pub struct CreateRechargeOrder {

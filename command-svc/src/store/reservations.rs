@@ -115,12 +115,7 @@ impl Reservation {
     /// What the reservation spends under the account's limits: `amount`, in the window it was
     /// taken in.
     pub fn spend(&self, amount: Micros) -> shared::limits::Spend<'_> {
-        shared::limits::Spend {
-            api_id: &self.api_id,
-            key_id: &self.key_id,
-            amount,
-            at: self.created_at,
-        }
+        shared::limits::Spend::new(&self.api_id, &self.key_id, amount, self.created_at)
     }
 
     /// What the end of the hold gave back, as its first answer said: the whole hold when a

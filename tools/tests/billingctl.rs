@@ -508,35 +508,23 @@ async fn limits_are_set_shown_replayed_and_removed() {
     );
 
     // A malformed --limit is refused before anything is sent; a bad scope by the service.
-    let malformed = stack
-        .billingctl(&[
-            "limits",
-            "set",
-            "--user",
-            "limited-user",
-            "--limit",
-            "day:ten:account",
-        ])
+    for (limit, said) in [
+        ("day:ten:account", "not a whole number of micros"),
+        ("day:1:team:x", "InvalidArgument"),
+    ] {
+        let args = ["limits", "set", "--user", "limited-user", "--limit", limit];
+        let refused = stack.billingctl(&args).await;
+        assert!(!refused.status.success(), "{limit}: {refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(said), "{limit}: {stderr}");
+    }
+    let shown = stack
+        .billingctl(&["limits", "show", "--user", "limited-user"])
         .await;
-    assert!(!malformed.status.success());
     assert!(
-        String::from_utf8_lossy(&malformed.stderr).contains("not a whole number of micros"),
-        "{malformed:?}"
-    );
-    let refused = stack
-        .billingctl(&[
-            "limits",
-            "set",
-            "--user",
-            "limited-user",
-            "--limit",
-            "day:1:team:x",
-        ])
-        .await;
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("InvalidArgument"),
-        "{refused:?}"
+        stdout(&shown).contains("account\tday\tlimit 10000000"),
+        "the refused sets changed nothing: {}",
+        stdout(&shown)
     );
 
     let removed = stack

@@ -120,6 +120,16 @@ pub async fn spawn_with(settings: Settings, clock: Clock, db_name: String) -> Te
 }
 
 impl TestApp {
+    /// A second replica of this service: the same settings, database and clock.
+    pub async fn replica(&self) -> TestApp {
+        spawn_with(
+            self.settings.clone(),
+            self.clock.clone(),
+            self.db_name.clone(),
+        )
+        .await
+    }
+
     pub async fn client(&self, token: &str) -> Client {
         self.client_with(Bearer::token(token)).await
     }

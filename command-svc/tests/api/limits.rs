@@ -159,12 +159,7 @@ async fn exactly_the_limit_passes_without_group_commit() {
 #[tokio::test]
 async fn exactly_the_limit_passes_on_two_replicas() {
     let first = spawn_app().await;
-    let second = spawn_with(
-        first.settings.clone(),
-        first.clock.clone(),
-        first.db_name.clone(),
-    )
-    .await;
+    let second = first.replica().await;
     exactly_the_limit_passes(&[&first, &second]).await;
     second.cleanup().await;
     first.cleanup().await;

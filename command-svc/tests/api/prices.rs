@@ -473,12 +473,7 @@ async fn a_reservation_keeps_the_version_it_was_taken_under() {
 #[tokio::test]
 async fn a_scheduled_version_applies_from_its_instant_on_two_replicas() {
     let first = spawn_app().await;
-    let second = spawn_with(
-        first.settings.clone(),
-        first.clock.clone(),
-        first.db_name.clone(),
-    )
-    .await;
+    let second = first.replica().await;
     let user = new_user("replicas");
     recharge(&first, &user, 100 * CNY).await;
     publish_in_effect(&first, "default", chat_prices(1_000_000), "p1").await;

@@ -360,7 +360,7 @@ async fn concurrent_reservations_on_one_account_keep_every_invariant() {
 async fn an_expired_hold_is_released_exactly_once_with_two_replicas() {
     let sweep = ("BILLING__RESERVATIONS__SWEEP_INTERVAL_MS", "20");
     let app = spawn_app_at(Utc::now(), &[sweep]).await;
-    let mut second = spawn_with(app.settings.clone(), app.clock.clone(), app.db_name.clone()).await;
+    let mut second = app.replica().await;
     let user = funded(&app, "expiry").await;
     let mut gateway = app.gateway().await;
     for i in 0..20 {

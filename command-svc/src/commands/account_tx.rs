@@ -39,15 +39,10 @@ impl<'c> AccountTx<'c> {
         now: DateTime<Utc>,
     ) -> Result<AccountTx<'c>, StoreError> {
         let mut tx = store.begin().await?;
-        let mut account = match store::lock_account(&mut tx, user_id).await? {
+        let account = match store::lock_account(&mut tx, user_id).await? {
             Some(row) => AccountChanges::stored(&row, rules)?,
             None => AccountChanges::fresh(user_id, rules, now),
         };
-        if account.spend_limited {
-            for (_, counters) in super::limits::lock_counters(&mut tx, &[user_id]).await? {
-                account.limits = Some(counters?);
-            }
-        }
         Ok(AccountTx {
             tx,
             store,
@@ -122,29 +117,25 @@ impl<'c> AccountTx<'c> {
             .publish(&mut self.appends, kind, self.traceparent.as_deref());
     }
 
-    /// Writes what was recorded, the changed counters and the decided state now, inside the
-    /// transaction, so that statements needing the account's row (a new account's first
-    /// limits) may follow it.
+    /// Writes what was recorded and the decided state (with the limits' counters) now, inside
+    /// the transaction.
     pub async fn write_changes(&mut self) -> Result<(), StoreError> {
         self.account
             .record_grant(&mut self.appends, self.traceparent.as_deref());
         let appends = std::mem::replace(&mut self.appends, Appends::new(self.rules, self.now));
         self.wrote_events |= appends.has_events();
-        let mut writes = appends.writes();
-        writes.save_counters(&Appends::counters(&self.account), self.now);
-        writes.run(&mut self.tx).await?;
-        self.account.limits_changed = false;
+        appends.writes().run(&mut self.tx).await?;
         let (account, now) = (&self.account, self.now);
         if account.is_created() {
-            let state = &account.state;
-            store::create_account(&mut self.tx, &account.user_id, account.terms(), state, now)
-                .await?;
+            let price_list = account.price_list.as_deref();
+            store::create_account(&mut self.tx, &account.write(), price_list, now).await?;
         } else if account.is_changed() {
-            let (user_id, from) = (&account.user_id, account.stored_version);
-            store::save_account(&mut self.tx, user_id, from, &account.state, now).await?;
+            let from = account.stored_version;
+            store::save_account(&mut self.tx, &account.write(), from, now).await?;
         }
         self.changed |= account.is_created() || account.is_changed();
         self.account.stored_version = self.account.state.version;
+        self.account.limits_changed = false;
         Ok(())
     }
 

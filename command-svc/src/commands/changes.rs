@@ -17,7 +17,8 @@ use super::Rules;
 use crate::{
     events::{self, AccountOut, Terms},
     store::{
-        AccountRow, Amounts, Grant, LedgerEntry, Outgoing, RecordKind, Refs, StoreError, Writes,
+        AccountRow, AccountWrite, Amounts, Grant, LedgerEntry, Outgoing, RecordKind, Refs,
+        StoreError, Writes,
     },
 };
 
@@ -46,13 +47,11 @@ pub(super) struct AccountChanges {
     pub state: AccountSnapshot,
     /// The state before a grant decided by [`AccountChanges::open_period`], until it is recorded.
     pending_grant: Option<AccountSnapshot>,
-    /// The account's spend limits with their counters, locked (`None`: it has none, or they
-    /// were not locked because the command cannot spend).
+    /// The account's spend limits with their counters, read with its row (`None`: it has none).
     pub limits: Option<Vec<shared::limits::Counter>>,
-    /// Whether this transaction changed a counter (they are written then).
+    /// Whether this transaction changed a limit or a counter (the row is written then, even
+    /// when its state is unchanged).
     pub limits_changed: bool,
-    /// Whether the account has spend limits, as its row says.
-    pub spend_limited: bool,
 }
 
 impl AccountChanges {
@@ -66,9 +65,8 @@ impl AccountChanges {
             low_balance_threshold: rules.low_balance_threshold(row.low_balance_threshold_micros),
             state: row.snapshot()?,
             pending_grant: None,
-            limits: None,
+            limits: row.counters()?,
             limits_changed: false,
-            spend_limited: row.spend_limited,
         })
     }
 
@@ -84,7 +82,6 @@ impl AccountChanges {
             pending_grant: None,
             limits: None,
             limits_changed: false,
-            spend_limited: false,
         }
     }
 
@@ -104,9 +101,20 @@ impl AccountChanges {
         self.stored_version == 0 && self.state.version > 0
     }
 
-    /// A stored row whose state this transaction changed.
+    /// A stored row this transaction changed: its state, or its limits' counters alone.
     pub fn is_changed(&self) -> bool {
-        self.stored_version > 0 && self.state.version != self.stored_version
+        self.stored_version > 0
+            && (self.state.version != self.stored_version || self.limits_changed)
+    }
+
+    /// The row as this transaction writes it.
+    pub fn write(&self) -> AccountWrite<'_> {
+        AccountWrite {
+            user_id: &self.user_id,
+            currency: &self.currency,
+            state: self.state,
+            counters: crate::store::counters_column(self.limits.as_deref()),
+        }
     }
 
     /// Decides the grant of `period` when the account lacks it (a command's first change of a
@@ -247,14 +255,6 @@ impl<'r> Appends<'r> {
             subject,
             traceparent: trace.map(str::to_owned),
         });
-    }
-
-    /// The counters `account` changed, to persist with the rest.
-    pub fn counters(account: &AccountChanges) -> Vec<(&UserId, &shared::limits::Counter)> {
-        match (&account.limits, account.limits_changed) {
-            (Some(counters), true) => counters.iter().map(|c| (&account.user_id, c)).collect(),
-            _ => Vec::new(),
-        }
     }
 
     /// The statements that persist what was recorded: grants, ledger rows, outbox events.

@@ -17,7 +17,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use shared::{account::AccountSnapshot, config::GroupCommitSettings, ids::UserId, limits::Spend};
+use shared::{config::GroupCommitSettings, ids::UserId, limits::Spend};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
@@ -29,7 +29,7 @@ use super::{
 use crate::{
     domain::DeductQuota,
     events::{self, AccountOut},
-    store::{self, AsStoreError, LedgerRow, StoreError, Tx},
+    store::{self, AccountWrite, AsStoreError, LedgerRow, StoreError, Tx},
 };
 
 /// A charge as it waits to be decided: the command and the caller's trace context, which the
@@ -255,9 +255,9 @@ impl Commands {
         Ok(Some(answers(decided)))
     }
 
-    /// Locks the batch's accounts in primary-key order, then the counters of those with spend
-    /// limits, in the same order (an account without limits costs nothing more). An account
-    /// whose rows cannot be read fails its charges; the others go on.
+    /// Locks the batch's accounts in primary-key order, each with its spend limits' counters
+    /// (held in its row). An account whose row cannot be read fails its charges; the others go
+    /// on.
     async fn lock_batch(&self, tx: &mut Tx, batch: &[ChargeRequest]) -> Result<Locked, StoreError> {
         let users: BTreeSet<&UserId> = batch.iter().map(|r| &r.command.user_id).collect();
         let users: Vec<&UserId> = users.into_iter().collect();
@@ -273,30 +273,6 @@ impl Commands {
                 Err(error) => {
                     store::undecodable("accounts", row.user_id.as_str(), &error);
                     locked.unreadable.insert(row.user_id, error);
-                }
-            }
-        }
-        let limited: Vec<&UserId> = users
-            .iter()
-            .copied()
-            .filter(|user_id| {
-                locked
-                    .accounts
-                    .get(*user_id)
-                    .is_some_and(|a| a.spend_limited)
-            })
-            .collect();
-        for (user_id, counters) in super::limits::lock_counters(tx, &limited).await? {
-            match counters {
-                Ok(counters) => {
-                    if let Some(account) = locked.accounts.get_mut(&user_id) {
-                        account.limits = Some(counters);
-                    }
-                }
-                Err(error) => {
-                    store::undecodable("spend_limits", user_id.as_str(), &error);
-                    locked.accounts.remove(&user_id);
-                    locked.unreadable.insert(user_id, error);
                 }
             }
         }
@@ -416,19 +392,17 @@ impl Commands {
         appends: &Appends<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let rows = |pick: fn(&AccountChanges) -> bool| -> Vec<(&UserId, &str, AccountSnapshot)> {
+        let rows = |pick: fn(&AccountChanges) -> bool| -> Vec<AccountWrite<'_>> {
             accounts
                 .values()
                 .filter(|account| pick(account))
-                .map(|a| (&a.user_id, a.currency.as_str(), a.state))
+                .map(AccountChanges::write)
                 .collect()
         };
-        let counters: Vec<_> = accounts.values().flat_map(Appends::counters).collect();
         let mut writes = appends.writes();
         writes
             .create_accounts(&rows(AccountChanges::is_created), now)
-            .save_accounts(&rows(AccountChanges::is_changed), now)
-            .save_counters(&counters, now);
+            .save_accounts(&rows(AccountChanges::is_changed), now);
         writes.run(&mut tx).await?;
         tx.commit().await?;
         self.store.outbox_written();

@@ -1,6 +1,6 @@
 //! Spend limits: setting a user's whole set, reading it, and the decisions every charge and
 //! reservation of a limited account takes on its counters ([`shared::limits`]) inside its own
-//! transaction, the counters locked after the accounts in primary-key order.
+//! transaction, the counters read and written with the account's own row.
 
 use chrono::{DateTime, Utc};
 use shared::{
@@ -74,8 +74,8 @@ impl Commands {
                 if !account.exists() {
                     account.open_period();
                 }
-                // The counters of a limited account were locked with it.
-                let kept = account.account().limits.take().unwrap_or_default();
+                // The counters of a limited account were read with its locked row.
+                let kept = account.account().limits.clone().unwrap_or_default();
                 let counters = self
                     .new_counters(account.tx(), &command.user_id, &command.limits, &kept, now)
                     .await?;
@@ -83,8 +83,7 @@ impl Commands {
                     limits: counters.iter().map(|c| c.limit.message()).collect(),
                     actor: command.actor.to_string(),
                 }));
-                account.write_changes().await?;
-                store::replace_limits(account.tx(), &command.user_id, &counters, now).await?;
+                account.account().replace_limits(counters);
                 self.commit(account).await?;
                 Ok::<_, CommandError>(false)
             })
@@ -100,12 +99,8 @@ impl Commands {
 
     /// The user's limits, each counter in its current window.
     pub async fn spend_limits(&self, user_id: &UserId) -> Result<Vec<LimitStatus>, CommandError> {
-        let rows = store::limits_of(self.store.pool(), user_id).await?;
+        let counters = self.committed_limits(user_id).await?;
         let now = self.now();
-        let counters = rows
-            .iter()
-            .map(store::LimitRow::counter)
-            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(limits::current(&counters, self.rules.zone, now)
             .into_iter()
             .map(|counter| self.status(counter, now))
@@ -126,12 +121,15 @@ impl Commands {
         {
             return Ok(Ok(()));
         }
-        let rows = store::limits_of(self.store.pool(), user_id).await?;
-        let mut counters = rows
-            .iter()
-            .map(store::LimitRow::counter)
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut counters = self.committed_limits(user_id).await?;
         Ok(limits::check(&mut counters, self.rules.zone, spend))
+    }
+
+    /// The user's limits with their counters as committed, read without a lock.
+    async fn committed_limits(&self, user_id: &UserId) -> Result<Vec<Counter>, CommandError> {
+        let row = store::load_account(self.store.pool(), user_id).await?;
+        let counters = row.map(|row| row.counters()).transpose()?.flatten();
+        Ok(counters.unwrap_or_default())
     }
 
     fn status(&self, counter: Counter, now: DateTime<Utc>) -> LimitStatus {
@@ -192,6 +190,14 @@ impl Commands {
 }
 
 impl AccountChanges {
+    /// Replaces the account's whole set of limits by `counters` (none: it has no limits), kept
+    /// in the order of their scope and window.
+    pub fn replace_limits(&mut self, mut counters: Vec<Counter>) {
+        counters.sort_by_cached_key(|c| (c.limit.scope.to_string(), c.limit.window.as_str()));
+        self.limits = (!counters.is_empty()).then_some(counters);
+        self.limits_changed = true;
+    }
+
     /// Whether a charge (or hold) of `spend` fits under the account's limits (an account without
     /// any: it does). A refusal changes no counter's spend; the event of the limit that refused,
     /// when its window had none yet, is recorded at once (a batch commits it with the other
@@ -247,30 +253,6 @@ impl AccountChanges {
             self.limits_changed = true;
         }
     }
-}
-
-/// The counters of these accounts, locked in primary-key order, by account; an account whose
-/// rows cannot be read is an error of its own.
-pub(super) async fn lock_counters(
-    tx: &mut Tx,
-    user_ids: &[&UserId],
-) -> Result<Vec<(UserId, Result<Vec<Counter>, StoreError>)>, StoreError> {
-    let mut by_user: Vec<(UserId, Result<Vec<Counter>, StoreError>)> = Vec::new();
-    for row in store::lock_limits(tx, user_ids).await? {
-        let counter = row.counter();
-        match by_user.last_mut() {
-            Some((user_id, counters)) if *user_id == row.user_id => {
-                if let Ok(held) = counters {
-                    match counter {
-                        Ok(counter) => held.push(counter),
-                        Err(error) => *counters = Err(error),
-                    }
-                }
-            }
-            _ => by_user.push((row.user_id.clone(), counter.map(|c| vec![c]))),
-        }
-    }
-    Ok(by_user)
 }
 
 /// The `spend_limit_reached` event of `counter`, once per window: `None` when its window already

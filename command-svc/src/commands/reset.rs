@@ -189,7 +189,7 @@ impl Commands {
     ) -> (u64, Writes) {
         let trace = shared::trace::current_traceparent();
         let mut appends = Appends::new(&self.rules, now);
-        let mut granted = Vec::new();
+        let mut granted: Vec<AccountChanges> = Vec::new();
         for row in rows {
             let mut account = match AccountChanges::stored(row, &self.rules) {
                 Ok(account) => account,
@@ -201,11 +201,12 @@ impl Commands {
             account.open_period(period);
             if account.is_changed() {
                 account.record_grant(&mut appends, trace.as_deref());
-                granted.push((&row.user_id, row.currency.as_str(), account.state));
+                granted.push(account);
             }
         }
         let mut writes = appends.writes();
-        writes.save_accounts(&granted, now);
+        let rows: Vec<_> = granted.iter().map(AccountChanges::write).collect();
+        writes.save_accounts(&rows, now);
         (granted.len() as u64, writes)
     }
 

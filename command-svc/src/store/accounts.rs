@@ -1,7 +1,9 @@
 //! The `accounts` table: one row per account ever written, locked first by every command.
 
 use chrono::{DateTime, Utc};
-use shared::{account::AccountSnapshot, ids::UserId, money::Micros, period::Period};
+use shared::{
+    account::AccountSnapshot, ids::UserId, limits::Counter, money::Micros, period::Period,
+};
 use sqlx::MySqlExecutor;
 
 use super::{StoreError, Tx, Writes};
@@ -24,8 +26,9 @@ pub struct AccountRow {
     pub low_balance_threshold_micros: Option<i64>,
     /// The list that prices the account's usage; `None`: the default list.
     pub price_list: Option<String>,
-    /// Whether the account has spend limits (their counters are locked after it).
-    pub spend_limited: bool,
+    /// The account's spend limits with their counters (`None`: it has none); see
+    /// [`super::limits::counters_of`].
+    pub spend_counters: Option<String>,
 }
 
 impl AccountRow {
@@ -48,6 +51,24 @@ impl AccountRow {
             version: self.version,
         })
     }
+
+    /// The account's spend limits with their counters; `None` when it has none.
+    pub fn counters(&self) -> Result<Option<Vec<Counter>>, StoreError> {
+        self.spend_counters
+            .as_deref()
+            .map(super::limits::counters_of)
+            .transpose()
+    }
+}
+
+/// An account's row as a transaction writes it: its state and its limits' counters.
+#[derive(Debug)]
+pub struct AccountWrite<'a> {
+    pub user_id: &'a UserId,
+    pub currency: &'a str,
+    pub state: AccountSnapshot,
+    /// The `spend_counters` column ([`super::limits::counters_column`]).
+    pub counters: Option<String>,
 }
 
 /// A period column that does not parse is a corrupt row, never the caller's fault.
@@ -64,7 +85,7 @@ macro_rules! account_columns {
     () => {
         "a.user_id, a.currency, a.balance_micros, a.period, a.free_granted_micros, \
          a.free_used_micros, a.free_held_micros, a.balance_held_micros, a.monthly_free_micros, \
-         a.version, a.updated_at, a.price_list, a.spend_limited, \
+         a.version, a.updated_at, a.price_list, a.spend_counters, \
          s.low_balance_threshold_micros \
          FROM accounts a LEFT JOIN alert_settings s ON s.user_id = a.user_id"
     };
@@ -143,21 +164,22 @@ fn bind_state<'q>(query: Query<'q>, state: &AccountSnapshot) -> Query<'q> {
 /// fail with a duplicate key, a conflict: the command is run again and finds the row.
 pub async fn create_account(
     tx: &mut Tx,
-    user_id: &UserId,
-    terms: Terms<'_>,
-    state: &AccountSnapshot,
+    account: &AccountWrite<'_>,
+    price_list: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let insert = sqlx::query(
         "INSERT INTO accounts (user_id, currency, price_list, balance_micros, period, \
          free_granted_micros, free_used_micros, free_held_micros, balance_held_micros, \
-         monthly_free_micros, version, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         monthly_free_micros, version, spend_limited, spend_counters, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(user_id)
-    .bind(terms.currency)
-    .bind(terms.price_list);
-    bind_state(insert, state)
+    .bind(account.user_id)
+    .bind(account.currency)
+    .bind(price_list);
+    bind_state(insert, &account.state)
+        .bind(account.counters.is_some())
+        .bind(account.counters.as_deref())
         .bind(now)
         .bind(now)
         .execute(&mut **tx)
@@ -169,17 +191,20 @@ pub async fn create_account(
 /// the row lock: a write based on a stale read fails instead of overwriting.
 pub async fn save_account(
     tx: &mut Tx,
-    user_id: &UserId,
+    account: &AccountWrite<'_>,
     from_version: i64,
-    state: &AccountSnapshot,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let user_id = account.user_id;
     let update = sqlx::query(
         "UPDATE accounts SET balance_micros = ?, period = ?, free_granted_micros = ?, \
          free_used_micros = ?, free_held_micros = ?, balance_held_micros = ?, \
-         monthly_free_micros = ?, version = ?, updated_at = ? WHERE user_id = ? AND version = ?",
+         monthly_free_micros = ?, version = ?, spend_limited = ?, spend_counters = ?, \
+         updated_at = ? WHERE user_id = ? AND version = ?",
     );
-    let result = bind_state(update, state)
+    let result = bind_state(update, &account.state)
+        .bind(account.counters.is_some())
+        .bind(account.counters.as_deref())
         .bind(now)
         .bind(user_id)
         .bind(from_version)
@@ -243,7 +268,7 @@ impl Writes {
     /// key, a conflict: the whole transaction is run again and finds it.
     pub fn create_accounts(
         &mut self,
-        accounts: &[(&UserId, &str, AccountSnapshot)],
+        accounts: &[AccountWrite<'_>],
         now: DateTime<Utc>,
     ) -> &mut Self {
         self.accounts(accounts, now, "")
@@ -252,7 +277,7 @@ impl Writes {
     /// The states of accounts this transaction has locked.
     pub fn save_accounts(
         &mut self,
-        accounts: &[(&UserId, &str, AccountSnapshot)],
+        accounts: &[AccountWrite<'_>],
         now: DateTime<Utc>,
     ) -> &mut Self {
         // Every row exists and is locked: the insert half never applies, the update half does.
@@ -265,25 +290,27 @@ impl Writes {
              free_held_micros = VALUES(free_held_micros), \
              balance_held_micros = VALUES(balance_held_micros), \
              monthly_free_micros = VALUES(monthly_free_micros), version = VALUES(version), \
+             spend_limited = VALUES(spend_limited), spend_counters = VALUES(spend_counters), \
              updated_at = VALUES(updated_at)",
         )
     }
 
     fn accounts(
         &mut self,
-        accounts: &[(&UserId, &str, AccountSnapshot)],
+        accounts: &[AccountWrite<'_>],
         now: DateTime<Utc>,
         tail: &'static str,
     ) -> &mut Self {
         self.script.insert(
             "INSERT INTO accounts (user_id, currency, balance_micros, period, free_granted_micros, \
              free_used_micros, free_held_micros, balance_held_micros, monthly_free_micros, \
-             version, created_at, updated_at) ",
+             version, spend_limited, spend_counters, created_at, updated_at) ",
             accounts,
             tail,
-            |row, (user_id, currency, state)| {
-                row.text(user_id.as_str())
-                    .text(currency)
+            |row, account| {
+                let state = &account.state;
+                row.text(account.user_id.as_str())
+                    .text(account.currency)
                     .int(state.balance.get())
                     .text(&state.period.to_string())
                     .int(state.free_granted.get())
@@ -292,6 +319,8 @@ impl Writes {
                     .int(state.balance_held.get())
                     .int(state.monthly_free.get())
                     .int(state.version)
+                    .int(i64::from(account.counters.is_some()))
+                    .opt_text(account.counters.as_deref())
                     .instant(now)
                     .instant(now);
             },

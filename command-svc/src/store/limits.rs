@@ -1,8 +1,12 @@
-//! Spend limits: each user's limits with the counter of their current window (`spend_limits`),
-//! locked after the account in primary-key order, and the sets that replaced them
-//! (`spend_limit_sets`, for idempotency).
+//! Spend limits: each user's limits with the counter of their current window, kept in the
+//! account's own row (`accounts.spend_counters`, a JSON array; `spend_limited` says whether there
+//! are any), so a limited account's charge locks and writes nothing more than its account; and
+//! the sets that replaced them (`spend_limit_sets`, for idempotency).
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 use shared::{
     ids::UserId,
     limits::{Counter, Scope, SpendLimit, Window},
@@ -10,104 +14,75 @@ use shared::{
 };
 use sqlx::MySqlExecutor;
 
-use super::{StoreError, Tx, Writes};
+use super::{StoreError, Tx};
 
-/// One limit and its counter, as stored.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct LimitRow {
-    pub user_id: UserId,
-    pub scope: String,
-    pub window_kind: String,
-    pub limit_micros: i64,
-    pub window_first_day: NaiveDate,
-    pub spent_micros: i64,
-    pub reached_published: bool,
+/// One limit and its counter as `accounts.spend_counters` holds it.
+#[derive(Serialize, Deserialize)]
+struct StoredCounter<'a> {
+    #[serde(borrow)]
+    scope: Cow<'a, str>,
+    #[serde(borrow)]
+    window: Cow<'a, str>,
+    limit_micros: i64,
+    #[serde(borrow)]
+    window_first_day: Cow<'a, str>,
+    spent_micros: i64,
+    reached_published: bool,
 }
 
-impl LimitRow {
-    /// The counter this row holds. Rows are checked when written; a window that does not
-    /// parse is a corrupt row.
-    pub fn counter(&self) -> Result<Counter, StoreError> {
-        let window = Window::parse("window", &self.window_kind)
-            .map_err(|e| StoreError::internal(sqlx::Error::Decode(e.description.into())))?;
-        Ok(Counter {
-            limit: SpendLimit {
-                scope: Scope::stored(&self.scope),
-                window,
-                limit: Micros::new(self.limit_micros),
-            },
-            first_day: self.window_first_day,
-            spent: Micros::new(self.spent_micros),
-            reached_published: self.reached_published,
+/// The `spend_counters` column of an account with these limits: `None` for none.
+pub fn counters_column(counters: Option<&[Counter]>) -> Option<String> {
+    let counters = counters.filter(|counters| !counters.is_empty())?;
+    let stored: Vec<StoredCounter<'_>> = counters
+        .iter()
+        .map(|counter| StoredCounter {
+            scope: Cow::Owned(counter.limit.scope.to_string()),
+            window: Cow::Borrowed(counter.limit.window.as_str()),
+            limit_micros: counter.limit.limit.get(),
+            window_first_day: Cow::Owned(counter.first_day.to_string()),
+            spent_micros: counter.spent.get(),
+            reached_published: counter.reached_published,
         })
-    }
+        .collect();
+    Some(serde_json::to_string(&stored).unwrap_or_default())
 }
 
-const COLUMNS: &str = "user_id, scope, window_kind, limit_micros, window_first_day, spent_micros, \
-                       reached_published";
-
-/// The counters of these users, locked, in primary-key order (after their accounts).
-pub async fn lock_limits(tx: &mut Tx, user_ids: &[&UserId]) -> Result<Vec<LimitRow>, StoreError> {
-    if user_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut select = sqlx::QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM spend_limits WHERE user_id IN ("
-    ));
-    let mut ids = select.separated(", ");
-    for user_id in shared::db::padded(user_ids) {
-        ids.push_bind(user_id);
-    }
-    select.push(") ORDER BY user_id, scope, window_kind FOR UPDATE");
-    Ok(select.build_query_as().fetch_all(&mut **tx).await?)
+/// The limits a `spend_counters` column holds. The service writes only what it can read back;
+/// a column that does not parse is a corrupt row.
+pub fn counters_of(column: &str) -> Result<Vec<Counter>, StoreError> {
+    let corrupt = |why: String| StoreError::internal(sqlx::Error::Decode(why.into()));
+    let stored: Vec<StoredCounter<'_>> =
+        serde_json::from_str(column).map_err(|e| corrupt(format!("spend_counters: {e}")))?;
+    stored
+        .into_iter()
+        .map(|stored| {
+            let window = Window::parse("window", &stored.window)
+                .map_err(|e| corrupt(format!("spend_counters: {}", e.description)))?;
+            let first_day = NaiveDate::parse_from_str(&stored.window_first_day, "%Y-%m-%d")
+                .map_err(|e| corrupt(format!("spend_counters: window_first_day: {e}")))?;
+            Ok(Counter {
+                limit: SpendLimit {
+                    scope: Scope::stored(&stored.scope),
+                    window,
+                    limit: Micros::new(stored.limit_micros),
+                },
+                first_day,
+                spent: Micros::new(stored.spent_micros),
+                reached_published: stored.reached_published,
+            })
+        })
+        .collect()
 }
 
-/// A user's counters as committed, without locking (checks and reads).
-pub async fn limits_of<'e>(
-    executor: impl MySqlExecutor<'e>,
-    user_id: &UserId,
-) -> Result<Vec<LimitRow>, StoreError> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM spend_limits WHERE user_id = ? ORDER BY scope, window_kind");
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id)
-        .fetch_all(executor)
-        .await?)
-}
-
-/// Every user with limits.
+/// Every user with limits (by the `spend_limited` index).
 pub async fn limited_users<'e>(
     executor: impl MySqlExecutor<'e>,
 ) -> Result<Vec<UserId>, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT DISTINCT user_id FROM spend_limits")
+        sqlx::query_scalar("SELECT user_id FROM accounts WHERE spend_limited")
             .fetch_all(executor)
             .await?,
     )
-}
-
-/// Replaces the user's whole set of limits by `counters` and sets the account's
-/// `spend_limited` flag (the account row exists and is locked).
-pub async fn replace_limits(
-    tx: &mut Tx,
-    user_id: &UserId,
-    counters: &[Counter],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM spend_limits WHERE user_id = ?")
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
-    let mut writes = Writes::new();
-    let rows: Vec<(&UserId, &Counter)> = counters.iter().map(|c| (user_id, c)).collect();
-    writes.save_counters(&rows, now);
-    writes.run(tx).await?;
-    sqlx::query("UPDATE accounts SET spend_limited = ? WHERE user_id = ?")
-        .bind(!counters.is_empty())
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// The digest a set was recorded with under `set_id`, if one was.
@@ -207,32 +182,58 @@ pub async fn settled_reservation_taken_at(
     .await?)
 }
 
-impl Writes {
-    /// The counters of these users as decided: a row just deleted by a set is inserted whole; a
-    /// row that exists (locked) has its counter updated (its limit only ever changes by a set).
-    pub fn save_counters(
-        &mut self,
-        counters: &[(&UserId, &Counter)],
-        now: DateTime<Utc>,
-    ) -> &mut Self {
-        self.script.insert(
-            "INSERT INTO spend_limits (user_id, scope, window_kind, limit_micros, \
-             window_first_day, spent_micros, reached_published, updated_at) ",
-            counters,
-            " ON DUPLICATE KEY UPDATE window_first_day = VALUES(window_first_day), \
-             spent_micros = VALUES(spent_micros), reached_published = VALUES(reached_published), \
-             updated_at = VALUES(updated_at)",
-            |row, (user_id, counter)| {
-                row.text(user_id.as_str())
-                    .text(&counter.limit.scope.to_string())
-                    .text(counter.limit.window.as_str())
-                    .int(counter.limit.limit.get())
-                    .text(&counter.first_day.to_string())
-                    .int(counter.spent.get())
-                    .int(i64::from(counter.reached_published))
-                    .instant(now);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(scope: Scope, window: Window, spent: i64, reached: bool) -> Counter {
+        Counter {
+            limit: SpendLimit {
+                scope,
+                window,
+                limit: Micros::new(5_000_000),
             },
-        );
-        self
+            first_day: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+            spent: Micros::new(spent),
+            reached_published: reached,
+        }
+    }
+
+    #[test]
+    fn counters_read_back_as_written() {
+        let counters = vec![
+            counter(Scope::Account, Window::Month, 1_250, false),
+            counter(
+                Scope::Api("chat \"v2\" \\ 路由".into()),
+                Window::Day,
+                0,
+                true,
+            ),
+            counter(Scope::Key("k.1:a-b_c".into()), Window::Day, 5_000_000, true),
+        ];
+        let column = counters_column(Some(&counters)).unwrap();
+        assert_eq!(counters_of(&column).unwrap(), counters);
+    }
+
+    #[test]
+    fn no_limits_is_no_column() {
+        assert_eq!(counters_column(None), None);
+        assert_eq!(counters_column(Some(&[])), None);
+    }
+
+    #[test]
+    fn a_column_that_does_not_parse_is_an_error() {
+        let day = r#""limit_micros":1,"window_first_day":"2026-12-01","spent_micros":0,"reached_published":false"#;
+        for column in [
+            "",
+            "{}",
+            "[{\"scope\":\"account\"}]",
+            &format!(r#"[{{"scope":"account","window":"week",{day}}}]"#),
+            r#"[{"scope":"account","window":"day","limit_micros":1,"window_first_day":"2026-13-01","spent_micros":0,"reached_published":false}]"#,
+        ] {
+            assert!(counters_of(column).is_err(), "{column}");
+        }
+        let good = format!(r#"[{{"scope":"account","window":"day",{day}}}]"#);
+        assert_eq!(counters_of(&good).unwrap().len(), 1);
     }
 }

@@ -23,8 +23,8 @@ use sqlx::{MySql, MySqlPool, Transaction};
 use tokio::sync::Notify;
 
 pub use accounts::{
-    AccountRow, account_ids_after, accounts_created_since, create_account, load_account,
-    lock_account, lock_accounts, lock_accounts_between, parse_period, save_account,
+    AccountRow, AccountWrite, account_ids_after, accounts_created_since, create_account,
+    load_account, lock_account, lock_accounts, lock_accounts_between, parse_period, save_account,
 };
 pub use alerts::{
     AlertSettingsRow, DeliveryAttempt, Webhook, alert_settings_of, delivery_settled,
@@ -36,8 +36,8 @@ pub use ledger::{
     find_credit_by_txn, find_record, find_record_at_version, state_after,
 };
 pub use limits::{
-    LimitRow, SpentRow, find_limit_set, insert_limit_set, limited_users, limits_of, lock_limits,
-    replace_limits, settled_reservation_taken_at, spent_since,
+    SpentRow, counters_column, find_limit_set, insert_limit_set, limited_users,
+    settled_reservation_taken_at, spent_since,
 };
 pub use orders::{
     OrderRow, UnmatchedKey, UnmatchedRow, find_order, find_order_by_key, find_unmatched,

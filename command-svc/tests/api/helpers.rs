@@ -282,7 +282,7 @@ pub async fn fingerprint(pool: &MySqlPool) -> Vec<i64> {
         "SELECT COUNT(*) FROM alert_settings",
         "SELECT COUNT(*) FROM price_list_versions",
         "SELECT COUNT(*) FROM accounts WHERE price_list IS NOT NULL",
-        "SELECT CAST(COALESCE(SUM(spent_micros + limit_micros + reached_published), 0) AS SIGNED) FROM spend_limits",
+        "SELECT CAST(COALESCE(SUM(CRC32(spend_counters)), 0) AS SIGNED) FROM accounts",
     ] {
         let value: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
         counts.push(value);

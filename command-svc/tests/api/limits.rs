@@ -82,15 +82,19 @@ fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-/// What the user's counters hold, summed.
+/// What the user's counters hold, summed, as their account row stores them.
 async fn spent_sum(app: &TestApp, user: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(spent_micros), 0) AS SIGNED) FROM spend_limits WHERE user_id = ?",
-    )
-    .bind(user)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
+    let column: Option<String> =
+        sqlx::query_scalar("SELECT spend_counters FROM accounts WHERE user_id = ?")
+            .bind(user)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let counters: Vec<serde_json::Value> = serde_json::from_str(&column.unwrap()).unwrap();
+    counters
+        .iter()
+        .map(|counter| counter["spent_micros"].as_i64().unwrap())
+        .sum()
 }
 
 /// The `spend_limit_reached` events recorded for the user.

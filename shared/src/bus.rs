@@ -204,17 +204,41 @@ where
     }
 }
 
+/// How often a connection pings its server: a server cut off from the service (a partition, a
+/// frozen process) is left for another of the cluster after two pings without an answer.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Connects to NATS; the first connection is retried in the background, so a service starts
-/// (and answers its probes) while NATS is away.
+/// (and answers its probes) while NATS is away. `nats.url` may list several servers of a
+/// cluster, separated by commas; the client also learns the others from the one it reaches.
 pub async fn connect(
     settings: &NatsSettings,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers = server_addrs(&settings.url).map_err(|error| {
+        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, error)
+    })?;
     connect_options(settings)
         .await?
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(&settings.url)
+        .ping_interval(PING_INTERVAL)
+        .connect(servers)
         .await
+}
+
+/// The servers of `nats.url`: one URL, or several separated by commas.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(str::trim)
+        .map(|server| {
+            if server.is_empty() {
+                return Err("an empty server".to_owned());
+            }
+            server
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|error| format!("{server:?}: {error}"))
+        })
+        .collect()
 }
 
 /// The credentials and TLS of `settings` (see [`NatsSettings`]), as connect options.

@@ -100,8 +100,18 @@ pub struct GroupCommitSettings {
     pub enabled: bool,
     pub max_batch: usize,
     pub max_wait_us: u64,
-    /// Batches committing at once, each on its own connection.
+    /// Batches committing at once, each on its own connection (per shard, when sharded).
     pub workers: usize,
+    /// The shards of a database split by user as Vitess names them (`-80`, `80-`), so that no
+    /// batch spans two; empty: one database. See [`crate::shard`].
+    pub shards: Vec<String>,
+}
+
+impl GroupCommitSettings {
+    /// The shards charges are grouped by (checked when the settings are loaded).
+    pub fn shards(&self) -> crate::shard::Shards {
+        crate::shard::Shards::parse(&self.shards).unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -223,6 +233,12 @@ impl NatsSettings {
         }
         if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
             return invalid("tls_cert_file and tls_key_file go together");
+        }
+        if let Err(why) = crate::bus::server_addrs(&self.url) {
+            return Err(ConfigError::Invalid {
+                key: "nats.url",
+                why: format!("must be a NATS URL or several separated by commas: {why}"),
+            });
         }
         Ok(())
     }
@@ -470,6 +486,7 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("auth.jwt_previous_secrets")
+            .with_list_parse_key("command.group_commit.shards")
             .with_list_parse_key("payment.webhook_previous_secrets");
         if let Some(env) = env {
             environment = environment.source(Some(env));
@@ -523,6 +540,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "billing.default_price_list",
                 why: "must be 1..64 of [a-z0-9_-]".into(),
+            });
+        }
+        if let Err(why) = crate::shard::Shards::parse(&self.command.group_commit.shards) {
+            return Err(ConfigError::Invalid {
+                key: "command.group_commit.shards",
+                why,
             });
         }
         if self.reset.next_period_lead.get() > std::time::Duration::from_secs(24 * 3600) {
@@ -632,6 +655,7 @@ command:
     max_batch: 256
     max_wait_us: 0
     workers: 2
+    shards: []
   snapshot_ttl_secs: 30
   account_memory:
     enabled: true
@@ -883,6 +907,47 @@ mod tests {
             let path = write_config(yaml);
             let loaded = Settings::load_with_env(&path, Some(HashMap::new()));
             assert_eq!(loaded.is_ok(), ok, "{yaml}: {:?}", loaded.err());
+        }
+    }
+
+    #[test]
+    fn the_bus_takes_one_server_or_a_list_of_a_cluster() {
+        for (yaml, ok) in [
+            (
+                "nats:\n  url: nats://a:4222,nats://b:4222, nats://c:4222\n",
+                true,
+            ),
+            ("nats:\n  url: tls://nats.example:4222\n", true),
+            ("nats:\n  url: nats://a:4222,,nats://b:4222\n", false),
+            ("nats:\n  url: nats://a:notaport\n", false),
+        ] {
+            let path = write_config(yaml);
+            let loaded = Settings::load_with_env(&path, Some(HashMap::new()));
+            assert_eq!(loaded.is_ok(), ok, "{yaml}: {:?}", loaded.err());
+        }
+    }
+
+    #[test]
+    fn shards_cover_the_keyspace_once_and_come_from_the_environment_as_a_list() {
+        let path = write_config("dev_mode: false\n");
+        let env = |value: &str| {
+            Some(HashMap::from([(
+                "BILLING__COMMAND__GROUP_COMMIT__SHARDS".to_owned(),
+                value.to_owned(),
+            )]))
+        };
+        let loaded = Settings::load_with_env(&path, env("-80,80-")).unwrap();
+        assert_eq!(loaded.command.group_commit.shards, ["-80", "80-"]);
+        assert_eq!(loaded.command.group_commit.shards().count(), 2);
+        let defaults = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert_eq!(defaults.command.group_commit.shards().count(), 1);
+        for gap in ["-80,90-", "-80,80-c0", "80-,-90"] {
+            match Settings::load_with_env(&path, env(gap)) {
+                Err(ConfigError::Invalid { key, .. }) => {
+                    assert_eq!(key, "command.group_commit.shards")
+                }
+                other => panic!("{gap}: {other:?}"),
+            }
         }
     }
 

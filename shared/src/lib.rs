@@ -55,6 +55,7 @@ pub mod period;
 pub mod pricing;
 pub mod proto;
 pub mod record;
+pub mod shard;
 pub mod shutdown;
 pub mod signature;
 pub mod sql_script;

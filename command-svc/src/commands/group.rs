@@ -17,7 +17,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use shared::{config::GroupCommitSettings, ids::UserId, limits::Spend};
+use shared::{config::GroupCommitSettings, ids::UserId, limits::Spend, shard::Shards};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
@@ -60,37 +60,60 @@ struct Pending {
     reply: oneshot::Sender<Result<Charged, CommandError>>,
 }
 
-/// The queue in front of the group-commit workers.
+/// The queues in front of the group-commit workers: one per shard of the database (one for a
+/// database not split), so that a batch never spans two shards.
 #[derive(Clone)]
 pub(super) struct ChargeQueue {
-    sender: mpsc::Sender<Pending>,
+    shards: Shards,
+    /// By shard index ([`Shards::of`]).
+    senders: Vec<mpsc::Sender<Pending>>,
 }
 
 impl ChargeQueue {
-    /// Starts `settings.workers` workers committing batches for `commands` (which must not
-    /// itself route charges to a queue).
+    /// Starts `settings.workers` workers per shard committing batches for `commands` (which
+    /// must not itself route charges to a queue).
     pub(super) fn start(commands: Commands, settings: &GroupCommitSettings) -> ChargeQueue {
-        let (sender, receiver) =
-            mpsc::channel(settings.max_batch.max(1) * settings.workers.max(1) * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
+        ChargeQueue::start_with(settings, move |batch| {
+            let commands = commands.clone();
+            async move { commands.commit_charges(batch).await }
+        })
+    }
+
+    /// As [`ChargeQueue::start`], each batch committed by `commit`.
+    fn start_with<F, Fut>(settings: &GroupCommitSettings, commit: F) -> ChargeQueue
+    where
+        F: Fn(Vec<Pending>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let shards = settings.shards();
         let max_batch = settings.max_batch.max(1);
         let max_wait = Duration::from_micros(settings.max_wait_us);
-        for _ in 0..settings.workers.max(1) {
-            let (commands, receiver) = (commands.clone(), receiver.clone());
-            tokio::spawn(async move {
-                while let Some(batch) = next_batch(&receiver, max_batch, max_wait).await {
-                    commands.commit_charges(batch).await;
+        let workers = settings.workers.max(1);
+        let senders = (0..shards.count())
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(max_batch * workers * 4);
+                let receiver = Arc::new(Mutex::new(receiver));
+                for _ in 0..workers {
+                    let (commit, receiver) = (commit.clone(), receiver.clone());
+                    tokio::spawn(async move {
+                        while let Some(batch) = next_batch(&receiver, max_batch, max_wait).await {
+                            commit(batch).await;
+                        }
+                    });
                 }
-            });
-        }
-        ChargeQueue { sender }
+                sender
+            })
+            .collect();
+        ChargeQueue { shards, senders }
     }
 
     pub(super) async fn charge(&self, command: DeductQuota) -> Result<Charged, CommandError> {
         let (reply, answer) = oneshot::channel();
         let closed = || CommandError::Store(StoreError::internal(sqlx::Error::PoolClosed));
+        let shard = self.shards.of(command.user_id.as_str());
         let request = ChargeRequest::new(command);
-        self.sender
+        let sender = self.senders.get(shard).ok_or_else(closed)?;
+        sender
             .send(Pending { request, reply })
             .await
             .map_err(|_| closed())?;
@@ -457,4 +480,72 @@ fn answers(decided: Vec<Decided>) -> Results {
         });
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as Recorded;
+
+    use shared::proto::v1 as pb;
+
+    use super::*;
+
+    fn charge(user_id: &str) -> DeductQuota {
+        let request = pb::DeductQuotaRequest {
+            user_id: user_id.to_owned(),
+            amount_micros: 1_000,
+            request_id: format!("r-{user_id}"),
+            api_id: "chat".to_owned(),
+            ..Default::default()
+        };
+        crate::api::parse::deduct_quota(&request).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_spans_two_shards() {
+        let settings = GroupCommitSettings {
+            enabled: true,
+            max_batch: 64,
+            max_wait_us: 0,
+            workers: 2,
+            shards: vec!["80-".into(), "-80".into()],
+        };
+        let shards = settings.shards();
+        let batches: Arc<Recorded<Vec<Vec<usize>>>> = Arc::default();
+        let recorded = batches.clone();
+        let queue = ChargeQueue::start_with(&settings, move |batch: Vec<Pending>| {
+            let (recorded, shards) = (recorded.clone(), shards.clone());
+            async move {
+                // A commit takes a while, so the next charges queue up behind it.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let by_shard = batch
+                    .iter()
+                    .map(|pending| shards.of(pending.request.command.user_id.as_str()))
+                    .collect();
+                recorded.lock().unwrap().push(by_shard);
+                for pending in batch {
+                    let _ = pending.reply.send(Err(CommandError::InsufficientQuota));
+                }
+            }
+        });
+        let charges = (0..400).map(|n| {
+            let queue = queue.clone();
+            async move { queue.charge(charge(&format!("user-{n}"))).await }
+        });
+        let answers = futures::future::join_all(charges).await;
+        assert!(
+            answers
+                .iter()
+                .all(|answer| matches!(answer, Err(CommandError::InsufficientQuota)))
+        );
+        let batches = batches.lock().unwrap();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 400);
+        assert!(batches.iter().any(|batch| batch.len() > 1), "{batches:?}");
+        for batch in batches.iter() {
+            assert!(batch.iter().all(|shard| *shard == batch[0]), "{batch:?}");
+        }
+        for shard in [0, 1] {
+            assert!(batches.iter().any(|batch| batch[0] == shard), "{batches:?}");
+        }
+    }
 }

@@ -6,9 +6,10 @@
 
 use std::cmp::Ordering;
 
-/// A user's keyspace id: the xxhash64 (seed 0) of the id's bytes, big-endian.
+/// A user's keyspace id as Vitess's `xxhash` vindex computes it: the xxhash64 (seed 0) of the
+/// id's bytes, least significant byte first.
 pub fn keyspace_id(user_id: &str) -> [u8; 8] {
-    xxhash64(user_id.as_bytes()).to_be_bytes()
+    xxhash64(user_id.as_bytes()).to_le_bytes()
 }
 
 /// The shards charges are grouped by: none configured is one database.
@@ -207,19 +208,23 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(xxhash64(input), expected, "{input:?}");
         }
-        assert_eq!(
-            keyspace_id("dev-42"),
-            0xE7AC_1373_31BF_FCBB_u64.to_be_bytes()
-        );
+    }
+
+    #[test]
+    fn keyspace_ids_are_those_of_vitess() {
+        let hex = |id: [u8; 8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hex(keyspace_id("")), "99e9d85137db46ef");
+        assert_eq!(hex(keyspace_id("test1")), "d01ab7e4d6978f0b");
+        assert_eq!(hex(keyspace_id("dev-42")), "bbfcbf317313ace7");
     }
 
     #[test]
     fn each_user_falls_in_the_range_of_its_keyspace_id() {
         let four = shards(&["c0-", "-40", "80-c0", "40-80"]).unwrap();
         assert_eq!(four.count(), 4);
-        // dev-42 hashes to e7..., user-0000001 to a6...
-        assert_eq!(four.name(four.of("dev-42")), "c0-");
-        assert_eq!(four.name(four.of("user-0000001")), "80-c0");
+        // The keyspace id of dev-42 starts bb, that of user-0000001 65.
+        assert_eq!(four.name(four.of("dev-42")), "80-c0");
+        assert_eq!(four.name(four.of("user-0000001")), "40-80");
         let two = shards(&["-80", "80-"]).unwrap();
         assert_eq!(two.name(two.of("dev-42")), "80-");
         let mut seen = [0usize; 4];

@@ -36,7 +36,7 @@ use tonic::{
 
 pub use cleanup::{Leftovers, delete_streams_at};
 pub use mariadb::OwnMariaDb;
-pub use nats::OwnNats;
+pub use nats::{OwnNats, OwnNatsCluster};
 pub use redis::{OwnRedis, OwnRedisCluster};
 
 /// The development callers' tokens of `configs/config.yaml`.

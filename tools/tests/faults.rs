@@ -30,6 +30,9 @@ struct Profile {
     nats_down: Duration,
     /// How long MySQL stays down.
     mysql_down: Duration,
+    /// Rounds of the NATS cluster's faults, and the pause between two of its steps.
+    bus_rounds: usize,
+    bus_pause: Duration,
 }
 
 fn profile() -> Profile {
@@ -39,6 +42,8 @@ fn profile() -> Profile {
             kills_load: Duration::from_secs(15),
             nats_down: Duration::from_secs(30),
             mysql_down: Duration::from_secs(10),
+            bus_rounds: 5,
+            bus_pause: Duration::from_secs(8),
         }
     } else {
         Profile {
@@ -46,6 +51,8 @@ fn profile() -> Profile {
             kills_load: Duration::from_secs(4),
             nats_down: Duration::from_secs(5),
             mysql_down: Duration::from_secs(10),
+            bus_rounds: 1,
+            bus_pause: Duration::from_secs(2),
         }
     }
 }
@@ -285,11 +292,17 @@ impl Cluster {
         started.elapsed()
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        self.stop_at(&testkit::nats_url()).await;
+    }
+
+    /// Stops the replicas and removes what the test made, its streams on the NATS at `nats`.
+    async fn stop_at(mut self, nats: &str) {
         for replica in self.commands.iter_mut().chain(self.queries.iter_mut()) {
             let _ = replica.child.kill().await;
         }
-        testkit::delete_streams(&shared::bus::BusNames::new(&self.stream_prefix, "")).await;
+        let names = shared::bus::BusNames::new(&self.stream_prefix, "");
+        testkit::delete_streams_at(nats, &names).await;
         self.db.close().await;
         if let Some(name) = &self.db_name {
             TestDatabase::drop_named(name).await;
@@ -739,6 +752,113 @@ async fn nats_stopped_under_load_fails_no_charge_and_the_read_model_catches_up()
     );
     println!("  {}", tally(&cluster.db, &load, converged).await);
     cluster.stop().await;
+}
+
+/// A three-node JetStream cluster (streams at R3, as production runs them) under a steady charge
+/// load through 2 command-svc and 2 query-svc replicas, in each round: the leader of the events
+/// stream killed (`kill -9`), then another server (the cluster loses its majority), both started
+/// again, then a server cut off (frozen) and let back. Charges never wait on the bus; every
+/// acknowledged charge reaches the read model once; the relay and the consumers find the servers
+/// left by themselves.
+#[tokio::test]
+async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing() {
+    let mut nats = testkit::OwnNatsCluster::start().await;
+    let cluster = Cluster::start_with(
+        2,
+        2,
+        &[
+            ("BILLING__NATS__URL", nats.urls()),
+            ("BILLING__NATS__STREAM_REPLICAS", "3".to_owned()),
+        ],
+    )
+    .await;
+    let users = cluster.funded_users("bus-user", 20).await;
+    let clients = cluster.gateways().await;
+    let (rounds, pause) = (profile().bus_rounds, profile().bus_pause);
+    let load = tokio::spawn({
+        let users = users.clone();
+        let duration = pause * (5 * rounds as u32 + 1);
+        async move { charge_until_answered(clients, &users, duration, "b").await }
+    });
+    let events = shared::bus::BusNames::new(&cluster.stream_prefix, "").events_stream();
+    let mut faults = Vec::new();
+    for _ in 0..rounds {
+        tokio::time::sleep(pause).await;
+        let leader = events_leader(&nats, &events).await;
+        nats.nodes[leader].kill().await;
+        tokio::time::sleep(pause).await;
+        let other = (leader + 1) % nats.nodes.len();
+        nats.nodes[other].kill().await;
+        tokio::time::sleep(pause).await;
+        nats.nodes[leader].restart().await;
+        nats.nodes[other].restart().await;
+        tokio::time::sleep(pause).await;
+        let cut = events_leader(&nats, &events).await;
+        nats.nodes[cut].pause().await;
+        tokio::time::sleep(pause).await;
+        nats.nodes[cut].resume().await;
+        faults.push(format!(
+            "leader node-{leader} and node-{other} killed, node-{cut} cut off"
+        ));
+    }
+    let load = load.await.unwrap();
+    assert_eq!(
+        recorded_charges(&cluster.db).await,
+        load.acknowledged,
+        "every acknowledged charge recorded once, nothing else"
+    );
+    for user in &users {
+        assert_invariants(&cluster.db, user).await;
+    }
+    let converged = cluster.assert_converged().await;
+    let (records, calls): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM rm_records WHERE type = 'deduct'), \
+         (SELECT CAST(COALESCE(SUM(calls), 0) AS SIGNED) FROM rm_daily_usage)",
+    )
+    .fetch_one(&cluster.db)
+    .await
+    .unwrap();
+    let charges = load.acknowledged.len() as i64;
+    assert_eq!(
+        (records, calls),
+        (charges, charges),
+        "each charge one record and one call in the usage"
+    );
+    println!(
+        "a three-node NATS cluster, {rounds} round(s): {}; {charges} charges, each projected once",
+        faults.join("; ")
+    );
+    println!("  {}", tally(&cluster.db, &load, converged).await);
+    cluster.stop_at(&nats.nodes[0].url()).await;
+}
+
+/// The server that leads `stream` now, by index in `nats` (asked until one is elected).
+async fn events_leader(nats: &testkit::OwnNatsCluster, stream: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for node in &nats.nodes {
+            let Ok(client) = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(1))
+                .connect(node.url())
+                .await
+            else {
+                continue;
+            };
+            let js = async_nats::jetstream::new(client);
+            let Ok(mut stream) = js.get_stream(stream).await else {
+                continue;
+            };
+            let leader = stream.info().await.ok().and_then(|info| {
+                let name = info.cluster.as_ref()?.leader.as_deref()?.to_owned();
+                nats.index_of(&name)
+            });
+            if let Some(leader) = leader {
+                return leader;
+            }
+        }
+        assert!(Instant::now() < deadline, "{stream} has no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The state the ledger gives an account at `version`: (balance, free used).

@@ -15,8 +15,18 @@ use sqlx::{
 use crate::config::DatabaseSettings;
 
 /// Every migration in `migrations/`; both services apply them at start (unless
-/// `database.migrate_on_start` is off), under sqlx's lock, so replicas never race.
+/// `database.migrate_on_start` is off), one process at a time ([`migrate`]).
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The named lock the migrating session holds (one per database: its name ends with the digest
+/// of the database's name), so that processes starting together against one database apply the
+/// migrations one after the other. (sqlx's own lock asks `GET_LOCK` to wait
+/// with a timeout of -1, which MariaDB answers at once with NULL, taking no lock: replicas then
+/// applied one migration side by side, and one that failed half-way left it marked dirty.)
+const MIGRATION_LOCK: &str = "CONCAT('billing_migrations:', SHA1(DATABASE()))";
+
+/// How long a migrating process waits for another to finish, per attempt.
+const MIGRATION_LOCK_WAIT_SECS: u32 = 60;
 
 /// How long a pooled connection may sit unused before it is pinged on its next acquire.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
@@ -61,7 +71,7 @@ pub async fn migrate(
 ) -> Result<(), sqlx::migrate::MigrateError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match MIGRATOR.run(pool).await {
+        match migrate_locked(pool).await {
             Ok(()) => return Ok(()),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, "migrations not applied yet; retrying");
@@ -70,6 +80,32 @@ pub async fn migrate(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Applies the migrations while one session of the pool holds [`MIGRATION_LOCK`] (the pool
+/// needs two connections at least).
+async fn migrate_locked(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = pool.acquire().await?;
+    let lock = format!("SELECT GET_LOCK({MIGRATION_LOCK}, {MIGRATION_LOCK_WAIT_SECS})");
+    let locked: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(lock))
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked != Some(1) {
+        return Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Protocol(
+            "another process is applying the migrations".into(),
+        )));
+    }
+    // Applied on another of the pool's sessions while this one holds the lock.
+    let applied = MIGRATOR.run(pool).await;
+    let release = format!("SELECT RELEASE_LOCK({MIGRATION_LOCK})");
+    let released = sqlx::query(sqlx::AssertSqlSafe(release))
+        .execute(&mut *conn)
+        .await;
+    if released.is_err() {
+        // The lock is the session's: a session whose state is unknown is not pooled again.
+        conn.detach();
+    }
+    applied
 }
 
 /// The most rows one multi-row statement carries.

@@ -132,3 +132,32 @@ async fn the_sql_script_and_the_migrations_build_the_same_schema() {
             .unwrap();
     }
 }
+
+/// Replicas starting together on an empty database: each applies the migrations once, one
+/// after the other, with a single attempt each (no retry hides a collision), and none is left
+/// marked dirty.
+#[tokio::test]
+async fn replicas_migrating_one_database_at_once_apply_each_migration_once() {
+    let db = TestDatabase::create(&unique_tag()).await;
+    let settings = test_settings(&db.url, &[]);
+    let migrations = (0..6).map(|_| {
+        let store = Store::connect_lazy(&settings.database).unwrap();
+        async move { store.migrate(std::time::Duration::ZERO).await }
+    });
+    for outcome in futures::future::join_all(migrations).await {
+        outcome.expect("every replica finds the schema migrated");
+    }
+    let pool = database(&db).await;
+    let (applied, dirty): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(success = FALSE), 0) AS SIGNED) FROM _sqlx_migrations",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let files = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!((applied, dirty), (files, 0));
+    pool.close().await;
+    TestDatabase::drop_named(&db.name).await;
+}

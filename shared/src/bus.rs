@@ -205,7 +205,8 @@ where
 }
 
 /// How often a connection pings its server: a server cut off from the service (a partition, a
-/// frozen process) is left for another of the cluster after two pings without an answer.
+/// frozen process) is left for another of the cluster once three pings in a row went
+/// unanswered, within about 15 s.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Connects to NATS; the first connection is retried in the background, so a service starts

@@ -25,9 +25,6 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// applied one migration side by side, and one that failed half-way left it marked dirty.)
 const MIGRATION_LOCK: &str = "CONCAT('billing_migrations:', SHA1(DATABASE()))";
 
-/// How long a migrating process waits for another to finish, per attempt.
-const MIGRATION_LOCK_WAIT_SECS: u32 = 60;
-
 /// How long a pooled connection may sit unused before it is pinged on its next acquire.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
@@ -71,7 +68,8 @@ pub async fn migrate(
 ) -> Result<(), sqlx::migrate::MigrateError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match migrate_locked(pool).await {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match migrate_locked(pool, wait).await {
             Ok(()) => return Ok(()),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, "migrations not applied yet; retrying");
@@ -82,11 +80,15 @@ pub async fn migrate(
     }
 }
 
-/// Applies the migrations while one session of the pool holds [`MIGRATION_LOCK`] (the pool
-/// needs two connections at least).
-async fn migrate_locked(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// Applies the migrations on one session that holds [`MIGRATION_LOCK`] throughout, waiting up to
+/// `wait` (1 s at least) for a process that holds it.
+async fn migrate_locked(
+    pool: &MySqlPool,
+    wait: Duration,
+) -> Result<(), sqlx::migrate::MigrateError> {
     let mut conn = pool.acquire().await?;
-    let lock = format!("SELECT GET_LOCK({MIGRATION_LOCK}, {MIGRATION_LOCK_WAIT_SECS})");
+    let wait_secs = wait.as_secs().max(1);
+    let lock = format!("SELECT GET_LOCK({MIGRATION_LOCK}, {wait_secs})");
     let locked: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(lock))
         .fetch_one(&mut *conn)
         .await?;
@@ -95,8 +97,9 @@ async fn migrate_locked(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateEr
             "another process is applying the migrations".into(),
         )));
     }
-    // Applied on another of the pool's sessions while this one holds the lock.
-    let applied = MIGRATOR.run(pool).await;
+    // `run_direct` is `run` on a connection in hand (sqlx offers it because the compiler cannot
+    // prove `run`'s future `Send` for a borrowed connection).
+    let applied = MIGRATOR.run_direct(None, &mut *conn, false).await;
     let release = format!("SELECT RELEASE_LOCK({MIGRATION_LOCK})");
     let released = sqlx::query(sqlx::AssertSqlSafe(release))
         .execute(&mut *conn)

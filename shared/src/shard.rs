@@ -20,11 +20,13 @@ pub struct Shards {
 
 impl Shards {
     /// The shards named as Vitess names them; together they must cover every keyspace id once
-    /// (no gap, no overlap). An empty list is one database.
+    /// (no gap, no overlap). An empty list (blank names are left out) is one database.
     pub fn parse(names: &[String]) -> Result<Shards, String> {
         let mut ranges = names
             .iter()
-            .map(|name| KeyRange::parse(name))
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty())
+            .map(KeyRange::parse)
             .collect::<Result<Vec<_>, _>>()?;
         ranges.sort_by(|a, b| a.start.cmp(&b.start));
         let mut next: Vec<u8> = Vec::new();
@@ -240,7 +242,11 @@ mod tests {
 
     #[test]
     fn one_database_is_one_shard() {
-        for one in [shards(&[]).unwrap(), shards(&["-"]).unwrap()] {
+        for one in [
+            shards(&[]).unwrap(),
+            shards(&["-"]).unwrap(),
+            shards(&[""]).unwrap(),
+        ] {
             assert_eq!(one.count(), 1);
             assert_eq!(one.of("dev-42"), 0);
         }

@@ -4,7 +4,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -525,16 +528,34 @@ async fn charge_until_answered(
     duration: Duration,
     run: &str,
 ) -> Load {
-    let until = Instant::now() + duration;
+    let going = Arc::new(AtomicBool::new(true));
+    tokio::spawn({
+        let going = going.clone();
+        async move {
+            tokio::time::sleep(duration).await;
+            going.store(false, Ordering::Relaxed);
+        }
+    });
+    charge_while(clients, users, run, going).await
+}
+
+/// As [`charge_until_answered`], for as long as `going` is set.
+async fn charge_while(
+    clients: Vec<Client>,
+    users: &[String],
+    run: &str,
+    going: Arc<AtomicBool>,
+) -> Load {
     let mut tasks = Vec::new();
     for caller in 0..16_usize {
         let mut clients = clients.clone();
         let users = users.to_vec();
         let run = run.to_owned();
+        let going = going.clone();
         tasks.push(tokio::spawn(async move {
             let mut load = Load::default();
             let mut call = 0;
-            while Instant::now() < until {
+            while going.load(Ordering::Relaxed) {
                 call += 1;
                 load.operations += 1;
                 let request_id = format!("{run}-{caller}-{call}");
@@ -757,9 +778,10 @@ async fn nats_stopped_under_load_fails_no_charge_and_the_read_model_catches_up()
 /// A three-node JetStream cluster (streams at R3, as production runs them) under a steady charge
 /// load through 2 command-svc and 2 query-svc replicas, in each round: the leader of the events
 /// stream killed (`kill -9`), then another server (the cluster loses its majority), both started
-/// again, then a server cut off (frozen) and let back. Charges never wait on the bus; every
-/// acknowledged charge reaches the read model once; the relay and the consumers find the servers
-/// left by themselves.
+/// again, then the new leader cut off (frozen) for longer than a client takes to give up on it,
+/// and let back. Charges never wait on the bus; while the leader is cut off the others elect a
+/// new one and the relay and the consumers find them by themselves (the read model keeps
+/// growing); every acknowledged charge reaches the read model once.
 #[tokio::test]
 async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing() {
     let mut nats = testkit::OwnNatsCluster::start().await;
@@ -775,10 +797,12 @@ async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing
     let users = cluster.funded_users("bus-user", 20).await;
     let clients = cluster.gateways().await;
     let (rounds, pause) = (profile().bus_rounds, profile().bus_pause);
+    // Longer than a connection takes to leave a server that stopped answering.
+    let cut_off = shared::bus::PING_INTERVAL * 5;
+    let going = Arc::new(AtomicBool::new(true));
     let load = tokio::spawn({
-        let users = users.clone();
-        let duration = pause * (5 * rounds as u32 + 1);
-        async move { charge_until_answered(clients, &users, duration, "b").await }
+        let (users, going) = (users.clone(), going.clone());
+        async move { charge_while(clients, &users, "b", going).await }
     });
     let events = shared::bus::BusNames::new(&cluster.stream_prefix, "").events_stream();
     let mut faults = Vec::new();
@@ -795,12 +819,24 @@ async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing
         tokio::time::sleep(pause).await;
         let cut = events_leader(&nats, &events).await;
         nats.nodes[cut].pause().await;
+        tokio::time::sleep(cut_off - pause).await;
+        let before = projected_records(&cluster.db).await;
         tokio::time::sleep(pause).await;
+        let during = projected_records(&cluster.db).await - before;
         nats.nodes[cut].resume().await;
+        assert!(
+            during > 0,
+            "nothing reached the read model at the end of node-{cut}'s cut-off"
+        );
         faults.push(format!(
-            "leader node-{leader} and node-{other} killed, node-{cut} cut off"
+            "leader node-{leader} and node-{other} killed, leader node-{cut} cut off for {} s \
+             ({during} events projected in its last {} s)",
+            cut_off.as_secs(),
+            pause.as_secs()
         ));
     }
+    tokio::time::sleep(pause).await;
+    going.store(false, Ordering::Relaxed);
     let load = load.await.unwrap();
     assert_eq!(
         recorded_charges(&cluster.db).await,
@@ -830,6 +866,14 @@ async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing
     );
     println!("  {}", tally(&cluster.db, &load, converged).await);
     cluster.stop_at(&nats.nodes[0].url()).await;
+}
+
+/// The charges the read model holds now.
+async fn projected_records(db: &MySqlPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM rm_records WHERE type = 'deduct'")
+        .fetch_one(db)
+        .await
+        .unwrap()
 }
 
 /// The server that leads `stream` now, by index in `nats` (asked until one is elected).

@@ -1201,6 +1201,8 @@ async fn measure_suite(
     };
     let (priced, priced_check) = charged(settings, pool, &priced_load, watched).await?;
     priced.print();
+    // Every run of the bracket starts on a quiet bus, as the limited one and the one after do.
+    wait_for_quiet_bus(settings, pool).await?;
     let (wide_between, wide_between_check) =
         charged(settings, pool, &suite_load(seconds, false), watched).await?;
     wide_between.print();

@@ -707,19 +707,7 @@ async fn query_replicas_killed_mid_projection_converge_without_duplicates() {
         assert_invariants(&cluster.db, user).await;
     }
     let converged = cluster.assert_converged().await;
-    let (records, calls): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM rm_records WHERE type = 'deduct'), \
-         (SELECT CAST(COALESCE(SUM(calls), 0) AS SIGNED) FROM rm_daily_usage)",
-    )
-    .fetch_one(&cluster.db)
-    .await
-    .unwrap();
-    let charges = load.acknowledged.len() as i64;
-    assert_eq!(
-        (records, calls),
-        (charges, charges),
-        "each charge one record and one call in the usage"
-    );
+    let charges = assert_projected_once(&cluster.db, &load).await;
     println!(
         "{} kills of a query-svc replica: {charges} charges, each projected once",
         profile().kills
@@ -847,11 +835,23 @@ async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing
         assert_invariants(&cluster.db, user).await;
     }
     let converged = cluster.assert_converged().await;
+    let charges = assert_projected_once(&cluster.db, &load).await;
+    println!(
+        "a three-node NATS cluster, {rounds} round(s): {}; {charges} charges, each projected once",
+        faults.join("; ")
+    );
+    println!("  {}", tally(&cluster.db, &load, converged).await);
+    cluster.stop_at(&nats.nodes[0].url()).await;
+}
+
+/// Every acknowledged charge is one record and one call in the read model's usage, no more;
+/// returns how many charges that is.
+async fn assert_projected_once(db: &MySqlPool, load: &Load) -> i64 {
     let (records, calls): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM rm_records WHERE type = 'deduct'), \
          (SELECT CAST(COALESCE(SUM(calls), 0) AS SIGNED) FROM rm_daily_usage)",
     )
-    .fetch_one(&cluster.db)
+    .fetch_one(db)
     .await
     .unwrap();
     let charges = load.acknowledged.len() as i64;
@@ -860,12 +860,7 @@ async fn a_nats_cluster_losing_its_leader_and_a_server_loses_and_doubles_nothing
         (charges, charges),
         "each charge one record and one call in the usage"
     );
-    println!(
-        "a three-node NATS cluster, {rounds} round(s): {}; {charges} charges, each projected once",
-        faults.join("; ")
-    );
-    println!("  {}", tally(&cluster.db, &load, converged).await);
-    cluster.stop_at(&nats.nodes[0].url()).await;
+    charges
 }
 
 /// The charges the read model holds now.

@@ -24,10 +24,6 @@ pub(super) struct AccountTx<'c> {
     /// The trace context of the command, which its events carry.
     traceparent: Option<String>,
     now: DateTime<Utc>,
-    /// Whether what was written so far ([`AccountTx::write_changes`]) changed the account, and
-    /// held events.
-    changed: bool,
-    wrote_events: bool,
 }
 
 impl<'c> AccountTx<'c> {
@@ -51,8 +47,6 @@ impl<'c> AccountTx<'c> {
             appends: Appends::new(rules, now),
             traceparent: shared::trace::current_traceparent(),
             now,
-            changed: false,
-            wrote_events: false,
         })
     }
 
@@ -117,14 +111,12 @@ impl<'c> AccountTx<'c> {
             .publish(&mut self.appends, kind, self.traceparent.as_deref());
     }
 
-    /// Writes what was recorded and the decided state (with the limits' counters) now, inside
-    /// the transaction.
-    pub async fn write_changes(&mut self) -> Result<(), StoreError> {
+    /// Writes what was recorded and the decided state (with the limits' counters), and commits.
+    /// Returns the account as committed, and as stored when this transaction changed it.
+    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
         self.account
             .record_grant(&mut self.appends, self.traceparent.as_deref());
-        let appends = std::mem::replace(&mut self.appends, Appends::new(self.rules, self.now));
-        self.wrote_events |= appends.has_events();
-        appends.writes().run(&mut self.tx).await?;
+        self.appends.writes().run(&mut self.tx).await?;
         let (account, now) = (&self.account, self.now);
         if account.is_created() {
             let price_list = account.price_list.as_deref();
@@ -133,20 +125,11 @@ impl<'c> AccountTx<'c> {
             let from = account.stored_version;
             store::save_account(&mut self.tx, &account.write(), from, now).await?;
         }
-        self.changed |= account.is_created() || account.is_changed();
-        self.account.stored_version = self.account.state.version;
-        self.account.limits_changed = false;
-        Ok(())
-    }
-
-    /// Writes what is left and commits. Returns the account as committed, and as stored when
-    /// this transaction changed it.
-    pub async fn commit_changed(mut self) -> Result<(AccountOut, Option<AccountOut>), StoreError> {
-        self.write_changes().await?;
+        let changed = account.is_created() || account.is_changed();
         let out = self.out();
-        let stored = self.changed.then(|| self.account.stored_view(self.rules));
+        let stored = changed.then(|| self.account.stored_view(self.rules));
         self.tx.commit().await?;
-        if self.wrote_events {
+        if self.appends.has_events() {
             self.store.outbox_written();
         }
         Ok((out, stored))
